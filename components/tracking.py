@@ -1,0 +1,184 @@
+"""MLflow lineage shared by every step: one parent run per pipeline run, one child run per step.
+
+The parent run is found or created by the tag ``kfp.run_id`` (so retries and later steps attach to
+the same one); each step opens a child run through :func:`step_run`, which ends it FAILED when the
+step raises and closes RUNNING leftovers of an earlier, killed attempt of the same step.
+Credentials come only from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or
+``MLFLOW_TRACKING_TOKEN`` from a Kubernetes Secret); nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from configs.schema import PipelineConfig
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+KFP_RUN_TAG = "kfp.run_id"
+ROLE_TAG = "llmft.role"
+STEP_TAG = "llmft.step"
+PARENT_ROLE = "pipeline"
+PREFLIGHT_TIMEOUT_S = 20
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached; the message names the URI."""
+
+
+def configure_environment(cfg: PipelineConfig) -> None:
+    """Point MLflow at the configured server with short HTTP timeouts (the defaults retry for minutes)."""
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow.tracking_uri
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.mlflow.request_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.mlflow.request_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+    # A step sets its run explicitly; an experiment name in the environment would start a second run.
+    os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+
+
+def preflight(tracking_uri: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Fail fast with a clear message when the tracking server does not answer.
+
+    Raises:
+        TrackingUnavailable: no answer from ``<uri>/health`` within ``timeout_s`` seconds.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=min(5.0, timeout_s)) as reply:
+                if reply.status == 200:
+                    return
+                last_error = f"HTTP {reply.status}"
+        except urllib.error.HTTPError as exc:
+            # A server that answers (even 401/403 behind an auth proxy) is reachable.
+            if exc.code in (401, 403):
+                return
+            last_error = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = str(getattr(exc, "reason", exc))
+        time.sleep(1.0)
+    raise TrackingUnavailable(
+        f"MLflow tracking server {tracking_uri} is unreachable after {timeout_s:.0f} s ({last_error}); "
+        "check mlflow.tracking_uri and that the server is running"
+    )
+
+
+def make_client(cfg: PipelineConfig) -> MlflowClient:
+    """An MlflowClient for the configured server, after the preflight check."""
+    from mlflow.tracking import MlflowClient
+
+    configure_environment(cfg)
+    preflight(cfg.mlflow.tracking_uri)
+    return MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """Id of the named experiment, created when missing (race-safe)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another step
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _runs_with_tags(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> list:
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return client.search_runs([exp_id], filter_string=query, max_results=1000, order_by=["attributes.start_time ASC"])
+
+
+def parent_run_id(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str) -> str:
+    """The parent run of this pipeline run: found by ``kfp.run_id``, else created."""
+    exp_id = experiment_id(client, cfg.mlflow.experiment)
+    found = _runs_with_tags(client, exp_id, {KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE})
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        exp_id,
+        run_name=f"{cfg.name}-{kfp_run_id}",
+        tags={KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE, "llmft.config_hash": cfg.config_hash()},
+    )
+    return run.info.run_id
+
+
+def close_stale_runs(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str, step: str | None = None,
+                     status: str = "KILLED") -> list[str]:
+    """End RUNNING runs of this pipeline run (of one step, or all) with ``status``; return their ids."""
+    exp_id = experiment_id(client, cfg.mlflow.experiment)
+    tags = {KFP_RUN_TAG: kfp_run_id}
+    if step:
+        tags[STEP_TAG] = step
+    closed = []
+    for run in _runs_with_tags(client, exp_id, tags):
+        if run.info.status == "RUNNING" and (step is None or run.data.tags.get(ROLE_TAG) != PARENT_ROLE):
+            client.set_tag(run.info.run_id, "llmft.closed_by", "stale-run-cleanup")
+            client.set_terminated(run.info.run_id, status=status)
+            closed.append(run.info.run_id)
+    return closed
+
+
+@contextlib.contextmanager
+def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str) -> Iterator[tuple[MlflowClient, str]]:
+    """Open this step's child run under the pipeline's parent run; yield ``(client, run_id)``.
+
+    Earlier attempts of the same step left RUNNING (a killed pod) are ended KILLED first. The child
+    ends FINISHED when the block completes and FAILED (with the error as a tag) when it raises.
+    """
+    client = make_client(cfg)
+    parent = parent_run_id(client, cfg, kfp_run_id)
+    close_stale_runs(client, cfg, kfp_run_id, step=step)
+    exp_id = experiment_id(client, cfg.mlflow.experiment)
+    attempt = len(_runs_with_tags(client, exp_id, {KFP_RUN_TAG: kfp_run_id, STEP_TAG: step})) + 1
+    run = client.create_run(
+        exp_id,
+        run_name=f"{step}" if attempt == 1 else f"{step}-attempt{attempt}",
+        tags={"mlflow.parentRunId": parent, KFP_RUN_TAG: kfp_run_id, STEP_TAG: step, ROLE_TAG: step,
+              "llmft.attempt": str(attempt)},
+    )
+    run_id = run.info.run_id
+    try:
+        yield client, run_id
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            client.set_tag(run_id, "llmft.error", f"{type(exc).__name__}: {exc}"[:4000])
+            client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def finalize_pipeline_runs(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str, error: str = "") -> dict:
+    """Exit-handler logic: close every run of this pipeline run according to the pipeline's final state.
+
+    A failed or cancelled pipeline leaves no RUNNING run: open children end FAILED and the parent
+    ends FAILED with the error as a tag. A successful pipeline ends its parent FINISHED.
+    Returns a summary ``{"parent": id, "closed": [...], "status": ...}``.
+    """
+    client = make_client(cfg)
+    parent = parent_run_id(client, cfg, kfp_run_id)
+    succeeded = pipeline_state.upper() == "SUCCEEDED"
+    status = "FINISHED" if succeeded else "FAILED"
+    closed = [] if succeeded else close_stale_runs(client, cfg, kfp_run_id, status="FAILED")
+    client.set_tag(parent, "kfp.final_state", pipeline_state)
+    if error:
+        client.set_tag(parent, "llmft.error", error[:4000])
+    client.set_terminated(parent, status=status)
+    return {"parent": parent, "closed": [run for run in closed if run != parent], "status": status}

@@ -1,0 +1,441 @@
+"""The typed configuration of the fine-tuning pipeline.
+
+One :class:`PipelineConfig` per run, loaded from a preset in ``configs/*.yaml`` and optionally
+changed with ``--set section.field=value`` overrides. Every setting is declared here once, with
+its default and its description; pipeline parameters, CLI flags and the rendered LLaMA-Factory
+YAML all read from this model.
+
+Rules that involve one section live in that section's validators; rules that span sections live
+in :meth:`PipelineConfig._cross_section_rules`. Every error names the field path, e.g.
+``training.learning_rate: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.image import DEFAULT_IMAGE
+from configs.templates import LLAMAFACTORY_TEMPLATES
+
+CONFIG_DIR = Path(__file__).resolve().parent
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending field path."""
+
+
+class _Section(BaseModel):
+    """Base settings shared by every section: unknown keys are errors, values are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _relative_storage_path(value: str) -> str:
+    """Refuse paths that would escape the storage root (absolute or containing '..')."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or value.startswith("~"):
+        raise ValueError(f"must be a relative path inside the storage root, got {value!r}")
+    return str(path)
+
+
+class StorageConfig(_Section):
+    """Where everything lives on the shared (NFS) volume. Paths are relative to ``mount_path``."""
+
+    pvc_name: str = Field("llama-storage", description="PersistentVolumeClaim (ReadWriteMany) with models and data.")
+    mount_path: str = Field("/storage", description="Where every task mounts the PVC (the storage root).")
+    base_model: str = Field("models/base-model", description="Base model directory (Hugging Face layout).")
+    data_dir: str = Field("data", description="Directory with dataset_info.json and the dataset files.")
+    output_root: str = Field("output", description="Run-scoped outputs: <output_root>/<kfp run id>/...")
+    models_root: str = Field("models", description="Published merged models: <models_root>/<name>/<version>.")
+    eval_data_dir: str = Field("eval/mmlu", description="MMLU data in the hendrycks layout (dev/, test/).")
+
+    @field_validator("pvc_name")
+    @classmethod
+    def _k8s_name(cls, value: str) -> str:
+        if not _K8S_NAME.match(value) or len(value) > 253:
+            raise ValueError(f"must be a Kubernetes resource name (lowercase, digits, '-'), got {value!r}")
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _absolute_or_local(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("base_model", "data_dir", "output_root", "models_root", "eval_data_dir")
+    @classmethod
+    def _inside_root(cls, value: str) -> str:
+        return _relative_storage_path(value)
+
+    def resolve(self, relative: str) -> Path:
+        """Absolute path of a storage-relative path, refusing anything outside the root."""
+        root = Path(self.mount_path).resolve()
+        target = (root / _relative_storage_path(relative)).resolve()
+        if target != root and root not in target.parents:
+            raise ValueError(f"path {relative!r} resolves outside the storage root {root}")
+        return target
+
+
+class Toleration(_Section):
+    """One Kubernetes toleration (the GPU nodes' taints)."""
+
+    key: str = Field(..., description="Taint key, e.g. nvidia.com/gpu.")
+    operator: Literal["Exists", "Equal"] = Field("Exists", description="Exists ignores value.")
+    value: str | None = Field(None, description="Taint value when operator is Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect.")
+
+    @model_validator(mode="after")
+    def _value_needs_equal(self) -> Toleration:
+        if self.operator == "Equal" and self.value is None:
+            raise ValueError("operator 'Equal' needs a value")
+        return self
+
+
+class ClusterConfig(_Section):
+    """Scheduling of the tasks on the Kubernetes cluster."""
+
+    image: str = Field(DEFAULT_IMAGE, description="The one image every task runs in (see Dockerfile).")
+    nodes: int = Field(1, ge=1, le=64, description="Training nodes; >1 submits a PyTorchJob (Training Operator).")
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="Node selector for GPU tasks.",
+    )
+    gpu_tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="Tolerations for GPU tasks.",
+    )
+    accelerator_type: str = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
+    accelerator_count: int = Field(1, ge=0, le=16, description="GPUs per training pod; >1 launches torchrun.")
+    cpu_request: str = Field("4", description="CPU request of GPU tasks.")
+    memory_request: str = Field("32Gi", description="Memory request of GPU tasks.")
+    memory_limit: str = Field("64Gi", description="Memory limit of GPU tasks.")
+    light_cpu_request: str = Field("500m", description="CPU request of CPU-only tasks (validate, compare, register).")
+    light_memory_request: str = Field("1Gi", description="Memory request of CPU-only tasks.")
+    shm_size: str = Field("16Gi", description="Size of the in-memory /dev/shm volume NCCL needs.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image.")
+    train_timeout_s: int = Field(86400, ge=60, description="Timeout of the training task (seconds).")
+    eval_timeout_s: int = Field(14400, ge=60, description="Timeout of each evaluation task (seconds).")
+    merge_timeout_s: int = Field(14400, ge=60, description="Timeout of the merge task (seconds).")
+    light_timeout_s: int = Field(1800, ge=60, description="Timeout of CPU-only tasks (seconds).")
+    train_retries: int = Field(2, ge=0, le=10, description="Retries of the training task (resumes from checkpoints).")
+
+    @field_validator("cpu_request", "memory_request", "memory_limit", "light_cpu_request", "light_memory_request",
+                     "shm_size")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _QUANTITY.match(value):
+            raise ValueError(f"must be a Kubernetes quantity such as '4', '500m' or '32Gi', got {value!r}")
+        return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _K8S_NAME.match(name):
+                raise ValueError(f"must be Kubernetes secret names, got {name!r}")
+        return value
+
+
+class DatasetConfig(_Section):
+    """Which datasets (entries of dataset_info.json) to validate and train on."""
+
+    names: list[str] = Field(default_factory=lambda: ["alpaca_sample"], min_length=1,
+                             description="Dataset names from dataset_info.json.")
+    max_reported_errors: int = Field(50, ge=1, le=10000, description="Errors listed before the rest are counted.")
+    contamination_ngram: int = Field(13, ge=5, le=50, description="Word n-gram length for the MMLU overlap check.")
+    max_contaminated_rows: int = Field(
+        -1, ge=-1, description="Fail when more training rows than this overlap MMLU test questions (-1: warn only)."
+    )
+
+    @field_validator("names")
+    @classmethod
+    def _plain_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _DATASET_NAME.match(name) or ".." in name:
+                raise ValueError(f"dataset names are plain identifiers, got {name!r}")
+        return value
+
+
+class TrainingConfig(_Section):
+    """LLaMA-Factory training settings (rendered into its YAML by components.train)."""
+
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="Fine-tuning method.")
+    template: str = Field("llama3", description="LLaMA-Factory chat template name.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    num_train_epochs: float = Field(3.0, gt=0, le=1000, description="Epochs (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    per_device_train_batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch per GPU.")
+    gradient_accumulation_steps: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    cutoff_len: int = Field(2048, ge=16, le=1_048_576, description="Token limit per example; longer is truncated.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (higher: more capacity, more memory).")
+    lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha; the update is scaled by alpha / r.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_target: str = Field("all", description="Target modules: 'all' linear layers or a comma list.")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
+    quantization_bit: Literal[4, 8] | None = Field(None, description="QLoRA quantisation bits (bitsandbytes).")
+    deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0: off); full uses 3.")
+    save_steps: int = Field(500, ge=1, description="Checkpoint interval in optimizer steps.")
+    save_total_limit: int = Field(3, ge=1, le=100, description="Checkpoints kept on the PVC.")
+    logging_steps: int = Field(10, ge=1, description="Log loss every N steps.")
+    val_size: float = Field(0.0, ge=0, lt=1, description="Share held out for eval loss (0: none).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2"] = Field("auto", description="Attention kernel.")
+    gradient_checkpointing: bool = Field(True, description="Trade compute for memory.")
+    trust_remote_code: bool = Field(False, description="Run model code from the model directory (a risk).")
+    preprocessing_num_workers: int = Field(4, ge=1, le=256, description="Tokenisation worker processes.")
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        if value not in LLAMAFACTORY_TEMPLATES:
+            raise ValueError(f"unknown LLaMA-Factory template {value!r}; e.g. llama3, qwen, mistral, default")
+        return value
+
+    @field_validator("lora_target")
+    @classmethod
+    def _module_names(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",")]
+        if not all(re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", part) for part in parts):
+            raise ValueError(f"must be 'all' or comma-separated module names, got {value!r}")
+        return ",".join(parts)
+
+    @model_validator(mode="after")
+    def _method_rules(self) -> TrainingConfig:
+        if self.method == "qlora" and self.quantization_bit is None:
+            raise ValueError("method 'qlora' needs quantization_bit (4 or 8)")
+        if self.method != "qlora" and self.quantization_bit is not None:
+            raise ValueError(f"quantization_bit is only for method 'qlora', not {self.method!r}")
+        return self
+
+
+class EvaluationConfig(_Section):
+    """MMLU evaluation (components.evaluate_mmlu)."""
+
+    n_shot: int = Field(5, ge=0, le=20, description="Few-shot examples from the subject's dev split.")
+    subjects: list[str] = Field(default_factory=list, description="Subjects to evaluate (empty: all found).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Questions scored per forward pass.")
+    limit: int = Field(0, ge=0, description="Questions per subject (0: all).")
+    backend: Literal["hf", "openai"] = Field("hf", description="hf: transformers in the task; openai: an endpoint.")
+    endpoint: str = Field("", description="OpenAI-compatible completions URL (backend openai), e.g. a vLLM server.")
+
+    @field_validator("subjects")
+    @classmethod
+    def _subject_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[a-z0-9_]+$", name):
+                raise ValueError(f"MMLU subjects are lowercase identifiers, got {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> EvaluationConfig:
+        if self.backend == "openai" and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError("backend 'openai' needs endpoint, an http(s) URL")
+        return self
+
+
+class GateConfig(_Section):
+    """When a candidate replaces the champion (components.compare_baseline)."""
+
+    metric: Literal["mmlu_micro", "mmlu_macro"] = Field("mmlu_micro", description="Accuracy that decides.")
+    min_improvement: float = Field(0.0, ge=-1, le=1, description="Required gain of the metric (absolute).")
+    max_regression: float = Field(0.02, ge=0, le=1, description="Largest allowed drop in any category.")
+    require_significance: bool = Field(False, description="Also require McNemar p < alpha.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level.")
+    bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+
+
+class MlflowConfig(_Section):
+    """Experiment tracking and the model registry."""
+
+    tracking_uri: str = Field("http://mlflow.mlflow.svc.cluster.local:5000", description="MLflow tracking URI.")
+    experiment: str = Field("llm-finetune", min_length=1, max_length=500, description="Experiment name.")
+    credentials_secret: str = Field(
+        "mlflow-config", description="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN.")
+    registered_model_name: str = Field("llm-finetuned", min_length=1, max_length=256,
+                                       description="Registered model that carries the champion alias.")
+    request_timeout_s: int = Field(10, ge=1, le=300, description="Per-request HTTP timeout.")
+    request_max_retries: int = Field(2, ge=0, le=20, description="HTTP retries before a step gives up.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if not re.match(r"^(https?://|sqlite:///|databricks)", value):
+            raise ValueError(f"must be an http(s):// or sqlite:/// URI, got {value!r}")
+        return value
+
+    @field_validator("credentials_secret")
+    @classmethod
+    def _secret_name(cls, value: str) -> str:
+        if value and not _K8S_NAME.match(value):
+            raise ValueError(f"must be a Kubernetes secret name, got {value!r}")
+        return value
+
+
+class MergeConfig(_Section):
+    """LoRA merge and publication for vLLM (components.merge_lora)."""
+
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Weights dtype of the merged model.")
+    max_shard_size_mb: int = Field(4096, ge=1, le=100_000, description="Largest output shard.")
+
+
+class PipelineConfig(_Section):
+    """Everything one run of the fine-tuning pipeline needs."""
+
+    name: str = Field("llm-finetune", description="Short run family name; used in MLflow and paths.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _k8s_like(cls, value: str) -> str:
+        if not _K8S_NAME.match(value) or len(value) > 63:
+            raise ValueError(f"must be lowercase letters, digits and '-', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> PipelineConfig:
+        if self.training.deepspeed_stage and self.cluster.accelerator_count == 0:
+            raise ValueError("training.deepspeed_stage needs GPUs (cluster.accelerator_count >= 1)")
+        if self.training.quantization_bit and self.cluster.accelerator_count == 0:
+            raise ValueError("method 'qlora' (bitsandbytes) needs GPUs (cluster.accelerator_count >= 1)")
+        if self.cluster.nodes > 1 and self.cluster.accelerator_count == 0:
+            raise ValueError("cluster.nodes > 1 needs cluster.accelerator_count >= 1")
+        return self
+
+    def dump_public(self) -> dict[str, Any]:
+        """A JSON-ready dict for logs and MLflow params (the config holds no secret values by design:
+        credentials reach the tasks only as environment variables from a Kubernetes Secret)."""
+        return json.loads(self.model_dump_json())
+
+    def config_hash(self) -> str:
+        """A stable short hash of the whole configuration (lineage tag, cache key)."""
+        canonical = json.dumps(self.dump_public(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``section.field=value`` override; the value is read as YAML (numbers, lists, bools)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    path = [part.strip() for part in key.split(".")]
+    if not all(path):
+        raise ConfigError(f"override {text!r} has an empty path component")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from exc
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b=value`` override applied (unknown keys fail later)."""
+    merged = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def config_from_dict(data: Any, source: str = "<dict>", overrides: list[str] | None = None) -> PipelineConfig:
+    """Validate a plain dict (from YAML or JSON) into a :class:`PipelineConfig`.
+
+    Raises:
+        ConfigError: the data is not a mapping or a field is unknown or invalid; the message names the
+            source and every offending field path.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping, "
+                          f"got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load and validate a YAML config file, then apply ``--set``-style overrides.
+
+    ``path`` may also be a preset name such as ``lora`` (read from ``configs/lora.yaml``).
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, not YAML, or fails validation.
+    """
+    file = Path(path)
+    if not file.suffix and not file.exists():
+        file = CONFIG_DIR / f"{path}.yaml"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {file} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return config_from_dict(data, source=str(file), overrides=overrides)
+
+
+def config_from_json(text: str, overrides: list[str] | None = None) -> PipelineConfig:
+    """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the config parameter is not valid JSON/YAML: {exc}") from None
+    return config_from_dict(data, source="the config parameter", overrides=overrides)
+
+
+__all__ = [
+    "ConfigError",
+    "PipelineConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_from_json",
+    "load_config",
+]

@@ -1,0 +1,130 @@
+"""Shared fixtures: a tiny locally built model, a real MLflow server on loopback, a storage root.
+
+Nothing here downloads anything: the model and tokenizer are built by ``components.tiny_model``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from configs.schema import PipelineConfig, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = REPO_ROOT / "components" / "assets"
+
+# Keep the two CPU cores for the test at hand; tokenizers and torch otherwise oversubscribe.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (hidden 64, 2 layers) with a locally trained tokenizer, built once per session."""
+    from components.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-model") / "base-model", seed=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early when ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback with a SQLite store; can be stopped and restarted."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = root
+        self.port = port or _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.log = open(self.root / "server.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
+             "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        wait_for_http(self.uri + "/health", timeout_s=90, process=self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1, shared by the session (~10 s start)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_storage(root: Path, model_dir: Path) -> Path:
+    """Lay out a storage root like the NFS volume: base model, sample data, MMLU sample."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, root / "models" / "base-model", dirs_exist_ok=True)
+    if (ASSETS / "sample_data").exists():
+        shutil.copytree(ASSETS / "sample_data", root / "data", dirs_exist_ok=True)
+    if (ASSETS / "sample_mmlu").exists():
+        shutil.copytree(ASSETS / "sample_mmlu", root / "eval" / "mmlu", dirs_exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def storage_root(tmp_path, tiny_model_dir) -> Path:
+    """A fresh storage root per test with the tiny base model and the shipped sample data."""
+    return make_storage(tmp_path / "storage", tiny_model_dir)
+
+
+@pytest.fixture
+def local_config(storage_root) -> PipelineConfig:
+    """The CPU demo preset pointed at this test's storage root and a SQLite MLflow store inside it."""
+    db = storage_root / "mlflow" / "mlflow.db"
+    return load_config("local", overrides=[
+        f"storage.mount_path={storage_root}",
+        f"mlflow.tracking_uri=sqlite:///{db}",
+    ])
