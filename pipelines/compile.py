@@ -1,0 +1,116 @@
+"""Compile the pipeline for every preset in ``configs/`` into KFP IR YAML under ``compiled/``.
+
+    python -m pipelines.compile                        # all presets -> compiled/<preset>.yaml
+    python -m pipelines.compile --config configs/lora.yaml --set training.lora_rank=32 --output /tmp/x.yaml
+    python -m pipelines.compile --check                # exit 1 when compiled/ is stale (CI)
+
+The output is deterministic (same bytes on every run) and compiling imports neither torch,
+transformers nor LLaMA-Factory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from configs.schema import CONFIG_DIR, ConfigError, PipelineConfig, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPILED_DIR = REPO_ROOT / "compiled"
+
+
+def presets() -> dict[str, Path]:
+    """The shipped presets: ``{name: configs/<name>.yaml}``."""
+    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+def compile_config(cfg: PipelineConfig, output: Path) -> Path:
+    """Compile the pipeline for ``cfg`` into ``output`` (KFP IR YAML) and return the path."""
+    from kfp import compiler
+
+    from pipelines.finetune import build_pipeline
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), package_path=str(output))
+    output.write_text(_stable_header(output.read_text(encoding="utf-8")), encoding="utf-8")
+    return output
+
+
+_HEADER_DEFAULT = re.compile(r"^(#\s+\w+: \w+ \[Default: )(.*)(\])$")
+
+
+def _stable_header(text: str) -> str:
+    """Render dict/list defaults in the compiler's comment header with sorted keys.
+
+    The compiler prints them from protobuf maps, whose order changes between processes; the IR
+    body itself is already ordered. Sorting makes the file byte-identical on every compile.
+    """
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        match = _HEADER_DEFAULT.match(line)
+        if match and match.group(2)[:1] in "[{":
+            value = ast.literal_eval(match.group(2))
+            lines[index] = f"{match.group(1)}{json.dumps(value, sort_keys=True)}{match.group(3)}"
+    return "\n".join(lines)
+
+
+def compile_presets(output_dir: Path = COMPILED_DIR) -> list[Path]:
+    """Compile every preset into ``output_dir/<preset>.yaml``."""
+    return [compile_config(load_config(path), output_dir / f"{name}.yaml") for name, path in presets().items()]
+
+
+def stale_files(output_dir: Path = COMPILED_DIR) -> list[str]:
+    """Names of checked-in IR files that differ from a fresh compile (or are missing/extra)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {path.name: path.read_bytes() for path in compile_presets(Path(tmp))}
+    current = {path.name: path.read_bytes() for path in output_dir.glob("*.yaml")}
+    return sorted(name for name in fresh.keys() | current.keys() if fresh.get(name) != current.get(name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of ``python -m pipelines.compile``."""
+    parser = argparse.ArgumentParser(description="Compile the fine-tuning pipeline to KFP IR YAML.")
+    parser.add_argument("--config", help="One config (path or preset name); default: every preset.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="Override a config value (repeatable); only with --config.")
+    parser.add_argument("--output", type=Path, help="Output file (with --config) or directory (default compiled/).")
+    parser.add_argument("--check", action="store_true", help="Fail when compiled/ differs from a fresh compile.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 1 when --check finds stale IR, 2 on a bad config or usage."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.check:
+            stale = stale_files(args.output or COMPILED_DIR)
+            if stale:
+                print(f"compiled/ is stale: {', '.join(stale)}; run python -m pipelines.compile", file=sys.stderr)
+                return 1
+            print("compiled/ is current")
+            return 0
+        if args.config:
+            cfg = load_config(args.config, overrides=args.overrides)
+            output = args.output or COMPILED_DIR / f"{Path(args.config).stem}.yaml"
+            print(compile_config(cfg, output))
+            return 0
+        if args.overrides:
+            print("--set needs --config", file=sys.stderr)
+            return 2
+        for path in compile_presets(args.output or COMPILED_DIR):
+            print(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

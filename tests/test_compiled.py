@@ -1,0 +1,200 @@
+"""The compiled IR: parsed strictly with the KFP protos, scheduled as a GPU cluster needs, secret-free,
+deterministic, torch-free to produce, and current in compiled/."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from configs.schema import config_from_json, load_config
+from pipelines.compile import COMPILED_DIR, REPO_ROOT, compile_presets, presets, stale_files
+
+GPU_EXECUTORS = {"exec-train", "exec-evaluate-mmlu", "exec-evaluate-mmlu-2", "exec-merge-lora"}
+HEAVY_MODULES = ("torch", "transformers", "llamafactory", "peft", "datasets", "mlflow")
+PLANTED_SECRET = "planted-Secret-5f1c9e-do-not-leak"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, Path]:
+    """Every preset compiled in a subprocess that has a recognisable secret in its environment."""
+    out = tmp_path_factory.mktemp("compiled")
+    env = dict(os.environ, MLFLOW_TRACKING_PASSWORD=PLANTED_SECRET, MLFLOW_TRACKING_TOKEN=PLANTED_SECRET,
+               KFP_TOKEN=PLANTED_SECRET)
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--output", str(out)], check=True, env=env,
+                   cwd=REPO_ROOT, capture_output=True)
+    return {path.stem: path for path in sorted(out.glob("*.yaml"))}
+
+
+def _documents(path: Path) -> tuple[pipeline_spec_pb2.PipelineSpec, dict, pipeline_spec_pb2.PlatformSpec]:
+    pipeline_doc, platform_doc = yaml.safe_load_all(path.read_text())
+    spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    platform = json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+    return spec, pipeline_doc, platform
+
+
+def _k8s_executors(platform: pipeline_spec_pb2.PlatformSpec) -> dict[str, k8s_pb2.KubernetesExecutorConfig]:
+    executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
+    return {
+        name: json_format.ParseDict(config, k8s_pb2.KubernetesExecutorConfig(), ignore_unknown_fields=False)
+        for name, config in executors.items()
+    }
+
+
+def test_every_preset_is_compiled(compiled):
+    assert set(compiled) == set(presets())
+
+
+@pytest.mark.parametrize("preset", ["lora", "qlora", "full"])
+def test_gpu_tasks_carry_every_scheduling_setting(compiled, preset):
+    cfg = load_config(preset)
+    spec, pipeline_doc, platform = _documents(compiled[preset])
+    containers = pipeline_doc["deploymentSpec"]["executors"]
+    executors = _k8s_executors(platform)
+    assert GPU_EXECUTORS <= set(executors)
+    for name in GPU_EXECUTORS:
+        resources = containers[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] or resources["accelerator"].get("resourceTypeParameter")
+        assert "resourceCountParameter" in resources["accelerator"] or resources["accelerator"].get("resourceCount")
+        assert resources["resourceCpuRequest"] == cfg.cluster.cpu_request
+        assert resources["resourceMemoryRequest"] == cfg.cluster.memory_request
+        config = executors[name]
+        assert config.node_selector.node_selector_json.component_input_parameter
+        assert config.tolerations and config.tolerations[0].toleration_json.component_input_parameter
+        assert [m.mount_path for m in config.empty_dir_mounts] == ["/dev/shm"]
+        assert config.empty_dir_mounts[0].medium == "Memory"
+        assert config.active_deadline_seconds > 0
+    assert containers["exec-train"]["container"]["image"] == cfg.cluster.image
+    assert "exit-handler-1" in spec.root.dag.tasks
+
+
+@pytest.mark.parametrize("preset", sorted(presets()))
+def test_every_task_mounts_the_pvc_and_reads_credentials_from_the_secret(compiled, preset):
+    cfg = load_config(preset)
+    _, pipeline_doc, platform = _documents(compiled[preset])
+    executors = _k8s_executors(platform)
+    assert set(executors) == set(pipeline_doc["deploymentSpec"]["executors"])
+    for name, config in executors.items():
+        assert [m.mount_path for m in config.pvc_mount] == [cfg.storage.mount_path], name
+        assert config.pvc_mount[0].pvc_name_parameter.component_input_parameter, name
+        assert config.active_deadline_seconds > 0, name
+        if cfg.mlflow.credentials_secret:
+            assert config.secret_as_env[0].secret_name == cfg.mlflow.credentials_secret
+            assert config.secret_as_env[0].optional
+
+
+def test_no_credential_value_anywhere(compiled):
+    for path in compiled.values():
+        text = path.read_text()
+        assert PLANTED_SECRET not in text
+        assert "password:" not in text.lower()
+
+
+def test_the_training_task_retries_and_every_task_has_a_caching_decision(compiled):
+    spec, _, _ = _documents(compiled["lora"])
+    inner = spec.components["comp-exit-handler-1"].dag.tasks
+    assert inner["train"].retry_policy.max_retry_count == load_config("lora").cluster.train_retries
+    assert inner["validate-dataset"].caching_options.enable_cache is False
+    assert inner["train"].caching_options.enable_cache is True
+    assert "condition-branches-1" in inner or any(name.startswith("condition") for name in inner)
+
+
+def test_pipeline_inputs_come_from_the_config(compiled):
+    for preset, path in compiled.items():
+        cfg = load_config(preset)
+        spec, _, _ = _documents(path)
+        params = spec.root.input_definitions.parameters
+        assert set(params) == {"config", "overrides", "pvc_name", "gpu_node_selector", "gpu_tolerations",
+                               "accelerator_type", "accelerator_count"}
+        for name, param in params.items():
+            assert param.description, f"{preset}: input {name} has no description for the UI"
+        assert config_from_json(params["config"].default_value.string_value) == cfg
+        assert params["pvc_name"].default_value.string_value == cfg.storage.pvc_name
+        assert params["accelerator_count"].default_value.number_value == cfg.cluster.accelerator_count
+        selector = json_format.MessageToDict(params["gpu_node_selector"].default_value)
+        assert selector == cfg.cluster.gpu_node_selector
+        tolerations = json_format.MessageToDict(params["gpu_tolerations"].default_value)
+        assert tolerations == [t.model_dump(exclude_none=True) for t in cfg.cluster.gpu_tolerations]
+
+
+def test_compile_is_deterministic(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out, seed in ((first, "1"), (second, "2")):
+        subprocess.run([sys.executable, "-m", "pipelines.compile", "--output", str(out)], check=True,
+                       cwd=REPO_ROOT, capture_output=True, env=dict(os.environ, PYTHONHASHSEED=seed))
+    for path in first.glob("*.yaml"):
+        assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+
+
+def test_compile_imports_no_heavy_framework(tmp_path):
+    code = (
+        "import sys, pathlib, pipelines.compile as c; c.compile_presets(pathlib.Path(sys.argv[1]));"
+        f"print([m for m in {HEAVY_MODULES!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=REPO_ROOT,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_checked_in_ir_is_current():
+    assert stale_files(COMPILED_DIR) == [], "run: python -m pipelines.compile"
+
+
+def _wrappers() -> list[tuple[str, ast.FunctionDef]]:
+    found = []
+    for module in sorted((REPO_ROOT / "components").glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                "component" in ast.unparse(decorator) for decorator in node.decorator_list
+            ):
+                found.append((f"{module.name}:{node.name}", node))
+    return found
+
+
+def test_wrappers_hold_no_logic():
+    wrappers = _wrappers()
+    assert len(wrappers) >= 10
+    for name, node in wrappers:
+        body = [stmt for stmt in node.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
+        calls = [stmt for stmt in body if not isinstance(stmt, ast.Import | ast.ImportFrom)]
+        assert len(calls) == 1, f"{name}: a wrapper makes exactly one call"
+        for inner in ast.walk(node):
+            assert not isinstance(inner, ast.If | ast.For | ast.While | ast.Try | ast.With | ast.IfExp), name
+        assert ast.get_docstring(node), f"{name}: the docstring is the UI description"
+
+
+def test_components_package_exports_only_the_wrappers():
+    import components
+
+    exported = set(components.__all__)
+    assert exported == {node.name for _, node in _wrappers()}
+
+
+def test_compile_cli_reports_a_bad_override_with_the_field(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", "--config", "lora", "--set", "training.lora_rank=-3",
+         "--output", str(tmp_path / "x.yaml")], cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "training.lora_rank" in proc.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_ir_task_graph_matches_the_design(compiled):
+    spec, _, _ = _documents(compiled["lora"])
+    inner = spec.components["comp-exit-handler-1"].dag.tasks
+    deps = {name: set(task.dependent_tasks) for name, task in inner.items()}
+    assert "validate-dataset" in deps["train"]
+    assert "train" in deps["merge-lora"]
+    assert {"compare-with-baseline", "merge-lora"} <= deps["register-model"]
+    assert spec.root.dag.tasks["finalize-runs"].trigger_policy.strategy == (
+        pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
+    )
