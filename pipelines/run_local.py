@@ -1,0 +1,209 @@
+"""Run the whole fine-tuning pipeline on this machine, on the CPU, through ``kfp.local``.
+
+    python -m pipelines.run_local                              # configs/local.yaml, storage in ./storage
+    python -m pipelines.run_local --set training.max_steps=40  # any config value can be overridden
+    python -m pipelines.run_local --storage /tmp/storage --config configs/local.yaml
+
+This is the same pipeline function that ``pipelines.compile`` compiles for the cluster, run by
+``kfp.local.SubprocessRunner(use_venv=False)`` (Kubernetes settings do not apply locally). The
+storage directory is laid out like the NFS volume; what is missing is created: a tiny random base
+model (built locally, deterministic), the sample alpaca dataset and the sample MMLU data shipped in
+``components/assets``. MLflow uses a SQLite store inside the storage directory. A second run
+compares against the champion the first run promoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from configs.schema import ConfigError, PipelineConfig, load_config
+
+ASSETS = Path(__file__).resolve().parents[1] / "components" / "assets"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+
+
+def localise(cfg: PipelineConfig, storage: Path | None) -> PipelineConfig:
+    """Make the storage root and a SQLite tracking URI absolute, so every task process agrees on them."""
+    root = (storage or Path(cfg.storage.mount_path)).resolve()
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    return cfg.model_copy(update={
+        "storage": cfg.storage.model_copy(update={"mount_path": str(root)}),
+        "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": uri}),
+    })
+
+
+def prepare_storage(cfg: PipelineConfig) -> list[str]:
+    """Create what the run needs and is missing: base model, sample data, MMLU sample. Returns what was made."""
+    made = []
+    base = cfg.storage.resolve(cfg.storage.base_model)
+    if not (base / "config.json").exists():
+        from components.storage import atomic_directory
+        from components.tiny_model import build_tiny_llama
+
+        with atomic_directory(base) as tmp:
+            build_tiny_llama(tmp, seed=0)
+        made.append(f"tiny base model -> {base}")
+    data = cfg.storage.resolve(cfg.storage.data_dir)
+    if not (data / "dataset_info.json").exists():
+        shutil.copytree(ASSETS / "sample_data", data, dirs_exist_ok=True)
+        made.append(f"sample dataset -> {data}")
+    mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
+    if not (mmlu / "test").exists():
+        shutil.copytree(ASSETS / "sample_mmlu", mmlu, dirs_exist_ok=True)
+        made.append(f"sample MMLU -> {mmlu}")
+    _ensure_experiment(cfg)
+    return made
+
+
+def _ensure_experiment(cfg: PipelineConfig) -> None:
+    """Create the experiment with its artifacts inside the storage root (SQLite stores default to ./mlruns)."""
+    if not cfg.mlflow.tracking_uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
+        artifacts = cfg.storage.resolve("mlflow") / "artifacts"
+        client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
+
+
+def run_pipeline(cfg: PipelineConfig) -> None:
+    """Run the pipeline for ``cfg`` with kfp.local; raises when a task fails."""
+    from kfp import local
+
+    from pipelines.finetune import build_pipeline
+
+    os.environ.update({"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "HF_HUB_OFFLINE": "1",
+                       "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg"})
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(cfg.storage.resolve("kfp-local")), raise_on_error=True)
+    pipeline = build_pipeline(cfg)
+    pipeline(config=cfg.model_dump_json())
+
+
+def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
+    """Collect what the run produced from MLflow and the storage root (newest parent run since ``since_ms``)."""
+    from mlflow.tracking import MlflowClient
+
+    from components.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    parents = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if not parents or parents[0].info.start_time < since_ms:
+        raise RuntimeError("no pipeline run was recorded in MLflow")
+    parent = parents[0]
+    kfp_run_id = parent.data.tags[KFP_RUN_TAG]
+    children = {
+        run.data.tags.get(STEP_TAG): run
+        for run in client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        if run.data.tags.get(ROLE_TAG) != PARENT_ROLE
+    }
+    summary: dict[str, Any] = {"kfp_run_id": kfp_run_id, "parent_run": parent.info.run_id,
+                               "parent_status": parent.info.status, "steps": sorted(k for k in children if k)}
+    summary["dataset_hash"] = parent.data.tags.get("llmft.dataset_hash") or _first_tag(children, "llmft.dataset_hash")
+    train = children.get("train")
+    summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
+    for role in ("candidate", "baseline"):
+        run = children.get(f"evaluate-{role}")
+        summary[f"mmlu_{role}"] = run.data.metrics.get("mmlu_micro") if run else None
+    compare = children.get("compare-baseline")
+    if compare:
+        summary["decision"] = compare.data.tags.get("llmft.decision")
+        summary["reasons"] = compare.data.tags.get("llmft.reasons")
+        summary["baseline"] = compare.data.tags.get("llmft.baseline_name")
+        summary.setdefault("mmlu_baseline", compare.data.metrics.get("baseline_mmlu_micro"))
+    name = cfg.mlflow.registered_model_name
+    versions = client.search_model_versions(f"name = '{name}' and tag.`{KFP_RUN_TAG}` = '{kfp_run_id}'")
+    if versions:
+        version = versions[0]
+        summary["registered"] = f"{name} v{version.version}"
+        summary["aliases"] = list(version.aliases)
+    try:
+        summary["champion"] = f"{name} v{client.get_model_version_by_alias(name, 'champion').version}"
+    except Exception:  # no champion yet (first model rejected)
+        summary["champion"] = None
+    models_dir = cfg.storage.resolve(cfg.storage.models_root) / name
+    current = models_dir / "current"
+    summary["served_model"] = str(current.resolve()) if current.exists() else None
+    summary["mlflow_ui"] = f"mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri} --port 5000"
+    return summary
+
+
+def _first_tag(runs: dict[str, Any], key: str) -> str | None:
+    for run in runs.values():
+        if key in run.data.tags:
+            return run.data.tags[key]
+        if key in run.data.params:
+            return run.data.params[key]
+    return None
+
+
+def format_summary(summary: dict[str, Any], seconds: float) -> str:
+    """A short human summary of one run."""
+    def fmt(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "n/a")
+
+    lines = [
+        "",
+        f"== Pipeline run {summary['kfp_run_id']} finished in {seconds:.0f} s ==",
+        f"dataset hash      : {fmt(summary.get('dataset_hash'))}",
+        f"train loss        : {fmt(summary.get('train_loss'))}",
+        f"MMLU candidate    : {fmt(summary.get('mmlu_candidate'))}",
+        f"MMLU baseline     : {fmt(summary.get('mmlu_baseline'))}  ({fmt(summary.get('baseline'))})",
+        f"decision          : {fmt(summary.get('decision'))} - {fmt(summary.get('reasons'))}",
+        f"registered        : {fmt(summary.get('registered'))} aliases={summary.get('aliases', [])}",
+        f"champion          : {fmt(summary.get('champion'))}",
+        f"served model      : {fmt(summary.get('served_model'))}",
+        f"MLflow UI         : {summary['mlflow_ui']}",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of ``python -m pipelines.run_local``."""
+    parser = argparse.ArgumentParser(description="Run the fine-tuning pipeline locally (kfp.local, CPU).")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Config YAML or preset name (default: local).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="Override a config value (repeatable).")
+    parser.add_argument("--storage", type=Path, help="Storage root (default: the config's mount_path, ./storage).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 when the pipeline succeeded, 1 when a task failed, 2 on a bad config."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = localise(load_config(args.config, overrides=args.overrides), args.storage)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for line in prepare_storage(cfg):
+        print(f"prepared: {line}")
+    started = time.time()
+    try:
+        run_pipeline(cfg)
+    except Exception as exc:  # kfp.local raises when a task fails; its log is above
+        print(f"\npipeline failed: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(summarise(cfg, int(started * 1000) - 1), time.time() - started))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
