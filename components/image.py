@@ -1,3 +1,5 @@
-"""The one image every task runs in (built from the Dockerfile; pins match setup.cfg)."""
+"""The image every component is declared with (the pipeline swaps in ``cluster.image`` at compile time)."""
 
-DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0"
+from configs.schema import DEFAULT_IMAGE
+
+__all__ = ["DEFAULT_IMAGE"]

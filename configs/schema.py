@@ -21,10 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.image import DEFAULT_IMAGE
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parent
+# The one image every task runs in (built from the Dockerfile; pins match setup.cfg).
+DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0"
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
