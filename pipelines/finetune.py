@@ -133,7 +133,7 @@ def build_pipeline(cfg: PipelineConfig):
         config: str = cfg.model_dump_json(),
         overrides: list = [],  # noqa: B006 - KFP reads the literal default; it is never mutated
         pvc_name: str = cfg.storage.pvc_name,
-        gpu_node_selector: dict = dict(cfg.cluster.gpu_node_selector),
+        gpu_node_selector: dict = dict(cfg.cluster.gpu_node_selector),  # noqa: B006
         gpu_tolerations: list = tolerations,
         accelerator_type: str = cfg.cluster.accelerator_type,
         accelerator_count: int = cfg.cluster.accelerator_count,

@@ -86,7 +86,7 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(("changes", "path", "words"), BAD_CONFIGS, ids=[case[1] + ":" + case[2] for case in BAD_CONFIGS])
+@pytest.mark.parametrize(("changes", "path", "words"), BAD_CONFIGS, ids=[f"{c[1]}:{c[2]}" for c in BAD_CONFIGS])
 def test_bad_config_names_the_field(changes, path, words):
     with pytest.raises(ConfigError) as info:
         config_from_dict(_lora_with(**changes), source="test.yaml")
@@ -104,7 +104,9 @@ def test_cross_section_rule_names_the_fields():
 
 def test_every_error_is_reported_not_just_the_first():
     data = _lora_with(training__learning_rate=-1, evaluation__n_shot=99, gate__alpha=2)
-    message = str(pytest.raises(ConfigError, config_from_dict, data).value)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    message = str(info.value)
     for path in ("training.learning_rate", "evaluation.n_shot", "gate.alpha"):
         assert path in message
 
