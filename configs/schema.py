@@ -357,7 +357,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from exc
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({reason})") from None
     return path, value
 
 
@@ -419,7 +420,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {file} is not valid YAML{where}: {reason}") from None
     return config_from_dict(data, source=str(file), overrides=overrides)
 
 
