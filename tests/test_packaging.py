@@ -1,0 +1,66 @@
+"""Packaging facts a reviewer checks by hand: the image, its pins, the two README commands, CI."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _extras() -> dict[str, list[str]]:
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    section = parser["options.extras_require"]
+    return {name: [line.strip() for line in section[name].splitlines() if line.strip()] for name in section}
+
+
+def test_heavy_stack_is_pinned_in_its_own_extra():
+    extras = _extras()
+    for extra in ("train", "gpu"):
+        for requirement in extras[extra]:
+            assert "==" in requirement or requirement.startswith("matplotlib"), requirement
+    install = configparser.ConfigParser()
+    install.read(REPO / "setup.cfg")
+    base = install["options"]["install_requires"]
+    for heavy in ("torch", "transformers", "llamafactory", "peft"):
+        assert heavy not in base
+
+
+def test_installed_versions_match_the_pins():
+    for requirement in _extras()["train"]:
+        if "==" in requirement:
+            name, version = requirement.split("==")
+            assert metadata.version(name) == version, name
+
+
+def test_dockerfile_installs_the_pinned_extras_and_runs_as_non_root():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r'pip install "\.\[train,gpu\]"', text)
+    user_lines = [line for line in text.splitlines() if line.startswith("USER ")]
+    assert user_lines and user_lines[-1].split()[1].split(":")[0] not in ("root", "0")
+    torch_pin = next(r for r in _extras()["train"] if r.startswith("torch=="))
+    assert "cuda:12.8" in text, f"the CUDA base must match the CUDA build of {torch_pin}"
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci
+
+
+@pytest.mark.parametrize("module", ["pipelines.compile", "pipelines.run_local", "components.tiny_model",
+                                    "components.finalize"])
+def test_cli_help(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0
+    assert "usage:" in proc.stdout
