@@ -29,7 +29,14 @@ from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
 
 from components.image import DEFAULT_IMAGE
-from components.register_model import CHAMPION, LOCAL_PATH_TAG, alias_version, path_from_pvc_uri, storage_path
+from components.register_model import (
+    CHAMPION,
+    LOCAL_PATH_TAG,
+    alias_version,
+    path_from_pvc_uri,
+    set_run_tags,
+    storage_path,
+)
 from configs.schema import GateConfig, PipelineConfig
 
 if TYPE_CHECKING:
@@ -336,7 +343,7 @@ def run_resolve_baseline(config: str, kfp_run_id: str) -> tuple[bool, str, str, 
                                    subjects=list(cfg.evaluation.subjects), limit=cfg.evaluation.limit,
                                    model_id=model_identity(model_dir))
         stored = find_stored_results(client, cfg, eval_key)
-        client.set_tags(run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": eval_key,
+        set_run_tags(client, run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": eval_key,
                                  "llmft.baseline_results_run": stored[0] if stored else "none"})
     print(json.dumps({"baseline": label, "model_dir": str(model_dir), "eval_key": eval_key,
                       "needs_eval": stored is None}))
@@ -372,7 +379,7 @@ def run_fetch_baseline_results(config: str, kfp_run_id: str, eval_key: str) -> t
                 raise ComparisonError(f"stored results of run {stored[0]} have eval_key {results['eval_key']!r}, "
                                       f"not {eval_key!r}")
             atomic_write_text(target, local.read_text(encoding="utf-8"))
-        client.set_tags(run_id, {"llmft.baseline_eval_key": eval_key, "llmft.source_run_id": stored[0]})
+        set_run_tags(client, run_id, {"llmft.baseline_eval_key": eval_key, "llmft.source_run_id": stored[0]})
     return (str(target),)
 
 
@@ -535,7 +542,7 @@ def run_compare(config: str, kfp_run_id: str, candidate_results: str, baseline_r
         client.log_batch(run_id, metrics=_mlflow_metrics(numbers))
         client.log_text(run_id, markdown, "report.md")
         client.log_dict(run_id, comparison, "comparison.json")
-        client.set_tags(run_id, {"llmft.decision": comparison["decision"], "llmft.baseline": baseline_name})
+        set_run_tags(client, run_id, {"llmft.decision": comparison["decision"], "llmft.baseline": baseline_name})
     reasons = "; ".join(comparison["reasons"])
     print(json.dumps({"decision": comparison["decision"], "reasons": reasons, "comparison": str(path)}))
     return comparison["decision"], reasons, str(path)

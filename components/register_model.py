@@ -142,6 +142,13 @@ def version_of_run(client: "MlflowClient", name: str, kfp_run_id: str) -> "Model
     return min(found, key=lambda version: int(version.version)) if found else None
 
 
+def set_run_tags(client: "MlflowClient", run_id: str, tags: dict[str, str]) -> None:
+    """Set several tags on a run in one request."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
 # ---------------------------------------------------------------- lineage
 
 
@@ -237,8 +244,8 @@ def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, dec
         if decision == "reject":
             client.set_registered_model_alias(name, CHALLENGER, registered.version)
             client.set_model_version_tag(name, registered.version, REJECTED_REASON_TAG, reasons[:MAX_TAG_CHARS])
-        client.set_tags(run_id, {"llmft.model_version": registered.version, "llmft.reused": str(existing is not None),
-                                 "llmft.decision": decision})
+        set_run_tags(client, run_id, {"llmft.model_version": registered.version,
+                                      "llmft.reused": str(existing is not None), "llmft.decision": decision})
     print(json.dumps({"registered_model": name, "version": registered.version, "source": source,
                       "decision": decision, "reused": existing is not None}))
     return str(registered.version), "registered"
@@ -296,7 +303,7 @@ def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) 
             client.delete_registered_model_alias(name, CHALLENGER)
         client.delete_model_version_tag(name, model_version, REJECTED_REASON_TAG)
         set_current(models_dir, version)
-        client.set_tags(run_id, {"llmft.model_version": str(model_version), "llmft.previous_champion": previous})
+        set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.previous_champion": previous})
     print(json.dumps({"registered_model": name, "champion": str(model_version), "previous": previous,
                       "current": version}))
     return CHAMPION, previous
