@@ -1,0 +1,173 @@
+"""The entry point every replica of a multi-node training PyTorchJob runs.
+
+The Kubeflow Training Operator describes a replica's place in the job with its own variables;
+LLaMA-Factory's launcher reads others. This module translates, then replaces itself with
+``llamafactory-cli train <yaml>`` (``FORCE_TORCHRUN=1``), which starts ``torchrun`` with one
+process per GPU on this node::
+
+    python -m components.multinode_launch --gpus-per-node 8 /storage/output/RUN/train.yaml
+    python -m components.multinode_launch --gpus-per-node 8 /storage/output/RUN/train.yaml --dry-run
+
+``--dry-run`` prints the mapped variables and the command instead of running it (to check a pod's
+environment). Exit codes: 0 ok (or the exec replaced this process), 1 a missing or contradictory
+variable, a missing YAML file or no ``llamafactory-cli``, 2 a usage error.
+
+Operator variables, by version (``kubeflow.org/v1`` PyTorchJob):
+
+- every version: ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` (the replica's node index: master 0,
+  worker i is i + 1) and ``WORLD_SIZE``;
+- before 1.7, ``WORLD_SIZE`` is the number of replicas (nodes);
+- from 1.7, ``WORLD_SIZE`` is nodes x ``nprocPerNode`` and ``PET_NNODES``, ``PET_NODE_RANK``,
+  ``PET_NPROC_PER_NODE``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` are set as well.
+
+``PET_*`` wins when present; ``NNODES`` falls back to ``WORLD_SIZE / PET_NPROC_PER_NODE`` and then to
+``WORLD_SIZE`` (the pre-1.7 meaning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+LAUNCHER = "llamafactory-cli"
+
+
+class LaunchEnvError(ValueError):
+    """The replica's environment does not describe a usable multi-node job; the message names the variable."""
+
+
+def _first(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    """The first of ``names`` set to a non-empty value, as ``(name, value)``."""
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def _integer(name: str, value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise LaunchEnvError(f"{name}={value!r} is not an integer") from None
+    if number < minimum:
+        raise LaunchEnvError(f"{name}={value!r} must be >= {minimum}")
+    return number
+
+
+def _node_count(environ: Mapping[str, str]) -> int:
+    """Nodes in the job, from PET_NNODES, else WORLD_SIZE (divided by PET_NPROC_PER_NODE from operator 1.7)."""
+    found = _first(environ, "PET_NNODES")
+    if found:
+        name, value = found
+        if ":" in value:
+            raise LaunchEnvError(f"{name}={value!r} is an elastic range; these jobs are not elastic "
+                                 "(the PyTorchJob must not set elasticPolicy)")
+        return _integer(name, value, 1)
+    found = _first(environ, "WORLD_SIZE")
+    if not found:
+        raise LaunchEnvError("neither PET_NNODES nor WORLD_SIZE is set; is this running in a PyTorchJob replica?")
+    world_size = _integer(*found, 1)
+    per_node = _first(environ, "PET_NPROC_PER_NODE")
+    if per_node and per_node[1].isdigit() and int(per_node[1]) > 0:
+        procs = int(per_node[1])
+        if world_size % procs:
+            raise LaunchEnvError(f"WORLD_SIZE={world_size} is not a multiple of PET_NPROC_PER_NODE={procs}")
+        return world_size // procs
+    return world_size
+
+
+def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str, str]:
+    """Translate the Training Operator's variables into the ones ``llamafactory-cli train`` reads.
+
+    Args:
+        environ: The replica's environment (``os.environ`` in the pod).
+        gpus_per_node: GPUs of this pod (``cluster.accelerator_count``); one process per GPU,
+            at least one process (CPU).
+
+    Returns:
+        ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``, ``NPROC_PER_NODE`` and
+        ``FORCE_TORCHRUN=1`` (strings), to be merged over ``environ``.
+
+    Raises:
+        LaunchEnvError: a variable is missing, not a number, out of range (``NODE_RANK >= NNODES``,
+            a port outside 1-65535) or an elastic range; the message names the variable.
+    """
+    nnodes = _node_count(environ)
+    rank = _first(environ, "PET_NODE_RANK", "RANK")
+    if not rank:
+        raise LaunchEnvError("neither PET_NODE_RANK nor RANK is set; is this running in a PyTorchJob replica?")
+    node_rank = _integer(*rank, 0)
+    if node_rank >= nnodes:
+        raise LaunchEnvError(f"{rank[0]}={node_rank} is not below the node count {nnodes}")
+    address = _first(environ, "PET_MASTER_ADDR", "MASTER_ADDR")
+    if not address:
+        raise LaunchEnvError("neither PET_MASTER_ADDR nor MASTER_ADDR is set (the operator sets them when the job "
+                             "has a Master replica)")
+    port = _first(environ, "PET_MASTER_PORT", "MASTER_PORT")
+    if not port:
+        raise LaunchEnvError("neither PET_MASTER_PORT nor MASTER_PORT is set (the master container needs a port "
+                             "named pytorchjob-port)")
+    master_port = _integer(*port, 1)
+    if master_port > 65535:
+        raise LaunchEnvError(f"{port[0]}={master_port} is not a TCP port")
+    return {
+        "NNODES": str(nnodes),
+        "NODE_RANK": str(node_rank),
+        "MASTER_ADDR": address[1],
+        "MASTER_PORT": str(master_port),
+        "NPROC_PER_NODE": str(max(1, gpus_per_node)),
+        # LLaMA-Factory only starts torchrun by itself when it sees more than one GPU; one GPU per node still
+        # needs torchrun to join the other nodes.
+        "FORCE_TORCHRUN": "1",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of one PyTorchJob replica."""
+    parser = argparse.ArgumentParser(
+        prog="python -m components.multinode_launch",
+        description="Map the Training Operator's environment to LLaMA-Factory's and exec llamafactory-cli train.",
+    )
+    parser.add_argument("train_yaml", type=Path, help="The LLaMA-Factory training YAML on the shared volume.")
+    parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs of this pod (one process each).")
+    parser.add_argument("--dry-run", action="store_true", help="Print the mapped variables and command; run nothing.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Map the environment and exec ``llamafactory-cli train``; returns only on errors or ``--dry-run``."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        mapped = map_operator_env(os.environ, args.gpus_per_node)
+    except LaunchEnvError as exc:
+        print(f"multinode_launch: {exc}", file=sys.stderr)
+        return 1
+    command = [LAUNCHER, "train", str(args.train_yaml)]
+    if args.dry_run:
+        print(json.dumps({"env": mapped, "command": command}, indent=2))
+        return 0
+    if not args.train_yaml.is_file():
+        print(f"multinode_launch: the training YAML {args.train_yaml} does not exist on this node "
+              "(is the storage PVC mounted at the same path as in the train step?)", file=sys.stderr)
+        return 1
+    print(f"multinode_launch: node {mapped['NODE_RANK']} of {mapped['NNODES']}, {mapped['NPROC_PER_NODE']} "
+          f"process(es), master {mapped['MASTER_ADDR']}:{mapped['MASTER_PORT']}", flush=True)
+    try:
+        os.execvpe(LAUNCHER, command, {**os.environ, **mapped})
+    except OSError as exc:
+        print(f"multinode_launch: cannot run {LAUNCHER}: {exc.strerror} (is LLaMA-Factory installed in the image?)",
+              file=sys.stderr)
+        return 1
+    return 1  # not reached: exec replaces the process
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
