@@ -264,12 +264,12 @@ def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) 
     Raises:
         ConfigError: the config parameter is invalid.
         RegistryError: the model version does not exist, belongs to another published version, or
-            its published directory is missing.
+            its published directory is missing or incomplete (checked before any alias moves).
         TrackingUnavailable: the MLflow server does not answer.
     """
     from mlflow.exceptions import MlflowException
 
-    from components.publish import set_current
+    from components.publish import PublishError, set_current, verify_model_dir
     from components.tracking import step_run
     from configs.schema import config_from_json
 
@@ -286,8 +286,10 @@ def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) 
         published = target.tags.get("llmft.published_version")
         if published and published != version:
             raise RegistryError(f"{name} version {model_version} was published as {published!r}, not {version!r}")
-        if not (models_dir / version).is_dir():
-            raise RegistryError(f"published model {models_dir / version} does not exist; cannot point current at it")
+        try:  # fail before any alias moves, not halfway through the promotion
+            verify_model_dir(models_dir / version, checksums=False)
+        except PublishError as exc:
+            raise RegistryError(f"cannot promote {name} version {model_version}: {exc}") from None
         aliases = registered_aliases(client, name)
         old = aliases.get(CHAMPION, "")
         if old == str(model_version):

@@ -72,19 +72,29 @@ def _client(cfg):
     return make_client(cfg)
 
 
+def models_dir(cfg) -> Path:
+    return cfg.storage.resolve(cfg.storage.models_root) / cfg.mlflow.registered_model_name
+
+
 def publish(cfg, version: str) -> Path:
-    """What merge-lora leaves: models/<name>/<version> with a config and weights (``current`` not moved)."""
-    target = cfg.storage.resolve(cfg.storage.models_root) / cfg.mlflow.registered_model_name / version
-    target.mkdir(parents=True)
-    (target / "config.json").write_text('{"model_type": "llama"}')
-    (target / "model.safetensors").write_bytes(f"merged weights {version}".encode())
-    return target
+    """What merge-lora leaves: a verified models/<name>/<version> (one tiny tensor; ``current`` not moved)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from components.publish import publish_model, staging_dir_for, write_manifest
+
+    staging = staging_dir_for(models_dir(cfg), version)
+    staging.mkdir(parents=True)
+    (staging / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"weight": np.full(4, len(version), dtype=np.float32)}, str(staging / "model.safetensors"))
+    write_manifest(staging)
+    return publish_model(staging, models_dir(cfg), version, set_current=False)
 
 
-def current_version(cfg) -> str:
-    """The version the published ``current`` pointer names (a symlink or a pointer file)."""
-    pointer = cfg.storage.resolve(cfg.storage.models_root) / cfg.mlflow.registered_model_name / "current"
-    return pointer.resolve().name if pointer.is_symlink() or pointer.is_dir() else pointer.read_text().strip()
+def current_version(cfg) -> str | None:
+    from components.publish import current_version as published_current
+
+    return published_current(models_dir(cfg))
 
 
 def train_run(cfg, kfp_run_id: str, train_loss: float) -> str:
@@ -141,7 +151,7 @@ def test_champion_lifecycle_first_better_and_not_significantly_better(cfg, tmp_p
     # 2. +8 right answers, none lost: promoted; the alias moves and the old champion becomes previous.
     second = pipeline_run(cfg, "run-2", "v2", make_results(gained=dict.fromkeys(CATEGORY, 2)), 0.6, tmp_path)
     assert second["baseline_name"] == f"champion v{first['model_version']}"
-    assert second["baseline_dir"] == str(cfg.storage.resolve(cfg.storage.models_root) / name / "v1")
+    assert second["baseline_dir"] == str(models_dir(cfg) / "v1")
     assert second["decision"] == "promote"
     assert second["promoted"] == ("champion", first["model_version"])
     assert registered_aliases(client, name) == {"champion": second["model_version"],
@@ -251,6 +261,13 @@ def test_promote_is_idempotent_and_clears_challenger(cfg):
         promote_model.python_func(config=config, kfp_run_id="run-2", model_version=v2, version="v1")
     with pytest.raises(RegistryError, match="has no version '99'"):
         promote_model.python_func(config=config, kfp_run_id="run-2", model_version="99", version="v2")
+    # A published directory that lost a file is refused before any alias moves.
+    v3, _ = _register(cfg, "run-3", publish(cfg, "v3"))
+    (models_dir(cfg) / "v3" / "model.safetensors").unlink()
+    with pytest.raises(RegistryError, match=r"cannot promote .*model\.safetensors is listed"):
+        promote_model.python_func(config=config, kfp_run_id="run-3", model_version=v3, version="v3")
+    assert registered_aliases(client, name) == {"champion": v2, "previous": v1}
+    assert current_version(cfg) == "v2"
     assert registered_aliases(client, name) == {"champion": v2, "previous": v1}
 
 
