@@ -1,0 +1,772 @@
+"""Merge a LoRA adapter into its base model shard by shard, and publish the result for vLLM.
+
+The merge streams: it reads the base model's safetensors shards one tensor at a time (plain file
+reads, no mmap, no model object), adds ``scale * B @ A`` to every LoRA-targeted weight, writes the
+tensor straight into the output shard and frees it. Peak memory is the adapter plus about one
+tensor, not the model, so a 70B merge fits on an ordinary node. The arithmetic is the one peft's
+``merge_and_unload`` does (delta in fp32, added to the weight in the output dtype), so the result
+is the same to the last bit.
+
+Supported: LoRA and rsLoRA on linear and embedding layers (``lora_alpha``, ``r``, ``rank_pattern``,
+``alpha_pattern``, ``use_rslora``, ``fan_in_fan_out``, ``modules_to_save`` and saved embedding
+layers), tied input/output embeddings (untied in the output when the adapter changes one side).
+Refused with a clear error: DoRA, LoRA biases, trainable tokens, QA-LoRA, aLoRA, layer replication,
+PiSSA/OLoRA/CorDA/LoftQ initialisations that changed the base, convolution LoRA, quantized bases
+(merge a QLoRA adapter into the full-precision base, as LLaMA-Factory requires) and
+non-safetensors bases.
+
+The output directory is complete for serving: shards plus ``model.safetensors.index.json``,
+``config.json`` (dtype set), generation config, tokenizer files and chat template (the adapter's
+when it carries a tokenizer, as LLaMA-Factory saves one, else the base's), ``merge_info.json`` and
+``checksums.sha256``. It loads with ``AutoModelForCausalLM.from_pretrained`` and ``vllm serve DIR``.
+
+Usage::
+
+    # plain output directory, written atomically (replace an existing one with --force)
+    python -m components.merge_lora --base /storage/models/base-model \\
+        --adapter /storage/output/RUN/adapter --output /tmp/merged --dtype bf16
+    # versioned layout (models/<name>/<version> + current pointer, see components.publish)
+    python -m components.merge_lora --base /storage/models/base-model \\
+        --adapter /storage/output/RUN/adapter --publish-to /storage/models/my-model [--version V] [--no-set-current]
+    # full fine-tune: publish its weights (streamed copy, same checks): leave out --adapter
+    python -m components.merge_lora --base /storage/output/RUN/full --publish-to /storage/models/my-model
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import shutil
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Model, Output
+
+from components.image import DEFAULT_IMAGE
+from components.publish import (
+    MANIFEST_NAME,
+    SAFETENSORS_ITEMSIZE,
+    STAGING_PREFIX,
+    WEIGHT_INDEX,
+    PublishError,
+    SafetensorsFormatError,
+    SafetensorsHeader,
+    check_version_name,
+    manifest_checksum,
+    publish_model,
+    published_versions,
+    read_safetensors_header,
+    staging_dir_for,
+    verify_model_dir,
+    write_manifest,
+)
+from components.storage import StorageError, atomic_directory, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+STEP_NAME = "merge-lora"
+MERGE_INFO = "merge_info.json"
+ADAPTER_PREFIX = "base_model.model."
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_FLOAT_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+_TORCH_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+                "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32", "I64": "int64",
+                "U64": "uint64", "F64": "float64"}
+# Files of a training output that a served model does not need.
+_SKIPPED_FILES = re.compile(
+    r"(.*\.(safetensors|bin|pt|pth|gguf|h5|msgpack|ckpt)|.*\.index\.json|adapter_config\.json|trainer_state\.json|"
+    r"(all|train|eval)_results\.json|trainer_log\.jsonl|training_.*\.png|" + re.escape(MANIFEST_NAME) + "|"
+    + re.escape(MERGE_INFO) + r")$")
+_TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)|"
+                              r"vocab\.(json|txt)|merges\.txt|spiece\.model|.*\.tiktoken)$")
+# Adapter features the streaming merge refuses: config key -> why.
+_UNSUPPORTED = {
+    "use_dora": "DoRA adapters (use_dora) rescale weights per column; merge them with peft's merge_and_unload",
+    "lora_bias": "LoRA biases (lora_bias) are not supported by the streaming merge",
+    "use_qalora": "QA-LoRA adapters (use_qalora) are not supported by the streaming merge",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) only applies after its invocation "
+                               "tokens and cannot be merged into the weights",
+    "layer_replication": "layer_replication changes the model's layers; it cannot be merged shard by shard",
+    "trainable_token_indices": "trainable tokens (trainable_token_indices) are not supported by the streaming merge",
+    "target_parameters": "parameter-targeted LoRA (target_parameters) is not supported by the streaming merge",
+    "arrow_config": "Arrow routing (arrow_config) cannot be merged into the weights",
+}
+
+
+class MergeError(ValueError):
+    """An adapter or base model that cannot be merged; the message names the file and field."""
+
+
+class LoraDelta(NamedTuple):
+    """One LoRA update ``scaling * B @ A`` (transposed for embeddings and fan_in_fan_out)."""
+
+    a: "torch.Tensor"
+    b: "torch.Tensor"
+    scaling: float
+    embedding: bool
+    fan_in_fan_out: bool
+
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the weight this delta is added to."""
+        rows, cols = self.b.shape[0], self.a.shape[1]
+        return (cols, rows) if self.embedding or self.fan_in_fan_out else (rows, cols)
+
+
+class Adapter(NamedTuple):
+    """A LoRA adapter as updates to base checkpoint keys."""
+
+    deltas: dict[str, LoraDelta]
+    replacements: dict[str, "torch.Tensor"]
+    config: dict[str, Any]
+
+
+class PlannedTensor(NamedTuple):
+    """One output tensor: where it comes from and what it becomes."""
+
+    name: str
+    shard: Path
+    source: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in the output shard."""
+        return math.prod(self.shape) * SAFETENSORS_ITEMSIZE[self.dtype]
+
+
+# --- reading the inputs -------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MergeError(f"{path} is missing ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MergeError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MergeError(f"{path} must hold a JSON object ({what})")
+    return data
+
+
+def _header(path: Path) -> SafetensorsHeader:
+    try:
+        return read_safetensors_header(path)
+    except SafetensorsFormatError as exc:
+        raise MergeError(str(exc)) from None
+
+
+def read_tensor(handle, header: SafetensorsHeader, name: str) -> "torch.Tensor":
+    """Read one tensor from an open safetensors file into fresh memory (no mmap)."""
+    import torch
+
+    entry = header.tensors[name]
+    size = entry.end - entry.begin
+    buffer = torch.empty(size, dtype=torch.uint8)
+    view = memoryview(buffer.numpy())
+    handle.seek(header.data_start + entry.begin)
+    done = 0
+    while done < size:
+        count = handle.readinto(view[done:])
+        if not count:
+            raise MergeError(f"{handle.name}: truncated while reading tensor {name!r}")
+        done += count
+    return buffer.view(getattr(torch, _TORCH_NAMES[entry.dtype])).reshape(entry.shape)
+
+
+def base_layout(model_dir: Path) -> tuple[dict, dict[Path, SafetensorsHeader]]:
+    """The config and the checked safetensors shard headers of a full-weights model directory.
+
+    Raises:
+        MergeError: config missing or quantized, weights not safetensors, a shard truncated or
+            disagreeing with ``model.safetensors.index.json``.
+    """
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json", "the model config")
+    quantization = config.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
+        raise MergeError(f"{model_dir / 'config.json'}: the base model is quantized (quantization_config."
+                         f"quant_method={method}); merge the adapter into the full-precision base model, as "
+                         "LLaMA-Factory requires for QLoRA adapters")
+    index = model_dir / WEIGHT_INDEX
+    if index.exists():
+        weight_map = _read_json(index, "the weight index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise MergeError(f"{index}: 'weight_map' is missing or empty")
+        names = sorted(set(weight_map.values()))
+    elif (model_dir / "model.safetensors").exists():
+        weight_map, names = None, ["model.safetensors"]
+    else:
+        raise MergeError(f"{model_dir} has no safetensors weights ({WEIGHT_INDEX} or model.safetensors); "
+                         "convert .bin checkpoints with save_pretrained(safe_serialization=True) first")
+    shards: dict[Path, SafetensorsHeader] = {}
+    for name in names:
+        path = model_dir / name
+        if not path.is_file():
+            raise MergeError(f"{path} is named in {index} but missing")
+        shards[path] = header = _header(path)
+        if weight_map is not None:
+            expected = {key for key, owner in weight_map.items() if owner == name}
+            if set(header.tensors) != expected:
+                raise MergeError(f"{path} does not hold the tensors {index} assigns to it "
+                                 f"(e.g. {sorted(set(header.tensors) ^ expected)[:3]})")
+        for key, entry in header.tensors.items():
+            if entry.dtype.startswith("F8") or key.endswith((".absmax", ".qweight", ".SCB", ".weight_scale")):
+                raise MergeError(f"{path}: tensor {key!r} ({entry.dtype}) is quantized; merge into the "
+                                 "full-precision base model")
+    return config, shards
+
+
+def _pattern_value(patterns: dict, module: str, default: float) -> float:
+    """The rank/alpha for ``module`` from peft's rank_pattern/alpha_pattern (same matching as peft)."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _check_adapter_config(config: dict, path: Path) -> None:
+    if config.get("peft_type", "LORA") != "LORA":
+        raise MergeError(f"{path}: peft_type is {config.get('peft_type')!r}; only LoRA adapters can be merged")
+    for key, reason in _UNSUPPORTED.items():
+        if config.get(key):
+            raise MergeError(f"{path}: {key}={config[key]!r}: {reason}")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq")):
+        raise MergeError(f"{path}: init_lora_weights={init!r} changed the base weights during training; convert "
+                         "the adapter to plain LoRA first (peft save_pretrained with "
+                         "path_initial_model_for_weight_conversion)")
+    if config.get("loftq_config"):
+        raise MergeError(f"{path}: loftq_config is set; LoftQ adapters belong to a modified base, not this one")
+
+
+def _adapter_tensors(adapter_dir: Path) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.exists():
+        header = _header(weights)
+        with open(weights, "rb", buffering=0) as handle:
+            return {name: read_tensor(handle, header, name) for name in header.tensors}
+    legacy = adapter_dir / "adapter_model.bin"
+    if legacy.exists():
+        try:
+            return torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated or foreign pickles
+            raise MergeError(f"{legacy} cannot be loaded ({type(exc).__name__}: {exc})") from None
+    raise MergeError(f"{adapter_dir} has no adapter_model.safetensors (or adapter_model.bin)")
+
+
+def load_adapter(adapter_dir: Path) -> Adapter:
+    """Read a peft LoRA adapter as deltas and replacements keyed by base checkpoint names.
+
+    Reads ``adapter_config.json`` (r, lora_alpha, use_rslora, rank_pattern, alpha_pattern,
+    fan_in_fan_out) and ``adapter_model.safetensors``. LoRA factors are upcast to fp32, as peft
+    does when it loads an adapter onto a half-precision base.
+
+    Raises:
+        MergeError: config or weights missing, truncated or inconsistent, or an unsupported feature.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.exists() and (adapter_dir / "config.json").exists():
+        raise MergeError(f"{adapter_dir} holds full model weights, not a LoRA adapter; publish it without an "
+                         "adapter (training.method=full, or the CLI without --adapter)")
+    config = _read_json(config_path, "the LoRA adapter config")
+    _check_adapter_config(config, config_path)
+    factors: dict[str, dict[str, Any]] = {}
+    replacements: dict[str, Any] = {}
+    for key, tensor in _adapter_tensors(adapter_dir).items():
+        if not key.startswith(ADAPTER_PREFIX):
+            raise MergeError(f"{adapter_dir}: unexpected tensor {key!r} (peft keys start with {ADAPTER_PREFIX!r})")
+        name = key[len(ADAPTER_PREFIX):]
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)", name)
+        if match:
+            module = match.group(1) or match.group(3)
+            factors.setdefault(module, {})[(match.group(2) or match.group(4))[-1]] = tensor
+            factors[module]["embedding"] = match.group(3) is not None
+        elif "lora_" in name or "trainable_tokens" in name:
+            raise MergeError(f"{adapter_dir}: tensor {key!r} belongs to an unsupported LoRA variant")
+        else:  # modules_to_save copies and saved embedding layers replace the base tensor
+            replacements[name.replace(".base_layer.", ".")] = tensor
+    deltas = {}
+    for module, parts in factors.items():
+        if "A" not in parts or "B" not in parts:
+            raise MergeError(f"{adapter_dir}: module {module!r} has lora_{'A' if 'A' not in parts else 'B'} missing")
+        a, b = parts["A"].float(), parts["B"].float()
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise MergeError(f"{adapter_dir}: module {module!r} has LoRA factors of shapes {list(a.shape)} and "
+                             f"{list(b.shape)}; only linear and embedding layers can be merged")
+        rank = _pattern_value(config.get("rank_pattern"), module, config.get("r", 8))
+        alpha = _pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8))
+        if rank != a.shape[0]:
+            raise MergeError(f"{adapter_dir}: module {module!r} has rank {a.shape[0]} but adapter_config.json "
+                             f"says r={rank}")
+        scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        deltas[f"{module}.weight"] = LoraDelta(a, b, scaling, parts["embedding"],
+                                               bool(config.get("fan_in_fan_out")) and not parts["embedding"])
+    if not deltas and not replacements:
+        raise MergeError(f"{adapter_dir}: the adapter holds no LoRA weights")
+    return Adapter(deltas, replacements, config)
+
+
+# --- planning -----------------------------------------------------------------------------------------------
+
+
+def _tied_weights(config: dict) -> dict[str, str]:
+    """Tied output key -> input embedding key of this architecture (transformers' own table)."""
+    import transformers
+
+    architectures = config.get("architectures") or []
+    table = getattr(getattr(transformers, architectures[0], None), "_tied_weights_keys", None) if architectures \
+        else None
+    return table if isinstance(table, dict) else {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def output_dtype(requested: str, config: dict, shards: dict[Path, SafetensorsHeader]) -> str:
+    """torch dtype name of the output: ``auto`` keeps the base config's (or checkpoint's) dtype.
+
+    Raises:
+        MergeError: ``requested`` is not auto/bf16/fp16/fp32.
+    """
+    if requested != "auto":
+        if requested not in DTYPE_NAMES:
+            raise MergeError(f"dtype {requested!r} is not one of auto, bf16, fp16, fp32")
+        return DTYPE_NAMES[requested]
+    declared = config.get("dtype") or config.get("torch_dtype")
+    if declared in _FLOAT_CODES:
+        return declared
+    for header in shards.values():
+        for entry in header.tensors.values():
+            if entry.dtype in ("F32", "BF16", "F16", "F64"):
+                return _TORCH_NAMES[entry.dtype]
+    return "float32"
+
+
+def plan_tensors(shards: dict[Path, SafetensorsHeader], adapter: Adapter | None, config: dict,
+                 dtype: str) -> tuple[list[PlannedTensor], list[str]]:
+    """Every output tensor in shard order, plus the names of tied weights that must be untied.
+
+    Raises:
+        MergeError: the adapter targets a tensor the base does not have, or with another shape.
+    """
+    tensors, sources = [], {}
+    for path, header in shards.items():
+        for name, entry in sorted(header.tensors.items(), key=lambda item: item[1].begin):
+            sources[name] = (path, entry)
+    changed = set(adapter.deltas) | set(adapter.replacements) if adapter else set()
+    untied = []
+    # Only an adapter that touches embeddings (or a key the checkpoint lacks) can meet tied weights.
+    if adapter and (changed - set(sources) or adapter.replacements
+                    or any(delta.embedding for delta in adapter.deltas.values())):
+        for tied, origin in _tied_weights(config).items():
+            if tied not in sources and origin in sources and {tied, origin} & changed:
+                if adapter.config.get("ensure_weight_tying"):
+                    raise MergeError(f"the adapter sets ensure_weight_tying and changes the tied weight {tied!r}; "
+                                     "merge it with peft instead")
+                untied.append(tied)
+                sources[tied] = sources[origin]
+    missing = sorted(changed - set(sources))
+    if missing:
+        raise MergeError(f"the adapter changes {missing[0]!r}, which the base checkpoint does not have; is it the "
+                         "adapter of this base model?")
+    for path, header in shards.items():
+        for name, entry in sorted(header.tensors.items(), key=lambda item: item[1].begin):
+            tensors.append(_planned(name, name, path, entry, dtype))
+            tensors.extend(_planned(tied, name, path, entry, dtype) for tied in untied if sources[tied][1] is entry)
+    for tensor in tensors if adapter else []:
+        _check_update_shapes(tensor, adapter)
+    return tensors, untied
+
+
+def _planned(name: str, source: str, path: Path, entry, dtype: str) -> PlannedTensor:
+    floating = entry.dtype in ("F32", "BF16", "F16", "F64")
+    return PlannedTensor(name, path, source, _FLOAT_CODES[dtype] if floating else entry.dtype, entry.shape)
+
+
+def _check_update_shapes(tensor: PlannedTensor, adapter: Adapter) -> None:
+    replacement = adapter.replacements.get(tensor.name)
+    if replacement is not None and tuple(replacement.shape) != tensor.shape:
+        raise MergeError(f"the adapter's {tensor.name!r} has shape {list(replacement.shape)} but the base has "
+                         f"{list(tensor.shape)} (a resized vocabulary cannot be merged into this base)")
+    delta = adapter.deltas.get(tensor.name)
+    if delta is None:
+        return
+    if delta.shape() != tensor.shape:
+        raise MergeError(f"the LoRA update of {tensor.name!r} has shape {list(delta.shape())} but the base weight "
+                         f"has {list(tensor.shape)}; is it the adapter of this base model?")
+    if tensor.dtype not in ("F32", "BF16", "F16", "F64"):
+        raise MergeError(f"the adapter targets {tensor.name!r}, which is not a floating-point weight")
+
+
+def group_shards(tensors: list[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:
+    """Split the plan into output shards: never mixing input shards, at most ``max_shard_bytes`` each
+    (a bigger single tensor gets a shard of its own). Larger element sizes first keeps data aligned."""
+    groups: list[list[PlannedTensor]] = []
+    current: list[PlannedTensor] = []
+    size = 0
+    for tensor in tensors:
+        if current and (tensor.shard != current[-1].shard or size + tensor.nbytes > max_shard_bytes):
+            groups.append(current)
+            current, size = [], 0
+        current.append(tensor)
+        size += tensor.nbytes
+    if current:
+        groups.append(current)
+    return [sorted(group, key=lambda tensor: -SAFETENSORS_ITEMSIZE[tensor.dtype]) for group in groups]
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+
+
+def merged_tensor(tensor: PlannedTensor, handle, header: SafetensorsHeader, adapter: Adapter | None,
+                  dtype: str) -> "torch.Tensor":
+    """The output value of one planned tensor: base (or replacement), cast, plus its LoRA delta.
+
+    Mirrors peft: linear layers add the fp32 delta in place (one rounding), embeddings add the delta
+    cast to the weight dtype first, as ``merge_and_unload`` does.
+    """
+    import torch
+
+    replacement = adapter.replacements.get(tensor.name) if adapter else None
+    value = replacement if replacement is not None else read_tensor(handle, header, tensor.source)
+    if tensor.dtype != header.tensors[tensor.source].dtype or replacement is not None:
+        value = value.to(getattr(torch, dtype) if tensor.dtype in _FLOAT_CODES.values() else value.dtype, copy=True)
+    delta = adapter.deltas.get(tensor.name) if adapter else None
+    if delta is not None:
+        update = delta.b @ delta.a
+        update = (update.T if delta.embedding or delta.fan_in_fan_out else update) * delta.scaling
+        value += update.to(value.dtype) if delta.embedding else update
+    return value
+
+
+def write_shard(path: Path, tensors: list[PlannedTensor], produce: Callable[[PlannedTensor], "torch.Tensor"]) -> str:
+    """Write one safetensors file tensor by tensor (header first, from the plan); return its SHA-256.
+
+    Raises:
+        MergeError: a produced tensor differs from the plan in shape or dtype.
+    """
+    import hashlib
+
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for tensor in tensors:
+        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
+                               "data_offsets": [offset, offset + tensor.nbytes]}
+        offset += tensor.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for chunk in (struct.pack("<Q", len(encoded)), encoded):
+            out.write(chunk)
+            digest.update(chunk)
+        for tensor in tensors:
+            value = produce(tensor)
+            if tuple(value.shape) != tensor.shape or value.dtype != getattr(torch, _TORCH_NAMES[tensor.dtype]):
+                raise MergeError(f"internal error: {tensor.name} came out {value.dtype} {list(value.shape)}, "
+                                 f"planned {tensor.dtype} {list(tensor.shape)}")
+            data = memoryview(value.contiguous().reshape(-1).view(torch.uint8).numpy())
+            out.write(data)
+            digest.update(data)
+            del value, data  # free before the next tensor: memory stays at one tensor
+    return digest.hexdigest()
+
+
+def _copy_side_files(source: Path, adapter_dir: Path | None, output_dir: Path) -> list[str]:
+    """Copy config-side files (generation config, tokenizer, chat template, licence) into the output."""
+    tokenizer_from = adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").exists() else source
+    copied = []
+    for directory, keep in ((source, lambda name: not _TOKENIZER_FILES.match(name) or tokenizer_from == source),
+                            (tokenizer_from, _TOKENIZER_FILES.match)):
+        for path in sorted(directory.iterdir()):
+            name = path.name
+            if (path.is_file() and not name.startswith(".") and name != "config.json"
+                    and not _SKIPPED_FILES.match(name) and keep(name) and name not in copied):
+                shutil.copyfile(path, output_dir / name)
+                copied.append(name)
+    return copied
+
+
+def merge_model(base_dir: Path, adapter_dir: Path | None, output_dir: Path, *, dtype: str = "auto",
+                max_shard_size_mb: int = 4096, info: dict | None = None) -> dict[str, Any]:
+    """Write the merged model (or, without an adapter, a streamed copy of the base) into ``output_dir``.
+
+    ``output_dir`` must be empty or absent; write it through a staging directory (see
+    :func:`merge_and_publish`) so that nobody reads it half-written. ``info`` is recorded in
+    ``merge_info.json``. Returns a summary: dtype, shards, tensors, merged, replaced, untied, bytes,
+    checksum (SHA-256 of ``checksums.sha256``).
+
+    Raises:
+        MergeError: the base or adapter cannot be merged (see :func:`base_layout`, :func:`load_adapter`).
+        StorageError: the output directory is not empty.
+    """
+    base_dir, output_dir = Path(base_dir), Path(output_dir)
+    adapter_dir = Path(adapter_dir) if adapter_dir else None
+    config, shards = base_layout(base_dir)
+    adapter = load_adapter(adapter_dir) if adapter_dir else None
+    target = output_dtype(dtype, config, shards)
+    plan, untied = plan_tensors(shards, adapter, config, target)
+    groups = group_shards(plan, max_shard_size_mb * 1024 * 1024)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if any(output_dir.iterdir()):
+        raise StorageError(f"{output_dir} is not empty; merge into a fresh directory")
+    digests, weight_map = {}, {}
+    for number, group in enumerate(groups, start=1):
+        name = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+        source = group[0].shard
+        with open(source, "rb", buffering=0) as handle:
+            digests[name] = write_shard(output_dir / name, group,
+                                        lambda tensor, h=handle, s=source: merged_tensor(tensor, h, shards[s],
+                                                                                         adapter, target))
+        weight_map.update({tensor.name: name for tensor in group})
+    total = sum(tensor.nbytes for tensor in plan)
+    _write_json(output_dir / WEIGHT_INDEX, {"metadata": {"total_size": total},
+                                            "weight_map": dict(sorted(weight_map.items()))})
+    config["dtype"] = target
+    config["torch_dtype"] = target  # vLLM on transformers < 4.56 reads only torch_dtype
+    if untied:
+        config["tie_word_embeddings"] = False
+    _write_json(output_dir / "config.json", config)
+    side_files = _copy_side_files(base_dir, adapter_dir, output_dir)
+    summary = {
+        "dtype": target, "shards": len(groups), "tensors": len(plan), "bytes": total,
+        "merged": len(adapter.deltas) if adapter else 0, "replaced": len(adapter.replacements) if adapter else 0,
+        "untied": untied, "chat_template": _has_chat_template(output_dir, side_files),
+    }
+    _write_json(output_dir / MERGE_INFO, {"base": str(base_dir), "adapter": str(adapter_dir or ""),
+                                          **summary, **(info or {})})
+    _check_against_plan(output_dir, groups)
+    summary["checksum"] = write_manifest(output_dir, digests)
+    return summary
+
+
+def _has_chat_template(output_dir: Path, side_files: list[str]) -> bool:
+    """Whether vLLM will find a chat template (a separate file, or inside tokenizer_config.json)."""
+    if any(name.startswith("chat_template") for name in side_files):
+        return True
+    tokenizer_config = output_dir / "tokenizer_config.json"
+    return tokenizer_config.exists() and "chat_template" in _read_json(tokenizer_config, "tokenizer config")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _check_against_plan(output_dir: Path, groups: list[list[PlannedTensor]]) -> None:
+    """Re-read the written headers: every planned tensor is there with the base's shape."""
+    for number, group in enumerate(groups, start=1):
+        path = output_dir / f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+        written = _header(path).tensors
+        for tensor in group:
+            entry = written.get(tensor.name)
+            if entry is None or entry.shape != tensor.shape or entry.dtype != tensor.dtype:
+                raise MergeError(f"{path}: tensor {tensor.name!r} was not written as planned")
+
+
+# --- publishing ---------------------------------------------------------------------------------------------
+
+
+def safe_run_id(kfp_run_id: str) -> str:
+    """The run id as a lowercase name fragment (letters, digits, '-'), at most 48 characters."""
+    return re.sub(r"[^a-z0-9]+", "-", kfp_run_id.lower()).strip("-")[:48].strip("-") or "run"
+
+
+def version_name(kfp_run_id: str = "", now: float | None = None) -> str:
+    """A sortable, unique version name: UTC time, then the run id (``20261127-010203-<run id>``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return check_version_name(f"{stamp}-{safe_run_id(kfp_run_id)}" if kfp_run_id else stamp)
+
+
+def find_published(models_dir: Path, kfp_run_id: str) -> Path | None:
+    """The newest verified version this run already published (retry after a late failure), or None."""
+    suffix = f"-{safe_run_id(kfp_run_id)}"
+    for version in reversed(published_versions(models_dir)):
+        path = Path(models_dir) / version
+        if not version.endswith(suffix) or not (path / MERGE_INFO).is_file():
+            continue
+        with contextlib.suppress(ValueError, OSError, PublishError):
+            if json.loads((path / MERGE_INFO).read_text(encoding="utf-8")).get("kfp_run_id") == kfp_run_id:
+                verify_model_dir(path)
+                return path
+    return None
+
+
+def remove_stale_staging(models_dir: Path, kfp_run_id: str) -> list[Path]:
+    """Delete staging directories that earlier, killed attempts of this run left behind."""
+    pattern = f"{STAGING_PREFIX}*-{safe_run_id(kfp_run_id)}-????????"
+    stale = sorted(Path(models_dir).glob(pattern)) if Path(models_dir).is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def merge_and_publish(base_dir: Path, adapter_dir: Path | None, models_dir: Path, version: str, *,
+                      dtype: str = "auto", max_shard_size_mb: int = 4096, set_current: bool = False,
+                      info: dict | None = None) -> tuple[Path, dict[str, Any]]:
+    """Merge into a hidden staging directory next to the versions, then publish it as ``version``.
+
+    Returns ``(published dir, summary)``. A failure at any point removes the staging directory and
+    leaves every published version and ``current`` as they were.
+
+    Raises:
+        MergeError: the inputs cannot be merged.
+        PublishError: the result failed verification or the version exists.
+        StorageError: the volume refused a write.
+    """
+    staging = staging_dir_for(models_dir, version)
+    try:
+        summary = merge_model(base_dir, adapter_dir, staging, dtype=dtype, max_shard_size_mb=max_shard_size_mb,
+                              info={"version": version, **(info or {})})
+        return publish_model(staging, models_dir, version, set_current=set_current), summary
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> tuple[str, str]:
+    """Merge the trained adapter (or copy full weights) and publish a new version without moving ``current``.
+
+    Reads storage (mount_path, base_model, models_root), mlflow (registered_model_name and the
+    tracking settings), training.method (``full``: ``adapter_dir`` holds full weights) and merge
+    (dtype, max_shard_size_mb). Idempotent: a retry of a run that already published returns that
+    version. Logs the MLflow child run ``merge-lora`` (params base, adapter, dtype, version, checksum).
+
+    Returns:
+        ``(model_dir, version)``: the published directory (absolute) and its version name.
+
+    Raises:
+        ConfigError: the config parameter is invalid.
+        MergeError, PublishError, StorageError: see :func:`merge_and_publish`.
+        TrackingUnavailable: the MLflow server does not answer.
+    """
+    from components.storage import inside, storage_root
+    from components.tracking import step_run
+    from configs.schema import config_from_json
+
+    cfg = config_from_json(config)
+    root = storage_root(cfg)
+    base = cfg.storage.resolve(cfg.storage.base_model)
+    trained = inside(root, adapter_dir)
+    models_dir = inside(cfg.storage.resolve(cfg.storage.models_root), cfg.mlflow.registered_model_name)
+    full = cfg.training.method == "full"
+    with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
+        started = time.monotonic()
+        published = find_published(models_dir, kfp_run_id)
+        reused = published is not None
+        if published is None:
+            remove_stale_staging(models_dir, kfp_run_id)
+            published, _ = merge_and_publish(
+                trained if full else base, None if full else trained, models_dir, version_name(kfp_run_id),
+                dtype=cfg.merge.dtype, max_shard_size_mb=cfg.merge.max_shard_size_mb, set_current=False,
+                info={"kfp_run_id": kfp_run_id, "method": cfg.training.method, "base_model": str(base)},
+            )
+        details = json.loads((published / MERGE_INFO).read_text(encoding="utf-8"))
+        checksum = manifest_checksum(published)
+        record = {"base": str(base), "adapter": str(trained), "dtype": details["dtype"], "version": published.name,
+                  "checksum": checksum, "method": cfg.training.method, "model_dir": str(published)}
+        for key in ("base", "adapter", "dtype", "version", "checksum"):
+            client.log_param(run_id, key, record[key])
+        client.set_tag(run_id, "llmft.model_dir", str(published))
+        client.set_tag(run_id, "llmft.reused_version", str(reused).lower())
+        client.log_metric(run_id, "merge_seconds", time.monotonic() - started)
+        client.log_metric(run_id, "model_bytes", details["bytes"])
+        client.log_metric(run_id, "merged_tensors", details["merged"])
+    merged.metadata.update(record)
+    Path(merged.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(merged.path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({"merge_lora": record, "reused": reused}))
+    return str(published), published.name
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: merge into a plain directory (--output) or publish a version (--publish-to)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m components.merge_lora",
+        description="Merge a LoRA adapter into its base model shard by shard (or copy full weights without "
+                    "--adapter) and write it atomically for vLLM.")
+    parser.add_argument("--base", required=True, type=Path, help="Base model directory (safetensors).")
+    parser.add_argument("--adapter", type=Path, help="peft LoRA adapter directory; leave out to copy --base.")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", type=Path, help="Plain output directory, written atomically (no versions).")
+    where.add_argument("--publish-to", type=Path, metavar="MODELS_DIR",
+                       help="Versioned layout: MODELS_DIR/<version> plus the current pointer.")
+    parser.add_argument("--version", help="Version name with --publish-to (default: UTC time YYYYmmdd-HHMMSS).")
+    parser.add_argument("--no-set-current", action="store_true", help="With --publish-to: do not move current.")
+    parser.add_argument("--force", action="store_true", help="With --output: replace an existing directory.")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
+                        help="Output dtype (auto: the base config's).")
+    parser.add_argument("--max-shard-size-mb", type=int, default=4096, help="Largest output shard (MB).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit 0 on success, 1 when the merge or publish fails, 2 on usage errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.output and (args.version or args.no_set_current):
+        parser.error("--version and --no-set-current go with --publish-to")
+    if args.max_shard_size_mb < 1:
+        parser.error("--max-shard-size-mb must be at least 1")
+    try:
+        if args.output:
+            with atomic_directory(args.output, replace=args.force) as staging:
+                summary = merge_model(args.base, args.adapter, staging, dtype=args.dtype,
+                                      max_shard_size_mb=args.max_shard_size_mb)
+                verify_model_dir(staging)
+            result = {"output": str(args.output), **summary}
+        else:
+            version = args.version or version_name()
+            path, summary = merge_and_publish(args.base, args.adapter, args.publish_to, version, dtype=args.dtype,
+                                              max_shard_size_mb=args.max_shard_size_mb,
+                                              set_current=not args.no_set_current)
+            result = {"published": str(path), "version": version, "current": not args.no_set_current, **summary}
+    except (MergeError, StorageError, OSError) as exc:
+        print(f"merge_lora: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+# --- KFP component ------------------------------------------------------------------------------------------
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> NamedTuple(
+        "Outputs", [("model_dir", str), ("version", str)]):
+    """Merge the LoRA adapter into the base model shard by shard and publish it as a new version for vLLM.
+
+    The version appears atomically under models/<registered model name>/<version> with a checksum
+    manifest; the current pointer is left for the promotion step. Full fine-tunes are copied instead.
+
+    Args:
+        config: The resolved pipeline configuration (JSON).
+        kfp_run_id: The KFP run id; names the version and links the MLflow child run.
+        adapter_dir: The trained adapter directory (full weights when training.method is full).
+        merged: The published model: a pointer file, with base, adapter, dtype, checksum, version and model_dir
+            in its metadata.
+
+    Returns:
+        model_dir: Absolute path of the published version directory on the storage volume.
+        version: The version name (sortable: UTC time, then the run id).
+    """
+    from components.merge_lora import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, adapter_dir=adapter_dir, merged=merged)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
