@@ -25,8 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
+
+# Not `dsl.component`: a running task imports this module, and kfp.dsl leaves `component` out at run
+# time (_KFP_RUNTIME=true); the decorator module itself imports fine there.
+from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 from components.register_model import (
@@ -49,6 +52,7 @@ LOSS_METRICS = {"train_loss": ("train_loss", "loss"), "eval_loss": ("eval_loss",
 LOSS_HISTORY_METRICS = ("loss", "train/loss")
 MAX_PLOT_BYTES = 2_000_000  # larger plots bloat the UI's Markdown artifact; the sparkline stands in
 SPARK = "▁▂▃▄▅▆▇█"
+CATEGORY_ORDER = ("STEM", "humanities", "social sciences", "other")
 EPSILON = 1e-12  # accuracies are ratios of counts; equal values must compare equal at the boundary
 
 
@@ -185,7 +189,7 @@ def compare_results(candidate: dict[str, Any], baseline: dict[str, Any], gate: G
         raise ComparisonError(f"candidate categories {sorted(candidate['categories'])} differ from the baseline's "
                               f"{sorted(baseline['categories'])}")
     categories = {}
-    for category in sorted(baseline["categories"]):
+    for category in sorted(baseline["categories"], key=_category_order):
         members = [p for p in pairs if p.category == category]
         test = mcnemar_exact([p.candidate for p in members], [p.baseline for p in members]) if members else None
         cand_acc = float(candidate["categories"][category]["accuracy"])
@@ -212,6 +216,11 @@ def compare_results(candidate: dict[str, Any], baseline: dict[str, Any], gate: G
     }
     comparison["decision"], comparison["reasons"] = decide(comparison, gate)
     return comparison
+
+
+def _category_order(name: str) -> tuple[int, str]:
+    """MMLU's usual order (STEM, humanities, social sciences, other), then any other name alphabetically."""
+    return (CATEGORY_ORDER.index(name) if name in CATEGORY_ORDER else len(CATEGORY_ORDER), name)
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -559,7 +568,7 @@ def flat_metrics(comparison: dict[str, Any]) -> dict[str, float]:
     }
     for name, row in comparison["categories"].items():
         numbers[f"delta_{name.replace(' ', '_')}"] = row["delta"]
-    return {key: float(value) for key, value in numbers.items()}
+    return {key: round(float(value), 6) for key, value in numbers.items()}  # 0.05, not 0.04999999999999999
 
 
 def _mlflow_metrics(numbers: dict[str, float]) -> list:
@@ -617,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- KFP components
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def resolve_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         "Outputs", [("needs_eval", bool), ("model_dir", str), ("baseline_name", str), ("eval_key", str)]):
     """Find the baseline (the registry's champion, else the base model) and whether it needs an MMLU run.
@@ -637,7 +646,7 @@ def resolve_baseline(config: str, kfp_run_id: str) -> NamedTuple(
     return run_resolve_baseline(config=config, kfp_run_id=kfp_run_id)
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def fetch_baseline_results(config: str, kfp_run_id: str, eval_key: str) -> NamedTuple("Outputs",
                                                                                       [("results_path", str)]):
     """Reuse the baseline's stored MMLU results from MLflow instead of evaluating it again.
@@ -655,7 +664,7 @@ def fetch_baseline_results(config: str, kfp_run_id: str, eval_key: str) -> Named
     return run_fetch_baseline_results(config=config, kfp_run_id=kfp_run_id, eval_key=eval_key)
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def compare_with_baseline(config: str, kfp_run_id: str, candidate_results: str, baseline_results: str,
                           baseline_name: str, train_run_id: str, report: Output[Markdown],
                           metrics: Output[Metrics]) -> NamedTuple("Outputs", [("decision", str), ("reasons", str),

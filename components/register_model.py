@@ -22,7 +22,9 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kfp import dsl
+# Not `dsl.component`: a running task imports this module, and kfp.dsl leaves `component` out at run
+# time (_KFP_RUNTIME=true); the decorator module itself imports fine there.
+from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 from components.storage import StorageError, inside, storage_root
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- KFP components
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, decision: str, reasons: str,
                    comparison_path: str, dataset_hash: str) -> NamedTuple("Outputs", [("model_version", str),
                                                                                       ("status", str)]):
@@ -407,7 +409,7 @@ def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, d
                         dataset_hash=dataset_hash)
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def promote_model(config: str, kfp_run_id: str, model_version: str,
                   version: str) -> NamedTuple("Outputs", [("alias", str), ("previous", str)]):
     """Make the new version the champion (the old one becomes previous) and point current at it.
