@@ -242,7 +242,9 @@ def _api_client() -> ApiClient:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)
         else:
-            config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG is read here, not when kubernetes was imported (its default is fixed at import).
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                    client_configuration=configuration)
     except config.ConfigException as exc:
         raise PyTorchJobError(f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc})") from None
     return client.ApiClient(configuration)
