@@ -22,6 +22,7 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -300,7 +301,7 @@ def find_stored_results(client: "MlflowClient", cfg: PipelineConfig, eval_key: s
     return None
 
 
-def _find_artifact(client: "MlflowClient", run_id: str, wanted, depth: int = 2) -> str | None:
+def _find_artifact(client: "MlflowClient", run_id: str, wanted: Callable[[str], bool], depth: int = 2) -> str | None:
     """The first artifact path (breadth first, ``depth`` levels) whose file name satisfies ``wanted``."""
     folders = [None]
     for _ in range(depth):
@@ -526,6 +527,7 @@ def run_compare(config: str, kfp_run_id: str, candidate_results: str, baseline_r
     Raises:
         ConfigError: the config parameter is invalid.
         ComparisonError: a results file is missing or malformed, or the two cover different questions.
+        StorageError: the volume refused to write comparison.json.
         TrackingUnavailable: the MLflow server does not answer.
     """
     from components.storage import atomic_write_text, run_dir

@@ -416,3 +416,17 @@ def test_report_embeds_the_loss_plot_and_bad_input_fails_the_step(cfg, tmp_path)
             baseline_results=str(run / "eval/baseline/results.json"), baseline_name="base model",
             train_run_id=train_run, report=report, metrics=metrics)
     assert not (run_dir(cfg, "run-9") / "compare").exists()  # nothing half-written for register-model to read
+
+
+def test_modules_import_light_and_at_task_run_time():
+    """A KFP task imports these modules with _KFP_RUNTIME=true (kfp.dsl then lacks `component`)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, components.compare_baseline, components.register_model, components.gate_stats; "
+            "print([m for m in ('torch', 'mlflow', 'numpy', 'scipy', 'transformers') if m in sys.modules])")
+    for runtime in ("true", "false"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, _KFP_RUNTIME=runtime))
+        assert out.stdout.strip() == "[]", out.stderr
