@@ -12,7 +12,11 @@ import argparse
 import json
 import sys
 
-from kfp import dsl
+from kfp.dsl import PipelineTaskFinalStatus
+
+# Not `dsl.component`: a running task imports this module with _KFP_RUNTIME=true, and kfp.dsl then
+# leaves `component` out; the decorator module itself imports fine there.
+from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 
@@ -44,9 +48,8 @@ def run_from_status(config: str, overrides: list, pvc_name: str, kfp_run_id: str
     run_step(config, overrides, pvc_name, kfp_run_id, status.state, status.error_message or "")
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def finalize_runs(config: str, overrides: list, pvc_name: str, kfp_run_id: str,
-                  status: dsl.PipelineTaskFinalStatus):
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def finalize_runs(config: str, overrides: list, pvc_name: str, kfp_run_id: str, status: PipelineTaskFinalStatus):
     """Close the MLflow runs of this pipeline run: FAILED when the pipeline failed, FINISHED otherwise.
 
     Args:
