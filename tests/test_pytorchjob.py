@@ -595,3 +595,11 @@ def test_no_namespace_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(pytorchjob, "SA_NAMESPACE_FILE", "/nonexistent/namespace")
     with pytest.raises(PyTorchJobError, match="set POD_NAMESPACE"):
         delete_pytorchjob(cluster_config(nodes=2), RUN_ID)
+
+
+def test_importing_the_modules_stays_light():
+    code = ("import sys, components.pytorchjob, components.multinode_launch; "
+            "print(sorted(m for m in ('kubernetes', 'torch', 'mlflow', 'llamafactory') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
