@@ -180,6 +180,7 @@ def build_pytorchjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: 
     if cfg.mlflow.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": cfg.mlflow.credentials_secret, "optional": True}}]
     pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # training never calls the Kubernetes API
         "containers": [container],
         "nodeSelector": dict(cluster.gpu_node_selector),
         "tolerations": [toleration.model_dump(exclude_none=True) for toleration in cluster.gpu_tolerations],

@@ -113,6 +113,7 @@ def test_manifest_carries_every_scheduling_setting():
         assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "train",
                                        "effect": "NoSchedule"}]
         assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["automountServiceAccountToken"] is False
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         assert volumes["storage"]["persistentVolumeClaim"] == {"claimName": "llama-storage"}
         assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
