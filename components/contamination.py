@@ -1,0 +1,100 @@
+"""Find training text that contains MMLU test questions (word n-gram overlap), so a benchmark score
+is not inflated by training on the test set.
+
+Text is normalised (lower case, words of letters and digits, punctuation and spacing ignored). A
+training text is contaminated when it shares a word n-gram with a test question; a question
+shorter than n words must appear whole. Questions under :data:`MIN_QUESTION_WORDS` words ("What is
+7 times 8?") are too generic to be evidence and are skipped. Memory depends on the MMLU data only,
+never on the training data: the index holds 64-bit hashes of the n-grams.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIN_QUESTION_WORDS = 5
+_WORD = re.compile(r"[^\W_]+")
+
+
+def normalise(text: str) -> list[str]:
+    """The words of ``text``: lower case, letters and digits only."""
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class ContaminationIndex:
+    """Hashed word n-grams of the MMLU test questions.
+
+    ``grams`` maps the hash of each n-gram (or of a whole short question) to the question's index in
+    ``questions``; ``prefixes`` holds the hashes of every gram's first :data:`MIN_QUESTION_WORDS`
+    words, a cheap filter before the longer lookups.
+    """
+
+    ngram: int
+    questions: list[tuple[str, str]] = field(default_factory=list)  # (file:line, question text)
+    grams: dict[int, int] = field(default_factory=dict)
+    prefixes: set[int] = field(default_factory=set)
+    lengths: list[int] = field(default_factory=list)
+    files: int = 0
+
+    def add_question(self, ref: str, question: str) -> None:
+        """Index one question; questions under MIN_QUESTION_WORDS words are skipped."""
+        words = normalise(question)
+        if len(words) < MIN_QUESTION_WORDS:
+            return
+        index = len(self.questions)
+        self.questions.append((ref, question))
+        size = min(self.ngram, len(words))
+        if size not in self.lengths:
+            self.lengths.append(size)
+            self.lengths.sort()
+        for start in range(len(words) - size + 1):
+            gram = tuple(words[start:start + size])
+            self.grams.setdefault(hash(gram), index)
+            self.prefixes.add(hash(gram[:MIN_QUESTION_WORDS]))
+
+    def find(self, text: str) -> tuple[str, str] | None:
+        """The first test question ``text`` overlaps, as ``(file:line, question)``, else None."""
+        words = normalise(text)
+        if len(words) < MIN_QUESTION_WORDS:
+            return None
+        prefixes, grams, lengths = self.prefixes, self.grams, self.lengths
+        count = len(words)
+        for start in range(count - MIN_QUESTION_WORDS + 1):
+            if hash(tuple(words[start:start + MIN_QUESTION_WORDS])) not in prefixes:
+                continue
+            for size in lengths:
+                if start + size > count:
+                    break
+                hit = grams.get(hash(tuple(words[start:start + size])))
+                if hit is not None:
+                    return self.questions[hit]
+        return None
+
+
+def load_mmlu_questions(split_dir: str | Path, ngram: int) -> ContaminationIndex:
+    """Index every question in ``split_dir/*.csv`` (the hendrycks layout: question, A, B, C, D, answer;
+    no header).
+
+    Raises:
+        FileNotFoundError: ``split_dir`` is not a directory or holds no CSV file.
+        ValueError: a CSV file is not UTF-8 or not CSV; the message names the file and line.
+    """
+    directory = Path(split_dir)
+    files = sorted(directory.glob("*.csv")) if directory.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no MMLU CSV files in {directory}")
+    index = ContaminationIndex(ngram=ngram, files=len(files))
+    for path in files:
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.reader(handle)
+                for record in reader:
+                    if record and record[0].strip():
+                        index.add_question(f"{path.name}:{reader.line_num}", record[0])
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{path}: cannot read the MMLU questions: {exc}") from None
+    return index
