@@ -11,7 +11,8 @@ Behaviour knobs: ``run_states`` is the sequence of states successive GETs of a r
 one repeats); ``max_page_size`` caps list pages, as the real server does, to exercise paging;
 ``require_token`` answers 401 to requests without that bearer token; ``fail`` maps
 ``"METHOD /path"`` to a status code, answered with a body that echoes the request's Authorization
-header (as a careless proxy might) to prove the client never repeats it.
+header (as a careless proxy might) to prove the client never repeats it; ``flaky`` maps
+``"METHOD /path"`` to a number of 503 replies given before the endpoint works (a restarting server).
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ class FakeKfpServer:
     """The fake API on 127.0.0.1:<free port>; use as a context manager or call start()/stop()."""
 
     def __init__(self, *, run_states: tuple[str, ...] = ("SUCCEEDED",), max_page_size: int = 100,
-                 require_token: str | None = None, fail: dict[str, int] | None = None, multi_user: bool = False):
+                 require_token: str | None = None, fail: dict[str, int] | None = None,
+                 flaky: dict[str, int] | None = None, multi_user: bool = False):
         self.run_states = run_states
         self.max_page_size = max_page_size
         self.require_token = require_token
         self.fail = fail or {}
+        self.flaky = dict(flaky or {})
         self.multi_user = multi_user
         self.requests: list[Recorded] = []
         self.experiments: dict[str, dict] = {}
@@ -167,6 +170,9 @@ class FakeKfpServer:
         key = f"{r.method} {r.path}"
         if key in self.fail:
             return self.fail[key], {"code": 13, "message": f"boom; you sent {r.headers.get('authorization')}"}
+        if self.flaky.get(key, 0) > 0:
+            self.flaky[key] -= 1
+            return 503, {"code": 14, "message": "unavailable, try again"}
         try:
             return self._dispatch(r)
         except KeyError as exc:

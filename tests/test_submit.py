@@ -15,13 +15,22 @@ import sys
 from pathlib import Path
 
 import kfp
+import kfp_server_api
 import pytest
 import yaml
 from fake_kfp_server import API, FakeKfpServer
 
 from configs.schema import config_from_json, load_config
 from pipelines import submit
-from pipelines.kfp_api import Auth, describe_auth, public_host, resolve_auth
+from pipelines.kfp_api import (
+    MAX_POLL_ERRORS,
+    Auth,
+    describe_auth,
+    make_client,
+    public_host,
+    resolve_auth,
+    wait_for_run,
+)
 from pipelines.schedule import CronError, validate_cron
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +68,14 @@ def test_help_runs_as_a_module():
                           cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout and "--schedule" in proc.stdout
+
+
+def test_importing_submit_stays_light():
+    code = ("import sys, pipelines.submit; heavy = [m for m in ('torch', 'transformers', 'llamafactory', 'peft', "
+            "'mlflow', 'datasets') if m in sys.modules]; print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_run_sends_pipeline_and_platform_spec_with_resolved_parameters(server, monkeypatch, capsys):
@@ -117,6 +134,35 @@ def test_wait_stops_at_every_final_state(monkeypatch, capsys, states, code):
     out, err = capsys.readouterr()
     assert all(f"run {run_id}: {state}" in out for state in states)
     assert (f"ended {states[-1]}" in err) == (code == 1)
+
+
+def test_wait_rides_out_a_few_transient_errors_but_not_many(monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    with FakeKfpServer(run_states=("RUNNING", "SUCCEEDED")) as fake:
+        assert _submit(fake, "--run-name", "flaky") == 0
+        (run_id,) = fake.runs
+        fake.flaky = {f"GET {API}/runs/{run_id}": MAX_POLL_ERRORS}
+        state = wait_for_run(make_client(fake.url, None, resolve_auth(None)), run_id, timeout_s=5,
+                             poll_interval_s=0.01, report=lambda s: None)
+        assert state == "SUCCEEDED"
+        assert len(fake.calls("GET", f"{API}/runs/{run_id}")) == MAX_POLL_ERRORS + 2
+
+        fake.run_polls.clear()
+        fake.flaky = {f"GET {API}/runs/{run_id}": MAX_POLL_ERRORS + 1}
+        with pytest.raises(kfp_server_api.ApiException) as raised:
+            wait_for_run(make_client(fake.url, None, resolve_auth(None)), run_id, timeout_s=5,
+                         poll_interval_s=0.01, report=lambda s: None)
+        assert raised.value.status == 503
+
+
+def test_namespace_reaches_experiments_pipelines_and_schedules(server, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    monkeypatch.setenv("KFP_NAMESPACE", "team-a")
+    assert _submit(server, "--schedule", SCHEDULE) == 0
+    assert server.calls("POST", f"{API}/experiments")[0].json["namespace"] == "team-a"
+    assert server.calls("POST", f"{API}/pipelines/upload")[0].query["namespace"] == "team-a"
+    assert all(r.query["namespace"] == "team-a" for r in server.calls("GET", f"{API}/recurringruns"))
+    assert len(server.calls("GET", f"{API}/healthz")) == 1  # our fail-fast check; the SDK skips its own
 
 
 def test_wait_gives_up_after_the_timeout(server, monkeypatch, capsys):
