@@ -130,7 +130,14 @@ def _summary(cfg: PipelineConfig, args: argparse.Namespace, target: Target, pack
 
 
 def submit(cfg: PipelineConfig, args: argparse.Namespace, target: Target, package: Path) -> int:
-    """Start one run (and optionally wait for it); returns the exit code."""
+    """Start one run of the compiled ``package`` (and with ``--wait``, follow it); returns the exit code.
+
+    Reads ``name``, ``mlflow.experiment`` (default experiment) and the fields of :func:`run_parameters`.
+
+    Raises:
+        kfp_server_api.ApiException: the API refused a request.
+        TimeoutError: ``--wait`` ran out of ``--timeout``.
+    """
     client = kfp_api.make_client(target.host, target.namespace, target.auth)
     experiment = args.experiment or cfg.mlflow.experiment
     experiment_id = kfp_api.get_or_create_experiment(client, experiment, target.namespace)
@@ -149,7 +156,15 @@ def submit(cfg: PipelineConfig, args: argparse.Namespace, target: Target, packag
 
 
 def schedule(cfg: PipelineConfig, args: argparse.Namespace, target: Target, package: Path) -> int:
-    """Upload a pipeline version and (re)create the recurring run pinned to it; returns the exit code."""
+    """Upload ``package`` as a pipeline version and (re)create the recurring run pinned to it; returns 0.
+
+    Reads ``name`` (pipeline name, default schedule name), ``mlflow.experiment``, the config hash (version
+    name) and the fields of :func:`run_parameters`.
+
+    Raises:
+        kfp_server_api.ApiException: the API refused a request (an existing schedule is then left in place).
+        ValueError: several pipelines share the config's name.
+    """
     client = kfp_api.make_client(target.host, target.namespace, target.auth)
     name = args.schedule_name or f"{cfg.name}-nightly"
     version_name = f"{_stamp()}-{cfg.config_hash()[:8]}"
@@ -170,7 +185,11 @@ def schedule(cfg: PipelineConfig, args: argparse.Namespace, target: Target, pack
 
 
 def manage_schedules(args: argparse.Namespace, target: Target) -> int:
-    """--list-schedules and --delete-schedule; returns the exit code."""
+    """``--list-schedules`` and ``--delete-schedule``; returns 1 when there is nothing to delete.
+
+    Raises:
+        kfp_server_api.ApiException: the API refused a request.
+    """
     client = kfp_api.make_client(target.host, target.namespace, target.auth)
     if args.list_schedules:
         runs = list_recurring_runs(client, target.namespace)
