@@ -112,6 +112,8 @@ def error_text(exc: BaseException, secrets: list[str]) -> str:
         with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(detail).get("message") or detail
         text = f"KFP API answered {exc.status} {exc.reason or ''}".rstrip() + (f": {detail[:500]}" if detail else "")
+    elif type(exc).__module__.startswith("urllib3"):
+        text = f"cannot reach the KFP API: {getattr(exc, 'reason', None) or exc}"
     else:
         text = f"{type(exc).__name__}: {exc}"
     return redact(text, secrets)

@@ -208,6 +208,7 @@ def manage_schedules(args: argparse.Namespace, target: Target) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of ``python -m pipelines.submit``."""
     parser = argparse.ArgumentParser(
+        prog="python -m pipelines.submit",
         description="Submit the fine-tuning pipeline to Kubeflow Pipelines (see docs/submit.md).",
         epilog=f"Token: $KFP_TOKEN or --token-env NAME, else the in-cluster KFP service-account token. "
                f"Host: --host or ${HOST_ENV}. Exit: 0 ok, 1 failure, 2 usage/config error.")
