@@ -113,7 +113,11 @@ def _accuracy(correct: int, total: int) -> float:
 
 
 def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], meta: dict[str, Any]) -> dict:
-    """The results document: ``meta`` plus per-question records, per-subject/category and overall accuracy."""
+    """The results document: ``meta`` plus per-question records, per-subject/category and overall accuracy.
+
+    micro = correct / questions over everything; macro = the mean of the per-subject accuracies.
+    Categories with no evaluated subject are left out of ``categories``.
+    """
     questions, subjects = [], {}
     by_category = {category: [0, 0] for category in CATEGORIES}
     for subject in data:
@@ -133,7 +137,8 @@ def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], met
     categories = {name: {"correct": c, "total": t, "accuracy": _accuracy(c, t)}
                   for name, (c, t) in by_category.items() if t}
     correct = sum(record["correct"] for record in questions)
-    macro = sum(entry["accuracy"] for entry in subjects.values()) / len(subjects) if subjects else 0.0
+    shares = [entry["correct"] / entry["total"] for entry in subjects.values() if entry["total"]]
+    macro = sum(shares) / len(shares) if shares else 0.0
     return {**meta, "micro": _accuracy(correct, len(questions)), "macro": round(macro, 6), "correct": correct,
             "total": len(questions), "subjects": subjects, "categories": categories, "questions": questions}
 
@@ -277,8 +282,8 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, adapter_dir: str, rol
         metrics.log_metric(category_metric(name), entry["accuracy"])
     Path(results.path).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out_path, results.path)
-    results.metadata.update({"eval_key": eval_key, "mmlu_avg": summary["micro"], "role": role})
-    return str(out_path), float(summary["micro"]), eval_key
+    results.metadata.update({"eval_key": summary["eval_key"], "mmlu_avg": summary["micro"], "role": role})
+    return str(out_path), float(summary["micro"]), summary["eval_key"]
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)

@@ -112,7 +112,10 @@ def tokenize_subject(tokenizer: Any, data: SubjectData, max_length: int) -> list
     def prefix_ids(shots_kept: int) -> list[int]:
         if shots_kept not in prefixes:
             kept = data.shots[len(data.shots) - shots_kept:]
-            prefixes[shots_kept] = tokenizer.encode(prompt_prefix(data.subject, kept), add_special_tokens=True)
+            ids = tokenizer.encode(prompt_prefix(data.subject, kept), add_special_tokens=True)
+            if ids and ids[-1] == tokenizer.eos_token_id != tokenizer.bos_token_id:
+                ids = ids[:-1]  # tokenizers that close every text with EOS: the prompt goes on after the prefix
+            prefixes[shots_kept] = ids
         return prefixes[shots_kept]
 
     groups: dict[int, list[tuple[int, list[int]]]] = {}

@@ -39,6 +39,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "components" / "assets" / "sample_mmlu"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from two, and on a shared, loaded machine OpenMP's
+    spinning threads made these tests up to 4x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _gold(data_dir: Path, limit: int = 0) -> dict[str, list[str]]:
     """Gold letters per subject, read straight from the CSV files (the expected values of the tests)."""
     gold = {}
