@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Artifact, Metrics, Output
+
+# Not `dsl.component`: a running task imports this module, and kfp.dsl leaves `component` out at run
+# time (_KFP_RUNTIME=true); the decorator module itself imports fine there.
+from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 from components.mmlu_data import (
@@ -286,7 +289,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, adapter_dir: str, rol
     return str(out_path), float(summary["micro"]), summary["eval_key"]
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def evaluate_mmlu(config: str, kfp_run_id: str, model_dir: str, adapter_dir: str, role: str,
                   metrics: Output[Metrics], results: Output[Artifact],
                   ) -> NamedTuple("Outputs", [("results_path", str), ("mmlu_avg", float), ("eval_key", str)]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -387,10 +388,14 @@ def test_cli_usage_errors_exit_2(capsys):
     assert missing.value.code == negative.value.code == 2
 
 
-def test_module_import_stays_light():
+@pytest.mark.parametrize("kfp_runtime", ["", "true"])
+def test_module_import_stays_light_and_works_inside_a_task(kfp_runtime):
+    """Also with _KFP_RUNTIME=true, as the KFP executor runs the wrapper (kfp.dsl then lacks `component`)."""
     code = ("import sys, components.evaluate_mmlu; heavy = ('torch', 'transformers', 'peft', 'mlflow', 'datasets'); "
             "print([name for name in heavy if name in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    env = {**os.environ, "_KFP_RUNTIME": kfp_runtime} if kfp_runtime else None
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
 
 
