@@ -201,7 +201,7 @@ def _alpaca_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
     prompt, query, history, system = columns["prompt"], columns["query"], columns["history"], columns["system"]
     answers = [columns["chosen"], columns["rejected"]] if spec.ranking else [columns["response"]]
     kto_tag, tools = columns["kto_tag"], columns["tools"]
-    required = (prompt, *answers)
+    required = tuple(column for column in (prompt, *answers) if column)  # unset ones: an entry problem
     mapped = {name for name in columns.values() if name}
 
     def check(row: Any) -> RowReport:

@@ -171,7 +171,7 @@ def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: 
         spec, problems = describe_entry(name, info, DATA_CONFIG) if info is not None else (None, [])
         for problem in problems:
             result.add_problem(problem)
-        if spec is not None:
+        if spec is not None and not problems:  # rows are read only through an entry that is right
             specs.append(spec)
     if len(set(names)) != len(names):
         result.add_warning(Problem(DATA_CONFIG, None, None, f"a dataset is listed twice in {names}"))
