@@ -326,6 +326,9 @@ def test_the_hash_is_stable_and_changes_with_one_byte_or_the_entry(tmp_path):
     entry_changed = validate_datasets(remapped, ["ds"], cutoff_len=1024)
     assert entry_changed.datasets[0].sha256 == first.datasets[0].sha256
     assert entry_changed.combined_sha256 != first.combined_sha256
+    twice = validate_datasets(remapped, ["ds", "ds"], cutoff_len=1024)
+    assert twice.ok and twice.combined_sha256 != entry_changed.combined_sha256
+    assert [w.message for w in twice.warnings] == ["a dataset is listed twice in ['ds', 'ds']"]
 
 
 def _mmlu(root: Path, questions: list[str]) -> Path:
