@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-shot", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="Timed rounds; the best of each is reported.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 keeps timings steady on a shared, loaded machine).")
     parser.add_argument("--skip-lm-eval", action="store_true", help="Only compare our two scorers.")
     return parser
 
