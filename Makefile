@@ -33,6 +33,7 @@ reliability: venv  ## The fault-injection tests that take longer than a minute.
 	$(PY) -m pytest -q -m reliability_long tests/reliability
 
 bench: venv  ## CPU benchmarks (ratios against references measured in the same run).
+	$(PY) -m pip install --quiet -e ".[bench]"
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:

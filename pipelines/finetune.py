@@ -58,6 +58,12 @@ CACHING = {
 GPU_TASKS = ("train", "evaluate-candidate", "evaluate-baseline", "merge-lora")
 
 
+def gpu_tasks(cfg: PipelineConfig) -> tuple[str, ...]:
+    """Tasks that need a GPU node. With ``cluster.nodes > 1`` the train task only submits and follows a
+    PyTorchJob (whose pods get the GPUs), so it runs as a light CPU task."""
+    return tuple(name for name in GPU_TASKS if not (name == "train" and cfg.cluster.nodes > 1))
+
+
 def _with_image(component: Any, image: str) -> Any:
     """A copy of a lightweight component that runs in ``image`` (the config's build of our image)."""
     clone = copy.deepcopy(component)
@@ -81,7 +87,7 @@ def _common(task: PipelineTask, cfg: PipelineConfig, name: str, display: str, pv
         )
     if cfg.cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, cfg.cluster.image_pull_secrets)
-    if name in GPU_TASKS:
+    if name in gpu_tasks(cfg):
         task.set_cpu_request(cfg.cluster.cpu_request)
         task.set_memory_request(cfg.cluster.memory_request)
         task.set_memory_limit(cfg.cluster.memory_limit)
@@ -159,7 +165,8 @@ def build_pipeline(cfg: PipelineConfig):
             trained = ops["train"](config=resolved, kfp_run_id=run_id,
                                    dataset_hash=validated.outputs["dataset_hash"])
             _common(trained, cfg, "train", f"Train ({cfg.training.method})", pvc_name)
-            _gpu(trained, cfg, gpu_node_selector, gpu_tolerations, accelerator_type, accelerator_count)
+            if "train" in gpu_tasks(cfg):
+                _gpu(trained, cfg, gpu_node_selector, gpu_tolerations, accelerator_type, accelerator_count)
             trained.set_retry(num_retries=cfg.cluster.train_retries, backoff_duration="60s", backoff_factor=2)
 
             candidate = ops["evaluate"](config=resolved, kfp_run_id=run_id, role="candidate",

@@ -198,3 +198,16 @@ def test_ir_task_graph_matches_the_design(compiled):
     assert spec.root.dag.tasks["finalize-runs"].trigger_policy.strategy == (
         pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
     )
+
+
+def test_multi_node_training_frees_the_train_task_from_the_gpu(tmp_path):
+    """With cluster.nodes > 1 the train task only submits a PyTorchJob; its pods hold the GPUs."""
+    from pipelines.compile import compile_config
+
+    path = compile_config(load_config("lora", overrides=["cluster.nodes=4"]), tmp_path / "multinode.yaml")
+    _, pipeline_doc, platform = _documents(path)
+    train = pipeline_doc["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert "accelerator" not in train
+    assert not _k8s_executors(platform)["exec-train"].node_selector.node_selector_json.component_input_parameter
+    evaluate = pipeline_doc["deploymentSpec"]["executors"]["exec-evaluate-mmlu"]["container"]["resources"]
+    assert "accelerator" in evaluate

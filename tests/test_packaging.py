@@ -58,8 +58,13 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert "make test" in ci
 
 
-@pytest.mark.parametrize("module", ["pipelines.compile", "pipelines.run_local", "components.tiny_model",
-                                    "components.finalize"])
+CLIS = ["pipelines.compile", "pipelines.run_local", "pipelines.submit", "components.tiny_model",
+        "components.finalize", "components.validate_dataset", "components.train", "components.evaluate_mmlu",
+        "components.merge_lora", "components.compare_baseline", "components.register_model",
+        "components.multinode_launch"]
+
+
+@pytest.mark.parametrize("module", CLIS)
 def test_cli_help(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0
