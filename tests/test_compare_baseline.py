@@ -21,10 +21,9 @@ from components.compare_baseline import (
     fetch_baseline_results,
     main,
     read_results,
-    render_report,
     resolve_baseline,
-    sparkline,
 )
+from components.compare_report import render_report, sparkline
 from components.gate_stats import mcnemar_exact_p
 from components.storage import run_dir
 from configs.schema import GateConfig, load_config
