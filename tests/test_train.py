@@ -1,0 +1,485 @@
+"""The training step: real LLaMA-Factory on the tiny random Llama (CPU), a real MLflow server on loopback.
+
+The slow tests train for 12-20 steps (a few seconds each after LLaMA-Factory's ~10 s start); the rest
+exercise rendering, checkpoint selection and error reporting on real files without training.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from kfp.dsl import HTML, Metrics, Model
+
+from components.checkpoints import (
+    checkpoint_problem,
+    checkpoint_step,
+    list_checkpoints,
+    prepare_resume,
+    safetensors_problem,
+)
+from components.storage import run_dir
+from components.train import (
+    TrainerFailed,
+    TrainError,
+    collect_metrics,
+    main,
+    train,
+    train_model,
+    trainer_command,
+    trainer_env,
+    trainer_error,
+    trim_trainer_log,
+)
+from components.train_render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
+from configs.schema import load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(storage_root: Path, tracking_uri: str, *overrides: str):
+    return load_config("local", overrides=[f"storage.mount_path={storage_root}", f"mlflow.tracking_uri={tracking_uri}",
+                                           *overrides])
+
+
+def _kfp_outputs(root: Path) -> tuple[Model, Metrics, HTML]:
+    return (Model(name="adapter", uri=str(root / "adapter"), metadata={}),
+            Metrics(name="metrics", uri=str(root / "metrics"), metadata={}),
+            HTML(name="loss_plot", uri=str(root / "loss_plot.html"), metadata={}))
+
+
+def _train_runs(client, cfg, kfp_run_id: str) -> list:
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`llmft.step` = 'train'")
+
+
+def _render(cfg, tmp_path: Path, gpu: bool) -> dict:
+    sections = render_sections(cfg, model_dir=tmp_path / "base", dataset_dir=tmp_path / "data",
+                               output_dir=tmp_path / "out", run_name="train", gpu=gpu)
+    return yaml.safe_load(render_yaml(sections, "header"))  # what LLaMA-Factory reads back
+
+
+# -- a real LoRA run ------------------------------------------------------------------------------------------
+
+
+def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_child_run(
+        storage_root, mlflow_server, tmp_path, monkeypatch):
+    """The KFP wrapper itself (python_func) with real KFP artifact objects; then a retry reuses the result."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("GIT_COMMIT", "0123abc")
+    cfg = _config(storage_root, mlflow_server.uri, "training.max_steps=20", "training.save_steps=10",
+                  "training.val_size=0.1")
+    kfp_run_id, data_hash = f"run-{uuid.uuid4().hex[:8]}", "f" * 64
+    started_ms = int(time.time() * 1000)
+    adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "kfp")
+
+    model_dir, train_loss, mlflow_run_id = train.python_func(
+        config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, adapter=adapter,
+        metrics=metrics, loss_plot=loss_plot)
+
+    # The adapter, published atomically in the run-scoped directory.
+    expected_dir = run_dir(cfg, kfp_run_id) / "adapter"
+    assert model_dir == str(expected_dir)
+    assert json.loads((expected_dir / "adapter_config.json").read_text())["r"] == 8
+    from safetensors import safe_open
+
+    with safe_open(expected_dir / "adapter_model.safetensors", "pt") as weights:
+        assert any("lora_A" in key for key in weights.keys())  # noqa: SIM118 - safe_open is not a dict
+    log_lines = (expected_dir / "trainer_log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["current_steps"] for line in log_lines]
+    assert max(steps) == 20
+    png = (expected_dir / "training_loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert not [p for p in expected_dir.parent.iterdir() if p.name.startswith(".adapter.tmp")]
+
+    # KFP outputs.
+    assert metrics.metadata["train_loss"] == pytest.approx(train_loss, abs=1e-6)
+    assert metrics.metadata["global_step"] == 20
+    assert metrics.metadata["eval_loss"] > 0 and metrics.metadata["tokens_per_second"] > 0
+    assert metrics.metadata["train_runtime_s"] > 0
+    assert adapter.metadata["model_dir"] == model_dir and adapter.metadata["method"] == "lora"
+    assert json.loads((Path(adapter.path) / "model.json").read_text())["mlflow_run_id"] == mlflow_run_id
+    html = Path(loss_plot.path).read_text()
+    embedded = html.split("data:image/png;base64,")[1].split('"')[0]
+    assert base64.b64decode(embedded) == png
+
+    # MLflow: the "train" child of the pipeline's parent run, with the trainer's metrics and our params.
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(mlflow_run_id)
+    assert run.info.run_name == "train" and run.info.status == "FINISHED"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["kfp.run_id"] == kfp_run_id and parent.data.tags["llmft.role"] == "pipeline"
+    params = run.data.params
+    sample = storage_root / "data" / "alpaca_sample.json"
+    assert params["llmft.dataset_hash"] == data_hash
+    assert params["llmft.dataset.sha256.alpaca_sample"] == hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert params["llmft.training.method"] == "lora" and params["llmft.training.lora_rank"] == "8"
+    assert params["llmft.training.lora_target"] == "all" and params["llmft.training.template"] == "default"
+    assert params["llmft.training.seed"] == "42" and params["llmft.training.cutoff_len"] == "256"
+    assert params["llmft.dataset.names"] == '["alpaca_sample"]'
+    assert params["llmft.image"] == cfg.cluster.image and params["llmft.git_commit"] == "0123abc"
+    assert params["llmft.version.llamafactory"] == metadata.version("llamafactory")
+    assert params["llmft.precision"] == "fp32"
+    assert params["learning_rate"] == "0.005"  # logged by the trainer's own callback: it attached to this run
+    loss_steps = [m.step for m in client.get_metric_history(mlflow_run_id, "loss")]
+    assert len(loss_steps) == 10 and max(loss_steps) == 20
+    assert run.data.metrics["train_loss"] == pytest.approx(train_loss)
+    assert "eval_loss" in run.data.metrics and "tokens_per_second" in run.data.metrics
+    rendered = yaml.safe_load(Path(client.download_artifacts(mlflow_run_id, "config/train.yaml", str(tmp_path))
+                                   ).read_text())
+    assert rendered["report_to"] == "mlflow" and rendered["lora_rank"] == 8 and rendered["max_steps"] == 20
+    assert rendered["output_dir"] == str(run_dir(cfg, kfp_run_id) / "checkpoints")
+    assert "bf16" not in rendered and "fp16" not in rendered
+    assert {a.path for a in client.list_artifacts(mlflow_run_id, "train")} >= {
+        "train/training_loss.png", "train/trainer_log.jsonl", "train/train_summary.json"}
+    # No stray run: everything created during the step belongs to this pipeline run.
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    recent = client.search_runs(experiments, filter_string=f"attributes.start_time >= {started_ms}")
+    assert {r.data.tags.get("kfp.run_id") for r in recent} == {kfp_run_id} and len(recent) == 2
+
+    # A retry after the model was published reuses it instead of training again.
+    again = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash,
+                              adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+    assert again[:2] == (model_dir, train_loss)
+    retry = client.get_run(again[2])
+    assert retry.info.status == "FINISHED" and retry.data.tags["llmft.reused_from_run"] == mlflow_run_id
+    assert len(list((run_dir(cfg, kfp_run_id) / "logs").iterdir())) == 1  # the trainer ran once
+
+
+# -- kill, resume, corrupt checkpoint ------------------------------------------------------------------------
+
+
+def _complete_on_disk(output: Path) -> list[int]:
+    """Steps whose trainer_state.json (written last by the Trainer) is whole JSON."""
+    steps = []
+    for path in list_checkpoints(output):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        steps.append(checkpoint_step(path))
+    return steps
+
+
+def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root, mlflow_server, tmp_path):
+    """SIGKILL the trainer after its first checkpoint, break the next one, rerun: it resumes and finishes."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = _config(storage_root, mlflow_server.uri, "training.max_steps=12", "training.save_steps=4",
+                  "training.logging_steps=1")
+    kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
+    output = run_dir(cfg, kfp_run_id) / "checkpoints"
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if _complete_on_disk(output):
+                for child in psutil.Process().children(recursive=True):
+                    if "--trainer-worker" in child.cmdline():
+                        child.send_signal(signal.SIGKILL)
+                        killed.append(child.pid)
+            time.sleep(0.05)  # polling the checkpoint directory, not waiting for an event
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "first")
+    with pytest.raises(TrainerFailed, match="killed by SIGKILL"):
+        train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h", adapter=adapter,
+                          metrics=metrics, loss_plot=loss_plot)
+    killer.join()
+    assert killed, "the trainer was not found to kill"
+    newest = max(_complete_on_disk(output))
+    assert newest < 12
+
+    # What a pod killed while saving leaves: a checkpoint directory with half the weights and no trainer state.
+    broken = output / f"checkpoint-{newest + 4}"
+    if not broken.exists():
+        shutil.copytree(output / f"checkpoint-{newest}", broken)
+        (broken / "trainer_state.json").unlink()
+        weights = broken / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "second")
+    model_dir, _, second_run = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id,
+                                                 dataset_hash="h", adapter=adapter, metrics=metrics,
+                                                 loss_plot=loss_plot)
+    assert metrics.metadata["resumed_from_step"] == newest and metrics.metadata["global_step"] == 12
+    assert [p.name.rsplit("-", 1)[0] for p in (run_dir(cfg, kfp_run_id) / "checkpoints-discarded").iterdir()] == [
+        broken.name]
+    steps = [json.loads(line)["current_steps"] for line in (Path(model_dir) / "trainer_log.jsonl").read_text()
+             .splitlines() if "loss" in json.loads(line)]
+    assert steps == list(range(1, 13))  # the killed attempt's steps after the checkpoint are not repeated
+
+    client = MlflowClient(mlflow_server.uri)
+    first, second = _train_runs(client, cfg, kfp_run_id)
+    assert first.info.status == "FAILED" and "SIGKILL" in first.data.tags["llmft.error"]
+    assert second.info.run_id == second_run and second.info.status == "FINISHED"
+    assert second.data.tags["llmft.resumed_from"] == f"checkpoint-{newest}"
+    resumed_steps = [m.step for m in client.get_metric_history(second_run, "loss")]
+    assert min(resumed_steps) == newest + 1 and max(resumed_steps) == 12  # resumed, not started over
+
+
+def test_a_failing_trainer_fails_the_run_and_the_cli_exits_non_zero(storage_root, mlflow_server):
+    """A target module the model lacks passes our schema; LLaMA-Factory (peft) refuses it."""
+    from mlflow.tracking import MlflowClient
+
+    kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.train", "--config", "local", "--run-id", kfp_run_id,
+         "--set", f"storage.mount_path={storage_root}", "--set", f"mlflow.tracking_uri={mlflow_server.uri}",
+         "--set", "training.lora_target=q_projx", "--set", "training.max_steps=4"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 1
+    assert "LLaMA-Factory training failed (exit code 1)" in proc.stderr
+    assert "ValueError: Target modules {'q_projx'} not found in the base model" in proc.stderr
+    cfg = _config(storage_root, mlflow_server.uri)
+    (run,) = _train_runs(MlflowClient(mlflow_server.uri), cfg, kfp_run_id)
+    assert run.info.status == "FAILED" and "q_projx" in run.data.tags["llmft.error"]
+    assert not (run_dir(cfg, kfp_run_id) / "adapter").exists()
+
+
+# -- rendering -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["lora", "qlora", "full"])
+def test_each_preset_renders_the_keys_llamafactory_expects(preset, tmp_path):
+    cfg = load_config(preset)
+    args = _render(cfg, tmp_path, gpu=True)
+    assert args["stage"] == "sft" and args["do_train"] is True and args["report_to"] == "mlflow"
+    assert args["bf16"] is True and "fp16" not in args  # precision auto on a GPU
+    assert args["dataset"] == "alpaca_sample" and args["template"] == "llama3" and args["seed"] == 42
+    assert args["save_steps"] == 500 and args["save_only_model"] is False
+    if preset == "full":
+        assert args["finetuning_type"] == "full" and "lora_rank" not in args and "quantization_bit" not in args
+        deepspeed = json.loads(Path(args["deepspeed"]).read_text())
+        assert Path(args["deepspeed"]) == DEEPSPEED_CONFIGS[3] and deepspeed["zero_optimization"]["stage"] == 3
+        assert deepspeed["train_micro_batch_size_per_gpu"] == "auto"  # filled from the YAML by transformers
+    else:
+        assert args["finetuning_type"] == "lora" and args["lora_rank"] == 16 and args["lora_alpha"] == 32
+        assert args["lora_target"] == "all" and "deepspeed" not in args
+    if preset == "qlora":
+        assert args["quantization_bit"] == 4 and args["quantization_method"] == "bnb"
+    else:
+        assert "quantization_bit" not in args
+
+
+def test_precision_follows_the_device(tmp_path):
+    cpu = load_config("local", overrides=["training.precision=auto"])
+    assert not {"bf16", "fp16"} & set(_render(cpu, tmp_path, gpu=False))
+    asked_fp16 = load_config("local", overrides=["training.precision=fp16"])
+    assert not {"bf16", "fp16"} & set(_render(asked_fp16, tmp_path, gpu=False))  # no half precision on a CPU
+    assert _render(asked_fp16, tmp_path, gpu=True)["fp16"] is True
+    full_on_cpu = load_config("local", overrides=["training.method=full"])
+    assert "deepspeed" not in _render(full_on_cpu, tmp_path, gpu=False)
+    assert _render(load_config("local", overrides=["training.val_size=0.2"]), tmp_path, gpu=False)[
+        "eval_strategy"] == "steps"
+    trusted = load_config("local", overrides=["training.trust_remote_code=true"])
+    assert _render(trusted, tmp_path, gpu=False)["trust_remote_code"] is True
+
+
+def test_llamafactory_argument_parser_accepts_the_rendered_yaml(tmp_path, tiny_model_dir):
+    """Parsed by LLaMA-Factory's own dataclasses (unknown keys fail). Two adjustments only for GPU presets on this
+    CPU machine: ``use_cpu`` (transformers refuses bf16 without a GPU otherwise) and no ``deepspeed`` key (its
+    parsing imports the deepspeed package, which only the CUDA image has)."""
+    from llamafactory.hparams import (
+        DataArguments,
+        FinetuningArguments,
+        GeneratingArguments,
+        ModelArguments,
+        TrainingArguments,
+        get_train_args,
+    )
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser([ModelArguments, DataArguments, TrainingArguments, FinetuningArguments,
+                               GeneratingArguments])
+    for preset in ("lora", "qlora", "full"):
+        args = _render(load_config(preset), tmp_path, gpu=True)
+        args.pop("deepspeed", None)
+        model, _, training, finetuning, _ = parser.parse_dict({**args, "use_cpu": True}, allow_extra_keys=False)
+        assert finetuning.finetuning_type == ("full" if preset == "full" else "lora")
+        assert model.quantization_bit == (4 if preset == "qlora" else None)
+        assert training.bf16 is True and training.report_to == ["mlflow"]
+
+    # The CPU demo config goes through LLaMA-Factory's full validation untouched.
+    cfg = load_config("local", overrides=["training.val_size=0.1"])
+    sections = render_sections(cfg, model_dir=tiny_model_dir, dataset_dir=REPO_ROOT / "components/assets/sample_data",
+                               output_dir=tmp_path / "out", run_name="train", gpu=False,
+                               resume_from=tmp_path / "out" / "checkpoint-8")
+    model, data, training, finetuning, _ = get_train_args(yaml.safe_load(render_yaml(sections)))
+    assert training.max_steps == 24 and training.save_steps == 8 and training.do_eval is True
+    assert training.resume_from_checkpoint == str(tmp_path / "out" / "checkpoint-8")
+    assert finetuning.lora_rank == 8 and data.template == "default" and not training.bf16
+
+
+def test_multi_gpu_runs_under_torchrun_with_one_process_per_gpu(tmp_path):
+    four = load_config("lora", overrides=["cluster.accelerator_count=4"])
+    command = trainer_command(four, True, tmp_path / "train.yaml")
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert command[command.index("--nproc-per-node") + 1] == "4"
+    assert command[-3:] == ["components.train", "--trainer-worker", str(tmp_path / "train.yaml")]
+    env = trainer_env(four, "abc", True)
+    assert env["NPROC_PER_NODE"] == "4" and env["MLFLOW_RUN_ID"] == "abc" and "MLFLOW_EXPERIMENT_NAME" not in env
+    single = load_config("lora")
+    assert trainer_command(single, True, tmp_path / "t.yaml")[1:] == ["-m", "components.train", "--trainer-worker",
+                                                                      str(tmp_path / "t.yaml")]
+    assert "NPROC_PER_NODE" not in trainer_env(single, "abc", True)
+    # Full fine-tuning uses DeepSpeed, which LLaMA-Factory only runs distributed: torchrun even on one GPU.
+    full_one_gpu = load_config("full", overrides=["cluster.accelerator_count=1"])
+    assert "torch.distributed.run" in trainer_command(full_one_gpu, True, tmp_path / "t.yaml")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def _checkpoint(root: Path, step: int, *, weights: bool = True, optimizer: bool = True, state: bool = True) -> Path:
+    """A checkpoint directory in the Trainer's layout, with real safetensors and torch files."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if weights:
+        save_file({"lora_A": torch.ones(8, 64), "lora_B": torch.zeros(64, 8)}, path / "adapter_model.safetensors")
+    if optimizer:
+        torch.save({"state": {0: torch.ones(100)}}, path / "optimizer.pt")
+    if state:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "num_input_tokens_seen": step * 10}))
+    return path
+
+
+def test_checkpoint_problems_are_named(tmp_path):
+    assert checkpoint_problem(_checkpoint(tmp_path, 4)) is None
+    assert "trainer_state.json" in checkpoint_problem(_checkpoint(tmp_path, 8, state=False))
+    assert "weights" in checkpoint_problem(_checkpoint(tmp_path, 12, weights=False))
+    assert "optimizer" in checkpoint_problem(_checkpoint(tmp_path, 16, optimizer=False))
+
+    truncated = _checkpoint(tmp_path, 20)
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert "truncated" in checkpoint_problem(truncated) and "truncated" in safetensors_problem(weights)
+
+    cut_optimizer = _checkpoint(tmp_path, 24)
+    optimizer = cut_optimizer / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:200])
+    assert "optimizer.pt" in checkpoint_problem(cut_optimizer)
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(optimizer)
+
+    mismatch = _checkpoint(tmp_path, 28)
+    (mismatch / "trainer_state.json").write_text(json.dumps({"global_step": 27}))
+    assert "global_step 27" in checkpoint_problem(mismatch)
+
+    deepspeed = _checkpoint(tmp_path, 32, optimizer=False)
+    (deepspeed / "latest").write_text("global_step32")
+    assert "global_step32" in checkpoint_problem(deepspeed)
+    (deepspeed / "global_step32").mkdir()
+    (deepspeed / "global_step32" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
+    assert checkpoint_problem(deepspeed) is None
+
+
+def test_prepare_resume_takes_the_newest_complete_checkpoint_and_moves_broken_ones_aside(tmp_path):
+    output, discard = tmp_path / "checkpoints", tmp_path / "discarded"
+    _checkpoint(output, 4)
+    _checkpoint(output, 8)
+    _checkpoint(output, 12, state=False)  # killed while saving
+    chosen, discarded = prepare_resume(output, discard)
+    assert chosen == output / "checkpoint-8"
+    assert [name for name, _ in discarded] == ["checkpoint-12"]
+    assert [checkpoint_step(p) for p in list_checkpoints(output)] == [4, 8]
+    assert [p.name.rsplit("-", 1)[0] for p in discard.iterdir()] == ["checkpoint-12"]
+
+    # Nothing complete: the whole output directory goes aside and training starts over in a clean one.
+    fresh = tmp_path / "fresh"
+    _checkpoint(fresh, 4, optimizer=False)
+    (fresh / "trainer_log.jsonl").write_text('{"current_steps": 2}\n')
+    chosen, discarded = prepare_resume(fresh, discard)
+    assert chosen is None and not fresh.exists()
+    assert [name for name, _ in discarded] == ["checkpoint-4", "fresh"]
+    assert prepare_resume(tmp_path / "missing", discard) == (None, [])
+
+
+def test_the_trainer_log_is_cut_back_to_the_resumed_checkpoint(tmp_path):
+    log = tmp_path / "trainer_log.jsonl"
+    log.write_text("".join(json.dumps({"current_steps": step, "loss": 1.0}) + "\n" for step in (2, 4, 6, 8, 10))
+                   + "not json\n")
+    trim_trainer_log(log, 6)
+    assert [json.loads(line)["current_steps"] for line in log.read_text().splitlines()] == [2, 4, 6]
+
+
+def test_metrics_cover_the_whole_run_after_a_resume(tmp_path):
+    output = tmp_path / "checkpoints"
+    resumed_from = _checkpoint(output, 4)
+    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 2.0}, {"step": 6, "loss": 1.0}, {"step": 8, "loss": 1.0},
+               {"step": 8, "eval_loss": 1.5}]
+    (output / "trainer_state.json").write_text(json.dumps({"global_step": 8, "num_input_tokens_seen": 120,
+                                                           "log_history": history}))
+    (output / "all_results.json").write_text(json.dumps({"train_runtime": 2.0, "train_loss": 0.5}))
+    metrics, _ = collect_metrics(output, resumed_from)
+    assert metrics["train_loss"] == pytest.approx((4 + 2 + 1 + 1) * 2 / 8)  # not the last attempt's 0.5
+    assert metrics["final_loss"] == 1.0 and metrics["eval_loss"] == 1.5 and metrics["global_step"] == 8
+    assert metrics["tokens_per_second"] == pytest.approx((120 - 40) / 2.0)  # this attempt's tokens only
+    assert metrics["resumed_from_step"] == 4
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+
+
+def test_the_reported_error_is_the_workers_not_the_launchers():
+    tail = [
+        "[rank1]: Traceback (most recent call last):\n",
+        "[rank1]:   File \"x.py\", line 3, in <module>\n",
+        "ValueError: Target modules {'q_projx'} not found in the base model.\n",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+        "subprocess.CalledProcessError: Command '['torchrun']' returned non-zero exit status 1.\n",
+    ]
+    assert trainer_error(tail) == "ValueError: Target modules {'q_projx'} not found in the base model."
+    assert trainer_error(["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"]).startswith(
+        "torch.OutOfMemoryError: CUDA out of memory")
+    assert trainer_error(["all good\n"]) == ""
+
+
+def test_bad_inputs_are_named_before_anything_runs(storage_root, tmp_path, caplog):
+    cfg = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}", "dataset.names=[missing_set]",
+                  "training.trust_remote_code=true")
+    with caplog.at_level(logging.WARNING), pytest.raises(TrainError, match="dataset 'missing_set'") as failure:
+        train_model(cfg, "r1")
+    assert "dataset_info.json" in str(failure.value)
+    assert "trust_remote_code is true" in caplog.text
+    shutil.rmtree(storage_root / "models" / "base-model")
+    with pytest.raises(TrainError, match="base-model has no config.json"):
+        train_model(cfg, "r1")
+    assert not (storage_root / "output").exists()
+
+
+def test_cli_render_only_and_usage_errors(capsys):
+    assert main(["--config", "qlora", "--render-only"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["quantization_bit"] == 4 and printed["bf16"] is True and printed["run_name"] == "train"
+    assert flatten_sections(render_sections(load_config("qlora"), model_dir=Path("/storage/models/base-model"),
+                                            dataset_dir=Path("/storage/data"),
+                                            output_dir=Path(printed["output_dir"]), run_name="train",
+                                            gpu=True)) == printed
+    assert main(["--config", "lora", "--set", "training.lora_rank=-1", "--render-only"]) == 2
+    assert "training.lora_rank" in capsys.readouterr().err
+    assert main(["--render-only"]) == 2
+    assert main(["--help"]) == 0
