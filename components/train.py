@@ -261,6 +261,8 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
+        # The worker is `python -m components.train`: importable wherever this module was imported from.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
     )
     if _launcher(cfg, gpu) == "torchrun":
         # What LLaMA-Factory's own torchrun launcher sets (OPTIM_TORCH): less fragmentation, fewer NCCL stalls.
@@ -463,16 +465,19 @@ def loss_plot_html(png_path: Path, metrics: dict[str, float]) -> str:
 # 6. Publish ------------------------------------------------------------------------------------------------
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _move(source: Path, target: Path) -> None:
     try:
-        os.link(source, target)  # same volume: no second copy of the weights
+        # Same volume: instant, no second copy of the weights, and no hard link that a later trainer run
+        # could rewrite in place under the published name.
+        os.replace(source, target)
     except OSError:
         shutil.copy2(source, target)
 
 
 def publish_model(output_dir: Path, model_dir: Path, extra: dict[str, bytes]) -> Path:
-    """Put the trainer's final weights (the files at the top of ``output_dir``) and ``extra`` files in
-    ``model_dir`` atomically: a crash leaves either the complete directory or none.
+    """Move the trainer's final weights (the files at the top of ``output_dir``) and write ``extra`` files into
+    ``model_dir`` atomically: a crash leaves either the complete directory or none. The checkpoints stay, so
+    a retry after a crash here resumes from the last one and saves the weights again.
 
     Raises:
         StorageError: the volume refused the write.
@@ -482,7 +487,7 @@ def publish_model(output_dir: Path, model_dir: Path, extra: dict[str, bytes]) ->
     with atomic_directory(model_dir, replace=True) as staging:
         for source in sorted(output_dir.iterdir()):
             if source.is_file() and source.name not in extra:
-                _link_or_copy(source, staging / source.name)
+                _move(source, staging / source.name)
         for name, data in extra.items():
             (staging / name).write_bytes(data)
     return model_dir
@@ -566,7 +571,8 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
     Reads ``storage`` (mount_path, base_model, data_dir, output_root), ``training`` (all fields: method preset,
     hyper-parameters, precision, checkpoints, val_size, trust_remote_code), ``dataset.names``, ``cluster``
     (accelerator_count: torchrun; nodes: PyTorchJob; image: logged) and ``mlflow`` (tracking_uri, experiment).
-    See the module docstring for the phases. A model already published for this run is reused.
+    See the module docstring for the phases. A model already published for this run with the same
+    configuration is reused (a KFP retry after the weights were published trains nothing).
 
     Args:
         cfg: The resolved pipeline configuration.
@@ -599,7 +605,8 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
         with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
             _log_params(client, run_id, tracking_params(cfg, dataset_hash, hashes, gpu))
             summary = _read_summary(paths.model_dir)
-            reused = summary is not None
+            # Reuse only what this very configuration produced (a rerun by hand may have changed it).
+            reused = summary is not None and summary.get("config_hash") == cfg.config_hash()
             if reused:
                 print(f"[train] {paths.model_dir} is complete from an earlier attempt; reusing it", flush=True)
                 client.set_tag(run_id, "llmft.reused_from_run", summary.get("mlflow_run_id", ""))

@@ -162,6 +162,17 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     assert retry.info.status == "FINISHED" and retry.data.tags["llmft.reused_from_run"] == mlflow_run_id
     assert len(list((run_dir(cfg, kfp_run_id) / "logs").iterdir())) == 1  # the trainer ran once
 
+    # Rerun by hand with more steps: a different config is not reused; it resumes from the last checkpoint
+    # (the final weights were moved out of checkpoints/ when published) and replaces the published model.
+    longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 22})})
+    adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "longer")
+    model_dir_again, _, _ = train.python_func(config=longer.model_dump_json(), kfp_run_id=kfp_run_id,
+                                              dataset_hash=data_hash, adapter=adapter, metrics=metrics,
+                                              loss_plot=loss_plot)
+    assert model_dir_again == model_dir
+    assert metrics.metadata["resumed_from_step"] == 20 and metrics.metadata["global_step"] == 22
+    assert json.loads((expected_dir / "train_summary.json").read_text())["metrics"]["global_step"] == 22
+
 
 # -- kill, resume, corrupt checkpoint ------------------------------------------------------------------------
 
@@ -193,9 +204,12 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
         while time.monotonic() < deadline and not killed:
             if _complete_on_disk(output):
                 for child in psutil.Process().children(recursive=True):
-                    if "--trainer-worker" in child.cmdline():
-                        child.send_signal(signal.SIGKILL)
-                        killed.append(child.pid)
+                    try:
+                        if "--trainer-worker" in child.cmdline():
+                            child.send_signal(signal.SIGKILL)
+                            killed.append(child.pid)
+                    except psutil.Error:  # a short-lived process that is gone already
+                        continue
             time.sleep(0.05)  # polling the checkpoint directory, not waiting for an event
 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
