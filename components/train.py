@@ -590,6 +590,7 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
         PyTorchJobError: the multi-node job failed (``cluster.nodes`` > 1).
     """
     import mlflow
+    from mlflow.entities import Metric
 
     from components.tracking import close_stale_runs, make_client, step_run
 
@@ -613,8 +614,6 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
             else:
                 summary = _train(cfg, kfp_run_id, paths, client, run_id, gpu, dataset_hash, hashes)
             metrics = {key: float(value) for key, value in summary["metrics"].items()}
-            from mlflow.entities import Metric
-
             now, step = int(time.time() * 1000), int(metrics.get("global_step", 0))
             client.log_batch(run_id, metrics=[Metric(key, value, now, step) for key, value in metrics.items()])
             for name in (LOSS_PLOT, TRAINER_LOG, SUMMARY_FILE):
