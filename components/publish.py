@@ -51,7 +51,7 @@ STAGING_PREFIX = ".incoming-"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RESERVED = {CURRENT_LINK, CURRENT_FILE}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-_HASH_CHUNK = 8 * 1024 * 1024
+_HASH_CHUNK = 1024 * 1024
 
 # safetensors dtype code -> bytes per element
 SAFETENSORS_ITEMSIZE = {
