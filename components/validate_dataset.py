@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
+
+# Not `dsl.component`: a running task imports this module with _KFP_RUNTIME=true, and kfp.dsl then
+# leaves `component` out; the decorator module itself imports fine there.
+from kfp.dsl.component_decorator import component
 
 from components.dataset_validation import (
     CHARS_PER_TOKEN,
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.ok else 1
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def validate_dataset(config: str, overrides: list, pvc_name: str, kfp_run_id: str, metrics: Output[Metrics],
                      report: Output[Markdown]) -> NamedTuple("Outputs", [("resolved_config", str),
                                                                          ("dataset_hash", str),
