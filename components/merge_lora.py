@@ -2,18 +2,19 @@
 
 The merge streams: it reads the base model's safetensors shards one tensor at a time (plain file
 reads, no mmap, no model object), adds ``scale * B @ A`` to every LoRA-targeted weight, writes the
-tensor straight into the output shard and frees it. Peak memory is the adapter plus about one
-tensor, not the model, so a 70B merge fits on an ordinary node. The arithmetic is the one peft's
+tensor straight into the output shard and frees it. Peak memory is the adapter plus a few
+tensor-sized working buffers (two reads, two casts, two fp32 deltas), not the model, so a 70B
+merge fits on an ordinary node. The arithmetic is the one peft's
 ``merge_and_unload`` does (delta in fp32, added to the weight in the output dtype), so the result
 is the same to the last bit.
 
 Supported: LoRA and rsLoRA on linear and embedding layers (``lora_alpha``, ``r``, ``rank_pattern``,
 ``alpha_pattern``, ``use_rslora``, ``fan_in_fan_out``, ``modules_to_save`` and saved embedding
-layers), tied input/output embeddings (untied in the output when the adapter changes one side).
-Refused with a clear error: DoRA, LoRA biases, trainable tokens, QA-LoRA, aLoRA, layer replication,
-PiSSA/OLoRA/CorDA/LoftQ initialisations that changed the base, convolution LoRA, quantized bases
-(merge a QLoRA adapter into the full-precision base, as LLaMA-Factory requires) and
-non-safetensors bases.
+layers), DoRA on linear layers, tied input/output embeddings (untied in the output when the
+adapter changes one side). Refused with a clear error: DoRA on embeddings, LoRA biases, trainable
+tokens, QA-LoRA, aLoRA, layer replication, PiSSA/OLoRA/CorDA/LoftQ initialisations that changed the
+base, convolution LoRA, quantized bases (merge a QLoRA adapter into the full-precision base, as
+LLaMA-Factory requires) and non-safetensors bases.
 
 The output directory is complete for serving: shards plus ``model.safetensors.index.json``,
 ``config.json`` (dtype set), generation config, tokenizer files and chat template (the adapter's
@@ -84,11 +85,12 @@ _SKIPPED_FILES = re.compile(
     r"(.*\.(safetensors|bin|pt|pth|gguf|h5|msgpack|ckpt)|.*\.index\.json|adapter_config\.json|trainer_state\.json|"
     r"(all|train|eval)_results\.json|trainer_log\.jsonl|training_.*\.png|" + re.escape(MANIFEST_NAME) + "|"
     + re.escape(MERGE_INFO) + r")$")
+_FACTOR_KEY = re.compile(r"(?P<module>.+)\.(?:lora_(?P<linear>[AB])\.weight|lora_embedding_(?P<embedding>[AB])|"
+                         r"lora_magnitude_vector(?:\.weight)?)")
 _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)|"
                               r"vocab\.(json|txt)|merges\.txt|spiece\.model|.*\.tiktoken)$")
 # Adapter features the streaming merge refuses: config key -> why.
 _UNSUPPORTED = {
-    "use_dora": "DoRA adapters (use_dora) rescale weights per column; merge them with peft's merge_and_unload",
     "lora_bias": "LoRA biases (lora_bias) are not supported by the streaming merge",
     "use_qalora": "QA-LoRA adapters (use_qalora) are not supported by the streaming merge",
     "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) only applies after its invocation "
@@ -105,13 +107,15 @@ class MergeError(ValueError):
 
 
 class LoraDelta(NamedTuple):
-    """One LoRA update ``scaling * B @ A`` (transposed for embeddings and fan_in_fan_out)."""
+    """One LoRA update ``scaling * B @ A`` (transposed for embeddings and fan_in_fan_out); with a DoRA
+    ``magnitude`` the updated weight's rows are rescaled to it."""
 
     a: "torch.Tensor"
     b: "torch.Tensor"
     scaling: float
     embedding: bool
     fan_in_fan_out: bool
+    magnitude: "torch.Tensor | None" = None
 
     def shape(self) -> tuple[int, ...]:
         """Shape of the weight this delta is added to."""
@@ -267,10 +271,26 @@ def _adapter_tensors(adapter_dir: Path) -> dict[str, "torch.Tensor"]:
     raise MergeError(f"{adapter_dir} has no adapter_model.safetensors (or adapter_model.bin)")
 
 
+def _check_dora(delta: LoraDelta, module: str, use_dora: bool, adapter_dir: Path) -> None:
+    """DoRA is merged for linear layers only, and needs one magnitude per output row."""
+    if delta.magnitude is None:
+        if use_dora:
+            raise MergeError(f"{adapter_dir}: use_dora is set but module {module!r} has no lora_magnitude_vector")
+        return
+    if not use_dora:
+        raise MergeError(f"{adapter_dir}: module {module!r} has a DoRA magnitude but use_dora is not set")
+    if delta.embedding or delta.fan_in_fan_out:
+        raise MergeError(f"{adapter_dir}: module {module!r}: DoRA is merged for linear layers only (not embeddings "
+                         "or fan_in_fan_out layers); merge it with peft's merge_and_unload")
+    if tuple(delta.magnitude.shape) != (delta.b.shape[0],):
+        raise MergeError(f"{adapter_dir}: module {module!r} has a DoRA magnitude of shape "
+                         f"{list(delta.magnitude.shape)}, expected [{delta.b.shape[0]}]")
+
+
 def load_adapter(adapter_dir: Path) -> Adapter:
     """Read a peft LoRA adapter as deltas and replacements keyed by base checkpoint names.
 
-    Reads ``adapter_config.json`` (r, lora_alpha, use_rslora, rank_pattern, alpha_pattern,
+    Reads ``adapter_config.json`` (r, lora_alpha, use_rslora, use_dora, rank_pattern, alpha_pattern,
     fan_in_fan_out) and ``adapter_model.safetensors``. LoRA factors are upcast to fp32, as peft
     does when it loads an adapter onto a half-precision base.
 
@@ -290,11 +310,11 @@ def load_adapter(adapter_dir: Path) -> Adapter:
         if not key.startswith(ADAPTER_PREFIX):
             raise MergeError(f"{adapter_dir}: unexpected tensor {key!r} (peft keys start with {ADAPTER_PREFIX!r})")
         name = key[len(ADAPTER_PREFIX):]
-        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)", name)
+        match = _FACTOR_KEY.fullmatch(name)
         if match:
-            module = match.group(1) or match.group(3)
-            factors.setdefault(module, {})[(match.group(2) or match.group(4))[-1]] = tensor
-            factors[module]["embedding"] = match.group(3) is not None
+            parts = factors.setdefault(match["module"], {"embedding": False})
+            parts[match["linear"] or match["embedding"] or "magnitude"] = tensor
+            parts["embedding"] |= match["embedding"] is not None
         elif "lora_" in name or "trainable_tokens" in name:
             raise MergeError(f"{adapter_dir}: tensor {key!r} belongs to an unsupported LoRA variant")
         else:  # modules_to_save copies and saved embedding layers replace the base tensor
@@ -313,8 +333,11 @@ def load_adapter(adapter_dir: Path) -> Adapter:
             raise MergeError(f"{adapter_dir}: module {module!r} has rank {a.shape[0]} but adapter_config.json "
                              f"says r={rank}")
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        deltas[f"{module}.weight"] = LoraDelta(a, b, scaling, parts["embedding"],
-                                               bool(config.get("fan_in_fan_out")) and not parts["embedding"])
+        fan_in_fan_out = bool(config.get("fan_in_fan_out")) and not parts["embedding"]
+        magnitude = parts["magnitude"].float() if "magnitude" in parts else None
+        delta = LoraDelta(a, b, scaling, parts["embedding"], fan_in_fan_out, magnitude)
+        _check_dora(delta, module, bool(config.get("use_dora")), adapter_dir)
+        deltas[f"{module}.weight"] = delta
     if not deltas and not replacements:
         raise MergeError(f"{adapter_dir}: the adapter holds no LoRA weights")
     return Adapter(deltas, replacements, config)
@@ -462,11 +485,14 @@ def merged_tensor(tensor: PlannedTensor, handle, header: SafetensorsHeader, adap
         update = update.T if delta.embedding or delta.fan_in_fan_out else update
         if delta.embedding:
             value += update.to(value.dtype)
-        elif value.dtype == torch.float32:
+        elif value.dtype == torch.float32 and delta.magnitude is None:
             value += update
         else:  # float32 sum rounded once, as torch's mixed in-place add does (that one is ~20x slower)
             wide = scratch[1][:rows * cols].view(value.shape).to(torch.promote_types(value.dtype, torch.float32))
-            value.copy_(wide.copy_(value).add_(update))
+            wide.copy_(value).add_(update)
+            if delta.magnitude is not None:  # DoRA, as peft merges it: rows rescaled to magnitude / row norm
+                wide.mul_((delta.magnitude / torch.linalg.norm(wide, dim=1)).view(-1, 1))
+            value.copy_(wide)
     return value
 
 

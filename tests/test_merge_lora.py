@@ -7,6 +7,7 @@ peft's own ``merge_and_unload`` on the same weights. MLflow is a real SQLite sto
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ TARGET_SETS = {
                                    "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"q_proj": 3}},
     "embeddings-and-head": {"target_modules": ["k_proj", "embed_tokens", "lm_head"]},
     "modules-to-save": {"target_modules": ["o_proj", "up_proj"], "modules_to_save": ["lm_head"]},
+    "dora": {"target_modules": ["q_proj", "down_proj"], "use_dora": True},
 }
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -100,6 +102,7 @@ def peft_merged(base: Path, adapter: Path, dtype):
     ("untied", "all-linear-rslora-patterns"),
     ("untied", "embeddings-and-head"),
     ("untied", "modules-to-save"),
+    ("untied", "dora"),
     ("tied", "attention-qv"),
     ("tied", "all-linear-rslora-patterns"),
 ])
@@ -144,6 +147,7 @@ def test_auto_dtype_keeps_a_bf16_checkpoint_and_matches_peft(bases, tmp_path):
 
 @pytest.mark.parametrize("base_kind, targets", [
     ("untied", "all-linear-rslora-patterns"),
+    ("untied", "dora"),
     ("tied", "embeddings-and-head"),  # peft's own merge cannot keep these tied; ours unties them
     ("tied", "modules-to-save"),
 ])
@@ -230,7 +234,9 @@ def test_truncated_adapter_is_refused_and_nothing_is_written(bases, tmp_path, ca
 
 
 @pytest.mark.parametrize("change, expected", [
-    (lambda adapter, base: _edit_json(adapter / "adapter_config.json", use_dora=True), "use_dora=True: DoRA"),
+    (lambda adapter, base: _edit_json(adapter / "adapter_config.json", use_dora=True),
+     "use_dora is set but module .*q_proj.* has no lora_magnitude_vector"),
+    (lambda adapter, base: _edit_json(adapter / "adapter_config.json", lora_bias=True), "lora_bias=True: LoRA biases"),
     (lambda adapter, base: _edit_json(adapter / "adapter_config.json", r=8), "has rank 4 but adapter_config.json"),
     (lambda adapter, base: _edit_json(adapter / "adapter_config.json", init_lora_weights="pissa"), "pissa"),
     (lambda adapter, base: (adapter / "adapter_config.json").unlink(), "adapter_config.json is missing"),
@@ -258,9 +264,9 @@ def test_adapter_of_another_model_is_refused(bases, tmp_path):
 
 
 _CRASH_BEFORE_PUBLISH = """
-import os, signal, sys
+import importlib, os, signal, sys
 from pathlib import Path
-import components.merge_lora as merge
+merge = importlib.import_module("components.merge_lora")  # the package attribute is the KFP component
 
 def crash(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # the merge is written; the process dies before publishing
@@ -298,7 +304,7 @@ def test_crash_between_write_and_publish_keeps_the_previous_version(bases, tmp_p
 
 
 def test_failure_inside_publish_removes_staging(bases, tmp_path, monkeypatch):
-    import components.merge_lora as merge
+    merge = importlib.import_module("components.merge_lora")  # the package attribute is the KFP component
 
     models = tmp_path / "models"
     adapter = make_adapter(bases["untied"], tmp_path / "adapter", target_modules=["q_proj"])
