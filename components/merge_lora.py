@@ -46,8 +46,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Model, Output
+
+# Not `dsl.component`: a running task imports this module with _KFP_RUNTIME=true, and kfp.dsl then
+# leaves `component` out; the decorator module itself imports fine there.
+from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 from components.publish import (
@@ -845,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 # --- KFP component ------------------------------------------------------------------------------------------
 
 
-@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> NamedTuple(
         "Outputs", [("model_dir", str), ("version", str)]):
     """Merge the LoRA adapter into the base model shard by shard and publish it as a new version for vLLM.
