@@ -132,6 +132,24 @@ def test_merged_weights_equal_peft_merge_and_unload(bases, tmp_path, base_kind, 
     assert changed >= summary["merged"]  # the adapter really changed the weights it targets
 
 
+def test_fan_in_fan_out_conv1d_layers_match_peft(tmp_path):
+    """GPT-2 stores its projections as Conv1D (in x out): the delta is transposed (fan_in_fan_out)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=64)).save_pretrained(
+        base, max_shard_size="20KB")
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)
+    summary = merge_model(base, adapter, tmp_path / "merged", dtype="fp32")
+    reference = peft_merged(base, adapter, torch.float32).state_dict()
+    mine = load_weights(tmp_path / "merged")
+    assert summary["merged"] == 6 and summary["shards"] > 1  # 2 layers x (c_attn, attn.c_proj, mlp.c_proj)
+    assert set(mine) == set(reference) - {"lm_head.weight"}  # tied to transformer.wte.weight
+    assert all(torch.equal(mine[name], reference[name]) for name in mine)
+
+
 def test_auto_dtype_keeps_a_bf16_checkpoint_and_matches_peft(bases, tmp_path):
     import torch
 
