@@ -105,8 +105,8 @@ def registered_aliases(client: "MlflowClient", name: str) -> dict[str, str]:
     """``{alias: version}`` of a registered model; empty when the model does not exist yet."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        return dict(client.get_registered_model(name).aliases)
+    try:  # a SQLite store gives int versions, a tracking server strings: normalise to strings
+        return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
     except MlflowException as exc:
         if _is_missing(exc):
             return {}
@@ -243,14 +243,45 @@ def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, dec
             registered = existing
             for key, value in tags.items():  # an earlier attempt may have died before finishing its tags
                 client.set_model_version_tag(name, registered.version, key, value)
-        if decision == "reject":
-            client.set_registered_model_alias(name, CHALLENGER, registered.version)
-            client.set_model_version_tag(name, registered.version, REJECTED_REASON_TAG, reasons[:MAX_TAG_CHARS])
         set_run_tags(client, run_id, {"llmft.model_version": registered.version,
                                       "llmft.reused": str(existing is not None), "llmft.decision": decision})
     print(json.dumps({"registered_model": name, "version": registered.version, "source": source,
                       "decision": decision, "reused": existing is not None}))
     return str(registered.version), "registered"
+
+
+def run_mark_challenger(config: str, kfp_run_id: str, model_version: str, reasons: str) -> tuple[str]:
+    """A rejected version: give it the alias ``challenger`` and record why (the champion stays).
+
+    Reads mlflow (tracking URI, experiment, registered_model_name).
+
+    Returns:
+        ``("challenger",)``.
+
+    Raises:
+        ConfigError: the config parameter is invalid.
+        RegistryError: the model version does not exist.
+        TrackingUnavailable: the MLflow server does not answer.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from components.tracking import step_run
+    from configs.schema import config_from_json
+
+    cfg = config_from_json(config)
+    name = cfg.mlflow.registered_model_name
+    with step_run(cfg, kfp_run_id, "mark-challenger") as (client, run_id):
+        try:
+            client.get_model_version(name, model_version)
+        except MlflowException as exc:
+            if _is_missing(exc):
+                raise RegistryError(f"registered model {name!r} has no version {model_version!r}") from None
+            raise
+        client.set_registered_model_alias(name, CHALLENGER, model_version)
+        client.set_model_version_tag(name, model_version, REJECTED_REASON_TAG, reasons[:MAX_TAG_CHARS])
+        set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.rejected_reason": reasons})
+    print(json.dumps({"registered_model": name, "challenger": str(model_version), "reasons": reasons}))
+    return (CHALLENGER,)
 
 
 def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) -> tuple[str, str]:
@@ -362,8 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             comparison = _read_comparison(storage_path(cfg, args.comparison))
             decision = args.decision or str(comparison.get("decision", ""))
             reasons = "; ".join(comparison.get("reasons", []))
-            print(run_register(config, args.kfp_run_id, args.model_dir, args.version, decision, reasons,
-                               args.comparison, args.dataset_hash)[0])
+            model_version = run_register(config, args.kfp_run_id, args.model_dir, args.version, decision, reasons,
+                                         args.comparison, args.dataset_hash)[0]
+            if decision == "reject":  # what the pipeline's else-branch does
+                run_mark_challenger(config, args.kfp_run_id, model_version, reasons)
+            print(model_version)
         elif args.command == "promote":
             print(run_promote(config, args.kfp_run_id, args.model_version, args.version)[1])
         else:
@@ -394,7 +428,7 @@ def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, d
         model_dir: The published merged model directory on the PVC (from merge-lora).
         version: The published version name, e.g. v3.
         decision: The gate's decision, "promote" or "reject".
-        reasons: Why, as one line (kept as a tag; a rejected version also gets the alias challenger).
+        reasons: Why, as one line (kept as a tag).
         comparison_path: comparison.json from compare-with-baseline (MMLU scores and losses for the tags).
         dataset_hash: The training data hash from validate-dataset (lineage tag).
 
@@ -427,6 +461,26 @@ def promote_model(config: str, kfp_run_id: str, model_version: str,
     from components.register_model import run_promote
 
     return run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version)
+
+
+
+@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def mark_challenger(config: str, kfp_run_id: str, model_version: str,
+                    reasons: str) -> NamedTuple("Outputs", [("alias", str)]):
+    """Keep the champion: tag the rejected version "challenger" and record why it was rejected.
+
+    Args:
+        config: The resolved pipeline configuration (JSON).
+        kfp_run_id: The KFP run id (for the MLflow child run).
+        model_version: The registry version that was rejected (from register-model).
+        reasons: The gate's reasons (from compare-with-baseline), kept as the tag llmft.rejected_reason.
+
+    Returns:
+        alias: "challenger".
+    """
+    from components.register_model import run_mark_challenger
+
+    return run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=reasons)
 
 
 if __name__ == "__main__":

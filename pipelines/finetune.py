@@ -18,6 +18,7 @@ DAG::
         └> resolve-baseline ─> if needs_eval: evaluate-baseline        ├─> compare-with-baseline
                                else:           fetch-baseline-results ─┘         │
         train ─> merge-lora ────────────────────────────────────> register-model ─> if promote: promote-model
+                                                                                      else:       mark-challenger
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
@@ -31,7 +32,7 @@ from components.compare_baseline import compare_with_baseline, fetch_baseline_re
 from components.evaluate_mmlu import evaluate_mmlu
 from components.finalize import finalize_runs
 from components.merge_lora import merge_lora
-from components.register_model import promote_model, register_model
+from components.register_model import mark_challenger, promote_model, register_model
 from components.train import train
 from components.validate_dataset import validate_dataset
 from configs.schema import PipelineConfig
@@ -53,6 +54,7 @@ CACHING = {
     "compare-with-baseline": False,
     "register-model": False,
     "promote-model": False,
+    "mark-challenger": False,
     "finalize-runs": False,
 }
 GPU_TASKS = ("train", "evaluate-candidate", "evaluate-baseline", "merge-lora")
@@ -124,7 +126,8 @@ def build_pipeline(cfg: PipelineConfig):
     ops = {name: _with_image(op, image) for name, op in {
         "validate": validate_dataset, "train": train, "evaluate": evaluate_mmlu, "resolve": resolve_baseline,
         "fetch": fetch_baseline_results, "merge": merge_lora, "compare": compare_with_baseline,
-        "register": register_model, "promote": promote_model, "finalize": finalize_runs,
+        "register": register_model, "promote": promote_model, "challenger": mark_challenger,
+        "finalize": finalize_runs,
     }.items()}
     tolerations = [t.model_dump(exclude_none=True) for t in cfg.cluster.gpu_tolerations]
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -208,5 +211,10 @@ def build_pipeline(cfg: PipelineConfig):
                                           model_version=registered.outputs["model_version"],
                                           version=merged.outputs["version"])
                 _common(promoted, cfg, "promote-model", "Promote to champion", pvc_name)
+            with dsl.Else(name="champion-stays"):
+                kept = ops["challenger"](config=resolved, kfp_run_id=run_id,
+                                         model_version=registered.outputs["model_version"],
+                                         reasons=compared.outputs["reasons"])
+                _common(kept, cfg, "mark-challenger", "Keep champion, mark challenger", pvc_name)
 
     return finetune_pipeline

@@ -15,6 +15,7 @@ compares against the champion the first run promoted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -94,6 +95,8 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     """Collect what the run produced from MLflow and the storage root (newest parent run since ``since_ms``)."""
     from mlflow.tracking import MlflowClient
 
+    from components.register_model import registered_aliases
+    from components.storage import run_dir
     from components.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
@@ -116,28 +119,23 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     }
     summary: dict[str, Any] = {"kfp_run_id": kfp_run_id, "parent_run": parent.info.run_id,
                                "parent_status": parent.info.status, "steps": sorted(k for k in children if k)}
-    summary["dataset_hash"] = parent.data.tags.get("llmft.dataset_hash") or _first_tag(children, "llmft.dataset_hash")
+    summary["dataset_hash"] = _first_tag(children, "llmft.dataset_hash")
     train = children.get("train")
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
-    for role in ("candidate", "baseline"):
-        run = children.get(f"evaluate-{role}")
-        summary[f"mmlu_{role}"] = run.data.metrics.get("mmlu_micro") if run else None
-    compare = children.get("compare-baseline")
-    if compare:
-        summary["decision"] = compare.data.tags.get("llmft.decision")
-        summary["reasons"] = compare.data.tags.get("llmft.reasons")
-        summary["baseline"] = compare.data.tags.get("llmft.baseline_name")
-        summary.setdefault("mmlu_baseline", compare.data.metrics.get("baseline_mmlu_micro"))
+    comparison_file = run_dir(cfg, kfp_run_id) / "compare" / "comparison.json"
+    if comparison_file.exists():
+        comparison = json.loads(comparison_file.read_text())
+        summary.update(decision=comparison["decision"], reasons="; ".join(comparison["reasons"]),
+                       baseline=comparison["baseline_name"], mmlu_candidate=comparison["candidate"]["micro"],
+                       mmlu_baseline=comparison["baseline"]["micro"])
     name = cfg.mlflow.registered_model_name
     versions = client.search_model_versions(f"name = '{name}' and tag.`{KFP_RUN_TAG}` = '{kfp_run_id}'")
+    aliases = registered_aliases(client, name)
     if versions:
-        version = versions[0]
-        summary["registered"] = f"{name} v{version.version}"
-        summary["aliases"] = list(version.aliases)
-    try:
-        summary["champion"] = f"{name} v{client.get_model_version_by_alias(name, 'champion').version}"
-    except Exception:  # no champion yet (first model rejected)
-        summary["champion"] = None
+        number = str(versions[0].version)
+        summary["registered"] = f"{name} v{number}"
+        summary["aliases"] = sorted(alias for alias, version in aliases.items() if version == number)
+    summary["champion"] = f"{name} v{aliases['champion']}" if "champion" in aliases else None
     models_dir = cfg.storage.resolve(cfg.storage.models_root) / name
     current = models_dir / "current"
     summary["served_model"] = str(current.resolve()) if current.exists() else None
@@ -166,7 +164,7 @@ def format_summary(summary: dict[str, Any], seconds: float) -> str:
         f"train loss        : {fmt(summary.get('train_loss'))}",
         f"MMLU candidate    : {fmt(summary.get('mmlu_candidate'))}",
         f"MMLU baseline     : {fmt(summary.get('mmlu_baseline'))}  ({fmt(summary.get('baseline'))})",
-        f"decision          : {fmt(summary.get('decision'))} - {fmt(summary.get('reasons'))}",
+        f"decision          : {fmt(summary.get('decision'))}: {fmt(summary.get('reasons'))}",
         f"registered        : {fmt(summary.get('registered'))} aliases={summary.get('aliases', [])}",
         f"champion          : {fmt(summary.get('champion'))}",
         f"served model      : {fmt(summary.get('served_model'))}",

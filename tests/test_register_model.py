@@ -18,6 +18,7 @@ from components.compare_baseline import compare_with_baseline, resolve_baseline
 from components.register_model import (
     RegistryError,
     main,
+    mark_challenger,
     path_from_pvc_uri,
     promote_model,
     pvc_uri,
@@ -131,8 +132,13 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: dict, train_loss
         config=config, kfp_run_id=kfp_run_id, model_dir=str(model_dir), version=version, decision=decision,
         reasons=reasons, comparison_path=comparison_path, dataset_hash=f"hash-{kfp_run_id}")
     assert status == "registered"
-    promoted = promote_model.python_func(config=config, kfp_run_id=kfp_run_id, model_version=model_version,
-                                         version=version) if decision == "promote" else None
+    promoted = None
+    if decision == "promote":  # the pipeline's if/else after register-model
+        promoted = promote_model.python_func(config=config, kfp_run_id=kfp_run_id, model_version=model_version,
+                                             version=version)
+    else:
+        assert mark_challenger.python_func(config=config, kfp_run_id=kfp_run_id, model_version=model_version,
+                                           reasons=reasons) == ("challenger",)
     return {"baseline_dir": baseline_dir, "baseline_name": baseline_name, "decision": decision, "reasons": reasons,
             "model_version": model_version, "promoted": promoted, "report": Path(report.path).read_text()}
 
@@ -193,10 +199,15 @@ def _comparison_file(cfg, kfp_run_id: str, decision: str = "promote") -> Path:
 
 
 def _register(cfg, kfp_run_id: str, model_dir: Path, decision: str = "promote", comparison: Path | None = None):
-    return register_model.python_func(
+    """register-model, then (for a rejected candidate) the pipeline's else-branch mark-challenger."""
+    registered = register_model.python_func(
         config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, model_dir=str(model_dir), version=model_dir.name,
         decision=decision, reasons="mmlu_micro +0.0500", dataset_hash="ds-123",
         comparison_path=str(comparison or _comparison_file(cfg, kfp_run_id, decision)))
+    if decision == "reject":
+        mark_challenger.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id,
+                                    model_version=registered[0], reasons="mmlu_micro +0.0500")
+    return registered
 
 
 def test_version_carries_source_parent_run_and_every_lineage_tag(cfg):
