@@ -1,23 +1,22 @@
-"""The pipeline's steps as lightweight KFP components (each module also holds the plain-Python logic)."""
+"""The pipeline's steps as lightweight KFP components; each module also holds the plain-Python logic.
 
-from components.compare_baseline import compare_with_baseline, fetch_baseline_results, resolve_baseline
-from components.evaluate_mmlu import evaluate_mmlu
-from components.finalize import finalize_runs
-from components.merge_lora import merge_lora
-from components.register_model import mark_challenger, promote_model, register_model
-from components.train import train
-from components.validate_dataset import validate_dataset
+The wrappers live in their modules and are deliberately not re-exported here: ``train``,
+``merge_lora``, ``evaluate_mmlu`` and ``validate_dataset`` share their module's name, and a
+re-export would shadow the submodule (``import components.train as m`` would give the component).
+A running KFP task imports a module from here for every step, so keep this package light.
 
-__all__ = [
-    "compare_with_baseline",
-    "evaluate_mmlu",
-    "fetch_baseline_results",
-    "finalize_runs",
-    "mark_challenger",
-    "merge_lora",
-    "promote_model",
-    "register_model",
-    "resolve_baseline",
-    "train",
+Steps (module: wrappers): validate_dataset: validate_dataset; train: train; evaluate_mmlu:
+evaluate_mmlu; compare_baseline: resolve_baseline, fetch_baseline_results, compare_with_baseline;
+merge_lora: merge_lora; register_model: register_model, promote_model, mark_challenger;
+finalize: finalize_runs.
+"""
+
+STEP_MODULES = (
     "validate_dataset",
-]
+    "train",
+    "evaluate_mmlu",
+    "compare_baseline",
+    "merge_lora",
+    "register_model",
+    "finalize",
+)

@@ -171,11 +171,20 @@ def test_wrappers_hold_no_logic():
         assert ast.get_docstring(node), f"{name}: the docstring is the UI description"
 
 
-def test_components_package_exports_only_the_wrappers():
+def test_every_wrapper_imports_inside_a_running_task_and_no_module_is_shadowed():
+    """A KFP task imports the wrapper's module with _KFP_RUNTIME=true (kfp.dsl then lacks `component`)."""
     import components
 
-    exported = set(components.__all__)
-    assert exported == {node.name for _, node in _wrappers()}
+    modules = {name.split(":")[0].removesuffix(".py") for name, _ in _wrappers()}
+    assert modules == set(components.STEP_MODULES)
+    code = ("import importlib, sys, types, components\n"
+            "for name in components.STEP_MODULES:\n"
+            "    importlib.import_module('components.' + name)\n"
+            "    assert isinstance(getattr(components, name), types.ModuleType), name\n"
+            f"print([m for m in {HEAVY_MODULES!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, _KFP_RUNTIME="true")).stdout
+    assert out.strip() == "[]"
 
 
 def test_compile_cli_reports_a_bad_override_with_the_field(tmp_path):
