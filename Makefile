@@ -34,7 +34,9 @@ reliability: venv  ## The fault-injection tests that take longer than a minute.
 
 bench: venv  ## CPU benchmarks (ratios against references measured in the same run).
 	$(PY) -m pip install --quiet -e ".[bench]"
-	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+	for name in bench_validate_dataset bench_evaluate_mmlu bench_merge_lora; do \
+		$(PY) -m benchmarks.$$name || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) storage .pytest_cache .ruff_cache .hypothesis
