@@ -55,7 +55,12 @@ class RegistryError(RuntimeError):
 def storage_path(cfg: PipelineConfig, path: str | Path) -> Path:
     """An absolute path for ``path``: absolute paths as given, relative ones under the storage root."""
     candidate = Path(path)
-    return candidate.resolve() if candidate.is_absolute() else cfg.storage.resolve(str(path))
+    if candidate.is_absolute():
+        return candidate.resolve()
+    try:
+        return cfg.storage.resolve(str(path))
+    except ValueError as exc:  # '..' or a symlink out of the storage root
+        raise RegistryError(f"{path}: {exc}") from None
 
 
 def pvc_uri(cfg: PipelineConfig, path: str | Path) -> str:

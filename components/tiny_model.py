@@ -245,29 +245,41 @@ def build_tiny_llama(
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: build the tiny model into ``--output``."""
+    """CLI entry point: build the tiny model into ``--output`` (written atomically)."""
+    from components.storage import atomic_directory
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="Directory to write (created if missing).")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--intermediate-size", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--output", required=True, help="Directory to write (must not exist).")
+    parser.add_argument("--hidden-size", type=_positive, default=64)
+    parser.add_argument("--intermediate-size", type=_positive, default=128)
+    parser.add_argument("--layers", type=_positive, default=2)
+    parser.add_argument("--vocab-size", type=_positive, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", default=None, help="e.g. 200KB: split the weights into shards.")
     parser.add_argument("--tie-word-embeddings", action="store_true")
     args = parser.parse_args(argv)
-    path = build_tiny_llama(
-        args.output,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_layers=args.layers,
-        vocab_size=args.vocab_size,
-        seed=args.seed,
-        shard_size=args.shard_size,
-        tie_word_embeddings=args.tie_word_embeddings,
-    )
-    print(json.dumps({"model": str(path)}))
+    if args.hidden_size % 4:
+        parser.error(f"--hidden-size must be a multiple of the 4 attention heads, got {args.hidden_size}")
+    with atomic_directory(args.output) as tmp:
+        build_tiny_llama(
+            tmp,
+            hidden_size=args.hidden_size,
+            intermediate_size=args.intermediate_size,
+            num_layers=args.layers,
+            vocab_size=args.vocab_size,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            tie_word_embeddings=args.tie_word_embeddings,
+        )
+    print(json.dumps({"model": args.output}))
     return 0
 
 
