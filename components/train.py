@@ -261,6 +261,12 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
+        # The step fails fast when the tracking server is down at start (tracking.preflight); the trainer
+        # instead waits out a restart in the middle of training (~2 min of backoff) rather than dying.
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="8",
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+        MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0.5",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="30",
         # The worker is `python -m components.train`: importable wherever this module was imported from.
         PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
     )
@@ -432,6 +438,32 @@ def collect_metrics(output_dir: Path, resumed_from: Path | None) -> tuple[dict[s
     return metrics, history
 
 
+BACKFILL_KEYS = ("loss", "grad_norm", "learning_rate", "eval_loss")
+
+
+def backfill_metrics(client: Any, run_id: str, history: list[dict], after_step: int = 0) -> int:
+    """Log the points of this attempt's log history that its run lacks (a tracking-server outage); return how many.
+
+    The trainer state on the PVC is the source of truth; only steps after ``after_step`` (the checkpoint a
+    resumed attempt started from) belong to this attempt's run. Idempotent: points already in the run,
+    matched by key and step, are not logged again.
+    """
+    from mlflow.entities import Metric
+
+    missing = []
+    now = int(time.time() * 1000)
+    for key in BACKFILL_KEYS:
+        points = [(int(entry["step"]), float(entry[key])) for entry in history
+                  if key in entry and int(entry.get("step", 0)) > after_step]
+        if not points:
+            continue
+        logged = {metric.step for metric in client.get_metric_history(run_id, key)}
+        missing += [Metric(key, value, now, step) for step, value in points if step not in logged]
+    for start in range(0, len(missing), 1000):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=missing[start:start + 1000])
+    return len(missing)
+
+
 def plot_loss(history: list[dict], png_path: Path, title: str) -> Path:
     """Draw training (and eval) loss by step into ``png_path`` (matplotlib, no global pyplot state)."""
     from matplotlib.figure import Figure
@@ -552,6 +584,10 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
                 client.log_artifact(run_id, str(log_path), "logs")
 
     metrics, history = collect_metrics(paths.output_dir, resume_from)
+    resumed_step = (checkpoint_step(resume_from) or 0) if resume_from else 0
+    backfilled = backfill_metrics(client, run_id, history, after_step=resumed_step)
+    if backfilled:
+        print(f"[train] re-logged {backfilled} metric points the tracking server missed", flush=True)
     png = plot_loss(history, paths.run_dir / LOSS_PLOT, f"{cfg.name} {kfp_run_id} ({cfg.training.method})")
     summary = {"metrics": metrics, "mlflow_run_id": run_id, "kfp_run_id": kfp_run_id, "method": cfg.training.method,
                "base_model": str(paths.base_model), "resumed_from": resume_from.name if resume_from else None,
