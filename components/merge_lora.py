@@ -70,7 +70,7 @@ from components.publish import (
     verify_model_dir,
     write_manifest,
 )
-from components.storage import StorageError, atomic_directory, atomic_write_text
+from components.storage import StorageError, atomic_directory, atomic_write_text, describe_os_error
 
 if TYPE_CHECKING:
     import torch
@@ -838,8 +838,11 @@ def main(argv: list[str] | None = None) -> int:
                                               max_shard_size_mb=args.max_shard_size_mb,
                                               set_current=not args.no_set_current)
             result = {"published": str(path), "version": version, "current": not args.no_set_current, **summary}
-    except (MergeError, StorageError, OSError) as exc:
+    except (MergeError, StorageError) as exc:
         print(f"merge_lora: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full or read-only volume mid-write: name where it happened
+        print(f"merge_lora: error: {describe_os_error(exc, Path(args.output or args.publish_to))}", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0

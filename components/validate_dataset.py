@@ -205,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     result = validate_datasets(args.dataset_dir, names, cutoff_len=args.cutoff_len, eval_data_dir=args.eval_data_dir,
                                ngram=args.ngram, max_contaminated=args.max_contaminated, max_errors=args.max_errors)
     if args.report:
-        from components.storage import atomic_write_text
+        from components.storage import StorageError, atomic_write_text
 
-        atomic_write_text(args.report, render_report(result))
+        try:
+            atomic_write_text(args.report, render_report(result))
+        except StorageError as exc:  # a full or read-only volume: say where, write nothing
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
