@@ -1,16 +1,19 @@
 """The entry point every replica of a multi-node training PyTorchJob runs.
 
-The Kubeflow Training Operator describes a replica's place in the job with its own variables;
-LLaMA-Factory's launcher reads others. This module translates, then replaces itself with
-``llamafactory-cli train <yaml>`` (``FORCE_TORCHRUN=1``), which starts ``torchrun`` with one
-process per GPU on this node::
+The Kubeflow Training Operator describes a replica's place in the job with its own variables. This
+module reads them, then replaces itself with ``torchrun`` (``python -m torch.distributed.run``) given
+this node's rank, the node count, the master's address and port and one process per GPU, each
+running the trainer worker of the single-node train step (``python -m components.train
+--trainer-worker <yaml>``, see :func:`components.train.trainer_worker`): the same code trains on one
+node and on many, and rank 0 attaches to the step's MLflow run (``MLFLOW_RUN_ID``) so that
+LLaMA-Factory's evaluation after training does not open a stray run::
 
     python -m components.multinode_launch --gpus-per-node 8 /storage/output/RUN/train.yaml
     python -m components.multinode_launch --gpus-per-node 8 /storage/output/RUN/train.yaml --dry-run
 
-``--dry-run`` prints the mapped variables and the command instead of running it (to check a pod's
-environment). Exit codes: 0 ok (or the exec replaced this process), 1 a missing or contradictory
-variable, a missing YAML file or no ``llamafactory-cli``, 2 a usage error.
+``--dry-run`` prints the node's place in the job, the extra environment and the command instead of
+running it (to check a pod's environment). Exit codes: 0 ok (or the exec replaced this process), 1 a
+missing or contradictory variable or a missing YAML file, 2 a usage error.
 
 Operator variables, by version (``kubeflow.org/v1`` PyTorchJob):
 
@@ -33,7 +36,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-LAUNCHER = "llamafactory-cli"
+# The single-node step's trainer entry point (components.train.trainer_command builds the same one).
+WORKER = ("-m", "components.train", "--trainer-worker")
+# What LLaMA-Factory's torchrun launcher sets (OPTIM_TORCH), as components.train.trainer_env does on one node.
+TORCH_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1"}
 
 
 class LaunchEnvError(ValueError):
@@ -82,7 +88,7 @@ def _node_count(environ: Mapping[str, str]) -> int:
 
 
 def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str, str]:
-    """Translate the Training Operator's variables into the ones ``llamafactory-cli train`` reads.
+    """This node's place in the job, from the Training Operator's variables.
 
     Args:
         environ: The replica's environment (``os.environ`` in the pod).
@@ -90,8 +96,8 @@ def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str
             at least one process (CPU).
 
     Returns:
-        ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``, ``NPROC_PER_NODE`` and
-        ``FORCE_TORCHRUN=1`` (strings), to be merged over ``environ``.
+        ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` and ``NPROC_PER_NODE`` (strings;
+        LLaMA-Factory's launcher reads the same names), the arguments of :func:`launch_command`.
 
     Raises:
         LaunchEnvError: a variable is missing, not a number, out of range (``NODE_RANK >= NNODES``,
@@ -121,26 +127,47 @@ def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str
         "MASTER_ADDR": address[1],
         "MASTER_PORT": str(master_port),
         "NPROC_PER_NODE": str(max(1, gpus_per_node)),
-        # LLaMA-Factory only starts torchrun by itself when it sees more than one GPU; one GPU per node still
-        # needs torchrun to join the other nodes.
-        "FORCE_TORCHRUN": "1",
     }
+
+
+def launch_command(mapped: Mapping[str, str], train_yaml: Path, python: str | None = None) -> list[str]:
+    """torchrun with this node's place in the job (static rendezvous at the master, as LLaMA-Factory's launcher
+    does), one process per GPU, each running the single-node trainer worker on ``train_yaml``.
+
+    Args:
+        mapped: The result of :func:`map_operator_env`.
+        train_yaml: The LLaMA-Factory training YAML on the shared volume.
+        python: The interpreter; default this one (the image's, where torch and LLaMA-Factory are installed).
+    """
+    return [python or sys.executable, "-m", "torch.distributed.run",
+            "--nnodes", mapped["NNODES"], "--node-rank", mapped["NODE_RANK"],
+            "--nproc-per-node", mapped["NPROC_PER_NODE"],
+            "--master-addr", mapped["MASTER_ADDR"], "--master-port", mapped["MASTER_PORT"],
+            *WORKER, str(train_yaml)]
+
+
+def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the launch adds to the replica's environment: LLaMA-Factory's torchrun settings and a PYTHONPATH
+    under which ``components.train`` is the package this module came from."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    return {**TORCH_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, environ.get("PYTHONPATH")]))}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of one PyTorchJob replica."""
     parser = argparse.ArgumentParser(
         prog="python -m components.multinode_launch",
-        description="Map the Training Operator's environment to LLaMA-Factory's and exec llamafactory-cli train.",
+        description="Map the Training Operator's environment to torchrun and exec the trainer worker.",
     )
     parser.add_argument("train_yaml", type=Path, help="The LLaMA-Factory training YAML on the shared volume.")
     parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs of this pod (one process each).")
-    parser.add_argument("--dry-run", action="store_true", help="Print the mapped variables and command; run nothing.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Print the node's place in the job, the added environment and the command; run nothing.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Map the environment and exec ``llamafactory-cli train``; returns only on errors or ``--dry-run``."""
+    """Map the environment and exec torchrun with the trainer worker; returns only on errors or ``--dry-run``."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
@@ -150,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchEnvError as exc:
         print(f"multinode_launch: {exc}", file=sys.stderr)
         return 1
-    command = [LAUNCHER, "train", str(args.train_yaml)]
+    command, extra_env = launch_command(mapped, args.train_yaml), launch_env(os.environ)
     if args.dry_run:
-        print(json.dumps({"env": mapped, "command": command}, indent=2))
+        print(json.dumps({"node": mapped, "env": extra_env, "command": command}, indent=2))
         return 0
     if not args.train_yaml.is_file():
         print(f"multinode_launch: the training YAML {args.train_yaml} does not exist on this node "
@@ -161,10 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"multinode_launch: node {mapped['NODE_RANK']} of {mapped['NNODES']}, {mapped['NPROC_PER_NODE']} "
           f"process(es), master {mapped['MASTER_ADDR']}:{mapped['MASTER_PORT']}", flush=True)
     try:
-        os.execvpe(LAUNCHER, command, {**os.environ, **mapped})
+        os.execve(command[0], command, {**os.environ, **extra_env})
     except OSError as exc:
-        print(f"multinode_launch: cannot run {LAUNCHER}: {exc.strerror} (is LLaMA-Factory installed in the image?)",
-              file=sys.stderr)
+        print(f"multinode_launch: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
         return 1
     return 1  # not reached: exec replaces the process
 

@@ -2,8 +2,8 @@
 
 When ``cluster.nodes > 1`` the train step calls :func:`run_pytorchjob` instead of training in its
 own pod. The job has one Master and ``nodes - 1`` Workers; each replica runs
-``python -m components.multinode_launch`` (which maps the operator's variables and execs
-``llamafactory-cli train``) in our image, with the same PVC, node selector, tolerations, GPU
+``python -m components.multinode_launch`` (which maps the operator's variables and execs torchrun
+with the train step's own trainer worker) in our image, with the same PVC, node selector, tolerations, GPU
 limits and in-memory ``/dev/shm`` as a single-node train task. The step stays in charge:
 
 - it streams the master's log into its own log (``[master] ...``) and says why a pod is pending;

@@ -7,7 +7,8 @@ No Kubernetes cluster can run here, so two stand-ins are used, and only these:
 - submit/follow/delete talk through the real ``kubernetes`` client to ``FakeKubernetes``, a
   loopback HTTP server that implements the few API endpoints used (create/get/list/watch/delete
   pytorchjobs, list pods, pod log) and plays the operator's part (pods, conditions).
-The replica entry point really execs; a stub ``llamafactory-cli`` on PATH records what it got.
+The replica entry point really execs; its interpreter path points at a stub that records what it got
+(a real torchrun would wait for the job's other nodes), and torchrun's own parser reads the arguments.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ OPERATOR_1_7_WORKER = {  # what the operator (>= 1.7) sets in worker 1 of a 3-no
 def test_map_operator_env_from_operator_1_7():
     assert map_operator_env(OPERATOR_1_7_WORKER, gpus_per_node=8) == {
         "NNODES": "3", "NODE_RANK": "2", "MASTER_ADDR": "train-x-master-0", "MASTER_PORT": "23456",
-        "NPROC_PER_NODE": "8", "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": "8",
     }
 
 
@@ -190,8 +191,7 @@ def test_map_operator_env_prefers_pet_variables_and_handles_older_operators():
     # Before 1.7: WORLD_SIZE counts replicas (nodes) and RANK is the node index.
     old = {"MASTER_ADDR": "m", "MASTER_PORT": "23456", "WORLD_SIZE": "4", "RANK": "0"}
     assert map_operator_env(old, gpus_per_node=2) | {} == {
-        "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "m", "MASTER_PORT": "23456", "NPROC_PER_NODE": "2",
-        "FORCE_TORCHRUN": "1"}
+        "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "m", "MASTER_PORT": "23456", "NPROC_PER_NODE": "2"}
     # 1.7 without PET_NNODES: WORLD_SIZE is nodes x nprocPerNode.
     assert map_operator_env({**old, "WORLD_SIZE": "8", "PET_NPROC_PER_NODE": "2"}, 2)["NNODES"] == "4"
     # PET_* wins over the plain names.
@@ -217,27 +217,49 @@ def test_map_operator_env_names_the_bad_variable(change, message):
         map_operator_env({**OPERATOR_1_7_WORKER, **change}, gpus_per_node=8)
 
 
-def test_launcher_execs_llamafactory_with_the_mapped_environment(tmp_path):
-    """Runs the entry point as the pod does; the real exec lands in a stub llamafactory-cli that records
-    its argv and environment (LLaMA-Factory's own launcher is not under test here)."""
+def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
+    """Runs the entry point as the pod does, except that the interpreter it execs (its ``sys.executable``) is a
+    stub that records its argv and environment: a real torchrun would wait for the job's other nodes. The
+    recorded arguments then go through torchrun's own parser."""
+    from torch.distributed.run import get_args_parser
+
+    from components.train import trainer_command
+
     record = tmp_path / "record.json"
-    stub = tmp_path / "bin" / "llamafactory-cli"
+    stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
     stub.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                     f"json.dump({{'argv': sys.argv[1:], 'env': dict(os.environ)}}, open({str(record)!r}, 'w'))\n")
     stub.chmod(0o755)
     train_yaml = tmp_path / "train.yaml"
     train_yaml.write_text("stage: sft\n")
-    env = {**os.environ, **OPERATOR_1_7_WORKER, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "components.multinode_launch", "--gpus-per-node", "8", str(train_yaml)]
+    env = {**os.environ, **OPERATOR_1_7_WORKER, "MLFLOW_RUN_ID": "abc123"}
+    env.pop("PYTHONPATH", None)
+    entry = (f"import sys; sys.executable = {str(stub)!r}; from components.multinode_launch import main; "
+             "raise SystemExit(main())")
+    command = [sys.executable, "-c", entry, "--gpus-per-node", "8", str(train_yaml)]
     done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "node 2 of 3, 8 process(es), master train-x-master-0:23456" in done.stdout
     seen = json.loads(record.read_text())
-    assert seen["argv"] == ["train", str(train_yaml)]
-    expected = {"NNODES": "3", "NODE_RANK": "2", "MASTER_ADDR": "train-x-master-0", "MASTER_PORT": "23456",
-                "NPROC_PER_NODE": "8", "FORCE_TORCHRUN": "1"}
-    assert {key: seen["env"][key] for key in expected} == expected
+
+    assert seen["argv"][:2] == ["-m", "torch.distributed.run"]
+    torchrun = get_args_parser().parse_args(seen["argv"][2:])
+    assert (torchrun.nnodes, torchrun.node_rank, torchrun.nproc_per_node) == ("3", 2, "8")
+    assert (torchrun.master_addr, torchrun.master_port) == ("train-x-master-0", 23456)
+    assert torchrun.rdzv_backend == "static" and torchrun.max_restarts == 0  # the KFP retry is the retry layer
+    # Each process runs the single-node step's own worker (rank 0 attaches to the step's MLflow run).
+    assert torchrun.module and torchrun.training_script == "components.train"
+    assert torchrun.training_script_args == ["--trainer-worker", str(train_yaml)]
+    assert seen["argv"][-4:] == trainer_command(load_config("lora"), True, train_yaml)[1:]
+    assert seen["env"]["MLFLOW_RUN_ID"] == "abc123" and seen["env"]["PET_NODE_RANK"] == "2"
+    assert seen["env"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert seen["env"]["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "1"
+    # The worker module resolves to this checkout from any working directory.
+    found = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec("
+                            "'components.train').origin)"], env={**env, "PYTHONPATH": seen["env"]["PYTHONPATH"]},
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == str(REPO_ROOT / "components" / "train.py"), found.stderr
 
     record.unlink()
     missing = subprocess.run([*command[:-1], str(tmp_path / "absent.yaml")], env=env, cwd=REPO_ROOT,
@@ -251,8 +273,9 @@ def test_launcher_cli_exit_codes(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv(key, value)
     assert launch_main(["--gpus-per-node", "8", str(tmp_path / "t.yaml"), "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["env"]["NODE_RANK"] == "2" and shown["command"] == ["llamafactory-cli", "train",
-                                                                    str(tmp_path / "t.yaml")]
+    assert shown["node"]["NODE_RANK"] == "2" and shown["command"][1:3] == ["-m", "torch.distributed.run"]
+    assert shown["command"][-3:] == ["components.train", "--trainer-worker", str(tmp_path / "t.yaml")]
+    assert shown["env"]["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "1"
     monkeypatch.setenv("PET_NODE_RANK", "9")
     assert launch_main(["--gpus-per-node", "8", str(tmp_path / "t.yaml")]) == 1
     assert "PET_NODE_RANK=9 is not below the node count 3" in capsys.readouterr().err
