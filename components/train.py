@@ -12,7 +12,8 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    so a crash is an exit code with a message, never a silent death. More than one GPU
    (``cluster.accelerator_count``) or DeepSpeed runs it under torchrun, one process per GPU, as LLaMA-Factory's
    ``FORCE_TORCHRUN=1`` launcher does; NCCL then needs the in-memory ``/dev/shm`` the pipeline mounts.
-   ``cluster.nodes > 1`` submits a PyTorchJob instead (:func:`components.pytorchjob.run_pytorchjob`).
+   ``cluster.nodes > 1`` submits a PyTorchJob instead (:func:`components.pytorchjob.run_pytorchjob`), whose
+   replicas run the same worker under torchrun (:mod:`components.multinode_launch`).
 5. **Collect** (:func:`collect_metrics`): train loss over all steps (resumes included), eval loss when
    ``training.val_size`` > 0, runtime, tokens/s; ``trainer_log.jsonl`` and a loss plot PNG.
 6. **Publish** (:func:`publish_model`): the final weights go to ``adapter/`` (or ``full/``) through
@@ -26,6 +27,11 @@ our parameters under ``llmft.`` (config fields, dataset hashes, image, package v
 the YAML, the log, the plot and the summary metrics. A trainer that fails or is killed ends the run
 FAILED; so does an attempt whose pod died (closed by the next attempt). The tracking server is checked
 first and an unreachable one fails within 30 s.
+
+A tracking-server outage *during* training does not stop it and loses no metric point: the trainer logs
+asynchronously with a longer HTTP retry budget (:data:`TRAINER_MLFLOW_HTTP`, about a minute per request, so a
+server restart is ridden out), and after the trainer exits :func:`backfill_metrics` re-logs, from
+``trainer_state.json`` on the volume, any point the server still missed (tag ``llmft.backfilled_metric_points``).
 
 Usage::
 
@@ -79,6 +85,17 @@ PACKAGES = ("llamafactory", "transformers", "torch", "peft", "datasets", "accele
 TAIL_LINES = 400  # trainer output kept in memory for the error message (the whole log goes to the PVC)
 STOP_GRACE_S = 30  # SIGTERM -> SIGKILL for a trainer we stop
 MIN_SHM_BYTES = 1 << 30
+# The trainer's MLflow HTTP settings. The step itself fails fast on an unreachable server
+# (tracking.configure_environment: few retries); the trainer instead retries each request for about a minute
+# (urllib3 backoff 0, 2, 4, 8, 16, 32 s), enough for a server restart. Its metric logging is asynchronous, so
+# training never waits on the server, and a point that still fails is re-logged after training
+# (backfill_metrics). Also given to every replica of a multi-node PyTorchJob.
+TRAINER_MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 # The launcher's own wrappers around a worker's real error; the error we report is the one before them.
 _WRAPPER_ERRORS = ("ChildFailedError", "CalledProcessError")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt))(?::\s?(.*))?$")
@@ -261,12 +278,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
-        # The step fails fast when the tracking server is down at start (tracking.preflight); the trainer
-        # instead waits out a restart in the middle of training (~2 min of backoff) rather than dying.
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES="8",
-        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
-        MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0.5",
-        MLFLOW_HTTP_REQUEST_TIMEOUT="30",
+        **TRAINER_MLFLOW_HTTP,  # rides out a tracking-server restart (the step's own client fails fast)
         # The worker is `python -m components.train`: importable wherever this module was imported from.
         PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
     )
@@ -438,27 +450,45 @@ def collect_metrics(output_dir: Path, resumed_from: Path | None) -> tuple[dict[s
     return metrics, history
 
 
-BACKFILL_KEYS = ("loss", "grad_norm", "learning_rate", "eval_loss")
+# What the Hugging Face MLflow callback does to a metric name (transformers' MLflowCallback.on_log).
+_MLFLOW_UNSAFE = re.compile(r"[^0-9A-Za-z_\-\. :/]")
+BACKFILL_TAG = "llmft.backfilled_metric_points"
+
+
+def trainer_points(history: list[dict], after_step: int = 0) -> dict[str, dict[int, float]]:
+    """The metric points the trainer's MLflow callback logs for ``history`` (trainer_state.json's log_history),
+    as ``{key: {step: value}}``: every number of each entry, at the entry's step, under the callback's name.
+
+    Only steps after ``after_step`` (the checkpoint a resumed attempt started from) belong to this attempt.
+    """
+    points: dict[str, dict[int, float]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if not isinstance(step, int) or step <= after_step:
+            continue
+        for key, value in entry.items():
+            if key != "step" and isinstance(value, (int, float)):
+                points.setdefault(_MLFLOW_UNSAFE.sub("_", key), {})[step] = float(value)
+    return points
 
 
 def backfill_metrics(client: Any, run_id: str, history: list[dict], after_step: int = 0) -> int:
-    """Log the points of this attempt's log history that its run lacks (a tracking-server outage); return how many.
+    """Log the trainer's metric points that the run lacks (the server was down); return how many were logged.
 
-    The trainer state on the PVC is the source of truth; only steps after ``after_step`` (the checkpoint a
-    resumed attempt started from) belong to this attempt's run. Idempotent: points already in the run,
-    matched by key and step, are not logged again.
+    ``trainer_state.json`` on the volume is the source of truth (:func:`trainer_points`). Idempotent: a point
+    already in the run, matched by key and step, is not logged again. Backfilled points carry the time of
+    the backfill (the trainer log has no timestamps); their steps and values are the trainer's.
+
+    Raises:
+        MlflowException: the tracking server refused the history query or the batch.
     """
     from mlflow.entities import Metric
 
     missing = []
     now = int(time.time() * 1000)
-    for key in BACKFILL_KEYS:
-        points = [(int(entry["step"]), float(entry[key])) for entry in history
-                  if key in entry and int(entry.get("step", 0)) > after_step]
-        if not points:
-            continue
+    for key, by_step in trainer_points(history, after_step).items():
         logged = {metric.step for metric in client.get_metric_history(run_id, key)}
-        missing += [Metric(key, value, now, step) for step, value in points if step not in logged]
+        missing += [Metric(key, value, now, step) for step, value in sorted(by_step.items()) if step not in logged]
     for start in range(0, len(missing), 1000):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=missing[start:start + 1000])
     return len(missing)
@@ -574,7 +604,7 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
 
             run_pytorchjob(cfg, kfp_run_id, paths.train_yaml, {
                 "MLFLOW_RUN_ID": run_id, "MLFLOW_FLATTEN_PARAMS": "true", "DISABLE_VERSION_CHECK": "1",
-                "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP})
         else:
             _check_shm(cfg)
             launch_trainer(trainer_command(cfg, gpu, paths.train_yaml), trainer_env(cfg, run_id, gpu), log_path)
@@ -586,6 +616,7 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
     metrics, history = collect_metrics(paths.output_dir, resume_from)
     resumed_step = (checkpoint_step(resume_from) or 0) if resume_from else 0
     backfilled = backfill_metrics(client, run_id, history, after_step=resumed_step)
+    client.set_tag(run_id, BACKFILL_TAG, str(backfilled))
     if backfilled:
         print(f"[train] re-logged {backfilled} metric points the tracking server missed", flush=True)
     png = plot_loss(history, paths.run_dir / LOSS_PLOT, f"{cfg.name} {kfp_run_id} ({cfg.training.method})")
