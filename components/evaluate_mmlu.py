@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n_shot < 0 or args.batch_size < 1 or args.limit < 0:
         parser.error("--n-shot and --limit must be >= 0 and --batch-size >= 1")
+    if args.backend == "openai" and not args.endpoint:
+        parser.error("--endpoint is required with --backend openai")
     subjects = [name.strip() for name in args.subjects.split(",") if name.strip()]
     try:
         results = evaluate(args.model, args.data_dir, adapter_dir=args.adapter or None, n_shot=args.n_shot,

@@ -20,6 +20,8 @@ from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 
+FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFinalStatus.state reports
+
 
 def run_step(config: str, overrides: list, pvc_name: str, kfp_run_id: str, state: str, error: str = "") -> dict:
     """Close this pipeline run's MLflow runs according to its final ``state``; return a summary.
@@ -69,16 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Close the MLflow runs of a pipeline run.")
     parser.add_argument("--config", required=True, help="Config YAML (configs/*.yaml) or preset name.")
     parser.add_argument("--kfp-run-id", required=True, help="The KFP run id (MLflow tag kfp.run_id).")
-    parser.add_argument("--state", default="FAILED", help="Final state: SUCCEEDED, FAILED or CANCELED.")
+    parser.add_argument("--state", default="FAILED", type=str.upper, choices=FINAL_STATES,
+                        help="Final state: SUCCEEDED, FAILED or CANCELED.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; exit 0 when the runs were closed, 1 on errors."""
+    """CLI entry point; exit 0 when the runs were closed, 1 on errors, 2 on a usage error."""
     from configs.schema import ConfigError, load_config
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.kfp_run_id.strip():  # an empty id would match or create a parent run for no pipeline
+        parser.error("--kfp-run-id must not be empty")
     try:
         cfg = load_config(args.config, overrides=args.overrides)
         run_step(cfg.model_dump_json(), [], cfg.storage.pvc_name, args.kfp_run_id, args.state)

@@ -187,7 +187,9 @@ def load_subjects(data_dir: str | Path, subjects: list[str] | None = None, *, n_
                 continue
             shots, problems = read_split(dev_path, subject)
             errors += problems
-            if len(shots) < n_shot and not problems:
+            if not shots and not problems:  # zero-shot by accident would silently change what is measured
+                errors.append(f"{dev_path}: holds no row; it holds the few-shot examples (n_shot={n_shot})")
+            elif len(shots) < n_shot and not problems:
                 log.warning("%s has %d rows, fewer than n_shot=%d; using them all", dev_path, len(shots), n_shot)
         loaded.append(SubjectData(subject, category_of(subject), shots[:n_shot], questions[:limit or None]))
     if errors:

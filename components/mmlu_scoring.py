@@ -44,23 +44,36 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, 
 
     Raises:
         OSError: the model, tokenizer or adapter cannot be loaded (the message names the directory).
+        ValueError: ``device`` is not a torch device string.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
+    try:
+        torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
     tokenizer_dir = adapter_dir if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file() \
         else model_dir
+    from safetensors import SafetensorError
+
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+    except SafetensorError as exc:  # a truncated or corrupt shard: name the directory, not a Rust frame
+        raise OSError(f"the weights in {model_dir} cannot be read: {exc}") from None
     if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        except SafetensorError as exc:
+            raise OSError(f"the adapter weights in {adapter_dir} cannot be read: {exc}") from None
     return model.to(device).eval(), tokenizer
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import sys
 from pathlib import Path
 
 # A chat template so that vLLM (and transformers' apply_chat_template) can serve the model.
@@ -245,40 +247,81 @@ def build_tiny_llama(
     return out
 
 
-def _positive(text: str) -> int:
+# Upper bounds keep a typo (an extra zero or ten) from asking for terabytes and dying in the allocator,
+# where no error handler runs and the temporary directory is left behind.
+MAX_WIDTH = 8192
+MAX_LAYERS = 64
+MAX_VOCAB = 65536
+_SHARD_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*[KMGT]B\s*$", re.IGNORECASE)
+
+
+def _positive(text: str, limit: int | None = None) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    if limit is not None and value > limit:
+        raise argparse.ArgumentTypeError(f"must be at most {limit} for a tiny model, got {value}")
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: build the tiny model into ``--output`` (written atomically)."""
-    from components.storage import atomic_directory
+def _at_most(limit: int):
+    def parse(text: str) -> int:
+        return _positive(text, limit)
 
+    parse.__name__ = "positive integer"  # argparse names the type in "invalid ... value"
+    return parse
+
+
+def _shard_size(text: str) -> str:
+    if not _SHARD_SIZE.match(text):
+        raise argparse.ArgumentTypeError(f"must be a size such as 200KB or 5MB (units KB, MB, GB, TB), got {text!r}")
+    return text.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: the builder's sizes, each bounded so that a typo fails in argparse, not in the allocator."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="Directory to write (must not exist).")
-    parser.add_argument("--hidden-size", type=_positive, default=64)
-    parser.add_argument("--intermediate-size", type=_positive, default=128)
-    parser.add_argument("--layers", type=_positive, default=2)
-    parser.add_argument("--vocab-size", type=_positive, default=1024)
+    parser.add_argument("--hidden-size", type=_at_most(MAX_WIDTH), default=64)
+    parser.add_argument("--intermediate-size", type=_at_most(4 * MAX_WIDTH), default=128)
+    parser.add_argument("--layers", type=_at_most(MAX_LAYERS), default=2)
+    parser.add_argument("--vocab-size", type=_at_most(MAX_VOCAB), default=1024)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shard-size", default=None, help="e.g. 200KB: split the weights into shards.")
+    parser.add_argument("--shard-size", type=_shard_size, default=None,
+                        help="e.g. 200KB: split the weights into shards.")
     parser.add_argument("--tie-word-embeddings", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: build the tiny model into ``--output`` (written atomically).
+
+    Exit 0 built, 1 the output exists or cannot be written, 2 a usage error.
+    """
+    from components.storage import StorageError, atomic_directory
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.hidden_size % 4:
         parser.error(f"--hidden-size must be a multiple of the 4 attention heads, got {args.hidden_size}")
-    with atomic_directory(args.output) as tmp:
-        build_tiny_llama(
-            tmp,
-            hidden_size=args.hidden_size,
-            intermediate_size=args.intermediate_size,
-            num_layers=args.layers,
-            vocab_size=args.vocab_size,
-            seed=args.seed,
-            shard_size=args.shard_size,
-            tie_word_embeddings=args.tie_word_embeddings,
-        )
+    if Path(args.output).exists():  # checked first: building takes seconds and would be thrown away
+        print(f"error: --output {args.output} already exists; refusing to overwrite it", file=sys.stderr)
+        return 1
+    try:
+        with atomic_directory(args.output) as tmp:
+            build_tiny_llama(
+                tmp,
+                hidden_size=args.hidden_size,
+                intermediate_size=args.intermediate_size,
+                num_layers=args.layers,
+                vocab_size=args.vocab_size,
+                seed=args.seed,
+                shard_size=args.shard_size,
+                tie_word_embeddings=args.tie_word_embeddings,
+            )
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"model": args.output}))
     return 0
 

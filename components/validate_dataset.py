@@ -187,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_schema_bounds(ngram: int, max_contaminated: int) -> str:
+    """A usage message when --ngram or --max-contaminated is outside the schema's bounds, else ""."""
+    from pydantic import ValidationError
+
+    flags = {"contamination_ngram": "--ngram", "max_contaminated_rows": "--max-contaminated"}
+    try:
+        DatasetConfig(contamination_ngram=ngram, max_contaminated_rows=max_contaminated)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field_name = str(error["loc"][0])
+        return f"{flags.get(field_name, field_name)} (dataset.{field_name}): {error['msg']}"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0 when valid, 1 when not, 2 on a usage error."""
     parser = build_parser()
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     usage = ("--dataset needs at least one name" if not names
              else f"--dataset-dir {args.dataset_dir} is not a directory" if not args.dataset_dir.is_dir()
              else "--cutoff-len and --max-errors must be positive" if min(args.cutoff_len, args.max_errors) < 1
-             else "")
+             else _out_of_schema_bounds(args.ngram, args.max_contaminated))
     if usage:
         print(f"{parser.prog}: error: {usage}", file=sys.stderr)
         return 2

@@ -30,14 +30,26 @@ def presets() -> dict[str, Path]:
 
 
 def compile_config(cfg: PipelineConfig, output: Path) -> Path:
-    """Compile the pipeline for ``cfg`` into ``output`` (KFP IR YAML) and return the path."""
+    """Compile the pipeline for ``cfg`` into ``output`` (KFP IR YAML) and return the path.
+
+    The IR is staged in a temporary directory and renamed into place, so an interrupted compile never
+    leaves a truncated file that a later upload would read.
+
+    Raises:
+        ConfigError: ``output`` does not end with .yaml or .yml.
+        StorageError: ``output`` cannot be written (the message names the path).
+    """
     from kfp import compiler
 
+    from components.storage import atomic_write_text
     from pipelines.finetune import build_pipeline
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cfg), package_path=str(output))
-    output.write_text(_stable_header(output.read_text(encoding="utf-8")), encoding="utf-8")
+    if output.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--output {output} must be a .yaml file (KFP writes IR only as YAML)")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(build_pipeline(cfg), package_path=str(staged))
+        atomic_write_text(output, _stable_header(staged.read_text(encoding="utf-8")))
     return output
 
 
@@ -86,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 on success, 1 when --check finds stale IR, 2 on a bad config or usage."""
+    """Entry point: 0 on success, 1 when --check finds stale IR or the output cannot be written, 2 on a bad
+    config or usage."""
+    from components.storage import StorageError
+
     args = build_parser().parse_args(argv)
     try:
         if args.check:
@@ -109,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
