@@ -184,15 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 when the pipeline succeeded, 1 when a task failed, 2 on a bad config."""
+    """Entry point: 0 when the pipeline succeeded, 1 when a task failed or the storage root cannot be prepared,
+    2 on a bad config."""
     args = build_parser().parse_args(argv)
     try:
         cfg = localise(load_config(args.config, overrides=args.overrides), args.storage)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    for line in prepare_storage(cfg):
-        print(f"prepared: {line}")
+    from components.storage import StorageError
+
+    try:
+        for line in prepare_storage(cfg):
+            print(f"prepared: {line}")
+    except (StorageError, OSError) as exc:  # a file where the root should be, a full or read-only volume
+        print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
+        return 1
     started = time.time()
     try:
         run_pipeline(cfg)
