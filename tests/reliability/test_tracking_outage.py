@@ -9,7 +9,7 @@ must succeed; every loss and learning-rate point of ``trainer_log.jsonl`` (the t
 the volume) must be in the train run's metric history at the same step with the same value; and once
 the exit handler's logic has run, no run is left RUNNING. Two variants:
 
-- ``trainer-retries`` (~45 s): the shipped settings; the trainer's MLflow client waits the outage out.
+- ``trainer-retries`` (~35-45 s): the shipped settings; the trainer's MLflow client waits the outage out.
 - ``no-trainer-retries`` (~25 s): the trainer's retry budget set to zero (``TRAINER_MLFLOW_HTTP``), so its
   points logged during the outage are dropped; training must go on regardless, and the step must
   re-log them from the volume (``backfill_metrics``).
@@ -60,19 +60,25 @@ def _wait_for(condition, what: str, timeout_s: float = DEADLINE_S) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def restartable_server(tmp_path):
-    root = tmp_path / "mlflow"
-    root.mkdir()
-    server = MlflowServer(root)
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-outage"))
     server.start()
     yield server
     server.stop()
 
 
+@pytest.fixture
+def restartable_server(module_server):
+    """The module's server, running (a test that failed during its outage may have left it stopped)."""
+    if module_server.process is None:
+        module_server.start()
+    return module_server
+
+
 @pytest.mark.parametrize(("trainer_retries", "max_steps", "restart_by_step"), [
     # 20-50 steps/s here: down for a few hundred steps, and back for the rest.
-    pytest.param(None, 800, 400, id="trainer-retries"),
+    pytest.param(None, 600, 300, id="trainer-retries"),
     pytest.param("0", 500, 100, id="no-trainer-retries"),
 ])
 def test_no_metric_point_is_lost_when_the_tracking_server_restarts(
@@ -82,9 +88,9 @@ def test_no_metric_point_is_lost_when_the_tracking_server_restarts(
     if trainer_retries is not None:
         monkeypatch.setitem(train_module.TRAINER_MLFLOW_HTTP, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", trainer_retries)
     server = restartable_server
-    kfp_run_id = "outage-1"
+    kfp_run_id = f"outage-retries-{trainer_retries}"
     cfg = load_config("local", overrides=[
-        f"storage.mount_path={storage_root}", f"mlflow.tracking_uri={server.uri}", "mlflow.experiment=outage",
+        f"storage.mount_path={storage_root}", f"mlflow.tracking_uri={server.uri}", f"mlflow.experiment={kfp_run_id}",
         f"training.max_steps={max_steps}", "training.logging_steps=1", f"training.save_steps={max_steps}",
     ])
     out = run_dir(cfg, kfp_run_id)
