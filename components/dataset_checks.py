@@ -338,7 +338,7 @@ def _role_problem(role: Any, present: bool, turn: int, expected: tuple[str, ...]
         return f"is missing; turn {turn + 1} must be {names}"
     if role == system_tag:
         return "a system message is only allowed as the first message"
-    if role in known:
+    if type(role) is str and role in known:  # a role may be any JSON value; a list or object is not hashable
         return (f"role {role!r} out of order: turn {turn + 1} must be {names} (user/observation on odd turns, "
                 "assistant/function on even turns)")
     return f"unknown role {role!r}; turn {turn + 1} must be {names} (roles come from 'tags' in dataset_info.json)"
