@@ -464,9 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; exit 0 promote, 1 reject, 2 usage error or unreadable input."""
+def _write_all(outputs: list[tuple[str, str]]) -> None:
+    """Write every (path, text) atomically, or none: a report left without its comparison JSON (a full volume
+    after the first file) would be read as a finished comparison.
+
+    Raises:
+        StorageError: a file could not be written (the ones already written are removed again).
+    """
     from components.storage import StorageError, atomic_write_text
+
+    written: list[Path] = []
+    try:
+        for path, text in outputs:
+            written.append(atomic_write_text(path, text))
+    except StorageError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit 0 promote, 1 reject, 2 usage error, unreadable input or unwritable output."""
+    from components.storage import StorageError
     from configs.schema import ConfigError, config_from_dict, load_config
 
     args = build_parser().parse_args(argv)
@@ -477,10 +496,9 @@ def main(argv: list[str] | None = None) -> int:
                                      read_results(args.baseline, "baseline results"), cfg.gate,
                                      first_model=args.first_model, seed=cfg.training.seed)
         comparison["baseline_name"] = BASE_MODEL_NAME if args.first_model else "baseline"
-        if args.report:
-            atomic_write_text(args.report, render_report(comparison))
-        if args.json_out:
-            atomic_write_text(args.json_out, json.dumps(comparison, indent=2, sort_keys=True))
+        outputs = [(args.report, render_report(comparison)) if args.report else None,
+                   (args.json_out, json.dumps(comparison, indent=2, sort_keys=True)) if args.json_out else None]
+        _write_all([output for output in outputs if output])
     except (ConfigError, ComparisonError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

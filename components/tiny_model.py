@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit 0 built, 1 the output exists or cannot be written, 2 a usage error.
     """
+    from safetensors import SafetensorError
+
     from components.storage import StorageError, atomic_directory
 
     parser = build_parser()
@@ -319,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                 shard_size=args.shard_size,
                 tie_word_embeddings=args.tie_word_embeddings,
             )
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (StorageError, OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
+        print(f"error: cannot write the model to {args.output}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"model": args.output}))
     return 0
