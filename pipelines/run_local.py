@@ -15,6 +15,7 @@ compares against the champion the first run promoted.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -42,39 +43,75 @@ def localise(cfg: PipelineConfig, storage: Path | None) -> PipelineConfig:
 
 
 def prepare_storage(cfg: PipelineConfig) -> list[str]:
-    """Create what the run needs and is missing: base model, sample data, MMLU sample. Returns what was made."""
+    """Create what the run needs and is missing: base model, sample data, MMLU sample. Returns what was made.
+
+    Safe when several runs start at once on one storage root: each piece is built in a temporary sibling
+    and renamed into place whole, and a run that loses the race uses the copy that won.
+
+    Raises:
+        StorageError: a piece cannot be written (full or read-only volume, a file in the way).
+    """
+    from components.tiny_model import build_tiny_llama
+
     made = []
     base = cfg.storage.resolve(cfg.storage.base_model)
-    if not (base / "config.json").exists():
-        from components.storage import atomic_directory
-        from components.tiny_model import build_tiny_llama
-
-        with atomic_directory(base) as tmp:
-            build_tiny_llama(tmp, seed=0)
+    if _build_once(base, "config.json", lambda tmp: build_tiny_llama(tmp, seed=0)):
         made.append(f"tiny base model -> {base}")
     data = cfg.storage.resolve(cfg.storage.data_dir)
-    if not (data / "dataset_info.json").exists():
-        shutil.copytree(ASSETS / "sample_data", data, dirs_exist_ok=True)
+    if _build_once(data, "dataset_info.json", lambda tmp: _copy_into(ASSETS / "sample_data", tmp), in_place=True):
         made.append(f"sample dataset -> {data}")
     mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
-    if not (mmlu / "test").exists():
-        shutil.copytree(ASSETS / "sample_mmlu", mmlu, dirs_exist_ok=True)
+    if _build_once(mmlu, "test", lambda tmp: _copy_into(ASSETS / "sample_mmlu", tmp), in_place=True):
         made.append(f"sample MMLU -> {mmlu}")
     _ensure_experiment(cfg)
     return made
 
 
+def _copy_into(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def _build_once(final: Path, marker: str, build: Any, in_place: bool = False) -> bool:
+    """Build ``final`` (complete when ``final/marker`` exists) unless it is there; True when this call built it.
+
+    With ``in_place`` an existing directory without the marker (a user's own data directory) is filled in
+    place, as before; otherwise it is an error.
+    """
+    from components.storage import StorageError, atomic_directory
+
+    if (final / marker).exists():
+        return False
+    if in_place and final.is_dir():
+        build(final)
+        return True
+    try:
+        with atomic_directory(final) as tmp:
+            build(tmp)
+    except StorageError:
+        if (final / marker).exists():  # a concurrent run renamed its complete copy into place first
+            return False
+        raise
+    return True
+
+
 def _ensure_experiment(cfg: PipelineConfig) -> None:
-    """Create the experiment with its artifacts inside the storage root (SQLite stores default to ./mlruns)."""
+    """Create the experiment with its artifacts inside the storage root (SQLite stores default to ./mlruns).
+
+    Runs started together on one root take turns here: the first SQLite client creates the schema by
+    running MLflow's migrations, which fail when two processes run them on one new database at once.
+    """
     if not cfg.mlflow.tracking_uri.startswith("sqlite:///"):
         return
     from mlflow.tracking import MlflowClient
 
-    Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
-        artifacts = cfg.storage.resolve("mlflow") / "artifacts"
-        client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
+    database = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.parent / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+        if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
+            artifacts = cfg.storage.resolve("mlflow") / "artifacts"
+            client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
 
 
 def run_pipeline(cfg: PipelineConfig) -> None:
