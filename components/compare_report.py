@@ -1,20 +1,21 @@
-"""The comparison report: losses from MLflow, the loss curve, and the Markdown shown in the Kubeflow UI.
+"""The comparison report: the Markdown shown in MLflow and the Kubeflow UI, its HTML twin, and the loss curve.
 
-Used by :mod:`components.compare_baseline`; split out so each module reads in one pass.
+Images are never embedded in the Markdown (MLflow's viewer shows data URIs as broken images): MLflow gets the
+plot as a PNG beside ``report.md``, referenced by relative path; the Kubeflow UI gets the Markdown with the loss
+curve as a text sparkline, and an HTML artifact with the plot embedded.
 """
 
 import base64
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from configs.schema import PipelineConfig
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-LOSS_METRICS = {"train_loss": ("train_loss", "loss"), "eval_loss": ("eval_loss",)}
+    from components.gate import Comparison
+
 LOSS_HISTORY_METRICS = ("loss", "train/loss")
 MAX_PLOT_BYTES = 2_000_000  # larger plots bloat the UI's Markdown artifact; the sparkline stands in
 SPARK = "▁▂▃▄▅▆▇█"
@@ -35,33 +36,17 @@ def find_artifact(client: "MlflowClient", run_id: str, wanted: Callable[[str], b
     return None
 
 
-def run_losses(client: "MlflowClient", run_id: str | None) -> dict[str, Any]:
-    """Final train/eval loss of a training run (``n/a`` when absent or the run is unknown)."""
+def train_loss(client: "MlflowClient", run_id: str | None) -> float | None:
+    """The mean training loss the train step logged (None when absent or the run is unknown)."""
     from mlflow.exceptions import MlflowException
 
-    losses: dict[str, Any] = {"run_id": run_id or "n/a", "train_loss": "n/a", "eval_loss": "n/a"}
     if not run_id or run_id == "n/a":
-        return losses
+        return None
     try:
         metrics = client.get_run(run_id).data.metrics
-    except MlflowException as exc:
-        losses["note"] = f"run {run_id} not readable: {getattr(exc, 'error_code', exc)}"
-        return losses
-    for field, names in LOSS_METRICS.items():
-        losses[field] = next((float(metrics[name]) for name in names if name in metrics), "n/a")
-    return losses
-
-
-def champion_losses(client: "MlflowClient", cfg: PipelineConfig, version: str | None) -> dict[str, Any]:
-    """The champion's training losses, from its version tags (set at registration); ``n/a`` for the base model."""
-    if version is None:
-        return {"run_id": "n/a", "train_loss": "n/a", "eval_loss": "n/a", "note": "the base model was not trained here"}
-    tags = client.get_model_version(cfg.mlflow.registered_model_name, version).tags
-    losses = run_losses(client, tags.get("llmft.train_run_id"))
-    for field in LOSS_METRICS:
-        if losses[field] == "n/a" and tags.get(f"llmft.{field}", "n/a") != "n/a":
-            losses[field] = float(tags[f"llmft.{field}"])
-    return losses
+    except MlflowException:
+        return None
+    return float(metrics["train_loss"]) if "train_loss" in metrics else None
 
 
 def sparkline(values: list[float]) -> str:
@@ -73,81 +58,109 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((value - low) / span * len(SPARK)))] for value in values)
 
 
-def loss_curve_markdown(client: "MlflowClient", train_run_id: str | None) -> str:
-    """The training loss curve: the train run's loss plot (PNG as a data URI) or a sparkline of its history."""
+class LossCurve(NamedTuple):
+    """The training loss curve of a run: the train step's PNG plot (or None) and a one-line text summary."""
+
+    png: bytes | None
+    text: str
+
+
+def loss_curve(client: "MlflowClient", train_run_id: str | None) -> LossCurve:
+    """The train run's loss plot (the PNG artifact it logged) and a sparkline of its loss history."""
     from mlflow.exceptions import MlflowException
 
     if not train_run_id or train_run_id == "n/a":
-        return "_No training run: no loss curve._"
+        return LossCurve(None, "_No training run: no loss curve._")
+    png, text = None, f"_Run {train_run_id} logged no loss history._"
     try:
         plot = find_artifact(client, train_run_id, lambda name: name.endswith(".png") and "loss" in name)
         if plot:
             with tempfile.TemporaryDirectory() as tmp:
                 data = Path(client.download_artifacts(train_run_id, plot, tmp)).read_bytes()
-            if len(data) <= MAX_PLOT_BYTES:
-                return f"![training loss]({'data:image/png;base64,' + base64.b64encode(data).decode()})"
+            png = data if len(data) <= MAX_PLOT_BYTES else None
         for name in LOSS_HISTORY_METRICS:
             history = sorted(client.get_metric_history(train_run_id, name), key=lambda m: (m.step, m.timestamp))
             if history:
                 values = [m.value for m in history]
-                return (f"`{sparkline(values)}`  \n{name} over {len(values)} logged steps "
+                text = (f"`{sparkline(values)}`  \n{name} over {len(values)} logged steps "
                         f"(step {history[0].step}: {values[0]:.4f}, min {min(values):.4f}, "
                         f"step {history[-1].step}: {values[-1]:.4f})")
+                break
     except MlflowException as exc:
-        return f"_Loss history of run {train_run_id} not readable: {getattr(exc, 'error_code', exc)}_"
-    return f"_Run {train_run_id} logged no loss history._"
+        text = f"_Loss history of run {train_run_id} not readable: {getattr(exc, 'error_code', exc)}_"
+    return LossCurve(png, text)
 
 
 def _number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
-def render_report(comparison: dict[str, Any], loss_curve: str = "") -> str:
-    """The Markdown report: decision, reasons, per-category table, paired statistics, losses and loss curve."""
-    decision = comparison["decision"]
-    baseline = comparison.get("baseline_name", "baseline")
-    boot = comparison["bootstrap"]
-    test = comparison["mcnemar"]
-    against = "first model, compared with the base model" if comparison["first_model"] else "compared with the champion"
-    lines = [
-        f"# {'✅ Promote' if decision == 'promote' else '❌ Reject'}: candidate vs {baseline}",
+def render_report(comparison: "Comparison", *, training_loss: float | None = None, loss_plot: str = "") -> str:
+    """The Markdown report: the decision, every rule, the held-out task table, the MMLU table, training.
+
+    ``loss_plot`` is how the report shows the training loss curve: a relative image path (MLflow shows the PNG
+    logged beside the report), a sparkline, or a note; "" leaves the section out.
+    """
+    decision, baseline, task, mmlu = comparison.decision, comparison.baseline_name, comparison.task, comparison.mmlu
+    title = "✅ Promote" if decision == "promote" else "⏸️ Keep the champion"
+    lines = [f"# {title}: candidate vs {baseline}", "", f"**{comparison.headline}**", ""]
+    lines += [f"- {'✅' if rule.passed else '❌'} {rule.detail}" for rule in
+              sorted(comparison.rules, key=lambda rule: rule.passed)]
+    lines += [
         "",
-        f"**Decision: {decision}** on {comparison['metric']} "
-        f"({against}).",
+        f"## Held-out task: {task.rows} rows of the training data, never trained on",
         "",
-        *[f"- {reason}" for reason in comparison["reasons"]],
+        "| | Candidate | Baseline | Change |",
+        "|---|---:|---:|---:|",
+        f"| mean per-row answer loss (gated) | {task.candidate_mean_nll:.4f} | {task.baseline_mean_nll:.4f} | "
+        f"{task.relative_change:+.2%} |",
+        f"| loss over all answer tokens | {task.candidate_loss:.4f} | {task.baseline_loss:.4f} | "
+        f"{task.candidate_loss / task.baseline_loss - 1:+.2%} |",
+        f"| perplexity | {_perplexity(task.candidate_loss)} | {_perplexity(task.baseline_loss)} | |",
         "",
-        f"## MMLU on the same {comparison['questions']} questions",
+        f"Paired over the same rows: the candidate's loss is lower on {task.candidate_lower} and higher on "
+        f"{task.baseline_lower}; mean difference {task.mean_difference:+.4f} nats; "
+        f"{task.confidence:.0%} bootstrap interval of the change [{task.ci_low:+.2%}, {task.ci_high:+.2%}] "
+        f"({task.bootstrap_samples} resamples, seed {task.seed}); one-sided Wilcoxon signed-rank "
+        f"p={task.wilcoxon_p:.3g}.",
+        "",
+        f"## MMLU on the same {mmlu.questions} questions",
         "",
         "| | Questions | Candidate | Baseline | Delta | Only candidate right | Only baseline right | McNemar p |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| **overall (micro)** | {comparison['questions']} | {_number(comparison['candidate']['micro'])} | "
-        f"{_number(comparison['baseline']['micro'])} | {comparison['delta']['micro']:+.4f} | "
-        f"{test['candidate_only']} | {test['baseline_only']} | {test['p_value']:.4g} |",
-        f"| macro | | {_number(comparison['candidate']['macro'])} | {_number(comparison['baseline']['macro'])} | "
-        f"{comparison['delta']['macro']:+.4f} | | | |",
+        f"| **overall (micro)** | {mmlu.questions} | {mmlu.candidate_micro:.4f} | {mmlu.baseline_micro:.4f} | "
+        f"{mmlu.delta_micro:+.4f} | {mmlu.candidate_only} | {mmlu.baseline_only} | {mmlu.mcnemar_p:.3g} |",
+        f"| macro | | {mmlu.candidate_macro:.4f} | {mmlu.baseline_macro:.4f} | {mmlu.delta_macro:+.4f} | | | |",
     ]
-    for name, row in comparison["categories"].items():
-        lines.append(f"| {name} | {row['questions']} | {_number(row['candidate'])} | {_number(row['baseline'])} | "
-                     f"{row['delta']:+.4f} | {row['candidate_only']} | {row['baseline_only']} | {row['p_value']:.4g} |")
-    lines += [
-        "",
-        f"Paired bootstrap {boot['confidence']:.0%} interval for the {boot['metric']} difference: "
-        f"[{boot['low']:+.4f}, {boot['high']:+.4f}] (estimate {boot['estimate']:+.4f}, {boot['samples']} resamples, "
-        f"seed {boot['seed']}).",
-    ]
-    losses = comparison.get("losses")
-    if losses:
-        cand, base = losses["candidate"], losses["baseline"]
-        lines += [
-            "",
-            "## Loss",
-            "",
-            f"| | Candidate (run {cand['run_id']}) | Baseline: {baseline} (run {base['run_id']}) |",
-            "|---|---:|---:|",
-            f"| train loss | {_number(cand['train_loss'])} | {_number(base['train_loss'])} |",
-            f"| eval loss | {_number(cand['eval_loss'])} | {_number(base['eval_loss'])} |",
-        ]
-    if loss_curve:
-        lines += ["", "### Training loss curve", "", loss_curve]
+    for row in mmlu.categories:
+        lines.append(f"| {row.name} | {row.questions} | {row.candidate:.4f} | {row.baseline:.4f} | {row.delta:+.4f} | "
+                     f"{row.candidate_only} | {row.baseline_only} | {row.p_value:.3g} |")
+    lines += ["", f"{task.confidence:.0%} bootstrap interval of the micro difference: "
+                  f"[{mmlu.ci_low:+.4f}, {mmlu.ci_high:+.4f}]."]
+    if training_loss is not None or loss_plot:
+        lines += ["", "## Training", ""]
+        if training_loss is not None:
+            lines += [f"Mean training loss of the candidate: {_number(training_loss)}.", ""]
+        if loss_plot:
+            lines.append(loss_plot)
     return "\n".join(lines) + "\n"
+
+
+def _perplexity(loss: float) -> str:
+    import math
+
+    return f"{math.exp(loss):.2f}" if loss < 700 else "inf"
+
+
+def render_html(markdown: str, images: dict[str, bytes] | None = None) -> str:
+    """The report as one self-contained HTML page (the Kubeflow UI's HTML artifact): ``images`` maps the relative
+    image paths the Markdown references to their PNG bytes, which are embedded."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    for name, data in (images or {}).items():
+        body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{base64.b64encode(data).decode()}"')
+    style = ("body{font-family:sans-serif;max-width:60em;margin:1em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
+    head = f'<meta charset="utf-8"><style>{style}</style>'
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"

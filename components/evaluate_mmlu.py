@@ -18,6 +18,7 @@ score may be reused. Backend ``openai`` scores through an OpenAI-compatible comp
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -32,7 +33,6 @@ from kfp.dsl.component_decorator import component
 
 from components.image import DEFAULT_IMAGE
 from components.mmlu_data import (
-    CATEGORIES,
     LETTERS,
     PROMPT_VERSION,
     MmluDataError,
@@ -47,8 +47,6 @@ from components.mmlu_data import (
 
 ROLES = ("candidate", "baseline")
 RESULTS_FILE = "results.json"
-REQUIRED_KEYS = ("eval_key", "prompt_version", "n_shot", "model", "adapter", "data_hash", "micro", "macro",
-                 "subjects", "categories", "questions")
 
 __all__ = ["eval_config_key", "evaluate", "evaluate_mmlu", "load_results", "model_identity", "run_step"]
 
@@ -116,34 +114,27 @@ def _accuracy(correct: int, total: int) -> float:
 
 
 def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], meta: dict[str, Any]) -> dict:
-    """The results document: ``meta`` plus per-question records, per-subject/category and overall accuracy.
+    """The results document (:class:`components.mmlu_results.MmluResults`): ``meta`` plus per-question records
+    and every summary computed from them (per subject and category, micro, macro).
 
-    micro = correct / questions over everything; macro = the mean of the per-subject accuracies.
-    Categories with no evaluated subject are left out of ``categories``.
+    Raises:
+        ValueError: a log-probability is NaN or infinite (the model's weights are broken); nothing is scored.
     """
-    questions, subjects = [], {}
-    by_category = {category: [0, 0] for category in CATEGORIES}
+    from components.mmlu_results import results_from_records
+
+    questions = []
     for subject in data:
-        correct = 0
         for question, logprobs in zip(subject.questions, scores[subject.subject], strict=True):
+            if not all(math.isfinite(value) for value in logprobs):
+                raise ValueError(f"the model gave non-finite answer log-probabilities {logprobs} for "
+                                 f"{subject.subject}#{question.index}: its weights hold NaN or inf; nothing was "
+                                 "scored")
             pred = _prediction(logprobs)
-            correct += pred == question.answer
             questions.append({"subject": subject.subject, "index": question.index, "gold": question.answer,
                               "pred": pred, "correct": pred == question.answer,
                               "logprobs": [round(float(value), 6) for value in logprobs]})
-        total = len(subject.questions)
-        subjects[subject.subject] = {"category": subject.category, "correct": correct, "total": total,
-                                     "accuracy": _accuracy(correct, total)}
-        by_category[subject.category][0] += correct
-        by_category[subject.category][1] += total
-    questions.sort(key=lambda record: (record["subject"], record["index"]))
-    categories = {name: {"correct": c, "total": t, "accuracy": _accuracy(c, t)}
-                  for name, (c, t) in by_category.items() if t}
-    correct = sum(record["correct"] for record in questions)
-    shares = [entry["correct"] / entry["total"] for entry in subjects.values() if entry["total"]]
-    macro = sum(shares) / len(shares) if shares else 0.0
-    return {**meta, "micro": _accuracy(correct, len(questions)), "macro": round(macro, 6), "correct": correct,
-            "total": len(questions), "subjects": subjects, "categories": categories, "questions": questions}
+    category_of = {subject.subject: subject.category for subject in data}
+    return results_from_records(meta, questions, category_of).model_dump()
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, *, adapter_dir: str | Path | None = None, n_shot: int = 5,
@@ -191,21 +182,14 @@ def dump_results(results: dict) -> str:
 
 
 def load_results(path: str | Path) -> dict:
-    """Read a results.json written by this step.
+    """Read and validate a results.json written by this step (:func:`components.mmlu_results.read_mmlu_results`).
 
     Raises:
-        ValueError: the file is not JSON or lacks a required key (the message names the file).
-        FileNotFoundError: no such file.
+        ResultsFileError: the file is missing, not JSON, or inconsistent (the message names the file and field).
     """
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not a JSON results file (line {exc.lineno}: {exc.msg})") from None
-    missing = [key for key in REQUIRED_KEYS if not isinstance(results, dict) or key not in results]
-    if missing:
-        raise ValueError(f"{path} is not an MMLU results file: missing {', '.join(missing)}")
-    return results
+    from components.mmlu_results import read_mmlu_results
+
+    return read_mmlu_results(path).model_dump()
 
 
 def _on_volume(cfg: Any, path: str) -> Path:
@@ -217,7 +201,7 @@ def _reusable(path: Path, eval_key: str) -> dict | None:
     """The results already at ``path`` (a retried task) when they were computed the same way."""
     try:
         results = load_results(path)
-    except (OSError, ValueError):
+    except ValueError:
         return None
     return results if results["eval_key"] == eval_key else None
 

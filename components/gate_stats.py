@@ -1,8 +1,10 @@
-"""Paired statistics for the promotion gate: McNemar's exact test and a paired bootstrap interval.
+"""Paired statistics for the promotion gate.
 
-Both compare two models on the *same* questions, one boolean "answered correctly" per question and
-model. Plain functions over sequences; numpy and scipy are imported inside them so that importing
-this module stays cheap. The bootstrap is seeded, so a rerun gives the same interval.
+Every function compares two models on the *same* items: MMLU questions (one boolean "answered correctly"
+per question and model: McNemar's exact test, a paired bootstrap interval of the accuracy difference) or
+held-out rows (one loss per row and model: the Wilcoxon signed-rank test, a paired bootstrap interval of the
+relative loss change). Plain functions over sequences; numpy and scipy are imported inside them so that
+importing this module stays cheap. The bootstraps are seeded, so a rerun gives the same interval.
 """
 
 from __future__ import annotations
@@ -132,11 +134,83 @@ def paired_bootstrap_ci(
     return BootstrapInterval(float(estimate), float(low), float(high), confidence, samples, seed)
 
 
+class WilcoxonResult(NamedTuple):
+    """One-sided Wilcoxon signed-rank test that the candidate's per-row losses are lower than the baseline's."""
+
+    candidate_lower: int  # rows where the candidate's loss is lower
+    baseline_lower: int  # rows where the baseline's loss is lower
+    p_value: float
+
+
+def wilcoxon_lower(candidate: Sequence[float], baseline: Sequence[float]) -> WilcoxonResult:
+    """Wilcoxon signed-rank test of ``candidate - baseline`` with the alternative "the candidate is lower".
+
+    Rows with equal losses carry no evidence either way and are dropped (Wilcoxon's own zero method); with
+    no unequal row at all the p-value is 1.0 (nothing favours the candidate).
+
+    Raises:
+        ValueError: the sequences differ in length or are empty.
+    """
+    _paired(candidate, baseline)
+    diffs = [float(cand) - float(base) for cand, base in zip(candidate, baseline, strict=True)]
+    lower, higher = sum(1 for d in diffs if d < 0), sum(1 for d in diffs if d > 0)
+    if lower + higher == 0:
+        return WilcoxonResult(0, 0, 1.0)
+    from scipy.stats import wilcoxon
+
+    result = wilcoxon(diffs, zero_method="wilcox", alternative="less")
+    return WilcoxonResult(lower, higher, float(min(1.0, result.pvalue)))
+
+
+def relative_change_ci(
+    candidate: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapInterval:
+    """Paired bootstrap percentile interval for ``mean(candidate) / mean(baseline) - 1`` (the relative change).
+
+    Rows are resampled with replacement, each row's two losses together. A negative change means the
+    candidate's mean loss is lower (-0.05: 5 % lower).
+
+    Raises:
+        ValueError: lengths differ, the samples are empty, the baseline's mean loss is not positive,
+            ``samples < 1`` or ``confidence`` is not in (0, 1).
+    """
+    _paired(candidate, baseline)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    import numpy as np
+
+    cand, base = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if base.mean() <= 0:
+        raise ValueError(f"the baseline's mean loss must be positive, got {base.mean()}")
+    rng = np.random.default_rng(seed)
+    estimate = float(cand.mean() / base.mean() - 1.0)
+    resampled = np.empty(samples, dtype=np.float64)
+    # Chunks keep memory at ~8 MB whatever the row count (samples x rows indices otherwise).
+    chunk = max(1, (1 << 20) // len(cand))
+    for start in range(0, samples, chunk):
+        rows = rng.integers(0, len(cand), size=(min(chunk, samples - start), len(cand)))
+        means = base[rows].mean(axis=1)
+        resampled[start:start + len(rows)] = cand[rows].mean(axis=1) / np.where(means > 0, means, np.nan) - 1.0
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.nanquantile(resampled, [tail, 1.0 - tail])
+    return BootstrapInterval(estimate, float(low), float(high), confidence, samples, seed)
+
+
 __all__ = [
     "BootstrapInterval",
     "McNemarResult",
+    "WilcoxonResult",
     "discordant_counts",
     "mcnemar_exact",
     "mcnemar_exact_p",
     "paired_bootstrap_ci",
+    "relative_change_ci",
+    "wilcoxon_lower",
 ]

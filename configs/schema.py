@@ -252,14 +252,28 @@ class EvaluationConfig(_Section):
 
 
 class GateConfig(_Section):
-    """When a candidate replaces the champion (components.compare_baseline)."""
+    """When a candidate replaces the champion: the rules are documented in one place, components/gate.py."""
 
-    metric: Literal["mmlu_micro", "mmlu_macro"] = Field("mmlu_micro", description="Accuracy that decides.")
-    min_improvement: float = Field(0.0, ge=-1, le=1, description="Required gain of the metric (absolute).")
-    max_regression: float = Field(0.02, ge=0, le=1, description="Largest allowed drop in any category.")
-    require_significance: bool = Field(False, description="Also require McNemar p < alpha.")
-    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level.")
+    min_task_improvement: float = Field(
+        0.01, ge=0, lt=1,
+        description="How much lower the held-out loss must be than the baseline's, relative (0.01: 1 % lower). "
+                    "A tie never promotes.")
+    mmlu_max_drop: float = Field(0.01, ge=0, le=1, description="Largest allowed drop of MMLU micro accuracy "
+                                                              "(absolute, 0.01: one point).")
+    max_regression: float = Field(0.02, ge=0, le=1, description="Largest allowed drop of any MMLU category.")
+    require_significance: bool = Field(
+        False, description="Also require a one-sided Wilcoxon signed-rank test on the held-out rows, p < alpha.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (and 1 - confidence of the intervals).")
     bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("metric" in data or "min_improvement" in data):
+            raise ValueError("gate.metric and gate.min_improvement were replaced: the gate now requires a lower "
+                             "held-out loss (gate.min_task_improvement, relative) and bounds the MMLU drop "
+                             "(gate.mmlu_max_drop); see components/gate.py")
+        return data
 
 
 class MlflowConfig(_Section):
