@@ -95,7 +95,8 @@ def _number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
-def render_report(comparison: "Comparison", *, training_loss: float | None = None, loss_plot: str = "") -> str:
+def render_report(comparison: "Comparison", *, training_loss: float | None = None, loss_plot: str = "",
+                  note: str = "") -> str:
     """The Markdown report: the decision, every rule, the held-out task table, the MMLU table, training.
 
     ``loss_plot`` is how the report shows the training loss curve: a relative image path (MLflow shows the PNG
@@ -106,6 +107,8 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
     lines = [f"# {title}: candidate vs {baseline}", "", f"**{comparison.headline}**", ""]
     lines += [f"- {'✅' if rule.passed else '❌'} {rule.detail}" for rule in
               sorted(comparison.rules, key=lambda rule: rule.passed)]
+    if note:
+        lines += ["", note]
     lines += [
         "",
         f"## Held-out task: {task.rows} rows of the training data, never trained on",

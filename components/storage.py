@@ -36,6 +36,18 @@ def storage_root(cfg: PipelineConfig) -> Path:
     return Path(cfg.storage.mount_path).resolve()
 
 
+def on_volume(cfg: PipelineConfig, path: str | Path) -> Path:
+    """A step's input path: absolute paths as given, relative ones under the storage root (never outside it).
+
+    Raises:
+        StorageError: a relative path leaves the storage root (``..``, a symlink out).
+    """
+    candidate = Path(path)
+    if candidate.is_absolute():
+        return candidate
+    return inside(storage_root(cfg), candidate)
+
+
 def run_dir(cfg: PipelineConfig, kfp_run_id: str) -> Path:
     """The run-scoped output directory ``<output_root>/<kfp run id>`` (concurrent runs never share it)."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in kfp_run_id).strip(".") or "run"

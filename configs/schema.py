@@ -28,11 +28,24 @@ CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0"
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+FORM_KEY = "run_form_parameter"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending field path."""
+
+
+def form_field(name: str) -> dict[str, str]:
+    """Mark a field as a typed parameter of the pipeline's run form, under ``name``.
+
+    The Kubeflow UI lists run parameters alphabetically, showing only ``name - type``; each name starts with
+    its group's letter so that the form reads in pipeline order, the fields users change most first:
+    a what to train (model, data, template), b method and learning rate, c the schedule, d LoRA, e evaluation,
+    f the gate, g MLflow, h the cluster; ``z_config`` and ``z_overrides``, the advanced path, come last.
+    See :mod:`configs.form`.
+    """
+    return {FORM_KEY: name}
 
 
 class _Section(BaseModel):
@@ -52,9 +65,13 @@ def _relative_storage_path(value: str) -> str:
 class StorageConfig(_Section):
     """Where everything lives on the shared (NFS) volume. Paths are relative to ``mount_path``."""
 
-    pvc_name: str = Field("llama-storage", description="PersistentVolumeClaim (ReadWriteMany) with models and data.")
+    pvc_name: str = Field(
+        "llama-storage", description="PersistentVolumeClaim (ReadWriteMany) with models and data.",
+        json_schema_extra=form_field("h_pvc_name"))
     mount_path: str = Field("/storage", description="Where every task mounts the PVC (the storage root).")
-    base_model: str = Field("models/base-model", description="Base model directory (Hugging Face layout).")
+    base_model: str = Field(
+        "models/base-model", description="Base model directory (Hugging Face layout).",
+        json_schema_extra=form_field("a_base_model"))
     data_dir: str = Field("data", description="Directory with dataset_info.json and the dataset files.")
     output_root: str = Field("output", description="Run-scoped outputs: <output_root>/<kfp run id>/...")
     models_root: str = Field("models", description="Published merged models: <models_root>/<name>/<version>.")
@@ -110,14 +127,20 @@ class ClusterConfig(_Section):
     nodes: int = Field(1, ge=1, le=64, description="Training nodes; >1 submits a PyTorchJob (Training Operator).")
     gpu_node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
-        description="Node selector for GPU tasks.",
+        description="Node selector for GPU tasks, e.g. {\"nvidia.com/gpu.present\": \"true\"}.",
+        json_schema_extra=form_field("h_gpu_node_selector"),
     )
     gpu_tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-        description="Tolerations for GPU tasks.",
+        description="Tolerations for GPU tasks (Kubernetes toleration objects).",
+        json_schema_extra=form_field("h_gpu_tolerations"),
     )
-    accelerator_type: str = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
-    accelerator_count: int = Field(1, ge=0, le=16, description="GPUs per training pod; >1 launches torchrun.")
+    accelerator_type: str = Field(
+        "nvidia.com/gpu", description="Extended resource name of the GPU.",
+        json_schema_extra=form_field("h_accelerator_type"))
+    accelerator_count: int = Field(
+        1, ge=0, le=16, description="GPUs per training pod; >1 launches torchrun.",
+        json_schema_extra=form_field("h_accelerator_count"))
     cpu_request: str = Field("4", description="CPU request of GPU tasks.")
     memory_request: str = Field("32Gi", description="Memory request of GPU tasks.")
     memory_limit: str = Field("64Gi", description="Memory limit of GPU tasks.")
@@ -152,7 +175,8 @@ class DatasetConfig(_Section):
     """Which datasets (entries of dataset_info.json) to validate and train on."""
 
     names: list[str] = Field(default_factory=lambda: ["alpaca_sample"], min_length=1,
-                             description="Dataset names from dataset_info.json.")
+                             description="Dataset names from dataset_info.json (trained on together).",
+                             json_schema_extra=form_field("a_datasets"))
     max_reported_errors: int = Field(50, ge=1, le=10000, description="Errors listed before the rest are counted.")
     contamination_ngram: int = Field(13, ge=5, le=50, description="Word n-gram length for the MMLU overlap check.")
     max_contaminated_rows: int = Field(
@@ -171,23 +195,44 @@ class DatasetConfig(_Section):
 class TrainingConfig(_Section):
     """LLaMA-Factory training settings (rendered into its YAML by components.train)."""
 
-    method: Literal["lora", "qlora", "full"] = Field("lora", description="Fine-tuning method.")
-    template: str = Field("llama3", description="LLaMA-Factory chat template name.")
-    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
-    num_train_epochs: float = Field(3.0, gt=0, le=1000, description="Epochs (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    per_device_train_batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch per GPU.")
-    gradient_accumulation_steps: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="Fine-tuning method.", json_schema_extra=form_field("b_method"))
+    template: str = Field(
+        "llama3", description="LLaMA-Factory chat template name.", json_schema_extra=form_field("a_chat_template"))
+    learning_rate: float = Field(
+        1e-4, gt=0, le=1.0, description="Peak learning rate.", json_schema_extra=form_field("b_learning_rate"))
+    num_train_epochs: float = Field(
+        3.0, gt=0, le=1000, description="Epochs (ignored when max_steps > 0).",
+        json_schema_extra=form_field("c_epochs"))
+    max_steps: int = Field(
+        -1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).",
+        json_schema_extra=form_field("c_max_steps"))
+    per_device_train_batch_size: int = Field(
+        4, ge=1, le=4096, description="Micro-batch per GPU.", json_schema_extra=form_field("c_batch_size"))
+    gradient_accumulation_steps: int = Field(
+        4, ge=1, le=4096, description="Micro-batches per optimizer step.",
+        json_schema_extra=form_field("c_gradient_accumulation"))
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    cutoff_len: int = Field(2048, ge=16, le=1_048_576, description="Token limit per example; longer is truncated.")
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.")
-    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (higher: more capacity, more memory).")
-    lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha; the update is scaled by alpha / r.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
-    lora_target: str = Field("all", description="Target modules: 'all' linear layers or a comma list.")
+    cutoff_len: int = Field(
+        2048, ge=16, le=1_048_576, description="Token limit per example; longer is truncated.",
+        json_schema_extra=form_field("c_cutoff_len"))
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.",
+        json_schema_extra=form_field("c_seed"))
+    lora_rank: int = Field(
+        16, ge=1, le=1024, description="LoRA rank r (higher: more capacity, more memory).",
+        json_schema_extra=form_field("d_lora_rank"))
+    lora_alpha: int = Field(
+        32, ge=1, le=4096, description="LoRA alpha; the update is scaled by alpha / r.",
+        json_schema_extra=form_field("d_lora_alpha"))
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the LoRA path.", json_schema_extra=form_field("d_lora_dropout"))
+    lora_target: str = Field(
+        "all", description="Target modules: 'all' linear layers or a comma list.",
+        json_schema_extra=form_field("d_lora_target"))
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
     quantization_bit: Literal[4, 8] | None = Field(None, description="QLoRA quantisation bits (bitsandbytes).")
     deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0: off); full uses 3.")
@@ -229,8 +274,12 @@ class TrainingConfig(_Section):
 class EvaluationConfig(_Section):
     """MMLU evaluation (components.evaluate_mmlu)."""
 
-    n_shot: int = Field(5, ge=0, le=20, description="Few-shot examples from the subject's dev split.")
-    subjects: list[str] = Field(default_factory=list, description="Subjects to evaluate (empty: all found).")
+    n_shot: int = Field(
+        5, ge=0, le=20, description="Few-shot examples from the subject's dev split.",
+        json_schema_extra=form_field("e_mmlu_n_shot"))
+    subjects: list[str] = Field(
+        default_factory=list, description="Subjects to evaluate (empty: all found).",
+        json_schema_extra=form_field("e_mmlu_subjects"))
     batch_size: int = Field(16, ge=1, le=4096, description="Questions scored per forward pass.")
     limit: int = Field(0, ge=0, description="Questions per subject (0: all).")
     backend: Literal["hf", "openai"] = Field("hf", description="hf: transformers in the task; openai: an endpoint.")
@@ -257,12 +306,15 @@ class GateConfig(_Section):
     min_task_improvement: float = Field(
         0.01, ge=0, lt=1,
         description="How much lower the held-out loss must be than the baseline's, relative (0.01: 1 % lower). "
-                    "A tie never promotes.")
+                    "A tie never promotes.", json_schema_extra=form_field("f_min_task_improvement"))
     mmlu_max_drop: float = Field(0.01, ge=0, le=1, description="Largest allowed drop of MMLU micro accuracy "
-                                                              "(absolute, 0.01: one point).")
-    max_regression: float = Field(0.02, ge=0, le=1, description="Largest allowed drop of any MMLU category.")
+                                                              "(absolute, 0.01: one point).",
+                                 json_schema_extra=form_field("f_mmlu_max_drop"))
+    max_regression: float = Field(0.02, ge=0, le=1, description="Largest allowed drop of any MMLU category.",
+                                  json_schema_extra=form_field("f_max_regression"))
     require_significance: bool = Field(
-        False, description="Also require a one-sided Wilcoxon signed-rank test on the held-out rows, p < alpha.")
+        False, description="Also require a one-sided Wilcoxon signed-rank test on the held-out rows, p < alpha.",
+        json_schema_extra=form_field("f_require_significance"))
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (and 1 - confidence of the intervals).")
     bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
 
@@ -280,11 +332,14 @@ class MlflowConfig(_Section):
     """Experiment tracking and the model registry."""
 
     tracking_uri: str = Field("http://mlflow.mlflow.svc.cluster.local:5000", description="MLflow tracking URI.")
-    experiment: str = Field("llm-finetune", min_length=1, max_length=500, description="Experiment name.")
+    experiment: str = Field(
+        "llm-finetune", min_length=1, max_length=500, description="Experiment name.",
+        json_schema_extra=form_field("g_mlflow_experiment"))
     credentials_secret: str = Field(
         "mlflow-config", description="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN.")
     registered_model_name: str = Field("llm-finetuned", min_length=1, max_length=256,
-                                       description="Registered model that carries the champion alias.")
+                                       description="Registered model that carries the champion alias.",
+                                       json_schema_extra=form_field("g_registered_model_name"))
     request_timeout_s: int = Field(10, ge=1, le=300, description="Per-request HTTP timeout.")
     request_max_retries: int = Field(2, ge=0, le=20, description="HTTP retries before a step gives up.")
 

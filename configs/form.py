@@ -1,0 +1,94 @@
+"""The run form: the config fields marked in :mod:`configs.schema` as typed pipeline parameters.
+
+Fields are marked once, with :func:`configs.schema.form_field`; everything else derives from the marks:
+the pipeline's signature and parameter descriptions (:mod:`pipelines.finetune`), the inputs of the
+resolve-config task, submit's mapping of ``--set`` values to parameters, and the README's table.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel
+
+from configs.schema import FORM_KEY, PipelineConfig
+
+# The advanced path, after every typed field in the alphabetical form.
+CONFIG_PARAM = "z_config"
+OVERRIDES_PARAM = "z_overrides"
+
+
+class FormField(NamedTuple):
+    """One typed run parameter: its name in the form, the config field it sets, its KFP type, its description."""
+
+    name: str
+    path: str
+    kind: type  # str, int, float, bool, list or dict: what KFP shows as the parameter's type
+    description: str
+
+
+def _kind(annotation: Any) -> type:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return type(typing.get_args(annotation)[0])
+    if origin in (list, dict):
+        return origin
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"a run-form field cannot be optional, got {annotation}")
+    if annotation in (str, int, float, bool):
+        return annotation
+    raise TypeError(f"no KFP parameter type for {annotation}")
+
+
+def form_fields(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[FormField]:
+    """Every marked field of ``model`` and its sections, sorted by form name (the order the UI shows)."""
+    found = []
+    for key, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += form_fields(annotation, f"{prefix}{key}.")
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if FORM_KEY in extra:
+            found.append(FormField(str(extra[FORM_KEY]), prefix + key, _kind(annotation), info.description or ""))
+    return sorted(found)
+
+
+def field_value(cfg: PipelineConfig, path: str) -> Any:
+    """The JSON value of the config field at ``path`` (e.g. ``training.learning_rate``)."""
+    node: Any = cfg.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def form_values(cfg: PipelineConfig) -> dict[str, Any]:
+    """``{form name: value}`` of every typed parameter for ``cfg`` (the compiled defaults of a pipeline)."""
+    return {field.name: field_value(cfg, field.path) for field in form_fields()}
+
+
+def by_path() -> dict[str, FormField]:
+    """The typed parameters keyed by the config path they set."""
+    return {field.path: field for field in form_fields()}
+
+
+def canonical(value: Any) -> str:
+    """A value's canonical JSON, so that a form value and a config value compare equal when they mean the same
+    (KFP hands integers of a local run back as floats: ``16.0`` means ``16``)."""
+    def normalise(item: Any) -> Any:
+        if isinstance(item, float) and item.is_integer():
+            return int(item)
+        if isinstance(item, dict):
+            return {key: normalise(inner) for key, inner in item.items() if inner is not None}
+        if isinstance(item, list):
+            return [normalise(inner) for inner in item]
+        return item
+
+    return json.dumps(normalise(value), sort_keys=True)
+
+
+__all__ = ["CONFIG_PARAM", "OVERRIDES_PARAM", "FormField", "by_path", "canonical", "field_value", "form_fields",
+           "form_values"]
