@@ -144,33 +144,6 @@ def why_not_stored(client: MlflowClient, cfg: PipelineConfig, model_id: str, wan
         "its stored scores were computed with another scoring version"
 
 
-def baseline_setup(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> tuple[str, str, dict[str, str]]:
-    """``(MMLU eval key, task eval key, setup tags)`` a score of ``model_dir`` in this run would carry."""
-    from components.data_split import heldout_entry_name, snapshot_dir
-    from components.mmlu_data import data_hash, eval_config_key, model_identity
-    from components.task_data import read_test_rows
-    from components.task_eval import eval_key_for
-
-    model_id = model_identity(model_dir)
-    mmlu_dir = cfg.storage.resolve(cfg.storage.eval_data_dir)
-    evaluation = cfg.evaluation
-    mmlu_key = eval_config_key(mmlu_dir, n_shot=evaluation.n_shot, subjects=list(evaluation.subjects),
-                               limit=evaluation.limit, model_id=model_id)
-    split_dir = snapshot_dir(cfg, kfp_run_id)
-    names = [heldout_entry_name(name) for name in cfg.dataset.names]
-    task_key = eval_key_for(model_dir, split_dir, names, template=cfg.training.template,
-                            cutoff_len=cfg.training.cutoff_len)
-    from components.data_split import split_hash
-
-    _, rows = read_test_rows(split_dir, names)
-    setup = {"llmft.task_split_hash": split_hash([row.key for row in rows]), "llmft.task_template":
-             cfg.training.template, "llmft.task_cutoff_len": str(cfg.training.cutoff_len),
-             "llmft.mmlu_data_hash": data_hash(mmlu_dir, list(evaluation.subjects)),
-             "llmft.mmlu_n_shot": str(evaluation.n_shot), "llmft.mmlu_subjects": ",".join(evaluation.subjects) or "all",
-             MODEL_ID_TAG: model_id}
-    return mmlu_key, task_key, setup
-
-
 def run_resolve_baseline(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str]:
     """Find the baseline model and whether its scores must be computed.
 
@@ -186,6 +159,7 @@ def run_resolve_baseline(config: str, kfp_run_id: str) -> tuple[bool, str, str, 
         RegistryError: the champion's source URI is not on this PVC.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    from components.evaluate import eval_setup
     from components.tracking import step_run
     from configs.schema import config_from_json
 
@@ -203,7 +177,7 @@ def run_resolve_baseline(config: str, kfp_run_id: str) -> tuple[bool, str, str, 
         if not model_dir.is_dir():
             hint = f"registry source {champion.source}" if champion else "check storage.base_model"
             raise BaselineError(f"the {label} directory {model_dir} does not exist on the volume ({hint})")
-        mmlu_key, task_key, setup = baseline_setup(cfg, kfp_run_id, model_dir)
+        mmlu_key, task_key, setup = eval_setup(cfg, kfp_run_id, model_dir)
         stored_mmlu = find_stored(client, cfg, EVAL_KEY_TAG, mmlu_key, RESULTS_FILE)
         stored_task = find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_FILE)
         needs_eval = stored_mmlu is None or stored_task is None

@@ -57,7 +57,8 @@ def category_metric(category: str) -> str:
 
 
 def _score_hf(data: list[SubjectData], model_dir: Path, adapter_dir: Path | None, *, batch_size: int,
-              scorer: str, device: str | None, progress: bool) -> dict[str, list[list[float]]]:
+              scorer: str, device: str | None, progress: bool,
+              loaded: tuple[Any, Any] | None = None) -> dict[str, list[list[float]]]:
     from components.mmlu_scoring import (
         answer_token_ids,
         context_length,
@@ -67,7 +68,7 @@ def _score_hf(data: list[SubjectData], model_dir: Path, adapter_dir: Path | None
         tokenize_subject,
     )
 
-    model, tokenizer = load_model(model_dir, adapter_dir, device=device)
+    model, tokenizer = loaded or load_model(model_dir, adapter_dir, device=device)
     answer_ids, pad_id = answer_token_ids(tokenizer), pad_token_id(tokenizer)
     max_length = context_length(model, tokenizer)
     scores = {}
@@ -139,11 +140,14 @@ def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], met
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, *, adapter_dir: str | Path | None = None, n_shot: int = 5,
              subjects: list[str] | None = None, batch_size: int = 16, limit: int = 0, backend: str = "hf",
-             endpoint: str = "", scorer: str = "cached", device: str | None = None, progress: bool = True) -> dict:
+             endpoint: str = "", scorer: str = "cached", device: str | None = None, progress: bool = True,
+             loaded: tuple[Any, Any] | None = None) -> dict:
     """Evaluate a model (plus an optional unmerged adapter) on MMLU data; return the results document.
 
-    The data is read and checked in full before the model is loaded. ``scorer`` "straightforward" runs
-    the whole prompt per question (the reference the prefix-cached scorer must match).
+    The data is read and checked in full before the model is loaded; ``loaded`` is ``(model, tokenizer)``
+    already loaded from ``model_dir`` (the evaluate step shares one load between MMLU and the task).
+    ``scorer`` "straightforward" runs the whole prompt per question (the reference the prefix-cached scorer
+    must match).
 
     Raises:
         MmluDataError: files missing or rows malformed (each named as ``file:line``).
@@ -172,7 +176,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, adapter_dir: str | 
         scores = _score_openai(data, endpoint, batch_size=batch_size, progress=progress)
     else:
         scores = _score_hf(data, model_dir, adapter_dir, batch_size=batch_size, scorer=scorer, device=device,
-                           progress=progress)
+                           progress=progress, loaded=loaded)
     return summarise(data, scores, meta)
 
 

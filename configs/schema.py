@@ -272,7 +272,7 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """MMLU evaluation (components.evaluate_mmlu)."""
+    """Evaluation of candidate and baseline (components.evaluate): MMLU, and the held-out task rows."""
 
     n_shot: int = Field(
         5, ge=0, le=20, description="Few-shot examples from the subject's dev split.",
@@ -280,10 +280,8 @@ class EvaluationConfig(_Section):
     subjects: list[str] = Field(
         default_factory=list, description="Subjects to evaluate (empty: all found).",
         json_schema_extra=form_field("e_mmlu_subjects"))
-    batch_size: int = Field(16, ge=1, le=4096, description="Questions scored per forward pass.")
+    batch_size: int = Field(16, ge=1, le=4096, description="MMLU questions or held-out rows per forward pass.")
     limit: int = Field(0, ge=0, description="Questions per subject (0: all).")
-    backend: Literal["hf", "openai"] = Field("hf", description="hf: transformers in the task; openai: an endpoint.")
-    endpoint: str = Field("", description="OpenAI-compatible completions URL (backend openai), e.g. a vLLM server.")
 
     @field_validator("subjects")
     @classmethod
@@ -293,11 +291,14 @@ class EvaluationConfig(_Section):
                 raise ValueError(f"MMLU subjects are lowercase identifiers, got {name!r}")
         return value
 
-    @model_validator(mode="after")
-    def _endpoint_for_openai(self) -> EvaluationConfig:
-        if self.backend == "openai" and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError("backend 'openai' needs endpoint, an http(s) URL")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_served_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("backend" in data or "endpoint" in data):
+            raise ValueError("evaluation.backend and evaluation.endpoint were removed: the pipeline scores the merged "
+                             "candidate inside its evaluate task, before any server serves it (to score a served "
+                             "model, use python -m components.evaluate_mmlu --backend openai --endpoint URL)")
+        return data
 
 
 class GateConfig(_Section):
