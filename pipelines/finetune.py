@@ -1,220 +1,219 @@
-"""The fine-tuning pipeline: validate -> train -> evaluate -> merge -> compare -> register/promote.
+"""The fine-tuning pipeline, as :func:`build_pipeline` builds it from a validated config.
 
-:func:`build_pipeline` turns a validated :class:`~configs.schema.PipelineConfig` into one KFP
-pipeline. The same function is compiled for the cluster (``python -m pipelines.compile``) and run
-locally through ``kfp.local`` (``python -m pipelines.run_local``).
+The same function is compiled for the cluster (``python -m pipelines.compile``) and run locally through
+``kfp.local`` (``python -m pipelines.run_local``). The DAG::
 
-What is decided when, and why:
-- Run-time pipeline parameters: the whole ``config`` (JSON), ``overrides`` (``section.field=value``),
-  and the Kubernetes settings kfp-kubernetes accepts as parameters (PVC name, GPU node selector,
-  tolerations, accelerator type and count). Their defaults come from the config.
-- Compile-time (from the config): the image, resource requests, timeouts, retries, the credentials
-  Secret name and the caching policy. Change them by compiling another config.
+    exit handler: finalize-runs (no MLflow run left RUNNING; a multi-node training job deleted)
+    └── resolve-config ─> validate-dataset ─> train (LoRA | QLoRA | full) ─> merge-lora ─> evaluate-candidate ─┐
+                          └─> find-baseline ─> if needs evaluation: evaluate-baseline ──────────────────────┤
+                                               else:                reuse-baseline-scores ──────────────────┤
+                                                                                                            v
+        register-model <─ compare ─> if promote: promote-model  else: mark-challenger   (after register-model)
 
-DAG::
-
-    exit handler: finalize-runs (marks MLflow runs of a failed run FAILED)
-    └── validate-dataset ─> train ─> evaluate-candidate ──────────────┐
-        └> resolve-baseline ─> if needs_eval: evaluate-baseline        ├─> compare-with-baseline
-                               else:           fetch-baseline-results ─┘         │
-        train ─> merge-lora ────────────────────────────────────> register-model ─> if promote: promote-model
-                                                                                      else:       mark-challenger
+What is decided when:
+- At run time, through the run form (:mod:`pipelines.run_form`): the typed parameters marked in
+  :mod:`configs.schema`, ``z_config`` and ``z_overrides``. resolve-config turns them into the one resolved
+  config every later task reads (precedence: typed parameter > overrides > config).
+- At compile time, from the config: the image, GPUs or not, resources, timeouts, retries, caching, the
+  storage mount and the MLflow credentials Secret (:data:`TASKS` holds each task's settings). resolve-config
+  refuses a run that tries to change them.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
-import copy
-from typing import Any
+import hashlib
+import inspect
+from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.compare_baseline import compare_with_baseline, fetch_baseline_results, resolve_baseline
-from components.evaluate_mmlu import evaluate_mmlu
-from components.finalize import finalize_runs
-from components.merge_lora import merge_lora
-from components.register_model import mark_challenger, promote_model, register_model
-from components.train import train
-from components.validate_dataset import validate_dataset
+from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
+from pipelines import steps
+from pipelines.run_form import google_args, parameter_docs, pipeline_parameters, resolve_config_component
 
 # Environment variables read from the MLflow credentials Secret (all optional: an open server needs none).
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
 
-# Caching, decided per task at compile time. Tasks that read state that can change under the same
-# inputs (the dataset files on the PVC, the model registry) never come from the cache; train,
-# evaluate and merge do, and their cache keys include the dataset hash and the resolved config.
-CACHING = {
-    "validate-dataset": False,
-    "train": True,
-    "evaluate-candidate": True,
-    "resolve-baseline": False,
-    "evaluate-baseline": True,
-    "fetch-baseline-results": False,
-    "merge-lora": True,
-    "compare-with-baseline": False,
-    "register-model": False,
-    "promote-model": False,
-    "mark-challenger": False,
-    "finalize-runs": False,
+
+class TaskSettings(NamedTuple):
+    """How one task runs: its name in the UI, whether KFP may serve it from its cache, whether it needs a GPU
+    node, and which ``cluster`` field holds its timeout."""
+
+    display: str
+    cache: bool
+    gpu: bool
+    timeout: str
+
+
+# Tasks that read state that can change under the same inputs (the dataset files, the registry) are never
+# cached; train, merge and evaluate are, and their inputs carry the resolved config and the data version.
+TASKS = {
+    "resolve-config": TaskSettings("Resolve config", cache=False, gpu=False, timeout="light_timeout_s"),
+    "validate-dataset": TaskSettings("Validate dataset, hold out test rows", False, False, "light_timeout_s"),
+    "train": TaskSettings("Train ({method})", True, True, "train_timeout_s"),
+    "merge-lora": TaskSettings("Merge and publish", True, True, "merge_timeout_s"),
+    "evaluate-candidate": TaskSettings("Evaluate candidate", True, True, "eval_timeout_s"),
+    "find-baseline": TaskSettings("Find baseline", False, False, "light_timeout_s"),
+    "evaluate-baseline": TaskSettings("Evaluate baseline", True, True, "eval_timeout_s"),
+    "reuse-baseline-scores": TaskSettings("Reuse baseline scores", False, False, "light_timeout_s"),
+    "compare": TaskSettings("Compare with baseline", False, False, "light_timeout_s"),
+    "register-model": TaskSettings("Register model", False, False, "light_timeout_s"),
+    "promote-model": TaskSettings("Promote to champion", False, False, "light_timeout_s"),
+    "mark-challenger": TaskSettings("Keep champion", False, False, "light_timeout_s"),
+    "finalize-runs": TaskSettings("Finalize MLflow runs", False, False, "light_timeout_s"),
 }
-GPU_TASKS = ("train", "evaluate-candidate", "evaluate-baseline", "merge-lora")
 
 
 def gpu_tasks(cfg: PipelineConfig) -> tuple[str, ...]:
-    """Tasks that need a GPU node. With ``cluster.nodes > 1`` the train task only submits and follows a
-    PyTorchJob (whose pods get the GPUs), so it runs as a light CPU task."""
-    return tuple(name for name in GPU_TASKS if not (name == "train" and cfg.cluster.nodes > 1))
+    """Tasks that run on a GPU node. With ``cluster.nodes > 1`` the train task only submits and follows a
+    training job (whose pods get the GPUs), so it runs as a light CPU task."""
+    return tuple(name for name, task in TASKS.items() if task.gpu and not (name == "train" and cfg.cluster.nodes > 1))
 
 
-def _with_image(component: Any, image: str) -> Any:
-    """A copy of a lightweight component that runs in ``image`` (the config's build of our image)."""
-    clone = copy.deepcopy(component)
-    clone.component_spec.implementation.container.image = image
-    return clone
+class _Pipeline:
+    """Applies :data:`TASKS` and the Kubernetes settings to each task of one pipeline being built."""
+
+    def __init__(self, cfg: PipelineConfig, params: dict[str, Any]):
+        self.cfg, self.params = cfg, params
+        self.tolerations = params["h_gpu_tolerations"]
+
+    def task(self, name: str, task: PipelineTask, **display: str) -> PipelineTask:
+        """Name, cache, image, the PVC, MLflow settings and resources of one task; GPU scheduling where needed."""
+        cfg, settings = self.cfg, TASKS[name]
+        task.set_display_name(settings.display.format(**display))
+        task.set_caching_options(enable_caching=settings.cache)
+        task.set_container_image(cfg.cluster.image)
+        kubernetes.mount_pvc(task, pvc_name=self.params["h_pvc_name"], mount_path=cfg.storage.mount_path)
+        task.set_env_variable("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
+        task.set_env_variable("HF_HUB_OFFLINE", "1")
+        if cfg.mlflow.credentials_secret:
+            kubernetes.use_secret_as_env(task, secret_name=cfg.mlflow.credentials_secret,
+                                         secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS}, optional=True)
+        if cfg.cluster.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, cfg.cluster.image_pull_secrets)
+        kubernetes.set_timeout(task, getattr(cfg.cluster, settings.timeout))
+        if name in gpu_tasks(cfg):
+            task.set_cpu_request(cfg.cluster.cpu_request)
+            task.set_memory_request(cfg.cluster.memory_request)
+            task.set_memory_limit(cfg.cluster.memory_limit)
+            self._gpu(task)
+        else:
+            task.set_cpu_request(cfg.cluster.light_cpu_request)
+            task.set_memory_request(cfg.cluster.light_memory_request)
+        return task
+
+    def _gpu(self, task: PipelineTask) -> None:
+        """Accelerator limit, node selector, tolerations and an in-memory /dev/shm (NCCL needs a large one)."""
+        if self.cfg.cluster.accelerator_count > 0:
+            task.set_accelerator_type(self.params["h_accelerator_type"])
+            task.set_accelerator_limit(self.params["h_accelerator_count"])
+        kubernetes.add_node_selector_json(task, self.params["h_gpu_node_selector"])
+        kubernetes.add_toleration_json(task, self.tolerations)
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=self.cfg.cluster.shm_size)
 
 
-def _common(task: PipelineTask, cfg: PipelineConfig, name: str, display: str, pvc_name: Any) -> PipelineTask:
-    """Settings every task gets: name, caching, the PVC, MLflow credentials, pull secrets."""
-    task.set_display_name(display)
-    task.set_caching_options(enable_caching=CACHING[name])
-    kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=cfg.storage.mount_path)
-    task.set_env_variable("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
-    task.set_env_variable("HF_HUB_OFFLINE", "1")
-    if cfg.mlflow.credentials_secret:
-        kubernetes.use_secret_as_env(
-            task,
-            secret_name=cfg.mlflow.credentials_secret,
-            secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS},
-            optional=True,
-        )
-    if cfg.cluster.image_pull_secrets:
-        kubernetes.set_image_pull_secrets(task, cfg.cluster.image_pull_secrets)
-    if name in gpu_tasks(cfg):
-        task.set_cpu_request(cfg.cluster.cpu_request)
-        task.set_memory_request(cfg.cluster.memory_request)
-        task.set_memory_limit(cfg.cluster.memory_limit)
-        timeout = {"train": cfg.cluster.train_timeout_s, "merge-lora": cfg.cluster.merge_timeout_s}
-        kubernetes.set_timeout(task, timeout.get(name, cfg.cluster.eval_timeout_s))
-    else:
-        task.set_cpu_request(cfg.cluster.light_cpu_request)
-        task.set_memory_request(cfg.cluster.light_memory_request)
-        kubernetes.set_timeout(task, cfg.cluster.light_timeout_s)
-    return task
+def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
+    """The pipeline's tasks, in the order of the module docstring's diagram."""
+    p, run_id = _Pipeline(cfg, params), dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    compiled = cfg.model_dump_json()
+    form = {name: value for name, value in params.items() if name not in (CONFIG_PARAM, OVERRIDES_PARAM)}
+
+    finalize = p.task("finalize-runs", steps.finalize_runs(compiled_config=compiled, kfp_run_id=run_id))
+    with dsl.ExitHandler(finalize, name="fine-tune"):
+        resolver = resolve_config_component(cfg.cluster.image)
+        resolved = p.task("resolve-config", resolver(kfp_run_id=run_id, compiled_config=compiled,
+                                                     z_config=params[CONFIG_PARAM],
+                                                     z_overrides=params[OVERRIDES_PARAM], **form))
+        config = resolved.outputs["config"]
+        validated = p.task("validate-dataset", steps.validate_dataset(config=config, kfp_run_id=run_id))
+
+        trained = []
+        branches = ((dsl.If, "lora"), (dsl.Elif, "qlora"), (dsl.Else, "full"))
+        for branch, method in branches:
+            condition = () if branch is dsl.Else else (resolved.outputs["method"] == method,)
+            with branch(*condition, name=f"method-{method}"):
+                task = steps.train(config=config, kfp_run_id=run_id, dataset_hash=validated.outputs["dataset_hash"])
+                p.task("train", task, method=METHOD_NAMES[method])
+                task.set_retry(num_retries=cfg.cluster.train_retries, backoff_duration="60s", backoff_factor=2)
+                trained.append(task)
+        model_dir = dsl.OneOf(*(task.outputs["model_dir"] for task in trained))
+        train_run_id = dsl.OneOf(*(task.outputs["mlflow_run_id"] for task in trained))
+
+        merged = p.task("merge-lora", steps.merge_lora(config=config, kfp_run_id=run_id, adapter_dir=model_dir))
+        candidate = p.task("evaluate-candidate", steps.evaluate_candidate(
+            config=config, kfp_run_id=run_id, model_dir=merged.outputs["model_dir"]))
+
+        baseline = p.task("find-baseline", steps.find_baseline(config=config, kfp_run_id=run_id))
+        baseline.after(validated)  # the held-out rows decide the task score's key
+        with dsl.If(baseline.outputs["needs_eval"] == True, name="baseline-needs-evaluation"):  # noqa: E712
+            evaluated = p.task("evaluate-baseline", steps.evaluate_baseline(
+                config=config, kfp_run_id=run_id, model_dir=baseline.outputs["model_dir"]))
+        with dsl.Else(name="baseline-scores-stored"):
+            stored = p.task("reuse-baseline-scores", steps.reuse_baseline_scores(
+                config=config, kfp_run_id=run_id, mmlu_key=baseline.outputs["mmlu_key"],
+                task_key=baseline.outputs["task_key"]))
+
+        compared = p.task("compare", steps.compare(
+            config=config, kfp_run_id=run_id, candidate_mmlu=candidate.outputs["mmlu_path"],
+            candidate_task=candidate.outputs["task_path"],
+            baseline_mmlu=dsl.OneOf(evaluated.outputs["mmlu_path"], stored.outputs["mmlu_path"]),
+            baseline_task=dsl.OneOf(evaluated.outputs["task_path"], stored.outputs["task_path"]),
+            baseline_name=baseline.outputs["baseline_name"], baseline_note=baseline.outputs["note"],
+            train_run_id=train_run_id))
+
+        registered = p.task("register-model", steps.register_model(
+            config=config, kfp_run_id=run_id, model_dir=merged.outputs["model_dir"], version=merged.outputs["version"],
+            decision=compared.outputs["decision"], comparison_path=compared.outputs["comparison_path"],
+            dataset_hash=validated.outputs["dataset_hash"]))
+        with dsl.If(compared.outputs["decision"] == "promote", name="candidate-is-better"):
+            p.task("promote-model", steps.promote_model(
+                config=config, kfp_run_id=run_id, model_version=registered.outputs["model_version"],
+                version=merged.outputs["version"], baseline_name=baseline.outputs["baseline_name"]))
+        with dsl.Else(name="champion-stays"):
+            p.task("mark-challenger", steps.mark_challenger(
+                config=config, kfp_run_id=run_id, model_version=registered.outputs["model_version"],
+                headline=compared.outputs["headline"]))
 
 
-def _gpu(task: PipelineTask, cfg: PipelineConfig, node_selector: Any, tolerations: Any, accelerator_type: Any,
-         accelerator_count: Any) -> PipelineTask:
-    """GPU scheduling: accelerator limit, node selector, tolerations and an in-memory /dev/shm for NCCL."""
-    if cfg.cluster.accelerator_count > 0:
-        task.set_accelerator_type(accelerator_type)
-        task.set_accelerator_limit(accelerator_count)
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=cfg.cluster.shm_size)
-    return task
+def pipeline_name(cfg: PipelineConfig, changes: list[str]) -> tuple[str, str]:
+    """``(name, display name)`` of the pipeline compiled from ``cfg``: a config changed at compile time gets its
+    own name (a short hash of the changes) and says what differs, so the two versions can be told apart."""
+    method = METHOD_NAMES[cfg.training.method]
+    if not changes:
+        return cfg.name, f"Fine-tune with LLaMA-Factory ({method})"
+    digest = hashlib.sha256("\n".join(sorted(changes)).encode()).hexdigest()[:8]
+    shown = ", ".join(sorted(changes))
+    return f"{cfg.name}-{digest}"[:63], f"Fine-tune with LLaMA-Factory ({method}; {shown})"[:200]
 
 
-def build_pipeline(cfg: PipelineConfig):
+def build_pipeline(cfg: PipelineConfig, changes: list[str] | None = None) -> Any:
     """Build the fine-tuning pipeline for ``cfg``; returns a KFP pipeline (GraphComponent).
 
-    Reads every section of the config: storage (mount path), cluster (image, scheduling,
-    resources, timeouts, retries), mlflow (tracking URI, credentials Secret), and the rest
-    through the ``config`` parameter the tasks receive.
+    ``changes`` are the ``section.field=value`` overrides ``cfg`` was compiled with (they name the pipeline).
+    Reads every section: storage (mount path), cluster (image, scheduling, resources, timeouts, retries),
+    mlflow (tracking URI, credentials Secret), training.method (the display names), and the run form's
+    defaults from all of them.
     """
-    image = cfg.cluster.image
-    ops = {name: _with_image(op, image) for name, op in {
-        "validate": validate_dataset, "train": train, "evaluate": evaluate_mmlu, "resolve": resolve_baseline,
-        "fetch": fetch_baseline_results, "merge": merge_lora, "compare": compare_with_baseline,
-        "register": register_model, "promote": promote_model, "challenger": mark_challenger,
-        "finalize": finalize_runs,
-    }.items()}
-    tolerations = [t.model_dump(exclude_none=True) for t in cfg.cluster.gpu_tolerations]
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    parameters = pipeline_parameters(cfg)
+    names = [parameter.name for parameter in parameters]
 
-    @dsl.pipeline(
-        name=cfg.name,
-        display_name=f"Fine-tune with LLaMA-Factory ({cfg.training.method})",
-        description=(f"Validate data, fine-tune ({cfg.training.method}) with LLaMA-Factory, evaluate on MMLU, "
-                     "merge, compare with the champion and promote only a better model."),
-    )
-    def finetune_pipeline(
-        config: str = cfg.model_dump_json(),
-        overrides: list = [],  # noqa: B006 - KFP reads the literal default; it is never mutated
-        pvc_name: str = cfg.storage.pvc_name,
-        gpu_node_selector: dict = dict(cfg.cluster.gpu_node_selector),  # noqa: B006
-        gpu_tolerations: list = tolerations,
-        accelerator_type: str = cfg.cluster.accelerator_type,
-        accelerator_count: int = cfg.cluster.accelerator_count,
-    ):
-        """Fine-tune an LLM with LLaMA-Factory and promote it only when it beats the champion on MMLU.
+    def finetune_pipeline(*args: Any) -> None:
+        _dag(cfg, dict(zip(names, args, strict=True)))
 
-        Args:
-            config: The whole pipeline configuration as JSON (a configs/*.yaml preset, validated at submit time).
-            overrides: Changes to the config as "section.field=value" strings, e.g. "training.learning_rate=5e-5".
-            pvc_name: The ReadWriteMany PVC with the base model, data and outputs (mounted in every task).
-            gpu_node_selector: Node selector of GPU tasks, e.g. {"nvidia.com/gpu.present": "true"}.
-            gpu_tolerations: Tolerations of GPU tasks (list of Kubernetes toleration objects).
-            accelerator_type: Extended resource name of the GPU, e.g. nvidia.com/gpu.
-            accelerator_count: GPUs per GPU task (>1 launches torchrun in the training pod).
-        """
-        finalize = ops["finalize"](config=config, overrides=overrides, pvc_name=pvc_name, kfp_run_id=run_id)
-        _common(finalize, cfg, "finalize-runs", "Finalize MLflow runs", pvc_name)
-        with dsl.ExitHandler(finalize, name="fine-tune"):
-            validated = ops["validate"](config=config, overrides=overrides, pvc_name=pvc_name, kfp_run_id=run_id)
-            _common(validated, cfg, "validate-dataset", "Validate dataset", pvc_name)
-            resolved = validated.outputs["resolved_config"]
+    finetune_pipeline.__signature__ = inspect.Signature(parameters)  # the run form (KFP reads the signature)
+    finetune_pipeline.__doc__ = (
+        "Fine-tune an LLM with LLaMA-Factory and promote it only when it beats the champion on its own task.\n\n"
+        + google_args(parameter_docs()) + "\n")
+    name, display = pipeline_name(cfg, changes or [])
+    return dsl.pipeline(
+        name=name, display_name=display,
+        description=(f"Validate data and hold out test rows, fine-tune ({cfg.training.method}) with LLaMA-Factory, "
+                     "merge, score on the held-out rows and MMLU, compare with the champion and promote only a "
+                     "better model."),
+    )(finetune_pipeline)
 
-            trained = ops["train"](config=resolved, kfp_run_id=run_id,
-                                   dataset_hash=validated.outputs["dataset_hash"])
-            _common(trained, cfg, "train", f"Train ({cfg.training.method})", pvc_name)
-            if "train" in gpu_tasks(cfg):
-                _gpu(trained, cfg, gpu_node_selector, gpu_tolerations, accelerator_type, accelerator_count)
-            trained.set_retry(num_retries=cfg.cluster.train_retries, backoff_duration="60s", backoff_factor=2)
 
-            candidate = ops["evaluate"](config=resolved, kfp_run_id=run_id, role="candidate",
-                                        model_dir=cfg.storage.base_model, adapter_dir=trained.outputs["model_dir"])
-            _common(candidate, cfg, "evaluate-candidate", "Evaluate candidate (MMLU)", pvc_name)
-            _gpu(candidate, cfg, gpu_node_selector, gpu_tolerations, accelerator_type, accelerator_count)
-
-            baseline = ops["resolve"](config=resolved, kfp_run_id=run_id)
-            _common(baseline, cfg, "resolve-baseline", "Find baseline", pvc_name)
-            with dsl.If(baseline.outputs["needs_eval"] == True, name="baseline-needs-evaluation"):  # noqa: E712
-                evaluated = ops["evaluate"](config=resolved, kfp_run_id=run_id, role="baseline",
-                                            model_dir=baseline.outputs["model_dir"], adapter_dir="")
-                _common(evaluated, cfg, "evaluate-baseline", "Evaluate baseline (MMLU)", pvc_name)
-                _gpu(evaluated, cfg, gpu_node_selector, gpu_tolerations, accelerator_type, accelerator_count)
-            with dsl.Else(name="baseline-score-stored"):
-                stored = ops["fetch"](config=resolved, kfp_run_id=run_id, eval_key=baseline.outputs["eval_key"])
-                _common(stored, cfg, "fetch-baseline-results", "Reuse stored baseline score", pvc_name)
-
-            merged = ops["merge"](config=resolved, kfp_run_id=run_id, adapter_dir=trained.outputs["model_dir"])
-            _common(merged, cfg, "merge-lora", "Merge and publish", pvc_name)
-            _gpu(merged, cfg, gpu_node_selector, gpu_tolerations, accelerator_type, accelerator_count)
-
-            compared = ops["compare"](
-                config=resolved, kfp_run_id=run_id, candidate_results=candidate.outputs["results_path"],
-                baseline_results=dsl.OneOf(evaluated.outputs["results_path"], stored.outputs["results_path"]),
-                baseline_name=baseline.outputs["baseline_name"], train_run_id=trained.outputs["mlflow_run_id"],
-            )
-            _common(compared, cfg, "compare-with-baseline", "Compare with baseline", pvc_name)
-
-            registered = ops["register"](
-                config=resolved, kfp_run_id=run_id, model_dir=merged.outputs["model_dir"],
-                version=merged.outputs["version"], decision=compared.outputs["decision"],
-                reasons=compared.outputs["reasons"], comparison_path=compared.outputs["comparison_path"],
-                dataset_hash=validated.outputs["dataset_hash"],
-            )
-            _common(registered, cfg, "register-model", "Register model version", pvc_name)
-            with dsl.If(compared.outputs["decision"] == "promote", name="candidate-is-better"):
-                promoted = ops["promote"](config=resolved, kfp_run_id=run_id,
-                                          model_version=registered.outputs["model_version"],
-                                          version=merged.outputs["version"])
-                _common(promoted, cfg, "promote-model", "Promote to champion", pvc_name)
-            with dsl.Else(name="champion-stays"):
-                kept = ops["challenger"](config=resolved, kfp_run_id=run_id,
-                                         model_version=registered.outputs["model_version"],
-                                         reasons=compared.outputs["reasons"])
-                _common(kept, cfg, "mark-challenger", "Keep champion, mark challenger", pvc_name)
-
-    return finetune_pipeline
+__all__ = ["TASKS", "TaskSettings", "build_pipeline", "gpu_tasks", "pipeline_name"]

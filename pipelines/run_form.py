@@ -50,11 +50,8 @@ def parameter_docs() -> dict[str, str]:
 
 def google_args(docs: dict[str, str], indent: str = "    ") -> str:
     """An ``Args:`` section in Google style (KFP copies it into the IR's parameter descriptions)."""
-    lines = ["Args:"]
-    for name, text in docs.items():
-        wrapped = textwrap.wrap(text, 100, initial_indent=f"{indent}{name}: ", subsequent_indent=indent * 2)
-        lines += wrapped
-    return "\n".join(lines)
+    # One line per parameter: KFP keeps a description's line breaks.
+    return "\n".join(["Args:", *(f"{indent}{name}: {text}" for name, text in docs.items())])
 
 
 def _resolver_source() -> str:
@@ -89,7 +86,8 @@ def resolve_config_component(image: str) -> Any:
     source = _resolver_source()
     linecache.cache[_SOURCE_FILE] = (len(source), None, source.splitlines(keepends=True), _SOURCE_FILE)
     namespace: dict[str, Any] = {"NamedTuple": NamedTuple}
-    exec(compile(source, _SOURCE_FILE, "exec"), namespace)  # our own generated source, see the module docstring
+    # dont_inherit: this module's `from __future__ import annotations` would turn the annotations into strings.
+    exec(compile(source, _SOURCE_FILE, "exec", dont_inherit=True), namespace)  # our generated source (see above)
     return dsl.component(namespace[RESOLVER_NAME], base_image=image, install_kfp_package=False)
 
 

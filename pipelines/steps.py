@@ -1,0 +1,313 @@
+"""Every step of the pipeline as a KFP lightweight component: the compile-time side, in one place.
+
+Each wrapper only imports its step's run-time entry point from :mod:`components` and calls it; the logic
+lives there, importable and testable without KFP. KFP copies a wrapper's *source* into the IR and runs it
+with ``_KFP_RUNTIME=true``, where :mod:`kfp.dsl` leaves its compile-time parts out; the wrapper body therefore
+imports nothing but the step's ``run_step``, and this module itself is never imported in a running task.
+The docstrings become the inputs' and outputs' descriptions in the IR. The image is the default one; the
+pipeline sets each task's image to ``cluster.image`` (``task.set_container_image``).
+"""
+
+# No `from __future__ import annotations`: KFP reads the wrappers' annotations as types.
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Markdown, Metrics, Model, Output
+
+from configs.schema import DEFAULT_IMAGE
+
+component = dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+
+
+@component
+def validate_dataset(config: str, kfp_run_id: str, metrics: Output[Metrics], report: Output[Markdown]) -> NamedTuple(
+        "Outputs", [("dataset_hash", str), ("test_split_hash", str), ("row_count", int)]):
+    """Validate the training datasets (every bad row named, MMLU contamination), split off the held-out rows.
+
+    Args:
+        config: The resolved configuration (JSON), from resolve-config.
+        kfp_run_id: The KFP run id: the snapshot of train and held-out rows goes to output/<run id>/data.
+        metrics: Rows, invalid, duplicate, contaminated and long rows, held-out rows, warnings.
+        report: The validation report (also in MLflow).
+
+    Returns:
+        dataset_hash: sha256 over the named datasets' entries and contents (the data version, a cache key).
+        test_split_hash: The identity of the held-out rows (part of the task score's eval key).
+        row_count: Rows read.
+    """
+    from components.validate_dataset import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, metrics=metrics, report=report)
+
+
+@component
+def train(config: str, kfp_run_id: str, dataset_hash: str, adapter: Output[Model], metrics: Output[Metrics],
+          loss_plot: Output[HTML]) -> NamedTuple("Outputs", [("model_dir", str), ("train_loss", float),
+                                                             ("mlflow_run_id", str)]):
+    """Fine-tune the base model on the train rows with LLaMA-Factory; a retry resumes from the last checkpoint.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id: names output/<run id>/ on the PVC and tags the MLflow runs.
+        dataset_hash: The data version from validate-dataset (checked against the snapshot trained on).
+        adapter: Points at the trained weights on the PVC (model.json).
+        metrics: train_loss, eval_loss (when training.val_size > 0), runtime, tokens/s, global_step.
+        loss_plot: The training loss curve (HTML).
+
+    Returns:
+        model_dir: The adapter (LoRA, QLoRA) or full weights directory, output/<run id>/adapter or /full.
+        train_loss: The mean training loss over all steps.
+        mlflow_run_id: The MLflow run of this step.
+    """
+    from components.train import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, adapter=adapter,
+                    metrics=metrics, loss_plot=loss_plot)
+
+
+@component
+def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> NamedTuple(
+        "Outputs", [("model_dir", str), ("version", str)]):
+    """Merge the LoRA adapter into the base model shard by shard and publish it as a new version for vLLM.
+
+    The version appears atomically under models/<registered model name>/<version> with a checksum manifest;
+    the current pointer is left for promote-model. Full fine-tunes are published as they are.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id; names the version and links the MLflow child run.
+        adapter_dir: The trained adapter directory (full weights when training.method is full).
+        merged: The published model: a pointer file with base, adapter, dtype, checksum, version and model_dir.
+
+    Returns:
+        model_dir: The published version directory on the PVC (what vLLM serves once promoted).
+        version: The version name (sortable: UTC time, then the run id).
+    """
+    from components.merge_lora import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, adapter_dir=adapter_dir, merged=merged)
+
+
+@component
+def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Output[Metrics],
+                       mmlu_results: Output[Artifact], task_results: Output[Artifact]) -> NamedTuple(
+        "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_loss", float)]):
+    """Score the candidate as it will be served (the merged model) on MMLU and on the held-out rows.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id; results go to output/<run id>/eval/candidate/.
+        model_dir: The published (merged) model directory, from merge-lora.
+        metrics: MMLU micro, macro and per-category accuracy; held-out loss, perplexity and token accuracy.
+        mmlu_results: results.json: every MMLU question's prediction and log-probabilities.
+        task_results: task.json: every held-out row's answer loss, keyed by the row's content hash.
+
+    Returns:
+        mmlu_path: results.json on the PVC.
+        task_path: task.json on the PVC.
+        mmlu_micro: MMLU accuracy over all questions.
+        task_loss: The held-out loss over all answer tokens.
+    """
+    from components.evaluate import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, role="candidate", metrics=metrics,
+                    mmlu_results=mmlu_results, task_results=task_results)
+
+
+@component
+def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
+        "Outputs", [("needs_eval", bool), ("model_dir", str), ("baseline_name", str), ("note", str),
+                    ("mmlu_key", str), ("task_key", str)]):
+    """Find the baseline (the registry's champion, else the base model) and whether its scores are stored.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id (the held-out rows of this run decide the task score's key).
+
+    Returns:
+        needs_eval: True when no stored score matches the baseline and this run's evaluation setup.
+        model_dir: The baseline model directory on the PVC.
+        baseline_name: "champion v<N>" or "base model".
+        note: Which stored scores are reused, or why none could be (shown in the report).
+        mmlu_key: The MMLU score's eval key.
+        task_key: The held-out task score's eval key.
+    """
+    from components.compare_baseline import run_resolve_baseline
+
+    return run_resolve_baseline(config=config, kfp_run_id=kfp_run_id)
+
+
+@component
+def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Output[Metrics],
+                      mmlu_results: Output[Artifact], task_results: Output[Artifact]) -> NamedTuple(
+        "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_loss", float)]):
+    """Score the baseline on the same MMLU questions and held-out rows as the candidate.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id; results go to output/<run id>/eval/baseline/.
+        model_dir: The baseline model directory, from find-baseline.
+        metrics: MMLU micro, macro and per-category accuracy; held-out loss, perplexity and token accuracy.
+        mmlu_results: results.json of the baseline.
+        task_results: task.json of the baseline.
+
+    Returns:
+        mmlu_path: results.json on the PVC.
+        task_path: task.json on the PVC.
+        mmlu_micro: MMLU accuracy over all questions.
+        task_loss: The held-out loss over all answer tokens.
+    """
+    from components.evaluate import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, role="baseline", metrics=metrics,
+                    mmlu_results=mmlu_results, task_results=task_results)
+
+
+@component
+def reuse_baseline_scores(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> NamedTuple(
+        "Outputs", [("mmlu_path", str), ("task_path", str)]):
+    """Reuse the baseline's stored scores from MLflow (same eval keys) instead of evaluating it again.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id; the files go to output/<run id>/eval/baseline/.
+        mmlu_key: The MMLU score's eval key, from find-baseline.
+        task_key: The held-out task score's eval key, from find-baseline.
+
+    Returns:
+        mmlu_path: The baseline's results.json on the PVC.
+        task_path: The baseline's task.json on the PVC.
+    """
+    from components.compare_baseline import run_fetch_baseline_results
+
+    return run_fetch_baseline_results(config=config, kfp_run_id=kfp_run_id, mmlu_key=mmlu_key, task_key=task_key)
+
+
+@component
+def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
+            baseline_task: str, baseline_name: str, baseline_note: str, train_run_id: str, report: Output[Markdown],
+            report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
+        "Outputs", [("decision", str), ("headline", str), ("comparison_path", str)]):
+    """Apply the promotion gate: a lower held-out loss, no MMLU drop (components/gate.py has the rules).
+
+    Args:
+        config: The resolved configuration (JSON); the gate section sets the thresholds.
+        kfp_run_id: The KFP run id; comparison.json goes to output/<run id>/compare/.
+        candidate_mmlu: The candidate's results.json.
+        candidate_task: The candidate's task.json.
+        baseline_mmlu: The baseline's results.json (evaluated now or reused).
+        baseline_task: The baseline's task.json (evaluated now or reused).
+        baseline_name: "champion v<N>" or "base model".
+        baseline_note: Which stored scores were reused, or why the baseline was evaluated afresh.
+        train_run_id: The MLflow run of the train step (training loss and its curve).
+        report: The report as Markdown (loss curve as a sparkline).
+        report_html: The report as a web page, with the training loss plot.
+        metrics: Held-out loss of both and its change, MMLU of both and the deltas, promote (1/0).
+
+    Returns:
+        decision: "promote" or "keep-champion".
+        headline: The decision in one line.
+        comparison_path: comparison.json on the PVC (every number, every rule).
+    """
+    from components.compare_baseline import run_compare
+
+    return run_compare(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu,
+                       candidate_task=candidate_task, baseline_mmlu=baseline_mmlu, baseline_task=baseline_task,
+                       baseline_name=baseline_name, baseline_note=baseline_note, train_run_id=train_run_id,
+                       report=report, report_html=report_html, metrics=metrics)
+
+
+@component
+def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, decision: str, comparison_path: str,
+                   dataset_hash: str) -> NamedTuple("Outputs", [("model_version", str)]):
+    """Register the published model in the MLflow Model Registry (a retry finds the version it registered).
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id; the version is tagged with it, which makes retries idempotent.
+        model_dir: The published model directory on the PVC, from merge-lora.
+        version: The published version name.
+        decision: The gate's decision, "promote" or "keep-champion".
+        comparison_path: comparison.json from compare (scores for the description).
+        dataset_hash: The training data version from validate-dataset.
+
+    Returns:
+        model_version: The registry version number.
+    """
+    from components.register_model import run_register
+
+    return run_register(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, version=version,
+                        decision=decision, comparison_path=comparison_path, dataset_hash=dataset_hash)
+
+
+@component
+def promote_model(config: str, kfp_run_id: str, model_version: str, version: str, baseline_name: str) -> NamedTuple(
+        "Outputs", [("alias", str), ("previous", str)]):
+    """Make the new version the champion (the old one becomes previous) and point current at it, if the champion
+    is still the baseline it beat; otherwise keep it as challenger.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id (for the MLflow child run).
+        model_version: The registry version to promote, from register-model.
+        version: The published version name the storage pointer "current" moves to.
+        baseline_name: The baseline the candidate beat ("champion v<N>" or "base model").
+
+    Returns:
+        alias: "champion", or "challenger" when another run promoted a new champion meanwhile.
+        previous: The version number of the former champion ("" for the first model).
+    """
+    from components.register_model import run_promote
+
+    return run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
+                       baseline_name=baseline_name)
+
+
+@component
+def mark_challenger(config: str, kfp_run_id: str, model_version: str, headline: str) -> NamedTuple(
+        "Outputs", [("alias", str)]):
+    """Keep the champion: give the new version the alias "challenger" and record why.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id (for the MLflow child run).
+        model_version: The registry version that was not promoted, from register-model.
+        headline: The gate's decision line, from compare.
+
+    Returns:
+        alias: "challenger".
+    """
+    from components.register_model import run_mark_challenger
+
+    return run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
+
+
+@component
+def finalize_runs(compiled_config: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: end this run's MLflow runs by the pipeline's final state, delete a multi-node training job.
+
+    Args:
+        compiled_config: The config the pipeline was compiled from; the run's resolved config is read from
+            output/<run id>/resolved_config.json on the PVC (an exit handler cannot take a task's output).
+        kfp_run_id: The KFP run id.
+        status: The pipeline's final status (set by KFP).
+    """
+    from components.finalize import run_from_status
+
+    run_from_status(compiled_config=compiled_config, kfp_run_id=kfp_run_id, status=status)
+
+
+__all__ = [
+    "compare",
+    "evaluate_baseline",
+    "evaluate_candidate",
+    "finalize_runs",
+    "find_baseline",
+    "mark_challenger",
+    "merge_lora",
+    "promote_model",
+    "register_model",
+    "reuse_baseline_scores",
+    "train",
+    "validate_dataset",
+]
