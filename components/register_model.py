@@ -1,12 +1,16 @@
 """Register the published merged model in the MLflow Model Registry, and promote it when the gate says so.
 
 Every run registers a new version of ``mlflow.registered_model_name`` (MLflow 3.x aliases, no
-stages) whose source is the published model on the PVC as an opaque ``pvc://<pvc>/<path>`` URI,
-whose run is the pipeline's parent run, and whose tags carry the lineage: dataset hash, config hash,
-seed, library versions, image, KFP run id and the MMLU scores. Registration is idempotent: a retried
-task finds the version it created by its ``kfp.run_id`` tag. A rejected version gets the alias
-``challenger`` and the reason; a promoted one takes ``champion`` (the old champion becomes
-``previous``) and the published ``current`` pointer moves to it.
+stages) whose source is the published model on the PVC as an opaque ``pvc://<pvc>/<path>`` URI and
+whose run is the pipeline's parent run. The registry page reads at a glance: the version's description
+says what was trained on what and how it scored against the baseline, and it carries a handful of tags
+(decision, KFP run id, data hash, eval keys); the whole lineage (config, hashes, library versions, image,
+every gate rule) is one JSON artifact of the parent run, ``lineage/<version>.json``. The published directory
+is also an MLflow 3 external model (``LoggedModel``) linked to the run and its scores, so the experiment's
+Models tab and the version's lineage show it. Registration is idempotent: a retried task finds the version
+it created by its ``kfp.run_id`` tag. A version that is not promoted gets the alias ``challenger`` and the
+reason; a promoted one takes ``champion`` (the old champion becomes ``previous``) and the published
+``current`` pointer moves to it, but only while the champion is still the baseline it beat.
 
     python -m components.register_model register --config configs/local.yaml --kfp-run-id RUN \\
         --model-dir models/tiny-llama-demo/v3 --version v3 --comparison output/RUN/compare/comparison.json \\
@@ -17,17 +21,15 @@ task finds the version it created by its ``kfp.run_id`` tag. A rejected version 
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-# Not `dsl.component`: a running task imports this module, and kfp.dsl leaves `component` out at run
-# time (_KFP_RUNTIME=true); the decorator module itself imports fine there.
-from kfp.dsl.component_decorator import component
-
-from components.image import DEFAULT_IMAGE
-from components.storage import StorageError, inside, storage_root
+from components.storage import StorageError, inside, on_volume, storage_root
 from components.tracking import KFP_RUN_TAG
 from configs.schema import PipelineConfig
 
@@ -35,15 +37,18 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
+    from components.gate import Comparison
+
 CHAMPION = "champion"
 PREVIOUS = "previous"
 CHALLENGER = "challenger"
 LOCAL_PATH_TAG = "llmft.local_path"
 PREVIOUS_CHAMPION_TAG = "llmft.previous_champion"
 REJECTED_REASON_TAG = "llmft.rejected_reason"
+PUBLISHED_VERSION_TAG = "llmft.published_version"
 LINEAGE_PACKAGES = ("llamafactory", "transformers", "peft", "torch")
 MAX_TAG_CHARS = 4000  # keeps long reason lists well inside every MLflow backend's tag limit
-DECISIONS = ("promote", "reject")
+DECISIONS = ("promote", "keep-champion")
 
 class RegistryError(RuntimeError):
     """The model cannot be registered or promoted; the message names the model, version or path."""
@@ -52,24 +57,16 @@ class RegistryError(RuntimeError):
 # ---------------------------------------------------------------- paths <-> opaque source URIs
 
 
-def storage_path(cfg: PipelineConfig, path: str | Path) -> Path:
-    """An absolute path for ``path``: absolute paths as given, relative ones under the storage root."""
-    candidate = Path(path)
-    if candidate.is_absolute():
-        return candidate.resolve()
-    try:
-        return cfg.storage.resolve(str(path))
-    except ValueError as exc:  # '..' or a symlink out of the storage root
-        raise RegistryError(f"{path}: {exc}") from None
-
-
 def pvc_uri(cfg: PipelineConfig, path: str | Path) -> str:
     """The opaque ``pvc://<pvc>/<path relative to the mount>`` URI of a directory on the volume.
 
     Raises:
         RegistryError: the path is outside the storage root (it could not be found through the PVC).
     """
-    absolute = storage_path(cfg, path)
+    try:
+        absolute = on_volume(cfg, path).resolve()
+    except StorageError as exc:
+        raise RegistryError(str(exc)) from None
     try:
         relative = absolute.relative_to(storage_root(cfg))
     except ValueError:
@@ -156,7 +153,7 @@ def set_run_tags(client: "MlflowClient", run_id: str, tags: dict[str, str]) -> N
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
-# ---------------------------------------------------------------- lineage
+# ---------------------------------------------------------------- what a version says about itself
 
 
 def package_versions() -> dict[str, str]:
@@ -172,55 +169,95 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def lineage_tags(cfg: PipelineConfig, kfp_run_id: str, *, model_dir: Path, version: str, decision: str,
-                 reasons: str, comparison: dict[str, Any], dataset_hash: str) -> dict[str, str]:
-    """Every tag a model version carries: what it was trained on, with what, and how it scored."""
-    candidate = comparison.get("candidate", {})
-    losses = comparison.get("losses", {}).get("candidate", {})
+def version_tags(kfp_run_id: str, comparison: "Comparison", *, model_dir: Path, version: str,
+                 dataset_hash: str) -> dict[str, str]:
+    """The handful of tags a version carries (the rest of the lineage is the JSON artifact); none is empty."""
     tags = {
         KFP_RUN_TAG: kfp_run_id,
+        "llmft.decision": comparison.decision,
         "llmft.dataset_hash": dataset_hash,
-        "llmft.datasets": ",".join(cfg.dataset.names),
-        "llmft.config_hash": cfg.config_hash(),
-        "llmft.seed": str(cfg.training.seed),
-        "llmft.method": cfg.training.method,
-        "llmft.image": cfg.cluster.image,
-        "llmft.published_version": version,
+        "llmft.eval_key": comparison.mmlu.candidate_eval_key,
+        "llmft.task_eval_key": comparison.task.candidate_eval_key,
+        PUBLISHED_VERSION_TAG: version,
         LOCAL_PATH_TAG: str(model_dir),
-        "llmft.decision": decision,
-        "llmft.reasons": reasons[:MAX_TAG_CHARS],
-        "llmft.baseline": str(comparison.get("baseline_name", "n/a")),
-        "llmft.mcnemar_p": str(comparison.get("mcnemar", {}).get("p_value", "n/a")),
-        "llmft.train_run_id": str(comparison.get("train_run_id") or "n/a"),
-        "llmft.train_loss": str(losses.get("train_loss", "n/a")),
-        "llmft.eval_loss": str(losses.get("eval_loss", "n/a")),
-        "llmft.mmlu_micro": str(candidate.get("micro", "n/a")),
-        "llmft.mmlu_macro": str(candidate.get("macro", "n/a")),
     }
-    for category, row in comparison.get("categories", {}).items():
-        tags[f"llmft.mmlu.{category.replace(' ', '_')}"] = str(row.get("candidate", "n/a"))
-    for package, installed in package_versions().items():
-        tags[f"llmft.version.{package}"] = installed
-    return tags
+    return {key: value for key, value in tags.items() if value}
+
+
+def version_description(cfg: PipelineConfig, comparison: "Comparison", *, version: str, dataset_hash: str,
+                        kfp_run_id: str) -> str:
+    """A short Markdown description: what was trained on what, how it scored against the baseline, the decision."""
+    task, mmlu = comparison.task, comparison.mmlu
+    return (
+        f"**{cfg.training.method}** fine-tune of `{cfg.storage.base_model}` on {', '.join(cfg.dataset.names)} "
+        f"(data `{dataset_hash[:12]}`), published as `{version}` by KFP run `{kfp_run_id}`.\n\n"
+        f"Held-out loss **{task.candidate_mean_nll:.4f}** vs {task.baseline_mean_nll:.4f} for the "
+        f"{comparison.baseline_name} ({task.relative_change:+.1%}, {task.rows} rows); MMLU "
+        f"**{mmlu.candidate_micro:.4f}** vs {mmlu.baseline_micro:.4f} ({mmlu.delta_micro:+.4f}).\n\n"
+        f"Decision: **{comparison.headline}**")
+
+
+def lineage(cfg: PipelineConfig, comparison: "Comparison", *, kfp_run_id: str, version: str, source: str,
+            dataset_hash: str) -> dict[str, Any]:
+    """Everything a version was made of and how it was judged (the parent run's ``lineage/<version>.json``)."""
+    return {"kfp_run_id": kfp_run_id, "version": version, "source": source, "dataset_hash": dataset_hash,
+            "config_hash": cfg.config_hash(), "config": cfg.dump_public(), "image": cfg.cluster.image,
+            "packages": package_versions(), "comparison": comparison.model_dump(mode="json")}
+
+
+def _read_comparison(path: Path) -> "Comparison":
+    from pydantic import ValidationError
+
+    from components.gate import Comparison
+    from components.mmlu_results import describe_validation_error
+
+    try:
+        return Comparison.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"comparison file {path} does not exist; the compare step writes it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"comparison file {path} is not readable: {exc}") from None
+    except ValidationError as exc:
+        raise RegistryError(f"comparison file {path}: {describe_validation_error(exc)}") from None
+
+
+def _register_external_model(client: "MlflowClient", cfg: PipelineConfig, parent: str, *, version: str,
+                             source: str, comparison: "Comparison") -> str:
+    """The published directory as an MLflow 3 external model linked to the parent run and its scores."""
+    import mlflow
+
+    from components.tracking import experiment_id
+
+    model = mlflow.create_external_model(
+        name=f"{cfg.mlflow.registered_model_name}-{version}", source_run_id=parent, model_type="merged-llm",
+        experiment_id=experiment_id(client, cfg.mlflow.experiment),
+        tags={"llmft.source": source, "llmft.decision": comparison.decision},
+        params={"method": cfg.training.method, "base_model": cfg.storage.base_model,
+                "datasets": ",".join(cfg.dataset.names), "template": cfg.training.template})
+    scores = {"task_loss": comparison.task.candidate_mean_nll, "mmlu_micro": comparison.mmlu.candidate_micro,
+              "task_loss_change": comparison.task.relative_change}
+    for key, value in scores.items():
+        client.log_metric(parent, key, float(value), model_id=model.model_id)
+    return model.model_id
 
 
 # ---------------------------------------------------------------- steps
 
 
-def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, decision: str, reasons: str,
-                 comparison_path: str, dataset_hash: str) -> tuple[str, str]:
+def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, decision: str, comparison_path: str,
+                 dataset_hash: str) -> tuple[str]:
     """Register the published model as a new version (or find the one this run already registered).
 
-    Reads storage (mount path, PVC name), mlflow (tracking URI, experiment, registered_model_name),
-    dataset.names, training (seed, method), cluster.image and the config hash.
+    Reads storage (mount path, PVC name, base_model), mlflow (tracking URI, experiment, registered_model_name),
+    dataset.names, training (method, template), cluster.image and the config hash.
 
     Returns:
-        ``(model_version, "registered")``.
+        ``(model_version,)``.
 
     Raises:
         ConfigError: the config parameter is invalid.
-        RegistryError: unknown decision, model directory missing or outside the PVC, or an unreadable
-            comparison file.
+        RegistryError: unknown decision or one that disagrees with the comparison, model directory missing,
+            outside the PVC or not the published ``version``, or an unreadable comparison file.
         TrackingUnavailable: the MLflow server does not answer.
     """
     from components.tracking import parent_run_id, step_run
@@ -229,21 +266,34 @@ def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, dec
     cfg = config_from_json(config)
     if decision not in DECISIONS:
         raise RegistryError(f"decision must be one of {DECISIONS}, got {decision!r}")
-    published = storage_path(cfg, model_dir)
+    try:
+        published = on_volume(cfg, model_dir).resolve()
+        comparison = _read_comparison(on_volume(cfg, comparison_path))
+    except StorageError as exc:
+        raise RegistryError(str(exc)) from None
     if not published.is_dir():
         raise RegistryError(f"published model directory {published} does not exist; merge-lora publishes it first")
+    if published.name != version:
+        raise RegistryError(f"--model-dir {published} is not the published version {version!r} (its directory is "
+                            f"named {published.name!r}); the champion's source would point at the wrong model")
+    if comparison.decision != decision:
+        raise RegistryError(f"decision {decision!r} disagrees with {comparison_path} ({comparison.decision!r})")
     source = pvc_uri(cfg, published)
-    comparison = _read_comparison(storage_path(cfg, comparison_path))
     name = cfg.mlflow.registered_model_name
-    tags = lineage_tags(cfg, kfp_run_id, model_dir=published, version=version, decision=decision, reasons=reasons,
-                        comparison=comparison, dataset_hash=dataset_hash)
+    tags = version_tags(kfp_run_id, comparison, model_dir=published, version=version, dataset_hash=dataset_hash)
     with step_run(cfg, kfp_run_id, "register-model") as (client, run_id):
         ensure_registered_model(client, name)
+        parent = parent_run_id(client, cfg, kfp_run_id)
         existing = version_of_run(client, name, kfp_run_id)
         if existing is None:
+            client.log_dict(parent, lineage(cfg, comparison, kfp_run_id=kfp_run_id, version=version, source=source,
+                                            dataset_hash=dataset_hash), f"lineage/{version}.json")
+            model_id = _register_external_model(client, cfg, parent, version=version, source=source,
+                                                comparison=comparison)
             registered = client.create_model_version(
-                name, source=source, run_id=parent_run_id(client, cfg, kfp_run_id), tags=tags,
-                description=f"{cfg.name} {version} ({cfg.training.method}), KFP run {kfp_run_id}: {decision}")
+                name, source=source, run_id=parent, tags=tags, model_id=model_id,
+                description=version_description(cfg, comparison, version=version, dataset_hash=dataset_hash,
+                                                 kfp_run_id=kfp_run_id))
         else:
             registered = existing
             for key, value in tags.items():  # an earlier attempt may have died before finishing its tags
@@ -252,11 +302,11 @@ def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, dec
                                       "llmft.reused": str(existing is not None), "llmft.decision": decision})
     print(json.dumps({"registered_model": name, "version": registered.version, "source": source,
                       "decision": decision, "reused": existing is not None}))
-    return str(registered.version), "registered"
+    return (str(registered.version),)
 
 
 def run_mark_challenger(config: str, kfp_run_id: str, model_version: str, reasons: str) -> tuple[str]:
-    """A rejected version: give it the alias ``challenger`` and record why (the champion stays).
+    """A version that is not promoted: give it the alias ``challenger`` and record why (the champion stays).
 
     Reads mlflow (tracking URI, experiment, registered_model_name).
 
@@ -268,36 +318,52 @@ def run_mark_challenger(config: str, kfp_run_id: str, model_version: str, reason
         RegistryError: the model version does not exist.
         TrackingUnavailable: the MLflow server does not answer.
     """
-    from mlflow.exceptions import MlflowException
-
     from components.tracking import step_run
     from configs.schema import config_from_json
 
     cfg = config_from_json(config)
-    name = cfg.mlflow.registered_model_name
     with step_run(cfg, kfp_run_id, "mark-challenger") as (client, run_id):
-        try:
-            client.get_model_version(name, model_version)
-        except MlflowException as exc:
-            if _is_missing(exc):
-                raise RegistryError(f"registered model {name!r} has no version {model_version!r}") from None
-            raise
-        client.set_registered_model_alias(name, CHALLENGER, model_version)
-        client.set_model_version_tag(name, model_version, REJECTED_REASON_TAG, reasons[:MAX_TAG_CHARS])
+        _mark_challenger(client, cfg.mlflow.registered_model_name, model_version, reasons)
         set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.rejected_reason": reasons})
-    print(json.dumps({"registered_model": name, "challenger": str(model_version), "reasons": reasons}))
+    print(json.dumps({"registered_model": cfg.mlflow.registered_model_name, "challenger": str(model_version),
+                      "reasons": reasons}))
     return (CHALLENGER,)
 
 
-def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) -> tuple[str, str]:
+def _mark_challenger(client: "MlflowClient", name: str, model_version: str, reasons: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, model_version)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise RegistryError(f"registered model {name!r} has no version {model_version!r}") from None
+        raise
+    client.set_registered_model_alias(name, CHALLENGER, model_version)
+    client.set_model_version_tag(name, model_version, REJECTED_REASON_TAG, reasons[:MAX_TAG_CHARS] or "not promoted")
+
+
+@contextlib.contextmanager
+def promotion_lock(models_dir: Path) -> Iterator[None]:
+    """Serialise promotions of one registered model across pipeline runs (a lock file on the shared volume)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / ".promote.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def run_promote(config: str, kfp_run_id: str, model_version: str, version: str,
+                baseline_name: str = "") -> tuple[str, str]:
     """Move ``champion`` to ``model_version`` (the old champion becomes ``previous``) and ``current`` to ``version``.
 
-    Idempotent: a retry after the alias moved reports the same previous champion (kept as a version
-    tag before anything moves). Reads storage (mount path, models_root) and mlflow
-    (tracking URI, experiment, registered_model_name).
+    Only while the champion is still ``baseline_name``, the model the candidate was compared with: when another
+    run promoted a new champion in the meantime, the version becomes ``challenger`` instead, with that reason
+    (promotions of one model take turns under :func:`promotion_lock`). Idempotent: a retry after the alias moved
+    reports the same previous champion (kept as a version tag before anything moves). Reads storage (mount path,
+    models_root) and mlflow (tracking URI, experiment, registered_model_name).
 
     Returns:
-        ``("champion", previous champion version or "")``.
+        ``("champion", previous champion version or "")``, or ``("challenger", the current champion)``.
 
     Raises:
         ConfigError: the config parameter is invalid.
@@ -314,14 +380,14 @@ def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) 
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
     models_dir = cfg.storage.resolve(cfg.storage.models_root) / name
-    with step_run(cfg, kfp_run_id, "promote-model") as (client, run_id):
+    with step_run(cfg, kfp_run_id, "promote-model") as (client, run_id), promotion_lock(models_dir):
         try:
             target = client.get_model_version(name, model_version)
         except MlflowException as exc:
             if _is_missing(exc):
                 raise RegistryError(f"registered model {name!r} has no version {model_version!r}") from None
             raise
-        published = target.tags.get("llmft.published_version")
+        published = target.tags.get(PUBLISHED_VERSION_TAG)
         if published and published != version:
             raise RegistryError(f"{name} version {model_version} was published as {published!r}, not {version!r}")
         try:  # fail before any alias moves, not halfway through the promotion
@@ -330,35 +396,31 @@ def run_promote(config: str, kfp_run_id: str, model_version: str, version: str) 
             raise RegistryError(f"cannot promote {name} version {model_version}: {exc}") from None
         aliases = registered_aliases(client, name)
         old = aliases.get(CHAMPION, "")
+        beaten = baseline_name.removeprefix(f"{CHAMPION} v") if baseline_name.startswith(CHAMPION) else ""
+        if baseline_name and old not in (beaten, str(model_version)):
+            reason = (f"not promoted: the champion is now v{old}, promoted by another run after this one compared "
+                      f"with the {baseline_name}; run the pipeline again to compare with v{old}")
+            _mark_challenger(client, name, model_version, reason)
+            set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.rejected_reason": reason})
+            print(json.dumps({"registered_model": name, "challenger": str(model_version), "reason": reason}))
+            return CHALLENGER, old
         if old == str(model_version):
             previous = target.tags.get(PREVIOUS_CHAMPION_TAG, "")
         else:
             previous = old
-            # Record the old champion before moving anything, so a retry knows it after the move.
-            client.set_model_version_tag(name, model_version, PREVIOUS_CHAMPION_TAG, previous)
-            if previous:
+            if previous:  # recorded before anything moves, so a retry knows it after the move
+                client.set_model_version_tag(name, model_version, PREVIOUS_CHAMPION_TAG, previous)
                 client.set_registered_model_alias(name, PREVIOUS, previous)
             client.set_registered_model_alias(name, CHAMPION, model_version)
         if aliases.get(CHALLENGER) == str(model_version):
             client.delete_registered_model_alias(name, CHALLENGER)
         client.delete_model_version_tag(name, model_version, REJECTED_REASON_TAG)
         set_current(models_dir, version)
-        set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.previous_champion": previous})
+        set_run_tags(client, run_id, {"llmft.model_version": str(model_version),
+                                      "llmft.previous_champion": previous or "none"})
     print(json.dumps({"registered_model": name, "champion": str(model_version), "previous": previous,
                       "current": version}))
     return CHAMPION, previous
-
-
-def _read_comparison(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RegistryError(f"comparison file {path} does not exist; compare-with-baseline writes it") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"comparison file {path} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RegistryError(f"comparison file {path}: the top level must be an object")
-    return data
 
 
 # ---------------------------------------------------------------- CLI
@@ -366,7 +428,8 @@ def _read_comparison(path: Path) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: register, promote, or show the aliases of the registered model."""
-    parser = argparse.ArgumentParser(description="Register and promote fine-tuned models in MLflow.")
+    parser = argparse.ArgumentParser(prog="python -m components.register_model",
+                                     description="Register and promote fine-tuned models in MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", required=True, help="Config YAML (configs/*.yaml) or preset name.")
@@ -374,10 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     register = commands.add_parser("register", parents=[common], help="Register a published model version.")
     register.add_argument("--kfp-run-id", required=True, help="Pipeline run id (tag kfp.run_id; makes retries safe).")
     register.add_argument("--model-dir", required=True, help="Published model directory (relative to the mount).")
-    register.add_argument("--version", required=True, help="Published version name, e.g. v3.")
-    register.add_argument("--comparison", required=True, help="comparison.json written by compare_baseline.")
+    register.add_argument("--version", required=True, help="Published version name (the directory's name).")
+    register.add_argument("--comparison", required=True, help="comparison.json written by the compare step.")
     register.add_argument("--dataset-hash", required=True, help="Dataset hash from validate_dataset.")
-    register.add_argument("--decision", choices=DECISIONS, help="Override the decision in the comparison file.")
     promote = commands.add_parser("promote", parents=[common], help="Make a version the champion.")
     promote.add_argument("--kfp-run-id", required=True, help="Pipeline run id (for the MLflow child run).")
     promote.add_argument("--model-version", required=True, help="Registry version number, e.g. 3.")
@@ -395,13 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides=args.overrides)
         config = cfg.model_dump_json()
         if args.command == "register":
-            comparison = _read_comparison(storage_path(cfg, args.comparison))
-            decision = args.decision or str(comparison.get("decision", ""))
-            reasons = "; ".join(comparison.get("reasons", []))
-            model_version = run_register(config, args.kfp_run_id, args.model_dir, args.version, decision, reasons,
+            comparison = _read_comparison(on_volume(cfg, args.comparison))
+            model_version = run_register(config, args.kfp_run_id, args.model_dir, args.version, comparison.decision,
                                          args.comparison, args.dataset_hash)[0]
-            if decision == "reject":  # what the pipeline's else-branch does
-                run_mark_challenger(config, args.kfp_run_id, model_version, reasons)
+            if comparison.decision != "promote":  # what the pipeline's else-branch does
+                run_mark_challenger(config, args.kfp_run_id, model_version, comparison.headline)
             print(model_version)
         elif args.command == "promote":
             print(run_promote(config, args.kfp_run_id, args.model_version, args.version)[1])
@@ -416,76 +476,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-# ---------------------------------------------------------------- KFP components
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, decision: str, reasons: str,
-                   comparison_path: str, dataset_hash: str) -> NamedTuple("Outputs", [("model_version", str),
-                                                                                      ("status", str)]):
-    """Register the merged model in the MLflow Model Registry with its lineage (retries reuse the version).
-
-    Args:
-        config: The resolved pipeline configuration (JSON).
-        kfp_run_id: The KFP run id; the version is tagged kfp.run_id with it, which makes retries idempotent.
-        model_dir: The published merged model directory on the PVC (from merge-lora).
-        version: The published version name, e.g. v3.
-        decision: The gate's decision, "promote" or "reject".
-        reasons: Why, as one line (kept as a tag).
-        comparison_path: comparison.json from compare-with-baseline (MMLU scores and losses for the tags).
-        dataset_hash: The training data hash from validate-dataset (lineage tag).
-
-    Returns:
-        model_version: The registry version number.
-        status: "registered".
-    """
-    from components.register_model import run_register
-
-    return run_register(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, version=version,
-                        decision=decision, reasons=reasons, comparison_path=comparison_path,
-                        dataset_hash=dataset_hash)
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def promote_model(config: str, kfp_run_id: str, model_version: str,
-                  version: str) -> NamedTuple("Outputs", [("alias", str), ("previous", str)]):
-    """Make the new version the champion (the old one becomes previous) and point current at it.
-
-    Args:
-        config: The resolved pipeline configuration (JSON).
-        kfp_run_id: The KFP run id (for the MLflow child run).
-        model_version: The registry version to promote (from register-model).
-        version: The published version name the storage pointer "current" moves to.
-
-    Returns:
-        alias: "champion".
-        previous: The version number of the former champion ("" for the first model).
-    """
-    from components.register_model import run_promote
-
-    return run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version)
-
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def mark_challenger(config: str, kfp_run_id: str, model_version: str,
-                    reasons: str) -> NamedTuple("Outputs", [("alias", str)]):
-    """Keep the champion: tag the rejected version "challenger" and record why it was rejected.
-
-    Args:
-        config: The resolved pipeline configuration (JSON).
-        kfp_run_id: The KFP run id (for the MLflow child run).
-        model_version: The registry version that was rejected (from register-model).
-        reasons: The gate's reasons (from compare-with-baseline), kept as the tag llmft.rejected_reason.
-
-    Returns:
-        alias: "challenger".
-    """
-    from components.register_model import run_mark_challenger
-
-    return run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=reasons)
 
 
 if __name__ == "__main__":
