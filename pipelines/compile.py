@@ -24,13 +24,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPILED_DIR = REPO_ROOT / "compiled"
 
 
+# The CPU demo runs through kfp.local (python -m pipelines.run_local); a cluster cannot mount ./storage.
+LOCAL_ONLY = ("local",)
+
+
 def presets() -> dict[str, Path]:
-    """The shipped presets: ``{name: configs/<name>.yaml}``."""
-    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
+    """The shipped presets a cluster can run: ``{name: configs/<name>.yaml}``."""
+    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml")) if path.stem not in LOCAL_ONLY}
 
 
-def compile_config(cfg: PipelineConfig, output: Path) -> Path:
+def compile_config(cfg: PipelineConfig, output: Path, changes: list[str] | None = None) -> Path:
     """Compile the pipeline for ``cfg`` into ``output`` (KFP IR YAML) and return the path.
+
+    ``changes`` are the ``--set`` values ``cfg`` was made with: they give the pipeline its own name.
 
     The IR is staged in a temporary directory and renamed into place, so an interrupted compile never
     leaves a truncated file that a later upload would read.
@@ -46,9 +52,12 @@ def compile_config(cfg: PipelineConfig, output: Path) -> Path:
 
     if output.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"--output {output} must be a .yaml file (KFP writes IR only as YAML)")
+    if not cfg.storage.mount_path.startswith("/"):
+        raise ConfigError(f"storage.mount_path: {cfg.storage.mount_path!r} is not absolute, and Kubernetes mounts "
+                          "volumes only at absolute paths; the local preset is for python -m pipelines.run_local")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "pipeline.yaml"
-        compiler.Compiler().compile(build_pipeline(cfg), package_path=str(staged))
+        compiler.Compiler().compile(build_pipeline(cfg, changes), package_path=str(staged))
         atomic_write_text(output, _stable_header(staged.read_text(encoding="utf-8")))
     return output
 
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config:
             cfg = load_config(args.config, overrides=args.overrides)
             output = args.output or COMPILED_DIR / f"{Path(args.config).stem}.yaml"
-            print(compile_config(cfg, output))
+            print(compile_config(cfg, output, args.overrides))
             return 0
         if args.overrides:
             print("--set needs --config", file=sys.stderr)

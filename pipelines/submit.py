@@ -9,8 +9,10 @@
     python -m pipelines.submit --delete-schedule llm-finetune-lora-nightly
 
 The config (preset name or YAML path, plus ``--set`` overrides) is validated and compiled before any
-request is sent; the run receives the resolved config as its ``config`` parameter (``overrides`` stays
-empty) and the Kubernetes parameters (PVC, GPU selector, tolerations, accelerator) from the config.
+request is sent, by the same resolver the pipeline's resolve-config task runs. A ``--set`` of a field that
+has a typed run parameter (:mod:`configs.form`, e.g. ``training.learning_rate`` -> ``b_learning_rate``) is
+sent as that parameter, so the KFP run page and "Compare runs" show it; any other ``--set`` is compiled
+into the pipeline (its name then carries a hash of those changes).
 
 Authentication, first match wins: the token in ``$KFP_TOKEN`` (or the variable named by ``--token-env``),
 the in-cluster KFP service-account token file (``$KF_PIPELINES_SA_TOKEN_PATH``, default
@@ -34,8 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from configs.schema import ConfigError, PipelineConfig, load_config
 from pipelines import kfp_api
@@ -69,17 +69,29 @@ class Target:
     auth: Auth
 
 
-def run_parameters(cfg: PipelineConfig) -> dict[str, Any]:
-    """The pipeline parameters of one run: the resolved config and the Kubernetes settings it implies."""
-    return {
-        "config": cfg.model_dump_json(),
-        "overrides": [],
-        "pvc_name": cfg.storage.pvc_name,
-        "gpu_node_selector": dict(cfg.cluster.gpu_node_selector),
-        "gpu_tolerations": [t.model_dump(exclude_none=True) for t in cfg.cluster.gpu_tolerations],
-        "accelerator_type": cfg.cluster.accelerator_type,
-        "accelerator_count": cfg.cluster.accelerator_count,
-    }
+@dataclass(frozen=True)
+class RunRequest:
+    """What one submit sends: the config compiled into the pipeline, and the run's typed parameters."""
+
+    compiled: PipelineConfig  # the preset plus the --set values that have no typed parameter
+    compiled_changes: list[str]  # those --set values
+    parameters: dict[str, Any]  # typed parameters from --set (the rest keep their compiled defaults)
+    resolved: PipelineConfig  # what resolve-config will make of it
+
+
+def plan_run(config: str, overrides: list[str]) -> RunRequest:
+    """Split ``--set`` values into typed run parameters and compile-time changes, and resolve the run as the
+    pipeline will.
+
+    Raises:
+        ConfigError: a value is invalid or cannot take effect (the field is named).
+    """
+    from components.resolve_config import form_from_overrides, resolve
+
+    typed, rest = form_from_overrides(overrides)
+    compiled = load_config(config, overrides=rest)
+    resolved = resolve(compiled.model_dump_json(), [], typed, compiled)
+    return RunRequest(compiled=compiled, compiled_changes=rest, parameters=typed, resolved=resolved)
 
 
 def _stamp() -> str:
@@ -106,44 +118,79 @@ def resolve_target(args: argparse.Namespace, *, require_host: bool) -> Target:
     return Target(host=host, namespace=namespace, auth=auth)
 
 
-def _summary(cfg: PipelineConfig, args: argparse.Namespace, target: Target, package: Path) -> dict[str, Any]:
-    """What would be sent, for --dry-run (the token appears only masked)."""
-    pipeline_doc, *platform = yaml.safe_load_all(package.read_text(encoding="utf-8"))
-    steps = sorted(name.removeprefix("exec-") for name in pipeline_doc["deploymentSpec"]["executors"])
-    summary: dict[str, Any] = {
+def _pipeline_name(request: RunRequest) -> str:
+    from pipelines.finetune import pipeline_name
+
+    return pipeline_name(request.compiled, request.compiled_changes)[0]
+
+
+def request_json(request: RunRequest, args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    """The full request, for ``--dry-run --json`` (the token appears only masked)."""
+    name = _pipeline_name(request)
+    body: dict[str, Any] = {
         "host": public_host(target.host) if target.host else f"(not set: --host or {HOST_ENV})",
-        "namespace": target.namespace,
-        "auth": describe_auth(target.auth),
-        "experiment": args.experiment or cfg.mlflow.experiment,
-        "pipeline": {"name": cfg.name, "steps": steps,
-                     "platform_spec": bool(platform and platform[0])},
-        "config_hash": cfg.config_hash(),
-        "parameters": run_parameters(cfg),
+        "namespace": target.namespace, "auth": describe_auth(target.auth),
+        "experiment": args.experiment or request.resolved.mlflow.experiment, "pipeline": name,
+        "compiled_changes": request.compiled_changes, "parameters": request.parameters,
+        "resolved_config": request.resolved.dump_public(), "config_hash": request.resolved.config_hash(),
     }
     if args.schedule:
-        summary["recurring_run"] = {"name": args.schedule_name or f"{cfg.name}-nightly", "cron": args.schedule,
-                                    "max_concurrency": 1, "no_catchup": True,
-                                    "pipeline_version": f"{_stamp()}-{cfg.config_hash()[:8]}"}
+        body["recurring_run"] = {"name": args.schedule_name or f"{name}-nightly", "cron": args.schedule,
+                                 "max_concurrency": 1, "no_catchup": True}
     else:
-        summary["run"] = {"name": args.run_name or f"{cfg.name}-{_stamp()}", "wait": args.wait}
-    return summary
+        body["run"] = {"name": args.run_name or f"{name}-{_stamp()}", "wait": args.wait}
+    return body
 
 
-def submit(cfg: PipelineConfig, args: argparse.Namespace, target: Target, package: Path) -> int:
+def dry_run_summary(request: RunRequest, args: argparse.Namespace, target: Target) -> str:
+    """A short, readable account of what would run (``--dry-run``)."""
+    from configs.form import canonical, field_value, form_fields
+    from pipelines.finetune import gpu_tasks, pipeline_name
+
+    cfg, compiled = request.resolved, request.compiled
+    name, display = pipeline_name(compiled, request.compiled_changes)
+    host = public_host(target.host) if target.host else f"(not set: --host or ${HOST_ENV})"
+    lines = [f"dry run: nothing sent to {host} ({describe_auth(target.auth)})",
+             f"  pipeline    {name}  ({display})",
+             f"  experiment  {args.experiment or cfg.mlflow.experiment}" + (f", namespace {target.namespace}"
+                                                                            if target.namespace else "")]
+    if args.schedule:
+        lines.append(f"  schedule    {args.schedule_name or name + '-nightly'}: {args.schedule} (max 1 at a time)")
+    else:
+        lines.append(f"  run         {args.run_name or name + '-' + _stamp()}" + (" (waits)" if args.wait else ""))
+    paths = {field.name: field.path for field in form_fields()}
+    base = load_config(args.config)
+    differ = [f"    {field}={canonical(value)}  ({paths[field]})" for field, value in sorted(request.parameters.items())
+              if canonical(value) != canonical(field_value(base, paths[field]))]
+    lines.append("  parameters that differ from the preset:" if differ else "  parameters: as the preset")
+    lines += differ
+    if request.compiled_changes:
+        lines.append("  compiled in (no typed parameter): " + ", ".join(request.compiled_changes))
+    gpus = ", ".join(gpu_tasks(cfg))
+    scheduling = (f"{cfg.cluster.accelerator_count} x {cfg.cluster.accelerator_type}" if cfg.cluster.accelerator_count
+                  else "no GPU (CPU pods)")
+    lines.append(f"  GPU tasks   {gpus}: {scheduling}, node selector {canonical(cfg.cluster.gpu_node_selector)}, "
+                 f"{len(cfg.cluster.gpu_tolerations)} toleration(s)")
+    if cfg.cluster.nodes > 1:
+        lines.append(f"  training    {cfg.cluster.nodes} nodes through a {cfg.cluster.training_engine}"
+                     if hasattr(cfg.cluster, "training_engine") else f"  training    {cfg.cluster.nodes} nodes")
+    lines.append(f"  config hash {cfg.config_hash()}; the full request: add --json")
+    return "\n".join(lines)
+
+
+def submit(request: RunRequest, args: argparse.Namespace, target: Target, package: Path) -> int:
     """Start one run of the compiled ``package`` (and with ``--wait``, follow it); returns the exit code.
-
-    Reads ``name``, ``mlflow.experiment`` (default experiment) and the fields of :func:`run_parameters`.
 
     Raises:
         kfp_server_api.ApiException: the API refused a request.
         TimeoutError: ``--wait`` ran out of ``--timeout``.
     """
     client = kfp_api.make_client(target.host, target.namespace, target.auth)
-    experiment = args.experiment or cfg.mlflow.experiment
+    experiment = args.experiment or request.resolved.mlflow.experiment
     experiment_id = kfp_api.get_or_create_experiment(client, experiment, target.namespace)
-    run_name = args.run_name or f"{cfg.name}-{_stamp()}"
+    run_name = args.run_name or f"{_pipeline_name(request)}-{_stamp()}"
     run_id = kfp_api.create_run(client, experiment_id=experiment_id, run_name=run_name, package_path=package,
-                                parameters=run_parameters(cfg), service_account=args.service_account)
+                                parameters=request.parameters, service_account=args.service_account)
     print(f"run {run_name!r} created in experiment {experiment!r}: {public_host(target.host)}/#/runs/details/{run_id}")
     if not args.wait:
         return 0
@@ -155,30 +202,29 @@ def submit(cfg: PipelineConfig, args: argparse.Namespace, target: Target, packag
     return 0
 
 
-def schedule(cfg: PipelineConfig, args: argparse.Namespace, target: Target, package: Path) -> int:
+def schedule(request: RunRequest, args: argparse.Namespace, target: Target, package: Path) -> int:
     """Upload ``package`` as a pipeline version and (re)create the recurring run pinned to it; returns 0.
-
-    Reads ``name`` (pipeline name, default schedule name), ``mlflow.experiment``, the config hash (version
-    name) and the fields of :func:`run_parameters`.
 
     Raises:
         kfp_server_api.ApiException: the API refused a request (an existing schedule is then left in place).
         ValueError: several pipelines share the config's name.
     """
     client = kfp_api.make_client(target.host, target.namespace, target.auth)
-    name = args.schedule_name or f"{cfg.name}-nightly"
-    version_name = f"{_stamp()}-{cfg.config_hash()[:8]}"
+    pipeline = _pipeline_name(request)
+    name = args.schedule_name or f"{pipeline}-nightly"
+    digest = request.compiled.config_hash()
+    version_name = f"{_stamp()}-{digest[:8]}"
     pipeline_id, version_id = upload_version(
-        client, package, pipeline_name=cfg.name, version_name=version_name, namespace=target.namespace,
-        description=f"config {cfg.config_hash()} uploaded by pipelines.submit for schedule {name}")
-    experiment = args.experiment or cfg.mlflow.experiment
+        client, package, pipeline_name=pipeline, version_name=version_name, namespace=target.namespace,
+        description=f"config {digest} uploaded by pipelines.submit for schedule {name}")
+    experiment = args.experiment or request.resolved.mlflow.experiment
     experiment_id = kfp_api.get_or_create_experiment(client, experiment, target.namespace)
     created, deleted = replace_recurring_run(
         client, name=name, cron=args.schedule, experiment_id=experiment_id, pipeline_id=pipeline_id,
-        version_id=version_id, parameters=run_parameters(cfg), namespace=target.namespace,
-        description=f"{cfg.name} on {args.schedule} (config {cfg.config_hash()})",
+        version_id=version_id, parameters=request.parameters, namespace=target.namespace,
+        description=f"{pipeline} on {args.schedule} (config {request.resolved.config_hash()})",
         service_account=args.service_account)
-    print(f"pipeline {cfg.name!r} version {version_id} uploaded")
+    print(f"pipeline {pipeline!r} version {version_id} uploaded")
     print(f"recurring run {name!r} ({args.schedule}) created: {created}"
           + (f"; replaced {', '.join(deleted)}" if deleted else ""))
     return 0
@@ -209,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of ``python -m pipelines.submit``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.submit",
-        description="Submit the fine-tuning pipeline to Kubeflow Pipelines (see docs/submit.md).",
+        description="Submit the fine-tuning pipeline to Kubeflow Pipelines (README: Submit from the command line).",
         epilog=f"Token: $KFP_TOKEN or --token-env NAME, else the in-cluster KFP service-account token. "
                f"Host: --host or ${HOST_ENV}. Exit: 0 ok, 1 failure, 2 usage/config error.")
     parser.add_argument("--config", help="Preset name (configs/<name>.yaml) or YAML path; needed to submit.")
@@ -223,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--service-account", help="Kubernetes service account the run's pods use.")
     parser.add_argument("--token-env", metavar="NAME", help="Read the bearer token from this variable "
                                                             "(default KFP_TOKEN).")
-    parser.add_argument("--dry-run", action="store_true", help="Validate and compile; print what would be sent.")
+    parser.add_argument("--dry-run", action="store_true", help="Validate; print a summary of what would run.")
+    parser.add_argument("--json", action="store_true", help="With --dry-run: print the full request as JSON.")
     parser.add_argument("--wait", action="store_true", help="Wait for the run; exit 0 only if it SUCCEEDED.")
     parser.add_argument("--timeout", type=float, default=172800.0, help="--wait limit in seconds (default 48 h).")
     parser.add_argument("--poll-interval", type=float, default=30.0, help="--wait polling interval in seconds.")
@@ -242,6 +289,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError("--list-schedules/--delete-schedule take no --config, --set, --dry-run or --wait")
     if not managing and not args.config:
         raise UsageError("--config is required (a preset such as lora, or a YAML path)")
+    if args.json and not args.dry_run:
+        raise UsageError("--json goes with --dry-run")
     if args.schedule and args.wait:
         raise UsageError("--wait applies to a single run, not to --schedule")
     if args.schedule_name and not args.schedule:
@@ -260,17 +309,18 @@ def main(argv: list[str] | None = None) -> int:
             target = resolve_target(args, require_host=True)
             secrets = target.auth.secrets()
             return manage_schedules(args, target)
-        cfg = load_config(args.config, overrides=args.overrides)
+        request = plan_run(args.config, args.overrides)
         if args.schedule:
             args.schedule = validate_cron(args.schedule)
         target = resolve_target(args, require_host=not args.dry_run)
         secrets = target.auth.secrets()
+        if args.dry_run:
+            print(json.dumps(request_json(request, args, target), indent=2) if args.json
+                  else dry_run_summary(request, args, target))
+            return 0
         with tempfile.TemporaryDirectory(prefix="kfp-submit-") as tmp:
-            package = compile_config(cfg, Path(tmp) / f"{cfg.name}.yaml")
-            if args.dry_run:
-                print(json.dumps(_summary(cfg, args, target, package), indent=2))
-                return 0
-            return (schedule if args.schedule else submit)(cfg, args, target, package)
+            package = compile_config(request.compiled, Path(tmp) / "pipeline.yaml", request.compiled_changes)
+            return (schedule if args.schedule else submit)(request, args, target, package)
     except (UsageError, ConfigError, CronError) as exc:
         print(redact(str(exc), secrets), file=sys.stderr)
         return 2
