@@ -1,8 +1,9 @@
-"""MMLU evaluation step: a fast, deterministic few-shot evaluator (LLaMA-Factory 0.9.5 disabled its own).
+"""MMLU evaluation: a fast, deterministic few-shot evaluator (LLaMA-Factory 0.9.5 disabled its own).
 
 Scores each test question by the next-token log-probabilities of " A".." D" after the standard MMLU
-prompt (first n dev rows as shots), reusing each subject's few-shot prefix KV cache across batches. An
-adapter is applied unmerged (peft), so the candidate is scored before the merge step. Writes
+prompt (first n dev rows as shots), reusing each subject's few-shot prefix KV cache across batches. The
+pipeline's evaluate step (:mod:`components.evaluate`) calls :func:`evaluate` on the merged model; the CLI
+also takes an adapter, applied unmerged (peft). Writes
 ``results.json``: per-question records, per-subject/category accuracy, micro and macro averages, and an
 eval key (data hash, n-shot, subjects, limit, prompt version, model identity) that says when a stored
 score may be reused. Backend ``openai`` scores through an OpenAI-compatible completions server instead.
@@ -19,19 +20,11 @@ score may be reused. Backend ``openai`` scores through an OpenAI-compatible comp
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from kfp.dsl import Artifact, Metrics, Output
-
-# Not `dsl.component`: a running task imports this module, and kfp.dsl leaves `component` out at run
-# time (_KFP_RUNTIME=true); the decorator module itself imports fine there.
-from kfp.dsl.component_decorator import component
-
-from components.image import DEFAULT_IMAGE
 from components.mmlu_data import (
     LETTERS,
     PROMPT_VERSION,
@@ -45,10 +38,9 @@ from components.mmlu_data import (
     prompt_suffix,
 )
 
-ROLES = ("candidate", "baseline")
 RESULTS_FILE = "results.json"
 
-__all__ = ["eval_config_key", "evaluate", "evaluate_mmlu", "load_results", "model_identity", "run_step"]
+__all__ = ["category_metric", "dump_results", "eval_config_key", "evaluate", "load_results", "model_identity"]
 
 
 def category_metric(category: str) -> str:
@@ -108,10 +100,6 @@ def _print_progress(number: int, total: int, subject: SubjectData, scores: list[
     count = len(subject.questions)
     print(f"[mmlu] {number}/{total} {subject.subject}: {correct}/{count} correct "
           f"({correct / max(count, 1):.1%}) in {seconds:.2f} s", flush=True)
-
-
-def _accuracy(correct: int, total: int) -> float:
-    return round(correct / total, 6) if total else 0.0
 
 
 def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], meta: dict[str, Any]) -> dict:
@@ -194,114 +182,6 @@ def load_results(path: str | Path) -> dict:
     from components.mmlu_results import read_mmlu_results
 
     return read_mmlu_results(path).model_dump()
-
-
-def _on_volume(cfg: Any, path: str) -> Path:
-    """A step input path: absolute as given, relative ones under the storage root."""
-    return Path(path) if Path(path).is_absolute() else cfg.storage.resolve(path)
-
-
-def _reusable(path: Path, eval_key: str) -> dict | None:
-    """The results already at ``path`` (a retried task) when they were computed the same way."""
-    try:
-        results = load_results(path)
-    except ValueError:
-        return None
-    return results if results["eval_key"] == eval_key else None
-
-
-def run_step(config: str, kfp_run_id: str, model_dir: str, adapter_dir: str, role: str, metrics: Any,
-             results: Any) -> tuple[str, float, str]:
-    """Evaluate ``model_dir`` (+ ``adapter_dir`` unless "") on MMLU as ``role``; return (path, micro, eval key).
-
-    Reads storage.eval_data_dir (the MMLU data), storage.output_root (where results go) and evaluation
-    (n_shot, subjects, batch_size, limit, backend, endpoint); the mlflow section for the child run
-    ``evaluate-<role>`` (tags llmft.eval_key, llmft.eval_role; metrics mmlu_micro, mmlu_macro,
-    mmlu_<category>; results.json under artifact path "eval"). Writes results.json atomically to
-    ``<output>/<run id>/eval/<role>/results.json`` and copies it to the ``results`` artifact; a retry finds
-    a complete file with the same eval key there and reuses it. Relative model/adapter paths are read
-    under the storage root.
-
-    Raises:
-        ConfigError: the config parameter is invalid.
-        ValueError: ``role`` is not candidate or baseline, or the evaluation settings do not fit together.
-        MmluDataError: the MMLU files are missing or malformed (file and line named).
-        FileNotFoundError: the model or adapter directory is not one.
-        StorageError: the volume refused the write.
-        TrackingUnavailable: the MLflow server does not answer.
-    """
-    from mlflow.entities import Metric, Param
-
-    from components.storage import atomic_write_text, run_dir
-    from components.tracking import step_run
-    from configs.schema import config_from_json
-
-    cfg = config_from_json(config)
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    settings = cfg.evaluation
-    data_dir = cfg.storage.resolve(cfg.storage.eval_data_dir)
-    model_path = _on_volume(cfg, model_dir)
-    adapter_path = _on_volume(cfg, adapter_dir) if adapter_dir else None
-    out_path = run_dir(cfg, kfp_run_id) / "eval" / role / RESULTS_FILE
-    with step_run(cfg, kfp_run_id, f"evaluate-{role}") as (client, run_id):
-        started = time.monotonic()
-        eval_key = eval_config_key(data_dir, n_shot=settings.n_shot, subjects=settings.subjects,
-                                   limit=settings.limit, model_id=model_identity(model_path, adapter_path))
-        client.set_tag(run_id, "llmft.eval_key", eval_key)
-        client.set_tag(run_id, "llmft.eval_role", role)
-        summary = _reusable(out_path, eval_key)
-        client.set_tag(run_id, "llmft.eval_reused", str(summary is not None).lower())
-        if summary is None:
-            summary = evaluate(model_path, data_dir, adapter_dir=adapter_path, n_shot=settings.n_shot,
-                               subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
-                               backend=settings.backend, endpoint=settings.endpoint)
-            atomic_write_text(out_path, dump_results(summary))
-        values = {"mmlu_micro": summary["micro"], "mmlu_macro": summary["macro"],
-                  "mmlu_questions": float(summary["total"]), "eval_seconds": round(time.monotonic() - started, 3),
-                  **{category_metric(name): entry["accuracy"] for name, entry in summary["categories"].items()}}
-        now = int(time.time() * 1000)
-        params = {"eval_n_shot": settings.n_shot, "eval_subjects": ",".join(settings.subjects) or "all",
-                  "eval_limit": settings.limit, "eval_backend": settings.backend, "eval_model_dir": str(model_path),
-                  "eval_adapter_dir": str(adapter_path or ""), "eval_prompt_version": PROMPT_VERSION}
-        client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in values.items()],
-                         params=[Param(key, str(value)) for key, value in params.items()])
-        client.log_artifact(run_id, str(out_path), artifact_path="eval")
-    metrics.log_metric("mmlu_avg", summary["micro"])
-    metrics.log_metric("mmlu_macro", summary["macro"])
-    for name, entry in summary["categories"].items():
-        metrics.log_metric(category_metric(name), entry["accuracy"])
-    Path(results.path).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out_path, results.path)
-    results.metadata.update({"eval_key": summary["eval_key"], "mmlu_avg": summary["micro"], "role": role})
-    return str(out_path), float(summary["micro"]), summary["eval_key"]
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def evaluate_mmlu(config: str, kfp_run_id: str, model_dir: str, adapter_dir: str, role: str,
-                  metrics: Output[Metrics], results: Output[Artifact],
-                  ) -> NamedTuple("Outputs", [("results_path", str), ("mmlu_avg", float), ("eval_key", str)]):
-    """Score a model on MMLU (few-shot, log-likelihood of the answer letter) and record the result.
-
-    Args:
-        config: The resolved pipeline configuration (JSON); the evaluation section sets n-shot, subjects,
-            batch size, question limit and backend.
-        kfp_run_id: The KFP run id; results go to <output_root>/<run id>/eval/<role>/ and MLflow runs carry it.
-        model_dir: The model directory on the volume (relative to the storage root, or absolute).
-        adapter_dir: A LoRA adapter applied unmerged on top of model_dir; "" for none.
-        role: "candidate" (the new adapter) or "baseline" (the current champion).
-        metrics: MMLU accuracy: mmlu_avg (micro), mmlu_macro and one mmlu_<category> per category.
-        results: The results.json file: per-question predictions and log-probabilities, per-subject scores.
-
-    Returns:
-        results_path: Where results.json was written on the volume.
-        mmlu_avg: Micro-averaged accuracy over all questions.
-        eval_key: Hash of data, n-shot, subjects, limit, prompt version and model identity (score reuse key).
-    """
-    from components.evaluate_mmlu import run_step
-
-    return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, adapter_dir=adapter_dir, role=role,
-                    metrics=metrics, results=results)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,13 +46,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kfp.dsl import Model, Output
-
-# Not `dsl.component`: a running task imports this module with _KFP_RUNTIME=true, and kfp.dsl then
-# leaves `component` out; the decorator module itself imports fine there.
-from kfp.dsl.component_decorator import component
-
-from components.image import DEFAULT_IMAGE
 from components.publish import (
     MANIFEST_NAME,
     SAFETENSORS_ITEMSIZE,
@@ -738,7 +731,7 @@ def merge_and_publish(base_dir: Path, adapter_dir: Path | None, models_dir: Path
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> tuple[str, str]:
+def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tuple[str, str]:
     """Merge the trained adapter (or copy full weights) and publish a new version without moving ``current``.
 
     Reads storage (mount_path, base_model, models_root), mlflow (registered_model_name and the
@@ -849,30 +842,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- KFP component ------------------------------------------------------------------------------------------
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> NamedTuple(
-        "Outputs", [("model_dir", str), ("version", str)]):
-    """Merge the LoRA adapter into the base model shard by shard and publish it as a new version for vLLM.
-
-    The version appears atomically under models/<registered model name>/<version> with a checksum
-    manifest; the current pointer is left for the promotion step. Full fine-tunes are copied instead.
-
-    Args:
-        config: The resolved pipeline configuration (JSON).
-        kfp_run_id: The KFP run id; names the version and links the MLflow child run.
-        adapter_dir: The trained adapter directory (full weights when training.method is full).
-        merged: The published model: a pointer file, with base, adapter, dtype, checksum, version and model_dir
-            in its metadata.
-
-    Returns:
-        model_dir: Absolute path of the published version directory on the storage volume.
-        version: The version name (sortable: UTC time, then the run id).
-    """
-    from components.merge_lora import run_step
-
-    return run_step(config=config, kfp_run_id=kfp_run_id, adapter_dir=adapter_dir, merged=merged)
 
 
 if __name__ == "__main__":

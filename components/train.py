@@ -63,14 +63,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp.dsl import HTML, Metrics, Model, Output
-
-# Not `dsl.component`: a running task imports this module with _KFP_RUNTIME=true, and kfp.dsl then
-# leaves `component` out; the decorator module itself imports fine there.
-from kfp.dsl.component_decorator import component
-
 from components.checkpoints import checkpoint_step, checkpoint_tokens_seen, prepare_resume
-from components.image import DEFAULT_IMAGE
 from components.train_render import deepspeed_stage, render_sections, render_yaml, resolve_precision
 from configs.schema import PipelineConfig
 
@@ -788,34 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["TrainError", "TrainResult", "TrainerFailed", "main", "run_step", "train",
-           "train_model"]
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def train(config: str, kfp_run_id: str, dataset_hash: str, adapter: Output[Model], metrics: Output[Metrics],
-          loss_plot: Output[HTML]) -> NamedTuple("Outputs", [("model_dir", str), ("train_loss", float),
-                                                             ("mlflow_run_id", str)]):
-    """Fine-tune the base model with LLaMA-Factory (LoRA, QLoRA or full); a retry resumes from the last checkpoint.
-
-    Args:
-        config: The resolved pipeline configuration (JSON), from validate-dataset.
-        kfp_run_id: The KFP run id: names output/<run id>/ on the PVC and tags the MLflow runs.
-        dataset_hash: The data version from validate-dataset (logged as llmft.dataset_hash).
-        adapter: Points at the trained weights on the PVC (model.json; metadata model_dir, method, base_model).
-        metrics: train_loss, eval_loss (when training.val_size > 0), train_runtime_s, tokens_per_second,
-            global_step, resumed_from_step.
-        loss_plot: The training loss curve (HTML with the PNG embedded).
-
-    Returns:
-        model_dir: The adapter (LoRA, QLoRA) or full weights directory, output/<run id>/adapter or /full.
-        train_loss: The mean training loss over all steps.
-        mlflow_run_id: The MLflow run of this step (a child of the pipeline's parent run).
-    """
-    from components.train import run_step
-
-    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, adapter=adapter,
-                    metrics=metrics, loss_plot=loss_plot)
+__all__ = ["TrainError", "TrainResult", "TrainerFailed", "main", "run_step", "train_model"]
 
 
 if __name__ == "__main__":

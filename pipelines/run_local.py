@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import shutil
 import sys
@@ -124,8 +123,7 @@ def run_pipeline(cfg: PipelineConfig) -> None:
                        "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg"})
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(cfg.storage.resolve("kfp-local")), raise_on_error=True)
-    pipeline = build_pipeline(cfg)
-    pipeline(config=cfg.model_dump_json())
+    build_pipeline(cfg)()  # every parameter at its default: the config as given
 
 
 def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
@@ -161,10 +159,13 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
     comparison_file = run_dir(cfg, kfp_run_id) / "compare" / "comparison.json"
     if comparison_file.exists():
-        comparison = json.loads(comparison_file.read_text())
-        summary.update(decision=comparison["decision"], reasons="; ".join(comparison["reasons"]),
-                       baseline=comparison["baseline_name"], mmlu_candidate=comparison["candidate"]["micro"],
-                       mmlu_baseline=comparison["baseline"]["micro"])
+        from components.gate import Comparison
+
+        comparison = Comparison.model_validate_json(comparison_file.read_text())
+        summary.update(decision=comparison.decision, headline=comparison.headline, reasons=comparison.reasons,
+                       baseline=comparison.baseline_name, mmlu_candidate=comparison.mmlu.candidate_micro,
+                       mmlu_baseline=comparison.mmlu.baseline_micro, task_candidate=comparison.task.candidate_mean_nll,
+                       task_baseline=comparison.task.baseline_mean_nll, task_change=comparison.task.relative_change)
     name = cfg.mlflow.registered_model_name
     versions = client.search_model_versions(f"name = '{name}' and tag.`{KFP_RUN_TAG}` = '{kfp_run_id}'")
     aliases = registered_aliases(client, name)
@@ -199,9 +200,12 @@ def format_summary(summary: dict[str, Any], seconds: float) -> str:
         f"== Pipeline run {summary['kfp_run_id']} finished in {seconds:.0f} s ==",
         f"dataset hash      : {fmt(summary.get('dataset_hash'))}",
         f"train loss        : {fmt(summary.get('train_loss'))}",
-        f"MMLU candidate    : {fmt(summary.get('mmlu_candidate'))}",
-        f"MMLU baseline     : {fmt(summary.get('mmlu_baseline'))}  ({fmt(summary.get('baseline'))})",
-        f"decision          : {fmt(summary.get('decision'))}: {fmt(summary.get('reasons'))}",
+        f"held-out loss     : {fmt(summary.get('task_candidate'))} candidate, {fmt(summary.get('task_baseline'))} "
+        f"{fmt(summary.get('baseline'))}",
+        f"MMLU              : {fmt(summary.get('mmlu_candidate'))} candidate, {fmt(summary.get('mmlu_baseline'))} "
+        f"{fmt(summary.get('baseline'))}",
+        f"decision          : {fmt(summary.get('headline'))}",
+        *[f"                    - {reason}" for reason in summary.get("reasons", [])],
         f"registered        : {fmt(summary.get('registered'))} aliases={summary.get('aliases', [])}",
         f"champion          : {fmt(summary.get('champion'))}",
         f"served model      : {fmt(summary.get('served_model'))}",
