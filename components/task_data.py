@@ -217,11 +217,11 @@ def encode_rows(tokenizer: Any, entries: dict[str, dict[str, Any]], rows: list[T
     for row in rows:
         try:
             aligned = converters[row.dataset](_Row(row.row))
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            errors.append(f"{row.file}:{row.line}: LLaMA-Factory cannot convert this row ({type(exc).__name__}: "
+            encoded = processor.preprocess_dataset({column: [value] for column, value in aligned.items()})
+        except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:  # what LF raises on bad rows
+            errors.append(f"{row.file}:{row.line}: LLaMA-Factory cannot encode this row ({type(exc).__name__}: "
                           f"{exc})")
             continue
-        encoded = processor.preprocess_dataset({column: [value] for column, value in aligned.items()})
         if not encoded["input_ids"]:
             errors.append(f"{row.file}:{row.line}: LLaMA-Factory drops this row as invalid (it needs user/assistant "
                           f"turns in order ending with an answer); fix it or remove it")

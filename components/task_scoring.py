@@ -83,12 +83,13 @@ def score_examples(model: Any, examples: Sequence[EncodedExample], batch_size: i
             columns = answer.any(dim=0).nonzero().squeeze(1)
             first, last = int(columns[0]), int(columns[-1]) + 1
             ids, targets, answer = ids.to(device), targets[:, first:last].to(device), answer[:, first:last].to(device)
-            if keep_arg:
-                logits = model(input_ids=ids, use_cache=False,
-                               logits_to_keep=torch.arange(first, last, device=device)).logits
+            if keep_arg:  # an int (the last N columns) is what every model's forward understands
+                logits = model(input_ids=ids, use_cache=False, logits_to_keep=width - first).logits
+                logits = logits[:, :last - first]
             else:
                 logits = model(input_ids=ids, use_cache=False).logits[:, first:last]
             picked, wanted = logits[answer], targets[answer]  # (answer tokens, vocab), (answer tokens,)
+            del logits  # the batch's logits can be gigabytes with a large vocabulary
             rows = answer.nonzero()[:, 0]
             nll = torch.zeros(len(batch), dtype=torch.float64, device=device)
             hits = torch.zeros(len(batch), dtype=torch.long, device=device)

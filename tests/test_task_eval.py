@@ -143,10 +143,11 @@ def _llamafactory_encoding(model_dir: Path, data_dir: Path, names: list[str], te
 
 
 @pytest.mark.parametrize(("template", "cutoff_len"), [("default", 40), ("default", 256), ("qwen", 64)])
-def test_encoding_equals_llamafactory_training_token_for_token(tiny_model_dir, tokenizer, tmp_path, template,
-                                                              cutoff_len):
+def test_encoding_equals_llamafactory_training_token_for_token(tiny_model_dir, tokenizer, tmp_path, monkeypatch,
+                                                              template, cutoff_len):
     """Alpaca (with system and history columns) and sharegpt rows, multi-turn and overlong; ``qwen`` replaces
     the EOS token with one the tokenizer lacks, so the tokenizer fix matters too."""
+    monkeypatch.setenv("LLAMAFACTORY_VERBOSITY", "WARN")  # else get_train_args turns on INFO logs for the session
     data_dir = _varied_rows(tmp_path)
     names = ["alpaca_rows@test", "chat@test"]
     ours = encode_examples(tokenizer, data_dir, names, template, cutoff_len)
@@ -408,6 +409,9 @@ GOOD = json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi."})
     ({"formatting": "sharegpt"}, [json.dumps({"conversations": [{"from": "gpt", "value": "first?"},
                                                                 {"from": "human", "value": "no"}]})],
      ["x@test"], r"x\.jsonl:1: LLaMA-Factory drops this row"),
+    ({"formatting": "sharegpt"}, [json.dumps({"conversations": [{"from": "human", "value": None},
+                                                                {"from": "gpt", "value": "yes"}]})],
+     ["x@test"], r"x\.jsonl:1: LLaMA-Factory cannot encode this row"),
 ])
 def test_bad_held_out_data_is_refused_naming_entry_file_and_row(tokenizer, tmp_path, entry, lines, names, message):
     data_dir = _bad_dir(tmp_path, entry, lines)
