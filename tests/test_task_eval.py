@@ -290,6 +290,8 @@ def test_trained_adapter_has_lower_held_out_loss_than_the_base_model(tiny_model_
     assert candidate.mean_example_nll < baseline.mean_example_nll
     pairs = [(baseline.by_example()[example].nll_mean, record.nll_mean)
              for example, record in candidate.by_example().items()]
+    assert all(baseline.by_example()[example].answer_tokens == record.answer_tokens  # same tokens, paired
+               for example, record in candidate.by_example().items())
     assert len(pairs) == baseline.examples == len(set(held_out))
     assert sum(after < before for before, after in pairs) >= 0.8 * len(pairs)
     # Same rows, same split hash; different model, different key.
