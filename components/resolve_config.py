@@ -119,9 +119,13 @@ def refuse_compile_time_changes(cfg: PipelineConfig, compiled: PipelineConfig) -
 def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split ``section.field=value`` overrides into typed form values and the rest (for submit).
 
+    Typed values get their parameter's type (YAML reads ``5e-5`` as text; the KFP API wants a number).
+
     Raises:
-        ConfigError: an override is malformed.
+        ConfigError: an override is malformed, or its value does not fit its parameter's type.
     """
+    from pydantic import TypeAdapter, ValidationError
+
     from configs.schema import parse_override
 
     typed, rest = {}, []
@@ -131,8 +135,11 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
         field = paths.get(".".join(path))
         if field is None:
             rest.append(text)
-        else:
-            typed[field.name] = value
+            continue
+        try:
+            typed[field.name] = TypeAdapter(field.kind).validate_python(value)
+        except ValidationError as exc:
+            raise ConfigError(f"{field.path}: {exc.errors()[0]['msg']} (from --set {text!r})") from None
     return typed, rest
 
 
