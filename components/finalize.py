@@ -1,8 +1,9 @@
 """The pipeline's exit handler: leave no MLflow run RUNNING and no training job behind.
 
 Runs after every other task, whatever happened. When the pipeline failed or was cancelled it
-ends the open child runs and the parent run FAILED (with the error), and deletes a multi-node
-PyTorchJob still running for this pipeline run; when it succeeded it ends the parent FINISHED.
+ends the open child runs and the parent run FAILED (with the error), and deletes the multi-node
+training job (the TrainJob or PyTorchJob of ``cluster.training_engine``) still there for this
+pipeline run; when it succeeded it ends the parent FINISHED.
 
     python -m components.finalize --config configs/local.yaml --kfp-run-id RUN --state FAILED
 """
@@ -26,7 +27,7 @@ FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFin
 def run_step(config: str, overrides: list, pvc_name: str, kfp_run_id: str, state: str, error: str = "") -> dict:
     """Close this pipeline run's MLflow runs according to its final ``state``; return a summary.
 
-    Reads mlflow (tracking URI, experiment) and cluster.nodes (a multi-node job to delete).
+    Reads mlflow (tracking URI, experiment) and cluster.nodes and training_engine (a multi-node job to delete).
 
     Raises:
         ConfigError: the config parameter is invalid (the pipeline already failed on it).
@@ -38,9 +39,9 @@ def run_step(config: str, overrides: list, pvc_name: str, kfp_run_id: str, state
     cfg = config_from_json(config, overrides=[*overrides, f"storage.pvc_name={pvc_name}"])
     summary = finalize_pipeline_runs(cfg, kfp_run_id, state, error)
     if state.upper() != "SUCCEEDED" and cfg.cluster.nodes > 1:
-        from components.pytorchjob import delete_pytorchjob
+        from components.training_job import delete_training_job
 
-        summary["pytorchjob_deleted"] = delete_pytorchjob(cfg, kfp_run_id)
+        summary["training_job_deleted"] = delete_training_job(cfg, kfp_run_id)
     print(json.dumps({"finalize": summary, "state": state}))
     return summary
 

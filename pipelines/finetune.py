@@ -33,12 +33,10 @@ from components.evaluate_mmlu import evaluate_mmlu
 from components.finalize import finalize_runs
 from components.merge_lora import merge_lora
 from components.register_model import mark_challenger, promote_model, register_model
+from components.tracking import MLFLOW_SECRET_KEYS
 from components.train import train
 from components.validate_dataset import validate_dataset
 from configs.schema import PipelineConfig
-
-# Environment variables read from the MLflow credentials Secret (all optional: an open server needs none).
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 # Caching, decided per task at compile time. Tasks that read state that can change under the same
 # inputs (the dataset files on the PVC, the model registry) never come from the cache; train,
