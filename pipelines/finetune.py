@@ -60,7 +60,7 @@ GPU_TASKS = ("train", "evaluate-candidate", "evaluate-baseline", "merge-lora")
 
 def gpu_tasks(cfg: PipelineConfig) -> tuple[str, ...]:
     """Tasks that need a GPU node. With ``cluster.nodes > 1`` the train task only submits and follows a
-    PyTorchJob (whose pods get the GPUs), so it runs as a light CPU task."""
+    multi-node job (a TrainJob or PyTorchJob, whose pods get the GPUs), so it runs as a light CPU task."""
     return tuple(name for name in GPU_TASKS if not (name == "train" and cfg.cluster.nodes > 1))
 
 
@@ -91,12 +91,13 @@ def _common(task: PipelineTask, cfg: PipelineConfig, name: str, display: str, pv
         task.set_cpu_request(cfg.cluster.cpu_request)
         task.set_memory_request(cfg.cluster.memory_request)
         task.set_memory_limit(cfg.cluster.memory_limit)
-        timeout = {"train": cfg.cluster.train_timeout_s, "merge-lora": cfg.cluster.merge_timeout_s}
-        kubernetes.set_timeout(task, timeout.get(name, cfg.cluster.eval_timeout_s))
     else:
         task.set_cpu_request(cfg.cluster.light_cpu_request)
         task.set_memory_request(cfg.cluster.light_memory_request)
-        kubernetes.set_timeout(task, cfg.cluster.light_timeout_s)
+    # By what the task waits for, not where it runs: a light train task follows the multi-node job to its end.
+    timeouts = {"train": cfg.cluster.train_timeout_s, "merge-lora": cfg.cluster.merge_timeout_s,
+                "evaluate-candidate": cfg.cluster.eval_timeout_s, "evaluate-baseline": cfg.cluster.eval_timeout_s}
+    kubernetes.set_timeout(task, timeouts.get(name, cfg.cluster.light_timeout_s))
     return task
 
 
