@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def run_label(kfp_run_id: str) -> str:
     return f"{head}-{digest}" if head else digest
 
 
-def pod_labels(cfg: PipelineConfig, kfp_run_id: str) -> dict[str, str]:
+def _pod_labels(cfg: PipelineConfig, kfp_run_id: str) -> dict[str, str]:
     """Labels of the job's pods: the run and the app (never Kueue's, which would queue each pod on its own)."""
     return {
         RUN_LABEL: run_label(kfp_run_id),
@@ -75,7 +76,7 @@ def pod_labels(cfg: PipelineConfig, kfp_run_id: str) -> dict[str, str]:
 
 def job_metadata(cfg: PipelineConfig, kfp_run_id: str) -> dict[str, Any]:
     """The job's name, labels (run, app, Kueue queue and priority class when set) and annotations."""
-    labels = pod_labels(cfg, kfp_run_id)
+    labels = _pod_labels(cfg, kfp_run_id)
     if cfg.cluster.kueue_queue_name:
         labels[QUEUE_LABEL] = cfg.cluster.kueue_queue_name
     if cfg.cluster.kueue_priority_class:
@@ -96,23 +97,14 @@ def _yaml_on_storage(cfg: PipelineConfig, train_yaml: Path) -> Path:
     return path
 
 
-def node_command(cfg: PipelineConfig, train_yaml: Path) -> list[str]:
-    """The command of every node: the launcher, which maps the engine's variables and execs torchrun.
-
-    Raises:
-        ValueError: ``train_yaml`` is not on the storage volume, or ``storage.mount_path`` is relative.
-    """
+def _node_command(cfg: PipelineConfig, train_yaml: Path) -> list[str]:
+    """The command of every node: the launcher, which maps the engine's variables and execs torchrun."""
     return ["python", "-m", "components.multinode_launch", "--gpus-per-node", str(cfg.cluster.accelerator_count),
             str(_yaml_on_storage(cfg, train_yaml))]
 
 
-def node_env(cfg: PipelineConfig, kfp_run_id: str, env: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The nodes' environment: tracking URI, offline hubs, the run id, ``env``, and the MLflow credentials.
-
-    Raises:
-        ValueError: ``env`` holds an invalid name, a non-string value or a variable the engine or the
-            launcher sets (``RANK``, ``PET_*``...).
-    """
+def _node_env(cfg: PipelineConfig, kfp_run_id: str, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The nodes' environment: tracking URI, offline hubs, the run id, ``env``, and the MLflow credentials."""
     for key, value in env.items():
         if not _ENV_NAME.match(key):
             raise ValueError(f"env: {key!r} is not a valid environment variable name")
@@ -130,34 +122,60 @@ def node_env(cfg: PipelineConfig, kfp_run_id: str, env: Mapping[str, str]) -> li
     return items
 
 
-def node_resources(cfg: PipelineConfig) -> dict[str, dict[str, str]]:
-    """Requests and limits of one node: a GPU task's CPU and memory, and ``cluster.accelerator_count`` GPUs."""
+@dataclass(frozen=True)
+class NodePod:
+    """Everything one node of the job gets; each engine module arranges it into its own manifest."""
+
+    image: str
+    command: list[str]
+    env: list[dict[str, Any]]
+    resources: dict[str, dict[str, str]]  # requests and limits
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, str]]  # the training container's volume mounts
+    scheduling: dict[str, Any]  # pod spec fields: nodeSelector, tolerations, imagePullSecrets (when any)
+    metadata: dict[str, Any]  # pod template labels and annotations
+
+
+def node_pod(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env: Mapping[str, str]) -> NodePod:
+    """What every node of this run's job gets (see the module docstring).
+
+    Reads cluster (image, accelerator_type/count, cpu_request, memory_request/limit, shm_size,
+    gpu_node_selector, gpu_tolerations, image_pull_secrets), storage (pvc_name, mount_path), mlflow
+    (tracking_uri, credentials_secret) and name.
+
+    Args:
+        cfg: The resolved pipeline configuration.
+        kfp_run_id: The KFP run id (the nodes' ``kfp.run_id`` label and ``LLMFT_KFP_RUN_ID``).
+        train_yaml: The LLaMA-Factory YAML, an absolute path under ``storage.mount_path``.
+        env: Extra variables for every node (e.g. ``MLFLOW_RUN_ID``).
+
+    Raises:
+        ValueError: ``train_yaml`` is not on the storage volume, ``storage.mount_path`` is relative, or
+            ``env`` holds an invalid name, a non-string value or a variable the engine or the launcher
+            sets (``RANK``, ``PET_*``...).
+    """
     cluster = cfg.cluster
     requests = {"cpu": cluster.cpu_request, "memory": cluster.memory_request}
     limits = {"memory": cluster.memory_limit}
     if cluster.accelerator_count:
         requests[cluster.accelerator_type] = limits[cluster.accelerator_type] = str(cluster.accelerator_count)
-    return {"requests": requests, "limits": limits}
-
-
-def node_volumes(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """The pod's volumes and the training container's mounts: the PVC and an in-memory ``/dev/shm``."""
-    volumes = [
-        {"name": "storage", "persistentVolumeClaim": {"claimName": cfg.storage.pvc_name}},
-        # NCCL moves data between local ranks through /dev/shm; the container default is 64 MiB.
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.cluster.shm_size}},
-    ]
-    mounts = [{"name": "storage", "mountPath": cfg.storage.mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}]
-    return volumes, mounts
-
-
-def node_scheduling(cfg: PipelineConfig) -> dict[str, Any]:
-    """Pod spec fields that place a node: GPU node selector, tolerations and image pull secrets (when any)."""
-    cluster = cfg.cluster
-    fields: dict[str, Any] = {
+    scheduling: dict[str, Any] = {
         "nodeSelector": dict(cluster.gpu_node_selector),
         "tolerations": [toleration.model_dump(exclude_none=True) for toleration in cluster.gpu_tolerations],
     }
     if cluster.image_pull_secrets:
-        fields["imagePullSecrets"] = [{"name": secret} for secret in cluster.image_pull_secrets]
-    return fields
+        scheduling["imagePullSecrets"] = [{"name": secret} for secret in cluster.image_pull_secrets]
+    return NodePod(
+        image=cluster.image,
+        command=_node_command(cfg, train_yaml),
+        env=_node_env(cfg, kfp_run_id, env),
+        resources={"requests": requests, "limits": limits},
+        volumes=[
+            {"name": "storage", "persistentVolumeClaim": {"claimName": cfg.storage.pvc_name}},
+            # NCCL moves data between local ranks through /dev/shm; the container default is 64 MiB.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
+        ],
+        mounts=[{"name": "storage", "mountPath": cfg.storage.mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        scheduling=scheduling,
+        metadata={"labels": _pod_labels(cfg, kfp_run_id), "annotations": dict(POD_ANNOTATIONS)},
+    )

@@ -11,16 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.job_spec import (
-    POD_ANNOTATIONS,
-    job_metadata,
-    node_command,
-    node_env,
-    node_resources,
-    node_scheduling,
-    node_volumes,
-    pod_labels,
-)
+from components.job_spec import job_metadata, node_pod
 from components.training_job import JobEngine
 from configs.schema import PipelineConfig
 
@@ -34,45 +25,33 @@ __all__ = ["ENGINE", "build_pytorchjob_manifest"]
 
 def build_pytorchjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path,
                               env: dict[str, str]) -> dict:
-    """The ``kubeflow.org/v1`` PyTorchJob that trains this run on ``cluster.nodes`` nodes.
+    """The ``kubeflow.org/v1`` PyTorchJob that trains this run: 1 Master and ``cluster.nodes - 1`` Workers.
 
-    Reads cluster (image, nodes, gpu_node_selector, gpu_tolerations, accelerator_type/count,
-    cpu_request, memory_request/limit, shm_size, image_pull_secrets, train_timeout_s, kueue_queue_name,
-    kueue_priority_class), storage (pvc_name, mount_path), mlflow (tracking_uri, credentials_secret) and name.
-
-    Args:
-        cfg: The resolved pipeline configuration.
-        kfp_run_id: The KFP run id; names the job and labels it ``kfp.run_id``.
-        train_yaml: The LLaMA-Factory YAML, an absolute path under ``storage.mount_path``.
-        env: Extra variables for every replica (e.g. ``MLFLOW_RUN_ID``).
+    Each replica is the pod of :func:`components.job_spec.node_pod` (whose arguments and errors these are)
+    with the API token unmounted; the job also reads cluster.nodes, train_timeout_s, kueue_queue_name and
+    kueue_priority_class.
 
     Returns:
         The manifest as a plain dict (JSON-ready).
 
     Raises:
-        ValueError: ``train_yaml`` is not on the storage volume, ``storage.mount_path`` is relative,
-            or ``env`` holds an invalid name, a non-string value or a variable the operator sets.
+        ValueError: a ``train_yaml`` off the storage volume or a bad ``env`` (see node_pod).
     """
-    cluster = cfg.cluster
-    volumes, mounts = node_volumes(cfg)
+    cluster, node = cfg.cluster, node_pod(cfg, kfp_run_id, train_yaml, env)
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": cluster.image,
+        "image": node.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": node_command(cfg, train_yaml),
-        "env": node_env(cfg, kfp_run_id, env),
+        "command": node.command,
+        "env": node.env,
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-        "resources": node_resources(cfg),
-        "volumeMounts": mounts,
+        "resources": node.resources,
+        "volumeMounts": node.mounts,
     }
     template = {
-        "metadata": {"labels": pod_labels(cfg, kfp_run_id), "annotations": dict(POD_ANNOTATIONS)},
-        "spec": {
-            "automountServiceAccountToken": False,  # training never calls the Kubernetes API
-            "containers": [container],
-            **node_scheduling(cfg),
-            "volumes": volumes,
-        },
+        "metadata": node.metadata,
+        "spec": {"automountServiceAccountToken": False,  # training never calls the Kubernetes API
+                 "containers": [container], **node.scheduling, "volumes": node.volumes},
     }
     # restartPolicy Never and backoffLimit 0: the KFP task retry is the one retry layer; it resumes from checkpoints.
     replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}

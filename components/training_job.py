@@ -412,20 +412,24 @@ def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str, out: T
 
 
 def _failed_container(engine: JobEngine, pods: list[V1Pod]) -> tuple[str, Any] | None:
-    """``(pod name, terminated state)`` of the first pod whose training container ended with a non-zero exit
-    (its current run, else the run before a restart)."""
+    """``(pod name, terminated state)`` of the training container that ended first with a non-zero exit
+    (a container's current run, else its run before a restart); the earlier pod wins a tie."""
+    failed = []
     for pod in pods:
         status = _container_status(engine, pod)
         for state in (status.state, status.last_state) if status is not None else ():
             if state is not None and state.terminated is not None and state.terminated.exit_code:
-                return pod.metadata.name, state.terminated
-    return None
+                failed.append((pod.metadata.name, state.terminated))
+                break
+    # A node that dies takes the others down with it a little later: the first exit is usually the cause.
+    finished = [item for item in failed if item[1].finished_at is not None]
+    return min(finished, key=lambda item: item[1].finished_at) if finished else (failed[0] if failed else None)
 
 
 def _failure_message(engine: JobEngine, api: ApiClient, namespace: str, name: str, job: dict,
                      lead: V1Pod | None) -> str:
-    """The controller's reason and message, and the exit of node 0's container, else of the first failed node
-    (a node that dies takes the others down with it: the first non-zero exit is usually the cause)."""
+    """The controller's reason and message, and the exit of the node whose container failed first (else of
+    node 0's container)."""
     from kubernetes import client
 
     _, reason, message = job_phase(engine, job)
@@ -433,7 +437,8 @@ def _failure_message(engine: JobEngine, api: ApiClient, namespace: str, name: st
             f"{message or 'no message from the controller'}")
     pods = [lead] if lead is not None else []
     with contextlib.suppress(Exception):  # the message is still useful without the other nodes
-        pods += _list_pods(client.CoreV1Api(api), namespace, engine.pods.format(name=name))
+        pods += [pod for pod in _list_pods(client.CoreV1Api(api), namespace, engine.pods.format(name=name))
+                 if lead is None or pod.metadata.name != lead.metadata.name]
     failed = _failed_container(engine, pods)
     state = _container_state(engine, lead)
     if failed is None and state is not None and state.terminated is not None:

@@ -25,16 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from components.job_spec import (
-    POD_ANNOTATIONS,
-    job_metadata,
-    node_command,
-    node_env,
-    node_resources,
-    node_scheduling,
-    node_volumes,
-    pod_labels,
-)
+from components.job_spec import job_metadata, node_pod
 from components.training_job import JobEngine, TrainingJobError, is_transient, server_message
 from configs.schema import PipelineConfig
 
@@ -53,36 +44,23 @@ __all__ = ["ENGINE", "build_trainjob_manifest", "check_cluster"]
 def build_trainjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env: dict[str, str]) -> dict:
     """The ``trainer.kubeflow.org/v1alpha1`` TrainJob that trains this run on ``cluster.nodes`` nodes.
 
-    Reads cluster (image, nodes, training_runtime, trainer_service_account, kueue_queue_name,
-    kueue_priority_class, gpu_node_selector, gpu_tolerations, accelerator_type/count, cpu_request,
-    memory_request/limit, shm_size, image_pull_secrets, train_timeout_s), storage (pvc_name, mount_path),
-    mlflow (tracking_uri, credentials_secret) and name.
-
-    Args:
-        cfg: The resolved pipeline configuration.
-        kfp_run_id: The KFP run id; names the job and labels it ``kfp.run_id``.
-        train_yaml: The LLaMA-Factory YAML, an absolute path under ``storage.mount_path``.
-        env: Extra variables for every node (e.g. ``MLFLOW_RUN_ID``).
+    The trainer settings and one runtime patch make each node the pod of :func:`components.job_spec.node_pod`
+    (whose arguments and errors these are); the job also reads cluster.nodes, training_runtime,
+    trainer_service_account, train_timeout_s, kueue_queue_name and kueue_priority_class.
 
     Returns:
         The manifest as a plain dict (JSON-ready).
 
     Raises:
-        ValueError: ``train_yaml`` is not on the storage volume, ``storage.mount_path`` is relative,
-            or ``env`` holds an invalid name, a non-string value or a variable the runtime sets.
+        ValueError: a ``train_yaml`` off the storage volume, or an ``env`` variable that is invalid or
+            that the runtime sets (``PET_*``).
     """
-    cluster = cfg.cluster
-    volumes, mounts = node_volumes(cfg)
-    pod_spec: dict[str, Any] = {
-        **node_scheduling(cfg),
-        "volumes": volumes,
-        # Env is not patchable on the trainer container: it comes from spec.trainer.env.
-        "containers": [{"name": NODE, "volumeMounts": mounts}],
-    }
+    cluster, node = cfg.cluster, node_pod(cfg, kfp_run_id, train_yaml, env)
+    # Env cannot be patched on the trainer container: it comes from spec.trainer.env.
+    pod_spec: dict[str, Any] = {**node.scheduling, "volumes": node.volumes,
+                                "containers": [{"name": NODE, "volumeMounts": node.mounts}]}
     if cluster.trainer_service_account:
         pod_spec["serviceAccountName"] = cluster.trainer_service_account
-    pod_template = {"metadata": {"labels": pod_labels(cfg, kfp_run_id), "annotations": dict(POD_ANNOTATIONS)},
-                    "spec": pod_spec}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
@@ -91,17 +69,17 @@ def build_trainjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Pa
             "runtimeRef": {"apiGroup": GROUP, "kind": RUNTIME_KIND, "name": cluster.training_runtime},
             "activeDeadlineSeconds": cluster.train_timeout_s,
             "trainer": {
-                "image": cluster.image,
-                "command": node_command(cfg, train_yaml),
-                "env": node_env(cfg, kfp_run_id, env),
+                "image": node.image,
+                "command": node.command,
+                "env": node.env,
                 "numNodes": cluster.nodes,
                 "numProcPerNode": max(1, cluster.accelerator_count),
-                "resourcesPerNode": node_resources(cfg),
+                "resourcesPerNode": node.resources,
             },
             "runtimePatches": [{
                 "manager": PATCH_MANAGER,
                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-                    {"name": NODE, "template": {"spec": {"template": pod_template}}},
+                    {"name": NODE, "template": {"spec": {"template": {"metadata": node.metadata, "spec": pod_spec}}}},
                 ]}}},
             }],
         },

@@ -119,12 +119,9 @@ class ClusterConfig(_Section):
     trainer_service_account: str = Field(
         "llm-trainer", description="Service account of the TrainJob's pods; deploy/rbac.yaml creates one that "
         "mounts no API token (a TrainJob cannot turn the mount off itself). Empty: the namespace's default account.")
-    kueue_queue_name: str = Field(
-        "", description="Kueue LocalQueue that admits the multi-node job (label kueue.x-k8s.io/queue-name); "
-        "empty: not queued by Kueue.")
-    kueue_priority_class: str = Field(
-        "", description="Kueue WorkloadPriorityClass of the multi-node job (label kueue.x-k8s.io/priority-class); "
-        "empty: the queue's default.")
+    kueue_queue_name: str = Field("", description="Kueue LocalQueue that admits the multi-node job ('': no Kueue).")
+    kueue_priority_class: str = Field("", description="Kueue WorkloadPriorityClass of the multi-node job ('': the "
+                                      "queue's default).")
     gpu_node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
         description="Node selector for GPU tasks.",
