@@ -80,5 +80,6 @@ ENGINE = JobEngine(
     pods="training.kubeflow.org/job-name={name}", lead="training.kubeflow.org/replica-type=master",
     missing_api="install the Kubeflow Training Operator (v1), or on a cluster with Kubeflow Trainer v2 set "
                 "cluster.training_engine=trainjob (or cluster.nodes=1)",
+    release="Training Operator v1.7",
     build=build_pytorchjob_manifest,
 )

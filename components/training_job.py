@@ -93,6 +93,7 @@ class JobEngine:
     pods: str
     lead: str
     missing_api: str  # what to do when the cluster does not serve the API
+    release: str  # the oldest controller release whose API has every field the manifest sets
     build: Callable[[PipelineConfig, str, Path, dict[str, str]], dict]
     # Checks before the job is created (e.g. the runtime exists); raises TrainingJobError naming the fix.
     preflight: Callable[[ApiClient, str, PipelineConfig, TextIO], None] | None = None
@@ -262,13 +263,15 @@ def _submit(engine: JobEngine, custom: CustomObjectsApi, namespace: str, manifes
     name = manifest["metadata"]["name"]
     for _attempt in range(3):
         try:
-            custom.create_namespaced_custom_object(engine.group, engine.version, namespace, engine.plural, manifest,
-                                                   _request_timeout=REQUEST_TIMEOUT)
-            print(f"[{engine.tag}] created {namespace}/{name}: {nodes} nodes", file=out, flush=True)
-            return
+            created = custom.create_namespaced_custom_object(engine.group, engine.version, namespace, engine.plural,
+                                                             manifest, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status != 409:
                 raise api_error(engine, exc, f"creating {engine.kind} {name}", namespace) from None
+        else:
+            _check_kept(engine, custom, namespace, manifest, created)
+            print(f"[{engine.tag}] created {namespace}/{name}: {nodes} nodes", file=out, flush=True)
+            return
         existing = _get_job(engine, custom, namespace, name)
         if existing is None:
             continue
@@ -281,6 +284,21 @@ def _submit(engine: JobEngine, custom: CustomObjectsApi, namespace: str, manifes
         _delete(engine, custom, namespace, name)
         _wait_gone(engine, custom, namespace, name)
     raise TrainingJobError(f"{engine.kind} {namespace}/{name} could not be created: it keeps reappearing")
+
+
+def _check_kept(engine: JobEngine, custom: CustomObjectsApi, namespace: str, manifest: dict, created: Any) -> None:
+    """An older CRD prunes the fields it does not know (the job would run without its volumes or settings):
+    delete such a job and say which release is needed."""
+    kept = (created.get("spec") or {}) if isinstance(created, Mapping) else {}
+    dropped = sorted(set(manifest["spec"]) - set(kept))
+    if dropped:
+        name = manifest["metadata"]["name"]
+        with contextlib.suppress(Exception):
+            _delete(engine, custom, namespace, name)
+        raise TrainingJobError(
+            f"{engine.kind} {namespace}/{name}: the cluster's {engine.group}/{engine.version} API dropped "
+            f"{', '.join('spec.' + key for key in dropped)}, so its CRD is older than {engine.release}, which this "
+            "pipeline needs; the job was deleted: upgrade the controller")
 
 
 def _list_pods(core: CoreV1Api, namespace: str, selector: str) -> list[V1Pod]:

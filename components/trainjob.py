@@ -158,6 +158,7 @@ ENGINE = JobEngine(
     lead="batch.kubernetes.io/job-completion-index=0",
     missing_api="install Kubeflow Trainer v2 (kubectl get crd trainjobs.trainer.kubeflow.org), or set "
                 "cluster.training_engine=pytorchjob on a cluster with the Training Operator v1",
+    release="Kubeflow Trainer v2.2",
     build=build_trainjob_manifest,
     preflight=check_cluster,
 )

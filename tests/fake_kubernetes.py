@@ -12,7 +12,8 @@ ClusterTrainingRuntime and a ServiceAccount. It plays the controller's part for 
   ``failed_node`` is OOMKilled first and the others then exit 1).
 
 ``drop_log_after`` cuts the first log stream after that many lines while the container still runs;
-``interrupt`` sends SIGTERM to the test's main thread mid-log; ``fail`` maps "METHOD kind" (kind: job,
+``interrupt`` sends SIGTERM to the test's main thread mid-log; ``prune`` names spec fields the API server
+drops on create (an older CRD); ``fail`` maps "METHOD kind" (kind: job,
 pods, log, runtime, serviceaccount) to an HTTP status, or (status, message), returned once.
 """
 
@@ -104,6 +105,7 @@ class FakeKubernetes:
         self.service_accounts: dict[str, dict] = {"llm-trainer": {
             "apiVersion": "v1", "kind": "ServiceAccount", "automountServiceAccountToken": False,
             "metadata": {"name": "llm-trainer", "namespace": NAMESPACE}}}
+        self.prune: set[str] = set()  # spec fields an older CRD does not know (the API server drops them)
         self.created: list[dict] = []
         self.deleted: list[str] = []
         self.auth: set[str] = set()
@@ -277,7 +279,7 @@ class FakeKubernetes:
                     if name in fake.jobs:
                         return self._status(409, "AlreadyExists")
                     fake.created.append(body)
-                    job = fake.add_job(body)
+                    job = fake.add_job({**body, "spec": {k: v for k, v in body["spec"].items() if k not in fake.prune}})
                 self._json(201, job)
 
             def _one_job(self, method: str, name: str):

@@ -409,6 +409,16 @@ def test_a_cluster_without_trainer_v2_names_both_ways_out(fake_k8s):
         run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
 
 
+def test_a_trainer_older_than_v2_2_is_caught_and_its_job_deleted(fake_k8s):
+    """Trainer v2.0 and v2.1 have podTemplateOverrides, not runtimePatches: their CRD prunes our patch, and
+    the nodes would run without the PVC."""
+    fake_k8s.prune = {"runtimePatches"}
+    with pytest.raises(TrainingJobError, match=re.escape(
+            "API dropped spec.runtimePatches, so its CRD is older than Kubeflow Trainer v2.2")):
+        run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
+    assert fake_k8s.deleted == [NAME]
+
+
 def test_delete_finds_the_run_by_label_and_leaves_other_runs(fake_k8s, capsys):
     cfg = cluster_config(nodes=2)
     with fake_k8s.lock:
