@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from components.job_spec import job_metadata, node_pod
-from components.training_job import JobEngine, TrainingJobError, is_transient, server_message
+from components.training_job import REQUEST_TIMEOUT, JobEngine, TrainingJobError, is_transient, server_message
 from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def check_cluster(api: ApiClient, namespace: str, cfg: PipelineConfig, out: Text
     runtime_name, account = cfg.cluster.training_runtime, cfg.cluster.trainer_service_account
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     runtime = _read(f"{RUNTIME_KIND} {runtime_name}", lambda: custom.get_cluster_custom_object(
-        GROUP, VERSION, RUNTIME_PLURAL, runtime_name, _request_timeout=(10, 60)), out)
+        GROUP, VERSION, RUNTIME_PLURAL, runtime_name, _request_timeout=REQUEST_TIMEOUT), out)
     if runtime is None:
         raise TrainingJobError(
             f"{RUNTIME_KIND} {runtime_name} does not exist (or Kubeflow Trainer v2 is not installed): "
@@ -141,7 +141,7 @@ def check_cluster(api: ApiClient, namespace: str, cfg: PipelineConfig, out: Text
     if not account:
         return
     found = _read(f"ServiceAccount {account}", lambda: core.read_namespaced_service_account(
-        account, namespace, _request_timeout=(10, 60)), out)
+        account, namespace, _request_timeout=REQUEST_TIMEOUT), out)
     if found is None:
         raise TrainingJobError(
             f"ServiceAccount {account} does not exist in namespace {namespace}: apply deploy/rbac.yaml "
