@@ -1,8 +1,9 @@
 """The pipeline's exit handler: leave no MLflow run RUNNING and no training job behind.
 
 Runs after every other task, whatever happened. When the pipeline failed or was cancelled it
-ends the open child runs and the parent run FAILED (with the error), and deletes a multi-node
-training job still there for this pipeline run; when it succeeded it ends the parent FINISHED.
+ends the open child runs and the parent run FAILED (with the error), and deletes the multi-node
+training job (the TrainJob or PyTorchJob of ``cluster.training_engine``) still there for this
+pipeline run; when it succeeded it ends the parent FINISHED.
 
 KFP does not let an exit handler take another task's output, so it reads the run's resolved config
 from the volume, where resolve-config wrote it (``<output_root>/<run id>/resolved_config.json``). A run
@@ -23,7 +24,7 @@ FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFin
 def finalize(cfg: PipelineConfig, kfp_run_id: str, state: str, error: str = "") -> dict:
     """Close this pipeline run's MLflow runs according to its final ``state``; delete a leftover training job.
 
-    Reads mlflow (tracking URI, experiment) and cluster.nodes (a multi-node job to delete).
+    Reads mlflow (tracking URI, experiment) and cluster.nodes and training_engine (a multi-node job to delete).
 
     Raises:
         TrackingUnavailable: the tracking server does not answer within the preflight timeout.
@@ -32,9 +33,9 @@ def finalize(cfg: PipelineConfig, kfp_run_id: str, state: str, error: str = "") 
 
     summary = finalize_pipeline_runs(cfg, kfp_run_id, state, error)
     if state.upper() != "SUCCEEDED" and cfg.cluster.nodes > 1:
-        from components.pytorchjob import delete_pytorchjob
+        from components.training_job import delete_training_job
 
-        summary["training_job_deleted"] = delete_pytorchjob(cfg, kfp_run_id)
+        summary["training_job_deleted"] = delete_training_job(cfg, kfp_run_id)
     return summary
 
 

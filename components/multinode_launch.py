@@ -1,7 +1,7 @@
-"""The entry point every replica of a multi-node training PyTorchJob runs.
+"""The entry point every node of a multi-node training job (TrainJob or PyTorchJob) runs.
 
-The Kubeflow Training Operator describes a replica's place in the job with its own variables. This
-module reads them, then replaces itself with ``torchrun`` (``python -m torch.distributed.run``) given
+The training engine describes a node's place in the job with its own variables. This module reads
+them, then replaces itself with ``torchrun`` (``python -m torch.distributed.run``) given
 this node's rank, the node count, the master's address and port and one process per GPU, each
 running the trainer worker of the single-node train step (``python -m components.train
 --trainer-worker <yaml>``, see :func:`components.train.trainer_worker`): the same code trains on one
@@ -15,16 +15,19 @@ LLaMA-Factory's evaluation after training does not open a stray run::
 running it (to check a pod's environment). Exit codes: 0 ok (or the exec replaced this process), 1 a
 missing or contradictory variable or a missing YAML file, 2 a usage error.
 
-Operator variables, by version (``kubeflow.org/v1`` PyTorchJob):
+The engines' variables:
 
-- every version: ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` (the replica's node index: master 0,
-  worker i is i + 1) and ``WORLD_SIZE``;
-- before 1.7, ``WORLD_SIZE`` is the number of replicas (nodes);
-- from 1.7, ``WORLD_SIZE`` is nodes x ``nprocPerNode`` and ``PET_NNODES``, ``PET_NODE_RANK``,
-  ``PET_NPROC_PER_NODE``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` are set as well.
+- Kubeflow Trainer v2 (``trainer.kubeflow.org/v1alpha1`` TrainJob, a torch runtime): only ``PET_NNODES``,
+  ``PET_NODE_RANK`` (the pod's completion index, 0 to N-1), ``PET_MASTER_ADDR`` (node 0's pod:
+  ``<job>-node-0-0.<job>``), ``PET_MASTER_PORT`` and ``PET_NPROC_PER_NODE`` (``numProcPerNode``);
+- Training Operator v1 (``kubeflow.org/v1`` PyTorchJob), every version: ``MASTER_ADDR``, ``MASTER_PORT``,
+  ``RANK`` (the replica's node index: master 0, worker i is i + 1) and ``WORLD_SIZE``; before 1.7
+  ``WORLD_SIZE`` is the number of replicas (nodes); from 1.7 it is nodes x ``nprocPerNode`` and the five
+  ``PET_*`` variables are set as well.
 
 ``PET_*`` wins when present; ``NNODES`` falls back to ``WORLD_SIZE / PET_NPROC_PER_NODE`` and then to
-``WORLD_SIZE`` (the pre-1.7 meaning).
+``WORLD_SIZE`` (the pre-1.7 meaning). ``PET_NPROC_PER_NODE`` must agree with ``--gpus-per-node`` (one
+process per GPU of the pod; ``auto`` means just that).
 """
 
 from __future__ import annotations
@@ -72,11 +75,12 @@ def _node_count(environ: Mapping[str, str]) -> int:
         name, value = found
         if ":" in value:
             raise LaunchEnvError(f"{name}={value!r} is an elastic range; these jobs are not elastic "
-                                 "(the PyTorchJob must not set elasticPolicy)")
+                                 "(the job must not set an elastic policy)")
         return _integer(name, value, 1)
     found = _first(environ, "WORLD_SIZE")
     if not found:
-        raise LaunchEnvError("neither PET_NNODES nor WORLD_SIZE is set; is this running in a PyTorchJob replica?")
+        raise LaunchEnvError("neither PET_NNODES nor WORLD_SIZE is set; is this running in a TrainJob or PyTorchJob "
+                             "node?")
     world_size = _integer(*found, 1)
     per_node = _first(environ, "PET_NPROC_PER_NODE")
     if per_node and per_node[1].isdigit() and int(per_node[1]) > 0:
@@ -87,8 +91,21 @@ def _node_count(environ: Mapping[str, str]) -> int:
     return world_size
 
 
+def _procs_per_node(environ: Mapping[str, str], gpus_per_node: int) -> int:
+    """One process per GPU (at least one, on CPU); PET_NPROC_PER_NODE, when a number, must say the same."""
+    wanted = max(1, gpus_per_node)
+    found = _first(environ, "PET_NPROC_PER_NODE")
+    if found is None or found[1] in ("auto", "gpu"):  # torch runtimes' "one per GPU"
+        return wanted
+    procs = _integer(*found, 1)
+    if procs != wanted:
+        raise LaunchEnvError(f"{found[0]}={procs} does not match --gpus-per-node {gpus_per_node} "
+                             f"(one process per GPU of this pod: {wanted})")
+    return procs
+
+
 def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str, str]:
-    """This node's place in the job, from the Training Operator's variables.
+    """This node's place in the job, from the training engine's variables (Trainer v2 or Training Operator).
 
     Args:
         environ: The replica's environment (``os.environ`` in the pod).
@@ -101,23 +118,25 @@ def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str
 
     Raises:
         LaunchEnvError: a variable is missing, not a number, out of range (``NODE_RANK >= NNODES``,
-            a port outside 1-65535) or an elastic range; the message names the variable.
+            a port outside 1-65535), an elastic range, or ``PET_NPROC_PER_NODE`` differs from
+            ``gpus_per_node``; the message names the variable.
     """
     nnodes = _node_count(environ)
     rank = _first(environ, "PET_NODE_RANK", "RANK")
     if not rank:
-        raise LaunchEnvError("neither PET_NODE_RANK nor RANK is set; is this running in a PyTorchJob replica?")
+        raise LaunchEnvError("neither PET_NODE_RANK nor RANK is set; is this running in a TrainJob or PyTorchJob "
+                             "node?")
     node_rank = _integer(*rank, 0)
     if node_rank >= nnodes:
         raise LaunchEnvError(f"{rank[0]}={node_rank} is not below the node count {nnodes}")
     address = _first(environ, "PET_MASTER_ADDR", "MASTER_ADDR")
     if not address:
-        raise LaunchEnvError("neither PET_MASTER_ADDR nor MASTER_ADDR is set (the operator sets them when the job "
-                             "has a Master replica)")
+        raise LaunchEnvError("neither PET_MASTER_ADDR nor MASTER_ADDR is set (a torch runtime of Kubeflow Trainer, "
+                             "or the Training Operator for a job with a Master replica, sets them)")
     port = _first(environ, "PET_MASTER_PORT", "MASTER_PORT")
     if not port:
-        raise LaunchEnvError("neither PET_MASTER_PORT nor MASTER_PORT is set (the master container needs a port "
-                             "named pytorchjob-port)")
+        raise LaunchEnvError("neither PET_MASTER_PORT nor MASTER_PORT is set (a torch runtime of Kubeflow Trainer "
+                             "sets it; a PyTorchJob's master container needs a port named pytorchjob-port)")
     master_port = _integer(*port, 1)
     if master_port > 65535:
         raise LaunchEnvError(f"{port[0]}={master_port} is not a TCP port")
@@ -126,7 +145,7 @@ def map_operator_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str
         "NODE_RANK": str(node_rank),
         "MASTER_ADDR": address[1],
         "MASTER_PORT": str(master_port),
-        "NPROC_PER_NODE": str(max(1, gpus_per_node)),
+        "NPROC_PER_NODE": str(_procs_per_node(environ, gpus_per_node)),
     }
 
 
@@ -154,10 +173,10 @@ def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of one PyTorchJob replica."""
+    """The command line of one node of a multi-node job."""
     parser = argparse.ArgumentParser(
         prog="python -m components.multinode_launch",
-        description="Map the Training Operator's environment to torchrun and exec the trainer worker.",
+        description="Map the training engine's environment to torchrun and exec the trainer worker.",
     )
     parser.add_argument("train_yaml", type=Path, help="The LLaMA-Factory training YAML on the shared volume.")
     parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs of this pod (one process each).")

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 KFP_RUN_TAG = "kfp.run_id"
+# Environment variables the tasks read from the MLflow credentials Secret (all optional: an open server needs none).
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 ROLE_TAG = "llmft.role"
 STEP_TAG = "llmft.step"
 PARENT_ROLE = "pipeline"

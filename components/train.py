@@ -12,8 +12,9 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    so a crash is an exit code with a message, never a silent death. More than one GPU
    (``cluster.accelerator_count``) or DeepSpeed runs it under torchrun, one process per GPU, as LLaMA-Factory's
    ``FORCE_TORCHRUN=1`` launcher does; NCCL then needs the in-memory ``/dev/shm`` the pipeline mounts.
-   ``cluster.nodes > 1`` submits a PyTorchJob instead (:func:`components.pytorchjob.run_pytorchjob`), whose
-   replicas run the same worker under torchrun (:mod:`components.multinode_launch`).
+   ``cluster.nodes > 1`` submits a multi-node job instead (:func:`components.training_job.run_training_job`:
+   a Trainer v2 TrainJob or a PyTorchJob, ``cluster.training_engine``), whose nodes run the same worker under
+   torchrun (:mod:`components.multinode_launch`).
 5. **Collect** (:func:`collect_metrics`): train loss over all steps (resumes included), eval loss when
    ``training.val_size`` > 0, runtime, tokens/s; ``trainer_log.jsonl`` and a loss plot PNG.
 6. **Publish** (:func:`publish_model`): the final weights go to ``adapter/`` (or ``full/``) through
@@ -82,7 +83,7 @@ MIN_SHM_BYTES = 1 << 30
 # (tracking.configure_environment: few retries); the trainer instead retries each request for about a minute
 # (urllib3 backoff 0, 2, 4, 8, 16, 32 s), enough for a server restart. Its metric logging is asynchronous, so
 # training never waits on the server, and a point that still fails is re-logged after training
-# (backfill_metrics). Also given to every replica of a multi-node PyTorchJob.
+# (backfill_metrics). Also given to every node of a multi-node job.
 TRAINER_MLFLOW_HTTP = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -232,7 +233,8 @@ def tracking_params(cfg: PipelineConfig, dataset_hash: str, hashes: dict[str, st
 
 
 def _gpu_available(cfg: PipelineConfig) -> bool:
-    """Whether the trainer gets GPUs: none requested means a CPU pod; else ask CUDA (replicas of a PyTorchJob have)."""
+    """Whether the trainer gets GPUs: none requested means a CPU pod; else ask CUDA (the nodes of a multi-node job
+    have them)."""
     if cfg.cluster.accelerator_count == 0:
         return False
     if cfg.cluster.nodes > 1:
@@ -244,7 +246,7 @@ def _gpu_available(cfg: PipelineConfig) -> bool:
 
 def _launcher(cfg: PipelineConfig, gpu: bool) -> str:
     if cfg.cluster.nodes > 1:
-        return "pytorchjob"
+        return cfg.cluster.training_engine
     return "torchrun" if cfg.cluster.accelerator_count > 1 or deepspeed_stage(cfg, gpu) else "single-process"
 
 
@@ -593,9 +595,9 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
     log_path = paths.log_dir / f"train-{run_id}.log"
     try:
         if cfg.cluster.nodes > 1:
-            from components.pytorchjob import run_pytorchjob
+            from components.training_job import run_training_job
 
-            run_pytorchjob(cfg, kfp_run_id, paths.train_yaml, {
+            run_training_job(cfg, kfp_run_id, paths.train_yaml, {
                 "MLFLOW_RUN_ID": run_id, "MLFLOW_FLATTEN_PARAMS": "true", "DISABLE_VERSION_CHECK": "1",
                 "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP})
         else:
@@ -630,9 +632,9 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
 
     Reads ``storage`` (mount_path, base_model, data_dir, output_root), ``training`` (all fields: method preset,
     hyper-parameters, precision, checkpoints, val_size, trust_remote_code), ``dataset.names``, ``cluster``
-    (accelerator_count: torchrun; nodes: PyTorchJob; image: logged) and ``mlflow`` (tracking_uri, experiment).
-    See the module docstring for the phases. A model already published for this run with the same
-    configuration is reused (a KFP retry after the weights were published trains nothing).
+    (accelerator_count: torchrun; nodes and training_engine: a multi-node job; image: logged) and ``mlflow``
+    (tracking_uri, experiment). See the module docstring for the phases. A model already published for this run
+    with the same configuration is reused (a KFP retry after the weights were published trains nothing).
 
     Args:
         cfg: The resolved pipeline configuration.
@@ -647,7 +649,7 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
         TrainerFailed: LLaMA-Factory exited non-zero or was killed (its error is in the message).
         TrackingUnavailable: the MLflow server does not answer within the preflight timeout.
         StorageError: the volume refused a write.
-        PyTorchJobError: the multi-node job failed (``cluster.nodes`` > 1).
+        TrainingJobError: the multi-node job failed or could not be submitted (``cluster.nodes`` > 1).
     """
     import mlflow
     from mlflow.entities import Metric

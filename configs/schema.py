@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
@@ -27,6 +27,8 @@ CONFIG_DIR = Path(__file__).resolve().parent
 # The one image every task runs in (built from the Dockerfile; pins match setup.cfg).
 DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0"
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A DNS-1123 subdomain (most object names: ClusterTrainingRuntime, ServiceAccount): labels joined by dots.
+_K8S_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 FORM_KEY = "run_form_parameter"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -124,7 +126,19 @@ class ClusterConfig(_Section):
     """Scheduling of the tasks on the Kubernetes cluster."""
 
     image: str = Field(DEFAULT_IMAGE, description="The one image every task runs in (see Dockerfile).")
-    nodes: int = Field(1, ge=1, le=64, description="Training nodes; >1 submits a PyTorchJob (Training Operator).")
+    nodes: int = Field(1, ge=1, le=64, description="Training nodes; >1 submits a training job (training_engine).")
+    training_engine: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="What runs a multi-node (nodes > 1) training: 'trainjob' (Kubeflow Trainer v2, "
+        "trainer.kubeflow.org/v1alpha1) or 'pytorchjob' (Training Operator v1, kubeflow.org/v1; older clusters).")
+    training_runtime: str = Field(
+        "torch-distributed", description="The ClusterTrainingRuntime a TrainJob runs on (training_engine trainjob); "
+        "`kubectl get clustertrainingruntimes` lists them.")
+    trainer_service_account: str = Field(
+        "llm-trainer", description="Service account of the TrainJob's pods; deploy/rbac.yaml creates one that "
+        "mounts no API token (a TrainJob cannot turn the mount off itself). Empty: the namespace's default account.")
+    kueue_queue_name: str = Field("", description="Kueue LocalQueue that admits the multi-node job ('': no Kueue).")
+    kueue_priority_class: str = Field("", description="Kueue WorkloadPriorityClass of the multi-node job ('': the "
+                                      "queue's default).")
     gpu_node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
         description="Node selector for GPU tasks, e.g. {\"nvidia.com/gpu.present\": \"true\"}.",
@@ -160,6 +174,18 @@ class ClusterConfig(_Section):
     def _quantity(cls, value: str) -> str:
         if not _QUANTITY.match(value):
             raise ValueError(f"must be a Kubernetes quantity such as '4', '500m' or '32Gi', got {value!r}")
+        return value
+
+    @field_validator("training_runtime", "trainer_service_account", "kueue_queue_name", "kueue_priority_class")
+    @classmethod
+    def _object_name(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name != "training_runtime":
+            return value  # empty: not used
+        # Kueue reads the queue and the priority class from labels, whose values have at most 63 characters.
+        limit = 63 if info.field_name.startswith("kueue_") else 253
+        if not _K8S_SUBDOMAIN.match(value) or len(value) > limit:
+            raise ValueError(f"must be a Kubernetes object name of at most {limit} characters (lowercase letters, "
+                             f"digits, '-' and '.'), got {value!r}")
         return value
 
     @field_validator("image_pull_secrets")

@@ -27,13 +27,12 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
+from components.tracking import MLFLOW_SECRET_KEYS
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
 from pipelines import steps
 from pipelines.run_form import google_args, parameter_docs, pipeline_parameters, resolve_config_component
 
-# Environment variables read from the MLflow credentials Secret (all optional: an open server needs none).
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
 
 
@@ -68,7 +67,8 @@ TASKS = {
 
 def gpu_tasks(cfg: PipelineConfig) -> tuple[str, ...]:
     """Tasks that run on a GPU node. With ``cluster.nodes > 1`` the train task only submits and follows a
-    training job (whose pods get the GPUs), so it runs as a light CPU task."""
+    multi-node job (a TrainJob or PyTorchJob, whose pods get the GPUs), so it runs as a light CPU task; it keeps
+    ``cluster.train_timeout_s``, the time it waits for the job."""
     return tuple(name for name, task in TASKS.items() if task.gpu and not (name == "train" and cfg.cluster.nodes > 1))
 
 

@@ -210,13 +210,24 @@ def test_ir_task_graph_matches_the_design(compiled):
 
 
 def test_multi_node_training_frees_the_train_task_from_the_gpu(tmp_path):
-    """With cluster.nodes > 1 the train task only submits a PyTorchJob; its pods hold the GPUs."""
-    from pipelines.compile import compile_config
-
-    path = compile_config(load_config("lora", overrides=["cluster.nodes=4"]), tmp_path / "multinode.yaml")
-    _, pipeline_doc, platform = _documents(path)
+    """``compile --set cluster.nodes=4``: the train task only submits and follows a TrainJob (the default
+    engine); the TrainJob's pods hold the GPUs, the task waits for it as long as training may take."""
+    out = tmp_path / "multinode.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--config", "lora", "--set", "cluster.nodes=4",
+                    "--output", str(out)], check=True, cwd=REPO_ROOT, capture_output=True)
+    cfg = load_config("lora", overrides=["cluster.nodes=4"])
+    spec, pipeline_doc, platform = _documents(out)
+    executors = _k8s_executors(platform)
     train = pipeline_doc["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert "accelerator" not in train
-    assert not _k8s_executors(platform)["exec-train"].node_selector.node_selector_json.component_input_parameter
+    assert (train["resourceCpuRequest"], train["resourceMemoryRequest"]) == (
+        cfg.cluster.light_cpu_request, cfg.cluster.light_memory_request)
+    assert not executors["exec-train"].node_selector.node_selector_json.component_input_parameter
+    assert not executors["exec-train"].empty_dir_mounts
+    assert executors["exec-train"].active_deadline_seconds == cfg.cluster.train_timeout_s
     evaluate = pipeline_doc["deploymentSpec"]["executors"]["exec-evaluate-mmlu"]["container"]["resources"]
     assert "accelerator" in evaluate
+    assert executors["exec-evaluate-mmlu"].active_deadline_seconds == cfg.cluster.eval_timeout_s
+    resolved = config_from_json(spec.root.input_definitions.parameters["config"].default_value.string_value)
+    assert (resolved.cluster.nodes, resolved.cluster.training_engine) == (4, "trainjob")
+    assert resolved.cluster.training_runtime == "torch-distributed"

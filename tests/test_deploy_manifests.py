@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.pytorchjob import GROUP, PLURAL
+from components import pytorchjob, trainjob
 from configs.schema import DEFAULT_IMAGE, ClusterConfig, MlflowConfig, StorageConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +24,7 @@ DEPLOY = REPO_ROOT / "deploy"
 NAMESPACE = "llm-training"
 SECRET_TEMPLATE = DEPLOY / "mlflow-secret.template.yaml"
 MLFLOW_SECRET_KEYS = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
 
 def kubectl() -> str:
@@ -56,13 +57,18 @@ def test_renders_exactly_the_expected_objects_in_the_namespace(rendered):
         ("PersistentVolumeClaim", "llama-storage"),
         ("ConfigMap", "llm-config"),
         ("ServiceAccount", "pipeline-runner"),
+        ("ServiceAccount", "llm-trainer"),
         ("Role", "llm-pipeline"),
         ("RoleBinding", "llm-pipeline"),
+        ("ClusterRole", "llm-pipeline-training-runtimes"),
+        ("ClusterRoleBinding", "llm-pipeline-training-runtimes"),
         ("Deployment", "llama-webui"),
         ("Service", "llama-webui"),
     }  # the settings ConfigMap is local-config (not applied); the Secret template is never applied
     for (kind, _name), doc in rendered.items():
-        if kind != "Namespace":
+        if kind in CLUSTER_SCOPED:
+            assert "namespace" not in doc["metadata"]
+        else:
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
@@ -138,18 +144,42 @@ def test_webui_runs_llamafactory_on_a_gpu_behind_a_readiness_probe(rendered):
     assert [(port["port"], port["targetPort"]) for port in service["ports"]] == [(7860, "http")]
 
 
+def _granted(role: dict) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def _subjects(binding: dict) -> set[tuple[str, str]]:
+    return {(subject["name"], subject["namespace"]) for subject in binding["subjects"]}
+
+
 def test_role_grants_what_multi_node_training_uses(rendered):
-    role = the(rendered, "Role", "llm-pipeline")
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
-    needed = {(GROUP, PLURAL, verb) for verb in ("create", "get", "list", "watch", "delete")}
+    """Both engines' jobs, their pods and logs, the trainer's service account; the cluster-scoped
+    ClusterTrainingRuntimes through a ClusterRole (a Role cannot grant them)."""
+    needed = {(engine.GROUP, engine.PLURAL, verb) for engine in (trainjob, pytorchjob)
+              for verb in ("create", "get", "list", "watch", "delete")}
     needed |= {("", "pods", verb) for verb in ("get", "list", "watch")} | {("", "pods/log", "get")}
-    assert needed <= granted
+    needed |= {("", "serviceaccounts", "get")}
+    assert needed <= _granted(the(rendered, "Role", "llm-pipeline"))
     binding = the(rendered, "RoleBinding", "llm-pipeline")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "llm-pipeline"}
-    subjects = {(subject["name"], subject["namespace"]) for subject in binding["subjects"]}
-    assert ("pipeline-runner", NAMESPACE) in subjects and ("default-editor", NAMESPACE) in subjects
+    runners = {("pipeline-runner", NAMESPACE), ("default-editor", NAMESPACE)}
+    assert runners <= _subjects(binding)
+    runtimes = the(rendered, "ClusterRole", "llm-pipeline-training-runtimes")
+    assert {(trainjob.GROUP, trainjob.RUNTIME_PLURAL, verb) for verb in ("get", "list", "watch")} == _granted(runtimes)
+    binding = the(rendered, "ClusterRoleBinding", "llm-pipeline-training-runtimes")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "llm-pipeline-training-runtimes"}
+    assert _subjects(binding) == runners
     the(rendered, "ServiceAccount", "pipeline-runner")
+
+
+def test_training_pods_run_as_an_account_without_a_token(rendered):
+    account = the(rendered, "ServiceAccount", ClusterConfig().trainer_service_account)
+    assert account["automountServiceAccountToken"] is False
+    bound = [subject["name"] for kind in ("RoleBinding", "ClusterRoleBinding") for (k, _), doc in rendered.items()
+             if k == kind for subject in doc["subjects"]]
+    assert account["metadata"]["name"] not in bound  # it may do nothing in the API
 
 
 def test_secret_template_holds_no_values_and_is_never_applied():
@@ -167,5 +197,6 @@ def test_deploy_guide_names_only_files_that_exist_and_the_rbac():
     assert paths, "the guide should point at the files it uses"
     missing = sorted(path for path in paths if not (REPO_ROOT / path).exists())
     assert not missing, f"the README's deploy section names files that do not exist: {missing}"
-    for needed in ("pytorchjobs", "pods/log", "kubectl apply -k deploy/", "python -m pipelines.submit"):
+    for needed in ("trainjobs", "clustertrainingruntimes", "pytorchjobs", "pods/log", "kubectl apply -k deploy/",
+                   "python -m pipelines.submit"):
         assert needed in guide

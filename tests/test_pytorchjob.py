@@ -1,12 +1,13 @@
-"""components.pytorchjob and components.multinode_launch: the multi-node training mode.
+"""components.pytorchjob (with components.training_job) and components.multinode_launch: multi-node training
+on the Training Operator v1 (``cluster.training_engine: pytorchjob``).
 
 No Kubernetes cluster can run here, so two stand-ins are used, and only these:
 - the PyTorchJob manifest is checked against the Training Operator's own SDK models
   (kubeflow-training) and its pod templates against the Kubernetes OpenAPI schema
   (kubernetes-validate, strict);
-- submit/follow/delete talk through the real ``kubernetes`` client to ``FakeKubernetes``, a
-  loopback HTTP server that implements the few API endpoints used (create/get/list/watch/delete
-  pytorchjobs, list pods, pod log) and plays the operator's part (pods, conditions).
+- submit/follow/delete talk through the real ``kubernetes`` client to ``FakeKubernetes``
+  (tests/fake_kubernetes.py), a loopback HTTP server that implements the few API endpoints used
+  (create/get/list/watch/delete pytorchjobs, list pods, pod log) and plays the operator's part.
 The replica entry point really execs; its interpreter path points at a stub that records what it got
 (a real torchrun would wait for the job's other nodes), and torchrun's own parser reads the arguments.
 """
@@ -19,39 +20,31 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from fake_kubernetes import NAMESPACE, PYTORCHJOB, FakeKubernetes, expected_lines, lead_lines, serve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components import pytorchjob
+from components import job_spec, training_job
+from components.job_spec import job_name, run_label
 from components.multinode_launch import LaunchEnvError, map_operator_env
 from components.multinode_launch import main as launch_main
-from components.pytorchjob import (
-    PyTorchJobError,
-    PyTorchJobFailed,
-    build_pytorchjob_manifest,
-    delete_pytorchjob,
-    job_name,
-    run_label,
-    run_pytorchjob,
-)
+from components.pytorchjob import build_pytorchjob_manifest
+from components.training_job import TrainingJobError, TrainingJobFailed, delete_training_job, run_training_job
 from configs.schema import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "0f3c2a9e-1b2c-4d5e-8f90-123456789abc"
 TRAIN_YAML = Path(f"/storage/output/{RUN_ID}/train.yaml")
-NAMESPACE = "llm-training"
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def cluster_config(**cluster):
-    overrides = [f"cluster.{key}={json.dumps(value)}" for key, value in cluster.items()]
+    overrides = [f"cluster.{key}={json.dumps(value)}" for key, value in {"training_engine": "pytorchjob",
+                                                                          **cluster}.items()]
     return load_config("lora", overrides=overrides)
 
 
@@ -129,24 +122,26 @@ def test_manifest_carries_every_scheduling_setting():
         }
         mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
         assert mounts == {"storage": "/storage", "dshm": "/dev/shm"}
-        env = {item["name"]: item["value"] for item in container["env"]}
+        env = {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
         assert env["MLFLOW_TRACKING_URI"] == cfg.mlflow.tracking_uri
         assert env["MLFLOW_RUN_ID"] == "r1" and env["NCCL_DEBUG"] == "INFO"
-        assert container["envFrom"] == [{"secretRef": {"name": "mlflow-config", "optional": True}}]
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            assert env[key] == {"secretKeyRef": {"name": "mlflow-config", "key": key, "optional": True}}
 
 
 def test_single_node_job_has_no_workers_and_no_secret_when_none_is_configured():
     cfg = load_config("lora", overrides=["cluster.nodes=1", "mlflow.credentials_secret="])
     manifest = build_pytorchjob_manifest(cfg, RUN_ID, TRAIN_YAML, {})
     assert list(manifest["spec"]["pytorchReplicaSpecs"]) == ["Master"]
-    assert "envFrom" not in manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    (container,) = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert all("valueFrom" not in item for item in container["env"])
 
 
 @pytest.mark.parametrize(("train_yaml", "env", "overrides", "message"), [
     ("/tmp/train.yaml", {}, [], "not on the storage volume"),
     ("/storage/../etc/train.yaml", {}, [], "not on the storage volume"),
     ("output/train.yaml", {}, [], "not on the storage volume"),
-    (str(TRAIN_YAML), {"RANK": "0"}, [], "env: RANK is set by the Training Operator"),
+    (str(TRAIN_YAML), {"RANK": "0"}, [], "env: RANK is set by the training engine"),
     (str(TRAIN_YAML), {"PET_NNODES": "2"}, [], "env: PET_NNODES"),
     (str(TRAIN_YAML), {"BAD-NAME": "x"}, [], "env: 'BAD-NAME' is not a valid"),
     ("storage/train.yaml", {}, ["storage.mount_path=./storage"], "storage.mount_path must be an absolute path"),
@@ -162,7 +157,7 @@ def test_manifest_refuses_bad_inputs_naming_the_field(train_yaml, env, overrides
 def test_job_names_and_labels_are_valid_and_distinct(first, second):
     for run_id in (first, second):
         name = job_name(run_id)
-        assert DNS_1123_LABEL.match(name) and len(name) <= pytorchjob.JOB_NAME_MAX, name
+        assert DNS_1123_LABEL.match(name) and len(name) <= job_spec.JOB_NAME_MAX, name
         assert name[0].isalpha()  # operator Service names are DNS-1035 labels
         assert re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)", run_label(run_id)), run_label(run_id)
     if first != second:
@@ -282,248 +277,22 @@ def test_launcher_cli_exit_codes(tmp_path, monkeypatch, capsys):
     assert launch_main(["--gpus-per-node"]) == 2
 
 
-# --------------------------------------------------------------------------- the loopback Kubernetes API
-
-
-class FakeKubernetes:
-    """Loopback stand-in for the Kubernetes API server and the Training Operator (no cluster runs here).
-
-    Each watch request advances a created job by one step (Created -> Running, the master pod starts);
-    serving the master's whole log ends the container and the job (``outcome``: Succeeded or Failed).
-    ``drop_log_after`` cuts the first log stream after that many lines while the container still runs;
-    ``interrupt`` sends SIGTERM to the test's main thread mid-log; ``fail`` maps "METHOD kind" to an
-    HTTP status returned once.
-    """
-
-    def __init__(self, outcome: str = "Succeeded", lines: int = 5):
-        self.outcome = outcome
-        # Two lines per second with fractions of different lengths (as the kubelet writes RFC 3339 nano):
-        # "00.5Z" sorts after "00.55Z" as text, so resuming must compare parsed times.
-        self.log = [f"2026-03-01T10:00:{i // 2:02d}.{'5' * (i % 9 + 1)}Z step {i} loss {1.0 / (i + 1):.3f}"
-                    for i in range(lines)]
-        self.drop_log_after: int | None = None
-        self.interrupt = False
-        self.fail: dict[str, int] = {}
-        self.jobs: dict[str, dict] = {}
-        self.pods: dict[str, dict] = {}
-        self.created: list[dict] = []
-        self.deleted: list[str] = []
-        self.auth: set[str] = set()
-        self.log_requests: list[dict] = []
-        self.released = threading.Event()
-        self.lock = threading.Lock()
-        self.version = 0
-        self.main_thread = threading.main_thread().ident
-
-    # -- state changes (under self.lock)
-    def _bump(self, obj: dict) -> None:
-        self.version += 1
-        obj["metadata"]["resourceVersion"] = str(self.version)
-
-    def add_job(self, manifest: dict, conditions: list[dict]) -> dict:
-        job = json.loads(json.dumps(manifest))
-        job["metadata"]["uid"] = f"uid-{len(self.created) + len(self.jobs)}"
-        job["status"] = {"conditions": conditions}
-        self._bump(job)
-        name = job["metadata"]["name"]
-        self.jobs[name] = job
-        self.pods[f"{name}-master-0"] = {  # what the operator creates: a master pod waiting for a GPU node
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{name}-master-0", "namespace": NAMESPACE, "uid": f"pod-{job['metadata']['uid']}",
-                         "creationTimestamp": "2026-03-01T10:00:00Z",
-                         "labels": {"training.kubeflow.org/job-name": name,
-                                    "training.kubeflow.org/replica-type": "master"}},
-            "status": {"phase": "Pending", "conditions": [
-                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                 "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]},
-        }
-        return job
-
-    def _start(self, name: str) -> None:
-        job = self.jobs[name]
-        if job["status"]["conditions"][-1]["type"] != "Created":
-            return
-        job["status"]["conditions"].append({"type": "Running", "status": "True", "reason": "PyTorchJobRunning"})
-        self._bump(job)
-        pod = self.pods[f"{name}-master-0"]
-        pod["status"] = {"phase": "Running", "containerStatuses": [
-            {"name": "pytorch", "ready": True, "restartCount": 0, "image": "img", "imageID": "",
-             "state": {"running": {"startedAt": "2026-03-01T10:00:00Z"}}}]}
-
-    def _finish(self, name: str) -> None:
-        job = self.jobs.get(name)
-        if job is None:
-            return
-        failed = self.outcome == "Failed"
-        job["status"]["conditions"][-1]["status"] = "False"
-        job["status"]["conditions"].append({
-            "type": self.outcome, "status": "True",
-            "reason": "PyTorchJobFailed" if failed else "PyTorchJobSucceeded",
-            "message": f"PyTorchJob {name} is failed because 1 Master replica(s) failed." if failed
-            else f"PyTorchJob {name} is successfully completed.",
-        })
-        self._bump(job)
-        terminated = {"exitCode": 137, "reason": "OOMKilled"} if failed else {"exitCode": 0, "reason": "Completed"}
-        self.pods[f"{name}-master-0"]["status"]["containerStatuses"][0]["state"] = {"terminated": terminated}
-
-    # -- HTTP
-    def handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _json(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _status(self, code: int, reason: str) -> None:
-                self._json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-                                  "reason": reason, "message": f"fake: {reason}"})
-
-            def _route(self, method: str):
-                fake.auth.add(self.headers.get("Authorization", ""))
-                url = urlsplit(self.path)
-                query = {key: values[0] for key, values in parse_qs(url.query).items()}
-                jobs = f"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/pytorchjobs"
-                pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
-                kind = "log" if url.path.endswith("/log") else "job" if url.path.startswith(jobs) else "pods"
-                code = fake.fail.pop(f"{method} {kind}", None)
-                if code:
-                    return self._status(code, "Forbidden" if code == 403 else "ServiceUnavailable")
-                if url.path == jobs and method == "POST":
-                    return self._create()
-                if url.path == jobs and query.get("watch", "").lower() == "true":
-                    return self._watch(query)
-                if url.path == jobs:
-                    return self._list(fake.jobs.values(), query, "PyTorchJobList", "kubeflow.org/v1")
-                if url.path.startswith(jobs + "/"):
-                    return self._one_job(method, url.path.rsplit("/", 1)[1])
-                if url.path == pods:
-                    return self._list(fake.pods.values(), query, "PodList", "v1")
-                if url.path.startswith(pods + "/") and url.path.endswith("/log"):
-                    return self._log(url.path.split("/")[-2], query)
-                return self._status(404, "NotFound")
-
-            def do_GET(self):
-                self._route("GET")
-
-            def do_POST(self):
-                self._route("POST")
-
-            def do_DELETE(self):
-                self._route("DELETE")
-
-            def _create(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                name = body["metadata"]["name"]
-                with fake.lock:
-                    if name in fake.jobs:
-                        return self._status(409, "AlreadyExists")
-                    fake.created.append(body)
-                    job = fake.add_job(body, [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated"}])
-                self._json(201, job)
-
-            def _one_job(self, method: str, name: str):
-                with fake.lock:
-                    job = fake.jobs.get(name)
-                    if job is None:
-                        return self._status(404, "NotFound")
-                    if method == "DELETE":
-                        del fake.jobs[name]
-                        fake.pods.pop(f"{name}-master-0", None)
-                        fake.deleted.append(name)
-                        fake.released.set()
-                        return self._json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-                    return self._json(200, job)
-
-            def _list(self, items, query: dict, kind: str, api_version: str):
-                wanted = dict(pair.split("=", 1) for pair in query.get("labelSelector", "").split(",") if pair)
-                with fake.lock:
-                    chosen = [item for item in items
-                              if all(item["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())]
-                    body = {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(fake.version)},
-                            "items": json.loads(json.dumps(chosen))}
-                self._json(200, body)
-
-            def _stream_start(self):
-                self.send_response(200)
-                self.send_header("Connection", "close")
-                self.end_headers()
-
-            def _watch(self, query: dict):
-                name = query.get("fieldSelector", "").removeprefix("metadata.name=")
-                with fake.lock:
-                    before = fake.jobs.get(name, {}).get("metadata", {}).get("resourceVersion")
-                    if name in fake.jobs:
-                        fake._start(name)
-                    job = fake.jobs.get(name)
-                    event = job and job["metadata"]["resourceVersion"] != before and json.dumps(
-                        {"type": "MODIFIED", "object": job})
-                self._stream_start()
-                if event:  # no change: the stream ends at once, as a watch does at its timeout
-                    self.wfile.write(event.encode() + b"\n")
-
-            def _log(self, pod: str, query: dict):
-                fake.log_requests.append(query)
-                name = pod.removesuffix("-master-0")
-                with fake.lock:
-                    cut = fake.drop_log_after if len(fake.log_requests) == 1 else None
-                self._stream_start()
-                for line in fake.log[:cut]:
-                    self.wfile.write(line.encode() + b"\n")
-                self.wfile.flush()
-                if fake.interrupt:
-                    signal.pthread_kill(fake.main_thread, signal.SIGTERM)
-                    fake.released.wait(timeout=30)  # hold the stream open until the job is deleted
-                    return
-                if cut is None:
-                    with fake.lock:
-                        fake._finish(name)
-
-        return Handler
+# --------------------------------------------------------------------------- against the loopback Kubernetes API
 
 
 @pytest.fixture
 def fake_k8s(tmp_path, monkeypatch):
-    """A FakeKubernetes on 127.0.0.1 and a kubeconfig pointing the real kubernetes client at it."""
-    fake = FakeKubernetes()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
-        "users": [{"name": "fake", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    yield fake
-    fake.released.set()
-    server.shutdown()
-    server.server_close()
+    """A FakeKubernetes playing the Training Operator, and a kubeconfig pointing the real client at it."""
+    yield from serve(FakeKubernetes(PYTORCHJOB), tmp_path, monkeypatch)
 
 
 def master_lines(output: str) -> list[str]:
-    return [line.removeprefix("[master] ") for line in output.splitlines() if line.startswith("[master] ")]
-
-
-def expected_lines(fake: FakeKubernetes) -> list[str]:
-    return [line.split("Z ", 1)[1] for line in fake.log]
+    return lead_lines(output, "master")
 
 
 def test_successful_job_streams_the_master_log_once(fake_k8s, capsys):
     cfg = cluster_config(nodes=2, accelerator_count=4)
-    run_pytorchjob(cfg, RUN_ID, TRAIN_YAML, {"MLFLOW_RUN_ID": "r1"})
+    run_training_job(cfg, RUN_ID, TRAIN_YAML, {"MLFLOW_RUN_ID": "r1"})
     output = capsys.readouterr().out
     assert master_lines(output) == expected_lines(fake_k8s)
     assert "not scheduled: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in output
@@ -537,19 +306,19 @@ def test_successful_job_streams_the_master_log_once(fake_k8s, capsys):
 
 def test_failed_job_fails_the_step_with_the_reason_and_is_deleted(fake_k8s, capsys):
     fake_k8s.outcome = "Failed"
-    with pytest.raises(PyTorchJobFailed) as failure:
-        run_pytorchjob(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
+    with pytest.raises(TrainingJobFailed) as failure:
+        run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
     message = str(failure.value)
     assert f"PyTorchJob {NAMESPACE}/train-{RUN_ID} failed: PyTorchJobFailed" in message
     assert "1 Master replica(s) failed" in message
-    assert "master container OOMKilled with exit code 137" in message
+    assert f"pod train-{RUN_ID}-master-0: container OOMKilled with exit code 137" in message
     assert fake_k8s.deleted == [f"train-{RUN_ID}"]
     assert master_lines(capsys.readouterr().out) == expected_lines(fake_k8s)  # the log made it before the error
 
 
 def test_dropped_log_stream_resumes_without_repeating_lines(fake_k8s, capsys):
     fake_k8s.drop_log_after = 1
-    run_pytorchjob(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
+    run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
     assert master_lines(capsys.readouterr().out) == expected_lines(fake_k8s)
     assert len(fake_k8s.log_requests) >= 2
     assert "sinceSeconds" not in fake_k8s.log_requests[0] and int(fake_k8s.log_requests[1]["sinceSeconds"]) > 0
@@ -559,7 +328,7 @@ def test_sigterm_deletes_the_job_and_restores_the_handler(fake_k8s):
     fake_k8s.interrupt = True
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        run_pytorchjob(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
+        run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
     assert fake_k8s.deleted == [f"train-{RUN_ID}"]
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -569,7 +338,7 @@ def test_retry_replaces_a_failed_job_of_an_earlier_attempt(fake_k8s, capsys):
     with fake_k8s.lock:
         fake_k8s.add_job(build_pytorchjob_manifest(cfg, RUN_ID, TRAIN_YAML, {}),
                          [{"type": "Failed", "status": "True", "reason": "PyTorchJobFailed"}])
-    run_pytorchjob(cfg, RUN_ID, TRAIN_YAML, {})
+    run_training_job(cfg, RUN_ID, TRAIN_YAML, {})
     assert fake_k8s.deleted == [f"train-{RUN_ID}"] and len(fake_k8s.created) == 1
     output = capsys.readouterr().out
     assert "replacing the failed" in output and f"train-{RUN_ID} succeeded" in output
@@ -580,7 +349,7 @@ def test_retry_follows_a_job_still_running_from_an_earlier_attempt(fake_k8s, cap
     with fake_k8s.lock:
         fake_k8s.add_job(build_pytorchjob_manifest(cfg, RUN_ID, TRAIN_YAML, {}),
                          [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated"}])
-    run_pytorchjob(cfg, RUN_ID, TRAIN_YAML, {})
+    run_training_job(cfg, RUN_ID, TRAIN_YAML, {})
     assert fake_k8s.created == [] and fake_k8s.deleted == []
     output = capsys.readouterr().out
     assert "exists from an earlier attempt (Created); following it" in output
@@ -588,16 +357,16 @@ def test_retry_follows_a_job_still_running_from_an_earlier_attempt(fake_k8s, cap
 
 
 def test_transient_api_errors_are_retried(fake_k8s, monkeypatch):
-    monkeypatch.setattr(pytorchjob, "API_RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(training_job, "API_RETRY_BACKOFF_S", 0.0)
     fake_k8s.fail["GET job"] = 503
-    run_pytorchjob(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
+    run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
     assert fake_k8s.deleted == []
 
 
 def test_refused_request_names_the_rbac_fix(fake_k8s):
     fake_k8s.fail["POST job"] = 403
-    with pytest.raises(PyTorchJobError, match=r"refused \(HTTP 403\).*pods/log get \(deploy/rbac.yaml\)"):
-        run_pytorchjob(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
+    with pytest.raises(TrainingJobError, match=r"refused \(HTTP 403\).*pods/log get \(deploy/rbac.yaml\)"):
+        run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
     assert fake_k8s.created == []
 
 
@@ -608,21 +377,22 @@ def test_delete_pytorchjob_finds_the_run_by_label(fake_k8s, capsys):
                          [{"type": "Running", "status": "True"}])
         fake_k8s.add_job(build_pytorchjob_manifest(cfg, "other-run", Path("/storage/output/o/t.yaml"), {}),
                          [{"type": "Running", "status": "True"}])
-    assert delete_pytorchjob(cfg, RUN_ID) is True
+    assert delete_training_job(cfg, RUN_ID) is True
     assert fake_k8s.deleted == [f"train-{RUN_ID}"] and "train-other-run" in fake_k8s.jobs
-    assert delete_pytorchjob(cfg, RUN_ID) is False
+    assert delete_training_job(cfg, RUN_ID) is False
     assert f"deleted {NAMESPACE}/train-{RUN_ID}" in capsys.readouterr().out
 
 
 def test_no_namespace_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
-    monkeypatch.setattr(pytorchjob, "SA_NAMESPACE_FILE", "/nonexistent/namespace")
-    with pytest.raises(PyTorchJobError, match="set POD_NAMESPACE"):
-        delete_pytorchjob(cluster_config(nodes=2), RUN_ID)
+    monkeypatch.setattr(training_job, "SA_NAMESPACE_FILE", "/nonexistent/namespace")
+    with pytest.raises(TrainingJobError, match="set POD_NAMESPACE"):
+        delete_training_job(cluster_config(nodes=2), RUN_ID)
 
 
 def test_importing_the_modules_stays_light():
-    code = ("import sys, components.pytorchjob, components.multinode_launch; "
+    code = ("import sys, components.pytorchjob, components.trainjob, components.training_job, "
+            "components.multinode_launch; "
             "print(sorted(m for m in ('kubernetes', 'torch', 'mlflow', 'llamafactory') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
