@@ -374,10 +374,13 @@ class SplitWriter:
         return manifest
 
     def close(self) -> None:
-        """Close the open files (idempotent)."""
+        """Close the open files (idempotent).
+
+        Raises:
+            StorageError: the volume refused the last buffered write.
+        """
         for state in self._datasets.values():
-            state.train.close()
-            state.held.close()
+            self._close(state)
 
     def _scored(self, state: _Dataset) -> list[str]:
         return sorted(state.candidates)[:self.max_test_rows]
@@ -394,8 +397,7 @@ class SplitWriter:
         if current is not None and current.spec.name == spec.name:
             return current
         if current is not None:  # datasets are read one after the other: one pair of files open at a time
-            current.train.close()
-            current.held.close()
+            self._close(current)
         directory = self._open()
         try:
             train = open(directory / "train" / f"{spec.name}.jsonl", "wb")  # noqa: SIM115 - closed in close()
@@ -404,6 +406,14 @@ class SplitWriter:
             raise StorageError(describe_os_error(exc, directory)) from exc
         self._current = self._datasets[spec.name] = _Dataset(spec, train, held)
         return self._current
+
+    @staticmethod
+    def _close(state: _Dataset) -> None:
+        for handle in (state.train, state.held):
+            try:
+                handle.close()  # flushes the buffer: the last write can fail here
+            except OSError as exc:
+                raise StorageError(describe_os_error(exc, Path(handle.name))) from exc
 
     @staticmethod
     def _write(handle: IO[bytes], data: bytes) -> None:
