@@ -14,8 +14,8 @@ in the same streaming pass that validates the rows), and training reads only tha
 - ``dataset_info.json``: entry ``N`` -> ``train/N.jsonl`` and entry ``N@test`` -> ``test/N.jsonl``
   for every dataset ``N``, each a copy of the original entry with the source-only keys dropped
   (:data:`SOURCE_ONLY_KEYS`; ``num_samples`` stays on the train entry only);
-- the rows as parsed from the source, one JSON object per line, in source order, so
-  ``row_key(json.loads(line))`` is the row's key;
+- the rows as parsed from the source, one JSON object per line in canonical form (:func:`canonical_row`),
+  in source order, so ``row_key(json.loads(line))`` is the row's key;
 - ``split.json``: the :class:`SplitManifest` (counts, file hashes, the scored test keys).
 
 At most ``dataset.max_test_rows`` rows per dataset are scored: those with the smallest keys, so the
@@ -52,17 +52,24 @@ TEST_SUFFIX = "@test"
 SOURCE_ONLY_KEYS = ("file_name", "split", "subset", "folder", "file_sha1")
 _HEX64 = r"^[0-9a-f]{64}$"
 _KEY = re.compile(rf"^[0-9a-f]{{{KEY_HEX_CHARS}}}$")
+# Built once: json.dumps with options builds a new encoder per call, which doubles the cost per row.
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+_CANONICAL_STRICT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def canonical_row(row: Any) -> str:
     """The row as canonical JSON (sorted keys, no whitespace): the same content gives the same text."""
-    return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(row)
+
+
+def _canonical_key(canonical: str) -> str:
+    digest = hashlib.sha256(f"{SPLIT_VERSION}\0{canonical}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:KEY_HEX_CHARS]
 
 
 def row_key(row: Any) -> str:
     """The content hash of one dataset row (hex): its identity in the split and in per-example results."""
-    digest = hashlib.sha256(f"{SPLIT_VERSION}\0{canonical_row(row)}".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:KEY_HEX_CHARS]
+    return _canonical_key(canonical_row(row))
 
 
 def key_position(key: str) -> float:
@@ -271,23 +278,22 @@ class _Dataset:
     candidates: set[str] = field(default_factory=set)  # the smallest held-out keys seen (at most 2 x the cap)
 
 
-def _json_line(value: Any) -> tuple[bytes, Any]:
-    """The row as one line of JSON, and the row as that line reads back.
+def _json_line(value: Any) -> tuple[bytes, str]:
+    """The row as one line of canonical JSON, and its key (one encoding serves both).
 
     Raises:
         ValueError: the row holds NaN or Infinity.
     """
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text = _CANONICAL_STRICT.encode(value)
     except TypeError:
         # Parquet types JSON lacks (timestamps, bytes, decimals) become their text; the row is what that reads back.
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
-        value = json.loads(text)
+        text = _CANONICAL_STRICT.encode(json.loads(json.dumps(value, default=str)))
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, legal as a JSON escape: keep it escaped
-        data = json.dumps(value, allow_nan=False).encode("ascii")
-    return data + b"\n", value
+        data = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":")).encode("ascii")
+    return data + b"\n", _canonical_key(text)
 
 
 class SplitWriter:
@@ -308,11 +314,10 @@ class SplitWriter:
     def __call__(self, spec: DatasetSpec, display: str, row: int, value: Any) -> str | None:
         """Put one validated row on its side; returns a problem message when the row cannot be written as JSON."""
         try:
-            data, value = _json_line(value)
+            data, key = _json_line(value)
         except ValueError:
             return "holds NaN or Infinity, which JSON Lines cannot carry; use null or a string"
         state = self._dataset(spec)
-        key = row_key(value)
         state.rows += 1
         if is_test_row(key, self.test_fraction):
             state.held_out_rows += 1

@@ -243,6 +243,38 @@ def test_every_source_format_round_trips_and_llamafactory_reads_both_sides(tmp_p
                 assert examples == expected, entry
 
 
+def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
+    """NaN is a problem of its row; a lone surrogate stays escaped; Parquet timestamps become text. In each
+    kept case the line reads back to the row whose key the manifest records."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = [json.dumps(_row(i)) for i in range(12)] + ['{"instruction": "a", "output": "b", "score": NaN}']
+    source = _write(tmp_path / "data", {"nan": {"file_name": "nan.jsonl"}, "odd": {"file_name": "odd.jsonl"},
+                                        "stamped": {"file_name": "stamped.parquet"}},
+                    {"nan.jsonl": "\n".join(lines) + "\n",
+                     "odd.jsonl": "".join(json.dumps({**_row(i), "input": "\ud800 lone"}) + "\n" for i in range(12))})
+    stamp = datetime.datetime(2025, 3, 14, 9, 26, 53)
+    pq.write_table(pa.Table.from_pylist([{**_row(i), "created": stamp} for i in range(12)]),
+                   source / "stamped.parquet")
+    result, _ = _split(source, ["nan"], tmp_path / "nan", fraction=0.5)
+    assert [(p.file, p.row) for p in result.problems] == [("nan.jsonl", 13)]
+    assert "NaN or Infinity" in result.problems[0].message
+    result, manifest = _split(source, ["odd", "stamped"], tmp_path / "kept", fraction=0.5)
+    assert result.ok, result.failure_message()
+    read_back = {}
+    for name in ("odd", "stamped"):
+        split = manifest.dataset(name)
+        test = _lines(tmp_path / "kept" / split.test_file)
+        read_back[name] = _lines(tmp_path / "kept" / split.train_file) + test
+        assert len(read_back[name]) == 12 and [row_key(row) for row in test] == split.test_keys
+    assert (tmp_path / "kept" / "train" / "odd.jsonl").read_bytes().isascii()  # valid UTF-8 for the loader
+    assert {row["input"] for row in read_back["odd"]} == {"\ud800 lone"}
+    assert {row["created"] for row in read_back["stamped"]} == {str(stamp)}
+
+
 def test_the_snapshot_is_published_atomically(tmp_path):
     rows = [_row(i) for i in range(500)] + [{"instruction": "", "output": "x"}]  # the last row is invalid
     source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
