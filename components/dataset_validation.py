@@ -16,12 +16,17 @@ questions (:mod:`components.contamination`), which become problems once there ar
 
 The version of the data is the sha256 of each file, and a combined hash over every named dataset's
 name, dataset_info.json entry and content, in training order.
+
+A ``row_sink`` sees every row that passed its checks, in file order, during the same pass: the
+held-out split (:mod:`components.data_split`) streams the rows to their side without reading the
+files again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +40,10 @@ CHARS_PER_TOKEN = 4  # rule of thumb for English BPE vocabularies; the estimate 
 DUPLICATE_FILTER_BITS = 1 << 27  # 16 MiB; at 10^6 rows and 6 hashes the false-duplicate rate is ~1e-8
 DUPLICATE_FILTER_HASHES = 6
 DUPLICATE_BATCH = 4096
+
+# Called with (dataset spec, file as displayed, row number, parsed row) for each row without a problem;
+# a returned message is recorded as a problem of that row.
+RowSink = Callable[[DatasetSpec, str, int, Any], "str | None"]
 
 
 @dataclass
@@ -131,7 +140,7 @@ class ValidationResult:
 
 def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: int,
                       eval_data_dir: str | Path | None = None, ngram: int = 13, max_contaminated: int = -1,
-                      max_errors: int = 50) -> ValidationResult:
+                      max_errors: int = 50, row_sink: RowSink | None = None) -> ValidationResult:
     """Validate the named datasets of ``dataset_dir`` in one streaming pass per file.
 
     Args:
@@ -143,6 +152,7 @@ def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: 
         ngram: Word n-gram length of the contamination check.
         max_contaminated: More contaminated rows than this is a problem; -1 only warns.
         max_errors: Problems (and warnings) listed; the rest are counted.
+        row_sink: Receives every row without a problem, in file order (see :data:`RowSink`); None: none.
 
     Returns:
         The result; problems are data, not exceptions (``result.ok``).
@@ -172,7 +182,8 @@ def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: 
         if files:
             checker = make_row_checker(spec)
             for path, display in files:
-                version.files.append(_check_file(path, display, spec, checker, version, result, index, filter_bits))
+                version.files.append(_check_file(path, display, spec, checker, version, result, index, filter_bits,
+                                                 row_sink))
             version.rows = sum(item.rows for item in version.files)
             version.sha256 = _dataset_hash(version.files)
     result.rows = sum(version.rows for version in result.datasets)
@@ -270,19 +281,21 @@ def _contamination_index(eval_data_dir: str | Path | None, ngram: int,
 
 
 def _check_file(path: Path, display: str, spec: DatasetSpec, checker: Any, version: DatasetVersion,
-                result: ValidationResult, index: ContaminationIndex | None, filter_bits: Any) -> FileVersion:
+                result: ValidationResult, index: ContaminationIndex | None, filter_bits: Any,
+                row_sink: RowSink | None) -> FileVersion:
     """Read, hash and check one file; records findings in ``result``."""
     digest = hashlib.sha256()
     rows = 0
     try:
-        rows = _check_rows(path, display, spec, checker, version, result, index, filter_bits, digest)
+        rows = _check_rows(path, display, spec, checker, version, result, index, filter_bits, digest, row_sink)
     except OSError as exc:
         result.add_problem(Problem(display, None, None, f"cannot be read: {exc.strerror or exc}"))
     return FileVersion(display, digest.hexdigest(), path.stat().st_size, rows)
 
 
 def _check_rows(path: Path, display: str, spec: DatasetSpec, checker: Any, version: DatasetVersion,
-                result: ValidationResult, index: ContaminationIndex | None, filter_bits: Any, digest: Any) -> int:
+                result: ValidationResult, index: ContaminationIndex | None, filter_bits: Any, digest: Any,
+                row_sink: RowSink | None) -> int:
     """The per-row loop (the hot path: keep it lean); returns the number of rows read."""
     mapped = frozenset(name for name in spec.columns.values() if name)
     system_field = spec.columns["system"] or f"{spec.columns['messages']}[0].{spec.tags['content_tag']}"
@@ -302,6 +315,10 @@ def _check_rows(path: Path, display: str, spec: DatasetSpec, checker: Any, versi
         problems, texts, system = checker(value)
         if type(value) is dict and not mapped.issuperset(value):
             problems += _column_type_changes(value, mapped, column_types, row)
+        if row_sink is not None and not problems:
+            refused = row_sink(spec, display, row, value)
+            if refused:
+                problems.append((None, refused))
         if problems:
             version.invalid_rows += 1
             result.invalid_rows += 1

@@ -2,8 +2,12 @@
 
 Reads in one pass, in the order it runs (:func:`train_model`):
 
-1. **Resolve paths** (:func:`resolve_paths`): base model, ``dataset_info.json`` and the run-scoped
-   ``output/<kfp run id>/`` (``checkpoints/``, then ``adapter/`` or ``full/``). Concurrent runs never share a path.
+1. **Resolve paths** (:func:`resolve_paths`): base model, the run-scoped ``output/<kfp run id>/`` (``data/``,
+   ``checkpoints/``, then ``adapter/`` or ``full/``). Concurrent runs never share a path.
+   **Verify the data** (:func:`prepare_data`): the trainer reads only ``data/``, the train side of the split
+   snapshot the validate step wrote; its manifest and file hashes are checked first, so data changed after
+   validation is never trained on. Run by hand without that step, train builds the snapshot itself
+   (:func:`components.validate_dataset.validate_config_data`, validating first).
 2. **Resume** (:func:`components.checkpoints.prepare_resume`): a retried task resumes from the newest
    *complete* checkpoint; broken ones go to ``checkpoints-discarded/``. Costs nothing when there is none.
 3. **Render** (:mod:`components.train_render`): the LLaMA-Factory YAML (method preset, precision, DeepSpeed,
@@ -24,7 +28,8 @@ MLflow: one child run "train" under the pipeline's parent run (found by the tag 
 trainer attaches to it through ``MLFLOW_RUN_ID`` (its own metrics and TrainingArguments) before LLaMA-Factory
 starts, so that the Hugging Face callback does not end it early (LLaMA-Factory's evaluation after training,
 on whenever ``val_size`` > 0, would otherwise log into a new stray run); this step adds
-our parameters under ``llmft.`` (config fields, dataset hashes, image, package versions, ``GIT_COMMIT``),
+our parameters under ``llmft.`` (config fields, the snapshot's data hashes and test split hash, image, package
+versions, ``GIT_COMMIT``),
 the YAML, the log, the plot and the summary metrics. A trainer that fails or is killed ends the run
 FAILED; so does an attempt whose pod died (closed by the next attempt). The tracking server is checked
 first and an unreachable one fails within 30 s.
@@ -48,7 +53,6 @@ import argparse
 import base64
 import collections
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -65,6 +69,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.checkpoints import checkpoint_step, checkpoint_tokens_seen, prepare_resume
+from components.data_split import SplitManifest
 from components.train_render import deepspeed_stage, render_sections, render_yaml, resolve_precision
 from configs.schema import PipelineConfig
 
@@ -109,7 +114,7 @@ class TrainPaths(NamedTuple):
     """Where one run's training reads and writes (all absolute, on the storage volume)."""
 
     base_model: Path
-    dataset_dir: Path
+    dataset_dir: Path  # data/: the validated split snapshot (the trainer reads its train entries only)
     run_dir: Path
     output_dir: Path  # checkpoints/: the trainer's output_dir
     discard_dir: Path  # checkpoints-discarded/: incomplete checkpoints moved out of the way
@@ -138,15 +143,18 @@ def resolve_paths(cfg: PipelineConfig, kfp_run_id: str, *, check: bool = True) -
     Reads ``storage`` (mount_path, base_model, data_dir, output_root) and ``training.method``.
 
     Raises:
-        TrainError: the base model has no ``config.json`` or the data directory no ``dataset_info.json``.
+        TrainError: the base model has no ``config.json``, or there is no split snapshot yet and the data
+            directory has no ``dataset_info.json`` to build it from.
         StorageError: a path resolves outside the storage root.
     """
+    from components.data_split import SNAPSHOT_DIR
     from components.storage import run_dir
 
     base = run_dir(cfg, kfp_run_id)
+    source = cfg.storage.resolve(cfg.storage.data_dir)
     paths = TrainPaths(
         base_model=cfg.storage.resolve(cfg.storage.base_model),
-        dataset_dir=cfg.storage.resolve(cfg.storage.data_dir),
+        dataset_dir=base / SNAPSHOT_DIR,
         run_dir=base,
         output_dir=base / "checkpoints",
         discard_dir=base / "checkpoints-discarded",
@@ -157,47 +165,48 @@ def resolve_paths(cfg: PipelineConfig, kfp_run_id: str, *, check: bool = True) -
     if check and not (paths.base_model / "config.json").is_file():
         raise TrainError(f"base model {paths.base_model} has no config.json (storage.base_model="
                          f"{cfg.storage.base_model!r}); put a Hugging Face model directory there")
-    if check and not (paths.dataset_dir / "dataset_info.json").is_file():
-        raise TrainError(f"{paths.dataset_dir / 'dataset_info.json'} does not exist (storage.data_dir="
-                         f"{cfg.storage.data_dir!r}); the data directory needs LLaMA-Factory's dataset_info.json")
+    if check and not paths.dataset_dir.exists() and not (source / "dataset_info.json").is_file():
+        raise TrainError(f"{source / 'dataset_info.json'} does not exist (storage.data_dir={cfg.storage.data_dir!r}); "
+                         "the data directory needs LLaMA-Factory's dataset_info.json")
     return paths
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def prepare_data(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths) -> SplitManifest:
+    """The split snapshot this run trains on, verified against its manifest.
 
-
-def dataset_hashes(dataset_dir: Path, names: list[str]) -> dict[str, str]:
-    """sha256 of each named dataset's file (a directory: of its files' names and hashes), by dataset name.
+    The validate step wrote it; a run by hand without that step builds it here, validating the data first.
+    Reads ``dataset`` (names, test_fraction, min_test_rows, max_test_rows; all of it when it builds).
 
     Raises:
-        TrainError: ``dataset_info.json`` is unreadable, lacks a name, or names a missing local file.
+        TrainError: the data is invalid (the problems are listed); a snapshot file changed after validation
+            or its manifest is invalid (the file is named); or the snapshot was split for other datasets
+            or settings than this config's.
+        StorageError: the volume refused a write while building the snapshot.
     """
-    info_path = dataset_dir / "dataset_info.json"
+    from components.data_split import SplitError, verify_snapshot
+
+    names = cfg.dataset.names
+    if not paths.dataset_dir.exists():
+        from components.validate_dataset import validate_config_data
+
+        result, split = validate_config_data(cfg, kfp_run_id)
+        if split is None:
+            listed = ", ".join(repr(name) for name in names)
+            raise TrainError(f"cannot train on dataset{'s' if len(names) > 1 else ''} {listed} (dataset.names): "
+                             f"{result.failure_message()}")
+        print(f"[train] validated the data and wrote its split snapshot to {paths.dataset_dir}", flush=True)
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TrainError(f"{info_path} is unreadable: {exc}") from None
-    hashes = {}
-    for name in names:
-        entry = info.get(name) if isinstance(info, dict) else None
-        if not isinstance(entry, dict) or not entry.get("file_name"):
-            raise TrainError(f"{info_path}: dataset {name!r} (dataset.names) has no entry with a file_name; "
-                             "the training step reads local files only")
-        target = dataset_dir / entry["file_name"]
-        if target.is_file():
-            hashes[name] = _sha256_file(target)
-        elif target.is_dir():
-            files = sorted(path for path in target.rglob("*") if path.is_file())
-            manifest = "".join(f"{path.relative_to(target)}\0{_sha256_file(path)}\n" for path in files)
-            hashes[name] = hashlib.sha256(manifest.encode()).hexdigest()
-        else:
-            raise TrainError(f"{info_path}: dataset {name!r} names {entry['file_name']!r}, which does not exist")
-    return hashes
+        split = verify_snapshot(paths.dataset_dir)
+    except SplitError as exc:
+        raise TrainError(f"the validated training data cannot be used: {exc}") from None
+    wanted = (cfg.dataset.test_fraction, cfg.dataset.min_test_rows, cfg.dataset.max_test_rows)
+    made = (split.test_fraction, split.min_test_rows, split.max_test_rows)
+    has = [item.name for item in split.datasets]
+    if made != wanted or not set(names) <= set(has):
+        raise TrainError(f"the split snapshot {paths.dataset_dir} holds {has} split with (test_fraction, "
+                         f"min_test_rows, max_test_rows) = {made}; this config asks for {names} with {wanted}: "
+                         "validate again (a new pipeline run, or a new --run-id by hand)")
+    return split
 
 
 def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
@@ -208,15 +217,21 @@ def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
         yield prefix, value if isinstance(value, str) else json.dumps(value)
 
 
-def tracking_params(cfg: PipelineConfig, dataset_hash: str, hashes: dict[str, str], gpu: bool) -> dict[str, str]:
+def tracking_params(cfg: PipelineConfig, dataset_hash: str, split: SplitManifest, gpu: bool) -> dict[str, str]:
     """Our MLflow parameters, all under ``llmft.``: every config field, data hashes, image, versions, commit.
 
-    LLaMA-Factory reports only the HF TrainingArguments; these say what the run was made of.
+    LLaMA-Factory reports only the HF TrainingArguments; these say what the run was made of. From the
+    split's manifest, per dataset: the source hash (``dataset.sha256.<name>``), the train file's hash and
+    row count, the test split hash; and the combined ``dataset.test_split_hash``.
     """
     params = dict(_flatten(PARAM_PREFIX.rstrip("."), cfg.dump_public()))
-    params[f"{PARAM_PREFIX}dataset_hash"] = dataset_hash or "unvalidated"
-    for name, digest in hashes.items():
-        params[f"{PARAM_PREFIX}dataset.sha256.{name}"] = digest
+    params[f"{PARAM_PREFIX}dataset_hash"] = dataset_hash or split.dataset_hash
+    params[f"{PARAM_PREFIX}dataset.test_split_hash"] = split.test_split_hash
+    for item in split.datasets:
+        params[f"{PARAM_PREFIX}dataset.sha256.{item.name}"] = item.source_sha256
+        params[f"{PARAM_PREFIX}dataset.train_sha256.{item.name}"] = item.train_sha256
+        params[f"{PARAM_PREFIX}dataset.train_rows.{item.name}"] = str(item.train_rows)
+        params[f"{PARAM_PREFIX}dataset.test_split_hash.{item.name}"] = item.test_split_hash
     params[f"{PARAM_PREFIX}image"] = cfg.cluster.image
     params[f"{PARAM_PREFIX}precision"] = resolve_precision(cfg, gpu)
     params[f"{PARAM_PREFIX}deepspeed_stage"] = str(deepspeed_stage(cfg, gpu))
@@ -631,21 +646,23 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
     """Fine-tune ``storage.base_model`` on ``dataset.names`` with LLaMA-Factory and publish the weights.
 
     Reads ``storage`` (mount_path, base_model, data_dir, output_root), ``training`` (all fields: method preset,
-    hyper-parameters, precision, checkpoints, val_size, trust_remote_code), ``dataset.names``, ``cluster``
-    (accelerator_count: torchrun; nodes and training_engine: a multi-node job; image: logged) and ``mlflow``
-    (tracking_uri, experiment). See the module docstring for the phases. A model already published for this run
-    with the same configuration is reused (a KFP retry after the weights were published trains nothing).
+    hyper-parameters, precision, checkpoints, val_size, trust_remote_code), ``dataset``
+    (:func:`prepare_data`), ``cluster`` (accelerator_count: torchrun; nodes and training_engine: a multi-node
+    job; image: logged) and ``mlflow`` (tracking_uri, experiment). See the module docstring for the phases.
+    A model already published for this run with the same configuration is reused (a KFP retry after the weights
+    were published trains nothing).
 
     Args:
         cfg: The resolved pipeline configuration.
         kfp_run_id: The KFP run id: names the run directory and tags the MLflow runs.
-        dataset_hash: The data version from the validate step ("" when run by hand).
+        dataset_hash: The data version from the validate step ("" when run by hand: the snapshot's is recorded).
 
     Returns:
         The published model directory, the train loss, the MLflow run id and the metrics.
 
     Raises:
-        TrainError: the base model or a dataset file is missing, or the trainer left no state.
+        TrainError: the base model is missing, the data is invalid, a snapshot file changed after validation
+            (the file is named), or the trainer left no state.
         TrainerFailed: LLaMA-Factory exited non-zero or was killed (its error is in the message).
         TrackingUnavailable: the MLflow server does not answer within the preflight timeout.
         StorageError: the volume refused a write.
@@ -660,13 +677,15 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
     if cfg.training.trust_remote_code:
         logger.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
                        paths.base_model)
-    hashes = dataset_hashes(paths.dataset_dir, cfg.dataset.names)
+    split = prepare_data(cfg, kfp_run_id, paths)
+    dataset_hash = dataset_hash or split.dataset_hash
+    hashes = {item.name: item.source_sha256 for item in split.datasets}
     gpu = _gpu_available(cfg)
     # An attempt whose pod died left its run RUNNING; it failed, whoever ended it.
     close_stale_runs(make_client(cfg), cfg, kfp_run_id, step=STEP_NAME, status="FAILED")
     try:
         with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
-            _log_params(client, run_id, tracking_params(cfg, dataset_hash, hashes, gpu))
+            _log_params(client, run_id, tracking_params(cfg, dataset_hash, split, gpu))
             summary = _read_summary(paths.model_dir)
             # Reuse only what this very configuration produced (a rerun by hand may have changed it).
             reused = summary is not None and summary.get("config_hash") == cfg.config_hash()

@@ -8,11 +8,16 @@ Exit status: 0 valid, 1 invalid (every problem printed as ``FILE:ROW: field 'NAM
 2 usage error.
 
 The checks live in :func:`components.dataset_validation.validate_datasets` (shared by the CLI and
-:func:`run_step`). The step adds the outputs: a Markdown report and Metrics for the Kubeflow UI,
-MLflow dataset inputs (digest = the first 16 hex digits of the sha256, the full hash as a tag) on
-the step's run and the pipeline's parent run, and the combined hash as the ``dataset_hash`` output,
-part of the downstream cache key. Invalid data raises :class:`DatasetValidationError`, which fails
-the task and stops the pipeline.
+:func:`run_step`). The step also splits the rows into train and held-out test sides in the same pass
+and publishes the split snapshot in the run directory, ``<output_root>/<kfp run id>/data``
+(:func:`components.data_split.validate_and_split`); training reads only that snapshot. A dataset
+with fewer than ``dataset.min_test_rows`` held-out rows is a problem. The step adds the outputs: a
+Markdown report and Metrics for the Kubeflow UI, MLflow dataset inputs on the step's run and the
+pipeline's parent run (context ``training``: the source data, digest = the first 16 hex digits of
+its sha256, the full hash as a tag; context ``test``: each dataset's scored test rows, digest = the
+first 16 hex digits of its test split hash), the combined hash as the ``dataset_hash`` output, part
+of the downstream cache key, and the test side's identity as ``test_split_hash``. Invalid data
+raises :class:`DatasetValidationError`, which fails the task and stops the pipeline.
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations as types.
@@ -21,14 +26,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from kfp.dsl import Markdown, Metrics, Output
-
-# Not `dsl.component`: a running task imports this module with _KFP_RUNTIME=true, and kfp.dsl then
-# leaves `component` out; the decorator module itself imports fine there.
-from kfp.dsl.component_decorator import component
-
+from components.data_split import SplitManifest, snapshot_dir, validate_and_split
 from components.dataset_validation import (
     CHARS_PER_TOKEN,
     DUPLICATE_BATCH,
@@ -37,8 +37,7 @@ from components.dataset_validation import (
     ValidationResult,
     validate_datasets,
 )
-from components.image import DEFAULT_IMAGE
-from configs.schema import DatasetConfig, TrainingConfig
+from configs.schema import DatasetConfig, PipelineConfig, TrainingConfig
 
 STEP_NAME = "validate-dataset"
 
@@ -52,7 +51,7 @@ __all__ = [
     "main",
     "render_report",
     "run_step",
-    "validate_dataset",
+    "validate_config_data",
     "validate_datasets",
 ]
 
@@ -61,8 +60,8 @@ class DatasetValidationError(ValueError):
     """The datasets are invalid; the message lists the problems (``FILE:ROW: field 'NAME': ...``)."""
 
 
-def render_report(result: ValidationResult) -> str:
-    """The Markdown report (Kubeflow UI, MLflow artifact, ``--report``)."""
+def render_report(result: ValidationResult, split: SplitManifest | None = None) -> str:
+    """The Markdown report (Kubeflow UI, MLflow artifact, ``--report``), with the split when one was written."""
     status = "PASSED" if result.ok else "FAILED"
     lines = [f"# Dataset validation: {status}", "",
              f"Datasets `{', '.join(result.names)}` in `{result.dataset_dir}`; combined sha256 "
@@ -81,6 +80,13 @@ def render_report(result: ValidationResult) -> str:
               f"{result.long_rows}",
               f"- empty system prompts: {result.empty_system_prompts}",
               f"- MMLU contamination: {contamination}"]
+    if split is not None:
+        lines += ["", "## Held-out test split", "",
+                  f"Rows go to the test side by a hash of their content (dataset.test_fraction "
+                  f"{split.test_fraction}); at most {split.max_test_rows} are scored per dataset. "
+                  f"Test split hash `{split.test_split_hash}`.", ""]
+        lines += [f"- {item.name}: {item.train_rows} train rows; {item.held_out_rows} held out, "
+                  f"{item.scored_rows} scored (test split `{item.test_split_hash[:16]}`)" for item in split.datasets]
     for title, items, count in (("Problems", result.problems, result.problem_count),
                                 ("Warnings", result.warnings, result.warning_count)):
         if count:
@@ -93,49 +99,87 @@ def render_report(result: ValidationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_step(config: str, overrides: list, pvc_name: str, kfp_run_id: str, metrics: Any,
-             report: Any) -> tuple[str, str, int]:
-    """The validate-dataset pipeline step: resolve the config, validate, log to MLflow, write the outputs.
+def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
+                         replace: bool = False) -> tuple[ValidationResult, SplitManifest | None]:
+    """Validate the configured datasets and publish their split snapshot in the run directory.
 
-    Reads ``storage`` (mount_path, data_dir, eval_data_dir), ``dataset`` (names, max_reported_errors,
-    contamination_ngram, max_contaminated_rows), ``training.cutoff_len`` and ``mlflow``. The MMLU
-    contamination check runs when ``<eval_data_dir>/test`` exists.
+    Shared by :func:`run_step` and a training run by hand (:mod:`components.train`). Reads ``storage``
+    (mount_path, data_dir, eval_data_dir, output_root), ``dataset`` (names, max_reported_errors,
+    contamination_ngram, max_contaminated_rows, test_fraction, min_test_rows, max_test_rows) and
+    ``training.cutoff_len``. The MMLU contamination check runs over every row (both sides) when
+    ``<eval_data_dir>/test`` exists.
 
     Returns:
-        (resolved config JSON, combined sha256 of the named datasets, total rows).
+        The validation result and the :class:`~components.data_split.SplitManifest` (None when invalid:
+        then nothing was written).
 
     Raises:
-        ConfigError: the config or an override is invalid (the message names the field).
+        StorageError: the volume refused a write, or a snapshot exists and ``replace`` is False.
+    """
+    mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
+    data = cfg.dataset
+    return validate_and_split(
+        cfg.storage.resolve(cfg.storage.data_dir), data.names, snapshot_dir(cfg, kfp_run_id), replace=replace,
+        test_fraction=data.test_fraction, min_test_rows=data.min_test_rows, max_test_rows=data.max_test_rows,
+        cutoff_len=cfg.training.cutoff_len, eval_data_dir=mmlu if (mmlu / "test").is_dir() else None,
+        ngram=data.contamination_ngram, max_contaminated=data.max_contaminated_rows,
+        max_errors=data.max_reported_errors,
+    )
+
+
+def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[str, str, int]:
+    """The validate-dataset pipeline step: validate and split, log to MLflow, write the outputs.
+
+    Reads the fields :func:`validate_config_data` reads, and ``mlflow``. A retried step replaces the
+    snapshot an earlier attempt published.
+
+    Returns:
+        (combined sha256 of the named datasets, test split hash, total rows).
+
+    Raises:
+        ConfigError: the config parameter is invalid (the message names the field).
         DatasetValidationError: the data is invalid; the message lists the problems.
         TrackingUnavailable: the MLflow server does not answer.
+        StorageError: the volume refused a write.
     """
     from components.storage import atomic_write_text
     from components.tracking import step_run
     from configs.schema import config_from_json
 
-    cfg = config_from_json(config, overrides=[*overrides, f"storage.pvc_name={pvc_name}"])
-    mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
+    cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
-        result = validate_datasets(
-            cfg.storage.resolve(cfg.storage.data_dir), cfg.dataset.names, cutoff_len=cfg.training.cutoff_len,
-            eval_data_dir=mmlu if (mmlu / "test").is_dir() else None, ngram=cfg.dataset.contamination_ngram,
-            max_contaminated=cfg.dataset.max_contaminated_rows, max_errors=cfg.dataset.max_reported_errors,
-        )
-        markdown = render_report(result)
+        result, split = validate_config_data(cfg, kfp_run_id, replace=True)
+        markdown = render_report(result, split)
         atomic_write_text(report.path, markdown)
-        for key, value in result.metrics().items():
+        numbers = dict(result.metrics(), **_split_metrics(split))
+        for key, value in numbers.items():
             metrics.log_metric(key, value)
-        report.metadata.update({"dataset_hash": result.combined_sha256, "ok": result.ok})
-        log_to_mlflow(client, run_id, cfg, kfp_run_id, result, markdown)
+        test_split_hash = split.test_split_hash if split else ""
+        report.metadata.update({"dataset_hash": result.combined_sha256, "test_split_hash": test_split_hash,
+                                "ok": result.ok})
+        log_to_mlflow(client, run_id, cfg, kfp_run_id, result, markdown, split)
         if not result.ok:
             raise DatasetValidationError(result.failure_message())
-    return cfg.model_dump_json(), result.combined_sha256, result.rows
+    return result.combined_sha256, test_split_hash, result.rows
+
+
+def _split_metrics(split: SplitManifest | None) -> dict[str, int]:
+    if split is None:
+        return {}
+    return {"train_rows": sum(item.train_rows for item in split.datasets),
+            "held_out_rows": sum(item.held_out_rows for item in split.datasets),
+            "scored_test_rows": sum(item.scored_rows for item in split.datasets)}
 
 
 def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: ValidationResult,
-                  markdown: str) -> None:
+                  markdown: str, split: SplitManifest | None = None) -> None:
     """Log the datasets as MLflow dataset inputs (on the step's run and the pipeline's parent run), the
-    counts as metrics, the hash as a tag and the report as an artifact."""
+    counts as metrics, the hashes as tags and the report as an artifact.
+
+    Each dataset is a ``training`` input (the source data); with ``split`` each also gets a ``test`` input:
+    its scored test rows, digest the first 16 hex digits of the test split hash (MLflow digests are short),
+    the full hash as the tag ``llmft.test_split_hash``.
+    """
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
     from components.tracking import parent_run_id
@@ -150,19 +194,36 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
                           source=json.dumps(source), profile=json.dumps(profile))
         inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training"),
                                                   InputTag("llmft.sha256", version.sha256)]))
-    numbers = dict(result.metrics(), **{f"rows.{version.name}": version.rows for version in result.datasets})
-    client.log_batch(
-        run_id,
-        metrics=[Metric(key, float(value), now_ms, 0) for key, value in numbers.items()],
-        params=[Param("dataset.names", ",".join(result.names)), Param("dataset.dir", result.dataset_dir),
-                Param("training.cutoff_len", str(result.cutoff_len))],
-        tags=[RunTag("llmft.dataset_hash", result.combined_sha256), RunTag("llmft.dataset_ok", str(result.ok))],
-    )
+    numbers = dict(result.metrics(), **_split_metrics(split),
+                   **{f"rows.{version.name}": version.rows for version in result.datasets})
+    params = [Param("dataset.names", ",".join(result.names)), Param("dataset.dir", result.dataset_dir),
+              Param("training.cutoff_len", str(result.cutoff_len))]
+    tags = [RunTag("llmft.dataset_hash", result.combined_sha256), RunTag("llmft.dataset_ok", str(result.ok))]
+    if split is not None:
+        snapshot = snapshot_dir(cfg, kfp_run_id)
+        for item in split.datasets:
+            profile = {"num_rows": item.scored_rows, "held_out_rows": item.held_out_rows,
+                       "train_rows": item.train_rows, "test_fraction": split.test_fraction}
+            dataset = Dataset(name=item.name, digest=item.test_split_hash[:16], source_type="local",
+                              source=json.dumps({"uri": str(snapshot / item.test_file)}), profile=json.dumps(profile))
+            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "test"),
+                                                      InputTag("llmft.test_split_hash", item.test_split_hash),
+                                                      InputTag("llmft.sha256", item.test_sha256)]))
+            numbers.update({f"train_rows.{item.name}": item.train_rows,
+                            f"held_out_rows.{item.name}": item.held_out_rows,
+                            f"scored_test_rows.{item.name}": item.scored_rows})
+        params += [Param("dataset.test_fraction", str(split.test_fraction)),
+                   Param("dataset.snapshot", str(snapshot))]
+        tags.append(RunTag("llmft.test_split_hash", split.test_split_hash))
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now_ms, 0) for key, value in numbers.items()],
+                     params=params, tags=tags)
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
         client.log_inputs(parent_run_id(client, cfg, kfp_run_id), datasets=inputs)
     client.log_text(run_id, markdown, "validation/report.md")
     client.log_text(run_id, json.dumps(result.to_dict(), indent=2), "validation/result.json")
+    if split is not None:
+        client.log_text(run_id, split.model_dump_json(indent=2), "validation/split.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,32 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         print(result.failure_message() if not result.ok else
               f"OK: {result.rows} rows valid; combined sha256 {result.combined_sha256}")
     return 0 if result.ok else 1
-
-
-@component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def validate_dataset(config: str, overrides: list, pvc_name: str, kfp_run_id: str, metrics: Output[Metrics],
-                     report: Output[Markdown]) -> NamedTuple("Outputs", [("resolved_config", str),
-                                                                         ("dataset_hash", str),
-                                                                         ("row_count", int)]):
-    """Validate the training datasets (every bad row named, MMLU contamination) and version them by sha256.
-
-    Args:
-        config: The pipeline configuration (JSON) as submitted.
-        overrides: section.field=value overrides applied on top of config.
-        pvc_name: The PersistentVolumeClaim with the data (recorded in the resolved config).
-        kfp_run_id: The KFP run id (for the MLflow child run).
-        metrics: Rows, invalid rows, duplicate rows, contaminated rows, long rows, empty system prompts, warnings.
-        report: The validation report shown in the Kubeflow UI (also logged to MLflow).
-
-    Returns:
-        resolved_config: The validated configuration with the overrides applied (JSON), for every later step.
-        dataset_hash: sha256 over the named datasets' entries and file contents (the data version, a cache key).
-        row_count: The number of training rows.
-    """
-    from components.validate_dataset import run_step
-
-    return run_step(config=config, overrides=overrides, pvc_name=pvc_name, kfp_run_id=kfp_run_id, metrics=metrics,
-                    report=report)
 
 
 if __name__ == "__main__":

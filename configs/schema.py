@@ -208,6 +208,15 @@ class DatasetConfig(_Section):
     max_contaminated_rows: int = Field(
         -1, ge=-1, description="Fail when more training rows than this overlap MMLU test questions (-1: warn only)."
     )
+    test_fraction: float = Field(
+        0.05, gt=0, lt=1, description="Share of each dataset's rows held out for testing, by a hash of the row's "
+        "content: appending rows never moves a row across, identical rows share a side.")
+    min_test_rows: int = Field(
+        20, ge=1, le=1_000_000, description="Fewest held-out rows a dataset may have; fewer fails validation "
+        "(raise test_fraction or add rows).")
+    max_test_rows: int = Field(
+        2000, ge=1, le=1_000_000, description="Most held-out rows scored per dataset (those with the smallest "
+        "content hashes); the rest of the test side stays out of training too.")
 
     @field_validator("names")
     @classmethod
@@ -216,6 +225,13 @@ class DatasetConfig(_Section):
             if not _DATASET_NAME.match(name) or ".." in name:
                 raise ValueError(f"dataset names are plain identifiers, got {name!r}")
         return value
+
+    @model_validator(mode="after")
+    def _test_row_bounds(self) -> DatasetConfig:
+        if self.min_test_rows > self.max_test_rows:
+            raise ValueError(f"min_test_rows ({self.min_test_rows}) must not exceed max_test_rows "
+                             f"({self.max_test_rows})")
+        return self
 
 
 class TrainingConfig(_Section):

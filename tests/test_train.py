@@ -489,11 +489,59 @@ def test_cli_render_only_and_usage_errors(capsys):
     assert main(["--config", "qlora", "--render-only"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["quantization_bit"] == 4 and printed["bf16"] is True and printed["run_name"] == "train"
+    # The trainer reads the run's split snapshot, not the data directory (none is needed to render).
+    assert Path(printed["dataset_dir"]) == Path(printed["output_dir"]).parent / "data"
+    assert printed["dataset_dir"].startswith("/storage/output/")
     assert flatten_sections(render_sections(load_config("qlora"), model_dir=Path("/storage/models/base-model"),
-                                            dataset_dir=Path("/storage/data"),
+                                            dataset_dir=Path(printed["dataset_dir"]),
                                             output_dir=Path(printed["output_dir"]), run_name="train",
                                             gpu=True)) == printed
     assert main(["--config", "lora", "--set", "training.lora_rank=-1", "--render-only"]) == 2
     assert "training.lora_rank" in capsys.readouterr().err
     assert main(["--render-only"]) == 2
     assert main(["--help"]) == 0
+
+
+# -- the data the trainer reads ------------------------------------------------------------------------------
+
+
+def test_train_refuses_a_snapshot_changed_after_validation_and_ignores_later_source_changes(storage_root, tmp_path):
+    """The validate step's snapshot is what trains: a changed snapshot file is refused (named), while data
+    replaced in the source directory after validation is not read at all."""
+    from components.data_split import snapshot_dir
+    from components.train import prepare_data, resolve_paths
+    from components.validate_dataset import validate_config_data
+
+    cfg = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, validated = validate_config_data(cfg, "r1")
+    snapshot = snapshot_dir(cfg, "r1")
+    paths = resolve_paths(cfg, "r1")
+    assert paths.dataset_dir == snapshot
+
+    # Issue 19: the source replaced after validation. Training still gets exactly the validated rows.
+    source = storage_root / "data" / "alpaca_sample.json"
+    source.write_text(json.dumps([{"instruction": "Replaced.", "input": "", "output": "Unvalidated."}] * 500))
+    assert prepare_data(cfg, "r1", paths) == validated
+    assert "Replaced." not in (snapshot / "train" / "alpaca_sample.jsonl").read_text()
+
+    train_file = snapshot / "train" / "alpaca_sample.jsonl"
+    original = train_file.read_bytes()
+    train_file.write_bytes(original + b'{"instruction": "Smuggled in.", "input": "", "output": "x"}\n')
+    with pytest.raises(TrainError, match=r"train/alpaca_sample\.jsonl changed after validation"):
+        train_model(cfg, "r1")
+    assert not (run_dir(cfg, "r1") / "checkpoints").exists() and not (tmp_path / "mlflow.db").exists()
+    train_file.write_bytes(original)
+
+    manifest = snapshot / "split.json"
+    data = json.loads(manifest.read_text())
+    data["datasets"][0]["train_sha256"] = "not a hash"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(TrainError, match=r"split\.json is not a valid split manifest: "
+                                         r"field 'datasets\.0\.train_sha256'"):
+        train_model(cfg, "r1")
+
+    other = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}", "dataset.test_fraction=0.3")
+    manifest.write_text(validated.model_dump_json())
+    with pytest.raises(TrainError, match=r"split with .* = \(0\.2, 10, 2000\); this config asks for "
+                                         r"\['alpaca_sample'\] with \(0\.3, 10, 2000\)"):
+        train_model(other, "r1")

@@ -221,7 +221,7 @@ def test_the_shipped_samples_are_valid_and_clean(tmp_path):
     result = validate_datasets(SAMPLE_DATA, ["alpaca_sample", "sharegpt_sample"], cutoff_len=256,
                                eval_data_dir=SAMPLE_MMLU, max_contaminated=0)
     assert result.ok, result.failure_message()
-    assert [(v.name, v.rows) for v in result.datasets] == [("alpaca_sample", 64), ("sharegpt_sample", 16)]
+    assert [(v.name, v.rows) for v in result.datasets] == [("alpaca_sample", 120), ("sharegpt_sample", 60)]
     assert result.warning_count == 0 and result.contamination_checked and result.mmlu_questions > 40
     assert result.datasets[0].sha256 == hashlib.sha256((SAMPLE_DATA / "alpaca_sample.json").read_bytes()).hexdigest()
 
@@ -468,38 +468,67 @@ def _artifacts(tmp_path: Path) -> tuple[Any, Any]:
 def test_step_versions_the_data_and_logs_it_to_mlflow(step_config, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from components.data_split import read_manifest, snapshot_dir
+
     metrics, report = _artifacts(tmp_path)
-    resolved, dataset_hash, rows = validate_dataset.python_func(
+    resolved, dataset_hash, test_split_hash, rows = validate_dataset.python_func(
         config=step_config.model_dump_json(), overrides=["dataset.names=[alpaca_sample,sharegpt_sample]"],
         pvc_name="team-storage", kfp_run_id="run-1", metrics=metrics, report=report)
     cfg = json.loads(resolved)
     assert cfg["storage"]["pvc_name"] == "team-storage" and cfg["dataset"]["names"] == ["alpaca_sample",
                                                                                         "sharegpt_sample"]
-    assert rows == 80 and len(dataset_hash) == 64
+    assert rows == 180 and len(dataset_hash) == 64
     expected = validate_datasets(SAMPLE_DATA, ["alpaca_sample", "sharegpt_sample"], cutoff_len=256)
     assert dataset_hash == expected.combined_sha256
-    assert metrics.metadata["rows"] == 80 and metrics.metadata["invalid_rows"] == 0
+    assert metrics.metadata["rows"] == 180 and metrics.metadata["invalid_rows"] == 0
+    # The split snapshot of this run, whose identity is the test_split_hash output.
+    split = read_manifest(snapshot_dir(step_config, "run-1"))
+    assert split.test_split_hash == test_split_hash and split.dataset_hash == dataset_hash
+    assert [(s.name, s.rows, s.train_rows + s.held_out_rows) for s in split.datasets] == [
+        ("alpaca_sample", 120, 120), ("sharegpt_sample", 60, 60)]
+    scored = sum(s.scored_rows for s in split.datasets)
+    assert scored >= 20 and metrics.metadata["scored_test_rows"] == scored
+    assert metrics.metadata["train_rows"] + metrics.metadata["held_out_rows"] == 180
     assert {"duplicate_rows", "contaminated_rows", "warnings"} <= set(metrics.metadata)
     markdown = Path(report.path).read_text()
     assert markdown.startswith("# Dataset validation: PASSED") and dataset_hash in markdown
     assert "0 row(s) contain one of" in markdown  # the sample MMLU was used
+    alpaca = split.dataset("alpaca_sample")
+    assert (f"- alpaca_sample: {alpaca.train_rows} train rows; {alpaca.held_out_rows} held out, "
+            f"{alpaca.scored_rows} scored") in markdown and test_split_hash in markdown
 
     client = MlflowClient(step_config.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(step_config.mlflow.experiment)
     (child,) = client.search_runs([experiment.experiment_id], "tags.`llmft.step` = 'validate-dataset'")
     assert child.info.status == "FINISHED"
     assert child.data.tags["llmft.dataset_hash"] == dataset_hash
-    assert child.data.metrics["rows.alpaca_sample"] == 64 and child.data.metrics["rows"] == 80
-    inputs = {d.dataset.name: d for d in child.inputs.dataset_inputs}
-    assert set(inputs) == {"alpaca_sample", "sharegpt_sample"}
-    full = {tag.key: tag.value for tag in inputs["alpaca_sample"].tags}
-    assert full["llmft.sha256"] == expected.datasets[0].sha256
-    assert inputs["alpaca_sample"].dataset.digest == expected.datasets[0].sha256[:16]
-    assert json.loads(inputs["alpaca_sample"].dataset.profile)["num_rows"] == 64
+    assert child.data.metrics["rows.alpaca_sample"] == 120 and child.data.metrics["rows"] == 180
+    assert child.data.tags["llmft.test_split_hash"] == test_split_hash
+
+    def by_context(run) -> dict[tuple[str, str], Any]:
+        found = {}
+        for item in run.inputs.dataset_inputs:
+            tags = {tag.key: tag.value for tag in item.tags}
+            found[(item.dataset.name, tags["mlflow.data.context"])] = (item.dataset, tags)
+        return found
+
+    inputs = by_context(child)
+    assert set(inputs) == {(name, context) for name in ("alpaca_sample", "sharegpt_sample")
+                           for context in ("training", "test")}
+    dataset, tags = inputs["alpaca_sample", "training"]
+    assert tags["llmft.sha256"] == expected.datasets[0].sha256
+    assert dataset.digest == expected.datasets[0].sha256[:16]
+    assert json.loads(dataset.profile)["num_rows"] == 120
+    dataset, tags = inputs["alpaca_sample", "test"]
+    assert tags["llmft.test_split_hash"] == alpaca.test_split_hash and dataset.digest == alpaca.test_split_hash[:16]
+    assert json.loads(dataset.profile)["num_rows"] == alpaca.scored_rows
+    assert json.loads(dataset.source)["uri"].endswith("/output/run-1/data/test/alpaca_sample.jsonl")
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
-    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"alpaca_sample", "sharegpt_sample"}
+    assert set(by_context(parent)) == set(inputs)
+    assert by_context(parent)["sharegpt_sample", "test"][1]["llmft.test_split_hash"] == split.dataset(
+        "sharegpt_sample").test_split_hash
     logged = {item.path for item in client.list_artifacts(child.info.run_id, "validation")}
-    assert logged == {"validation/report.md", "validation/result.json"}
+    assert logged == {"validation/report.md", "validation/result.json", "validation/split.json"}
 
 
 def test_step_fails_on_invalid_data_with_the_problems_in_the_message(step_config, tmp_path):
@@ -512,6 +541,10 @@ def test_step_fails_on_invalid_data_with_the_problems_in_the_message(step_config
         validate_dataset.python_func(config=step_config.model_dump_json(), overrides=[], pvc_name="llama-storage",
                                      kfp_run_id="run-2", metrics=metrics, report=report)
     assert "alpaca_sample.json:7: field 'output': must be a non-empty string, got null" in str(failure.value)
+    from components.data_split import snapshot_dir
+
+    run = snapshot_dir(step_config, "run-2").parent
+    assert not run.exists() or not list(run.iterdir())  # rows were streamed, yet no snapshot (or its temp) is left
     assert Path(report.path).read_text().startswith("# Dataset validation: FAILED")
     assert metrics.metadata["invalid_rows"] == 1
     from mlflow.tracking import MlflowClient
@@ -534,7 +567,7 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
     report = tmp_path / "reports" / "validation.md"
     assert main(["--dataset-dir", str(SAMPLE_DATA), "--dataset", "alpaca_sample,sharegpt_sample",
                  "--report", str(report)]) == 0
-    assert "OK: 80 rows valid" in capsys.readouterr().out
+    assert "OK: 180 rows valid" in capsys.readouterr().out
     assert report.read_text().startswith("# Dataset validation: PASSED")
     root = write_dataset(tmp_path / "bad", *BAD_DATASETS["sharegpt two human turns"][:2])
     assert main(["--dataset-dir", str(root), "--dataset", "ds"]) == 1
