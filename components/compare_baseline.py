@@ -15,7 +15,6 @@ report says why (the eval setup that changed).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -187,7 +186,7 @@ def run_resolve_baseline(config: str, kfp_run_id: str) -> tuple[bool, str, str, 
             note = f"{label}: stored scores reused (evaluate runs {stored_mmlu[0]}, {stored_task[0]})"
         set_run_tags(client, run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": mmlu_key,
                                       "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000]})
-    print(json.dumps({"baseline": label, "model_dir": str(model_dir), "needs_eval": needs_eval, "note": note}))
+    print(f"[find-baseline] {note}", flush=True)
     return needs_eval, str(model_dir), label, note, mmlu_key, task_key
 
 
@@ -283,7 +282,7 @@ def run_compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_tas
                                       "llmft.decision_line": comparison.headline,
                                       **{f"llmft.rule.{rule.rule}": "pass" if rule.passed else "fail"
                                          for rule in comparison.rules}})
-    print(json.dumps({"decision": comparison.decision, "headline": comparison.headline, "comparison": str(path)}))
+    print(f"[compare] {comparison.headline}", flush=True)
     return comparison.decision, comparison.headline, str(path)
 
 

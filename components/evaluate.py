@@ -15,7 +15,6 @@ MLflow: the child run ``evaluate-<role>`` holds both results files (``eval/resul
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -169,8 +168,9 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         shutil.copyfile(path, artifact.path)
     mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
     task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
-    print(json.dumps({"role": role, "model_dir": str(model_path), "mmlu_micro": mmlu.micro, "task_loss": task.loss,
-                      "reused": reused}))
+    print(f"[evaluate] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
+          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" (stored scores reused: {', '.join(reused)})"
+                                                           if reused else ""), flush=True)
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 

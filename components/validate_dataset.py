@@ -160,6 +160,9 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         log_to_mlflow(client, run_id, cfg, kfp_run_id, result, markdown, split)
         if not result.ok:
             raise DatasetValidationError(result.failure_message())
+    held = _split_metrics(split)
+    print(f"[validate] {result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out "
+          f"for the task evaluation, {held.get('train_rows', 0)} to train on", flush=True)
     return result.combined_sha256, test_split_hash, result.rows
 
 

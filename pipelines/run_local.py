@@ -3,6 +3,7 @@
     python -m pipelines.run_local                              # configs/local.yaml, storage in ./storage
     python -m pipelines.run_local --set training.max_steps=40  # any config value can be overridden
     python -m pipelines.run_local --storage /tmp/storage --config configs/local.yaml
+    python -m pipelines.run_local --verbose                    # stream every task's whole output
 
 This is the same pipeline function that ``pipelines.compile`` compiles for the cluster, run by
 ``kfp.local.SubprocessRunner(use_venv=False)`` (Kubernetes settings do not apply locally). The
@@ -10,20 +11,32 @@ storage directory is laid out like the NFS volume; what is missing is created: a
 model (built locally, deterministic), the sample alpaca dataset and the sample MMLU data shipped in
 ``components/assets``. MLflow uses a SQLite store inside the storage directory. A second run
 compares against the champion the first run promoted.
+
+The console shows one line per task and the training loss every few steps (:mod:`pipelines.console`);
+each task's whole output goes to ``<storage>/logs/<run>/``, and a failed task's last lines are shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import logging
 import os
+import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs.schema import ConfigError, PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from pipelines.console import TaskConsole
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 ASSETS = Path(__file__).resolve().parents[1] / "components" / "assets"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
@@ -126,6 +139,21 @@ def run_pipeline(cfg: PipelineConfig) -> None:
     build_pipeline(cfg)()  # every parameter at its default: the config as given
 
 
+@contextlib.contextmanager
+def task_console(cfg: PipelineConfig, log_dir: Path) -> Iterator[TaskConsole]:
+    """stdout and stderr sorted into per-task logs under ``log_dir`` and a short console, while the block runs."""
+    from pipelines.console import TaskConsole
+
+    for name in ("mlflow", "alembic"):  # the store's first-use chatter, printed by this process
+        logging.getLogger(name).setLevel(logging.WARNING)
+    console = TaskConsole(sys.stdout, log_dir, logging_steps=cfg.training.logging_steps)
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        try:
+            yield console
+        finally:
+            console.close()
+
+
 def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     """Collect what the run produced from MLflow and the storage root (newest parent run since ``since_ms``)."""
     from mlflow.tracking import MlflowClient
@@ -221,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="Override a config value (repeatable).")
     parser.add_argument("--storage", type=Path, help="Storage root (default: the config's mount_path, ./storage).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Stream every task's whole output instead of one line per task.")
     return parser
 
 
@@ -235,17 +265,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from components.storage import StorageError
 
+    started = time.time()
+    name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
+    log_dir = Path(cfg.storage.mount_path) / "logs" / name
+    quiet = contextlib.nullcontext() if args.verbose else task_console(cfg, log_dir)
+    print(f"Running {cfg.name} ({cfg.training.method}) locally with kfp.local"
+          + ("" if args.verbose else f"; every task's log goes to {log_dir}"), flush=True)
     try:
-        for line in prepare_storage(cfg):
-            print(f"prepared: {line}")
+        with quiet as console:
+            for line in prepare_storage(cfg):
+                (console.say if console else print)(f"prepared: {line}")
+            run_pipeline(cfg)
     except (StorageError, OSError) as exc:  # a file where the root should be, a full or read-only volume
         print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
         return 1
-    started = time.time()
-    try:
-        run_pipeline(cfg)
-    except Exception as exc:  # kfp.local raises when a task fails; its log is above
-        print(f"\npipeline failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # kfp.local raises when a task fails; the console showed its log's tail
+        print(f"\npipeline failed: {ANSI.sub('', str(exc))}", file=sys.stderr)
         return 1
     print(format_summary(summarise(cfg, int(started * 1000) - 1), time.time() - started))
     return 0
