@@ -249,7 +249,7 @@ def run_compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_tas
     """
     from components.compare_report import loss_curve, render_html, render_report, train_loss
     from components.storage import atomic_write_text, on_volume, run_dir
-    from components.tracking import step_run
+    from components.tracking import parent_run_id, step_run
     from configs.schema import config_from_json
 
     cfg = config_from_json(config)
@@ -271,6 +271,12 @@ def run_compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_tas
         for key, value in numbers.items():
             metrics.log_metric(key, value)
         client.log_batch(run_id, metrics=_mlflow_metrics(numbers))
+        # The pipeline run's page (the parent run) holds the headline numbers and the decision too, so that two
+        # pipeline runs compare at a glance in the experiment's table and charts.
+        parent = parent_run_id(client, cfg, kfp_run_id)
+        client.log_batch(parent, metrics=_mlflow_metrics(numbers))
+        set_run_tags(client, parent, {"llmft.decision": comparison.decision, "llmft.baseline": baseline_name,
+                                      "llmft.decision_line": comparison.headline})
         folder = Path(tmp) / "report"
         folder.mkdir()
         (folder / "report.md").write_text(with_plot, encoding="utf-8")

@@ -300,6 +300,7 @@ def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, dec
                 client.set_model_version_tag(name, registered.version, key, value)
         set_run_tags(client, run_id, {"llmft.model_version": registered.version,
                                       "llmft.reused": str(existing is not None), "llmft.decision": decision})
+        set_run_tags(client, parent, {"llmft.registered": f"{name} v{registered.version}"})
     print(json.dumps({"registered_model": name, "version": registered.version, "source": source,
                       "decision": decision, "reused": existing is not None}))
     return (str(registered.version),)

@@ -143,8 +143,10 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
     return typed, rest
 
 
-def run_step(kfp_run_id: str, compiled_config: str, config: str, overrides: list, form: dict[str, Any]) -> tuple:
-    """The resolve-config pipeline step: resolve, write ``resolved_config.json`` to the run directory, return it.
+def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: str, overrides: list,
+             form: dict[str, Any]) -> tuple:
+    """The resolve-config pipeline step: resolve, write ``resolved_config.json`` and the run's name
+    (:func:`components.tracking.write_run_name`) to the run directory, return the config.
 
     Returns:
         ``(resolved config JSON, training method)``.
@@ -154,8 +156,10 @@ def run_step(kfp_run_id: str, compiled_config: str, config: str, overrides: list
         StorageError: the volume refused the write.
     """
     from components.storage import atomic_write_text, run_dir
+    from components.tracking import write_run_name
 
     cfg = resolve(config, overrides, form, config_from_json(compiled_config))
+    write_run_name(cfg, kfp_run_id, kfp_run_name)
     text = cfg.model_dump_json()
     path = atomic_write_text(run_dir(cfg, kfp_run_id) / RESOLVED_FILE, json.dumps(json.loads(text), indent=2) + "\n")
     changed = {field.path: field_value(cfg, field.path) for field in form_fields()

@@ -10,7 +10,9 @@ Credentials come only from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSW
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +32,9 @@ ROLE_TAG = "llmft.role"
 STEP_TAG = "llmft.step"
 PARENT_ROLE = "pipeline"
 PREFLIGHT_TIMEOUT_S = 20
+RUN_NAME_FILE = "run_name.json"
+# How kfp.local names a run: "<pipeline>-YYYY-MM-DD-HH-MM-SS-ffffff" (not a name anybody chose).
+_KFP_LOCAL_NAME = re.compile(r".+-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{6}")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -108,17 +113,71 @@ def _runs_with_tags(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> 
     return client.search_runs([exp_id], filter_string=query, max_results=1000, order_by=["attributes.start_time ASC"])
 
 
+def write_run_name(cfg: PipelineConfig, kfp_run_id: str, kfp_run_name: str) -> str:
+    """Decide the name of this pipeline run's MLflow runs and keep it in the run directory; return it.
+
+    The KFP run's own name when it has one; otherwise (kfp.local names a run after the pipeline and the time)
+    ``<pipeline>-<method>-<UTC time>``.
+    """
+    from components.storage import atomic_write_text, run_dir
+
+    name = kfp_run_name.strip()
+    if not name or _KFP_LOCAL_NAME.fullmatch(name):
+        name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    atomic_write_text(run_dir(cfg, kfp_run_id) / RUN_NAME_FILE, json.dumps({"name": name[:250]}) + "\n")
+    return name
+
+
+def run_name(cfg: PipelineConfig, kfp_run_id: str) -> str:
+    """The name :func:`write_run_name` chose for this pipeline run (``<pipeline>-<run id>`` when there is none)."""
+    from components.storage import run_dir
+
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return str(json.loads((run_dir(cfg, kfp_run_id) / RUN_NAME_FILE).read_text(encoding="utf-8"))["name"])
+    return f"{cfg.name}-{kfp_run_id}"
+
+
+def public_params(cfg: PipelineConfig) -> dict[str, str]:
+    """The parent run's params: every run-form field and every other field that differs from its default,
+    flattened (``training.learning_rate``): what a person compares between pipeline runs."""
+    from configs.form import by_path, canonical
+
+    form = by_path()
+    defaults = _flatten(PipelineConfig().model_dump(mode="json", exclude_none=True))
+    params = {}
+    for path, value in _flatten(cfg.model_dump(mode="json", exclude_none=True)).items():
+        if value != "" and (path in form or canonical(value) != canonical(defaults.get(path))):
+            params[path] = value if isinstance(value, str) else json.dumps(value)
+    return {key: value[:6000] for key, value in params.items()}  # MLflow's limit on a param value
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key != "gpu_node_selector":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def parent_run_id(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str) -> str:
-    """The parent run of this pipeline run: found by ``kfp.run_id``, else created."""
+    """The parent run of this pipeline run: found by ``kfp.run_id``, else created with the run's params."""
+    from mlflow.entities import Param
+
     exp_id = experiment_id(client, cfg.mlflow.experiment)
     found = _runs_with_tags(client, exp_id, {KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE})
     if found:
         return found[0].info.run_id
     run = client.create_run(
         exp_id,
-        run_name=f"{cfg.name}-{kfp_run_id}",
-        tags={KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE, "llmft.config_hash": cfg.config_hash()},
+        run_name=run_name(cfg, kfp_run_id),
+        tags={KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE, "llmft.config_hash": cfg.config_hash(),
+              "llmft.method": cfg.training.method},
     )
+    params = [Param(key, value) for key, value in public_params(cfg).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
     return run.info.run_id
 
 
@@ -152,7 +211,7 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str) -> Iterator[tuple[
     attempt = len(_runs_with_tags(client, exp_id, {KFP_RUN_TAG: kfp_run_id, STEP_TAG: step})) + 1
     run = client.create_run(
         exp_id,
-        run_name=f"{step}" if attempt == 1 else f"{step}-attempt{attempt}",
+        run_name=f"{step} · {run_name(cfg, kfp_run_id)}" + ("" if attempt == 1 else f" (attempt {attempt})"),
         tags={"mlflow.parentRunId": parent, KFP_RUN_TAG: kfp_run_id, STEP_TAG: step, ROLE_TAG: step,
               "llmft.attempt": str(attempt)},
     )

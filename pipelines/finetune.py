@@ -124,7 +124,8 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
     finalize = p.task("finalize-runs", steps.finalize_runs(compiled_config=compiled, kfp_run_id=run_id))
     with dsl.ExitHandler(finalize, name="fine-tune"):
         resolver = resolve_config_component(cfg.cluster.image)
-        resolved = p.task("resolve-config", resolver(kfp_run_id=run_id, compiled_config=compiled,
+        resolved = p.task("resolve-config", resolver(kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                                     compiled_config=compiled,
                                                      z_config=params[CONFIG_PARAM],
                                                      z_overrides=params[OVERRIDES_PARAM], **form))
         config = resolved.outputs["config"]

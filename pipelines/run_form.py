@@ -57,10 +57,11 @@ def google_args(docs: dict[str, str], indent: str = "    ") -> str:
 def _resolver_source() -> str:
     names = [field.name for field in form_fields()]
     types = {field.name: field.kind.__name__ for field in form_fields()}
-    signature = ", ".join(["kfp_run_id: str", "compiled_config: str", f"{CONFIG_PARAM}: str",
+    signature = ", ".join(["kfp_run_id: str", "kfp_run_name: str", "compiled_config: str", f"{CONFIG_PARAM}: str",
                            f"{OVERRIDES_PARAM}: list", *(f"{name}: {types[name]}" for name in names)])
     form = ", ".join(f'"{name}": {name}' for name in names)
     docs = {"kfp_run_id": "The KFP run id (the run directory on the volume).",
+            "kfp_run_name": "The KFP run's name (the MLflow runs are named after it).",
             "compiled_config": "The config this pipeline was compiled from (compile-time settings are checked "
                                "against it).", **parameter_docs()}
     return (
@@ -72,7 +73,8 @@ def _resolver_source() -> str:
         "        method: The fine-tuning method of the resolved configuration.\n"
         '    """\n'
         "    from components.resolve_config import run_step\n\n"
-        f"    return run_step(kfp_run_id=kfp_run_id, compiled_config=compiled_config, config={CONFIG_PARAM},\n"
+        f"    return run_step(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, compiled_config=compiled_config,\n"
+        f"                    config={CONFIG_PARAM},\n"
         f"                    overrides={OVERRIDES_PARAM}, form={{{form}}})\n"
     )
 
