@@ -18,7 +18,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from configs.schema import config_from_json, load_config
 from pipelines.compile import COMPILED_DIR, REPO_ROOT, presets, stale_files
 
-GPU_EXECUTORS = {"exec-train", "exec-evaluate-mmlu", "exec-evaluate-mmlu-2", "exec-merge-lora"}
+GPU_EXECUTORS = {"exec-train", "exec-train-2", "exec-train-3", "exec-evaluate-candidate", "exec-evaluate-baseline",
+                 "exec-merge-lora"}
 HEAVY_MODULES = ("torch", "transformers", "llamafactory", "peft", "datasets", "mlflow")
 PLANTED_SECRET = "planted-Secret-5f1c9e-do-not-leak"
 
@@ -98,31 +99,41 @@ def test_no_credential_value_anywhere(compiled):
         assert "password:" not in text.lower()
 
 
-def test_the_training_task_retries_and_every_task_has_a_caching_decision(compiled):
+def _all_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, pipeline_spec_pb2.PipelineTaskSpec]:
+    """Every task of the pipeline, branches included, by task name."""
+    tasks = dict(spec.root.dag.tasks)
+    for component in spec.components.values():
+        tasks.update(component.dag.tasks)
+    return tasks
+
+
+def test_the_training_task_retries_and_every_task_follows_the_task_table(compiled):
+    from pipelines.finetune import TASKS
+
     spec, _, _ = _documents(compiled["lora"])
-    inner = spec.components["comp-exit-handler-1"].dag.tasks
-    assert inner["train"].retry_policy.max_retry_count == load_config("lora").cluster.train_retries
-    assert inner["validate-dataset"].caching_options.enable_cache is False
-    assert inner["train"].caching_options.enable_cache is True
-    assert "condition-branches-1" in inner or any(name.startswith("condition") for name in inner)
+    tasks = _all_tasks(spec)
+    for name in ("train", "train-2", "train-3"):  # one train task per method branch
+        assert tasks[name].retry_policy.max_retry_count == load_config("lora").cluster.train_retries
+    for name, settings in TASKS.items():
+        assert tasks[name].caching_options.enable_cache is settings.cache, name
+        display = settings.display.format(method="LoRA")
+        assert tasks[name].task_info.name == display, name
 
 
 def test_pipeline_inputs_come_from_the_config(compiled):
+    """Every run parameter defaults to the compiled preset's value (the run form itself: tests/test_run_form.py)."""
+    from configs.form import canonical, field_value, form_fields
+
     for preset, path in compiled.items():
         cfg = load_config(preset)
         spec, _, _ = _documents(path)
         params = spec.root.input_definitions.parameters
-        assert set(params) == {"config", "overrides", "pvc_name", "gpu_node_selector", "gpu_tolerations",
-                               "accelerator_type", "accelerator_count"}
         for name, param in params.items():
-            assert param.description, f"{preset}: input {name} has no description for the UI"
-        assert config_from_json(params["config"].default_value.string_value) == cfg
-        assert params["pvc_name"].default_value.string_value == cfg.storage.pvc_name
-        assert params["accelerator_count"].default_value.number_value == cfg.cluster.accelerator_count
-        selector = json_format.MessageToDict(params["gpu_node_selector"].default_value)
-        assert selector == cfg.cluster.gpu_node_selector
-        tolerations = json_format.MessageToDict(params["gpu_tolerations"].default_value)
-        assert tolerations == [t.model_dump(exclude_none=True) for t in cfg.cluster.gpu_tolerations]
+            assert param.description, f"{preset}: input {name} has no description"
+        assert config_from_json(params["z_config"].default_value.string_value) == cfg
+        for field in form_fields():
+            default = json_format.MessageToDict(params[field.name].default_value)
+            assert canonical(default) == canonical(field_value(cfg, field.path)), (preset, field.name)
 
 
 def test_compile_is_deterministic(tmp_path):
@@ -149,39 +160,34 @@ def test_checked_in_ir_is_current():
 
 
 def _wrappers() -> list[tuple[str, ast.FunctionDef]]:
-    found = []
-    for module in sorted((REPO_ROOT / "components").glob("*.py")):
-        for node in ast.walk(ast.parse(module.read_text())):
-            if isinstance(node, ast.FunctionDef) and any(
-                "component" in ast.unparse(decorator) for decorator in node.decorator_list
-            ):
-                found.append((f"{module.name}:{node.name}", node))
-    return found
+    """The component functions of pipelines/steps.py (every KFP wrapper lives there)."""
+    tree = ast.parse((REPO_ROOT / "pipelines" / "steps.py").read_text())
+    return [(node.name, node) for node in tree.body if isinstance(node, ast.FunctionDef)
+            and any("component" in ast.unparse(decorator) for decorator in node.decorator_list)]
 
 
 def test_wrappers_hold_no_logic():
     wrappers = _wrappers()
-    assert len(wrappers) >= 10
+    assert len(wrappers) >= 12
     for name, node in wrappers:
         body = [stmt for stmt in node.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
         calls = [stmt for stmt in body if not isinstance(stmt, ast.Import | ast.ImportFrom)]
         assert len(calls) == 1, f"{name}: a wrapper makes exactly one call"
+        imports = [stmt for stmt in body if isinstance(stmt, ast.ImportFrom)]
+        assert [stmt.module.split(".")[0] for stmt in imports] == ["components"], f"{name}: imports its step only"
         for inner in ast.walk(node):
             assert not isinstance(inner, ast.If | ast.For | ast.While | ast.Try | ast.With | ast.IfExp), name
-        assert ast.get_docstring(node), f"{name}: the docstring is the UI description"
+        assert ast.get_docstring(node), f"{name}: the docstring is the IR's description"
 
 
-def test_every_wrapper_imports_inside_a_running_task_and_no_module_is_shadowed():
-    """A KFP task imports the wrapper's module with _KFP_RUNTIME=true (kfp.dsl then lacks `component`)."""
-    import components
-
-    modules = {name.split(":")[0].removesuffix(".py") for name, _ in _wrappers()}
-    assert modules == set(components.STEP_MODULES)
-    code = ("import importlib, sys, types, components\n"
-            "for name in components.STEP_MODULES:\n"
-            "    importlib.import_module('components.' + name)\n"
-            "    assert isinstance(getattr(components, name), types.ModuleType), name\n"
-            f"print([m for m in {HEAVY_MODULES!r} if m in sys.modules])")
+def test_every_step_module_imports_in_a_running_task_without_kfp_or_heavy_frameworks():
+    """A running task imports only its step's module (run-time code): no kfp, no torch on import."""
+    modules = sorted({stmt.module for _, node in _wrappers() for stmt in node.body
+                      if isinstance(stmt, ast.ImportFrom)} | {"components.resolve_config"})
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"print([m for m in {(*HEAVY_MODULES, 'kfp')!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, capture_output=True, text=True,
                          env=dict(os.environ, _KFP_RUNTIME="true")).stdout
     assert out.strip() == "[]"
@@ -199,11 +205,13 @@ def test_compile_cli_reports_a_bad_override_with_the_field(tmp_path):
 
 def test_ir_task_graph_matches_the_design(compiled):
     spec, _, _ = _documents(compiled["lora"])
-    inner = spec.components["comp-exit-handler-1"].dag.tasks
-    deps = {name: set(task.dependent_tasks) for name, task in inner.items()}
-    assert "validate-dataset" in deps["train"]
-    assert "train" in deps["merge-lora"]
-    assert {"compare-with-baseline", "merge-lora"} <= deps["register-model"]
+    deps = {name: set(task.dependent_tasks) for name, task in _all_tasks(spec).items()}
+    assert deps["validate-dataset"] == {"resolve-config"}
+    assert {"resolve-config", "validate-dataset"} <= deps["condition-branches-2"]  # the method branches: train
+    assert "condition-branches-2" in deps["merge-lora"]
+    assert "merge-lora" in deps["evaluate-candidate"]
+    assert {"evaluate-candidate", "condition-branches-6", "find-baseline"} <= deps["compare"]
+    assert {"compare", "merge-lora"} <= deps["register-model"]
     assert spec.root.dag.tasks["finalize-runs"].trigger_policy.strategy == (
         pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
     )
@@ -225,9 +233,9 @@ def test_multi_node_training_frees_the_train_task_from_the_gpu(tmp_path):
     assert not executors["exec-train"].node_selector.node_selector_json.component_input_parameter
     assert not executors["exec-train"].empty_dir_mounts
     assert executors["exec-train"].active_deadline_seconds == cfg.cluster.train_timeout_s
-    evaluate = pipeline_doc["deploymentSpec"]["executors"]["exec-evaluate-mmlu"]["container"]["resources"]
+    evaluate = pipeline_doc["deploymentSpec"]["executors"]["exec-evaluate-candidate"]["container"]["resources"]
     assert "accelerator" in evaluate
-    assert executors["exec-evaluate-mmlu"].active_deadline_seconds == cfg.cluster.eval_timeout_s
-    resolved = config_from_json(spec.root.input_definitions.parameters["config"].default_value.string_value)
+    assert executors["exec-evaluate-candidate"].active_deadline_seconds == cfg.cluster.eval_timeout_s
+    resolved = config_from_json(spec.root.input_definitions.parameters["z_config"].default_value.string_value)
     assert (resolved.cluster.nodes, resolved.cluster.training_engine) == (4, "trainjob")
     assert resolved.cluster.training_runtime == "torch-distributed"
