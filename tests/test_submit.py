@@ -78,9 +78,12 @@ def test_importing_submit_stays_light():
     assert proc.stdout.strip() == "[]"
 
 
-def test_run_sends_pipeline_and_platform_spec_with_resolved_parameters(server, monkeypatch, capsys):
+def test_run_sends_pipeline_and_platform_spec_with_typed_parameters(server, monkeypatch, capsys):
+    """A --set value with a typed run parameter is sent as that parameter (the KFP run page and "Compare runs"
+    show it); the package is the preset's, unchanged."""
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
-    assert _submit(server, "--set", "training.learning_rate=5e-5", "--run-name", "try-1") == 0
+    assert _submit(server, "--set", "training.learning_rate=5e-5", "--set", "training.lora_rank=32",
+                   "--run-name", "try-1") == 0
 
     (created,) = server.calls("POST", f"{API}/runs")
     body = created.json
@@ -91,14 +94,9 @@ def test_run_sends_pipeline_and_platform_spec_with_resolved_parameters(server, m
     assert "exec-train" in spec["deploymentSpec"]["executors"]
     assert platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     parameters = body["runtime_config"]["parameters"]
-    assert set(parameters) == set(spec["root"]["inputDefinitions"]["parameters"])
-    sent = config_from_json(parameters["config"])
-    assert sent.training.learning_rate == 5e-5
-    assert sent == load_config("lora", overrides=["training.learning_rate=5e-5"])
-    assert parameters["overrides"] == []
-    assert parameters["pvc_name"] == sent.storage.pvc_name
-    assert parameters["gpu_tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert parameters["accelerator_count"] == sent.cluster.accelerator_count
+    assert parameters == {"b_learning_rate": 5e-5, "d_lora_rank": 32}
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert config_from_json(defaults["z_config"]["defaultValue"]) == load_config("lora")
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in server.requests)
     assert "/#/runs/details/" in capsys.readouterr().out
 
@@ -180,22 +178,48 @@ def test_bad_override_exits_2_before_any_request(server, capsys):
     assert server.requests == []
 
 
-def test_dry_run_prints_the_request_and_sends_nothing(server, monkeypatch, capsys):
+def test_dry_run_prints_a_short_readable_summary_and_sends_nothing(server, monkeypatch, capsys):
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
-    assert _submit(server, "--dry-run", "--set", "storage.pvc_name=other-pvc") == 0
+    assert _submit(server, "--dry-run", "--set", "storage.pvc_name=other-pvc", "--set", "training.learning_rate=5e-5",
+                   "--set", "training.warmup_ratio=0.1") == 0
     out = capsys.readouterr().out
-    summary = json.loads(out)
-    assert summary["parameters"]["pvc_name"] == "other-pvc"
-    assert config_from_json(summary["parameters"]["config"]).storage.pvc_name == "other-pvc"
-    assert summary["pipeline"]["platform_spec"] is True and "train" in summary["pipeline"]["steps"]
-    assert summary["auth"] == "bearer token from $KFP_TOKEN (****)"
+    lines = out.splitlines()
+    assert len(lines) <= 15 and max(map(len, lines)) <= 160
+    assert lines[0].startswith("dry run: nothing sent to")
+    assert "bearer token from $KFP_TOKEN (****)" in lines[0]
+    differ = lines[lines.index("  parameters that differ from the preset:") + 1:]
+    assert differ[:2] == ["    b_learning_rate=5e-05  (training.learning_rate)", "    h_pvc_name=\"other-pvc\"  (storage.pvc_name)"]
+    assert "compiled in (no typed parameter): training.warmup_ratio=0.1" in out
+    assert any(line.startswith("  GPU tasks   train, merge-lora, evaluate-candidate, evaluate-baseline: 1 x nvidia.com/gpu")
+               for line in lines)
+    assert "pipeline    llm-finetune-lora-" in out  # a compile-time change gives the pipeline its own name
     assert TOKEN not in out
     assert server.requests == []
 
 
+def test_dry_run_json_prints_the_full_request(server, monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    assert _submit(server, "--dry-run", "--json", "--set", "storage.pvc_name=other-pvc") == 0
+    out = capsys.readouterr().out
+    request = json.loads(out)
+    assert request["parameters"] == {"h_pvc_name": "other-pvc"}
+    assert request["resolved_config"]["storage"]["pvc_name"] == "other-pvc"
+    assert request["auth"] == "bearer token from $KFP_TOKEN (****)" and TOKEN not in out
+    assert server.requests == []
+
+
+def test_a_set_value_that_cannot_take_effect_at_run_time_is_compiled_in(server, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    assert _submit(server, "--set", "cluster.image=registry.example.com/llm:2") == 0
+    (created,) = server.calls("POST", f"{API}/runs")
+    executors = created.json["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example.com/llm:2"}
+    assert created.json["runtime_config"]["parameters"] == {}
+
+
 def test_dry_run_needs_no_host_but_a_real_submit_does(monkeypatch, capsys):
     assert _main("--config", "lora", "--dry-run") == 0
-    assert "not set" in json.loads(capsys.readouterr().out)["host"]
+    assert "not set" in capsys.readouterr().out.splitlines()[0]
     assert _main("--config", "lora") == 2
     assert "KFP_HOST" in capsys.readouterr().err
     assert _main("--config", "lora", "--host", "kfp.example.com") == 2
@@ -263,7 +287,7 @@ def test_schedule_uploads_the_pipeline_and_pins_a_cron_recurring_run(server, mon
     assert body["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": version_id}
     assert "pipeline_spec" not in body  # pinned to the uploaded version, not an inline copy
     assert body["experiment_id"] == server.experiments[body["experiment_id"]]["experiment_id"]
-    assert config_from_json(body["runtime_config"]["parameters"]["config"]) == load_config("lora")
+    assert body["runtime_config"]["parameters"] == {}  # the preset as compiled
     assert "llm-finetune-lora-nightly" in capsys.readouterr().out
 
 
@@ -278,15 +302,14 @@ def test_rerunning_a_schedule_replaces_it_and_leaves_others_alone(monkeypatch):
         (upload_version,) = server.calls("POST", f"{API}/pipelines/upload_version")
         (pipeline_id,) = server.pipelines
         assert upload_version.query["pipelineid"] == pipeline_id
-        assert upload_version.query["name"].endswith(load_config(
-            "lora", overrides=["training.learning_rate=2e-4"]).config_hash()[:8])
+        assert upload_version.query["name"].endswith(load_config("lora").config_hash()[:8])
         assert len(server.calls("DELETE", f"{API}/recurringruns/{first}")) == 1
         mine = [r for r in server.recurring_runs.values() if r["display_name"] == "llm-finetune-lora-nightly"]
         assert len(mine) == 1 and other in server.recurring_runs
         assert mine[0]["trigger"]["cron_schedule"]["cron"] == "0 30 3 * * 1-5"
         new_version = mine[0]["pipeline_version_reference"]["pipeline_version_id"]
         assert server.versions[new_version]["display_name"] == upload_version.query["name"]
-        assert config_from_json(mine[0]["runtime_config"]["parameters"]["config"]).training.learning_rate == 2e-4
+        assert mine[0]["runtime_config"]["parameters"] == {"b_learning_rate": 2e-4}
 
         assert _submit(server, "--schedule", SCHEDULE, "--schedule-name", "weekly-extra") == 0
         names = sorted(r["display_name"] for r in server.recurring_runs.values())
