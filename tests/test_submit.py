@@ -188,10 +188,11 @@ def test_dry_run_prints_a_short_readable_summary_and_sends_nothing(server, monke
     assert lines[0].startswith("dry run: nothing sent to")
     assert "bearer token from $KFP_TOKEN (****)" in lines[0]
     differ = lines[lines.index("  parameters that differ from the preset:") + 1:]
-    assert differ[:2] == ["    b_learning_rate=5e-05  (training.learning_rate)", "    h_pvc_name=\"other-pvc\"  (storage.pvc_name)"]
+    assert differ[:2] == ["    b_learning_rate=5e-05  (training.learning_rate)",
+                          '    h_pvc_name="other-pvc"  (storage.pvc_name)']
     assert "compiled in (no typed parameter): training.warmup_ratio=0.1" in out
-    assert any(line.startswith("  GPU tasks   train, merge-lora, evaluate-candidate, evaluate-baseline: 1 x nvidia.com/gpu")
-               for line in lines)
+    gpu_line = "  GPU tasks   train, merge-lora, evaluate-candidate, evaluate-baseline: 1 x nvidia.com/gpu"
+    assert any(line.startswith(gpu_line) for line in lines)
     assert "pipeline    llm-finetune-lora-" in out  # a compile-time change gives the pipeline its own name
     assert TOKEN not in out
     assert server.requests == []
