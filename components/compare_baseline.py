@@ -164,7 +164,7 @@ def run_resolve_baseline(config: str, kfp_run_id: str) -> tuple[bool, str, str, 
 
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
-    with step_run(cfg, kfp_run_id, "resolve-baseline") as (client, run_id):
+    with step_run(cfg, kfp_run_id, "find-baseline") as (client, run_id):
         champion = alias_version(client, name, CHAMPION)
         if champion is None:
             model_dir = cfg.storage.resolve(cfg.storage.base_model)
@@ -205,7 +205,7 @@ def run_fetch_baseline_results(config: str, kfp_run_id: str, mmlu_key: str, task
 
     cfg = config_from_json(config)
     target = run_dir(cfg, kfp_run_id) / "eval" / "baseline"
-    with step_run(cfg, kfp_run_id, "fetch-baseline-results") as (client, run_id), \
+    with step_run(cfg, kfp_run_id, "reuse-baseline-scores") as (client, run_id), \
             tempfile.TemporaryDirectory() as tmp:
         texts, sources = {}, {}
         for tag, key, file_name in ((EVAL_KEY_TAG, mmlu_key, RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_FILE)):
@@ -256,7 +256,7 @@ def run_compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_tas
     comparison = compare_files(on_volume(cfg, candidate_mmlu), on_volume(cfg, candidate_task),
                                on_volume(cfg, baseline_mmlu), on_volume(cfg, baseline_task), cfg,
                                baseline_name=baseline_name)
-    with step_run(cfg, kfp_run_id, "compare-baseline") as (client, run_id), tempfile.TemporaryDirectory() as tmp:
+    with step_run(cfg, kfp_run_id, "compare") as (client, run_id), tempfile.TemporaryDirectory() as tmp:
         curve, loss = loss_curve(client, train_run_id), train_loss(client, train_run_id)
         notes = f"Baseline: {baseline_note}" if baseline_note else ""
         markdown = render_report(comparison, training_loss=loss, loss_plot=curve.text, note=notes)
