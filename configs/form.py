@@ -90,5 +90,39 @@ def canonical(value: Any) -> str:
     return json.dumps(normalise(value), sort_keys=True)
 
 
-__all__ = ["CONFIG_PARAM", "OVERRIDES_PARAM", "FormField", "by_path", "canonical", "field_value", "form_fields",
-           "form_values"]
+KFP_TYPE_NAMES = {str: "string", int: "integer", float: "double", bool: "boolean", list: "list", dict: "dict"}
+README_BEGIN, README_END = "<!-- run-form:begin -->", "<!-- run-form:end -->"
+
+
+def markdown_table(cfg: PipelineConfig) -> str:
+    """The run form as the README shows it: each parameter as the Kubeflow UI lists it (``name - type``, in
+    alphabetical order), what to put there, its default in ``cfg`` and the config field it sets."""
+    def shown(value: Any) -> str:
+        text = value if isinstance(value, str) else canonical(value)
+        return f"`{text}`" if text != "" else '`""`'
+
+    rows = ["| Parameter | What to put there | Default (`lora`) | Sets |", "|---|---|---|---|"]
+    for field in form_fields():
+        rows.append(f"| `{field.name} - {KFP_TYPE_NAMES[field.kind]}` | {field.description} | "
+                    f"{shown(field_value(cfg, field.path))} | `{field.path}` |")
+    rows.append(f"| `{CONFIG_PARAM} - string` | The whole configuration as JSON: the preset compiled into this "
+                "pipeline. Change fields through the typed parameters or `z_overrides` instead. | the preset | all |")
+    rows.append(f"| `{OVERRIDES_PARAM} - list` | `\"section.field=value\"` strings for fields without a typed "
+                'parameter, e.g. `["training.warmup_ratio=0.1"]`. | `[]` | any |')
+    return "\n".join(rows)
+
+
+def main() -> int:
+    """Print the run form's Markdown table for the ``lora`` preset (the README embeds it)."""
+    from configs.schema import load_config
+
+    print(markdown_table(load_config("lora")))
+    return 0
+
+
+__all__ = ["CONFIG_PARAM", "OVERRIDES_PARAM", "README_BEGIN", "README_END", "FormField", "by_path", "canonical",
+           "field_value", "form_fields", "form_values", "markdown_table"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -72,7 +72,8 @@ class StorageConfig(_Section):
         json_schema_extra=form_field("h_pvc_name"))
     mount_path: str = Field("/storage", description="Where every task mounts the PVC (the storage root).")
     base_model: str = Field(
-        "models/base-model", description="Base model directory (Hugging Face layout).",
+        "models/base-model", description="Base model directory on the volume, relative to its root (Hugging Face "
+                                         "layout).",
         json_schema_extra=form_field("a_base_model"))
     data_dir: str = Field("data", description="Directory with dataset_info.json and the dataset files.")
     output_root: str = Field("output", description="Run-scoped outputs: <output_root>/<kfp run id>/...")
@@ -238,11 +239,13 @@ class TrainingConfig(_Section):
     """LLaMA-Factory training settings (rendered into its YAML by components.train)."""
 
     method: Literal["lora", "qlora", "full"] = Field(
-        "lora", description="Fine-tuning method.", json_schema_extra=form_field("b_method"))
+        "lora", description="lora, qlora (needs GPUs) or full.", json_schema_extra=form_field("b_method"))
     template: str = Field(
-        "llama3", description="LLaMA-Factory chat template name.", json_schema_extra=form_field("a_chat_template"))
+        "llama3", description="LLaMA-Factory chat template of the base model, e.g. llama3, qwen, mistral.",
+        json_schema_extra=form_field("a_chat_template"))
     learning_rate: float = Field(
-        1e-4, gt=0, le=1.0, description="Peak learning rate.", json_schema_extra=form_field("b_learning_rate"))
+        1e-4, gt=0, le=1.0, description="Peak learning rate (LoRA: ~1e-4; full: ~1e-5).",
+        json_schema_extra=form_field("b_learning_rate"))
     num_train_epochs: float = Field(
         3.0, gt=0, le=1000, description="Epochs (ignored when max_steps > 0).",
         json_schema_extra=form_field("c_epochs"))
@@ -376,7 +379,7 @@ class MlflowConfig(_Section):
 
     tracking_uri: str = Field("http://mlflow.mlflow.svc.cluster.local:5000", description="MLflow tracking URI.")
     experiment: str = Field(
-        "llm-finetune", min_length=1, max_length=500, description="Experiment name.",
+        "llm-finetune", min_length=1, max_length=500, description="MLflow experiment the runs are logged to.",
         json_schema_extra=form_field("g_mlflow_experiment"))
     credentials_secret: str = Field(
         "mlflow-config", description="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN.")
