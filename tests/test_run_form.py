@@ -168,3 +168,11 @@ def test_the_local_preset_is_not_compiled_for_a_cluster(tmp_path):
     with pytest.raises(ConfigError, match="not absolute"):
         compile_config(load_config("local"), tmp_path / "local.yaml")
     assert not Path(tmp_path / "local.yaml").exists()
+
+
+def test_the_readme_shows_the_form_as_the_schema_declares_it():
+    from configs.form import README_BEGIN, README_END, markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    shown = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+    assert shown == markdown_table(load_config("lora")), "run: python -m configs.form, and paste it into the README"
