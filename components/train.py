@@ -6,6 +6,11 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    ``output/<kfp run id>/`` (``checkpoints/``, then ``adapter/`` or ``full/``). Concurrent runs never share a path.
 2. **Resume** (:func:`components.checkpoints.prepare_resume`): a retried task resumes from the newest
    *complete* checkpoint; broken ones go to ``checkpoints-discarded/``. Costs nothing when there is none.
+   Only the same training resumes them: the fingerprint recorded next to them
+   (:mod:`components.train_fingerprint`: model, data, method, hyper-parameters; not the schedule) must match,
+   else the whole ``checkpoints/`` moves to ``checkpoints-discarded/`` with the reason and training starts
+   fresh. What the metrics need from the resumed checkpoint (step, tokens seen) is read here, before training:
+   checkpoint rotation (``training.save_total_limit``) may delete that checkpoint while training.
 3. **Render** (:mod:`components.train_render`): the LLaMA-Factory YAML (method preset, precision, DeepSpeed,
    ``report_to: mlflow``) is written to ``train.yaml`` in the run directory and logged to MLflow.
 4. **Launch** (:func:`launch_trainer`): LLaMA-Factory's ``run_exp`` in a subprocess (:func:`trainer_worker`),
@@ -15,7 +20,8 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    ``cluster.nodes > 1`` submits a PyTorchJob instead (:func:`components.pytorchjob.run_pytorchjob`), whose
    replicas run the same worker under torchrun (:mod:`components.multinode_launch`).
 5. **Collect** (:func:`collect_metrics`): train loss over all steps (resumes included), eval loss when
-   ``training.val_size`` > 0, runtime, tokens/s; ``trainer_log.jsonl`` and a loss plot PNG.
+   ``training.val_size`` > 0, runtime, tokens/s; ``trainer_log.jsonl`` and a loss plot PNG. Reads only the
+   trainer's final state in ``checkpoints/``, never a checkpoint directory.
 6. **Publish** (:func:`publish_model`): the final weights go to ``adapter/`` (or ``full/``) through
    :func:`components.storage.atomic_directory`; a retry that finds it there reuses it instead of training again.
 
@@ -69,8 +75,15 @@ from kfp.dsl import HTML, Metrics, Model, Output
 # leaves `component` out; the decorator module itself imports fine there.
 from kfp.dsl.component_decorator import component
 
-from components.checkpoints import checkpoint_step, checkpoint_tokens_seen, prepare_resume
+from components.checkpoints import (
+    FINGERPRINT_FILE,
+    ResumePoint,
+    fingerprint_digest,
+    keep_only_same_training,
+    prepare_resume,
+)
 from components.image import DEFAULT_IMAGE
+from components.train_fingerprint import training_fingerprint
 from components.train_render import deepspeed_stage, render_sections, render_yaml, resolve_precision
 from configs.schema import PipelineConfig
 
@@ -300,11 +313,31 @@ def trainer_worker(train_yaml: Path) -> int:
     import yaml
     from llamafactory.train.tuner import run_exp
 
+    _die_with_parent()
     run_id = os.environ.pop("MLFLOW_RUN_ID", "")
     if run_id and os.environ.get("RANK", "0") == "0":
         mlflow.start_run(run_id=run_id)
     run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")))
     return 0
+
+
+def _die_with_parent() -> None:
+    """Have Linux SIGKILL this trainer process when the process that started it dies.
+
+    The trainer runs in its own session (so that stopping it stops its torchrun workers too), which also
+    shields it from a kill aimed at the step's process group: a SIGKILLed step (a killed ``run_local``) would
+    leave it training, and its MLflow client would end the step's run FINISHED when it exits. In a pod the
+    kernel ends every process of the container anyway. Under torchrun the parent is the elastic agent.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_shm(cfg: PipelineConfig) -> None:
@@ -409,12 +442,14 @@ def trim_trainer_log(path: Path, last_step: int | None) -> None:
 # 5. Collect ------------------------------------------------------------------------------------------------
 
 
-def collect_metrics(output_dir: Path, resumed_from: Path | None) -> tuple[dict[str, float], list[dict]]:
+def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict[str, float], list[dict]]:
     """Summary metrics and the log history of a finished training in ``output_dir``.
 
     ``train_loss`` is the step-weighted mean of the logged losses over the whole run, so a resumed run
     reports its full history (the Trainer's own figure only covers the last attempt); ``final_loss`` is
-    the last logged loss. ``tokens_per_second`` counts this attempt's tokens over its runtime.
+    the last logged loss. ``tokens_per_second`` counts this attempt's tokens over its runtime; it is left
+    out when this attempt trained nothing (it resumed from the last step). ``resumed`` was read before
+    training: the checkpoint it names may be gone by now (rotation), and nothing here reads it.
 
     Raises:
         TrainError: the trainer left no ``trainer_state.json`` (it did not finish).
@@ -442,11 +477,12 @@ def collect_metrics(output_dir: Path, resumed_from: Path | None) -> tuple[dict[s
     if eval_losses or "eval_loss" in results:
         metrics["eval_loss"] = float(eval_losses[-1] if eval_losses else results["eval_loss"])
     runtime = float(results.get("train_runtime", 0.0))
-    tokens = int(state.get("num_input_tokens_seen") or 0) - checkpoint_tokens_seen(resumed_from)
+    tokens = int(state.get("num_input_tokens_seen") or 0) - (resumed.tokens_seen if resumed else 0)
     metrics["train_runtime_s"] = runtime
-    metrics["tokens_per_second"] = tokens / runtime if runtime > 0 else 0.0
+    if runtime > 0 and tokens > 0:
+        metrics["tokens_per_second"] = tokens / runtime
     metrics["num_input_tokens_seen"] = float(state.get("num_input_tokens_seen") or 0)
-    metrics["resumed_from_step"] = float(checkpoint_step(resumed_from) or 0) if resumed_from else 0.0
+    metrics["resumed_from_step"] = float(resumed.step if resumed else 0)
     return metrics, history
 
 
@@ -580,10 +616,19 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
     """Resume, render, launch, collect and publish; returns the summary written next to the weights."""
     from components.storage import atomic_write_text
 
-    resume_from, discarded = prepare_resume(paths.output_dir, paths.discard_dir)
+    fingerprint = training_fingerprint(cfg, base_model=paths.base_model, dataset_hashes=hashes, gpu=gpu)
+    other_training = keep_only_same_training(paths.output_dir, paths.discard_dir,
+                                             paths.run_dir / FINGERPRINT_FILE, fingerprint)
+    if other_training:
+        logger.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
+                       other_training, paths.discard_dir)
+        client.set_tag(run_id, "llmft.discarded_checkpoints", other_training[:5000])
+    client.set_tag(run_id, "llmft.training_fingerprint", fingerprint_digest(fingerprint))
+    resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir)
     for name, why in discarded:
         logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
-    trim_trainer_log(paths.output_dir / TRAINER_LOG, checkpoint_step(resume_from) if resume_from else None)
+    resume_from = resume.path if resume else None
+    trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
     client.set_tag(run_id, "llmft.resumed_from", resume_from.name if resume_from else "")
     print(f"[train] {'resuming from ' + str(resume_from) if resume_from else 'starting from scratch'}", flush=True)
 
@@ -613,9 +658,8 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
             with contextlib.suppress(Exception):
                 client.log_artifact(run_id, str(log_path), "logs")
 
-    metrics, history = collect_metrics(paths.output_dir, resume_from)
-    resumed_step = (checkpoint_step(resume_from) or 0) if resume_from else 0
-    backfilled = backfill_metrics(client, run_id, history, after_step=resumed_step)
+    metrics, history = collect_metrics(paths.output_dir, resume)
+    backfilled = backfill_metrics(client, run_id, history, after_step=resume.step if resume else 0)
     client.set_tag(run_id, BACKFILL_TAG, str(backfilled))
     if backfilled:
         print(f"[train] re-logged {backfilled} metric points the tracking server missed", flush=True)
@@ -623,6 +667,7 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
     summary = {"metrics": metrics, "mlflow_run_id": run_id, "kfp_run_id": kfp_run_id, "method": cfg.training.method,
                "base_model": str(paths.base_model), "resumed_from": resume_from.name if resume_from else None,
                "dataset_hash": dataset_hash, "dataset_hashes": hashes, "config_hash": cfg.config_hash(),
+               "training_fingerprint": fingerprint_digest(fingerprint),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     publish_model(paths.output_dir, paths.model_dir, {
         LOSS_PLOT: png.read_bytes(),
