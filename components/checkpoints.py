@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import time
 import uuid
@@ -152,15 +153,19 @@ def _move_aside(path: Path, discard_dir: Path) -> Path:
     return target
 
 
-def prepare_resume(output_dir: Path, discard_dir: Path) -> tuple[ResumePoint | None, list[tuple[str, str]]]:
+def prepare_resume(output_dir: Path, discard_dir: Path,
+                   last_step: int | None = None) -> tuple[ResumePoint | None, list[tuple[str, str]]]:
     """Choose the newest complete checkpoint in ``output_dir``; move incomplete ones to ``discard_dir``.
 
     When no checkpoint is complete, anything already in ``output_dir`` (logs or weights of an attempt
     that died before its first checkpoint) is moved aside too, so that training starts over cleanly.
+    Checkpoints past ``last_step`` (a rerun with fewer ``max_steps``) cannot give this run's result and
+    are moved aside as well.
 
     Args:
         output_dir: The trainer's output directory (``checkpoint-<step>/`` inside).
         discard_dir: Where incomplete checkpoints go (created when needed; same volume).
+        last_step: The step this training ends at, when known (``training.max_steps``).
 
     Returns:
         (where to resume, with its step and tokens seen, or None; [(moved directory name, why)]).
@@ -170,7 +175,9 @@ def prepare_resume(output_dir: Path, discard_dir: Path) -> tuple[ResumePoint | N
     """
     chosen, discarded = None, []
     for checkpoint in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(checkpoint)
+        step = checkpoint_step(checkpoint) or 0
+        problem = f"step {step} is past the last step, {last_step}" if last_step and step > last_step else None
+        problem = problem or checkpoint_problem(checkpoint)
         if problem:
             _move_aside(checkpoint, discard_dir)
             discarded.append((checkpoint.name, problem))
@@ -188,6 +195,34 @@ def resume_point(checkpoint: Path) -> ResumePoint:
     tokens = state.get("num_input_tokens_seen")
     return ResumePoint(checkpoint, int(state["global_step"]),
                        int(tokens) if isinstance(tokens, (int, float)) and not isinstance(tokens, bool) else 0)
+
+
+# Files of a checkpoint that only resuming needs: optimizer, scheduler, RNG and loss-scaler state, DeepSpeed's.
+RESUME_ONLY = re.compile(r"^(optimizer\.pt|optimizer\.bin|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|"
+                         r"zero_to_fp32\.py)$")
+
+
+def finish_from_checkpoint(checkpoint: Path, output_dir: Path) -> list[str]:
+    """Copy a checkpoint of the last step into ``output_dir`` as the trainer's final save would have left it.
+
+    For a retry whose newest complete checkpoint is already the last step (the previous attempt died after
+    it: in the final save, or while the step published): the Trainer, resumed there, would train one step
+    past ``max_steps`` (transformers 5.6 checks the limit only after a step). The checkpoint holds the final
+    weights, config, tokenizer and ``trainer_state.json``; copies, not links, since a later trainer may
+    rewrite a checkpoint file in place. Returns the names copied.
+
+    Raises:
+        StorageError: the volume refused a write.
+    """
+    copied = []
+    for source in sorted(checkpoint.iterdir()):
+        if source.is_file() and not RESUME_ONLY.match(source.name):
+            try:
+                shutil.copy2(source, output_dir / source.name)
+            except OSError as exc:
+                raise StorageError(describe_os_error(exc, output_dir / source.name)) from exc
+            copied.append(source.name)
+    return copied
 
 
 # Which training made the checkpoints -----------------------------------------------------------------------

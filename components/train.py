@@ -79,6 +79,7 @@ from components.checkpoints import (
     FINGERPRINT_FILE,
     ResumePoint,
     fingerprint_digest,
+    finish_from_checkpoint,
     keep_only_same_training,
     prepare_resume,
 )
@@ -624,7 +625,8 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
                        other_training, paths.discard_dir)
         client.set_tag(run_id, "llmft.discarded_checkpoints", other_training[:5000])
     client.set_tag(run_id, "llmft.training_fingerprint", fingerprint_digest(fingerprint))
-    resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir)
+    last_step = cfg.training.max_steps if cfg.training.max_steps > 0 else None
+    resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir, last_step)
     for name, why in discarded:
         logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
     resume_from = resume.path if resume else None
@@ -644,7 +646,12 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
 
     log_path = paths.log_dir / f"train-{run_id}.log"
     try:
-        if cfg.cluster.nodes > 1:
+        if resume and resume.step == last_step:
+            # An earlier attempt died after its last checkpoint; resumed there, the Trainer would train a step more.
+            finish_from_checkpoint(resume.path, paths.output_dir)
+            print(f"[train] {resume.path.name} is the last step (training.max_steps); its weights are the result",
+                  flush=True)
+        elif cfg.cluster.nodes > 1:
             from components.pytorchjob import run_pytorchjob
 
             run_pytorchjob(cfg, kfp_run_id, paths.train_yaml, {
@@ -654,6 +661,10 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
             _check_shm(cfg)
             launch_trainer(trainer_command(cfg, gpu, paths.train_yaml), trainer_env(cfg, run_id, gpu), log_path)
     finally:
+        # The trainer's MLflow client ends the run FINISHED when it exits; until this step ends, it is not.
+        # (A step killed from here on then leaves it RUNNING, and the next attempt closes it FAILED.)
+        with contextlib.suppress(Exception):
+            client.update_run(run_id, status="RUNNING")
         if log_path.is_file():
             with contextlib.suppress(Exception):
                 client.log_artifact(run_id, str(log_path), "logs")

@@ -10,6 +10,10 @@ storage directory is laid out like the NFS volume; what is missing is created: a
 model (built locally, deterministic), the sample alpaca dataset and the sample MMLU data shipped in
 ``components/assets``. MLflow uses a SQLite store inside the storage directory. A second run
 compares against the champion the first run promoted.
+
+A local run that is SIGKILLed runs no exit handler and leaves its MLflow runs RUNNING; the next local
+run on the same host ends them KILLED before it starts (:func:`components.tracking.close_orphaned_local_runs`:
+the parent run records this process's host, pid and start time).
 """
 
 from __future__ import annotations
@@ -118,14 +122,27 @@ def run_pipeline(cfg: PipelineConfig) -> None:
     """Run the pipeline for ``cfg`` with kfp.local; raises when a task fails."""
     from kfp import local
 
+    from components.tracking import local_launcher_env
     from pipelines.finetune import build_pipeline
 
     os.environ.update({"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "HF_HUB_OFFLINE": "1",
-                       "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg"})
+                       "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg",
+                       **local_launcher_env()})  # the parent run records who to check for liveness
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(cfg.storage.resolve("kfp-local")), raise_on_error=True)
     pipeline = build_pipeline(cfg)
     pipeline(config=cfg.model_dump_json())
+
+
+def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
+    """End the MLflow runs that earlier local runs on this host left RUNNING when they were killed.
+
+    Raises:
+        TrackingUnavailable: the tracking server does not answer.
+    """
+    from components.tracking import close_orphaned_local_runs, make_client
+
+    return close_orphaned_local_runs(make_client(cfg), cfg)
 
 
 def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
@@ -230,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     from components.storage import StorageError
+    from components.tracking import TrackingUnavailable
 
     try:
         for line in prepare_storage(cfg):
@@ -237,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     except (StorageError, OSError) as exc:  # a file where the root should be, a full or read-only volume
         print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
         return 1
+    try:
+        closed = close_orphaned_runs(cfg)
+    except TrackingUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if closed:
+        print(f"closed {len(closed)} MLflow runs left RUNNING by a killed local run: {', '.join(closed)}")
     started = time.time()
     try:
         run_pipeline(cfg)
