@@ -10,7 +10,9 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    (:mod:`components.train_fingerprint`: model, data, method, hyper-parameters; not the schedule) must match,
    else the whole ``checkpoints/`` moves to ``checkpoints-discarded/`` with the reason and training starts
    fresh. What the metrics need from the resumed checkpoint (step, tokens seen) is read here, before training:
-   checkpoint rotation (``training.save_total_limit``) may delete that checkpoint while training.
+   checkpoint rotation (``training.save_total_limit``) may delete that checkpoint while training. A newest
+   checkpoint at ``training.max_steps`` (the last attempt died in its final save or while publishing) is the
+   result: its weights are taken as they are, without launching a trainer that would train one step past it.
 3. **Render** (:mod:`components.train_render`): the LLaMA-Factory YAML (method preset, precision, DeepSpeed,
    ``report_to: mlflow``) is written to ``train.yaml`` in the run directory and logged to MLflow.
 4. **Launch** (:func:`launch_trainer`): LLaMA-Factory's ``run_exp`` in a subprocess (:func:`trainer_worker`),
@@ -31,8 +33,9 @@ starts, so that the Hugging Face callback does not end it early (LLaMA-Factory's
 on whenever ``val_size`` > 0, would otherwise log into a new stray run); this step adds
 our parameters under ``llmft.`` (config fields, dataset hashes, image, package versions, ``GIT_COMMIT``),
 the YAML, the log, the plot and the summary metrics. A trainer that fails or is killed ends the run
-FAILED; so does an attempt whose pod died (closed by the next attempt). The tracking server is checked
-first and an unreachable one fails within 30 s.
+FAILED; so does an attempt whose pod died (closed by the next attempt), even after its trainer exited (the
+trainer's MLflow client ends the run FINISHED on exit; the step sets it back to RUNNING until it ends).
+The tracking server is checked first and an unreachable one fails within 30 s.
 
 A tracking-server outage *during* training does not stop it and loses no metric point: the trainer logs
 asynchronously with a longer HTTP retry budget (:data:`TRAINER_MLFLOW_HTTP`, about a minute per request, so a
