@@ -14,6 +14,7 @@ Each test trains two or three times (about a minute on two cores): ``make reliab
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -278,3 +279,24 @@ def test_a_kill_during_the_final_save_of_an_epoch_based_training(storage, mlflow
     assert result.metrics["train_loss"] == pytest.approx(sum(losses) / len(losses))  # logged every step
     log = [json.loads(line) for line in (result.model_dir / "trainer_log.jsonl").read_text().splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == list(range(1, last + 1))
+
+
+def test_a_rerun_with_another_learning_rate_starts_fresh(storage, mlflow_server, reference, caplog):
+    """Issue 19: the same run id rerun with a changed hyper-parameter must not resume the old checkpoints;
+    they move aside with the reason, logged and tagged, and the run matches a fresh one of its own config."""
+    from mlflow.tracking import MlflowClient
+
+    kfp_run_id = f"other-{uuid.uuid4().hex[:6]}"
+    first = train_model(_config(storage, mlflow_server.uri, "training.learning_rate=0.001"), kfp_run_id)
+    assert first.metrics["global_step"] == 24
+    with caplog.at_level(logging.WARNING, logger="components.train"):
+        result = train_model(_config(storage, mlflow_server.uri), kfp_run_id)
+    reason = "another training wrote them (training.learning_rate: 0.001 -> 0.005)"
+    assert reason in caplog.text
+    assert result.metrics["resumed_from_step"] == 0
+    assert_same_training(result, reference)  # trained from scratch with 0.005, as the reference was
+    (moved,) = (run_dir(_config(storage, mlflow_server.uri), kfp_run_id) / "checkpoints-discarded").iterdir()
+    assert [path.name for path in list_checkpoints(moved)] == ["checkpoint-22", "checkpoint-24"]
+    assert json.loads((moved / "discarded.json").read_text())["reason"] == reason
+    run = MlflowClient(mlflow_server.uri).get_run(result.mlflow_run_id)
+    assert run.data.tags["llmft.discarded_checkpoints"] == reason
