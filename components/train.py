@@ -113,6 +113,7 @@ TRAINER_MLFLOW_HTTP = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+TRAINER_PARENT_ENV = "LLMFT_TRAINER_PARENT"
 # The launcher's own wrappers around a worker's real error; the error we report is the one before them.
 _WRAPPER_ERRORS = ("ChildFailedError", "CalledProcessError")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt))(?::\s?(.*))?$")
@@ -295,6 +296,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
+        **{TRAINER_PARENT_ENV: str(os.getpid())},  # the trainer dies with this process (_die_with_parent)
         **TRAINER_MLFLOW_HTTP,  # rides out a tracking-server restart (the step's own client fails fast)
         # The worker is `python -m components.train`: importable wherever this module was imported from.
         PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
@@ -313,11 +315,11 @@ def trainer_worker(train_yaml: Path) -> int:
     evaluation after training (on whenever val_size > 0) then logs into a new, stray run. A run opened here
     first stays open for that evaluation and ends when the process exits; the step sets its final status.
     """
+    _die_with_parent()
     import mlflow
     import yaml
     from llamafactory.train.tuner import run_exp
 
-    _die_with_parent()
     run_id = os.environ.pop("MLFLOW_RUN_ID", "")
     if run_id and os.environ.get("RANK", "0") == "0":
         mlflow.start_run(run_id=run_id)
@@ -337,10 +339,11 @@ def _die_with_parent() -> None:
         return
     import ctypes
 
-    parent = os.getppid()
+    # The step that launched us directly (trainer_env), or, under torchrun, whoever is the parent now.
+    expected = os.getppid() if "LOCAL_RANK" in os.environ else int(os.environ.get(TRAINER_PARENT_ENV) or 0)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request took effect
+    if expected and os.getppid() != expected:  # the parent died before the request took effect
         os.kill(os.getpid(), signal.SIGKILL)
 
 

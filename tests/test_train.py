@@ -586,6 +586,42 @@ def test_the_base_model_is_fingerprinted_by_content(tmp_path, tiny_model_dir, mo
 # -- errors --------------------------------------------------------------------------------------------------
 
 
+# A stand-in for the step: it launches a "trainer" the way launch_trainer does (its own session, the step's pid in
+# its environment); the trainer arms _die_with_parent, then works until it is killed.
+_STEP = """
+import os, subprocess, sys
+trainer = subprocess.Popen(
+    [sys.executable, "-c", "import time; from components.train import _die_with_parent; _die_with_parent(); "
+     "print('armed', flush=True); time.sleep(300)"],
+    env=dict(os.environ, LLMFT_TRAINER_PARENT=str(os.getpid())), start_new_session=True, stdout=subprocess.PIPE,
+    text=True)
+assert trainer.stdout.readline().strip() == "armed"
+print(trainer.pid, flush=True)
+trainer.wait()
+"""
+
+
+def test_the_trainer_dies_with_the_step_that_launched_it():
+    """The trainer runs in its own session, out of reach of a kill aimed at the step's process group; a
+    SIGKILLed step must not leave it training (and ending the step's MLflow run when it exits)."""
+    step = subprocess.Popen([sys.executable, "-c", _STEP], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    trainer = psutil.Process(int(step.stdout.readline()))
+    assert trainer.is_running() and trainer.ppid() == step.pid
+    step.kill()
+    step.wait()
+
+    def alive() -> bool:
+        try:
+            return trainer.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling: the trainer is not our child, so there is nothing to wait on
+    assert not alive(), "the trainer outlived its step"
+
+
 def test_the_reported_error_is_the_workers_not_the_launchers():
     tail = [
         "[rank1]: Traceback (most recent call last):\n",
