@@ -14,23 +14,47 @@ checkpoint counts as complete only when:
 :func:`prepare_resume` returns the newest complete checkpoint and moves every incomplete one to a
 discard directory, so that neither LLaMA-Factory's own auto-resume nor checkpoint rotation trips
 over it. With no complete checkpoint it moves the whole output directory aside and training starts over.
+What the step's metrics need from the chosen checkpoint (its step, the tokens seen so far) is read then,
+into a :class:`ResumePoint`: the Trainer's checkpoint rotation (``save_total_limit``) may delete that
+very directory during training.
+
+Checkpoints are resumed only by the training that made them. :func:`keep_only_same_training` compares
+the fingerprint recorded next to them (``training_fingerprint.json``, see
+:mod:`components.train_fingerprint`) with the current one and moves the whole output directory to the
+discard directory, with the reason in ``discarded.json``, when they differ or none was recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import struct
+import time
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Any, NamedTuple
+
+from components.storage import StorageError, atomic_write_text, describe_os_error
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 SAFETENSORS_INDEXES = ("adapter_model.safetensors.index.json", "model.safetensors.index.json")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", *SAFETENSORS_INDEXES, "adapter_model.bin",
                 "pytorch_model.bin")
+FINGERPRINT_FILE = "training_fingerprint.json"  # next to the output directory, not in it (the Trainer owns it)
+DISCARD_NOTE = "discarded.json"
+
+
+class ResumePoint(NamedTuple):
+    """The checkpoint a run resumes from and what the metrics need from it, read before training starts."""
+
+    path: Path
+    step: int
+    tokens_seen: int  # the trainer state's num_input_tokens_seen at that step
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -129,25 +153,31 @@ def _move_aside(path: Path, discard_dir: Path) -> Path:
     return target
 
 
-def prepare_resume(output_dir: Path, discard_dir: Path) -> tuple[Path | None, list[tuple[str, str]]]:
+def prepare_resume(output_dir: Path, discard_dir: Path,
+                   last_step: int | None = None) -> tuple[ResumePoint | None, list[tuple[str, str]]]:
     """Choose the newest complete checkpoint in ``output_dir``; move incomplete ones to ``discard_dir``.
 
     When no checkpoint is complete, anything already in ``output_dir`` (logs or weights of an attempt
     that died before its first checkpoint) is moved aside too, so that training starts over cleanly.
+    Checkpoints past ``last_step`` (a rerun with fewer ``max_steps``) cannot give this run's result and
+    are moved aside as well.
 
     Args:
         output_dir: The trainer's output directory (``checkpoint-<step>/`` inside).
         discard_dir: Where incomplete checkpoints go (created when needed; same volume).
+        last_step: The step this training ends at, when known (``training.max_steps``).
 
     Returns:
-        (the checkpoint to resume from or None, [(moved directory name, why)]).
+        (where to resume, with its step and tokens seen, or None; [(moved directory name, why)]).
 
     Raises:
         OSError: a directory could not be moved (the volume refused the rename).
     """
     chosen, discarded = None, []
     for checkpoint in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(checkpoint)
+        step = checkpoint_step(checkpoint) or 0
+        problem = f"step {step} is past the last step, {last_step}" if last_step and step > last_step else None
+        problem = problem or checkpoint_problem(checkpoint)
         if problem:
             _move_aside(checkpoint, discard_dir)
             discarded.append((checkpoint.name, problem))
@@ -156,12 +186,110 @@ def prepare_resume(output_dir: Path, discard_dir: Path) -> tuple[Path | None, li
     if chosen is None and output_dir.is_dir() and any(output_dir.iterdir()):
         _move_aside(output_dir, discard_dir)
         discarded.append((output_dir.name, "no complete checkpoint; starting over"))
-    return chosen, discarded
+    return (resume_point(chosen) if chosen else None), discarded
 
 
-def checkpoint_tokens_seen(checkpoint: Path | None) -> int:
-    """``num_input_tokens_seen`` recorded in a checkpoint's trainer state (0 without a checkpoint)."""
-    if checkpoint is None:
-        return 0
+def resume_point(checkpoint: Path) -> ResumePoint:
+    """Step and tokens seen of a complete checkpoint (:func:`checkpoint_problem` found nothing wrong)."""
     state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
-    return int(state.get("num_input_tokens_seen") or 0)
+    tokens = state.get("num_input_tokens_seen")
+    return ResumePoint(checkpoint, int(state["global_step"]),
+                       int(tokens) if isinstance(tokens, (int, float)) and not isinstance(tokens, bool) else 0)
+
+
+# Files of a checkpoint that only resuming needs: optimizer, scheduler, RNG and loss-scaler state, DeepSpeed's.
+RESUME_ONLY = re.compile(r"^(optimizer\.pt|optimizer\.bin|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|"
+                         r"zero_to_fp32\.py)$")
+
+
+def finish_from_checkpoint(checkpoint: Path, output_dir: Path) -> list[str]:
+    """Copy a checkpoint of the last step into ``output_dir`` as the trainer's final save would have left it.
+
+    For a retry whose newest complete checkpoint is already the last step (the previous attempt died after
+    it: in the final save, or while the step published): the Trainer, resumed there, would train one step
+    past ``max_steps`` (transformers 5.6 checks the limit only after a step). The checkpoint holds the final
+    weights, config, tokenizer and ``trainer_state.json``; copies, not links, since a later trainer may
+    rewrite a checkpoint file in place. Returns the names copied.
+
+    Raises:
+        StorageError: the volume refused a write.
+    """
+    copied = []
+    for source in sorted(checkpoint.iterdir()):
+        if source.is_file() and not RESUME_ONLY.match(source.name):
+            try:
+                shutil.copy2(source, output_dir / source.name)
+            except OSError as exc:
+                raise StorageError(describe_os_error(exc, output_dir / source.name)) from exc
+            copied.append(source.name)
+    return copied
+
+
+# Which training made the checkpoints -----------------------------------------------------------------------
+
+
+def read_fingerprint(record: Path) -> dict[str, str] | None:
+    """The fingerprint fields recorded in ``record``, or None when it is missing or unreadable."""
+    try:
+        fields = json.loads(record.read_text(encoding="utf-8")).get("fields")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(fields, dict) or not all(isinstance(value, str) for value in fields.values()):
+        return None
+    return fields
+
+
+def fingerprint_differences(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """One ``field: old -> new`` line per field that differs (long values, hashes, cut to 16 characters)."""
+    def short(value: str | None) -> str:
+        if value is None:
+            return "(absent)"
+        return value if len(value) <= 24 else value[:16] + "..."
+
+    return [f"{key}: {short(recorded.get(key))} -> {short(current.get(key))}"
+            for key in sorted(recorded.keys() | current.keys()) if recorded.get(key) != current.get(key)]
+
+
+def keep_only_same_training(output_dir: Path, discard_dir: Path, record: Path,
+                            fingerprint: dict[str, str]) -> str | None:
+    """Move ``output_dir`` to ``discard_dir`` unless ``record`` says the same training made it; record ``fingerprint``.
+
+    The output directory of another training (a rerun of the run id with another model, data, method or
+    hyper-parameter), or one with no readable record, must not be resumed: it moves aside whole, with a
+    ``discarded.json`` that says why, and training starts fresh. ``record`` is then (re)written, before the
+    trainer writes anything, so a checkpoint never exists without the fingerprint of its training.
+
+    Args:
+        output_dir: The trainer's output directory (checkpoints, logs).
+        discard_dir: Where it goes when it is not this training's (same volume).
+        record: The fingerprint file, next to ``output_dir``.
+        fingerprint: What defines this training (:func:`components.train_fingerprint.training_fingerprint`).
+
+    Returns:
+        Why the output directory was moved aside, or None when it was kept (or was empty).
+
+    Raises:
+        StorageError: the volume refused the move or the write.
+    """
+    recorded = read_fingerprint(record)
+    reason = None
+    if output_dir.is_dir() and any(output_dir.iterdir()) and recorded != fingerprint:
+        if recorded is None:
+            reason = f"no readable {record.name} says which training wrote them"
+        else:
+            reason = "another training wrote them (" + "; ".join(fingerprint_differences(recorded, fingerprint)) + ")"
+        try:
+            moved = _move_aside(output_dir, discard_dir)
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, discard_dir)) from exc
+        note = {"reason": reason, "fingerprint": recorded, "discarded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                            time.gmtime())}
+        atomic_write_text(moved / DISCARD_NOTE, json.dumps(note, indent=2, sort_keys=True) + "\n")
+    payload: dict[str, Any] = {"sha256": fingerprint_digest(fingerprint), "fields": fingerprint}
+    atomic_write_text(record, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return reason
+
+
+def fingerprint_digest(fingerprint: dict[str, str]) -> str:
+    """A stable sha256 of the fingerprint fields (for summaries and tags)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -5,6 +5,11 @@ the same one); each step opens a child run through :func:`step_run`, which ends 
 step raises and closes RUNNING leftovers of an earlier, killed attempt of the same step.
 Credentials come only from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or
 ``MLFLOW_TRACKING_TOKEN`` from a Kubernetes Secret); nothing here logs them.
+
+A pipeline run on the cluster is closed by its exit handler (:func:`finalize_pipeline_runs`). A local run
+(``pipelines.run_local``) that is SIGKILLed runs no exit handler, so its launcher puts its identity in the
+tasks' environment (:func:`local_launcher_env`); the parent run records it as tags (host, pid, process start),
+and the next local run closes the runs of launchers that are gone (:func:`close_orphaned_local_runs`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -26,15 +32,19 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 KFP_RUN_TAG = "kfp.run_id"
-# Environment variables the tasks read from the MLflow credentials Secret (all optional: an open server needs none).
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 ROLE_TAG = "llmft.role"
 STEP_TAG = "llmft.step"
 PARENT_ROLE = "pipeline"
+# Environment variables the tasks read from the MLflow credentials Secret (all optional: an open server needs none).
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 PREFLIGHT_TIMEOUT_S = 20
 RUN_NAME_FILE = "run_name.json"
 # How kfp.local names a run: "<pipeline>-YYYY-MM-DD-HH-MM-SS-ffffff" (not a name anybody chose).
 _KFP_LOCAL_NAME = re.compile(r".+-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{6}")
+LAUNCHER_ENV = "LLMFT_LOCAL_LAUNCHER"  # set by run_local for its tasks: {"host", "pid", "start"}
+LAUNCHER_HOST_TAG = "llmft.launcher.host"
+LAUNCHER_PID_TAG = "llmft.launcher.pid"
+LAUNCHER_START_TAG = "llmft.launcher.process_start"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -113,6 +123,78 @@ def _runs_with_tags(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> 
     return client.search_runs([exp_id], filter_string=query, max_results=1000, order_by=["attributes.start_time ASC"])
 
 
+def process_start(pid: int) -> str | None:
+    """An identity of the live process ``pid`` that a reused pid does not share, or None when it is gone.
+
+    On Linux: the boot id and the process's start time in clock ticks (``/proc``). Elsewhere only whether the
+    pid exists ("" when it does).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None  # Linux, and no such process
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # it exists, as another user's process
+        return ""
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (the name may hold spaces)
+
+
+def local_launcher_env() -> dict[str, str]:
+    """The environment a local launcher (``pipelines.run_local``) gives its tasks: who to check for liveness."""
+    identity = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()) or ""}
+    return {LAUNCHER_ENV: json.dumps(identity)}
+
+
+def _launcher_tags() -> dict[str, str]:
+    """Tags naming the local launcher of this pipeline run (none on the cluster, or when the variable is bad)."""
+    try:
+        identity = json.loads(os.environ.get(LAUNCHER_ENV, ""))
+        return {LAUNCHER_HOST_TAG: str(identity["host"]), LAUNCHER_PID_TAG: str(int(identity["pid"])),
+                LAUNCHER_START_TAG: str(identity["start"])}
+    except (ValueError, TypeError, KeyError):
+        return {}
+
+
+def close_orphaned_local_runs(client: MlflowClient, cfg: PipelineConfig) -> list[str]:
+    """End the runs that local pipeline runs on this host left RUNNING when their launcher died (SIGKILL).
+
+    A RUNNING parent run whose launcher tags name this host and a process that no longer exists (or whose pid
+    now belongs to another process) is ended KILLED with the reason as ``llmft.error``, and so is every
+    RUNNING run of its pipeline run (the step that was running). Runs of live launchers, of other hosts and of
+    cluster runs (no launcher tags) are left alone.
+
+    Returns:
+        The ids of the runs ended, parents included.
+
+    Raises:
+        MlflowException: the tracking server refused the search or an update.
+    """
+    exp_id = experiment_id(client, cfg.mlflow.experiment)
+    host = socket.gethostname()
+    parents = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}' and "
+                                 "attributes.status = 'RUNNING'", max_results=1000)
+    closed: list[str] = []
+    for parent in parents:
+        tags = parent.data.tags
+        if tags.get(LAUNCHER_HOST_TAG) != host or not tags.get(LAUNCHER_PID_TAG, "").isdigit():
+            continue
+        pid = int(tags[LAUNCHER_PID_TAG])
+        if process_start(pid) == tags.get(LAUNCHER_START_TAG, ""):
+            continue  # still running
+        client.set_tag(parent.info.run_id, "llmft.error",
+                       f"the local pipeline process {pid} on {host} died without closing its runs")
+        closed += close_stale_runs(client, cfg, tags[KFP_RUN_TAG], status="KILLED")
+    return closed
+
+
 def write_run_name(cfg: PipelineConfig, kfp_run_id: str, kfp_run_name: str) -> str:
     """Decide the name of this pipeline run's MLflow runs and keep it in the run directory; return it.
 
@@ -162,7 +244,8 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 def parent_run_id(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str) -> str:
-    """The parent run of this pipeline run: found by ``kfp.run_id``, else created with the run's params."""
+    """The parent run of this pipeline run: found by ``kfp.run_id``, else created with the run's params (and
+    launcher tags when local)."""
     from mlflow.entities import Param
 
     exp_id = experiment_id(client, cfg.mlflow.experiment)
@@ -173,7 +256,7 @@ def parent_run_id(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str) ->
         exp_id,
         run_name=run_name(cfg, kfp_run_id),
         tags={KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE, "llmft.config_hash": cfg.config_hash(),
-              "llmft.method": cfg.training.method},
+              "llmft.method": cfg.training.method, **_launcher_tags()},
     )
     params = [Param(key, value) for key, value in public_params(cfg).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch

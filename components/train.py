@@ -10,6 +10,13 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    (:func:`components.validate_dataset.validate_config_data`, validating first).
 2. **Resume** (:func:`components.checkpoints.prepare_resume`): a retried task resumes from the newest
    *complete* checkpoint; broken ones go to ``checkpoints-discarded/``. Costs nothing when there is none.
+   Only the same training resumes them: the fingerprint recorded next to them
+   (:mod:`components.train_fingerprint`: model, data, method, hyper-parameters; not the schedule) must match,
+   else the whole ``checkpoints/`` moves to ``checkpoints-discarded/`` with the reason and training starts
+   fresh. What the metrics need from the resumed checkpoint (step, tokens seen) is read here, before training:
+   checkpoint rotation (``training.save_total_limit``) may delete that checkpoint while training. A newest
+   checkpoint at ``training.max_steps`` (the last attempt died in its final save or while publishing) is the
+   result: its weights are taken as they are, without launching a trainer that would train one step past it.
 3. **Render** (:mod:`components.train_render`): the LLaMA-Factory YAML (method preset, precision, DeepSpeed,
    ``report_to: mlflow``) is written to ``train.yaml`` in the run directory and logged to MLflow.
 4. **Launch** (:func:`launch_trainer`): LLaMA-Factory's ``run_exp`` in a subprocess (:func:`trainer_worker`),
@@ -20,7 +27,8 @@ Reads in one pass, in the order it runs (:func:`train_model`):
    a Trainer v2 TrainJob or a PyTorchJob, ``cluster.training_engine``), whose nodes run the same worker under
    torchrun (:mod:`components.multinode_launch`).
 5. **Collect** (:func:`collect_metrics`): train loss over all steps (resumes included), eval loss when
-   ``training.val_size`` > 0, runtime, tokens/s; ``trainer_log.jsonl`` and a loss plot PNG.
+   ``training.val_size`` > 0, runtime, tokens/s; ``trainer_log.jsonl`` and a loss plot PNG. Reads only the
+   trainer's final state in ``checkpoints/``, never a checkpoint directory.
 6. **Publish** (:func:`publish_model`): the final weights go to ``adapter/`` (or ``full/``) through
    :func:`components.storage.atomic_directory`; a retry that finds it there reuses it instead of training again.
 
@@ -31,8 +39,9 @@ on whenever ``val_size`` > 0, would otherwise log into a new stray run); this st
 our parameters under ``llmft.`` (config fields, the snapshot's data hashes and test split hash, image, package
 versions, ``GIT_COMMIT``),
 the YAML, the log, the plot and the summary metrics. A trainer that fails or is killed ends the run
-FAILED; so does an attempt whose pod died (closed by the next attempt). The tracking server is checked
-first and an unreachable one fails within 30 s.
+FAILED; so does an attempt whose pod died (closed by the next attempt), even after its trainer exited (the
+trainer's MLflow client ends the run FINISHED on exit; the step sets it back to RUNNING until it ends).
+The tracking server is checked first and an unreachable one fails within 30 s.
 
 A tracking-server outage *during* training does not stop it and loses no metric point: the trainer logs
 asynchronously with a longer HTTP retry budget (:data:`TRAINER_MLFLOW_HTTP`, about a minute per request, so a
@@ -68,8 +77,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from components.checkpoints import checkpoint_step, checkpoint_tokens_seen, prepare_resume
+from components.checkpoints import (
+    FINGERPRINT_FILE,
+    ResumePoint,
+    fingerprint_digest,
+    finish_from_checkpoint,
+    keep_only_same_training,
+    prepare_resume,
+)
 from components.data_split import SplitManifest
+from components.train_fingerprint import training_fingerprint
 from components.train_render import deepspeed_stage, render_sections, render_yaml, resolve_precision
 from configs.schema import PipelineConfig
 
@@ -95,6 +112,7 @@ TRAINER_MLFLOW_HTTP = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+TRAINER_PARENT_ENV = "LLMFT_TRAINER_PARENT"
 # The launcher's own wrappers around a worker's real error; the error we report is the one before them.
 _WRAPPER_ERRORS = ("ChildFailedError", "CalledProcessError")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt))(?::\s?(.*))?$")
@@ -288,6 +306,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
+        **{TRAINER_PARENT_ENV: str(os.getpid())},  # the trainer dies with this process (_die_with_parent)
         **TRAINER_MLFLOW_HTTP,  # rides out a tracking-server restart (the step's own client fails fast)
         # The worker is `python -m components.train`: importable wherever this module was imported from.
         PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
@@ -306,6 +325,7 @@ def trainer_worker(train_yaml: Path) -> int:
     evaluation after training (on whenever val_size > 0) then logs into a new, stray run. A run opened here
     first stays open for that evaluation and ends when the process exits; the step sets its final status.
     """
+    _die_with_parent()
     import mlflow
     import yaml
     from llamafactory.train.tuner import run_exp
@@ -315,6 +335,26 @@ def trainer_worker(train_yaml: Path) -> int:
         mlflow.start_run(run_id=run_id)
     run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")))
     return 0
+
+
+def _die_with_parent() -> None:
+    """Have Linux SIGKILL this trainer process when the process that started it dies.
+
+    The trainer runs in its own session (so that stopping it stops its torchrun workers too), which also
+    shields it from a kill aimed at the step's process group: a SIGKILLed step (a killed ``run_local``) would
+    leave it training, and its MLflow client would end the step's run FINISHED when it exits. In a pod the
+    kernel ends every process of the container anyway. Under torchrun the parent is the elastic agent.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    # The step that launched us directly (trainer_env), or, under torchrun, whoever is the parent now.
+    expected = os.getppid() if "LOCAL_RANK" in os.environ else int(os.environ.get(TRAINER_PARENT_ENV) or 0)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if expected and os.getppid() != expected:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_shm(cfg: PipelineConfig) -> None:
@@ -419,12 +459,14 @@ def trim_trainer_log(path: Path, last_step: int | None) -> None:
 # 5. Collect ------------------------------------------------------------------------------------------------
 
 
-def collect_metrics(output_dir: Path, resumed_from: Path | None) -> tuple[dict[str, float], list[dict]]:
+def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict[str, float], list[dict]]:
     """Summary metrics and the log history of a finished training in ``output_dir``.
 
     ``train_loss`` is the step-weighted mean of the logged losses over the whole run, so a resumed run
     reports its full history (the Trainer's own figure only covers the last attempt); ``final_loss`` is
-    the last logged loss. ``tokens_per_second`` counts this attempt's tokens over its runtime.
+    the last logged loss. ``tokens_per_second`` counts this attempt's tokens over its runtime; it is left
+    out when this attempt trained nothing (it resumed from the last step). ``resumed`` was read before
+    training: the checkpoint it names may be gone by now (rotation), and nothing here reads it.
 
     Raises:
         TrainError: the trainer left no ``trainer_state.json`` (it did not finish).
@@ -452,11 +494,12 @@ def collect_metrics(output_dir: Path, resumed_from: Path | None) -> tuple[dict[s
     if eval_losses or "eval_loss" in results:
         metrics["eval_loss"] = float(eval_losses[-1] if eval_losses else results["eval_loss"])
     runtime = float(results.get("train_runtime", 0.0))
-    tokens = int(state.get("num_input_tokens_seen") or 0) - checkpoint_tokens_seen(resumed_from)
+    tokens = int(state.get("num_input_tokens_seen") or 0) - (resumed.tokens_seen if resumed else 0)
     metrics["train_runtime_s"] = runtime
-    metrics["tokens_per_second"] = tokens / runtime if runtime > 0 else 0.0
+    if runtime > 0 and tokens > 0:
+        metrics["tokens_per_second"] = tokens / runtime
     metrics["num_input_tokens_seen"] = float(state.get("num_input_tokens_seen") or 0)
-    metrics["resumed_from_step"] = float(checkpoint_step(resumed_from) or 0) if resumed_from else 0.0
+    metrics["resumed_from_step"] = float(resumed.step if resumed else 0)
     return metrics, history
 
 
@@ -590,10 +633,20 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
     """Resume, render, launch, collect and publish; returns the summary written next to the weights."""
     from components.storage import atomic_write_text
 
-    resume_from, discarded = prepare_resume(paths.output_dir, paths.discard_dir)
+    fingerprint = training_fingerprint(cfg, base_model=paths.base_model, dataset_hashes=hashes, gpu=gpu)
+    other_training = keep_only_same_training(paths.output_dir, paths.discard_dir,
+                                             paths.run_dir / FINGERPRINT_FILE, fingerprint)
+    if other_training:
+        logger.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
+                       other_training, paths.discard_dir)
+        client.set_tag(run_id, "llmft.discarded_checkpoints", other_training[:5000])
+    client.set_tag(run_id, "llmft.training_fingerprint", fingerprint_digest(fingerprint))
+    last_step = cfg.training.max_steps if cfg.training.max_steps > 0 else None
+    resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir, last_step)
     for name, why in discarded:
         logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
-    trim_trainer_log(paths.output_dir / TRAINER_LOG, checkpoint_step(resume_from) if resume_from else None)
+    resume_from = resume.path if resume else None
+    trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
     client.set_tag(run_id, "llmft.resumed_from", resume_from.name if resume_from else "")
     print(f"[train] {'resuming from ' + str(resume_from) if resume_from else 'starting from scratch'}", flush=True)
 
@@ -609,7 +662,12 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
 
     log_path = paths.log_dir / f"train-{run_id}.log"
     try:
-        if cfg.cluster.nodes > 1:
+        if resume and resume.step == last_step:
+            # An earlier attempt died after its last checkpoint; resumed there, the Trainer would train a step more.
+            finish_from_checkpoint(resume.path, paths.output_dir)
+            print(f"[train] {resume.path.name} is the last step (training.max_steps); its weights are the result",
+                  flush=True)
+        elif cfg.cluster.nodes > 1:
             from components.training_job import run_training_job
 
             run_training_job(cfg, kfp_run_id, paths.train_yaml, {
@@ -619,13 +677,16 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
             _check_shm(cfg)
             launch_trainer(trainer_command(cfg, gpu, paths.train_yaml), trainer_env(cfg, run_id, gpu), log_path)
     finally:
+        # The trainer's MLflow client ends the run FINISHED when it exits; until this step ends, it is not.
+        # (A step killed from here on then leaves it RUNNING, and the next attempt closes it FAILED.)
+        with contextlib.suppress(Exception):
+            client.update_run(run_id, status="RUNNING")
         if log_path.is_file():
             with contextlib.suppress(Exception):
                 client.log_artifact(run_id, str(log_path), "logs")
 
-    metrics, history = collect_metrics(paths.output_dir, resume_from)
-    resumed_step = (checkpoint_step(resume_from) or 0) if resume_from else 0
-    backfilled = backfill_metrics(client, run_id, history, after_step=resumed_step)
+    metrics, history = collect_metrics(paths.output_dir, resume)
+    backfilled = backfill_metrics(client, run_id, history, after_step=resume.step if resume else 0)
     client.set_tag(run_id, BACKFILL_TAG, str(backfilled))
     if backfilled:
         print(f"[train] re-logged {backfilled} metric points the tracking server missed", flush=True)
@@ -633,6 +694,7 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
     summary = {"metrics": metrics, "mlflow_run_id": run_id, "kfp_run_id": kfp_run_id, "method": cfg.training.method,
                "base_model": str(paths.base_model), "resumed_from": resume_from.name if resume_from else None,
                "dataset_hash": dataset_hash, "dataset_hashes": hashes, "config_hash": cfg.config_hash(),
+               "training_fingerprint": fingerprint_digest(fingerprint),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     publish_model(paths.output_dir, paths.model_dir, {
         LOSS_PLOT: png.read_bytes(),
@@ -679,7 +741,7 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
                        paths.base_model)
     split = prepare_data(cfg, kfp_run_id, paths)
     dataset_hash = dataset_hash or split.dataset_hash
-    hashes = {item.name: item.source_sha256 for item in split.datasets}
+    hashes = {item.name: item.train_sha256 for item in split.datasets}  # what is trained on: the train side
     gpu = _gpu_available(cfg)
     # An attempt whose pod died left its run RUNNING; it failed, whoever ended it.
     close_stale_runs(make_client(cfg), cfg, kfp_run_id, step=STEP_NAME, status="FAILED")

@@ -14,6 +14,10 @@ compares against the champion the first run promoted.
 
 The console shows one line per task and the training loss every few steps (:mod:`pipelines.console`);
 each task's whole output goes to ``<storage>/logs/<run>/``, and a failed task's last lines are shown.
+
+A local run that is SIGKILLed runs no exit handler and leaves its MLflow runs RUNNING; the next local
+run on the same host ends them KILLED before it starts (:func:`components.tracking.close_orphaned_local_runs`:
+the parent run records this process's host, pid and start time).
 """
 
 from __future__ import annotations
@@ -130,10 +134,12 @@ def run_pipeline(cfg: PipelineConfig) -> None:
     """Run the pipeline for ``cfg`` with kfp.local; raises when a task fails."""
     from kfp import local
 
+    from components.tracking import local_launcher_env
     from pipelines.finetune import build_pipeline
 
     os.environ.update({"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "HF_HUB_OFFLINE": "1",
-                       "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg"})
+                       "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg",
+                       **local_launcher_env()})  # the parent run records who to check for liveness
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(cfg.storage.resolve("kfp-local")), raise_on_error=True)
     build_pipeline(cfg)()  # every parameter at its default: the config as given
@@ -152,6 +158,17 @@ def task_console(cfg: PipelineConfig, log_dir: Path) -> Iterator[TaskConsole]:
             yield console
         finally:
             console.close()
+
+
+def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
+    """End the MLflow runs that earlier local runs on this host left RUNNING when they were killed.
+
+    Raises:
+        TrackingUnavailable: the tracking server does not answer.
+    """
+    from components.tracking import close_orphaned_local_runs, make_client
+
+    return close_orphaned_local_runs(make_client(cfg), cfg)
 
 
 def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
@@ -264,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     from components.storage import StorageError
+    from components.tracking import TrackingUnavailable
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
@@ -275,9 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         with quiet as console:
             for line in prepare_storage(cfg):
                 (console.say if console else print)(f"prepared: {line}")
+            closed = close_orphaned_runs(cfg)
+            if closed:
+                (console.say if console else print)(
+                    f"closed {len(closed)} MLflow runs left RUNNING by a killed local run: {', '.join(closed)}")
             run_pipeline(cfg)
     except (StorageError, OSError) as exc:  # a file where the root should be, a full or read-only volume
         print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
+        return 1
+    except TrackingUnavailable as exc:  # checked before the pipeline starts (closing a killed run's leftovers)
+        print(exc, file=sys.stderr)
         return 1
     except Exception as exc:  # kfp.local raises when a task fails; the console showed its log's tail
         print(f"\npipeline failed: {ANSI.sub('', str(exc))}", file=sys.stderr)

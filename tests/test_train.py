@@ -27,10 +27,16 @@ import yaml
 from kfp.dsl import HTML, Metrics, Model
 
 from components.checkpoints import (
+    FINGERPRINT_FILE,
+    ResumePoint,
     checkpoint_problem,
     checkpoint_step,
+    fingerprint_digest,
+    finish_from_checkpoint,
+    keep_only_same_training,
     list_checkpoints,
     prepare_resume,
+    read_fingerprint,
     safetensors_problem,
 )
 from components.storage import run_dir
@@ -46,6 +52,7 @@ from components.train import (
     trainer_error,
     trim_trainer_log,
 )
+from components.train_fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
 from components.train_render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
 from configs.schema import load_config
 
@@ -190,11 +197,12 @@ def _complete_on_disk(output: Path) -> list[int]:
 
 
 def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root, mlflow_server, tmp_path):
-    """SIGKILL the trainer after its first checkpoint, break the next one, rerun: it resumes and finishes."""
+    """SIGKILL the trainer after its first checkpoint, break the next one, rerun: it resumes and finishes,
+    though the rotation (one checkpoint kept) deletes the checkpoint it resumed from while it trains."""
     from mlflow.tracking import MlflowClient
 
     cfg = _config(storage_root, mlflow_server.uri, "training.max_steps=12", "training.save_steps=4",
-                  "training.logging_steps=1")
+                  "training.logging_steps=1", "training.save_total_limit=1")
     kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
     output = run_dir(cfg, kfp_run_id) / "checkpoints"
     killed: list[int] = []
@@ -236,6 +244,7 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
                                                  dataset_hash="h", adapter=adapter, metrics=metrics,
                                                  loss_plot=loss_plot)
     assert metrics.metadata["resumed_from_step"] == newest and metrics.metadata["global_step"] == 12
+    assert [checkpoint_step(path) for path in list_checkpoints(output)] == [12]  # checkpoint-<newest> rotated away
     assert [p.name.rsplit("-", 1)[0] for p in (run_dir(cfg, kfp_run_id) / "checkpoints-discarded").iterdir()] == [
         broken.name]
     steps = [json.loads(line)["current_steps"] for line in (Path(model_dir) / "trainer_log.jsonl").read_text()
@@ -249,6 +258,29 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
     assert second.data.tags["llmft.resumed_from"] == f"checkpoint-{newest}"
     resumed_steps = [m.step for m in client.get_metric_history(second_run, "loss")]
     assert min(resumed_steps) == newest + 1 and max(resumed_steps) == 12  # resumed, not started over
+
+
+def test_a_longer_rerun_of_a_run_id_resumes_past_the_rotation_of_its_checkpoint(storage_root, mlflow_server,
+                                                                                 capsys):
+    """Issue 18's reproduction, scaled down: one checkpoint kept, so the longer rerun (a schedule change of
+    the same training, which may resume) rotates away the checkpoint it resumed from. Issue 19's other
+    direction, a rerun with another learning rate, trains a third time: tests/reliability/test_train_kills.py."""
+    kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
+    common = ["--config", "local", "--run-id", kfp_run_id, "--set", f"storage.mount_path={storage_root}",
+              "--set", f"mlflow.tracking_uri={mlflow_server.uri}", "--set", "training.save_steps=1",
+              "--set", "training.save_total_limit=1", "--set", "training.logging_steps=1"]
+    for steps in (4, 8):
+        assert main([*common, "--set", f"training.max_steps={steps}"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.rindex("\n{\n") + 1:])
+    assert report["metrics"]["resumed_from_step"] == 4 and report["metrics"]["global_step"] == 8
+    run = run_dir(_config(storage_root, mlflow_server.uri), kfp_run_id)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["checkpoint-8"]
+    assert not (run / "checkpoints-discarded").exists()
+    recorded = read_fingerprint(run / FINGERPRINT_FILE)
+    assert recorded["training.learning_rate"] == "0.005" and "training.max_steps" not in recorded
+    summary = json.loads((run / "adapter" / "train_summary.json").read_text())
+    assert summary["training_fingerprint"] == fingerprint_digest(recorded)
 
 
 def test_a_failing_trainer_fails_the_run_and_the_cli_exits_non_zero(storage_root, mlflow_server):
@@ -417,10 +449,14 @@ def test_prepare_resume_takes_the_newest_complete_checkpoint_and_moves_broken_on
     _checkpoint(output, 8)
     _checkpoint(output, 12, state=False)  # killed while saving
     chosen, discarded = prepare_resume(output, discard)
-    assert chosen == output / "checkpoint-8"
+    assert chosen == ResumePoint(output / "checkpoint-8", 8, 80)  # read now: rotation may delete it later
     assert [name for name, _ in discarded] == ["checkpoint-12"]
     assert [checkpoint_step(p) for p in list_checkpoints(output)] == [4, 8]
     assert [p.name.rsplit("-", 1)[0] for p in discard.iterdir()] == ["checkpoint-12"]
+
+    # A rerun with fewer max_steps cannot resume past its last step: those checkpoints go aside too.
+    chosen, discarded = prepare_resume(output, discard, last_step=6)
+    assert chosen.step == 4 and discarded == [("checkpoint-8", "step 8 is past the last step, 6")]
 
     # Nothing complete: the whole output directory goes aside and training starts over in a clean one.
     fresh = tmp_path / "fresh"
@@ -440,9 +476,12 @@ def test_the_trainer_log_is_cut_back_to_the_resumed_checkpoint(tmp_path):
     assert [json.loads(line)["current_steps"] for line in log.read_text().splitlines()] == [2, 4, 6]
 
 
-def test_metrics_cover_the_whole_run_after_a_resume(tmp_path):
+def test_metrics_cover_the_whole_run_after_a_resume_whose_checkpoint_was_rotated_away(tmp_path):
+    """Issue 18: the step read the resumed-from checkpoint after training, when rotation had deleted it."""
     output = tmp_path / "checkpoints"
-    resumed_from = _checkpoint(output, 4)
+    _checkpoint(output, 4)
+    resumed_from, _ = prepare_resume(output, tmp_path / "discarded")
+    shutil.rmtree(resumed_from.path)  # what save_total_limit does once newer checkpoints exist
     history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 2.0}, {"step": 6, "loss": 1.0}, {"step": 8, "loss": 1.0},
                {"step": 8, "eval_loss": 1.5}]
     (output / "trainer_state.json").write_text(json.dumps({"global_step": 8, "num_input_tokens_seen": 120,
@@ -454,8 +493,133 @@ def test_metrics_cover_the_whole_run_after_a_resume(tmp_path):
     assert metrics["tokens_per_second"] == pytest.approx((120 - 40) / 2.0)  # this attempt's tokens only
     assert metrics["resumed_from_step"] == 4
 
+    # Resumed at the last step: nothing trained in this attempt, so no throughput to report.
+    metrics, _ = collect_metrics(output, ResumePoint(output / "checkpoint-8", 8, 120))
+    assert "tokens_per_second" not in metrics and metrics["global_step"] == 8
+
+
+def test_a_retry_at_the_last_step_publishes_the_checkpoint_without_the_resume_state(tmp_path):
+    output = tmp_path / "checkpoints"
+    last = _checkpoint(output, 8)
+    for name in ("scheduler.pt", "rng_state.pth", "adapter_config.json", "tokenizer.json"):
+        (last / name).write_text("{}")
+    (output / "adapter_model.safetensors").write_bytes(b"half")  # the killed final save
+    copied = finish_from_checkpoint(last, output)
+    assert copied == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "trainer_state.json"]
+    assert safetensors_problem(output / "adapter_model.safetensors") is None
+    assert not (output / "optimizer.pt").exists() and not (output / "rng_state.pth").exists()
+    assert (last / "optimizer.pt").exists()  # the checkpoint itself is untouched
+
+
+# -- which training made the checkpoints (issue 19) ----------------------------------------------------------
+
+
+def test_only_the_same_training_resumes_the_checkpoints(storage_root, tmp_path):
+    """The fingerprint leaves out exactly the schedule; any other change, or no record, sets them aside."""
+    cfg = load_config("local", overrides=[f"storage.mount_path={storage_root}"])
+    base, data = storage_root / "models" / "base-model", {"alpaca_sample": "a" * 64}
+
+    def fingerprint(*overrides: str, hashes: dict | None = None) -> dict:
+        changed = load_config("local", overrides=[f"storage.mount_path={storage_root}", *overrides])
+        return training_fingerprint(changed, base_model=base, dataset_hashes=hashes or data, gpu=False)
+
+    original = fingerprint()
+    assert {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps"} == SCHEDULE_FIELDS
+    assert {key.removeprefix("training.") for key in original if key.startswith("training.")} == \
+        set(type(cfg.training).model_fields) - SCHEDULE_FIELDS  # every other training field counts
+    for schedule in ("training.max_steps=48", "training.num_train_epochs=3", "training.save_steps=2",
+                     "training.save_total_limit=5", "training.logging_steps=1"):
+        assert fingerprint(schedule) == original, schedule
+    for other in ("training.learning_rate=0.001", "training.lora_rank=4", "training.seed=1",
+                  "training.method=full", "training.cutoff_len=128", "dataset.names=[alpaca_sample,sharegpt_sample]",
+                  "cluster.accelerator_count=2"):
+        assert fingerprint(other) != original, other
+    assert fingerprint(hashes={"alpaca_sample": "b" * 64}) != original  # the same name, other content
+
+    run = tmp_path / "run"
+    output, discard, record = run / "checkpoints", run / "checkpoints-discarded", run / FINGERPRINT_FILE
+    assert keep_only_same_training(output, discard, record, original) is None  # nothing there yet
+    assert read_fingerprint(record) == original
+    _checkpoint(output, 4)
+    assert keep_only_same_training(output, discard, record, fingerprint("training.max_steps=99")) is None
+    assert list_checkpoints(output) == [output / "checkpoint-4"]
+
+    changed = fingerprint("training.learning_rate=0.001")
+    reason = keep_only_same_training(output, discard, record, changed)
+    assert reason == "another training wrote them (training.learning_rate: 0.005 -> 0.001)"
+    assert not output.exists() and read_fingerprint(record) == changed
+    (moved,) = discard.iterdir()
+    assert (moved / "checkpoint-4").is_dir()
+    note = json.loads((moved / "discarded.json").read_text())
+    assert note["reason"] == reason and note["fingerprint"] == original
+
+    # Checkpoints with no record (written before fingerprints, or the record lost) are not trusted either.
+    _checkpoint(output, 4)
+    record.unlink()
+    assert "no readable training_fingerprint.json" in keep_only_same_training(output, discard, record, changed)
+    assert len(list(discard.iterdir())) == 2 and not output.exists()
+
+
+def test_the_base_model_is_fingerprinted_by_content(tmp_path, tiny_model_dir, monkeypatch):
+    from components import train_fingerprint
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert model_digest(copy) == model_digest(tiny_model_dir)  # the same model elsewhere
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "rope_theta": 500000.0}))
+    assert model_digest(copy) != model_digest(tiny_model_dir)
+    # Large files are sampled at both ends: a change at the end of a weight file still counts.
+    monkeypatch.setattr(train_fingerprint, "FULL_HASH_LIMIT", 1024)
+    monkeypatch.setattr(train_fingerprint, "SAMPLE_BYTES", 256)
+    before = model_digest(tiny_model_dir)
+    weights = copy / "model.safetensors"
+    shutil.copy2(tiny_model_dir / "model.safetensors", weights)
+    (copy / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    assert model_digest(copy) == before
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert model_digest(copy) != before
+
 
 # -- errors --------------------------------------------------------------------------------------------------
+
+
+# A stand-in for the step: it launches a "trainer" the way launch_trainer does (its own session, the step's pid in
+# its environment); the trainer arms _die_with_parent, then works until it is killed.
+_STEP = """
+import os, subprocess, sys
+trainer = subprocess.Popen(
+    [sys.executable, "-c", "import time; from components.train import _die_with_parent; _die_with_parent(); "
+     "print('armed', flush=True); time.sleep(300)"],
+    env=dict(os.environ, LLMFT_TRAINER_PARENT=str(os.getpid())), start_new_session=True, stdout=subprocess.PIPE,
+    text=True)
+assert trainer.stdout.readline().strip() == "armed"
+print(trainer.pid, flush=True)
+trainer.wait()
+"""
+
+
+def test_the_trainer_dies_with_the_step_that_launched_it():
+    """The trainer runs in its own session, out of reach of a kill aimed at the step's process group; a
+    SIGKILLed step must not leave it training (and ending the step's MLflow run when it exits)."""
+    step = subprocess.Popen([sys.executable, "-c", _STEP], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    trainer = psutil.Process(int(step.stdout.readline()))
+    assert trainer.is_running() and trainer.ppid() == step.pid
+    step.kill()
+    step.wait()
+
+    def alive() -> bool:
+        try:
+            return trainer.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling: the trainer is not our child, so there is nothing to wait on
+    assert not alive(), "the trainer outlived its step"
 
 
 def test_the_reported_error_is_the_workers_not_the_launchers():
