@@ -276,7 +276,8 @@ def run_compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_tas
         parent = parent_run_id(client, cfg, kfp_run_id)
         client.log_batch(parent, metrics=_mlflow_metrics(numbers))
         set_run_tags(client, parent, {"llmft.decision": comparison.decision, "llmft.baseline": baseline_name,
-                                      "llmft.decision_line": comparison.headline})
+                                      "llmft.decision_line": comparison.headline,
+                                      "mlflow.note.content": _run_description(comparison)})
         folder = Path(tmp) / "report"
         folder.mkdir()
         (folder / "report.md").write_text(with_plot, encoding="utf-8")
@@ -290,6 +291,12 @@ def run_compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_tas
                                          for rule in comparison.rules}})
     print(f"[compare] {comparison.headline}", flush=True)
     return comparison.decision, comparison.headline, str(path)
+
+
+def _run_description(comparison: Comparison) -> str:
+    """The pipeline run's description on its MLflow page: the decision and every reason."""
+    reasons = "\n".join(f"- {reason}" for reason in comparison.reasons)
+    return f"**{comparison.headline}**\n\n{reasons}\n\nThe whole report: the compare step's `report/report.md`."
 
 
 def flat_metrics(comparison: Comparison) -> dict[str, float]:

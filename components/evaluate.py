@@ -117,7 +117,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     model_path = on_volume(cfg, model_dir)
     out_dir = run_dir(cfg, kfp_run_id) / "eval" / role
     mmlu_path, task_path = out_dir / RESULTS_FILE, out_dir / TASK_FILE
-    with step_run(cfg, kfp_run_id, f"evaluate-{role}") as (client, run_id):
+    with step_run(cfg, kfp_run_id, f"evaluate-{role}", system_metrics=True) as (client, run_id):
         started = time.monotonic()
         setup = eval_setup(cfg, kfp_run_id, model_path)
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in {

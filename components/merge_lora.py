@@ -757,7 +757,7 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
     trained = inside(root, adapter_dir)
     models_dir = inside(cfg.storage.resolve(cfg.storage.models_root), cfg.mlflow.registered_model_name)
     full = cfg.training.method == "full"
-    with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
+    with step_run(cfg, kfp_run_id, STEP_NAME, system_metrics=True) as (client, run_id):
         started = time.monotonic()
         published = find_published(models_dir, kfp_run_id)
         reused = published is not None

@@ -281,11 +281,13 @@ def close_stale_runs(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str,
 
 
 @contextlib.contextmanager
-def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str) -> Iterator[tuple[MlflowClient, str]]:
+def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
+             system_metrics: bool = False) -> Iterator[tuple[MlflowClient, str]]:
     """Open this step's child run under the pipeline's parent run; yield ``(client, run_id)``.
 
     Earlier attempts of the same step left RUNNING (a killed pod) are ended KILLED first. The child
-    ends FINISHED when the block completes and FAILED (with the error as a tag) when it raises.
+    ends FINISHED when the block completes and FAILED (with the error as a tag) when it raises. With
+    ``system_metrics`` (the GPU steps), MLflow's monitor samples CPU, memory and GPU into the run meanwhile.
     """
     client = make_client(cfg)
     parent = parent_run_id(client, cfg, kfp_run_id)
@@ -299,14 +301,29 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str) -> Iterator[tuple[
               "llmft.attempt": str(attempt)},
     )
     run_id = run.info.run_id
+    monitor = _system_metrics_monitor(run_id, cfg) if system_metrics else None
     try:
         yield client, run_id
     except BaseException as exc:
         with contextlib.suppress(Exception):
+            if monitor:
+                monitor.finish()
             client.set_tag(run_id, "llmft.error", f"{type(exc).__name__}: {exc}"[:4000])
             client.set_terminated(run_id, status="FAILED")
         raise
+    if monitor:
+        monitor.finish()
     client.set_terminated(run_id, status="FINISHED")
+
+
+def _system_metrics_monitor(run_id: str, cfg: PipelineConfig):
+    """MLflow's system metrics monitor, sampling into ``run_id`` (every 5 s, logged at once) until finished."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1,
+                                   tracking_uri=cfg.mlflow.tracking_uri)
+    monitor.start()
+    return monitor
 
 
 def finalize_pipeline_runs(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str, error: str = "") -> dict:

@@ -87,7 +87,14 @@ from components.checkpoints import (
 )
 from components.data_split import SplitManifest
 from components.train_fingerprint import training_fingerprint
-from components.train_render import deepspeed_stage, render_sections, render_yaml, resolve_precision
+from components.train_mlflow import (
+    SYSTEM_METRICS_ENV,
+    metrics_callback,
+    rendered_params,
+    start_trainer_run,
+    step_points,
+)
+from components.train_render import deepspeed_stage, render_sections, render_yaml
 from configs.schema import PipelineConfig
 
 STEP_NAME = "train"
@@ -96,8 +103,7 @@ TRAINER_LOG = "trainer_log.jsonl"
 TRAIN_YAML = "train.yaml"
 SUMMARY_FILE = "train_summary.json"
 LOSS_PLOT = "training_loss.png"
-PACKAGES = ("llamafactory", "transformers", "torch", "peft", "datasets", "accelerate", "trl", "mlflow", "kfp",
-            "deepspeed", "bitsandbytes")
+PACKAGES = ("llamafactory", "transformers", "torch", "peft", "deepspeed", "bitsandbytes")
 TAIL_LINES = 400  # trainer output kept in memory for the error message (the whole log goes to the PVC)
 STOP_GRACE_S = 30  # SIGTERM -> SIGKILL for a trainer we stop
 MIN_SHM_BYTES = 1 << 30
@@ -227,32 +233,19 @@ def prepare_data(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths) -> Spl
     return split
 
 
-def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
-    if isinstance(value, dict) and value:
-        for key, inner in value.items():
-            yield from _flatten(f"{prefix}.{key}", inner)
-    else:
-        yield prefix, value if isinstance(value, str) else json.dumps(value)
-
-
-def tracking_params(cfg: PipelineConfig, dataset_hash: str, split: SplitManifest, gpu: bool) -> dict[str, str]:
-    """Our MLflow parameters, all under ``llmft.``: every config field, data hashes, image, versions, commit.
-
-    LLaMA-Factory reports only the HF TrainingArguments; these say what the run was made of. From the
-    split's manifest, per dataset: the source hash (``dataset.sha256.<name>``), the train file's hash and
-    row count, the test split hash; and the combined ``dataset.test_split_hash``.
-    """
-    params = dict(_flatten(PARAM_PREFIX.rstrip("."), cfg.dump_public()))
+def tracking_params(cfg: PipelineConfig, dataset_hash: str, split: SplitManifest, gpu: bool,
+                    sections: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The train run's params: the LLaMA-Factory settings we rendered, under their own names
+    (:func:`components.train_mlflow.rendered_params`), and the lineage under ``llmft.``: the data's hashes and
+    rows (from the split's manifest), the image, the launcher, the main libraries' versions and ``GIT_COMMIT``.
+    The whole resolved config is on the pipeline's parent run."""
+    params = rendered_params(sections)
     params[f"{PARAM_PREFIX}dataset_hash"] = dataset_hash or split.dataset_hash
-    params[f"{PARAM_PREFIX}dataset.test_split_hash"] = split.test_split_hash
+    params[f"{PARAM_PREFIX}test_split_hash"] = split.test_split_hash
     for item in split.datasets:
-        params[f"{PARAM_PREFIX}dataset.sha256.{item.name}"] = item.source_sha256
-        params[f"{PARAM_PREFIX}dataset.train_sha256.{item.name}"] = item.train_sha256
-        params[f"{PARAM_PREFIX}dataset.train_rows.{item.name}"] = str(item.train_rows)
-        params[f"{PARAM_PREFIX}dataset.test_split_hash.{item.name}"] = item.test_split_hash
+        params[f"{PARAM_PREFIX}train_sha256.{item.name}"] = item.train_sha256
+        params[f"{PARAM_PREFIX}train_rows.{item.name}"] = str(item.train_rows)
     params[f"{PARAM_PREFIX}image"] = cfg.cluster.image
-    params[f"{PARAM_PREFIX}precision"] = resolve_precision(cfg, gpu)
-    params[f"{PARAM_PREFIX}deepspeed_stage"] = str(deepspeed_stage(cfg, gpu))
     params[f"{PARAM_PREFIX}launcher"] = _launcher(cfg, gpu)
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -301,7 +294,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
     env.update(
         MLFLOW_RUN_ID=mlflow_run_id,
         MLFLOW_TRACKING_URI=cfg.mlflow.tracking_uri,
-        MLFLOW_FLATTEN_PARAMS="true",  # nested TrainingArguments values are otherwise dropped
+        **SYSTEM_METRICS_ENV,
         DISABLE_VERSION_CHECK="1",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
@@ -332,8 +325,9 @@ def trainer_worker(train_yaml: Path) -> int:
 
     run_id = os.environ.pop("MLFLOW_RUN_ID", "")
     if run_id and os.environ.get("RANK", "0") == "0":
-        mlflow.start_run(run_id=run_id)
-    run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")))
+        start_trainer_run(run_id)
+    run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")), callbacks=[metrics_callback()])
+    mlflow.flush_async_logging()
     return 0
 
 
@@ -463,10 +457,10 @@ def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict
     """Summary metrics and the log history of a finished training in ``output_dir``.
 
     ``train_loss`` is the step-weighted mean of the logged losses over the whole run, so a resumed run
-    reports its full history (the Trainer's own figure only covers the last attempt); ``final_loss`` is
-    the last logged loss. ``tokens_per_second`` counts this attempt's tokens over its runtime; it is left
-    out when this attempt trained nothing (it resumed from the last step). ``resumed`` was read before
-    training: the checkpoint it names may be gone by now (rotation), and nothing here reads it.
+    reports its full history (the Trainer's own figure only covers the last attempt); the last logged loss is
+    the last point of the per-step ``loss`` metric. ``tokens_per_second`` counts this attempt's tokens over its
+    runtime; it is left out when this attempt trained nothing (it resumed from the last step). ``resumed`` was
+    read before training: the checkpoint it names may be gone by now (rotation), and nothing here reads it.
 
     Raises:
         TrainError: the trainer left no ``trainer_state.json`` (it did not finish).
@@ -487,7 +481,6 @@ def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict
             total += loss * (step - previous)
             previous = step
         metrics["train_loss"] = total / previous if previous else losses[-1][1]
-        metrics["final_loss"] = float(losses[-1][1])
     elif "train_loss" in results:
         metrics["train_loss"] = float(results["train_loss"])
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
@@ -503,14 +496,12 @@ def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict
     return metrics, history
 
 
-# What the Hugging Face MLflow callback does to a metric name (transformers' MLflowCallback.on_log).
-_MLFLOW_UNSAFE = re.compile(r"[^0-9A-Za-z_\-\. :/]")
 BACKFILL_TAG = "llmft.backfilled_metric_points"
 
 
 def trainer_points(history: list[dict], after_step: int = 0) -> dict[str, dict[int, float]]:
     """The metric points the trainer's MLflow callback logs for ``history`` (trainer_state.json's log_history),
-    as ``{key: {step: value}}``: every number of each entry, at the entry's step, under the callback's name.
+    as ``{key: {step: value}}``: :func:`components.train_mlflow.step_points` of each entry, at its step.
 
     Only steps after ``after_step`` (the checkpoint a resumed attempt started from) belong to this attempt.
     """
@@ -519,9 +510,8 @@ def trainer_points(history: list[dict], after_step: int = 0) -> dict[str, dict[i
         step = entry.get("step")
         if not isinstance(step, int) or step <= after_step:
             continue
-        for key, value in entry.items():
-            if key != "step" and isinstance(value, (int, float)):
-                points.setdefault(_MLFLOW_UNSAFE.sub("_", key), {})[step] = float(value)
+        for key, value in step_points(entry).items():
+            points.setdefault(key, {})[step] = value
     return points
 
 
@@ -671,7 +661,7 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
             from components.training_job import run_training_job
 
             run_training_job(cfg, kfp_run_id, paths.train_yaml, {
-                "MLFLOW_RUN_ID": run_id, "MLFLOW_FLATTEN_PARAMS": "true", "DISABLE_VERSION_CHECK": "1",
+                "MLFLOW_RUN_ID": run_id, **SYSTEM_METRICS_ENV, "DISABLE_VERSION_CHECK": "1",
                 "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP})
         else:
             _check_shm(cfg)
@@ -747,7 +737,10 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
     close_stale_runs(make_client(cfg), cfg, kfp_run_id, step=STEP_NAME, status="FAILED")
     try:
         with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
-            _log_params(client, run_id, tracking_params(cfg, dataset_hash, split, gpu))
+            sections = render_sections(cfg, model_dir=paths.base_model, dataset_dir=paths.dataset_dir,
+                                       output_dir=paths.output_dir, run_name=client.get_run(run_id).info.run_name,
+                                       gpu=gpu)
+            _log_params(client, run_id, tracking_params(cfg, dataset_hash, split, gpu, sections))
             summary = _read_summary(paths.model_dir)
             # Reuse only what this very configuration produced (a rerun by hand may have changed it).
             reused = summary is not None and summary.get("config_hash") == cfg.config_hash()
@@ -789,7 +782,7 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, adapter: Any, metr
 
     cfg = config_from_json(config)
     result = train_model(cfg, kfp_run_id, dataset_hash)
-    for key in ("train_loss", "eval_loss", "final_loss", "train_runtime_s", "tokens_per_second", "global_step",
+    for key in ("train_loss", "eval_loss", "train_runtime_s", "tokens_per_second", "global_step",
                 "resumed_from_step"):
         if key in result.metrics:
             metrics.log_metric(key, round(result.metrics[key], 6))

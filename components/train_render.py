@@ -9,8 +9,8 @@ Method presets (``training.method``):
   unless ``training.deepspeed_stage`` names another stage.
 
 Precision: ``training.precision`` ``auto`` is bf16 on a GPU and fp32 on the CPU; a CPU run never gets a
-bf16/fp16 key (the Trainer refuses them without a GPU). ``report_to: mlflow`` is always set: the trainer
-attaches to the step's MLflow run through ``MLFLOW_RUN_ID``.
+bf16/fp16 key (the Trainer refuses them without a GPU). ``report_to: none`` is always set: the trainer logs
+to the step's MLflow run (``MLFLOW_RUN_ID``) through its own callback (:mod:`components.train_mlflow`).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def render_sections(cfg: PipelineConfig, *, model_dir: Path, dataset_dir: Path, 
         "save_total_limit": t.save_total_limit,
         "save_only_model": False,  # optimizer and scheduler state are what make a resume exact
         "plot_loss": False,  # the step draws its own plot from the whole log history (resumes included)
-        "report_to": "mlflow",
+        # The trainer logs to MLflow through our own callback (components.train_mlflow), not Hugging Face's.
+        "report_to": "none",
         "run_name": run_name,
         "disable_tqdm": True,  # progress bars turn pod logs into noise; the Trainer prints each log dict
         "include_num_input_tokens_seen": "all",  # tokens/s for the Metrics artifact
