@@ -63,6 +63,7 @@ from components.publish import (
     verify_model_dir,
     write_manifest,
 )
+from components.safe_json import DocumentError, read_json
 from components.storage import StorageError, atomic_directory, atomic_write_text, describe_os_error
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 
 STEP_NAME = "merge-lora"
 MERGE_INFO = "merge_info.json"
+MAX_CONFIG_BYTES = 16 << 20  # config.json, adapter_config.json, the weight index: a few KB to a few MB
 ADAPTER_PREFIX = "base_model.model."
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _FLOAT_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
@@ -147,11 +149,11 @@ class PlannedTensor(NamedTuple):
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, max_bytes=MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise MergeError(f"{path} is missing ({what})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergeError(f"{path} is not valid JSON ({exc})") from None
+    except DocumentError as exc:  # unreadable, not JSON, NaN, a duplicate key, too deep, an over-long number
+        raise MergeError(f"{path} is not valid JSON ({exc.reason})") from None
     if not isinstance(data, dict):
         raise MergeError(f"{path} must hold a JSON object ({what})")
     return data
@@ -203,6 +205,10 @@ def base_layout(model_dir: Path) -> tuple[dict, dict[Path, SafetensorsHeader]]:
         weight_map = _read_json(index, "the weight index").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise MergeError(f"{index}: 'weight_map' is missing or empty")
+        odd = [name for name in weight_map.values()
+               if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name]
+        if odd:
+            raise MergeError(f"{index}: 'weight_map' must name shard files in {model_dir}, got {odd[0]!r}")
         names = sorted(set(weight_map.values()))
     elif (model_dir / "model.safetensors").exists():
         weight_map, names = None, ["model.safetensors"]
@@ -693,8 +699,8 @@ def find_published(models_dir: Path, kfp_run_id: str) -> Path | None:
         path = Path(models_dir) / version
         if not version.endswith(suffix) or not (path / MERGE_INFO).is_file():
             continue
-        with contextlib.suppress(ValueError, OSError, PublishError):
-            if json.loads((path / MERGE_INFO).read_text(encoding="utf-8")).get("kfp_run_id") == kfp_run_id:
+        with contextlib.suppress(ValueError, OSError, PublishError, AttributeError):  # DocumentError: a ValueError
+            if read_json(path / MERGE_INFO).get("kfp_run_id") == kfp_run_id:
                 verify_model_dir(path)
                 return path
     return None
@@ -768,7 +774,7 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
                 dtype=cfg.merge.dtype, max_shard_size_mb=cfg.merge.max_shard_size_mb, set_current=False,
                 info={"kfp_run_id": kfp_run_id, "method": cfg.training.method, "base_model": str(base)},
             )
-        details = json.loads((published / MERGE_INFO).read_text(encoding="utf-8"))
+        details = _read_json(published / MERGE_INFO, "the merge record")
         checksum = manifest_checksum(published)
         record = {"base": str(base), "adapter": str(trained), "dtype": details["dtype"], "version": published.name,
                   "checksum": checksum, "method": cfg.training.method, "model_dir": str(published)}
