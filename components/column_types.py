@@ -100,19 +100,20 @@ def unify(first: ColumnType, second: ColumnType, path: str) -> ColumnType:
 
 
 class ColumnTypes:
-    """The types seen so far in one dataset (all its files), and the row where each column first appeared."""
+    """The types seen so far in one dataset (all its files), and the row where each field got its type."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, list[Any]] = {}  # column -> [type, first row]
+        self._types: dict[str, ColumnType] = {}  # column -> its type so far
+        self._origins: dict[str, tuple[str, int]] = {}  # field path -> (file, row) that gave it a type
 
-    def check(self, row: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    def check(self, row: dict[str, Any], file: str, number: int) -> list[tuple[str, str]]:
         """Add one row's types; return ``(field, message)`` for each field whose type disagrees.
 
-        ``where`` names the row in messages about later rows (``data.jsonl:3``). A row whose type
-        disagrees does not change what later rows are compared with.
+        ``file`` and ``number`` name the row (messages about later rows point back at it). A row whose
+        type disagrees does not change what later rows are compared with.
         """
         problems = []
-        seen = self._seen
+        types = self._types
         for column, value in row.items():
             if value is None:
                 continue
@@ -128,18 +129,35 @@ class ColumnTypes:
                 problems.append((bad.path, f"is {word}: JSON has no NaN or Infinity, and the training snapshot is "
                                            "strict JSON Lines; use null or a string"))
                 continue
-            entry = seen.get(column)
-            if entry is None:
-                seen[column] = [kind, where]
-            elif entry[0] is not kind and entry[0] != kind:
-                try:
-                    entry[0] = unify(entry[0], kind, column)
-                except TypeConflict as conflict:
-                    problems.append((conflict.path, f"is {_article(conflict.second)} here but "
-                                                    f"{_article(conflict.first)} in earlier rows (the column first "
-                                                    f"appears at {entry[1]}); the datasets JSON loader (Arrow) "
-                                                    "needs one type per field"))
+            known = types.get(column)
+            if known is kind or known == kind:
+                continue
+            try:
+                types[column] = kind if known is None else unify(known, kind, column)
+            except TypeConflict as conflict:
+                origin_file, origin_row = self._origins.get(conflict.path, (file, 0))
+                where = f"row {origin_row}" + ("" if origin_file == file else f" of {origin_file}")
+                problems.append((conflict.path, f"is {_article(conflict.second)} here but {_article(conflict.first)} "
+                                                f"in {where}; the datasets JSON loader (Arrow) needs one type per "
+                                                "field"))
+                continue
+            for path in _paths(kind, column):
+                self._origins.setdefault(path, (file, number))
         return problems
+
+
+def _paths(kind: ColumnType, path: str) -> list[str]:
+    """Every field path with a type other than null in ``kind`` (``m``, ``m.k``, ``m.tags[]``)."""
+    if kind == NULL:
+        return []
+    found = [path]
+    if isinstance(kind, tuple):
+        if kind[0] == "array":
+            found += _paths(kind[1], path + "[]")
+        else:
+            for key, inner in kind[1]:
+                found += _paths(inner, f"{path}.{key}")
+    return found
 
 
 def _article(kind: ColumnType) -> str:

@@ -194,8 +194,9 @@ def read_manifest(directory: str | Path) -> SplitManifest:
     except FileNotFoundError:
         raise SplitError(f"{path} does not exist: {directory} is not a split snapshot (validate-dataset "
                          "writes it)") from None
-    except DocumentError as exc:
-        raise SplitError(f"{path} cannot be read: {exc.reason}") from None
+    except DocumentError as exc:  # the same wording as a field that fails validation
+        reason = exc.reason[:1].upper() + exc.reason[1:]
+        raise SplitError(f"{path} is not a valid split manifest: field '(top level)': {reason}") from None
     try:
         return SplitManifest.model_validate(data)
     except ValidationError as exc:

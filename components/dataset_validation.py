@@ -342,7 +342,7 @@ def _check_rows(path: Path, display: str, spec: DatasetSpec, checker: Any, versi
         rows += 1
         problems, texts, system = checker(value)
         if not problems:  # an invalid row fails validation anyway; its types would only blur later messages
-            problems = types.check(value, f"{display}:{row}")
+            problems = types.check(value, display, row)
         if row_sink is not None and not problems:
             refused = row_sink(spec, display, row, value)
             if refused:
