@@ -30,6 +30,7 @@ version by hand with ``cd /storage/models/<name>/<version> && sha256sum -c check
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -41,9 +42,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from components.safe_json import DocumentError, parse_json, read_json
-from components.storage import StorageError, atomic_write_text, describe_os_error
+from components.storage import MODEL_MANIFEST, StorageError, atomic_write_text, describe_os_error
 
-MANIFEST_NAME = "checksums.sha256"
+MANIFEST_NAME = MODEL_MANIFEST  # checksums.sha256; the output-path guard looks for it too
 CURRENT_LINK = "current"
 CURRENT_FILE = "CURRENT"
 WEIGHT_INDEX = "model.safetensors.index.json"
@@ -338,6 +339,9 @@ def publish_model(staging_dir: Path, models_dir: Path, version: str, *, set_curr
         os.rename(staging_dir, final)
         _fsync_path(models_dir)
     except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another publish of this version won the race
+            raise PublishError(f"{final} already exists: another merge published this version at the same "
+                               "time; published versions are immutable, choose another version") from None
         raise StorageError(describe_os_error(exc, final)) from exc
     if set_current:
         _point_current(models_dir, version)
