@@ -224,3 +224,14 @@ def test_an_over_long_config_name_is_a_message(tmp_path):
         load_config(tmp_path / ("c" * 5000))
     with pytest.raises(ConfigError, match="File name too long"):
         load_config(tmp_path / ("c" * 5000 + ".yaml"))
+
+
+def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
+    from components.resolve_config import resolve
+    from configs.schema import ConfigError, load_config
+
+    compiled = load_config("local")
+    for text, words in ((DEEP, "nested deeper"), (f'{{"training": {{"max_steps": {BIG_INT}}}}}', "5000 digits"),
+                        ('{"training": {}, "training": {}}', "appears twice")):
+        with pytest.raises(ConfigError, match=f"z_config is not valid JSON: .*{words}"):
+            resolve(text, [], {}, compiled)
