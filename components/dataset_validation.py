@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -298,7 +299,7 @@ def _contamination_index(eval_data_dir: str | Path | None, ngram: int,
     if eval_data_dir is None:
         return None
     directory = Path(eval_data_dir)
-    split = directory / "test" if (directory / "test").is_dir() else directory
+    split = directory / "test" if os.path.isdir(directory / "test") else directory  # a too-long name: False
     try:
         index = load_mmlu_questions(split, ngram)
     except (FileNotFoundError, ValueError) as exc:

@@ -23,6 +23,7 @@ raises :class:`DatasetValidationError`, which fails the task and stops the pipel
 # No `from __future__ import annotations`: KFP reads the component's annotations as types.
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     names = [name.strip() for name in args.dataset.split(",") if name.strip()]
     usage = ("--dataset needs at least one name" if not names
-             else f"--dataset-dir {args.dataset_dir} is not a directory" if not args.dataset_dir.is_dir()
+             else f"--dataset-dir {args.dataset_dir} is not a directory" if not os.path.isdir(args.dataset_dir)
              else "--cutoff-len and --max-errors must be positive" if min(args.cutoff_len, args.max_errors) < 1
              else _out_of_schema_bounds(args.ngram, args.max_contaminated))
     if not usage and args.report:

@@ -235,3 +235,33 @@ def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
                         ('{"training": {}, "training": {}}', "appears twice")):
         with pytest.raises(ConfigError, match=f"z_config is not valid JSON: .*{words}"):
             resolve(text, [], {}, compiled)
+
+
+LONG = "/tmp/" + "n" * 5000  # one path component far beyond the filesystem's 255-byte limit
+SAMPLE = Path(__file__).resolve().parents[1] / "components" / "assets"
+LONG_PATH_CASES = [
+    ("validate_dataset", ["--dataset-dir", LONG, "--dataset", "x"], 2),
+    ("validate_dataset", ["--dataset-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample", "--eval-data-dir",
+                          LONG], 1),
+    ("validate_dataset", ["--dataset-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample", "--report", LONG],
+     1),
+    ("merge_lora", ["--base", LONG, "--output", "{tmp}/merged"], 1),
+    ("evaluate_mmlu", ["--model", LONG, "--data-dir", f"{SAMPLE}/sample_mmlu", "--output", "{tmp}/eval"], 1),
+    ("evaluate_mmlu", ["--model", "{tmp}", "--data-dir", f"{SAMPLE}/sample_mmlu", "--output", LONG], 1),
+    ("task_eval", ["--model", LONG, "--data-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample",
+                   "--template", "llama3", "--cutoff-len", "64", "--output", "{tmp}/task"], 1),
+    ("tiny_model", ["--output", LONG], 1),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "code"), LONG_PATH_CASES)
+def test_an_over_long_path_on_a_cli_is_a_message(tmp_path, capsys, module, argv, code):
+    import importlib
+
+    main = importlib.import_module(f"components.{module}").main
+    assert main([arg.replace("{tmp}", str(tmp_path)) for arg in argv]) == code
+    captured = capsys.readouterr()
+    err = captured.out + captured.err  # validate_dataset prints its problems on stdout
+    assert "error" in err and ("File name too long" in err or "is not a directory" in err
+                               or "not a model directory" in err or "no MMLU CSV files" in err), err[-300:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
