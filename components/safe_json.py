@@ -98,7 +98,8 @@ class JsonScanner:
             raise DocumentError(str(exc)) from None
         if text.count("[", pos, end) + text.count("{", pos, end) > self.max_depth and _depth(value) > self.max_depth:
             raise DocumentError(f"nested deeper than {self.max_depth} levels")
-        if not self.allow_lone_surrogates and "\\" in text and _SURROGATE_ESCAPE.search(text, pos, end) is not None:
+        if not self.allow_lone_surrogates and text.find("\\", pos, end) >= 0 \
+                and _SURROGATE_ESCAPE.search(text, pos, end) is not None:
             bad = _lone_surrogate(value)
             if bad is not None:
                 raise DocumentError(f"the string {bad!r} holds a lone surrogate escape, which is no Unicode "
