@@ -38,11 +38,13 @@ import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.safe_json import parse_json, read_json
 from components.storage import StorageError, atomic_write_text, describe_os_error
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 SAFETENSORS_INDEXES = ("adapter_model.safetensors.index.json", "model.safetensors.index.json")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", *SAFETENSORS_INDEXES, "adapter_model.bin",
                 "pytorch_model.bin")
 FINGERPRINT_FILE = "training_fingerprint.json"  # next to the output directory, not in it (the Trainer owns it)
@@ -82,12 +84,17 @@ def safetensors_problem(path: Path) -> str | None:
             (header_len,) = struct.unpack("<Q", head)
             if header_len > size - 8:
                 return f"{path.name} is truncated (header of {header_len} bytes, file of {size})"
-            header = json.loads(handle.read(header_len))
+            if header_len > MAX_HEADER_BYTES:
+                return f"{path.name} claims a header of {header_len} bytes (safetensors allows 100 MB)"
+            header = parse_json(handle.read(header_len), f"{path.name} header", max_bytes=MAX_HEADER_BYTES)
     except FileNotFoundError:
         return f"{path.name} is missing"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # DocumentError is a ValueError
         return f"{path.name} has an unreadable header ({exc})"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    try:
+        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return f"{path.name} has a malformed header (a tensor without data_offsets)"
     expected = 8 + header_len + max(ends, default=0)
     if size < expected:
         return f"{path.name} is truncated ({size} of {expected} bytes)"
@@ -101,9 +108,12 @@ def _weights_problem(checkpoint: Path) -> str | None:
     for name in present:
         if name in SAFETENSORS_INDEXES:
             try:
-                shards = set(json.loads((checkpoint / name).read_text())["weight_map"].values())
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                shards = set(read_json(checkpoint / name)["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # DocumentError: a ValueError
                 return f"{name} is unreadable ({exc})"
+            if not all(isinstance(shard, str) and "/" not in shard and shard not in ("", ".", "..")
+                       for shard in shards):
+                return f"{name} names a shard outside the checkpoint"
             for shard in sorted(shards):
                 if problem := safetensors_problem(checkpoint / shard):
                     return problem
@@ -135,10 +145,10 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why ``checkpoint`` cannot be resumed from, or None when it is complete (see the module docstring)."""
     step = checkpoint_step(checkpoint)
     try:
-        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        state = read_json(checkpoint / TRAINER_STATE)
     except FileNotFoundError:
         return f"no {TRAINER_STATE} (the save did not finish)"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # DocumentError is a ValueError
         return f"{TRAINER_STATE} is unreadable ({exc})"
     if not isinstance(state, dict) or state.get("global_step") != step:
         found = state.get("global_step") if isinstance(state, dict) else None
@@ -191,7 +201,7 @@ def prepare_resume(output_dir: Path, discard_dir: Path,
 
 def resume_point(checkpoint: Path) -> ResumePoint:
     """Step and tokens seen of a complete checkpoint (:func:`checkpoint_problem` found nothing wrong)."""
-    state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    state = read_json(checkpoint / TRAINER_STATE)
     tokens = state.get("num_input_tokens_seen")
     return ResumePoint(checkpoint, int(state["global_step"]),
                        int(tokens) if isinstance(tokens, (int, float)) and not isinstance(tokens, bool) else 0)

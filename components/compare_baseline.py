@@ -364,13 +364,18 @@ def _write_all(outputs: list[tuple[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 0 promote, 1 keep the champion, 2 usage error, unreadable input or unwritable output."""
     from components.compare_report import render_report
-    from components.storage import StorageError
+    from components.storage import StorageError, guard_output
     from configs.schema import ConfigError, config_from_dict, load_config
 
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides) if args.config else config_from_dict({}, "defaults",
                                                                                             args.overrides)
+        inputs = {f"--{name.replace('_', '-')}": getattr(args, name)
+                  for name in ("candidate_mmlu", "candidate_task", "baseline_mmlu", "baseline_task")}
+        for flag, output in (("--report", args.report), ("--json", args.json_out)):
+            if output:  # checked first: an output must never replace one of the results it compares
+                guard_output(output, inputs, flag=flag)
         comparison = compare_files(args.candidate_mmlu, args.candidate_task, args.baseline_mmlu, args.baseline_task,
                                    cfg, baseline_name=args.baseline_name)
         outputs = [(args.report, render_report(comparison)) if args.report else None,

@@ -11,6 +11,7 @@ never on the training data: the index holds 64-bit hashes of the n-grams.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,7 @@ def load_mmlu_questions(split_dir: str | Path, ngram: int) -> ContaminationIndex
         ValueError: a CSV file is not UTF-8 or not CSV; the message names the file and line.
     """
     directory = Path(split_dir)
-    files = sorted(directory.glob("*.csv")) if directory.is_dir() else []
+    files = sorted(directory.glob("*.csv")) if os.path.isdir(directory) else []  # a too-long name: no files
     if not files:
         raise FileNotFoundError(f"no MMLU CSV files in {directory}")
     index = ContaminationIndex(ngram=ngram, files=len(files))

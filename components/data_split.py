@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.dataset_checks import DatasetSpec, Problem
 from components.dataset_validation import ValidationResult, validate_datasets
+from components.safe_json import DocumentError, JsonScanner, read_json
 from components.storage import StorageError, atomic_directory, describe_os_error, run_dir
 
 # Part of every key: changing how rows are keyed (or split) must change every key, never reuse one.
@@ -55,6 +56,8 @@ _KEY = re.compile(rf"^[0-9a-f]{{{KEY_HEX_CHARS}}}$")
 # Built once: json.dumps with options builds a new encoder per call, which doubles the cost per row.
 _CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 _CANONICAL_STRICT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The snapshot's rows were written as strict JSON, lone surrogates escaped (see _json_line): read them back so.
+_SNAPSHOT_ROWS = JsonScanner(allow_lone_surrogates=True)
 
 
 def canonical_row(row: Any) -> str:
@@ -187,14 +190,15 @@ def read_manifest(directory: str | Path) -> SplitManifest:
     """
     path = Path(directory) / MANIFEST_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json(path)
     except FileNotFoundError:
         raise SplitError(f"{path} does not exist: {directory} is not a split snapshot (validate-dataset "
                          "writes it)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SplitError(f"{path} cannot be read: {exc}") from None
+    except DocumentError as exc:  # the same wording as a field that fails validation
+        reason = exc.reason[:1].upper() + exc.reason[1:]
+        raise SplitError(f"{path} is not a valid split manifest: field '(top level)': {reason}") from None
     try:
-        return SplitManifest.model_validate_json(text)
+        return SplitManifest.model_validate(data)
     except ValidationError as exc:
         fields = "; ".join(f"field '{'.'.join(map(str, item['loc'])) or '(top level)'}': "
                            f"{item['msg'].removeprefix('Value error, ')}" for item in exc.errors())
@@ -246,7 +250,11 @@ def read_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str
     try:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
-                row = json.loads(line)
+                try:
+                    row = _SNAPSHOT_ROWS.decode(line)
+                except ValueError as exc:  # JSONDecodeError or DocumentError
+                    raise SplitError(f"{path}:{number}: not a JSON row ({exc}); the file changed after "
+                                     "validation") from None
                 key = row_key(row)
                 if number > len(split.test_keys) or split.test_keys[number - 1] != key:
                     raise SplitError(f"{path}:{number}: the row's key {key} is not the manifest's key for "

@@ -231,6 +231,8 @@ def _alpaca_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
             if type(system_prompt) is not str:
                 problems.append((system, f"must be a string, got {json_type(system_prompt)}"))
                 system_prompt = None
+            elif system_prompt:
+                texts.append((system, system_prompt))  # the model reads it: length and contamination count it
         if kto_tag and row.get(kto_tag) is not None and type(row[kto_tag]) is not bool:
             problems.append((kto_tag, f"must be true or false, got {json_type(row[kto_tag])}"))
         if tools and row.get(tools) is not None and type(row[tools]) is not str:
@@ -288,11 +290,15 @@ def _sharegpt_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
                 problems.append((f"{messages_column}[0].{content_tag}",
                                  f"must be a string, got {json_type(system_prompt)}"))
                 system_prompt = None
+            elif system_prompt:
+                texts.append((f"{messages_column}[0].{content_tag}", system_prompt))  # read by the model too
         elif system_column and row.get(system_column) is not None:
             system_prompt = row[system_column]
             if type(system_prompt) is not str:
                 problems.append((system_column, f"must be a string, got {json_type(system_prompt)}"))
                 system_prompt = None
+            elif system_prompt:
+                texts.append((system_column, system_prompt))
         for turn, message in enumerate(messages[start:]):
             where = f"{messages_column}[{start + turn}]"
             if type(message) is not dict:

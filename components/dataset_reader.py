@@ -10,7 +10,15 @@ is always the hash of the whole file.
 JSON arrays are read with :meth:`json.JSONDecoder.raw_decode` over a sliding text buffer rather than
 ``json.load`` (which holds the whole file) or ``ijson`` (a new dependency, and its pure-Python
 backend is slower than the C scanner that ``raw_decode`` uses). Memory stays at one read chunk plus
-the largest single row.
+the largest single row, and a row may not exceed :data:`MAX_ROW_BYTES`: a longer JSON line is reported
+and skipped without holding it.
+
+Rows are decoded with the limits of :class:`components.safe_json.JsonScanner`, which refuses what the
+``datasets`` JSON loader (Arrow) refuses or silently changes: duplicate keys in an object, lone
+surrogate escapes, nesting deeper than :data:`components.safe_json.MAX_DEPTH` levels and integers over
+:data:`components.safe_json.MAX_INT_DIGITS` digits. ``NaN`` and ``Infinity`` are read, for the
+validator to name their field. A UTF-8 byte-order mark is skipped before JSON
+Lines and CSV (the loader reads both), and refused before a JSON array (the loader fails on it).
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ import codecs
 import csv
 import io
 import json
-import json.scanner
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from components.safe_json import DocumentError, JsonScanner
+
 CHUNK_BYTES = 1 << 20
+# 4x the characters of the largest cutoff_len (2^20 tokens at ~4 characters each): a longer row is no example.
+MAX_ROW_BYTES = 16 << 20
 # The file types LLaMA-Factory loads for supervised data (its FILEEXT2TYPE minus arrow and txt).
 READERS_BY_EXTENSION = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -33,8 +44,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 Row = tuple[int, str | None, Any, str | None]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-_SCAN = json.scanner.make_scanner(_DECODER)
+# NaN and Infinity pass here so that the validator names their field (components.column_types).
+_ROWS = JsonScanner(allow_nan=True)
 # raw_decode errors this close to the end of the buffer may only mean the row continues in the next chunk.
 _TRUNCATION_MARGIN = 8
 
@@ -67,28 +78,30 @@ def _json_rows(path: Path, digest: Any) -> Iterator[Row]:
     with open(path, "rb") as handle:
         head = handle.read(CHUNK_BYTES)
         digest.update(head)
-        if head.startswith(UTF8_BOM):
-            _drain(handle, digest)
-            yield 0, None, None, "starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"
-            return
-        first = head.lstrip(b" \t\r\n")[:1]
+        bom = head.startswith(UTF8_BOM)
+        first = head[len(UTF8_BOM) if bom else 0:].lstrip(b" \t\r\n")[:1]
         if not first:
             _drain(handle, digest)
             yield 0, None, None, "the file is empty (no rows)"
             return
-        if first == b"[":
+        if first == b"[" and bom:
+            _drain(handle, digest)
+            yield 0, None, None, ("a JSON array after a UTF-8 byte-order mark (BOM): the datasets JSON loader cannot "
+                                  "read it; save the file as UTF-8 without BOM")
+        elif first == b"[":
             yield from _json_array_rows(handle, head, digest)
         elif first == b"{":
-            yield from _json_lines_rows(handle, head, digest)
+            yield from _json_lines_rows(handle, head[len(UTF8_BOM):] if bom else head, digest,
+                                        len(UTF8_BOM) if bom else 0)
         else:
             _drain(handle, digest)
             yield 0, None, None, (f"expected a JSON array of objects or JSON Lines (one object per line), "
                                   f"found {first.decode('latin-1')!r} at the start")
 
 
-def _json_lines_rows(handle: io.BufferedReader, head: bytes, digest: Any) -> Iterator[Row]:
+def _json_lines_rows(handle: io.BufferedReader, head: bytes, digest: Any, offset: int = 0) -> Iterator[Row]:
     line_no = 0
-    offset = 0  # file offset of the current body, for encoding errors
+    # offset: file offset of the current body, for encoding errors
     carry = b""
     chunk = head
     while chunk or carry:
@@ -110,16 +123,44 @@ def _json_lines_rows(handle: io.BufferedReader, head: bytes, digest: Any) -> Ite
                     line_no += 1
                     try:
                         # The C scanner without json.loads' wrappers: a third of the per-row cost.
-                        value, end = _SCAN(raw, 0)
+                        value, end = _ROWS.scan(raw, 0)
                         if end == len(raw):
                             yield line_no, raw, value, None
                             continue
-                    except (StopIteration, json.JSONDecodeError):
+                    except json.JSONDecodeError:
                         pass
+                    except DocumentError as exc:
+                        yield line_no, raw, None, str(exc)
+                        continue
                     yield from _parse_line(raw, line_no)
             offset += len(body)
+        if len(carry) > MAX_ROW_BYTES:  # one line without end in sight: report it, skip to its end, hold nothing
+            line_no += 1
+            yield line_no, None, None, (f"the line is longer than {MAX_ROW_BYTES >> 20} MiB, the limit per row "
+                                        "(far beyond any cutoff_len: LLaMA-Factory would train on its first "
+                                        "tokens only); split or shorten it")
+            chunk, skipped = _skip_line(handle, digest)
+            offset += len(carry) + skipped
+            carry = b""
+            continue
         chunk = handle.read(CHUNK_BYTES)
         digest.update(chunk)
+
+
+def _skip_line(handle: io.BufferedReader, digest: Any) -> tuple[bytes, int]:
+    """Read (and hash) up to the end of the current line; return what follows it and the bytes skipped."""
+    skipped = 0
+    while chunk := handle.read(CHUNK_BYTES):
+        digest.update(chunk)
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            rest = chunk[newline + 1:]
+            if not rest:
+                rest = handle.read(CHUNK_BYTES)
+                digest.update(rest)
+            return rest, skipped + newline + 1
+        skipped += len(chunk)
+    return b"", skipped
 
 
 def _undecodable_lines(body: bytes, line_no: int, offset: int) -> Iterator[Row]:
@@ -143,9 +184,11 @@ def _parse_line(text: str, line_no: int) -> Iterator[Row]:
     if not text or text.isspace():
         return
     try:
-        yield line_no, text, json.loads(text), None
+        yield line_no, text, _ROWS.decode(text), None
     except json.JSONDecodeError as exc:
         yield line_no, text, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except DocumentError as exc:
+        yield line_no, text, None, str(exc)
 
 
 def _json_array_rows(handle: io.BufferedReader, head: bytes, digest: Any) -> Iterator[Row]:
@@ -218,11 +261,20 @@ def _json_array_rows(handle: io.BufferedReader, head: bytes, digest: Any) -> Ite
             expect_value = True
             continue
         try:
-            value, end = _DECODER.raw_decode(buffer, pos)
+            value, end = _ROWS.scan(buffer, pos)
             if end >= len(buffer) and not eof:
                 raise json.JSONDecodeError("row continues", buffer, end)
+        except DocumentError as exc:
+            yield index + 1, None, None, f"{exc} ({location(pos)})"
+            _drain(handle, digest)
+            return
         except json.JSONDecodeError as exc:
             truncated = exc.pos >= len(buffer) - _TRUNCATION_MARGIN or exc.msg.startswith("Unterminated string")
+            if truncated and not eof and len(buffer) - pos > MAX_ROW_BYTES:
+                yield index + 1, None, None, (f"the row is longer than {MAX_ROW_BYTES >> 20} MiB, the limit per row "
+                                              f"({location(pos)}); split or shorten it")
+                _drain(handle, digest)
+                return
             if truncated and not eof:
                 read_more()
                 continue
@@ -258,13 +310,8 @@ class _HashingReader(io.RawIOBase):
 def _csv_rows(path: Path, digest: Any) -> Iterator[Row]:
     """CSV with a header row; ``row`` is the file line where the record starts."""
     with open(path, "rb") as raw:
-        if raw.read(3) == UTF8_BOM:
-            digest.update(UTF8_BOM)
-            _drain(raw, digest)
-            yield 0, None, None, "starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"
-            return
-        raw.seek(0)
-        text = io.TextIOWrapper(io.BufferedReader(_HashingReader(raw, digest)), encoding="utf-8", newline="")
+        # utf-8-sig: a byte-order mark is skipped (pandas, which the datasets CSV loader uses, skips it too).
+        text = io.TextIOWrapper(io.BufferedReader(_HashingReader(raw, digest)), encoding="utf-8-sig", newline="")
         reader = csv.reader(text, strict=True)
         try:
             header = next(reader, None)

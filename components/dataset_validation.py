@@ -26,20 +26,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from components.column_types import ColumnTypes
 from components.contamination import ContaminationIndex, load_mmlu_questions
-from components.dataset_checks import DatasetSpec, Problem, describe_entry, json_type, make_row_checker
+from components.dataset_checks import DatasetSpec, Problem, describe_entry, make_row_checker
 from components.dataset_reader import READERS_BY_EXTENSION, iter_rows
+from components.safe_json import DocumentError, read_json
 
 DATA_CONFIG = "dataset_info.json"
 CHARS_PER_TOKEN = 4  # rule of thumb for English BPE vocabularies; the estimate needs no tokenizer
 DUPLICATE_FILTER_BITS = 1 << 27  # 16 MiB; at 10^6 rows and 6 hashes the false-duplicate rate is ~1e-8
 DUPLICATE_FILTER_HASHES = 6
 DUPLICATE_BATCH = 4096
+MAX_DATASET_INFO_BYTES = 16 << 20
 
 # Called with (dataset spec, file as displayed, row number, parsed row) for each row without a problem;
 # a returned message is recorded as a problem of that row.
@@ -140,7 +144,8 @@ class ValidationResult:
 
 def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: int,
                       eval_data_dir: str | Path | None = None, ngram: int = 13, max_contaminated: int = -1,
-                      max_errors: int = 50, row_sink: RowSink | None = None) -> ValidationResult:
+                      max_errors: int = 50, row_sink: RowSink | None = None,
+                      stage: str | None = "sft") -> ValidationResult:
     """Validate the named datasets of ``dataset_dir`` in one streaming pass per file.
 
     Args:
@@ -153,6 +158,8 @@ def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: 
         max_contaminated: More contaminated rows than this is a problem; -1 only warns.
         max_errors: Problems (and warnings) listed; the rest are counted.
         row_sink: Receives every row without a problem, in file order (see :data:`RowSink`); None: none.
+        stage: The LLaMA-Factory stage the data is for. ``"sft"`` (the pipeline's) refuses ranking
+            (preference) and KTO entries, whose rows SFT would drop; None checks the format only.
 
     Returns:
         The result; problems are data, not exceptions (``result.ok``).
@@ -165,6 +172,8 @@ def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: 
     specs = []
     for name in dict.fromkeys(names):
         spec, problems = describe_entry(name, info, DATA_CONFIG) if info is not None else (None, [])
+        if spec is not None and stage == "sft":
+            problems += _not_sft(spec)
         for problem in problems:
             result.add_problem(problem)
         if spec is not None and not problems:  # rows are read only through an entry that is right
@@ -181,15 +190,29 @@ def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: 
         files = _dataset_files(directory, spec, result)
         if files:
             checker = make_row_checker(spec)
+            types = ColumnTypes()  # one per dataset: the loader reads all its files as one table
             for path, display in files:
                 version.files.append(_check_file(path, display, spec, checker, version, result, index, filter_bits,
-                                                 row_sink))
+                                                 row_sink, types))
             version.rows = sum(item.rows for item in version.files)
             version.sha256 = _dataset_hash(version.files)
     result.rows = sum(version.rows for version in result.datasets)
     _settle_contamination(result)
     result.combined_sha256 = combined_hash(names, result.datasets, specs)
     return result
+
+
+def _not_sft(spec: DatasetSpec) -> list[Problem]:
+    """Entries the SFT stage cannot train on: LLaMA-Factory's SFT processor drops every row of them."""
+    if spec.ranking:
+        return [Problem(DATA_CONFIG, None, f"{spec.name}.ranking", "a ranking (preference) dataset is for the rm/dpo "
+                        "stages; this pipeline trains SFT, which would drop every row: use SFT data (one answer "
+                        "per prompt)")]
+    if spec.columns.get("kto_tag"):
+        return [Problem(DATA_CONFIG, None, f"{spec.name}.columns.kto_tag", "a KTO dataset (kto_tag) is for the kto "
+                        "stage; this pipeline trains SFT, which would drop every row: remove kto_tag and keep the "
+                        "desirable answers")]
+    return []
 
 
 def combined_hash(names: list[str], versions: list[DatasetVersion], specs: list[DatasetSpec]) -> str:
@@ -212,21 +235,28 @@ def _read_dataset_info(directory: Path, result: ValidationResult) -> Any:
     """dataset_info.json parsed, or None after recording why it cannot be used."""
     path = directory / DATA_CONFIG
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return read_json(path, DATA_CONFIG, max_bytes=MAX_DATASET_INFO_BYTES)
     except FileNotFoundError:
         result.add_problem(Problem(DATA_CONFIG, None, None, f"not found in the dataset directory {directory}"))
-    except UnicodeDecodeError as exc:
-        result.add_problem(Problem(DATA_CONFIG, None, None, f"is not UTF-8 (byte {exc.start})"))
-    except json.JSONDecodeError as exc:
-        result.add_problem(Problem(DATA_CONFIG, exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-    except OSError as exc:
-        result.add_problem(Problem(DATA_CONFIG, None, None, f"cannot be read: {exc.strerror}"))
+    except DocumentError as exc:  # not UTF-8, not JSON, a duplicate entry, too deep or too large: the reason
+        result.add_problem(Problem(DATA_CONFIG, exc.line, None, exc.reason))
     return None
 
 
 def _dataset_files(directory: Path, spec: DatasetSpec, result: ValidationResult) -> list[tuple[Path, str]]:
     """The files of a dataset (its file_name, or every file in it when it is a directory), after the path
     checks; [] after recording a problem."""
+    try:
+        return _listed_files(directory, spec, result)
+    except OSError as exc:  # a name too long for the filesystem, a directory we may not list
+        name = spec.file_name if len(spec.file_name) <= 80 else f"{spec.file_name[:60]}... ({len(spec.file_name)} " \
+            "characters)"
+        result.add_problem(Problem(DATA_CONFIG, None, f"{spec.name}.file_name", f"{name!r} cannot be read: "
+                                   f"{exc.strerror or exc}"))
+        return []
+
+
+def _listed_files(directory: Path, spec: DatasetSpec, result: ValidationResult) -> list[tuple[Path, str]]:
     where = f"{spec.name}.file_name"
     relative = PurePosixPath(spec.file_name)
     if not spec.file_name:
@@ -269,7 +299,7 @@ def _contamination_index(eval_data_dir: str | Path | None, ngram: int,
     if eval_data_dir is None:
         return None
     directory = Path(eval_data_dir)
-    split = directory / "test" if (directory / "test").is_dir() else directory
+    split = directory / "test" if os.path.isdir(directory / "test") else directory  # a too-long name: False
     try:
         index = load_mmlu_questions(split, ngram)
     except (FileNotFoundError, ValueError) as exc:
@@ -282,12 +312,13 @@ def _contamination_index(eval_data_dir: str | Path | None, ngram: int,
 
 def _check_file(path: Path, display: str, spec: DatasetSpec, checker: Any, version: DatasetVersion,
                 result: ValidationResult, index: ContaminationIndex | None, filter_bits: Any,
-                row_sink: RowSink | None) -> FileVersion:
+                row_sink: RowSink | None, types: ColumnTypes) -> FileVersion:
     """Read, hash and check one file; records findings in ``result``."""
     digest = hashlib.sha256()
     rows = 0
     try:
-        rows = _check_rows(path, display, spec, checker, version, result, index, filter_bits, digest, row_sink)
+        rows = _check_rows(path, display, spec, checker, version, result, index, filter_bits, digest, row_sink,
+                           types)
     except OSError as exc:
         result.add_problem(Problem(display, None, None, f"cannot be read: {exc.strerror or exc}"))
     return FileVersion(display, digest.hexdigest(), path.stat().st_size, rows)
@@ -295,11 +326,9 @@ def _check_file(path: Path, display: str, spec: DatasetSpec, checker: Any, versi
 
 def _check_rows(path: Path, display: str, spec: DatasetSpec, checker: Any, version: DatasetVersion,
                 result: ValidationResult, index: ContaminationIndex | None, filter_bits: Any, digest: Any,
-                row_sink: RowSink | None) -> int:
+                row_sink: RowSink | None, types: ColumnTypes) -> int:
     """The per-row loop (the hot path: keep it lean); returns the number of rows read."""
-    mapped = frozenset(name for name in spec.columns.values() if name)
     system_field = spec.columns["system"] or f"{spec.columns['messages']}[0].{spec.tags['content_tag']}"
-    column_types: dict[str, tuple[str, int]] = {}
     max_chars = result.cutoff_len * CHARS_PER_TOKEN
     pending: list[tuple[int, int]] = []
     rows = 0
@@ -313,8 +342,8 @@ def _check_rows(path: Path, display: str, spec: DatasetSpec, checker: Any, versi
             continue
         rows += 1
         problems, texts, system = checker(value)
-        if type(value) is dict and not mapped.issuperset(value):
-            problems += _column_type_changes(value, mapped, column_types, row)
+        if not problems:  # an invalid row fails validation anyway; its types would only blur later messages
+            problems = types.check(value, display, row)
         if row_sink is not None and not problems:
             refused = row_sink(spec, display, row, value)
             if refused:
@@ -340,21 +369,6 @@ def _check_rows(path: Path, display: str, spec: DatasetSpec, checker: Any, versi
             _check_contamination(index, texts, display, row, result)
     _flag_duplicates(filter_bits, pending, display, result)
     return rows
-
-
-def _column_type_changes(row: dict, mapped: frozenset[str], seen: dict[str, tuple[str, int]],
-                         row_number: int) -> list[tuple[str, str]]:
-    """Unmapped columns must keep one JSON type: the ``datasets`` JSON loader (Arrow) fails otherwise."""
-    problems = []
-    for key, value in row.items():
-        if key in mapped or value is None:
-            continue
-        kind = json_type(value)
-        first = seen.setdefault(key, (kind, row_number))
-        if first[0] != kind:
-            problems.append((key, f"is a {kind} here but a {first[0]} in row {first[1]}; the datasets JSON "
-                                  "loader needs one type per column"))
-    return problems
 
 
 def _check_contamination(index: ContaminationIndex, texts: list[tuple[str, str]], display: str, row: int,

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
     from components.mmlu_openai import BackendError
-    from components.storage import StorageError, atomic_write_text
+    from components.storage import StorageError, atomic_write_text, guard_output
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--endpoint is required with --backend openai")
     subjects = [name.strip() for name in args.subjects.split(",") if name.strip()]
     try:
+        guard_output(Path(args.output) / RESULTS_FILE, {"--model": args.model, "--adapter": args.adapter,
+                                                        "--data-dir": args.data_dir})
         results = evaluate(args.model, args.data_dir, adapter_dir=args.adapter or None, n_shot=args.n_shot,
                            subjects=subjects, batch_size=args.batch_size, limit=args.limit, backend=args.backend,
                            endpoint=args.endpoint, scorer=args.scorer, device=args.device)

@@ -9,9 +9,13 @@ merge fits on an ordinary node. The arithmetic is the one peft's
 is the same to the last bit.
 
 Supported: LoRA and rsLoRA on linear and embedding layers (``lora_alpha``, ``r``, ``rank_pattern``,
-``alpha_pattern``, ``use_rslora``, ``fan_in_fan_out``, ``modules_to_save`` and saved embedding
-layers), DoRA on linear layers, tied input/output embeddings (untied in the output when the
-adapter changes one side). Refused with a clear error: DoRA on embeddings, LoRA biases, trainable
+``alpha_pattern``, ``use_rslora``, ``modules_to_save`` and saved embedding layers), DoRA on linear
+layers, tied input/output embeddings (untied in the output when the adapter changes one side).
+Whether an update is transposed is decided as peft decides it, by the layer type and not by
+``fan_in_fan_out``: transformers ``Conv1D`` layers (GPT-2, stored in x out) always, ``nn.Linear`` never
+(peft overrides the flag for both, with a warning). A NaN or infinite factor, or a merge whose result is
+not finite (``lora_alpha: 1e308``), is refused: nothing non-finite is ever published.
+Refused with a clear error: DoRA on embeddings, LoRA biases, trainable
 tokens, QA-LoRA, aLoRA, layer replication, PiSSA/OLoRA/CorDA/LoftQ initialisations that changed the
 base, convolution LoRA, quantized bases (merge a QLoRA adapter into the full-precision base, as
 LLaMA-Factory requires) and non-safetensors bases.
@@ -63,13 +67,15 @@ from components.publish import (
     verify_model_dir,
     write_manifest,
 )
-from components.storage import StorageError, atomic_directory, atomic_write_text, describe_os_error
+from components.safe_json import DocumentError, read_json
+from components.storage import StorageError, atomic_directory, atomic_write_text, describe_os_error, guard_output
 
 if TYPE_CHECKING:
     import torch
 
 STEP_NAME = "merge-lora"
 MERGE_INFO = "merge_info.json"
+MAX_CONFIG_BYTES = 16 << 20  # config.json, adapter_config.json, the weight index: a few KB to a few MB
 ADAPTER_PREFIX = "base_model.model."
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _FLOAT_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
@@ -147,11 +153,11 @@ class PlannedTensor(NamedTuple):
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, max_bytes=MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise MergeError(f"{path} is missing ({what})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergeError(f"{path} is not valid JSON ({exc})") from None
+    except DocumentError as exc:  # unreadable, not JSON, NaN, a duplicate key, too deep, an over-long number
+        raise MergeError(f"{path} is not valid JSON ({exc.reason})") from None
     if not isinstance(data, dict):
         raise MergeError(f"{path} must hold a JSON object ({what})")
     return data
@@ -203,6 +209,10 @@ def base_layout(model_dir: Path) -> tuple[dict, dict[Path, SafetensorsHeader]]:
         weight_map = _read_json(index, "the weight index").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise MergeError(f"{index}: 'weight_map' is missing or empty")
+        odd = [name for name in weight_map.values()
+               if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name]
+        if odd:
+            raise MergeError(f"{index}: 'weight_map' must name shard files in {model_dir}, got {odd[0]!r}")
         names = sorted(set(weight_map.values()))
     elif (model_dir / "model.safetensors").exists():
         weight_map, names = None, ["model.safetensors"]
@@ -248,6 +258,27 @@ def _check_adapter_config(config: dict, path: Path) -> None:
                          "path_initial_model_for_weight_conversion)")
     if config.get("loftq_config"):
         raise MergeError(f"{path}: loftq_config is set; LoftQ adapters belong to a modified base, not this one")
+    _check_number(config.get("r", 8), f"{path}: r", rank=True)
+    _check_number(config.get("lora_alpha", 8), f"{path}: lora_alpha")
+    for key, rank in (("rank_pattern", True), ("alpha_pattern", False)):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise MergeError(f"{path}: {key} must be an object of module pattern -> value, got {patterns!r:.60}")
+        for pattern, value in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise MergeError(f"{path}: {key} has the pattern {pattern!r:.60}, which is no regular expression "
+                                 f"({exc})") from None
+            _check_number(value, f"{path}: {key}[{pattern!r:.60}]", rank=rank)
+
+
+def _check_number(value: Any, where: str, *, rank: bool = False) -> None:
+    """A LoRA rank (a positive integer) or alpha (a finite number); JSON's true/false are neither."""
+    if rank and (type(value) is not int or value < 1):
+        raise MergeError(f"{where} must be a positive integer (the LoRA rank), got {value!r:.60}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise MergeError(f"{where} must be a finite number, got {value!r:.60}")
 
 
 def _adapter_tensors(adapter_dir: Path) -> dict[str, "torch.Tensor"]:
@@ -275,9 +306,9 @@ def _check_dora(delta: LoraDelta, module: str, use_dora: bool, adapter_dir: Path
         return
     if not use_dora:
         raise MergeError(f"{adapter_dir}: module {module!r} has a DoRA magnitude but use_dora is not set")
-    if delta.embedding or delta.fan_in_fan_out:
+    if delta.embedding:  # Conv1D layers are refused once the layout is known (orient_deltas)
         raise MergeError(f"{adapter_dir}: module {module!r}: DoRA is merged for linear layers only (not embeddings "
-                         "or fan_in_fan_out layers); merge it with peft's merge_and_unload")
+                         "or Conv1D layers); merge it with peft's merge_and_unload")
     if tuple(delta.magnitude.shape) != (delta.b.shape[0],):
         raise MergeError(f"{adapter_dir}: module {module!r} has a DoRA magnitude of shape "
                          f"{list(delta.magnitude.shape)}, expected [{delta.b.shape[0]}]")
@@ -314,12 +345,18 @@ def load_adapter(adapter_dir: Path) -> Adapter:
         elif "lora_" in name or "trainable_tokens" in name:
             raise MergeError(f"{adapter_dir}: tensor {key!r} belongs to an unsupported LoRA variant")
         else:  # modules_to_save copies and saved embedding layers replace the base tensor
+            if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                raise MergeError(f"{adapter_dir}: tensor {key!r} holds NaN or infinite values; refusing to merge it")
             replacements[name.replace(".base_layer.", ".")] = tensor
     deltas = {}
     for module, parts in factors.items():
         if "A" not in parts or "B" not in parts:
             raise MergeError(f"{adapter_dir}: module {module!r} has lora_{'A' if 'A' not in parts else 'B'} missing")
         a, b = parts["A"].float(), parts["B"].float()
+        for name, factor in (("A", a), ("B", b), ("magnitude", parts.get("magnitude"))):
+            if factor is not None and not bool(factor.float().isfinite().all()):
+                raise MergeError(f"{adapter_dir}: module {module!r}: its lora_{name} weights hold NaN or infinite "
+                                 "values (did training diverge?); refusing to merge them")
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
             raise MergeError(f"{adapter_dir}: module {module!r} has LoRA factors of shapes {list(a.shape)} and "
                              f"{list(b.shape)}; only linear and embedding layers can be merged")
@@ -340,6 +377,72 @@ def load_adapter(adapter_dir: Path) -> Adapter:
 
 
 # --- planning -----------------------------------------------------------------------------------------------
+
+
+def _conv1d_modules(config: dict) -> set[str] | None:
+    """Names of the modules that are transformers ``Conv1D`` layers in this architecture; None when unknown.
+
+    An architecture whose modeling code never imports ``Conv1D`` has none (no model is built); otherwise
+    the model is built on the meta device (no memory, no weights) and its modules are looked at.
+    """
+    import sys
+
+    import torch
+    import transformers
+
+    architectures = config.get("architectures") or []
+    name = architectures[0] if isinstance(architectures, list) and architectures else None
+    model_class = getattr(transformers, name, None) if isinstance(name, str) else None
+    modeling = sys.modules.get(getattr(model_class, "__module__", ""))
+    if modeling is not None and not hasattr(modeling, "Conv1D"):
+        return set()
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        settings = {key: value for key, value in config.items() if key != "model_type"}
+        hf_config = transformers.AutoConfig.for_model(config["model_type"], **settings)
+        with torch.device("meta"):
+            model = model_class(hf_config) if model_class else transformers.AutoModelForCausalLM.from_config(hf_config)
+    except Exception:  # an architecture transformers cannot build (custom code, a damaged config)
+        return None
+    return {module_name for module_name, module in model.named_modules() if isinstance(module, Conv1D)}
+
+
+def orient_deltas(adapter: Adapter, config: dict, shards: dict[Path, SafetensorsHeader]) -> Adapter:
+    """Decide for each linear update whether it is transposed, exactly as peft decides it.
+
+    peft looks at the layer, not at ``fan_in_fan_out``: a transformers ``Conv1D`` (weight stored in x out)
+    is always merged transposed, an ``nn.Linear`` never (peft warns and overrides the flag either way).
+    When the architecture cannot be built, the base weight's shape decides; a square weight is then
+    ambiguous, and an adapter that asks for ``fan_in_fan_out`` on one is refused.
+
+    Raises:
+        MergeError: the layout cannot be told, or DoRA on a Conv1D layer.
+    """
+    linear = {key: delta for key, delta in adapter.deltas.items() if not delta.embedding}
+    if not linear:
+        return adapter
+    conv1d = _conv1d_modules(config)
+    shapes = {name: entry.shape for header in shards.values() for name, entry in header.tensors.items()}
+    deltas = dict(adapter.deltas)
+    for key, delta in linear.items():
+        module = key.removesuffix(".weight")
+        if conv1d is not None:
+            transposed = module in conv1d
+        else:
+            as_linear = (delta.b.shape[0], delta.a.shape[1])
+            fits, fits_transposed = shapes.get(key) == as_linear, shapes.get(key) == as_linear[::-1]
+            if fits and fits_transposed and delta.fan_in_fan_out:
+                raise MergeError(f"cannot tell whether {module!r} is a Conv1D or a Linear layer (the architecture "
+                                 f"{config.get('architectures')} cannot be built here and the weight is square); "
+                                 "merge this fan_in_fan_out adapter with peft's merge_and_unload")
+            transposed = fits_transposed and not fits
+        if transposed and delta.magnitude is not None:
+            raise MergeError(f"module {module!r}: DoRA is merged for linear layers only (not Conv1D layers); merge "
+                             "it with peft's merge_and_unload")
+        deltas[key] = delta._replace(fan_in_fan_out=transposed)
+    return adapter._replace(deltas=deltas)
+
 
 
 def _tied_weights(config: dict) -> dict[str, str]:
@@ -489,6 +592,9 @@ def merged_tensor(tensor: PlannedTensor, handle, header: SafetensorsHeader, adap
             if delta.magnitude is not None:  # DoRA, as peft merges it: rows rescaled to magnitude / row norm
                 wide.mul_((delta.magnitude / torch.linalg.norm(wide, dim=1)).view(-1, 1))
             value.copy_(wide)
+    if (delta is not None or replacement is not None) and not bool(value.isfinite().all()):
+        scaling = f" (LoRA scaling {delta.scaling:g} = lora_alpha / r)" if delta is not None else ""
+        raise MergeError(f"merging {tensor.name!r} gives NaN or infinite weights{scaling}; nothing was published")
     return value
 
 
@@ -620,7 +726,7 @@ def merge_model(base_dir: Path, adapter_dir: Path | None, output_dir: Path, *, d
     adapter_dir = Path(adapter_dir) if adapter_dir else None
     _return_freed_tensors_to_the_os()
     config, shards = base_layout(base_dir)
-    adapter = load_adapter(adapter_dir) if adapter_dir else None
+    adapter = orient_deltas(load_adapter(adapter_dir), config, shards) if adapter_dir else None
     target = output_dtype(dtype, config, shards)
     plan, untied = plan_tensors(shards, adapter, config, target)
     groups = group_shards(plan, max_shard_size_mb * 1024 * 1024)
@@ -693,8 +799,8 @@ def find_published(models_dir: Path, kfp_run_id: str) -> Path | None:
         path = Path(models_dir) / version
         if not version.endswith(suffix) or not (path / MERGE_INFO).is_file():
             continue
-        with contextlib.suppress(ValueError, OSError, PublishError):
-            if json.loads((path / MERGE_INFO).read_text(encoding="utf-8")).get("kfp_run_id") == kfp_run_id:
+        with contextlib.suppress(ValueError, OSError, PublishError, AttributeError):  # DocumentError: a ValueError
+            if read_json(path / MERGE_INFO).get("kfp_run_id") == kfp_run_id:
                 verify_model_dir(path)
                 return path
     return None
@@ -756,6 +862,8 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
     base = cfg.storage.resolve(cfg.storage.base_model)
     trained = inside(root, adapter_dir)
     models_dir = inside(cfg.storage.resolve(cfg.storage.models_root), cfg.mlflow.registered_model_name)
+    guard_output(models_dir, {"storage.base_model": base, "the trained adapter": trained},
+                 flag="storage.models_root/mlflow.registered_model_name")
     full = cfg.training.method == "full"
     with step_run(cfg, kfp_run_id, STEP_NAME, system_metrics=True) as (client, run_id):
         started = time.monotonic()
@@ -768,7 +876,7 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
                 dtype=cfg.merge.dtype, max_shard_size_mb=cfg.merge.max_shard_size_mb, set_current=False,
                 info={"kfp_run_id": kfp_run_id, "method": cfg.training.method, "base_model": str(base)},
             )
-        details = json.loads((published / MERGE_INFO).read_text(encoding="utf-8"))
+        details = _read_json(published / MERGE_INFO, "the merge record")
         checksum = manifest_checksum(published)
         record = {"base": str(base), "adapter": str(trained), "dtype": details["dtype"], "version": published.name,
                   "checksum": checksum, "method": cfg.training.method, "model_dir": str(published)}
@@ -787,6 +895,28 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------
+
+
+def _check_replaceable(output: Path) -> None:
+    """``--output --force`` replaces only a model an earlier ``--output`` merge wrote, never anything else.
+
+    Raises:
+        StorageError: ``output`` exists and is not such a directory (no merge_info.json, a published version).
+    """
+    output = Path(output)
+    if not output.exists() and not output.is_symlink():
+        return
+    info_file = output / MERGE_INFO
+    if output.is_symlink() or not output.is_dir() or not info_file.is_file():
+        raise StorageError(f"--output {output} exists and is not a merged model ({MERGE_INFO} is missing); --force "
+                           "replaces only a directory an earlier merge_lora --output wrote")
+    try:
+        version = read_json(info_file, max_bytes=MAX_CONFIG_BYTES).get("version")
+    except (DocumentError, AttributeError):
+        version = None
+    if version is not None:
+        raise StorageError(f"--output {output} is the published version {version!r}; published versions are "
+                           "immutable: publish a new one with --publish-to")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -818,14 +948,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--version and --no-set-current go with --publish-to")
     if args.max_shard_size_mb < 1:
         parser.error("--max-shard-size-mb must be at least 1")
+    inputs = {"--base": args.base, "--adapter": args.adapter}
     try:
         if args.output:
+            guard_output(args.output, inputs, replace=args.force)
+            if args.force:
+                _check_replaceable(args.output)
             with atomic_directory(args.output, replace=args.force) as staging:
                 summary = merge_model(args.base, args.adapter, staging, dtype=args.dtype,
                                       max_shard_size_mb=args.max_shard_size_mb)
                 verify_model_dir(staging)
             result = {"output": str(args.output), **summary}
         else:
+            guard_output(args.publish_to, inputs, flag="--publish-to")
             version = args.version or version_name()
             path, summary = merge_and_publish(args.base, args.adapter, args.publish_to, version, dtype=args.dtype,
                                               max_shard_size_mb=args.max_shard_size_mb,

@@ -152,7 +152,8 @@ def _row_problem(row: list[str]) -> str:
     if not row[0].strip():
         return "the question is empty"
     if row[5].strip() not in LETTERS:
-        return f"the answer must be one of A, B, C, D, got {row[5]!r}"
+        hint = " (upper case)" if row[5].strip().upper() in LETTERS else ""
+        return f"the answer must be one of A, B, C, D{hint}, got {row[5]!r}"
     return ""
 
 
@@ -163,8 +164,8 @@ def load_subjects(data_dir: str | Path, subjects: list[str] | None = None, *, n_
     All files are checked in full before anything is returned, and every malformed row is listed.
 
     Raises:
-        MmluDataError: a requested subject has no test file, a dev file is missing while ``n_shot > 0``,
-            a file holds no rows, or rows are malformed (each named as ``file:line: reason``).
+        MmluDataError: a requested subject has no test file, a dev file is missing or holds fewer than
+            ``n_shot`` rows, a file holds no rows, or rows are malformed (each named as ``file:line: reason``).
     """
     data_dir = Path(data_dir)
     names = sorted(set(subjects)) if subjects else discover_subjects(data_dir)
@@ -189,8 +190,9 @@ def load_subjects(data_dir: str | Path, subjects: list[str] | None = None, *, n_
             errors += problems
             if not shots and not problems:  # zero-shot by accident would silently change what is measured
                 errors.append(f"{dev_path}: holds no row; it holds the few-shot examples (n_shot={n_shot})")
-            elif len(shots) < n_shot and not problems:
-                log.warning("%s has %d rows, fewer than n_shot=%d; using them all", dev_path, len(shots), n_shot)
+            elif len(shots) < n_shot and not problems:  # the results would claim n_shot shots they never had
+                errors.append(f"{dev_path}: has {len(shots)} row(s), fewer than n_shot={n_shot}: lower n_shot "
+                              "(evaluation.n_shot, --n-shot) or add dev rows")
         loaded.append(SubjectData(subject, category_of(subject), shots[:n_shot], questions[:limit or None]))
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]

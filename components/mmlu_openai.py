@@ -4,11 +4,16 @@ One request per batch of prompts asks for the first generated token's top log-pr
 missing from that top list is scored with an ``echo`` request of ``prompt + " X"`` (the log-probability
 of the continuation, as lm-eval-harness does). The server's own prefix caching shares the few-shot prefix.
 A bearer token is read from ``OPENAI_API_KEY`` when set. Only the standard library is used.
+
+A reply is read through :mod:`components.safe_json` (at most :data:`MAX_REPLY_BYTES`), and every
+log-probability must be a finite number: a served model with broken weights answers ``NaN``, which would
+otherwise score as a guess.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import urllib.error
@@ -16,8 +21,11 @@ import urllib.request
 from typing import Any
 
 from components.mmlu_data import LETTERS
+from components.safe_json import DocumentError, JsonScanner, parse_json
 
 RETRIES = 2
+MAX_REPLY_BYTES = 64 << 20  # a batch of echoed 4k-token prompts is a few MB
+_REPLY = JsonScanner(allow_nan=True)  # NaN is read, then refused with the letter and prompt it belongs to
 
 
 class BackendError(RuntimeError):
@@ -42,17 +50,37 @@ def _request(url: str, payload: dict | None, timeout_s: float) -> dict:
         request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as reply:
-                return json.loads(reply.read())
+                body = reply.read(MAX_REPLY_BYTES + 1)
         except urllib.error.HTTPError as exc:
             body = exc.read()[:500].decode(errors="replace")
             last = f"HTTP {exc.code}: {body}"
             if exc.code < 500 and exc.code != 429:
                 break
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+        except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
+        else:
+            return _parse_reply(body, url)
         if attempt < RETRIES:
             time.sleep(2**attempt)  # back off before retrying a busy or restarting server
     raise BackendError(f"completions endpoint {url} failed: {last}")
+
+
+def _parse_reply(body: bytes, url: str) -> dict:
+    """A reply as a JSON object (no retry: a server that answers garbage answers it again).
+
+    Raises:
+        BackendError: too long, not JSON (an HTML page, say), or not an object.
+    """
+    if len(body) > MAX_REPLY_BYTES:
+        raise BackendError(f"completions endpoint {url} answered more than {MAX_REPLY_BYTES:,} bytes")
+    try:
+        data = parse_json(body, "the reply", max_bytes=MAX_REPLY_BYTES, scanner=_REPLY)
+    except DocumentError as exc:
+        raise BackendError(f"completions endpoint {url} did not answer JSON ({exc.reason}): is it an "
+                           "OpenAI-compatible server?") from None
+    if not isinstance(data, dict):
+        raise BackendError(f"completions endpoint {url} answered a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def served_model(endpoint: str, timeout_s: float = 30) -> str:
@@ -63,15 +91,32 @@ def served_model(endpoint: str, timeout_s: float = 30) -> str:
     """
     url = completions_url(endpoint).removesuffix("/completions") + "/models"
     models = _request(url, None, timeout_s).get("data") or []
-    if not models:
+    if not isinstance(models, list) or not models or not isinstance(models[0], dict) \
+            or not isinstance(models[0].get("id"), str):
         raise BackendError(f"{url} lists no model")
     return models[0]["id"]
 
 
-def _letter_from_top(top: dict[str, float], letter: str) -> float | None:
+def _logprob(value: Any, url: str, what: str) -> float:
+    """A log-probability from a reply, checked to be a finite number.
+
+    Raises:
+        BackendError: not a number, NaN or infinite (the message names ``what``: the letter and prompt).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BackendError(f"{url} answered {value!r} as the log-probability of {what}; expected a number")
+    if not math.isfinite(value):
+        raise BackendError(f"{url} answered the log-probability {value} for {what}: the served model's weights "
+                           "hold NaN or inf (or the server is broken); nothing was scored")
+    return float(value)
+
+
+def _letter_from_top(top: Any, letter: str, url: str, prompt: int) -> float | None:
+    if not isinstance(top, dict):
+        raise BackendError(f"{url} answered top_logprobs that are not a token -> log-probability object")
     for token in (f" {letter}", letter):
         if token in top:
-            return float(top[token])
+            return _logprob(top[token], url, f"the answer {letter!r} of prompt {prompt}")
     return None
 
 
@@ -94,7 +139,7 @@ def score_prompts(endpoint: str, prompts: list[str], *, model: str | None = None
                 top = choice["logprobs"]["top_logprobs"][0]
             except (KeyError, IndexError, TypeError):
                 raise BackendError(f"{url} answered without top_logprobs; is logprobs supported?") from None
-            scores.append([_letter_from_top(top, letter) for letter in LETTERS])
+            scores.append([_letter_from_top(top, letter, url, len(scores)) for letter in LETTERS])
     missing = [(i, j) for i, row in enumerate(scores) for j, value in enumerate(row) if value is None]
     for start in range(0, len(missing), batch_size):
         batch = missing[start:start + batch_size]
@@ -107,7 +152,11 @@ def score_prompts(endpoint: str, prompts: list[str], *, model: str | None = None
 
 
 def _choices(reply: dict, count: int, url: str) -> list[dict[str, Any]]:
-    choices = sorted(reply.get("choices") or [], key=lambda choice: choice.get("index", 0))
+    choices = reply.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices) \
+            or not all(isinstance(choice.get("index", 0), int) for choice in choices):
+        raise BackendError(f"{url} answered 'choices' that are not a list of completion objects")
+    choices = sorted(choices, key=lambda choice: choice.get("index", 0))
     if len(choices) != count:
         raise BackendError(f"{url} returned {len(choices)} choices for {count} prompts")
     return choices
@@ -117,9 +166,10 @@ def _continuation_logprob(choice: dict, start: int, end: int, url: str) -> float
     """Sum of the echoed prompt tokens' log-probabilities whose text starts in ``[start, end)``."""
     try:
         logprobs = choice["logprobs"]
-        pairs = zip(logprobs["text_offset"], logprobs["token_logprobs"], strict=True)
-        values = [float(value) for offset, value in pairs if start <= offset < end and value is not None]
-    except (KeyError, TypeError) as exc:
+        pairs = list(zip(logprobs["text_offset"], logprobs["token_logprobs"], strict=True))
+        values = [_logprob(value, url, f"the echoed answer at offset {offset}") for offset, value in pairs
+                  if isinstance(offset, int) and start <= offset < end and value is not None]
+    except (KeyError, TypeError, ValueError) as exc:
         raise BackendError(f"{url} answered an echo request without token logprobs ({exc})") from None
     if not values:
         raise BackendError(f"{url} echoed no token for the answer letter")

@@ -9,12 +9,13 @@ named, so a tampered or truncated file can never decide a promotion.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.safe_json import DocumentError, parse_json
 
 Letter = Literal["A", "B", "C", "D"]
 # Summary numbers are written rounded to 6 digits; anything further off was not computed from the records.
@@ -192,17 +193,13 @@ def parse_mmlu_results(text: str, source: str) -> MmluResults:
         ResultsFileError: not JSON (NaN and Infinity literals included), or fails validation.
     """
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ResultsFileError(f"{source} is not valid JSON: {exc}") from None
+        data = parse_json(text, source)
+    except DocumentError as exc:  # not JSON, NaN/Infinity, a duplicate key, too deep, an over-long number
+        raise ResultsFileError(f"{source} is not valid JSON: {exc.reason}") from None
     try:
         return MmluResults.model_validate(data)
     except ValidationError as exc:
         raise ResultsFileError(f"{source}: {describe_validation_error(exc)}") from None
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:

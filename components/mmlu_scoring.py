@@ -15,6 +15,7 @@ front for questions whose prompt would not fit the model's context.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from components.mmlu_data import LETTERS, SubjectData, prompt_prefix, prompt_suf
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
 # A prompt group: one shared prefix and the (question position, suffix ids) scored after it.
 PromptGroup = tuple[list[int], list[tuple[int, list[int]]]]
 
@@ -141,6 +143,9 @@ def tokenize_subject(tokenizer: Any, data: SubjectData, max_length: int) -> list
                 break
         else:
             overflow.append((position, (prefix_ids(0) + suffix)[-max_length:]))
+            log.warning("MMLU %s_test.csv:%d is %d tokens with no shot, longer than the model's context of %d: "
+                        "scored on its last %d tokens", data.subject, question.line,
+                        len(prefix_ids(0)) + len(suffix), max_length, max_length)
     ordered: list[PromptGroup] = [(prefix_ids(k), groups[k]) for k in sorted(groups, reverse=True)]
     if overflow:
         ordered.append(([], overflow))

@@ -30,8 +30,8 @@ version by hand with ``cd /storage/models/<name>/<version> && sha256sum -c check
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
 import math
 import os
 import re
@@ -41,9 +41,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from components.storage import StorageError, atomic_write_text, describe_os_error
+from components.safe_json import DocumentError, parse_json, read_json
+from components.storage import MODEL_MANIFEST, StorageError, atomic_write_text, describe_os_error
 
-MANIFEST_NAME = "checksums.sha256"
+MANIFEST_NAME = MODEL_MANIFEST  # checksums.sha256; the output-path guard looks for it too
 CURRENT_LINK = "current"
 CURRENT_FILE = "CURRENT"
 WEIGHT_INDEX = "model.safetensors.index.json"
@@ -109,9 +110,9 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     except OSError as exc:
         raise SafetensorsFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsFormatError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
+        header = parse_json(raw, "the safetensors header", max_bytes=_MAX_HEADER_BYTES)
+    except DocumentError as exc:  # not JSON, too deep, a tensor named twice, an over-long number
+        raise SafetensorsFormatError(f"{path}: the safetensors header is not valid JSON ({exc.reason})") from None
     if not isinstance(header, dict):
         raise SafetensorsFormatError(f"{path}: the safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -119,6 +120,8 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     for name, info in header.items():
         try:
             dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            if type(begin) is not int or type(end) is not int or min(shape, default=0) < 0:
+                raise ValueError("offsets must be integers and dimensions >= 0")
         except (KeyError, TypeError, ValueError):
             raise SafetensorsFormatError(f"{path}: tensor {name!r} has a malformed header entry") from None
         if dtype not in SAFETENSORS_ITEMSIZE:
@@ -208,16 +211,18 @@ def _read_manifest(path: Path) -> dict[str, str]:
 def _check_weights(path: Path) -> None:
     """config.json parses; every shard is a sound safetensors file matching the weight index."""
     try:
-        json.loads((path / "config.json").read_text(encoding="utf-8"))
+        read_json(path / "config.json")
     except FileNotFoundError:
         raise PublishError(f"{path / 'config.json'} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise PublishError(f"{path / 'config.json'} is not valid JSON ({exc})") from None
+    except DocumentError as exc:
+        raise PublishError(f"{path / 'config.json'} is not valid JSON ({exc.reason})") from None
     index_file = path / WEIGHT_INDEX
     if index_file.exists():
         try:
-            weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            weight_map = read_json(index_file)["weight_map"]
+            if not isinstance(weight_map, dict) or not all(_plain_file_name(shard) for shard in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to shard file names in the same directory")
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # DocumentError is a ValueError
             raise PublishError(f"{index_file} is not a valid weight index ({exc})") from None
     elif (path / "model.safetensors").exists():
         weight_map = None
@@ -237,6 +242,11 @@ def _check_weights(path: Path) -> None:
             if names != expected:
                 odd = sorted(names ^ expected)[:5]
                 raise PublishError(f"{file} does not hold the tensors {WEIGHT_INDEX} assigns to it (e.g. {odd})")
+
+
+def _plain_file_name(name: object) -> bool:
+    """A file name in the same directory: no path separator, not empty, not '.' or '..'."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 def verify_model_dir(path: Path, *, checksums: bool = True) -> None:
@@ -329,6 +339,9 @@ def publish_model(staging_dir: Path, models_dir: Path, version: str, *, set_curr
         os.rename(staging_dir, final)
         _fsync_path(models_dir)
     except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another publish of this version won the race
+            raise PublishError(f"{final} already exists: another merge published this version at the same "
+                               "time; published versions are immutable, choose another version") from None
         raise StorageError(describe_os_error(exc, final)) from exc
     if set_current:
         _point_current(models_dir, version)

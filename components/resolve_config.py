@@ -68,10 +68,12 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
         ConfigError: a value is invalid (the field is named), an unknown form parameter was given, an override
             disagrees with a cluster parameter, or a compile-time field was changed.
     """
+    from components.safe_json import DocumentError, parse_json
+
     try:
-        data = json.loads(config) if config.strip() else compiled.model_dump(mode="json")
-    except ValueError as exc:
-        raise ConfigError(f"z_config is not valid JSON: {exc}") from None
+        data = parse_json(config, "z_config") if config.strip() else compiled.model_dump(mode="json")
+    except DocumentError as exc:  # not JSON, too deep, an over-long number, NaN, a duplicate key
+        raise ConfigError(f"z_config is not valid JSON: {exc.reason}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"z_config must be a JSON object, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides or []))

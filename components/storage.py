@@ -3,6 +3,11 @@
 Every step writes its output directory through :func:`atomic_directory`: the files go to a hidden
 temporary sibling, and only a complete directory is renamed into place. A crash, a full disk or a
 read-only volume leaves either the old directory or nothing at the final path, never a partial one.
+
+Before a CLI or step writes anywhere, :func:`guard_output` checks the path against its inputs and the
+published models: an output equal to an input, inside one or above one (``--output`` the base model's
+folder, or its parent with ``--force``), or inside a model directory with a ``checksums.sha256``
+manifest (a published version), is refused before anything is touched.
 """
 
 from __future__ import annotations
@@ -12,14 +17,84 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from configs.schema import PipelineConfig
 
+# The manifest every merged or published model directory holds (components.publish writes it).
+MODEL_MANIFEST = "checksums.sha256"
+
 
 class StorageError(RuntimeError):
     """A path escapes the storage root, or the volume refused a write; the message names the path."""
+
+
+class OutputPathError(StorageError):
+    """An output path that would overwrite, delete or change an input or a published model."""
+
+
+def _resolved(path: str | Path) -> Path:
+    """``path`` absolute with symlinks and ``..`` resolved (missing parts kept as written; never raises)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _shown(path: str | Path) -> str:
+    text = os.fspath(path)
+    return text if len(text) <= 200 else f"{text[:120]}...{text[-40:]} ({len(text)} characters)"
+
+
+def model_directory_holding(path: str | Path) -> Path | None:
+    """The nearest of ``path`` and its parents that holds a model manifest (``checksums.sha256``), else None."""
+    resolved = _resolved(path)
+    for candidate in (resolved, *resolved.parents):
+        if os.path.isfile(candidate / MODEL_MANIFEST):  # os.path: a name too long for the filesystem is False
+            return candidate
+    return None
+
+
+def guard_output(output: str | Path, inputs: Mapping[str, str | Path | None] | None = None, *,
+                 flag: str = "--output", replace: bool = False) -> Path:
+    """Refuse an output path that could damage an input or a published model; return it resolved.
+
+    Call it before anything is written. Refused: ``output`` equal to an input, inside an input (a
+    directory), or above one (the input lies inside ``output``: replacing it deletes the input); and
+    ``output`` inside a model directory with a ``checksums.sha256`` manifest (a published version: one
+    more file and it no longer verifies). With ``replace=True`` (``--force``) ``output`` itself may be
+    such a model directory, the one being replaced; its parents still may not.
+
+    Args:
+        output: The path about to be written (a file or a directory).
+        inputs: What the command reads, by the flag or field that names it (``{"--base": base_dir}``);
+            None values are skipped.
+        flag: How the output is named in messages.
+        replace: The command replaces an existing ``output`` (see above).
+
+    Raises:
+        OutputPathError: the message names the flag, the output and the input or model at risk.
+    """
+    target = _resolved(output)
+    for label, source in (inputs or {}).items():
+        if source is None or os.fspath(source) == "":
+            continue
+        read = _resolved(source)
+        if target == read:
+            relation = "is"
+        elif read in target.parents:
+            relation = "is inside"
+        elif target in read.parents:
+            relation = "is a parent of"
+        else:
+            continue
+        raise OutputPathError(f"{flag} {_shown(output)} {relation} {label} ({_shown(source)}): writing there could "
+                              "overwrite or delete what the command reads; choose a path outside every input")
+    holder = model_directory_holding(target.parent if replace else target)
+    if holder is not None:
+        where = "is" if holder == target else "is inside"
+        raise OutputPathError(f"{flag} {_shown(output)} {where} the model directory {_shown(holder)} (it has "
+                              f"{MODEL_MANIFEST}): another file there breaks its verification; choose a path "
+                              "outside it")
+    return target
 
 
 def inside(root: str | Path, relative: str | Path) -> Path:

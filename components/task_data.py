@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from components.data_split import row_key
+from components.dataset_validation import MAX_DATASET_INFO_BYTES
+from components.safe_json import DocumentError, read_json
 
 IGNORE_INDEX = -100  # llamafactory.extras.constants.IGNORE_INDEX (and the Trainer's ignore index)
 DATA_CONFIG = "dataset_info.json"
@@ -84,11 +86,11 @@ def read_dataset_info(data_dir: str | Path, names: list[str]) -> dict[str, dict[
     if not names:
         raise TaskDataError("no dataset entry to score: name at least one entry of dataset_info.json")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_json(path, max_bytes=MAX_DATASET_INFO_BYTES)
     except FileNotFoundError:
         raise TaskDataError(f"{path} does not exist: expected a LLaMA-Factory data directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TaskDataError(f"{path} cannot be read as JSON: {exc}") from None
+    except DocumentError as exc:
+        raise TaskDataError(f"{path} cannot be read as JSON: {exc.reason}") from None
     if not isinstance(info, dict):
         raise TaskDataError(f"{path} must hold a JSON object of dataset entries")
     errors, entries = [], {}

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
-    from components.storage import StorageError, atomic_write_text
+    from components.storage import StorageError, atomic_write_text, guard_output
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.output) / RESULTS_FILE
     adapter = args.adapter or None
     try:
+        guard_output(path, {"--model": args.model, "--adapter": adapter, "--data-dir": args.data_dir})
         key = eval_key_for(args.model, args.data_dir, names, template=args.template, cutoff_len=args.cutoff_len,
                            adapter_dir=adapter)
         results = None if args.force else reusable_results(path, key)

@@ -25,6 +25,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.data_split import split_hash
+from components.safe_json import DocumentError, read_json
 
 # Bump whenever reading, encoding or scoring changes: stored scores then stop matching their eval key.
 SCORING_VERSION = "task-nll-v1"
@@ -169,15 +170,10 @@ def load_task_results(path: str | Path) -> TaskResults:
             file), including totals that disagree with the records.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-
-    def refuse_constant(name: str) -> float:
-        raise TaskResultsError(f"{path}: {name} is not a number a results file may hold")
-
     try:
-        data = json.loads(text, parse_constant=refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise TaskResultsError(f"{path} is not a JSON task results file (line {exc.lineno}: {exc.msg})") from None
+        data = read_json(path)
+    except DocumentError as exc:  # not JSON, NaN/Infinity, a duplicate key, too deep, an over-long number
+        raise TaskResultsError(f"{path} is not a JSON task results file ({exc.reason})") from None
     try:
         return TaskResults.model_validate(data)
     except ValidationError as exc:

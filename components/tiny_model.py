@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -300,16 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     """
     from safetensors import SafetensorError
 
-    from components.storage import StorageError, atomic_directory
+    from components.storage import StorageError, atomic_directory, guard_output
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.hidden_size % 4:
         parser.error(f"--hidden-size must be a multiple of the 4 attention heads, got {args.hidden_size}")
-    if Path(args.output).exists():  # checked first: building takes seconds and would be thrown away
+    if os.path.lexists(args.output):  # checked first: building takes seconds and would be thrown away
         print(f"error: --output {args.output} already exists; refusing to overwrite it", file=sys.stderr)
         return 1
     try:
+        guard_output(args.output)  # not inside a published model
         with atomic_directory(args.output) as tmp:
             build_tiny_llama(
                 tmp,

@@ -23,6 +23,7 @@ raises :class:`DatasetValidationError`, which fails the task and stops the pipel
 # No `from __future__ import annotations`: KFP reads the component's annotations as types.
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -114,12 +115,19 @@ def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
         then nothing was written).
 
     Raises:
-        StorageError: the volume refused a write, or a snapshot exists and ``replace`` is False.
+        StorageError: the volume refused a write, a snapshot exists and ``replace`` is False, or the snapshot
+            would land on, inside or above the data or the MMLU data (``storage.output_root``).
     """
+    from components.storage import guard_output
+
     mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
+    source = cfg.storage.resolve(cfg.storage.data_dir)
     data = cfg.dataset
+    destination = guard_output(snapshot_dir(cfg, kfp_run_id), {"storage.data_dir": source,
+                                                               "storage.eval_data_dir": mmlu},
+                               flag="the split snapshot (storage.output_root)", replace=replace)
     return validate_and_split(
-        cfg.storage.resolve(cfg.storage.data_dir), data.names, snapshot_dir(cfg, kfp_run_id), replace=replace,
+        source, data.names, destination, replace=replace,
         test_fraction=data.test_fraction, min_test_rows=data.min_test_rows, max_test_rows=data.max_test_rows,
         cutoff_len=cfg.training.cutoff_len, eval_data_dir=mmlu if (mmlu / "test").is_dir() else None,
         ngram=data.contamination_ngram, max_contaminated=data.max_contaminated_rows,
@@ -274,9 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     names = [name.strip() for name in args.dataset.split(",") if name.strip()]
     usage = ("--dataset needs at least one name" if not names
-             else f"--dataset-dir {args.dataset_dir} is not a directory" if not args.dataset_dir.is_dir()
+             else f"--dataset-dir {args.dataset_dir} is not a directory" if not os.path.isdir(args.dataset_dir)
              else "--cutoff-len and --max-errors must be positive" if min(args.cutoff_len, args.max_errors) < 1
              else _out_of_schema_bounds(args.ngram, args.max_contaminated))
+    if not usage and args.report:
+        from components.storage import OutputPathError, guard_output
+
+        try:  # checked first: the report must never replace the data it describes
+            guard_output(args.report, {"--dataset-dir": args.dataset_dir, "--eval-data-dir": args.eval_data_dir},
+                         flag="--report")
+        except OutputPathError as exc:
+            usage = str(exc)
     if usage:
         print(f"{parser.prog}: error: {usage}", file=sys.stderr)
         return 2

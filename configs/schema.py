@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from components.safe_json import DocumentError, parse_yaml, read_yaml
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -470,10 +471,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(path):
         raise ConfigError(f"override {text!r} has an empty path component")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({reason})") from None
+        value = parse_yaml(raw, "value") if raw.strip() else ""
+    except DocumentError as exc:
+        shown = text if len(text) <= 200 else f"{text[:120]}... ({len(text)} characters)"
+        raise ConfigError(f"override {shown!r}: value is {exc.reason}") from None
     return path, value
 
 
@@ -520,32 +521,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         ConfigError: the file is missing, not UTF-8, not YAML, or fails validation.
     """
     file = Path(path)
-    if not file.suffix and not file.exists():
+    if not file.suffix and not os.path.exists(file):  # os.path: a name too long for the filesystem is no error
         file = CONFIG_DIR / f"{path}.yaml"
     try:
-        text = file.read_text(encoding="utf-8")
+        data = read_yaml(file, f"config file {file}")
     except FileNotFoundError:
         raise ConfigError(f"config file {file} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {file} is not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {file} is not valid YAML{where}: {reason}") from None
+    except DocumentError as exc:  # unreadable, too large, not UTF-8, not YAML, too deep, an alias bomb
+        raise ConfigError(str(exc)) from None
     return config_from_dict(data, source=str(file), overrides=overrides)
 
 
 def config_from_json(text: str, overrides: list[str] | None = None) -> PipelineConfig:
     """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the config parameter is not valid JSON/YAML: {exc}") from None
+        data = parse_yaml(text, "the config parameter")
+    except DocumentError as exc:
+        raise ConfigError(str(exc)) from None
     return config_from_dict(data, source="the config parameter", overrides=overrides)
 
 

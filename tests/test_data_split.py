@@ -244,11 +244,14 @@ def test_every_source_format_round_trips_and_llamafactory_reads_both_sides(tmp_p
 
 
 def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
-    """NaN is a problem of its row; a lone surrogate stays escaped; Parquet timestamps become text. In each
-    kept case the line reads back to the row whose key the manifest records."""
+    """NaN is a problem of its row and field; so is a lone surrogate (Arrow, LLaMA-Factory's loader, refuses
+    it even escaped); Parquet timestamps become text, and the line reads back to the row whose key the
+    manifest records."""
     import datetime
+    import io
 
     import pyarrow as pa
+    import pyarrow.json as pa_json
     import pyarrow.parquet as pq
 
     lines = [json.dumps(_row(i)) for i in range(12)] + ['{"instruction": "a", "output": "b", "score": NaN}']
@@ -260,19 +263,20 @@ def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
     pq.write_table(pa.Table.from_pylist([{**_row(i), "created": stamp} for i in range(12)]),
                    source / "stamped.parquet")
     result, _ = _split(source, ["nan"], tmp_path / "nan", fraction=0.5)
-    assert [(p.file, p.row) for p in result.problems] == [("nan.jsonl", 13)]
+    assert [(p.file, p.row, p.field) for p in result.problems] == [("nan.jsonl", 13, "score")]
     assert "NaN or Infinity" in result.problems[0].message
-    result, manifest = _split(source, ["odd", "stamped"], tmp_path / "kept", fraction=0.5)
+    result, _ = _split(source, ["odd"], tmp_path / "odd", fraction=0.5)
+    assert [(p.file, p.row) for p in result.problems] == [("odd.jsonl", row) for row in range(1, 13)]
+    assert "lone surrogate" in result.problems[0].message and not (tmp_path / "odd").exists()
+    with pytest.raises(pa.ArrowInvalid, match="surrogate"):  # what LLaMA-Factory's loader would have said
+        pa_json.read_json(io.BytesIO(json.dumps({"input": "\ud800 lone"}).encode()))
+    result, manifest = _split(source, ["stamped"], tmp_path / "kept", fraction=0.5)
     assert result.ok, result.failure_message()
-    read_back = {}
-    for name in ("odd", "stamped"):
-        split = manifest.dataset(name)
-        test = _lines(tmp_path / "kept" / split.test_file)
-        read_back[name] = _lines(tmp_path / "kept" / split.train_file) + test
-        assert len(read_back[name]) == 12 and [row_key(row) for row in test] == split.test_keys
-    assert (tmp_path / "kept" / "train" / "odd.jsonl").read_bytes().isascii()  # valid UTF-8 for the loader
-    assert {row["input"] for row in read_back["odd"]} == {"\ud800 lone"}
-    assert {row["created"] for row in read_back["stamped"]} == {str(stamp)}
+    split = manifest.dataset("stamped")
+    test = _lines(tmp_path / "kept" / split.test_file)
+    read_back = _lines(tmp_path / "kept" / split.train_file) + test
+    assert len(read_back) == 12 and [row_key(row) for row in test] == split.test_keys
+    assert {row["created"] for row in read_back} == {str(stamp)}
 
 
 def test_the_snapshot_is_published_atomically(tmp_path):

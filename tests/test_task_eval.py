@@ -453,9 +453,11 @@ def test_cli_help_and_usage_errors(capsys):
 
 def test_cli_failures_exit_1_without_traceback_and_write_nothing(tiny_model_dir, split_dir, tmp_path):
     """In a fresh interpreter, as a user runs it: a bad data dir, a bad model dir, a bad entry."""
+    empty = tmp_path / "empty"  # not tmp_path itself: an --output inside an input is refused before anything
+    empty.mkdir()
     cases = [(["--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "missing")], "dataset_info.json"),
-             (["--model", str(tmp_path), "--data-dir", str(split_dir)], "not a model directory"),
-             (["--model", str(tiny_model_dir), "--data-dir", str(split_dir), "--adapter", str(tmp_path)],
+             (["--model", str(empty), "--data-dir", str(split_dir)], "not a model directory"),
+             (["--model", str(tiny_model_dir), "--data-dir", str(split_dir), "--adapter", str(empty)],
               "not a PEFT adapter directory")]
     for argv, message in cases:
         out = subprocess.run([sys.executable, "-m", "components.task_eval", *argv, "--dataset", TEST_NAMES[0],

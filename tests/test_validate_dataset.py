@@ -190,7 +190,7 @@ BAD_DATASETS = {
 def test_each_bad_dataset_is_rejected_with_file_row_and_field(tmp_path, case):
     info, files, expected = BAD_DATASETS[case]
     root = write_dataset(tmp_path / "data", info, files)
-    result = validate_datasets(root, ["ds"], cutoff_len=1024)
+    result = validate_datasets(root, ["ds"], cutoff_len=1024, stage=None)  # ranking formats too (SFT refuses them)
     assert not result.ok
     found = [(p.file, p.row, p.field) for p in result.problems]
     assert found == [(file, row, name) for file, row, name, _ in expected], [str(p) for p in result.problems]
@@ -263,9 +263,9 @@ def test_good_datasets_in_every_supported_shape_are_accepted(tmp_path):
     assert [v.rows for v in result.datasets] == [5, 2, 2, 7, 3]
     assert [f.path for f in result.datasets[-1].files] == ["folder/part-1.json", "folder/part-2.json"]
     assert result.duplicate_rows == 0 and result.warning_count == 0
-    ranking = validate_datasets(root, ["sharegpt_ranking"], cutoff_len=1024)
+    ranking = validate_datasets(root, ["sharegpt_ranking"], cutoff_len=1024, stage=None)  # SFT refuses ranking
     assert ranking.ok, ranking.failure_message()
-    mixed = validate_datasets(root, ["sharegpt_ranking", "alpaca_csv"], cutoff_len=1024)
+    mixed = validate_datasets(root, ["sharegpt_ranking", "alpaca_csv"], cutoff_len=1024, stage=None)
     assert [p.message for p in mixed.problems] == [
         "ranking and non-ranking datasets cannot be trained together (LLaMA-Factory trains one stage)"]
 

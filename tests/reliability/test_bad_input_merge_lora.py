@@ -1,0 +1,252 @@
+"""Hostile adapters and bases for the streaming merge, and two merges publishing one version at once.
+
+Every adapter is a real peft adapter on a tiny multi-shard Llama (or GPT-2 for Conv1D layers), then
+damaged the way a broken training run or a hand edit damages it. The reference for what a legal input
+merges to is peft's own ``merge_and_unload`` on the same files. A refused merge leaves nothing behind: no
+output directory, no staging directory, no version, ``current`` untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.merge_lora import MergeError, main, merge_and_publish, merge_model
+from components.publish import current_version, published_versions, read_safetensors_header, verify_model_dir
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny Llama in several safetensors shards (q_proj square, up_proj not)."""
+    from components.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("merge-base") / "base", shard_size="100KB")
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int = 1, **lora: object) -> Path:
+    """A peft LoRA adapter for ``base_dir`` with a non-zero update (peft starts lora_B at zero)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, **lora))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.save_pretrained(out)
+    return out
+
+
+def edit_config(adapter: Path, text: str | None = None, **changes: object) -> None:
+    path = adapter / "adapter_config.json"
+    if text is not None:
+        path.write_text(text)
+        return
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def edit_weights(adapter: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path)
+
+
+def load_weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        weights.update(load_file(shard))
+    return weights
+
+
+def peft_merged(base_dir: Path, adapter: Path) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().state_dict()
+
+
+# --- fan_in_fan_out: the layer decides, as in peft ----------------------------------------------------------
+
+
+def test_fan_in_fan_out_on_linear_layers_is_ignored_as_peft_ignores_it(base, tmp_path):
+    import torch
+
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj", "up_proj"])
+    edit_config(adapter, fan_in_fan_out=True)  # peft warns "Setting fan_in_fan_out to False" and merges as Linear
+    with pytest.warns(UserWarning, match="fan_in_fan_out is set to True but the target module is `torch.nn.Linear`"):
+        reference = peft_merged(base, adapter)
+    summary = merge_model(base, adapter, tmp_path / "merged", dtype="fp32")
+    mine = load_weights(tmp_path / "merged")
+    assert summary["merged"] == 4  # 2 layers x (q_proj, up_proj)
+    assert all(torch.equal(mine[name], reference[name]) for name in mine)
+    original = load_weights(base)["model.layers.0.self_attn.q_proj.weight"]
+    assert not torch.equal(mine["model.layers.0.self_attn.q_proj.weight"], original)
+
+
+def test_conv1d_layers_are_transposed_even_when_the_config_says_otherwise(tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=64)).save_pretrained(
+        gpt2, max_shard_size="20KB")
+    adapter = make_adapter(gpt2, tmp_path / "adapter", target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)
+    edit_config(adapter, fan_in_fan_out=False)  # peft: "Setting fan_in_fan_out to True" for Conv1D
+    with pytest.warns(UserWarning, match="fan_in_fan_out is set to False but the target module is `Conv1D`"):
+        reference = peft_merged(gpt2, adapter)
+    merge_model(gpt2, adapter, tmp_path / "merged", dtype="fp32")
+    mine = load_weights(tmp_path / "merged")
+    assert all(torch.equal(mine[name], reference[name]) for name in mine)
+
+
+# --- non-finite numbers never reach a published model ----------------------------------------------------------
+
+
+def _refused_cleanly(base: Path, adapter: Path, tmp_path: Path, words: str, capsys, served: Path) -> None:
+    """merge_model raises; the CLI exits 1 without a traceback; nothing is published or left behind."""
+    with pytest.raises(MergeError, match=words):
+        merge_model(base, adapter, tmp_path / "direct")
+    models = tmp_path / "models"
+    merge_and_publish(served, None, models, "v0", set_current=True)  # the version being served
+    assert main(["--base", str(base), "--adapter", str(adapter), "--publish-to", str(models), "--version", "v1"]) == 1
+    assert main(["--base", str(base), "--adapter", str(adapter), "--output", str(tmp_path / "plain")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("merge_lora: error:") == 2 and len(re.findall(words, err)) == 2
+    assert published_versions(models) == ["v0"] and current_version(models) == "v0"
+    assert sorted(path.name for path in models.iterdir()) == ["CURRENT", "current", "v0"]  # no staging left
+    assert not (tmp_path / "plain").exists() and not list(tmp_path.glob(".plain*"))
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda adapter: edit_config(adapter, text=(adapter / "adapter_config.json").read_text().replace(
+        '"lora_alpha": 8', '"lora_alpha": NaN')), "adapter_config.json is not valid JSON.*NaN"),
+    (lambda adapter: edit_config(adapter, lora_alpha=1e308), "gives NaN or infinite weights.*scaling 2.5e\\+307"),
+    (lambda adapter: edit_weights(adapter, lambda tensors: tensors[next(k for k in tensors if "lora_B" in k)].view(
+        -1)[3:5].fill_(float("nan"))), "lora_B weights hold NaN or infinite values"),
+    (lambda adapter: edit_weights(adapter, lambda tensors: tensors[next(k for k in tensors if "lora_A" in k)].view(
+        -1)[0:1].fill_(float("inf"))), "lora_A weights hold NaN or infinite values"),
+    (lambda adapter: edit_config(adapter, lora_alpha="16"), "lora_alpha must be a finite number, got '16'"),
+    (lambda adapter: edit_config(adapter, r=True), "r must be a positive integer"),
+    (lambda adapter: edit_config(adapter, alpha_pattern={"q_proj": None}), "alpha_pattern.*must be a finite number"),
+    (lambda adapter: edit_config(adapter, rank_pattern={"(q_proj": 4}), "no regular expression"),
+])
+def test_non_finite_or_non_numeric_adapters_are_refused(base, tmp_path, damage, words, capsys):
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
+    damage(adapter)
+    _refused_cleanly(base, adapter, tmp_path, words, capsys, base)
+
+
+# --- adapters that do not fit the base, bases that cannot be merged into ----------------------------------------
+
+
+def test_an_adapter_for_modules_the_base_lacks_is_refused(base, tmp_path, capsys):
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
+    edit_weights(adapter, lambda tensors: [tensors.__setitem__(key.replace("q_proj", "x_proj"), tensors.pop(key))
+                                           for key in list(tensors)])
+    _refused_cleanly(base, adapter, tmp_path, "x_proj.weight', which the base checkpoint does not have", capsys,
+                     base)
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda adapter: edit_config(adapter, r=8), "has rank 4 but adapter_config.json says r=8"),
+    (lambda adapter: edit_config(adapter, rank_pattern={"q_proj": 2}), "has rank 4 but adapter_config.json says r=2"),
+    (lambda adapter: edit_weights(adapter, lambda tensors: [tensors.__setitem__(key, tensors[key][:2].contiguous())
+                                                            for key in list(tensors) if "lora_A" in key]),
+     "LoRA factors of shapes \\[2, 64\\] and \\[64, 4\\]"),
+])
+def test_an_adapter_whose_rank_disagrees_with_its_weights_is_refused(base, tmp_path, damage, words, capsys):
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
+    damage(adapter)
+    _refused_cleanly(base, adapter, tmp_path, words, capsys, base)
+
+
+def test_a_bin_only_base_is_refused(tmp_path, capsys):
+    """A base saved as pytorch_model.bin (older checkpoints; transformers 5 no longer writes them)."""
+    import torch
+
+    from components.tiny_model import build_tiny_llama
+
+    source = build_tiny_llama(tmp_path / "source")
+    binary = Path(shutil.copytree(source, tmp_path / "binary"))
+    torch.save(load_weights(source), binary / "pytorch_model.bin")
+    for path in [*binary.glob("*.safetensors"), *binary.glob("*.index.json")]:
+        path.unlink()
+    adapter = make_adapter(source, tmp_path / "adapter", target_modules=["q_proj"])
+    _refused_cleanly(binary, adapter, tmp_path, "has no safetensors weights", capsys, source)
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda base: (base / _shards(base)[1]).unlink(), r"-of-\d+\.safetensors is named in .* but missing"),
+    (lambda base: _edit_index(base, "../outside.safetensors"), "must name shard files in"),
+    (lambda base: _edit_index(base, 7), "must name shard files in"),
+])
+def test_an_index_naming_a_missing_or_foreign_shard_is_refused(base, tmp_path, damage, words, capsys):
+    broken = Path(shutil.copytree(base, tmp_path / "broken"))
+    assert len(_shards(broken)) > 1
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
+    damage(broken)
+    _refused_cleanly(broken, adapter, tmp_path, words, capsys, base)
+
+
+def _shards(base: Path) -> list[str]:
+    return sorted(set(json.loads((base / "model.safetensors.index.json").read_text())["weight_map"].values()))
+
+
+def _edit_index(base: Path, shard: object) -> None:
+    index = base / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = shard
+    index.write_text(json.dumps(data))
+
+
+# --- two merges publishing the same name at once ----------------------------------------------------------------
+
+
+def test_two_merges_publishing_one_version_at_once_publish_it_once(base, tmp_path):
+    """Two real processes publish version v1 to one models directory at the same time (no mock, no lock
+    file): exactly one publishes, the other exits 1 naming the version, and v1 is complete and verified."""
+    adapters = [make_adapter(base, tmp_path / f"adapter{seed}", seed=seed, target_modules=["q_proj"])
+                for seed in (1, 2)]
+    models = tmp_path / "models"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-m", "components.merge_lora", "--base", str(base), "--adapter",
+                               str(adapter), "--publish-to", str(models), "--version", "v1", "--dtype", "fp32"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+             for adapter in adapters]
+    results = [(proc.wait(timeout=300), *proc.communicate()) for proc in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    for code, _out, err in results:
+        assert "Traceback" not in err, err
+        if code == 1:
+            assert "v1 already exists" in err and "published versions are immutable" in err, err
+    winner = next(json.loads(out) for code, out, _ in results if code == 0)
+    verify_model_dir(models / "v1")
+    assert published_versions(models) == ["v1"] and current_version(models) == "v1"
+    assert sorted(path.name for path in models.iterdir()) == ["CURRENT", "current", "v1"]  # no staging left
+    merged_from = json.loads((models / "v1" / "merge_info.json").read_text())["adapter"]
+    assert winner["published"] == str(models / "v1") and merged_from in {str(adapter) for adapter in adapters}
+    assert read_safetensors_header(next((models / "v1").glob("*.safetensors"))).tensors

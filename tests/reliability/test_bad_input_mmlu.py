@@ -1,0 +1,156 @@
+"""Hostile MMLU data and a completions server that answers NaN: refused with the file and line, or scored right.
+
+The data cases edit a copy of the shipped sample (hendrycks layout). The long-question case runs the real
+tiny model. The OpenAI-compatible server is a small local HTTP server: vLLM, the real one, needs a GPU
+and cannot run here, so this stand-in answers what a vLLM serving a model with broken weights answers
+(``NaN`` log-probabilities, which Python's json writes as a bare ``NaN``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from components import evaluate_mmlu
+from components.mmlu_data import MmluDataError, load_subjects
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "components" / "assets" / "sample_mmlu"
+
+
+@pytest.fixture
+def mmlu(tmp_path) -> Path:
+    return Path(shutil.copytree(SAMPLE, tmp_path / "mmlu"))
+
+
+def _cli(mmlu: Path, model: Path, out: Path, *args: str) -> int:
+    return evaluate_mmlu.main(["--model", str(model), "--data-dir", str(mmlu), "--output", str(out), *args])
+
+
+def test_fewer_dev_rows_than_n_shot_is_refused(mmlu, tiny_model_dir, tmp_path, capsys):
+    dev = mmlu / "dev" / "nutrition_dev.csv"
+    dev.write_text("".join(dev.read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(MmluDataError, match=rf"{dev}: has 3 row\(s\), fewer than n_shot=5: lower n_shot"):
+        load_subjects(mmlu, n_shot=5)
+    assert [len(subject.shots) for subject in load_subjects(mmlu, ["nutrition"], n_shot=3)] == [3]
+    assert _cli(mmlu, tiny_model_dir, tmp_path / "out", "--n-shot", "5") == 1
+    assert "fewer than n_shot=5" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("answer", "words"), [("b", "must be one of A, B, C, D (upper case), got 'b'"),
+                                               ("E", "must be one of A, B, C, D, got 'E'"),
+                                               ("5", "must be one of A, B, C, D, got '5'"),
+                                               ("", "must be one of A, B, C, D, got ''"),
+                                               (" AB", "must be one of A, B, C, D, got ' AB'")])
+def test_a_lowercase_or_out_of_range_answer_letter_is_named_by_file_and_line(mmlu, answer, words):
+    test = mmlu / "test" / "astronomy_test.csv"
+    lines = test.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + "," + answer
+    test.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MmluDataError) as refused:
+        load_subjects(mmlu)
+    assert f"{test}:3: the answer {words}" in str(refused.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", ",,,,,\n"])
+def test_an_empty_test_csv_is_refused(mmlu, tiny_model_dir, tmp_path, content, capsys):
+    test = mmlu / "test" / "nutrition_test.csv"
+    test.write_text(content)
+    with pytest.raises(MmluDataError, match=rf"{test}: holds no question"):
+        load_subjects(mmlu)
+    assert _cli(mmlu, tiny_model_dir, tmp_path / "out") == 1
+    assert "holds no question" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_question_longer_than_the_context_is_scored_on_its_last_tokens(mmlu, tiny_model_dir, caplog):
+    """The tiny model's context is 1,024 tokens; a 3,000-word question is cut from the front (as
+    lm-eval-harness cuts), with a warning that names it; both scorers agree and every number is finite."""
+    test = mmlu / "test" / "astronomy_test.csv"
+    lines = test.read_text().splitlines()
+    lines[1] = '"' + " ".join(["Long preamble about stars."] * 750) + ' Which planet is red?",Mars,Venus,Earth,Moon,A'
+    test.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="components.mmlu_scoring"):
+        cached = evaluate_mmlu.evaluate(tiny_model_dir, mmlu, subjects=["astronomy"], limit=3, progress=False)
+    plain = evaluate_mmlu.evaluate(tiny_model_dir, mmlu, subjects=["astronomy"], limit=3, progress=False,
+                                   scorer="straightforward")
+    assert "astronomy_test.csv:2 is" in caplog.text and "longer than the model's context of 1024" in caplog.text
+    assert [q["pred"] for q in cached["questions"]] == [q["pred"] for q in plain["questions"]]
+    assert all(math.isfinite(value) for q in cached["questions"] for value in q["logprobs"])
+    for mine, reference in zip(cached["questions"], plain["questions"], strict=True):
+        assert mine["logprobs"] == pytest.approx(reference["logprobs"], abs=1e-4)
+
+
+# --- a completions server that answers NaN ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_server():
+    """Answers /v1/models, then every completion with ``answers[kind]`` (set by the test)."""
+    state = {"kind": "nan", "posts": 0}
+
+    def body(prompts: list) -> bytes:
+        top = {" A": -1.2, " B": -0.9, " C": -2.0, " D": -1.6}
+        if state["kind"] == "nan":
+            top[" B"] = float("nan")
+        elif state["kind"] == "null":
+            top[" C"] = None
+        elif state["kind"] == "html":
+            return b"<html><body>Please log in</body></html>"
+        choices = [{"index": i, "text": " B", "logprobs": {"top_logprobs": [top], "tokens": [" B"],
+                                                          "token_logprobs": [-0.9], "text_offset": [0]}}
+                   for i in range(len(prompts))]
+        return json.dumps({"choices": choices}).encode()  # NaN written as Python's json writes it: NaN
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send(json.dumps({"data": [{"id": "served"}]}).encode())
+
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["posts"] += 1
+            self._send(body(request["prompt"]))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.state = state
+    server.endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield server
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.parametrize(("kind", "words"), [
+    ("nan", "answered the log-probability nan for the answer 'B' of prompt 0: the served model's weights hold NaN"),
+    ("null", "answered None as the log-probability of the answer 'C' of prompt 0; expected a number"),
+    ("html", "did not answer JSON (invalid JSON: Expecting value (line 1, column 1)): is it an OpenAI-compatible"),
+])
+def test_nan_or_missing_logprobs_from_the_server_are_refused(broken_server, tiny_model_dir, tmp_path, kind, words,
+                                                             capsys):
+    from components.mmlu_openai import BackendError
+
+    broken_server.state["kind"] = kind
+    with pytest.raises(BackendError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        evaluate_mmlu.evaluate(tiny_model_dir, SAMPLE, backend="openai", endpoint=broken_server.endpoint, limit=2,
+                               progress=False)
+    assert broken_server.state["posts"] == 1  # refused at the first answer, not retried
+    assert _cli(SAMPLE, tiny_model_dir, tmp_path / "out", "--backend", "openai", "--endpoint",
+                broken_server.endpoint, "--limit", "2") == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not (tmp_path / "out").exists()
