@@ -118,7 +118,7 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
     # MLflow: both keys and the whole setup as tags, the scores as metrics, both files as artifacts.
     (run,) = evaluate_runs(cfg, "run-1", "candidate")
     setup = eval_setup(cfg, "run-1", base)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == f"evaluate-candidate · {cfg.name}-run-1"
     assert {key: run.data.tags.get(key) for key in ("llmft.eval_key", "llmft.task_eval_key", "llmft.eval_role",
                                                     "llmft.eval_model_dir", "llmft.eval_reused", *setup.tags)} == {
         "llmft.eval_key": mmlu.eval_key, "llmft.task_eval_key": task.eval_key, "llmft.eval_role": "candidate",
