@@ -39,7 +39,6 @@ from components.train import (
     TrainError,
     collect_metrics,
     main,
-    train,
     train_model,
     trainer_command,
     trainer_env,
@@ -48,6 +47,7 @@ from components.train import (
 )
 from components.train_render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
 from configs.schema import load_config
+from pipelines.steps import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
