@@ -65,8 +65,10 @@ def read_task(path: str | Path, label: str) -> TaskResults:
         return load_task_results(path)
     except FileNotFoundError:
         raise ComparisonError(f"{label} file {path} does not exist") from None
-    except (TaskResultsError, OSError, UnicodeDecodeError) as exc:
+    except TaskResultsError as exc:
         raise ComparisonError(f"{label}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # their messages need not name the file
+        raise ComparisonError(f"{label} file {path} is not readable: {exc}") from None
 
 
 def task_scores(results: TaskResults) -> TaskScores:
