@@ -54,17 +54,19 @@ def baseline_flags() -> dict[str, list[bool]]:
     return flags_first_right({}, per_subject=PER_SUBJECT, default=BASE_RIGHT)
 
 
-def write_pair(folder: Path, candidate_flags: dict[str, list[bool]], candidate_losses: list[float | None], *,
-               baseline_flags_: dict[str, list[bool]] | None = None, baseline_losses: list[float | None] | None = None,
-               **baseline_options) -> tuple[Path, Path, Path, Path]:
-    """Candidate and baseline results files under ``folder``; returns (cand mmlu, cand task, base mmlu, base task)."""
-    mmlu_options = {key: baseline_options.pop(key) for key in ("data_hash", "gold_of") if key in baseline_options}
-    candidate = write_results(folder / "candidate", mmlu_results(candidate_flags, model="cand"),
+def write_pair(folder: Path, candidate_answers: dict[str, list[bool]], candidate_losses: list[float | None], *,
+               baseline_answers: dict[str, list[bool]] | None = None,
+               baseline_losses: list[float | None] | None = None, baseline_mmlu: dict | None = None,
+               baseline_task: dict | None = None) -> tuple[Path, Path, Path, Path]:
+    """Candidate and baseline results files under ``folder``: (candidate MMLU, candidate task, baseline MMLU,
+    baseline task). The baseline answers ``baseline_flags()`` and has ``base_losses()`` unless told otherwise;
+    ``baseline_mmlu`` / ``baseline_task`` are builder options for its files (another data hash, template...)."""
+    candidate = write_results(folder / "candidate", mmlu_results(candidate_answers, model="cand"),
                               task_results(candidate_losses, model="cand"))
-    baseline = write_results(folder / "baseline", mmlu_results(baseline_flags_ or baseline_flags(), model="base",
-                                                               **mmlu_options),
-                             task_results(base_losses() if baseline_losses is None else baseline_losses, model="base",
-                                          **baseline_options))
+    baseline = write_results(
+        folder / "baseline", mmlu_results(baseline_answers or baseline_flags(), model="base", **(baseline_mmlu or {})),
+        task_results(base_losses() if baseline_losses is None else baseline_losses, model="base",
+                     **(baseline_task or {})))
     return (*candidate, *baseline)
 
 
@@ -122,12 +124,12 @@ def test_a_candidate_worse_on_either_suite_is_kept_with_that_reason(tmp_path):
 def test_results_not_obtained_the_same_way_are_refused(tmp_path):
     flags = moved(baseline_flags(), astronomy=(1, 0))
     cases = {
-        "fewer-questions": ({"baseline_flags_": {**baseline_flags(), "nutrition": [True] * 20}},
+        "fewer-questions": ({"baseline_answers": {**baseline_flags(), "nutrition": [True] * 20}},
                             "not evaluated on the same questions"),
-        "other-mmlu-data": ({"data_hash": "data-2"}, "data_hash is 'data-1' vs 'data-2'"),
-        "other-gold": ({"gold_of": lambda index: "D" if index == 0 else "ABCD"[index % 4]},
+        "other-mmlu-data": ({"baseline_mmlu": {"data_hash": "data-2"}}, "data_hash is 'data-1' vs 'data-2'"),
+        "other-gold": ({"baseline_mmlu": {"gold_of": lambda index: "D" if index == 0 else "ABCD"[index % 4]}},
                        "astronomy#0 has answer 'A' for the candidate but 'D'"),
-        "other-template": ({"template": "llama3"}, "template is 'default' vs 'llama3'"),
+        "other-template": ({"baseline_task": {"template": "llama3"}}, "template is 'default' vs 'llama3'"),
         "other-rows": ({"baseline_losses": [*base_losses(), 2.0]}, "test_split_hash is"),
     }
     for name, (options, message) in cases.items():
