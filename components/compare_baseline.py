@@ -65,8 +65,10 @@ def read_task(path: str | Path, label: str) -> TaskResults:
         return load_task_results(path)
     except FileNotFoundError:
         raise ComparisonError(f"{label} file {path} does not exist") from None
-    except (TaskResultsError, OSError, UnicodeDecodeError) as exc:
+    except TaskResultsError as exc:
         raise ComparisonError(f"{label}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # their messages need not name the file
+        raise ComparisonError(f"{label} file {path} is not readable: {exc}") from None
 
 
 def task_scores(results: TaskResults) -> TaskScores:
@@ -215,12 +217,13 @@ def run_fetch_baseline_results(config: str, kfp_run_id: str, mmlu_key: str, task
                                     f"{file_name} artifact; evaluate the baseline instead")
             local = Path(client.download_artifacts(stored[0], stored[1], tmp))
             texts[file_name], sources[file_name] = local.read_text(encoding="utf-8"), stored[0]
-        for file_name, key in ((RESULTS_FILE, mmlu_key), (TASK_FILE, task_key)):
-            written = atomic_write_text(target / file_name, texts[file_name])
-            stored_key = (read_mmlu_results(written) if file_name == RESULTS_FILE else read_task(written, "stored"))
+            # Checked before anything is written: a refused file must not be left where compare would read it.
+            stored_key = read_mmlu_results(local) if file_name == RESULTS_FILE else read_task(local, "stored")
             if stored_key.eval_key != key:
-                raise ComparisonError(f"stored {file_name} of run {sources[file_name]} has eval key "
+                raise ComparisonError(f"stored {file_name} of run {stored[0]} has eval key "
                                       f"{stored_key.eval_key}, not {key}")
+        for file_name in (RESULTS_FILE, TASK_FILE):
+            atomic_write_text(target / file_name, texts[file_name])
         set_run_tags(client, run_id, {"llmft.baseline_eval_key": mmlu_key, "llmft.baseline_task_eval_key": task_key,
                                       "llmft.source_run_ids": ",".join(sorted(set(sources.values())))})
     return str(target / RESULTS_FILE), str(target / TASK_FILE)

@@ -46,6 +46,7 @@ LOCAL_PATH_TAG = "llmft.local_path"
 PREVIOUS_CHAMPION_TAG = "llmft.previous_champion"
 REJECTED_REASON_TAG = "llmft.rejected_reason"
 PUBLISHED_VERSION_TAG = "llmft.published_version"
+LOGGED_MODEL_TAG = "llmft.logged_model_id"
 LINEAGE_PACKAGES = ("llamafactory", "transformers", "peft", "torch")
 MAX_TAG_CHARS = 4000  # keeps long reason lists well inside every MLflow backend's tag limit
 DECISIONS = ("promote", "keep-champion")
@@ -290,10 +291,14 @@ def run_register(config: str, kfp_run_id: str, model_dir: str, version: str, dec
                                             dataset_hash=dataset_hash), f"lineage/{version}.json")
             model_id = _register_external_model(client, cfg, parent, version=version, source=source,
                                                 comparison=comparison)
+            # An open-source registry does not keep model_id on the version: the link is recorded both ways, as a
+            # version tag and (as mlflow.register_model does) the logged model's mlflow.modelVersions tag.
             registered = client.create_model_version(
-                name, source=source, run_id=parent, tags=tags, model_id=model_id,
+                name, source=source, run_id=parent, tags={**tags, LOGGED_MODEL_TAG: model_id}, model_id=model_id,
                 description=version_description(cfg, comparison, version=version, dataset_hash=dataset_hash,
                                                  kfp_run_id=kfp_run_id))
+            client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(
+                [{"name": name, "version": str(registered.version)}])})
         else:
             registered = existing
             for key, value in tags.items():  # an earlier attempt may have died before finishing its tags

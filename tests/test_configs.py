@@ -78,7 +78,7 @@ BAD_CONFIGS = [
     ({"dataset__names": ["../secrets"]}, "dataset.names", "plain identifiers"),
     ({"dataset__names": []}, "dataset.names", "at least 1"),
     ({"evaluation__n_shot": 50}, "evaluation.n_shot", "less than or equal to 20"),
-    ({"evaluation__backend": "openai"}, "evaluation", "needs endpoint"),
+    ({"evaluation__backend": "openai"}, "evaluation", "evaluation.backend and evaluation.endpoint were removed"),
     ({"gate__alpha": 1.5}, "gate.alpha", "less than 1"),
     ({"mlflow__tracking_uri": "ftp://x"}, "mlflow.tracking_uri", "http(s)://"),
     ({"mlflow__credentials_secret": "Not A Name"}, "mlflow.credentials_secret", "secret name"),

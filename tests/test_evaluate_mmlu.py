@@ -1,9 +1,12 @@
-"""MMLU evaluation: data checks, prompt, scorers, results file, KFP step with MLflow, OpenAI-compatible backend.
+"""MMLU evaluation: data checks, prompt, scorers, results file, CLI, OpenAI-compatible backend.
+
+The pipeline step that runs this evaluator (with the held-out task, on one loaded model) is components.evaluate,
+tested in tests/test_evaluate.py.
 
 Real parts throughout: tiny Llama models built locally (some with edited weights so that the right
-answer is known in advance), real transformers/peft scoring on the CPU, a real MLflow server. The only
-stand-in is the OpenAI-compatible completions server (vLLM cannot run here): a stdlib HTTP server that
-computes its log-probabilities with the same real tiny model.
+answer is known in advance), real transformers/peft scoring on the CPU. The only stand-in is the
+OpenAI-compatible completions server (vLLM cannot run here): a stdlib HTTP server that computes its
+log-probabilities with the same real tiny model.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from components.mmlu_data import (
     prompt_prefix,
     prompt_suffix,
 )
+from components.mmlu_results import MmluResults, ResultsFileError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "components" / "assets" / "sample_mmlu"
@@ -336,8 +339,9 @@ def test_two_runs_give_byte_identical_results(varied_model_dir, tmp_path, capsys
     out = capsys.readouterr().out
     assert "[mmlu] 1/2 astronomy:" in out and "[mmlu] 2/2 nutrition:" in out
 
-    results = step.load_results(tmp_path / "one" / "results.json")
-    assert set(step.REQUIRED_KEYS) <= set(results)
+    results = step.load_results(tmp_path / "one" / "results.json")  # validated: every summary from the records
+    assert set(results) == set(MmluResults.model_fields)
+    assert (results["correct"], results["total"]) == (sum(q["correct"] for q in results["questions"]), 24)
     assert [(q["subject"], q["index"]) for q in results["questions"]] == sorted(
         (q["subject"], q["index"]) for q in results["questions"])
     assert results["questions"][0] == {
@@ -373,11 +377,16 @@ def test_eval_key_changes_with_data_shots_limit_and_model(tmp_path, tiny_model_d
 
 def test_load_results_rejects_foreign_files(tmp_path):
     (tmp_path / "a.json").write_text('{"micro": 0.5}')
-    with pytest.raises(ValueError, match=r"a.json is not an MMLU results file: missing eval_key"):
+    with pytest.raises(ResultsFileError, match=r"a.json: eval_key: Field required"):
         step.load_results(tmp_path / "a.json")
     (tmp_path / "b.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"b.json is not a JSON results file"):
+    with pytest.raises(ResultsFileError, match=r"b.json is not valid JSON"):
         step.load_results(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text('{"micro": NaN}')
+    with pytest.raises(ResultsFileError, match=r"c.json is not valid JSON: NaN is not a number JSON allows"):
+        step.load_results(tmp_path / "c.json")
+    with pytest.raises(ResultsFileError, match=r"d.json does not exist"):
+        step.load_results(tmp_path / "d.json")
 
 
 def test_cli_usage_errors_exit_2(capsys):
@@ -397,66 +406,6 @@ def test_module_import_stays_light_and_works_inside_a_task(kfp_runtime):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
-
-
-# --- the KFP step -------------------------------------------------------------------------------------------
-
-
-def test_step_writes_results_metrics_and_mlflow_child_run(storage_root, mlflow_server, tmp_path):
-    from kfp.dsl import Artifact, Metrics
-    from mlflow.tracking import MlflowClient
-
-    from components.storage import run_dir
-    from configs.schema import load_config
-
-    cfg = load_config("local", overrides=[f"storage.mount_path={storage_root}",
-                                          f"mlflow.tracking_uri={mlflow_server.uri}", "evaluation.limit=4",
-                                          "evaluation.batch_size=8"])
-    run_id = f"run-{uuid.uuid4().hex[:8]}"
-
-    def call(role: str, name: str):
-        metrics = Metrics(name="metrics", uri=str(tmp_path / name / "metrics"), metadata={})
-        results = Artifact(name="results", uri=str(tmp_path / name / "results"), metadata={})
-        outputs = step.evaluate_mmlu.python_func(config=cfg.model_dump_json(), kfp_run_id=run_id,
-                                                 model_dir="models/base-model", adapter_dir="", role=role,
-                                                 metrics=metrics, results=results)
-        return outputs, metrics, results
-
-    (path, micro, key), metrics, results = call("candidate", "first")
-    expected_path = run_dir(cfg, run_id) / "eval" / "candidate" / "results.json"
-    assert path == str(expected_path)
-    stored = step.load_results(expected_path)
-    assert Path(results.path).read_bytes() == expected_path.read_bytes()
-    assert (micro, key) == (stored["micro"], stored["eval_key"])
-    assert stored["total"] == 20 and stored["model_id"] == model_identity(storage_root / "models" / "base-model")
-    assert metrics.metadata["mmlu_avg"] == micro
-    assert {name for name in metrics.metadata} == {"mmlu_avg", "mmlu_macro", "mmlu_stem", "mmlu_humanities",
-                                                   "mmlu_social_sciences", "mmlu_other"}
-    assert results.metadata["eval_key"] == key
-
-    client = MlflowClient(mlflow_server.uri)
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    (child,) = client.search_runs([experiment.experiment_id],
-                                  f"tags.`kfp.run_id` = '{run_id}' and tags.`llmft.step` = 'evaluate-candidate'")
-    assert child.info.run_name == "evaluate-candidate" and child.info.status == "FINISHED"
-    assert child.data.tags["llmft.eval_key"] == key and child.data.tags["llmft.eval_role"] == "candidate"
-    assert child.data.tags["llmft.eval_reused"] == "false"
-    assert child.data.metrics["mmlu_micro"] == micro
-    assert child.data.metrics["mmlu_macro"] == stored["macro"]
-    assert child.data.metrics["mmlu_social_sciences"] == stored["categories"]["social sciences"]["accuracy"]
-    assert [item.path for item in client.list_artifacts(child.info.run_id, "eval")] == ["eval/results.json"]
-
-    # A retry of the same task finds the complete file with the same key and does not score again.
-    before = expected_path.stat().st_mtime_ns
-    (path_again, micro_again, key_again), _, _ = call("candidate", "retry")
-    assert (path_again, micro_again, key_again) == (path, micro, key)
-    assert expected_path.stat().st_mtime_ns == before
-    retries = client.search_runs([experiment.experiment_id], f"tags.`kfp.run_id` = '{run_id}' and "
-                                 "tags.`llmft.step` = 'evaluate-candidate' and tags.`llmft.eval_reused` = 'true'")
-    assert len(retries) == 1
-
-    with pytest.raises(ValueError, match="role must be one of candidate, baseline, got 'judge'"):
-        call("judge", "bad")
 
 
 # --- the OpenAI-compatible backend --------------------------------------------------------------------------

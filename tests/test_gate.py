@@ -1,8 +1,9 @@
 """The promotion gate's truth table (components.gate), on literal results.
 
-MMLU results are built from per-question records by the writer's own builder
-(components.mmlu_results.results_from_records), so every summary number is computed, never typed in; task
-scores are per-row losses the test constructs. Each case states which rule decides.
+Results come from the shared builders (tests/builders.py): MMLU results from per-question records through
+components.mmlu_results.results_from_records, task results from per-row losses through the task_results
+models and the compare step's own conversion, so every summary number is computed, never typed in. Each case
+states which rule decides.
 """
 
 from __future__ import annotations
@@ -10,36 +11,25 @@ from __future__ import annotations
 import random
 
 import pytest
+from builders import base_losses as two_decimal_losses
+from builders import flags_first_right, mmlu_results, task_scores
 
 from components.gate import KEEP, PROMOTE, NotComparable, TaskScores, compare
-from components.mmlu_results import MmluResults, results_from_records
+from components.mmlu_results import MmluResults
 from configs.schema import GateConfig
 
-CATEGORY = {"astronomy": "STEM", "world_religions": "humanities", "high_school_geography": "social sciences",
-            "nutrition": "other"}
 PER_SUBJECT = 40
-SETUP = {"test_split_hash": "split-1", "template": "llama3", "cutoff_len": 2048, "scoring_version": "v1"}
 
 
 def mmlu(correct: dict[str, int], *, data_hash: str = "data-1", n_shot: int = 5) -> MmluResults:
-    """MMLU results where the first ``correct[subject]`` questions of each subject are answered right."""
-    questions = []
-    for subject in CATEGORY:
-        for index in range(PER_SUBJECT):
-            right = index < correct.get(subject, 20)
-            questions.append({"subject": subject, "index": index, "gold": "A", "pred": "A" if right else "B",
-                              "correct": right, "logprobs": [-1.0, -2.0, -3.0, -4.0]})
-    meta = {"eval_key": f"mmlu-{data_hash}-{sorted(correct.items())}", "prompt_version": "p1", "n_shot": n_shot,
-            "limit": 0, "subjects_requested": [], "model": "m", "adapter": "", "model_id": "id",
-            "data_hash": data_hash}
-    return results_from_records({**meta, "backend": "hf"}, questions, CATEGORY)
+    """MMLU results where the first ``correct[subject]`` (default 20) questions of each subject are right."""
+    return mmlu_results(flags_first_right(correct, per_subject=PER_SUBJECT, default=20), data_hash=data_hash,
+                        n_shot=n_shot, eval_key=f"mmlu-{data_hash}-{sorted(correct.items())}")
 
 
-def task(losses: list[float], **setup: object) -> TaskScores:
-    """Task scores for rows r0, r1, ... with the given per-row losses."""
-    per_row = {f"r{index}": value for index, value in enumerate(losses)}
-    return TaskScores(eval_key=f"task-{hash(tuple(losses))}", setup={**SETUP, **setup}, losses=per_row,
-                      loss=sum(losses) / len(losses))
+def task(losses: list[float | None], **setup: object) -> TaskScores:
+    """Task scores for held-out rows 0, 1, ... with the given per-row losses (None: truncated away)."""
+    return task_scores(losses, model=f"m-{hash(tuple(losses))}", **setup)
 
 
 def base_losses(rows: int = 60, seed: int = 0) -> list[float]:
@@ -86,6 +76,15 @@ def test_a_tie_with_the_base_model_does_not_promote_a_first_model():
     assert result.decision == KEEP and "vs base model" in result.headline
 
 
+def test_the_improvement_threshold_is_inclusive():
+    # Two-decimal losses: the candidate's are exactly 1 % lower, whatever the file's 6-digit rounding.
+    base = two_decimal_losses()
+    exactly = task([value * 0.99 for value in base])
+    assert decide(exactly, task(base), min_task_improvement=0.01).decision == PROMOTE
+    kept = decide(exactly, task(base), min_task_improvement=0.011)
+    assert kept.decision == KEEP and failed(kept) == {"task"}
+
+
 def test_a_gain_below_the_threshold_is_kept():
     base = base_losses()
     result = decide(task([value * 0.995 for value in base]), task(base), min_task_improvement=0.01)
@@ -130,17 +129,22 @@ def test_required_significance_reached_promotes():
     assert result.decision == PROMOTE and result.task.wilcoxon_p < 1e-6
 
 
-@pytest.mark.parametrize("field,value", [("test_split_hash", "split-2"), ("template", "qwen"), ("cutoff_len", 1024)])
-def test_task_results_from_another_setup_are_not_compared(field, value):
+@pytest.mark.parametrize("field,change", [("test_split_hash", {"extra_row": True}), ("template", {"template": "qwen"}),
+                                          ("cutoff_len", {"cutoff_len": 1024})])
+def test_task_results_from_another_setup_are_not_compared(field, change):
     base = base_losses()
-    with pytest.raises(NotComparable, match=field):
-        decide(task(base, **{field: value}), task(base))
+    changed = dict(change)
+    # Another held-out split: one more row (truncated away, so the scored rows are the same ones).
+    other = task([*base, None], **changed) if changed.pop("extra_row", False) else task(base, **changed)
+    with pytest.raises(NotComparable, match=f"{field} is "):
+        decide(other, task(base))
 
 
 def test_task_results_on_other_rows_are_not_compared():
     base = base_losses()
+    # The same split, but the candidate's last row was truncated away: the scored rows differ.
     with pytest.raises(NotComparable, match="different rows"):
-        decide(task(base[:-1]), task(base))
+        decide(task([*base[:-1], None]), task(base))
 
 
 @pytest.mark.parametrize("other", [mmlu({}, data_hash="data-2"), mmlu({}, n_shot=0)])

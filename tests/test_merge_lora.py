@@ -24,7 +24,6 @@ from components.merge_lora import (
     group_shards,
     main,
     merge_and_publish,
-    merge_lora,
     merge_model,
     remove_stale_staging,
     safe_run_id,
@@ -36,6 +35,7 @@ from components.publish import (
     read_safetensors_header,
     verify_model_dir,
 )
+from pipelines.steps import merge_lora
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -122,3 +123,51 @@ def test_runs_left_running_by_a_dead_local_launcher_are_closed_and_no_others(cfg
     for run_id in (run_id for pair in kept for run_id in pair):
         assert client.get_run(run_id).info.status == "RUNNING"
     assert tracking.close_orphaned_local_runs(client, cfg) == []
+
+
+# ---------------------------------------------------------------- names and params of the pipeline run's page
+
+
+@pytest.fixture
+def run_cfg(tmp_path, mlflow_server):
+    """The local preset on a fresh storage root (the run's name is kept in its run directory)."""
+    return load_config("local", overrides=[f"storage.mount_path={tmp_path / 'storage'}",
+                                           f"mlflow.tracking_uri={mlflow_server.uri}",
+                                           f"mlflow.experiment=names-{uuid.uuid4().hex[:6]}",
+                                           "training.learning_rate=0.001", "gate.alpha=0.1"])
+
+
+def test_the_run_name_is_the_kfp_run_name_or_a_readable_stand_in(run_cfg):
+    assert tracking.run_name(run_cfg, "kfp-7") == "llm-finetune-local-kfp-7"  # nothing decided yet
+    assert tracking.write_run_name(run_cfg, "kfp-7", " nightly lora ") == "nightly lora"
+    assert tracking.run_name(run_cfg, "kfp-7") == "nightly lora"
+    # kfp.local names a run after the pipeline and the time; an empty name is no name either.
+    for given in ("llm-finetune-local-2026-11-29-17-34-55-123456", "  "):
+        name = tracking.write_run_name(run_cfg, "kfp-8", given)
+        assert re.fullmatch(r"llm-finetune-local-lora-\d{8}-\d{6}", name), name
+        assert tracking.run_name(run_cfg, "kfp-8") == name
+    tracking.write_run_name(run_cfg, "kfp-9", "x" * 300)
+    assert tracking.run_name(run_cfg, "kfp-9") == "x" * 250  # MLflow's limit on a run name
+
+
+def test_the_parent_is_named_after_the_run_with_its_params_and_children_after_their_step(run_cfg):
+    from configs.form import by_path
+
+    tracking.write_run_name(run_cfg, "kfp-10", "lr-sweep-3")
+    client = tracking.make_client(run_cfg)
+    parent = client.get_run(tracking.parent_run_id(client, run_cfg, "kfp-10"))
+    assert parent.info.run_name == "lr-sweep-3"
+    params = parent.data.params
+    assert params == tracking.public_params(run_cfg)
+    # Every run-form field, and every other field that differs from its default; nothing else.
+    assert set(by_path()) <= set(params)
+    assert params["training.learning_rate"] == "0.001" and params["gate.alpha"] == "0.1"
+    assert params["dataset.names"] == '["alpaca_sample"]' and params["training.method"] == "lora"
+    assert params["dataset.test_fraction"] == "0.2"  # the local preset's, not the default
+    assert "gate.bootstrap_samples" in params and "merge.max_shard_size_mb" not in params  # changed / default
+    with tracking.step_run(run_cfg, "kfp-10", "train") as (client, first):
+        pass
+    with tracking.step_run(run_cfg, "kfp-10", "train") as (client, second):
+        pass
+    assert client.get_run(first).info.run_name == "train · lr-sweep-3"
+    assert client.get_run(second).info.run_name == "train · lr-sweep-3 (attempt 2)"

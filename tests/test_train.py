@@ -45,7 +45,6 @@ from components.train import (
     TrainError,
     collect_metrics,
     main,
-    train,
     train_model,
     trainer_command,
     trainer_env,
@@ -55,6 +54,7 @@ from components.train import (
 from components.train_fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
 from components.train_render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
 from configs.schema import load_config
+from pipelines.steps import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     # MLflow: the "train" child of the pipeline's parent run, with the trainer's metrics and our params.
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(mlflow_run_id)
-    assert run.info.run_name == "train" and run.info.status == "FINISHED"
+    assert run.info.run_name == f"train · {cfg.name}-{kfp_run_id}" and run.info.status == "FINISHED"
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["kfp.run_id"] == kfp_run_id and parent.data.tags["llmft.role"] == "pipeline"
     params = run.data.params
@@ -138,7 +138,8 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     assert params["llmft.dataset_hash"] == data_hash
     assert params["llmft.dataset.sha256.alpaca_sample"] == hashlib.sha256(sample.read_bytes()).hexdigest()
     assert params["llmft.training.method"] == "lora" and params["llmft.training.lora_rank"] == "8"
-    assert params["llmft.training.lora_target"] == "all" and params["llmft.training.template"] == "default"
+    assert params["llmft.training.lora_target"] == cfg.training.lora_target  # the local preset adapts lm_head too
+    assert params["llmft.training.template"] == "default"
     assert params["llmft.training.seed"] == "42" and params["llmft.training.cutoff_len"] == "256"
     assert params["llmft.dataset.names"] == '["alpaca_sample"]'
     assert params["llmft.image"] == cfg.cluster.image and params["llmft.git_commit"] == "0123abc"

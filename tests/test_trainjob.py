@@ -329,22 +329,28 @@ def test_sigterm_deletes_the_job_and_restores_the_handler(fake_k8s):
 
 
 def test_exit_handler_deletes_the_trainjob_of_a_failed_run(fake_k8s, tmp_path, capsys):
-    """components.finalize as the pipeline's exit handler runs it (MLflow on a SQLite store)."""
+    """components.finalize as the pipeline's exit handler runs it: with the compiled config, reading the config
+    resolve-config wrote for the run (MLflow on a SQLite store)."""
     from components.finalize import run_step
+    from components.resolve_config import run_step as resolve_config
 
-    cfg = cluster_config(f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", nodes=2)
-    other = build_trainjob_manifest(cfg, "other-run", Path("/storage/output/other-run/train.yaml"), {})
+    tracking = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    on_cluster = cluster_config(tracking, nodes=2)  # the jobs' volume is mounted at /storage
+    other = build_trainjob_manifest(on_cluster, "other-run", Path("/storage/output/other-run/train.yaml"), {})
     with fake_k8s.lock:
-        fake_k8s.add_job(manifest_for(cfg))
+        fake_k8s.add_job(manifest_for(on_cluster))
         fake_k8s.add_job(other)
-    config = cfg.model_dump_json()
-    assert "training_job_deleted" not in run_step(config, [], cfg.storage.pvc_name, RUN_ID, "SUCCEEDED")
+    config = cluster_config(tracking, f"storage.mount_path={tmp_path / 'storage'}", nodes=2).model_dump_json()
+    # A run that stopped before resolve-config opened no MLflow run and started no job.
+    assert "no MLflow run to close" in run_step(config, RUN_ID, "FAILED")["note"] and fake_k8s.deleted == []
+    resolve_config(kfp_run_id=RUN_ID, kfp_run_name="", compiled_config=config, config="", overrides=[], form={})
+    assert "training_job_deleted" not in run_step(config, RUN_ID, "SUCCEEDED")
     assert fake_k8s.deleted == []  # a succeeded run keeps its job
-    summary = run_step(config, [], cfg.storage.pvc_name, RUN_ID, "FAILED", "train failed")
+    summary = run_step(config, RUN_ID, "FAILED", "train failed")
     assert summary["training_job_deleted"] is True
     assert fake_k8s.deleted == [NAME] and "train-other-run" in fake_k8s.jobs
     assert f"[trainjob] deleted {NAMESPACE}/{NAME}" in capsys.readouterr().out
-    assert run_step(config, [], cfg.storage.pvc_name, RUN_ID, "CANCELED")["training_job_deleted"] is False
+    assert run_step(config, RUN_ID, "CANCELED")["training_job_deleted"] is False
 
 
 def test_a_missing_runtime_is_named_before_anything_is_created(fake_k8s):

@@ -26,10 +26,10 @@ from components.validate_dataset import (
     DatasetValidationError,
     main,
     render_report,
-    validate_dataset,
     validate_datasets,
 )
 from configs.schema import ConfigError, load_config
+from pipelines.steps import validate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "components" / "assets" / "sample_data"
@@ -471,12 +471,10 @@ def test_step_versions_the_data_and_logs_it_to_mlflow(step_config, tmp_path):
     from components.data_split import read_manifest, snapshot_dir
 
     metrics, report = _artifacts(tmp_path)
-    resolved, dataset_hash, test_split_hash, rows = validate_dataset.python_func(
-        config=step_config.model_dump_json(), overrides=["dataset.names=[alpaca_sample,sharegpt_sample]"],
-        pvc_name="team-storage", kfp_run_id="run-1", metrics=metrics, report=report)
-    cfg = json.loads(resolved)
-    assert cfg["storage"]["pvc_name"] == "team-storage" and cfg["dataset"]["names"] == ["alpaca_sample",
-                                                                                        "sharegpt_sample"]
+    both = step_config.model_copy(update={"dataset": step_config.dataset.model_copy(
+        update={"names": ["alpaca_sample", "sharegpt_sample"]})})
+    dataset_hash, test_split_hash, rows = validate_dataset.python_func(
+        config=both.model_dump_json(), kfp_run_id="run-1", metrics=metrics, report=report)
     assert rows == 180 and len(dataset_hash) == 64
     expected = validate_datasets(SAMPLE_DATA, ["alpaca_sample", "sharegpt_sample"], cutoff_len=256)
     assert dataset_hash == expected.combined_sha256
@@ -538,8 +536,8 @@ def test_step_fails_on_invalid_data_with_the_problems_in_the_message(step_config
     data.write_text(json.dumps(rows))
     metrics, report = _artifacts(tmp_path)
     with pytest.raises(DatasetValidationError) as failure:
-        validate_dataset.python_func(config=step_config.model_dump_json(), overrides=[], pvc_name="llama-storage",
-                                     kfp_run_id="run-2", metrics=metrics, report=report)
+        validate_dataset.python_func(config=step_config.model_dump_json(), kfp_run_id="run-2", metrics=metrics,
+                                     report=report)
     assert "alpaca_sample.json:7: field 'output': must be a non-empty string, got null" in str(failure.value)
     from components.data_split import snapshot_dir
 
@@ -555,12 +553,17 @@ def test_step_fails_on_invalid_data_with_the_problems_in_the_message(step_config
     assert child.info.status == "FAILED" and "alpaca_sample.json:7" in child.data.tags["llmft.error"]
 
 
-def test_step_rejects_a_bad_override_naming_the_field(step_config, tmp_path):
+def test_step_rejects_a_bad_config_naming_the_field(step_config, tmp_path):
+    """The config parameter comes from resolve-config; a value it could not have written is still refused."""
     metrics, report = _artifacts(tmp_path)
+    data = step_config.model_dump(mode="json")
+    data["dataset"]["max_reported_errors"] = 0
     with pytest.raises(ConfigError, match="dataset.max_reported_errors"):
-        validate_dataset.python_func(config=step_config.model_dump_json(), overrides=["dataset.max_reported_errors=0"],
-                                     pvc_name="llama-storage", kfp_run_id="run-3", metrics=metrics, report=report)
+        validate_dataset.python_func(config=json.dumps(data), kfp_run_id="run-3", metrics=metrics, report=report)
     assert not Path(report.path).exists()
+    from components.data_split import snapshot_dir
+
+    assert not snapshot_dir(step_config, "run-3").exists()
 
 
 def test_cli_exit_codes_and_report(tmp_path, capsys):

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import base_losses, flags_first_right, mmlu_results, task_results, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "components" / "assets"
@@ -73,9 +74,41 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     (root / "adapter_bad_config" / "adapter_config.json").write_text("{not json")
     (root / "adapter_bad_config" / "adapter_model.safetensors").write_bytes(b"")
     os.symlink(tiny_model_dir, root / "model")
-    (root / "store").mkdir()
-    (root / "store" / "c.json").write_text('{"decision": "promote", "reasons": []}')
+    # Results files: a good pair, each file tampered with once, and a task file from another template.
+    mmlu, task = mmlu_results(flags_first_right({}, per_subject=10, default=4)), task_results(base_losses())
+    write_results(root / "good", mmlu, task)
+    (root / "mmlu_tampered.json").write_text(json.dumps({**mmlu.model_dump(), "micro": 0.9}))
+    (root / "task_tampered.json").write_text(json.dumps({**task.model_dump(), "loss": 0.1}))
+    write_results(root / "llama3", mmlu, task_results(base_losses(), template="llama3"))
+    # A storage root for register: a published-looking version directory and comparison files.
+    (root / "store" / "models" / "m" / "v1").mkdir(parents=True)
+    from components.compare_baseline import compare_files
+    from configs.schema import config_from_dict
+
+    good = [root / "good" / "results.json", root / "good" / "task.json"]
+    comparison = compare_files(*good, *good, config_from_dict({}, "defaults"), baseline_name="base model")
+    (root / "store" / "c.json").write_text(comparison.model_dump_json())
+    (root / "store" / "bad_c.json").write_text(comparison.model_dump_json().replace('"keep-champion"', '"ship-it"'))
     return root
+
+
+def _compare(candidate_mmlu: str, candidate_task: str, *args: str) -> list[str]:
+    """The comparison CLI with the good baseline files."""
+    return ["components.compare_baseline", "--candidate-mmlu", candidate_mmlu, "--candidate-task", candidate_task,
+            "--baseline-mmlu", "{ws}/good/results.json", "--baseline-task", "{ws}/good/task.json", *args]
+
+
+def _task_eval(*args: str) -> list[str]:
+    """The held-out loss CLI on the sample data; later flags override the defaults."""
+    defaults = {"--model": "{ws}/model", "--data-dir": "{ws}/data", "--dataset": "alpaca_sample",
+                "--template": "default", "--cutoff-len": "256"}
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    return ["components.task_eval", *[item for pair in {**defaults, **given}.items() for item in pair]]
+
+
+def _register(*args: str) -> list[str]:
+    return ["components.register_model", "register", "--config", "local", "--set", "storage.mount_path={ws}/store",
+            "--set", "mlflow.tracking_uri=sqlite:///{ws}/r.db", "--kfp-run-id", "r1", "--dataset-hash", "h", *args]
 
 
 # (case id, argv after `python -m`, words the message must contain, paths (relative to ws) that must not exist)
@@ -148,25 +181,48 @@ CASES = [
                               "--version", "../../escaped"], ["../../escaped"], ["escaped", "out/models/current"]),
     ("merge-bad-dtype", ["components.merge_lora", "--base", "{ws}/model", "--output", "{ws}/out/merged5",
                          "--dtype", "int3"], ["dtype"], ["out/merged5"]),
-    # compare_baseline
-    ("compare-malformed-json", ["components.compare_baseline", "--candidate", "{ws}/malformed.json", "--baseline",
-                                "{ws}/malformed.json", "--report", "{ws}/out/r1.md", "--json", "{ws}/out/c1.json"],
+    # compare_baseline (candidate MMLU, candidate task, baseline MMLU, baseline task)
+    ("compare-malformed-json", _compare("{ws}/malformed.json", "{ws}/good/task.json", "--report", "{ws}/out/r1.md",
+                                        "--json", "{ws}/out/c1.json"),
      ["malformed.json"], ["out/r1.md", "out/c1.json"]),
-    ("compare-non-utf8", ["components.compare_baseline", "--candidate", "{ws}/latin1.json", "--baseline",
-                          "{ws}/latin1.json", "--report", "{ws}/out/r2.md"], ["latin1.json"], ["out/r2.md"]),
-    ("compare-empty-file", ["components.compare_baseline", "--candidate", "{ws}/empty.json", "--baseline",
-                            "{ws}/empty.json", "--report", "{ws}/out/r3.md"], ["empty.json"], ["out/r3.md"]),
-    ("compare-missing-file", ["components.compare_baseline", "--candidate", "{ws}/nowhere.json", "--baseline",
-                              "{ws}/nowhere.json", "--report", "{ws}/out/r4.md"], ["nowhere.json"], ["out/r4.md"]),
-    ("compare-bad-gate", ["components.compare_baseline", "--candidate", "{ws}/empty.json", "--baseline",
-                          "{ws}/empty.json", "--config", "local", "--set", "gate.alpha=7"], ["gate.alpha"], []),
+    ("compare-non-utf8", _compare("{ws}/good/results.json", "{ws}/latin1.json", "--report", "{ws}/out/r2.md"),
+     ["latin1.json"], ["out/r2.md"]),
+    ("compare-empty-file", _compare("{ws}/empty.json", "{ws}/good/task.json", "--report", "{ws}/out/r3.md"),
+     ["empty.json"], ["out/r3.md"]),
+    ("compare-missing-file", _compare("{ws}/good/results.json", "{ws}/nowhere.json", "--report", "{ws}/out/r4.md"),
+     ["nowhere.json"], ["out/r4.md"]),
+    ("compare-bad-gate", [*_compare("{ws}/good/results.json", "{ws}/good/task.json"), "--config", "local", "--set",
+                          "gate.alpha=7"], ["gate.alpha"], []),
+    ("compare-tampered-mmlu", _compare("{ws}/mmlu_tampered.json", "{ws}/good/task.json", "--report",
+                                       "{ws}/out/r5.md"), ["mmlu_tampered.json", "micro"], ["out/r5.md"]),
+    ("compare-tampered-task", _compare("{ws}/good/results.json", "{ws}/task_tampered.json", "--report",
+                                       "{ws}/out/r6.md"), ["task_tampered.json", "loss"], ["out/r6.md"]),
+    ("compare-other-template", _compare("{ws}/good/results.json", "{ws}/llama3/task.json", "--json",
+                                        "{ws}/out/c7.json"), ["template", "evaluate the baseline again"],
+     ["out/c7.json"]),
+    # task_eval (the held-out loss CLI)
+    ("task-eval-missing-data-dir", _task_eval("--data-dir", "{ws}/nowhere", "--output", "{ws}/out/task1"),
+     ["nowhere", "dataset_info.json"], ["out/task1"]),
+    ("task-eval-unknown-entry", _task_eval("--dataset", "nope", "--output", "{ws}/out/task2"), ["'nope'"],
+     ["out/task2"]),
+    ("task-eval-unknown-template", _task_eval("--template", "nope", "--output", "{ws}/out/task3"),
+     ["template 'nope'"], ["out/task3"]),
+    ("task-eval-zero-cutoff", _task_eval("--cutoff-len", "0", "--output", "{ws}/out/task4"), ["--cutoff-len"],
+     ["out/task4"]),
+    ("task-eval-missing-model", _task_eval("--model", "{ws}/nowhere", "--output", "{ws}/out/task5"), ["nowhere"],
+     ["out/task5"]),
     # register_model, finalize
     ("register-bad-uri", ["components.register_model", "show", "--config", "local", "--set",
                           "mlflow.tracking_uri=ftp://x"], ["mlflow.tracking_uri"], []),
-    ("register-model-dir-escape", ["components.register_model", "register", "--config", "local", "--set",
-                                   "storage.mount_path={ws}/store", "--set", "mlflow.tracking_uri=sqlite:///{ws}/r.db",
-                                   "--kfp-run-id", "r1", "--model-dir", "../../etc", "--version", "v1",
-                                   "--comparison", "c.json", "--dataset-hash", "h"], ["../../etc"], ["r.db"]),
+    ("register-model-dir-escape", _register("--model-dir", "../../etc", "--version", "v1", "--comparison", "c.json"),
+     ["../../etc"], ["r.db"]),
+    ("register-version-mismatch", _register("--model-dir", "models/m/v1", "--version", "v2", "--comparison",
+                                            "c.json"), ["'v2'", "models/m/v1"], ["r.db"]),
+    ("register-bad-comparison", _register("--model-dir", "models/m/v1", "--version", "v1", "--comparison",
+                                          "bad_c.json"), ["bad_c.json", "decision"], ["r.db"]),
+    ("register-missing-comparison", _register("--model-dir", "models/m/v1", "--version", "v1", "--comparison",
+                                              "output/r1/compare/comparison.json"),
+     ["comparison.json", "does not exist"], ["r.db"]),
     ("finalize-malformed-config", ["components.finalize", "--config", "{ws}/malformed.yaml", "--kfp-run-id", "r"],
      ["malformed.yaml"], []),
     # multinode launcher, tiny model builder

@@ -2,8 +2,8 @@
 
 The merge of a real peft LoRA adapter publishes into a volume that fills up: a clear error naming the
 path, the previously published version and its ``current`` pointer intact, no half-written version.
-The tiny-model builder and the validation report hit a full volume; the evaluator, the comparison, the
-compiler and the local runner are pointed at a read-only one. Each: exit 1 or 2, a message that names
+The tiny-model builder and the validation report hit a full volume; the evaluators (MMLU and held-out task), the
+comparison, the compiler and the local runner are pointed at a read-only one. Each: exit 1 or 2, a message that names
 the path and says what the volume refused, no traceback, and nothing left behind (no hidden temporary
 either). The comparison writes two files: when the second does not fit, the first is not left alone.
 """
@@ -63,13 +63,15 @@ def adapter(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results_file(tmp_path_factory, tiny_model_dir) -> Path:
-    """A real results.json: the tiny model evaluated on one question per sample subject."""
-    from components.evaluate_mmlu import dump_results, evaluate
+def results_files(tmp_path_factory) -> list[str]:
+    """A model's results.json and task.json (tests/builders.py), as the four arguments of the comparison CLI
+    comparing the model with itself."""
+    from builders import base_losses, flags_first_right, mmlu_results, task_results, write_results
 
-    path = tmp_path_factory.mktemp("results") / "results.json"
-    path.write_text(dump_results(evaluate(tiny_model_dir, ASSETS / "sample_mmlu", limit=1, progress=False)))
-    return path
+    mmlu, task = write_results(tmp_path_factory.mktemp("results"), mmlu_results(flags_first_right(
+        {}, per_subject=10, default=4)), task_results(base_losses()))
+    return ["--candidate-mmlu", str(mmlu), "--candidate-task", str(task), "--baseline-mmlu", str(mmlu),
+            "--baseline-task", str(task)]
 
 
 def test_merge_onto_a_full_volume_keeps_the_published_model(small_volume, tiny_model_dir, adapter):
@@ -105,20 +107,18 @@ def test_validation_report_onto_a_full_volume(small_volume):
     assert os.listdir(small_volume) == ["filler"]
 
 
-def test_comparison_that_half_fits_leaves_neither_file(small_volume, results_file):
+def test_comparison_that_half_fits_leaves_neither_file(small_volume, results_files):
     # One free page: the report (under a page) fits, the comparison JSON written after it does not.
     _fill(small_volume, leave_pages=1)
-    proc = _run("components.compare_baseline", "--candidate", str(results_file), "--baseline", str(results_file),
-                "--first-model", "--report", str(small_volume / "report.md"), "--json",
-                str(small_volume / "comparison.json"))
+    proc = _run("components.compare_baseline", *results_files, "--report", str(small_volume / "report.md"),
+                "--json", str(small_volume / "comparison.json"))
     _refused(proc, "no space left", str(small_volume / "comparison.json"))
     assert os.listdir(small_volume) == ["filler"]
 
 
-def test_comparison_onto_a_read_only_volume(readonly_volume, results_file):
-    proc = _run("components.compare_baseline", "--candidate", str(results_file), "--baseline", str(results_file),
-                "--first-model", "--report", str(readonly_volume / "report.md"), "--json",
-                str(readonly_volume / "comparison.json"))
+def test_comparison_onto_a_read_only_volume(readonly_volume, results_files):
+    proc = _run("components.compare_baseline", *results_files, "--report", str(readonly_volume / "report.md"),
+                "--json", str(readonly_volume / "comparison.json"))
     _refused(proc, "read-only", str(readonly_volume / "report.md"))
     assert os.listdir(readonly_volume) == ["existing.txt"]
 
@@ -128,6 +128,15 @@ def test_evaluate_onto_a_read_only_volume_writes_nothing(readonly_volume, tiny_m
                 "--limit", "1", "--output", str(readonly_volume / "eval"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _refused(proc, "read-only", str(readonly_volume / "eval"))
+    assert os.listdir(readonly_volume) == ["existing.txt"]
+
+
+def test_task_evaluation_onto_a_read_only_volume_writes_nothing(readonly_volume, tiny_model_dir):
+    proc = _run("components.task_eval", "--model", str(tiny_model_dir), "--data-dir", str(ASSETS / "sample_data"),
+                "--dataset", "alpaca_sample", "--template", "default", "--cutoff-len", "64", "--output",
+                str(readonly_volume / "task"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _refused(proc, "read-only", str(readonly_volume / "task"))
     assert os.listdir(readonly_volume) == ["existing.txt"]
 
 

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import base_losses, flags_first_right, mmlu_results, task_results, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "components" / "assets"
@@ -70,6 +71,11 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     (root / "adapter_rank0" / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 0, "lora_alpha": 8, "target_modules": ["q_proj"]}))
     (root / "adapter_rank0" / "adapter_model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+    # Results files: a good pair, and a task file holding a NaN loss.
+    write_results(root / "good", mmlu_results(flags_first_right({}, per_subject=10, default=4)),
+                  task_results(base_losses()))
+    (root / "task_nan.json").write_text((root / "good" / "task.json").read_text().replace(
+        '"loss": ', '"loss": NaN, "was": ', 1))
     return root
 
 
@@ -91,9 +97,15 @@ def _merge(*args: str, base: str = "{ws}/model") -> list[str]:
     return ["components.merge_lora", "--base", base, *args]
 
 
-def _compare(candidate: str, *args: str) -> list[str]:
-    return ["components.compare_baseline", "--candidate", candidate, "--baseline", candidate, *args,
+def _compare(mmlu: str = "{ws}/good/results.json", task: str = "{ws}/good/task.json", *args: str) -> list[str]:
+    return ["components.compare_baseline", "--candidate-mmlu", mmlu, "--candidate-task", task,
+            "--baseline-mmlu", "{ws}/good/results.json", "--baseline-task", "{ws}/good/task.json", *args,
             "--report", "{ws}/out/report.md", "--json", "{ws}/out/comparison.json"]
+
+
+def _task_eval(*args: str, model: str = "{ws}/model", data: str = "{ws}/data") -> list[str]:
+    return ["components.task_eval", "--model", model, "--data-dir", data, "--dataset", "alpaca_sample",
+            "--template", "default", "--cutoff-len", "256", *args, "--output", "{ws}/out/task"]
 
 
 def _submit(*args: str) -> list[str]:
@@ -159,11 +171,20 @@ CASES = [
     ("merge-adapter-without-weights", _merge("--adapter", "{ws}/adapter_rank0", "--output", "{ws}/out/merged"),
      ["adapter_rank0"], {}),
     # compare_baseline
-    ("compare-results-are-a-list", _compare("{ws}/list.json"), ["list.json", "object"], {}),
-    ("compare-nan-accuracy", _compare("{ws}/nan.json"), ["nan.json", "micro"], {}),
-    ("compare-results-are-a-directory", _compare("{ws}/adir"), ["{ws}/adir"], {}),
-    ("compare-negative-bootstrap", _compare("{ws}/list.json", "--set", "gate.bootstrap_samples=-1"),
-     ["gate.bootstrap_samples"], {}),
+    ("compare-results-are-a-list", _compare("{ws}/list.json"), ["list.json", "valid dictionary"], {}),
+    ("compare-nan-accuracy", _compare("{ws}/nan.json"), ["nan.json", "NaN"], {}),
+    ("compare-results-are-a-directory", _compare("{ws}/adir"), ["{ws}/adir", "not readable"], {}),
+    ("compare-task-is-a-list", _compare(task="{ws}/list.json"), ["list.json", "task results"], {}),
+    ("compare-task-nan-loss", _compare(task="{ws}/task_nan.json"), ["task_nan.json", "NaN"], {}),
+    ("compare-task-is-a-directory", _compare(task="{ws}/adir"), ["adir", "task results"], {}),
+    ("compare-negative-bootstrap", _compare("{ws}/list.json", "{ws}/good/task.json", "--set",
+                                            "gate.bootstrap_samples=-1"), ["gate.bootstrap_samples"], {}),
+    # task_eval
+    ("task-eval-truncated-weights", _task_eval(model="{ws}/model_truncated"), ["model_truncated", "weights"], {}),
+    ("task-eval-data-dir-is-a-file", _task_eval(data="{ws}/afile"), ["afile/dataset_info.json"], {}),
+    ("task-eval-entry-escape", _task_eval("--dataset", "../../etc/passwd"), ["'../../etc/passwd'"], {}),
+    ("task-eval-unknown-device", _task_eval("--device", "tpu9"), ["tpu9"], {}),
+    ("task-eval-zero-batch", _task_eval("--batch-size", "0"), ["--batch-size"], {}),
     # register_model, finalize
     ("register-comparison-escape", ["components.register_model", "register", "--config", "local", "--set",
                                     "storage.mount_path={ws}", "--set", "mlflow.tracking_uri=sqlite:///{ws}/out/r.db",
@@ -247,4 +268,4 @@ def test_the_table_is_big_enough_to_count():
     assert len(CASES) >= 40
     assert len({case[0] for case in CASES}) == len(CASES)
     cli_modules = {case[1][0] for case in CASES}
-    assert len(cli_modules) == 12, sorted(cli_modules)  # every entry point of the project
+    assert len(cli_modules) == 13, sorted(cli_modules)  # every entry point of the project

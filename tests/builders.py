@@ -1,0 +1,149 @@
+"""Results files for tests, built the way the evaluators build them: every summary is computed, never typed in.
+
+MMLU results (``results.json``) come from :func:`components.mmlu_results.results_from_records` over
+per-question records; held-out task results (``task.json``) from the :mod:`components.task_results` models
+over per-row records, with the totals from :func:`components.task_results.totals` and the split hash from
+:func:`components.data_split.split_hash`. A test states only what decides its outcome: which questions each
+model answers right, and each row's loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from components.gate import TaskScores
+from components.mmlu_results import MmluResults, results_from_records
+from components.task_results import (
+    DIGITS,
+    SCORING_VERSION,
+    ExampleScore,
+    SkippedExample,
+    TaskResults,
+    dump_task_results,
+    totals,
+)
+
+# One sample subject per MMLU category (the shipped sample_mmlu has these five; astronomy and elementary
+# mathematics are both STEM).
+CATEGORY = {"astronomy": "STEM", "world_religions": "humanities", "high_school_geography": "social sciences",
+            "nutrition": "other"}
+LETTERS = "ABCD"
+ANSWER_TOKENS = 4  # per held-out row: every row weighs the same in the token-weighted loss
+DATASET = "alpaca_sample@test"
+
+
+def sha(text: str) -> str:
+    """A 64-hex-digit stand-in for a hash (eval keys, model ids) derived from ``text``."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def gold(index: int) -> str:
+    """The gold letter of question ``index`` of every subject (the same for every model)."""
+    return LETTERS[index % 4]
+
+
+# ---------------------------------------------------------------- MMLU
+
+
+def flags_first_right(right: dict[str, int], *, per_subject: int, default: int = 0) -> dict[str, list[bool]]:
+    """Per-subject correctness where the first ``right[subject]`` (else ``default``) questions are right."""
+    return {subject: [index < right.get(subject, default) for index in range(per_subject)] for subject in CATEGORY}
+
+
+def moved(flags: dict[str, list[bool]], **moves: tuple[int, int]) -> dict[str, list[bool]]:
+    """A copy of ``flags`` where, per subject, ``(gain, lose)`` wrong answers become right and right ones wrong."""
+    result = {subject: list(values) for subject, values in flags.items()}
+    for subject, (gain, lose) in moves.items():
+        values = result[subject]
+        for index in [i for i, ok in enumerate(values) if not ok][:gain]:
+            values[index] = True
+        for index in [i for i, ok in enumerate(values) if ok][:lose]:
+            values[index] = False
+    return result
+
+
+def mmlu_results(flags: dict[str, list[bool]], *, eval_key: str = "mmlu-key", model: str = "m",
+                 data_hash: str = "data-1", n_shot: int = 5, gold_of=gold) -> MmluResults:
+    """MMLU results in which question ``i`` of ``subject`` is answered right exactly when ``flags[subject][i]``.
+
+    A wrong answer is the letter after the gold one. ``gold_of(index)`` gives the gold letters.
+    """
+    questions = []
+    for subject, values in flags.items():
+        for index, right in enumerate(values):
+            answer = gold_of(index)
+            questions.append({"subject": subject, "index": index, "gold": answer,
+                              "pred": answer if right else LETTERS[(LETTERS.index(answer) + 1) % 4],
+                              "correct": right, "logprobs": [-1.0, -2.0, -3.0, -4.0]})
+    meta = {"eval_key": eval_key, "prompt_version": "p1", "n_shot": n_shot, "limit": 0, "subjects_requested": [],
+            "model": model, "adapter": "", "model_id": sha(model), "data_hash": data_hash, "backend": "hf"}
+    return results_from_records(meta, questions, {subject: CATEGORY[subject] for subject in flags})
+
+
+def mmlu_text(results: MmluResults) -> str:
+    """The file text of MMLU results (what the evaluate step writes)."""
+    from components.evaluate_mmlu import dump_results
+
+    return dump_results(results.model_dump())
+
+
+# ---------------------------------------------------------------- held-out task
+
+
+def row_key(index: int) -> str:
+    """The (32 hex digit) content key of held-out row ``index``."""
+    return hashlib.md5(f"row-{index}".encode()).hexdigest()  # a stand-in content key, not security
+
+
+def task_results(losses: list[float | None], *, model: str = "candidate", eval_key: str | None = None,
+                 template: str = "default", cutoff_len: int = 256, dataset: str = DATASET) -> TaskResults:
+    """Task results in which held-out row ``i`` has the mean answer loss ``losses[i]`` (``ANSWER_TOKENS`` tokens);
+    a row whose loss is None had its answer truncated away (it counts in the split hash, not in the scores)."""
+    from components.data_split import split_hash
+
+    records, skipped = [], []
+    for index, loss in enumerate(losses):
+        if loss is None:
+            skipped.append(SkippedExample(key=row_key(index), dataset=dataset, tokens=cutoff_len))
+            continue
+        nll_sum = round(loss * ANSWER_TOKENS, DIGITS)
+        records.append(ExampleScore(key=row_key(index), dataset=dataset, tokens=ANSWER_TOKENS + 8,
+                                    answer_tokens=ANSWER_TOKENS, nll_sum=nll_sum,
+                                    nll_mean=round(nll_sum / ANSWER_TOKENS, DIGITS), correct_tokens=1))
+    records.sort(key=lambda record: (record.dataset, record.key))
+    skipped.sort(key=lambda example: (example.dataset, example.key))
+    test_hash = split_hash([row_key(index) for index in range(len(losses))])
+    return TaskResults(
+        eval_key=eval_key or sha(f"task:{model}:{test_hash}:{template}:{cutoff_len}"), scoring_version=SCORING_VERSION,
+        model=model, adapter="", model_id=sha(model), template=template, cutoff_len=cutoff_len, datasets=[dataset],
+        entries_hash=sha("entries"), test_split_hash=test_hash, rows=len(losses), duplicate_rows=0,
+        truncated_away=skipped, records=records, **totals(records))
+
+
+def task_scores(losses: list[float], **options) -> TaskScores:
+    """What the gate reads of :func:`task_results` (through the compare step's own conversion)."""
+    from components.compare_baseline import task_scores as scores_of
+
+    return scores_of(task_results(losses, **options))
+
+
+def task_text(results: TaskResults) -> str:
+    """The file text of task results (what the evaluate step writes)."""
+    return dump_task_results(results)
+
+
+# ---------------------------------------------------------------- on disk
+
+
+def write_results(folder: Path, mmlu: MmluResults, task: TaskResults) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``task.json`` into ``folder`` (as the evaluate step lays them out)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(mmlu_text(mmlu), encoding="utf-8")
+    (folder / "task.json").write_text(task_text(task), encoding="utf-8")
+    return folder / "results.json", folder / "task.json"
+
+
+def base_losses(rows: int = 40, *, low: int = 150, high: int = 300, step: int = 7) -> list[float]:
+    """Distinct per-row losses with two decimals (exact after the file's 6-digit rounding, and after * 0.9)."""
+    return [(low + (index * step) % (high - low)) / 100 for index in range(rows)]
