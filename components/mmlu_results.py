@@ -104,7 +104,7 @@ class MmluResults(_Strict):
             for name, (correct, total) in computed.items():
                 _check(f"{table}.{name}", stored[name], correct, total)
         correct = sum(question.correct for question in self.questions)
-        _check("(top level)", self, correct, len(self.questions), accuracy_field="micro")
+        _check("correct, total and micro", self, correct, len(self.questions), accuracy_field="micro")
         macro = sum(c / t for c, t in subjects.values()) / len(subjects)
         if not math.isclose(self.macro, macro, abs_tol=TOLERANCE):
             raise ValueError(f"macro is {self.macro} but the question records give {macro:.6f}")

@@ -232,13 +232,19 @@ def _register_external_model(client: "MlflowClient", cfg: PipelineConfig, parent
     model = mlflow.create_external_model(
         name=f"{cfg.mlflow.registered_model_name}-{version}", source_run_id=parent, model_type="merged-llm",
         experiment_id=experiment_id(client, cfg.mlflow.experiment),
-        tags={"llmft.source": source, "llmft.decision": comparison.decision},
+        tags={"llmft.source": source, "llmft.decision": comparison.decision,
+              "mlflow.source.name": "llm-finetune pipeline: register-model"},
         params={"method": cfg.training.method, "base_model": cfg.storage.base_model,
                 "datasets": ",".join(cfg.dataset.names), "template": cfg.training.template})
-    scores = {"task_loss": comparison.task.candidate_mean_nll, "mmlu_micro": comparison.mmlu.candidate_micro,
-              "task_loss_change": comparison.task.relative_change}
+    from mlflow.entities import LoggedModelOutput
+
+    # The candidate's headline numbers under the names the compare step gives them on the parent run, linked to
+    # the model too; and the model as the parent run's output (its "Logged models").
+    scores = {"task_loss_candidate": comparison.task.candidate_mean_nll,
+              "mmlu_candidate": comparison.mmlu.candidate_micro, "task_loss_change": comparison.task.relative_change}
     for key, value in scores.items():
-        client.log_metric(parent, key, float(value), model_id=model.model_id)
+        client.log_metric(parent, key, round(float(value), 6), model_id=model.model_id)
+    client.log_outputs(parent, models=[LoggedModelOutput(model.model_id, 0)])
     return model.model_id
 
 

@@ -317,10 +317,14 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
 
 
 def _system_metrics_monitor(run_id: str, cfg: PipelineConfig):
-    """MLflow's system metrics monitor, sampling into ``run_id`` (every 5 s, logged at once) until finished."""
+    """MLflow's system metrics monitor, sampling into ``run_id`` (every 5 s by default) until finished."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1,
+    from components.train_mlflow import system_metrics_env
+
+    settings = system_metrics_env()
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=float(settings["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"]),
+                                   samples_before_logging=int(settings["MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"]),
                                    tracking_uri=cfg.mlflow.tracking_uri)
     monitor.start()
     return monitor

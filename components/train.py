@@ -88,11 +88,11 @@ from components.checkpoints import (
 from components.data_split import SplitManifest
 from components.train_fingerprint import training_fingerprint
 from components.train_mlflow import (
-    SYSTEM_METRICS_ENV,
     metrics_callback,
     rendered_params,
     start_trainer_run,
     step_points,
+    system_metrics_env,
 )
 from components.train_render import deepspeed_stage, render_sections, render_yaml
 from configs.schema import PipelineConfig
@@ -294,7 +294,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
     env.update(
         MLFLOW_RUN_ID=mlflow_run_id,
         MLFLOW_TRACKING_URI=cfg.mlflow.tracking_uri,
-        **SYSTEM_METRICS_ENV,
+        **system_metrics_env(),
         DISABLE_VERSION_CHECK="1",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
@@ -326,8 +326,14 @@ def trainer_worker(train_yaml: Path) -> int:
     run_id = os.environ.pop("MLFLOW_RUN_ID", "")
     if run_id and os.environ.get("RANK", "0") == "0":
         start_trainer_run(run_id)
-    run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")), callbacks=[metrics_callback()])
-    mlflow.flush_async_logging()
+    try:
+        run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")), callbacks=[metrics_callback()])
+    finally:
+        # Ends the system metrics monitor (its last samples flushed) and the async metric queue; the step sets
+        # the run's final status itself.
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.flush_async_logging()
     return 0
 
 
@@ -661,7 +667,7 @@ def _train(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths, client: Any,
             from components.training_job import run_training_job
 
             run_training_job(cfg, kfp_run_id, paths.train_yaml, {
-                "MLFLOW_RUN_ID": run_id, **SYSTEM_METRICS_ENV, "DISABLE_VERSION_CHECK": "1",
+                "MLFLOW_RUN_ID": run_id, **system_metrics_env(), "DISABLE_VERSION_CHECK": "1",
                 "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP})
         else:
             _check_shm(cfg)

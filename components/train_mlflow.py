@@ -23,9 +23,17 @@ from typing import Any
 
 STEP_METRICS = ("loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen")
 _MLFLOW_UNSAFE = re.compile(r"[^0-9A-Za-z_\-\. :/]")
-# MLflow's system metrics monitor in the trainer: a sample every few seconds, logged at once (short runs too).
-SYSTEM_METRICS_ENV = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "5",
-                      "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}
+# MLflow's system metrics monitor: a sample every few seconds, logged at once, unless the environment says
+# otherwise (a run shorter than one interval records nothing; the tests sample every second).
+SYSTEM_METRICS_DEFAULTS = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "5",
+                           "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}
+
+
+def system_metrics_env() -> dict[str, str]:
+    """The monitor's settings for a process we start: the defaults, overridden by this process's environment."""
+    import os
+
+    return {key: os.environ.get(key, value) for key, value in SYSTEM_METRICS_DEFAULTS.items()}
 
 
 def step_points(entry: dict[str, Any]) -> dict[str, float]:
@@ -71,5 +79,5 @@ def rendered_params(sections: dict[str, dict[str, Any]]) -> dict[str, str]:
             for section in sections.values() for key, value in section.items()}
 
 
-__all__ = ["STEP_METRICS", "SYSTEM_METRICS_ENV", "metrics_callback", "rendered_params", "start_trainer_run",
-           "step_points"]
+__all__ = ["STEP_METRICS", "SYSTEM_METRICS_DEFAULTS", "metrics_callback", "rendered_params", "start_trainer_run",
+           "step_points", "system_metrics_env"]
