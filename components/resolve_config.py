@@ -70,7 +70,7 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
     """
     try:
         data = json.loads(config) if config.strip() else compiled.model_dump(mode="json")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to read
         raise ConfigError(f"z_config is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"z_config must be a JSON object, got {type(data).__name__}")
@@ -136,6 +136,8 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
         if field is None:
             rest.append(text)
             continue
+        if isinstance(value, bool) and field.kind is not bool:  # pydantic would read true as 1 or 1.0
+            raise ConfigError(f"{field.path}: must not be a boolean, got {str(value).lower()} (from --set {text!r})")
         try:
             typed[field.name] = TypeAdapter(field.kind).validate_python(value)
         except ValidationError as exc:

@@ -90,15 +90,16 @@ def has_credentials(uri: str) -> bool:
     return userinfo or bool(_BARE_USERINFO.search(uri)) or bool(_PARAMETER.search(uri))
 
 
-def unsafe_token(value: str) -> str | None:
+def unsafe_token(value: str, allow_spaces: bool = False) -> str | None:
     """Why ``value`` cannot be sent in an HTTP header (a newline, a control character, inner whitespace), or None.
 
     A header value with a newline is refused by the HTTP library with an error that quotes the whole header,
-    token included; callers check first and name the variable instead.
+    token included; callers check first and name the variable instead. ``allow_spaces`` is for a user name or
+    password, which travel base64-encoded.
     """
     if _CONTROL.search(value):
         return "it contains a newline or another control character"
-    if any(char.isspace() for char in value.strip()):
+    if not allow_spaces and any(char.isspace() for char in value.strip()):
         return "it contains whitespace"
     return None
 
