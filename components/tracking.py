@@ -155,8 +155,10 @@ def make_client(cfg: PipelineConfig) -> MlflowClient:
         try:
             client.search_experiments(max_results=1)
         except Exception as exc:  # MlflowException or a requests error, whichever the failure was
+            status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
+            refused = status in (401, 403) or any(f"error code {code}" in str(exc) for code in (401, 403))
             hint = ("check MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the Secret named by "
-                    "mlflow.credentials_secret" if any(code in str(exc) for code in ("401", "403")) else
+                    "mlflow.credentials_secret" if refused else
                     "check that mlflow.tracking_uri is the MLflow server itself and that it is healthy")
             raise TrackingUnavailable(f"MLflow tracking server {public_uri(uri)} did not answer its REST API as MLflow "
                                       f"does: {_api_failure(exc)}; {hint}") from None

@@ -16,8 +16,11 @@ header (as a careless proxy might) to prove the client never repeats it; ``flaky
 
 Misbehaving servers: ``html`` maps ``"METHOD /path"`` (or ``"*"`` for every request) to a status code
 answered with an HTML login page, as an authenticating proxy in front of the API does (the page echoes the
-Authorization header, as a careless one might); ``hang`` is a set of ``"METHOD /path"`` (or ``"*"``) whose
-requests are read and recorded but never answered until the server stops (``hang_released`` is set then).
+Authorization header, as a careless one might); ``hang`` is a set of ``"METHOD /path"`` (``"*"`` for every
+request, a trailing ``*`` for a path prefix such as ``"GET /apis/v2beta1/runs/*"``) whose requests are read
+and recorded but never answered until the server stops (``hang_released`` is set then);
+``canned`` maps ``"METHOD /path"`` to a JSON body answered with 200 in place of the API's (e.g. ``{}``, a
+reply without the id the client needs).
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ class FakeKfpServer:
     def __init__(self, *, run_states: tuple[str, ...] = ("SUCCEEDED",), max_page_size: int = 100,
                  require_token: str | None = None, fail: dict[str, int] | None = None,
                  flaky: dict[str, int] | None = None, multi_user: bool = False,
-                 html: dict[str, int] | None = None, hang: set[str] | None = None):
+                 html: dict[str, int] | None = None, hang: set[str] | None = None,
+                 canned: dict[str, Any] | None = None):
         self.run_states = run_states
         self.max_page_size = max_page_size
         self.require_token = require_token
@@ -92,6 +96,7 @@ class FakeKfpServer:
         self.multi_user = multi_user
         self.html = dict(html or {})
         self.hang = set(hang or ())
+        self.canned = dict(canned or {})
         self.hang_released = threading.Event()
         self.requests: list[Recorded] = []
         self.experiments: dict[str, dict] = {}
@@ -166,7 +171,8 @@ class FakeKfpServer:
                 key = f"{record.method} {record.path}"
                 with fake._lock:
                     fake.requests.append(record)
-                    hangs = key in fake.hang or "*" in fake.hang
+                    hangs = any(pattern == key or (pattern.endswith("*") and key.startswith(pattern[:-1]))
+                                for pattern in fake.hang)
                     html_status = fake.html.get(key, fake.html.get("*"))
                     status, reply = (0, None) if hangs or html_status else fake._route(record)
                 if hangs:  # never answer; the client's own timeout must end the wait
@@ -195,6 +201,8 @@ class FakeKfpServer:
         key = f"{r.method} {r.path}"
         if key in self.fail:
             return self.fail[key], {"code": 13, "message": f"boom; you sent {r.headers.get('authorization')}"}
+        if key in self.canned:
+            return 200, self.canned[key]
         if self.flaky.get(key, 0) > 0:
             self.flaky[key] -= 1
             return 503, {"code": 14, "message": "unavailable, try again"}
