@@ -126,8 +126,11 @@ def _api_detail(exc: kfp_server_api.ApiException, secrets: list[str]) -> str:
 
 
 def _timed_out(exc: BaseException) -> bool:
+    """Whether a request failed because the server did not answer in time (a refused connection is not that,
+    though urllib3's NewConnectionError subclasses its ConnectTimeoutError)."""
     reason = getattr(exc, "reason", None) if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
-    return isinstance(reason, urllib3.exceptions.TimeoutError)
+    return (isinstance(reason, urllib3.exceptions.TimeoutError)
+            and not isinstance(reason, urllib3.exceptions.NewConnectionError))
 
 
 def error_text(exc: BaseException, secrets: list[str]) -> str:
