@@ -237,7 +237,7 @@ class Toleration(_Section):
     @field_validator("key")
     @classmethod
     def _taint_key(cls, value: str) -> str:
-        reason = _label_key(value)
+        reason = _label_key(value) if value else None  # empty: with Exists, tolerate every taint (Kubernetes' rule)
         if reason:
             raise ValueError(f"{value!r} is not a taint key (label key syntax): {reason}")
         return value
@@ -254,6 +254,8 @@ class Toleration(_Section):
     def _value_needs_equal(self) -> Toleration:
         if self.operator == "Equal" and self.value is None:
             raise ValueError("operator 'Equal' needs a value")
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("operator 'Equal' needs a key (an empty key with 'Exists' tolerates every taint)")
         return self
 
 
