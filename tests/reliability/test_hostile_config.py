@@ -72,6 +72,7 @@ HOSTILE_FILES = {
     "bad-selector-value.yaml": b"cluster: {gpu_node_selector: {nvidia.com/gpu.product: 'A100 80GB'}}\n",
     "long-selector-value.yaml": b"cluster: {gpu_node_selector: {pool: " + b"a" * 64 + b"}}\n",
     "bad-taint-key.yaml": b"cluster: {gpu_tolerations: [{key: 'nvidia.com/gpu!', operator: Exists}]}\n",
+    "equal-without-key.yaml": b"cluster: {gpu_tolerations: [{key: '', operator: Equal, value: x}]}\n",
     "limit-below-request.yaml": b"cluster: {memory_request: 64Gi, memory_limit: 32Gi}\n",
     "millibytes.yaml": b"cluster: {memory_request: 500m}\n",
     "shm-over-limit.yaml": b"cluster: {shm_size: 100Gi, memory_limit: 64Gi}\n",
@@ -132,6 +133,7 @@ EXPECTED = {
     "bad-selector-value.yaml": "cluster.gpu_node_selector: the value 'A100 80GB'",
     "long-selector-value.yaml": "cluster.gpu_node_selector: the value",
     "bad-taint-key.yaml": "cluster.gpu_tolerations.0.key",
+    "equal-without-key.yaml": "cluster.gpu_tolerations.0: operator 'Equal' needs a key",
     "limit-below-request.yaml": "cluster: memory_limit (32Gi) is below memory_request (64Gi)",
     "millibytes.yaml": "cluster.memory_request: '500m' is 0.500 bytes",
     "shm-over-limit.yaml": "cluster: shm_size (100Gi) exceeds memory_limit (64Gi)",
@@ -349,6 +351,12 @@ def test_property_memory_limit_is_never_below_the_request(request, limit):
     else:
         with pytest.raises(ConfigError, match=r"cluster: memory_limit \(.*\) is below memory_request"):
             config_from_dict(data)
+
+
+def test_an_empty_taint_key_with_exists_stays_legal():
+    """Kubernetes reads an empty key with operator Exists as "tolerate every taint"; the key check keeps it."""
+    cfg = config_from_dict({"cluster": {"gpu_tolerations": [{"key": "", "operator": "Exists"}]}})
+    assert cfg.cluster.gpu_tolerations[0].key == ""
 
 
 def test_quantities_parse_as_kubernetes_does():
