@@ -3,7 +3,9 @@
 One request per batch of prompts asks for the first generated token's top log-probabilities; a letter
 missing from that top list is scored with an ``echo`` request of ``prompt + " X"`` (the log-probability
 of the continuation, as lm-eval-harness does). The server's own prefix caching shares the few-shot prefix.
-A bearer token is read from ``OPENAI_API_KEY`` when set. Only the standard library is used.
+A bearer token is read from ``OPENAI_API_KEY`` when set; credentials inside the endpoint URL are refused (they
+would be printed with every error), and every error names the URL and quotes the server through
+:func:`configs.redaction.redact`. Only the standard library is used.
 
 A reply is read through :mod:`components.safe_json` (at most :data:`MAX_REPLY_BYTES`), and every
 log-probability must be a finite number: a served model with broken weights answers ``NaN``, which would
@@ -22,8 +24,10 @@ from typing import Any
 
 from components.mmlu_data import LETTERS
 from components.safe_json import DocumentError, JsonScanner, parse_json
+from configs.redaction import describe_reply, has_credentials, public_uri, redact, secrets_from_env, unsafe_token
 
 RETRIES = 2
+API_KEY_ENV = "OPENAI_API_KEY"
 MAX_REPLY_BYTES = 64 << 20  # a batch of echoed 4k-token prompts is a few MB
 _REPLY = JsonScanner(allow_nan=True)  # NaN is read, then refused with the letter and prompt it belongs to
 
@@ -33,7 +37,16 @@ class BackendError(RuntimeError):
 
 
 def completions_url(endpoint: str) -> str:
-    """``endpoint`` as a completions URL: ``http://host:8000``, ``.../v1`` and ``.../v1/completions`` all work."""
+    """``endpoint`` as a completions URL: ``http://host:8000``, ``.../v1`` and ``.../v1/completions`` all work.
+
+    Raises:
+        BackendError: the endpoint carries credentials (user info or a token parameter) or is not http(s).
+    """
+    if has_credentials(endpoint):
+        raise BackendError(f"endpoint {public_uri(endpoint)}: credentials in the URL are not sent and would be "
+                           f"printed; put the API key in ${API_KEY_ENV} and pass the bare URL")
+    if not endpoint.startswith(("http://", "https://")):
+        raise BackendError(f"endpoint {public_uri(endpoint)!r} must start with http:// or https://")
     url = endpoint.rstrip("/")
     if url.endswith("/completions"):
         return url
@@ -42,8 +55,13 @@ def completions_url(endpoint: str) -> str:
 
 def _request(url: str, payload: dict | None, timeout_s: float) -> dict:
     headers = {"Content-Type": "application/json"}
-    if os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    secrets = secrets_from_env([API_KEY_ENV])
+    if key:
+        reason = unsafe_token(key)
+        if reason:  # urllib's own error would quote the whole header, key included
+            raise BackendError(f"${API_KEY_ENV} cannot be sent as a bearer token: {reason}")
+        headers["Authorization"] = f"Bearer {key}"
     data = None if payload is None else json.dumps(payload).encode()
     last = ""
     for attempt in range(RETRIES + 1):
@@ -52,34 +70,34 @@ def _request(url: str, payload: dict | None, timeout_s: float) -> dict:
             with urllib.request.urlopen(request, timeout=timeout_s) as reply:
                 body = reply.read(MAX_REPLY_BYTES + 1)
         except urllib.error.HTTPError as exc:
-            body = exc.read()[:500].decode(errors="replace")
-            last = f"HTTP {exc.code}: {body}"
+            last = f"HTTP {exc.code}: {describe_reply(exc.read(4096), secrets)}"
             if exc.code < 500 and exc.code != 429:
                 break
         except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
         else:
-            return _parse_reply(body, url)
+            return _parse_reply(body, url, secrets)
         if attempt < RETRIES:
             time.sleep(2**attempt)  # back off before retrying a busy or restarting server
-    raise BackendError(f"completions endpoint {url} failed: {last}")
+    raise BackendError(redact(f"completions endpoint {public_uri(url)} failed: {last}", secrets))
 
 
-def _parse_reply(body: bytes, url: str) -> dict:
+def _parse_reply(body: bytes, url: str, secrets: list[str]) -> dict:
     """A reply as a JSON object (no retry: a server that answers garbage answers it again).
 
     Raises:
         BackendError: too long, not JSON (an HTML page, say), or not an object.
     """
     if len(body) > MAX_REPLY_BYTES:
-        raise BackendError(f"completions endpoint {url} answered more than {MAX_REPLY_BYTES:,} bytes")
+        raise BackendError(f"completions endpoint {public_uri(url)} answered more than {MAX_REPLY_BYTES:,} bytes")
     try:
         data = parse_json(body, "the reply", max_bytes=MAX_REPLY_BYTES, scanner=_REPLY)
-    except DocumentError as exc:
-        raise BackendError(f"completions endpoint {url} did not answer JSON ({exc.reason}): is it an "
-                           "OpenAI-compatible server?") from None
+    except DocumentError as exc:  # a login page or a proxy's page, not the server: no retry
+        raise BackendError(f"completions endpoint {public_uri(url)} answered {describe_reply(body, secrets)} "
+                           f"instead of JSON ({exc.reason}): is it an OpenAI-compatible server?") from None
     if not isinstance(data, dict):
-        raise BackendError(f"completions endpoint {url} answered a JSON {type(data).__name__}, not an object")
+        raise BackendError(f"completions endpoint {public_uri(url)} answered a JSON {type(data).__name__}, "
+                           "not an object")
     return data
 
 

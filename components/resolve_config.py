@@ -138,6 +138,8 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
         if field is None:
             rest.append(text)
             continue
+        if isinstance(value, bool) and field.kind is not bool:  # pydantic would read true as 1 or 1.0
+            raise ConfigError(f"{field.path}: must not be a boolean, got {str(value).lower()} (from --set {text!r})")
         try:
             typed[field.name] = TypeAdapter(field.kind).validate_python(value)
         except ValidationError as exc:

@@ -4,7 +4,12 @@ The parent run is found or created by the tag ``kfp.run_id`` (so retries and lat
 the same one); each step opens a child run through :func:`step_run`, which ends it FAILED when the
 step raises and closes RUNNING leftovers of an earlier, killed attempt of the same step.
 Credentials come only from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or
-``MLFLOW_TRACKING_TOKEN`` from a Kubernetes Secret); nothing here logs them.
+``MLFLOW_TRACKING_TOKEN`` from a Kubernetes Secret; the schema refuses them inside the URI). Nothing here
+prints, raises or stores them: the URI is shown through :func:`configs.redaction.public_uri` and error texts
+written to MLflow tags pass through :func:`configs.redaction.redact` with the credential values masked.
+
+:func:`make_client` fails fast, naming the URI, when the server is down, hangs, answers an HTML page (a login
+page or a proxy in front of MLflow) or refuses the credentials.
 
 A pipeline run on the cluster is closed by its exit handler (:func:`finalize_pipeline_runs`). A local run
 (``pipelines.run_local``) that is SIGKILLed runs no exit handler, so its launcher puts its identity in the
@@ -26,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from configs.redaction import describe_reply, looks_like_html, public_uri, redact, secrets_from_env, unsafe_token
 from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
@@ -62,46 +68,116 @@ def configure_environment(cfg: PipelineConfig) -> None:
     os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 
 
-def preflight(tracking_uri: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
-    """Fail fast with a clear message when the tracking server does not answer.
+def tracking_secrets() -> list[str]:
+    """The MLflow credentials in this process's environment: the values to mask in anything shown or stored."""
+    return secrets_from_env(MLFLOW_SECRET_KEYS)
+
+
+def check_credentials_env() -> None:
+    """Refuse MLflow credentials the HTTP library cannot send (its own error would quote them).
 
     Raises:
-        TrackingUnavailable: no answer from ``<uri>/health`` within ``timeout_s`` seconds.
+        TrackingUnavailable: a credential variable holds a newline or another control character (or the token,
+            inner whitespace); the message names the variable and the Secret, never the value.
+    """
+    for name in MLFLOW_SECRET_KEYS:
+        value = os.environ.get(name, "")
+        reason = unsafe_token(value, allow_spaces=not name.endswith("TOKEN")) if value else None
+        if reason:
+            raise TrackingUnavailable(f"${name} cannot be sent to the MLflow server: {reason}; check the key {name} "
+                                      "of the Secret named by mlflow.credentials_secret")
+
+
+def preflight(tracking_uri: str, timeout_s: float = PREFLIGHT_TIMEOUT_S, request_timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when the tracking server does not answer, or is not MLflow.
+
+    ``<uri>/health`` is asked every second until ``timeout_s`` (a server still starting); each request waits at
+    most ``request_timeout_s``, so a server that accepts connections and never answers fails in bounded time.
+
+    Raises:
+        TrackingUnavailable: no answer from ``<uri>/health`` within ``timeout_s`` seconds, an HTML page instead of
+            MLflow's answer, or a URI that cannot be requested; the message names the URI without credentials.
     """
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return
     if not tracking_uri.startswith(("http://", "https://")):
         return
+    shown = public_uri(tracking_uri)
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
         try:
-            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=min(5.0, timeout_s)) as reply:
+            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health",
+                                        timeout=max(0.1, min(request_timeout_s, left))) as reply:
+                body = reply.read(65536)
+                if "html" in (reply.headers.get("Content-Type") or "").lower() or looks_like_html(
+                        body.decode("utf-8", errors="replace")):
+                    raise TrackingUnavailable(
+                        f"MLflow tracking server {shown} answered /health with {describe_reply(body)}, not MLflow's "
+                        "answer: a login page or a proxy stands in front of it; point mlflow.tracking_uri at the "
+                        "MLflow server itself (credentials go in the Secret named by mlflow.credentials_secret)")
                 if reply.status == 200:
                     return
                 last_error = f"HTTP {reply.status}"
         except urllib.error.HTTPError as exc:
-            # A server that answers (even 401/403 behind an auth proxy) is reachable.
+            # A server that answers (even 401/403 behind an auth proxy) is reachable; make_client checks the rest.
             if exc.code in (401, 403):
                 return
             last_error = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError) as exc:
             last_error = str(getattr(exc, "reason", exc))
-        time.sleep(1.0)
+        except ValueError as exc:  # http.client.InvalidURL and friends: no use retrying
+            raise TrackingUnavailable(f"MLflow tracking URI {shown} cannot be requested: "
+                                      f"{redact(str(exc), tracking_secrets())}") from None
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     raise TrackingUnavailable(
-        f"MLflow tracking server {tracking_uri} is unreachable after {timeout_s:.0f} s ({last_error}); "
-        "check mlflow.tracking_uri and that the server is running"
+        f"MLflow tracking server {shown} is unreachable after {timeout_s:.0f} s "
+        f"({redact(last_error, tracking_secrets())}); check mlflow.tracking_uri and that the server is running"
     )
 
 
+def _api_failure(exc: Exception) -> str:
+    """A short account of why MLflow's REST client failed: never the whole reply body (an HTML page, or a body
+    that echoes a credential)."""
+    text = str(exc)
+    head, marker, body = text.partition("Response body: ")
+    if marker:
+        return f"{head.strip().rstrip('.')}; it answered {describe_reply(body.strip(chr(39)), tracking_secrets())}"
+    flat = " ".join(text.split())
+    return redact(flat[:400] + ("..." if len(flat) > 400 else ""), tracking_secrets())
+
+
 def make_client(cfg: PipelineConfig) -> MlflowClient:
-    """An MlflowClient for the configured server, after the preflight check."""
+    """An MlflowClient for the configured server, after checking that it answers as MLflow does.
+
+    Reads ``mlflow.tracking_uri``, ``request_timeout_s`` and ``request_max_retries``. For an http(s) server, one
+    cheap API call (``search_experiments``, one result) runs with the step's credentials, so that an HTML login
+    page, a hanging server or refused credentials fail here with the URI named, not later with a traceback.
+
+    Raises:
+        TrackingUnavailable: the server is unreachable, hangs, is not MLflow, refuses the credentials, or a
+            credential variable cannot be sent; the message names the URI without credentials.
+    """
     from mlflow.tracking import MlflowClient
 
     configure_environment(cfg)
-    preflight(cfg.mlflow.tracking_uri)
-    return MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
+    check_credentials_env()
+    uri = cfg.mlflow.tracking_uri
+    preflight(uri, request_timeout_s=cfg.mlflow.request_timeout_s)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # MlflowException or a requests error, whichever the failure was
+            status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
+            refused = status in (401, 403) or any(f"error code {code}" in str(exc) for code in (401, 403))
+            hint = ("check MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the Secret named by "
+                    "mlflow.credentials_secret" if refused else
+                    "check that mlflow.tracking_uri is the MLflow server itself and that it is healthy")
+            raise TrackingUnavailable(f"MLflow tracking server {public_uri(uri)} did not answer its REST API as MLflow "
+                                      f"does: {_api_failure(exc)}; {hint}") from None
+    return client
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -308,7 +384,7 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
         with contextlib.suppress(Exception):
             if monitor:
                 monitor.finish()
-            client.set_tag(run_id, "llmft.error", f"{type(exc).__name__}: {exc}"[:4000])
+            client.set_tag(run_id, "llmft.error", redact(f"{type(exc).__name__}: {exc}", tracking_secrets())[:4000])
             client.set_terminated(run_id, status="FAILED")
         raise
     if monitor:
@@ -344,6 +420,6 @@ def finalize_pipeline_runs(cfg: PipelineConfig, kfp_run_id: str, pipeline_state:
     closed = [] if succeeded else close_stale_runs(client, cfg, kfp_run_id, status="FAILED")
     client.set_tag(parent, "kfp.final_state", pipeline_state)
     if error:
-        client.set_tag(parent, "llmft.error", error[:4000])
+        client.set_tag(parent, "llmft.error", redact(error, tracking_secrets())[:4000])
     client.set_terminated(parent, status=status)
     return {"parent": parent, "closed": [run for run in closed if run != parent], "status": status}

@@ -12,31 +12,67 @@ in :meth:`PipelineConfig._cross_section_rules`. Every error names the field path
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
+import types
+import typing
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components.safe_json import DocumentError, parse_yaml, read_yaml
+from configs.redaction import has_credentials, public_uri, redact
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parent
 # The one image every task runs in (built from the Dockerfile; pins match setup.cfg).
 DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0"
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# A DNS-1123 subdomain (most object names: ClusterTrainingRuntime, ServiceAccount): labels joined by dots.
-_K8S_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+# Patterns are used with fullmatch: "$" would also match before a trailing newline.
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS-1123 label (at most 63 characters)
+# A DNS-1123 subdomain (most object names: ClusterTrainingRuntime, ServiceAccount, Secret): labels joined by dots.
+_K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# The name part of a label key or a qualified resource name, and a non-empty label value (both at most 63).
+_LABEL_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?")
+_QUANTITY_FACTORS = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+# A container image reference (the grammar of distribution/reference): [registry[:port]/]path[:tag][@digest].
+_IMAGE = re.compile(
+    r"(?:(?P<registry>(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(?:\.(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*"
+    r"[A-Za-z0-9]))*(?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?",
+    re.ASCII)
 FORM_KEY = "run_form_parameter"
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+# A registered model name is also a directory, <models_root>/<name>/<version>: one plain path component.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# A newline or another control character in a value that reaches a command line, a label or a YAML file
+# splits or corrupts it (U+0085, U+2028 and U+2029 are line breaks too).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# The compiled pipeline of a config changed with --set is named <name>-<8 hex digits> (pipelines.finetune), which
+# must stay within Kubernetes' 63-character limit on names and label values without losing the hash.
+NAME_MAX = 63 - len("-12345678")
+# Limits on a config document: no real config comes near them, and a hostile one (deep nesting, YAML aliases
+# that expand a billion-fold) would otherwise exhaust the stack or memory before validation says anything.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_NODES = 100_000
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names every offending field path."""
+    """A configuration that cannot be used; the message names every offending field path.
+
+    The message is redacted (:func:`configs.redaction.redact`): a credential in a value it quotes never shows.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def form_field(name: str) -> dict[str, str]:
@@ -51,10 +87,90 @@ def form_field(name: str) -> dict[str, str]:
     return {FORM_KEY: name}
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field of this type may hold ``true``/``false`` (``bool``, or a union or literal with one)."""
+    if annotation is bool:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+    if origin is Literal:
+        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
+    return False
+
+
+def _control_character(value: Any) -> str | None:
+    """The first string in ``value`` (a string, or the keys and items of lists and dicts) holding a newline or
+    another control character, or None."""
+    if isinstance(value, str):
+        return value if _CONTROL.search(value) else None
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        return None
+    return next((found for item in items if (found := _control_character(item)) is not None), None)
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity such as ``500m``, ``4`` or ``32Gi`` (in cores or bytes).
+
+    Written out rather than imported from the kubernetes client: that import costs most of a second in every
+    task process, and the quantities allowed here are only the plain forms the field validators admit.
+
+    Raises:
+        ValueError: ``text`` is not such a quantity.
+    """
+    match = _QUANTITY.fullmatch(text)
+    if not match:
+        raise ValueError(f"must be a Kubernetes quantity such as '4', '500m' or '32Gi', got {text!r}")
+    number = text[:len(text) - len(match.group(2) or "")]
+    return Decimal(number) * _QUANTITY_FACTORS[match.group(2) or ""]
+
+
+def _label_key(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes label key (``[prefix/]name``), or None."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _K8S_SUBDOMAIN.fullmatch(prefix)):
+        return "its prefix must be a DNS subdomain (lowercase letters, digits, '-' and '.') of at most 253 characters"
+    if not name or len(name) > 63 or not _LABEL_PART.fullmatch(name):
+        return ("its name must be at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+                "or digit")
+    return None
+
+
+def _label_value(value: str) -> str | None:
+    """Why ``value`` is not a Kubernetes label value, or None."""
+    if value and (len(value) > 63 or not _LABEL_PART.fullmatch(value)):
+        return ("a label value is empty or at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+                "letter or digit")
+    return None
+
+
 class _Section(BaseModel):
-    """Base settings shared by every section: unknown keys are errors, values are re-validated."""
+    """Base settings shared by every section: unknown keys are errors, values are re-validated, a boolean is never
+    read as a number, and no string holds a newline or another control character."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 and 1.0 (and false as 0 for a Literal[0, ...]); `learning_rate: true` is a typo
+        # or a wrong key, never a learning rate of 1.
+        if isinstance(value, bool) and info.field_name and not _admits_bool(cls.model_fields[info.field_name]
+                                                                             .annotation):
+            raise ValueError(f"must not be a boolean, got {str(value).lower()}")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        found = _control_character(value)
+        if found is not None:
+            raise ValueError(f"must not contain a newline or another control character, got {found!r}")
+        return value
 
 
 def _relative_storage_path(value: str) -> str:
@@ -84,8 +200,11 @@ class StorageConfig(_Section):
     @field_validator("pvc_name")
     @classmethod
     def _k8s_name(cls, value: str) -> str:
-        if not _K8S_NAME.match(value) or len(value) > 253:
-            raise ValueError(f"must be a Kubernetes resource name (lowercase, digits, '-'), got {value!r}")
+        # KFP's driver names the pod's volume after the claim, and volume names are DNS-1123 labels.
+        if not _K8S_NAME.fullmatch(value) or len(value) > 63:
+            raise ValueError(f"must be a Kubernetes resource name usable as a volume name: a DNS-1123 label of at "
+                             f"most 63 characters (lowercase letters, digits, '-'; KFP names the pod's volume after "
+                             f"the claim), got {value!r}")
         return value
 
     @field_validator("mount_path")
@@ -117,10 +236,28 @@ class Toleration(_Section):
     value: str | None = Field(None, description="Taint value when operator is Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect.")
 
+    @field_validator("key")
+    @classmethod
+    def _taint_key(cls, value: str) -> str:
+        reason = _label_key(value) if value else None  # empty: with Exists, tolerate every taint (Kubernetes' rule)
+        if reason:
+            raise ValueError(f"{value!r} is not a taint key (label key syntax): {reason}")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _taint_value(cls, value: str | None) -> str | None:
+        reason = _label_value(value) if value is not None else None
+        if reason:
+            raise ValueError(f"{value!r} is not a taint value: {reason}")
+        return value
+
     @model_validator(mode="after")
     def _value_needs_equal(self) -> Toleration:
         if self.operator == "Equal" and self.value is None:
             raise ValueError("operator 'Equal' needs a value")
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("operator 'Equal' needs a key (an empty key with 'Exists' tolerates every taint)")
         return self
 
 
@@ -170,13 +307,58 @@ class ClusterConfig(_Section):
     light_timeout_s: int = Field(1800, ge=60, description="Timeout of CPU-only tasks (seconds).")
     train_retries: int = Field(2, ge=0, le=10, description="Retries of the training task (resumes from checkpoints).")
 
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty; e.g. " + DEFAULT_IMAGE)
+        match = _IMAGE.fullmatch(value)
+        if not match or len(value) - len(match["tag"] or "") - len(match["digest"] or "") > 256:
+            raise ValueError(f"must be a container image reference such as {DEFAULT_IMAGE!r} (registry/path:tag, no "
+                             f"spaces, lowercase path), got {value!r}")
+        return value
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _extended_resource(cls, value: str) -> str:
+        reason = _label_key(value) if "/" in value else "it needs a domain, e.g. nvidia.com/gpu"
+        if reason:
+            raise ValueError(f"must be an extended resource name such as 'nvidia.com/gpu' or 'amd.com/gpu', got "
+                             f"{value!r}: {reason}")
+        return value
+
+    @field_validator("gpu_node_selector")
+    @classmethod
+    def _node_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            reason = _label_key(key)
+            if reason:
+                raise ValueError(f"{key!r} is not a Kubernetes label key: {reason}")
+            reason = _label_value(label)
+            if reason:
+                raise ValueError(f"the value {label!r} of {key!r} is not a label value: {reason}")
+        return value
+
     @field_validator("cpu_request", "memory_request", "memory_limit", "light_cpu_request", "light_memory_request",
                      "shm_size")
     @classmethod
-    def _quantity(cls, value: str) -> str:
-        if not _QUANTITY.match(value):
-            raise ValueError(f"must be a Kubernetes quantity such as '4', '500m' or '32Gi', got {value!r}")
+    def _quantity(cls, value: str, info: ValidationInfo) -> str:
+        parse_quantity(value)
+        if "cpu" not in info.field_name and value.endswith("m"):  # 'm' is milli: "500m" of memory is half a byte
+            raise ValueError(f"{value!r} is {parse_quantity(value)} bytes ('m' means milli); did you mean "
+                             f"{value[:-1]}Mi?")
         return value
+
+    @model_validator(mode="after")
+    def _memory_fits(self) -> ClusterConfig:
+        limit = parse_quantity(self.memory_limit)
+        if limit < parse_quantity(self.memory_request):
+            raise ValueError(f"memory_limit ({self.memory_limit}) is below memory_request ({self.memory_request}); "
+                             "Kubernetes refuses such a pod")
+        if parse_quantity(self.shm_size) > limit:
+            raise ValueError(f"shm_size ({self.shm_size}) exceeds memory_limit ({self.memory_limit}): /dev/shm is "
+                             "memory and counts against the limit")
+        return self
 
     @field_validator("training_runtime", "trainer_service_account", "kueue_queue_name", "kueue_priority_class")
     @classmethod
@@ -185,7 +367,7 @@ class ClusterConfig(_Section):
             return value  # empty: not used
         # Kueue reads the queue and the priority class from labels, whose values have at most 63 characters.
         limit = 63 if info.field_name.startswith("kueue_") else 253
-        if not _K8S_SUBDOMAIN.match(value) or len(value) > limit:
+        if not _K8S_SUBDOMAIN.fullmatch(value) or len(value) > limit:
             raise ValueError(f"must be a Kubernetes object name of at most {limit} characters (lowercase letters, "
                              f"digits, '-' and '.'), got {value!r}")
         return value
@@ -194,8 +376,9 @@ class ClusterConfig(_Section):
     @classmethod
     def _secret_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _K8S_NAME.match(name):
-                raise ValueError(f"must be Kubernetes secret names, got {name!r}")
+            if not _K8S_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+                raise ValueError(f"must be Kubernetes secret names (lowercase letters, digits, '-' and '.', at most "
+                                 f"253 characters), got {name!r}")
         return value
 
 
@@ -224,7 +407,7 @@ class DatasetConfig(_Section):
     @classmethod
     def _plain_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _DATASET_NAME.match(name) or ".." in name:
+            if not _DATASET_NAME.fullmatch(name) or ".." in name:
                 raise ValueError(f"dataset names are plain identifiers, got {name!r}")
         return value
 
@@ -304,7 +487,7 @@ class TrainingConfig(_Section):
     @classmethod
     def _module_names(cls, value: str) -> str:
         parts = [part.strip() for part in value.split(",")]
-        if not all(re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", part) for part in parts):
+        if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", part) for part in parts):
             raise ValueError(f"must be 'all' or comma-separated module names, got {value!r}")
         return ",".join(parts)
 
@@ -333,7 +516,7 @@ class EvaluationConfig(_Section):
     @classmethod
     def _subject_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.match(r"^[a-z0-9_]+$", name):
+            if not re.fullmatch(r"[a-z0-9_]+", name):
                 raise ValueError(f"MMLU subjects are lowercase identifiers, got {name!r}")
         return value
 
@@ -393,15 +576,32 @@ class MlflowConfig(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if not re.match(r"^(https?://|sqlite:///|databricks)", value):
-            raise ValueError(f"must be an http(s):// or sqlite:/// URI, got {value!r}")
+        # The URI reaches every pod's environment, the compiled IR, logs and MLflow params: credentials in it would
+        # be shown in all of them. They belong in the Secret, which reaches the pods as environment variables.
+        if has_credentials(value):
+            raise ValueError(f"must not carry credentials (got {public_uri(value)!r}): put MLFLOW_TRACKING_USERNAME "
+                             "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the Kubernetes Secret named "
+                             "by mlflow.credentials_secret, and the bare URI here")
+        if not re.match(r"(https?://|sqlite:///|databricks)", value) or any(char.isspace() for char in value):
+            raise ValueError(f"must be an http(s):// or sqlite:/// URI without spaces, got {value!r}")
         return value
 
     @field_validator("credentials_secret")
     @classmethod
     def _secret_name(cls, value: str) -> str:
-        if value and not _K8S_NAME.match(value):
-            raise ValueError(f"must be a Kubernetes secret name, got {value!r}")
+        if value and (not _K8S_SUBDOMAIN.fullmatch(value) or len(value) > 253):
+            raise ValueError(f"must be a Kubernetes secret name (lowercase letters, digits, '-' and '.', at most 253 "
+                             f"characters), got {value!r}")
+        return value
+
+    @field_validator("registered_model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        # MLflow refuses '/' and ':'; the name is also the directory <models_root>/<name>/, so it must be one plain
+        # path component ('..' or 'a/b' would publish outside models_root or into another model).
+        if not _MODEL_NAME.fullmatch(value) or ".." in value or len(value) > 200:
+            raise ValueError(f"must be at most 200 letters, digits, '_', '.' or '-', starting with a letter or digit "
+                             f"and without '..' (it names a directory under storage.models_root), got {value!r}")
         return value
 
 
@@ -428,8 +628,10 @@ class PipelineConfig(_Section):
     @field_validator("name")
     @classmethod
     def _k8s_like(cls, value: str) -> str:
-        if not _K8S_NAME.match(value) or len(value) > 63:
-            raise ValueError(f"must be lowercase letters, digits and '-', got {value!r}")
+        if not _K8S_NAME.fullmatch(value) or len(value) > NAME_MAX:
+            raise ValueError(f"must be a DNS-1123 label of at most {NAME_MAX} characters (lowercase letters, digits "
+                             f"and '-', starting and ending with a letter or digit; a pipeline compiled with --set "
+                             f"changes is named <name>-<8 hex digits>, within Kubernetes' 63), got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -462,8 +664,34 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def check_shape(data: Any, what: str) -> None:
+    """Refuse a document nested deeper than :data:`MAX_CONFIG_DEPTH` or with more than :data:`MAX_CONFIG_NODES`
+    values, counting a YAML alias each time it is used (as everything after the parser expands it).
+
+    Raises:
+        ConfigError: the document is too deep or too large; the message names ``what``.
+    """
+    stack, count = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"{what} holds more than {MAX_CONFIG_NODES:,} values (YAML aliases count each time "
+                              "they are used); a config is far smaller")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{what} is nested more than {MAX_CONFIG_DEPTH} levels deep; a config is at most a few")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for pair in node.items() for child in pair)
+        elif isinstance(node, list | tuple | set):
+            stack.extend((child, depth + 1) for child in node)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse one ``section.field=value`` override; the value is read as YAML (numbers, lists, bools)."""
+    """Parse one ``section.field=value`` override; the value is read as YAML (numbers, lists, bools).
+
+    Raises:
+        ConfigError: the override has no ``=`` or an empty path part, or its value is not readable YAML.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.field=value")
@@ -479,8 +707,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``a.b=value`` override applied (unknown keys fail later)."""
-    merged = json.loads(json.dumps(data))
+    """Return a copy of ``data`` with each ``a.b=value`` override applied (unknown keys fail later).
+
+    Raises:
+        ConfigError: an override is malformed, or its path runs through a value that is not a section.
+    """
+    check_shape(data, "the configuration")
+    merged = copy.deepcopy(data)  # keeps dates and sets as they are, for the schema to name the field
     for text in overrides:
         path, value = parse_override(text)
         node = merged
@@ -505,6 +738,7 @@ def config_from_dict(data: Any, source: str = "<dict>", overrides: list[str] | N
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping, "
                           f"got {type(data).__name__}")
+    check_shape(data, f"the configuration in {source}")
     data = apply_overrides(data, overrides or [])
     try:
         return PipelineConfig.model_validate(data)
@@ -533,7 +767,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def config_from_json(text: str, overrides: list[str] | None = None) -> PipelineConfig:
-    """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter."""
+    """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter.
+
+    Raises:
+        ConfigError: the text is not JSON/YAML, is too deep or too large, or fails validation.
+    """
     try:
         data = parse_yaml(text, "the config parameter")
     except DocumentError as exc:
@@ -542,10 +780,13 @@ def config_from_json(text: str, overrides: list[str] | None = None) -> PipelineC
 
 
 __all__ = [
+    "NAME_MAX",
     "ConfigError",
     "PipelineConfig",
     "apply_overrides",
+    "check_shape",
     "config_from_dict",
     "config_from_json",
     "load_config",
+    "parse_quantity",
 ]

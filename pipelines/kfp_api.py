@@ -1,11 +1,15 @@
 """Talking to the Kubeflow Pipelines API: authentication, experiments, runs and waiting for a run.
 
 Thin functions over ``kfp.Client`` (KFP SDK 2.x, API v2beta1) used by ``python -m pipelines.submit``.
-Two rules hold for every function here:
+Three rules hold for every function here:
 
 - Tokens never reach stdout, stderr or a log: :class:`Auth` keeps the token out of its ``repr``,
-  :func:`describe_auth` masks it, :func:`error_text` strips it from server replies, and the SDK's own
-  ``print`` calls (links that may carry a host with credentials) are swallowed by :func:`quiet`.
+  :func:`describe_auth` masks it, :func:`error_text` strips it from server replies (through the one
+  redaction function, :func:`configs.redaction.redact`), and the SDK's own ``print`` calls (links that may
+  carry a host with credentials) are swallowed by :func:`quiet`.
+- Every request has a bounded wait and every reply must be the API's JSON (:func:`guard_replies`): a server
+  that hangs fails after ``timeout_s`` seconds, and a login page or a proxy's HTML answered with 200 is an
+  :class:`UnexpectedReply`, never a run "created" with no id.
 - A run is finished in any of :data:`FINAL_STATES`. ``Client.wait_for_run_completion`` does not count
   CANCELED as final and would poll a cancelled run until its timeout; :func:`wait_for_run` does.
 """
@@ -22,17 +26,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import kfp
 import kfp_server_api
+import urllib3
+
+from configs import redaction
 
 # Where kubelet projects the audience-bound KFP service-account token in a pod (kfp.client defaults).
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 SA_TOKEN_DEFAULT_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 DEFAULT_TOKEN_ENV = "KFP_TOKEN"
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
-MASK = "****"
+MASK = redaction.MASK
+# How long one request may take (connect, then read) before submit gives up on the server.
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
 # Transient poll failures (a restarting API server, a dropped connection) tolerated in a row while waiting.
 MAX_POLL_ERRORS = 5
 _EQUALS = 1  # kfp.client's numeric filter operation code for EQUALS
@@ -40,6 +49,10 @@ _EQUALS = 1  # kfp.client's numeric filter operation code for EQUALS
 
 class AuthError(ValueError):
     """The requested authentication cannot be set up (e.g. the named token variable is empty)."""
+
+
+class UnexpectedReply(RuntimeError):
+    """The server answered, but not as the KFP API does (an HTML login page, a reply without the expected id)."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +80,16 @@ def resolve_auth(token_env: str | None, environ: dict[str, str] | None = None) -
     service-account token file, else none (a port-forward or an open endpoint).
 
     Raises:
-        AuthError: ``token_env`` was named explicitly but is unset or empty.
+        AuthError: ``token_env`` was named explicitly but is unset or empty, or the token holds a newline,
+            another control character or inner whitespace (the message names the variable, never the value).
     """
     environ = os.environ if environ is None else environ
     name = token_env or DEFAULT_TOKEN_ENV
     token = environ.get(name, "").strip()
     if token:
+        reason = redaction.unsafe_token(token)
+        if reason:  # the HTTP library's own error would quote the whole header, token included
+            raise AuthError(f"${name} cannot be sent as a bearer token: {reason} (check how it was exported)")
         return Auth(source=f"bearer token from ${name}", token=token)
     if token_env:
         raise AuthError(f"--token-env {token_env}: the environment variable {token_env} is unset or empty")
@@ -88,35 +105,103 @@ def describe_auth(auth: Auth) -> str:
 
 
 def public_host(host: str) -> str:
-    """``host`` without user info (``https://user:secret@kfp`` -> ``https://kfp``), safe to print."""
-    parts = urlsplit(host)
-    if parts.username is None and parts.password is None:
-        return host
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """``host`` without user info (``https://user:secret@kfp`` -> ``https://kfp``), safe to print
+    (:func:`configs.redaction.public_uri`)."""
+    return redaction.public_uri(host)
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret replaced by a mask."""
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
+    """``text`` with every secret, URI user info and bearer credential masked (:func:`configs.redaction.redact`)."""
+    return redaction.redact(text, secrets)
+
+
+def _api_detail(exc: kfp_server_api.ApiException, secrets: list[str]) -> str:
+    """The message of an API error reply: the JSON ``message`` field, or a short account of any other body."""
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+    with contextlib.suppress(ValueError, AttributeError, RecursionError):
+        message = json.loads(body).get("message")
+        if isinstance(message, str) and message:
+            return redaction.describe_reply(message, secrets, limit=500)
+    return redaction.describe_reply(body, secrets, limit=500) if body.strip() else ""
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a request failed because the server did not answer in time (a refused connection is not that,
+    though urllib3's NewConnectionError subclasses its ConnectTimeoutError)."""
+    reason = getattr(exc, "reason", None) if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+    return (isinstance(reason, urllib3.exceptions.TimeoutError)
+            and not isinstance(reason, urllib3.exceptions.NewConnectionError))
 
 
 def error_text(exc: BaseException, secrets: list[str]) -> str:
     """A one-paragraph, token-free description of an API or connection error."""
     if isinstance(exc, kfp_server_api.ApiException):
-        detail = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
-        with contextlib.suppress(ValueError, AttributeError):
-            detail = json.loads(detail).get("message") or detail
-        text = f"KFP API answered {exc.status} {exc.reason or ''}".rstrip() + (f": {detail[:500]}" if detail else "")
+        detail = _api_detail(exc, secrets)
+        text = f"KFP API answered {exc.status} {exc.reason or ''}".rstrip() + (f": {detail}" if detail else "")
+    elif _timed_out(exc):
+        text = (f"the KFP API did not answer in time ({getattr(exc, 'reason', None) or exc}); check --host, or "
+                "raise --request-timeout for a slow server")
     elif type(exc).__module__.startswith("urllib3"):
         text = f"cannot reach the KFP API: {getattr(exc, 'reason', None) or exc}"
+    elif isinstance(exc, UnexpectedReply):
+        text = str(exc)
     else:
         text = f"{type(exc).__name__}: {exc}"
-    return redact(text, secrets)
+    return redaction.redact(text, secrets)
+
+
+def _require_json(reply: Any, method: str, url: str) -> None:
+    """Refuse a 2xx reply whose body is not JSON: a login page or a proxy's page, not the KFP API.
+
+    Raises:
+        UnexpectedReply: naming the request (without credentials) and what came back instead.
+    """
+    data = reply.data if isinstance(reply.data, bytes | str) else b""
+    if not data.strip():
+        return  # a DELETE answers an empty body on some versions
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        path = redaction.public_uri(urlsplit(url).path)
+        raise UnexpectedReply(
+            f"{method} {path} was answered (HTTP {reply.status}) with {redaction.describe_reply(data)} instead of the "
+            "KFP API's JSON: --host must be the pipeline API (e.g. https://<kubeflow host>/pipeline), and a login "
+            "page means the request needs a bearer token ($KFP_TOKEN or --token-env)") from None
+
+
+def guard_replies(api_client: kfp_server_api.ApiClient, timeout_s: float) -> None:
+    """Give every request of ``api_client`` a ``timeout_s`` connect and read limit, and refuse non-JSON replies.
+
+    The generated client sends requests without a timeout (a server that accepts the connection and never
+    answers blocks submit forever) and reads any 2xx body it cannot parse as an empty object (an HTML login
+    page then "creates" a run without an id). Both are closed here, at the one method every request goes through.
+    A read timeout is not retried: the server got the request and did not answer (connect errors still are).
+    """
+    rest = api_client.rest_client
+    send = rest.request
+
+    def request(method: str, url: str, *args: Any, _request_timeout: Any = None, _preload_content: bool = True,
+                **kwargs: Any) -> Any:
+        reply = send(method, url, *args, _request_timeout=_request_timeout or (timeout_s, timeout_s),
+                     _preload_content=_preload_content, **kwargs)
+        if _preload_content:
+            _require_json(reply, method, url)
+        return reply
+
+    rest.request = request
+    rest.pool_manager.connection_pool_kw["retries"] = urllib3.Retry(total=3, read=False, redirect=3)
+    rest.pool_manager.clear()  # pools made before this point would keep the default retries
+
+
+def required_id(value: Any, what: str) -> str:
+    """``value`` (an id from a reply) as a non-empty string.
+
+    Raises:
+        UnexpectedReply: the reply had no such id (a server that is not the KFP API).
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise UnexpectedReply(f"the KFP API's reply has no {what}; is --host the pipeline API?")
+    return value
 
 
 @contextlib.contextmanager
@@ -127,7 +212,7 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def check_health(host: str, auth: Auth) -> None:
+def check_health(host: str, auth: Auth, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
     """One healthz request with the same credentials, so a wrong host or token fails at once.
 
     ``kfp.Client()`` itself calls healthz when no namespace is set, and retries any API error five
@@ -136,7 +221,8 @@ def check_health(host: str, auth: Auth) -> None:
 
     Raises:
         kfp_server_api.ApiException: the server refused the request.
-        urllib3.exceptions.HTTPError: the host cannot be reached.
+        UnexpectedReply: the server answered something other than the API's JSON (a login page).
+        urllib3.exceptions.HTTPError: the host cannot be reached, or did not answer within ``timeout_s``.
     """
     from kfp.client import ServiceAccountTokenVolumeCredentials
 
@@ -147,22 +233,30 @@ def check_health(host: str, auth: Auth) -> None:
     if auth.token_file:
         config.refresh_api_key_hook = ServiceAccountTokenVolumeCredentials(auth.token_file).refresh_api_key_hook
     with kfp_server_api.ApiClient(config) as api:
+        guard_replies(api, timeout_s)
         kfp_server_api.HealthzServiceApi(api).healthz_service_get_healthz()
 
 
-def make_client(host: str, namespace: str | None, auth: Auth) -> kfp.Client:
-    """A ``kfp.Client`` for ``host`` authenticated as ``auth`` describes (after :func:`check_health`).
+def make_client(host: str, namespace: str | None, auth: Auth,
+                timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> kfp.Client:
+    """A ``kfp.Client`` for ``host`` authenticated as ``auth`` describes (after :func:`check_health`), whose
+    requests wait at most ``timeout_s`` seconds and accept only JSON replies (:func:`guard_replies`).
 
     With a token file the SDK's ``ServiceAccountTokenVolumeCredentials`` re-reads the file before
     every request, so a token the kubelet rotates keeps working during a long ``--wait``.
+
+    Raises:
+        As :func:`check_health`.
     """
     from kfp.client import ServiceAccountTokenVolumeCredentials
 
-    check_health(host, auth)
+    check_health(host, auth, timeout_s)
     credentials = ServiceAccountTokenVolumeCredentials(auth.token_file) if auth.token_file else None
     with quiet():
-        return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=auth.token,
-                          credentials=credentials)
+        client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=auth.token,
+                            credentials=credentials)
+    guard_replies(client._run_api.api_client, timeout_s)  # one ApiClient serves every API object of the client
+    return client
 
 
 def name_filter(display_name: str) -> str:
@@ -173,7 +267,8 @@ def name_filter(display_name: str) -> str:
 def get_or_create_experiment(client: kfp.Client, name: str, namespace: str | None) -> str:
     """The id of the experiment called ``name`` in ``namespace``, created when missing."""
     with quiet():
-        return client.create_experiment(name=name, namespace=namespace).experiment_id
+        experiment = client.create_experiment(name=name, namespace=namespace)
+    return required_id(getattr(experiment, "experiment_id", None), f"experiment id for {name!r}")
 
 
 def create_run(client: kfp.Client, *, experiment_id: str, run_name: str, package_path: Path,
@@ -183,13 +278,13 @@ def create_run(client: kfp.Client, *, experiment_id: str, run_name: str, package
         run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name,
                                   pipeline_package_path=str(package_path), params=parameters,
                                   service_account=service_account)
-    return run.run_id
+    return required_id(getattr(run, "run_id", None), "run id")
 
 
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, kfp_server_api.ApiException):
         return exc.status in (0, 429, 502, 503, 504)
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")  # read timeouts included
 
 
 def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_interval_s: float,

@@ -5,7 +5,12 @@ KFP reads cron expressions with robfig/cron and **six** fields, seconds first::
     second minute hour day-of-month month day-of-week      e.g. "0 0 2 * * *" = every day at 02:00
 
 A five-field Unix expression is accepted by KFP but read shifted by one field ("0 2 * * *" runs at
-minute 2 of every hour), so :func:`validate_cron` refuses it and names the six-field equivalent.
+minute 2 of every hour), so :func:`validate_cron` refuses it and names the six-field equivalent. It also
+refuses what KFP would accept and never or wrongly run: a day that no chosen month has (``0 0 0 31 2 *``;
+robfig/cron gives up looking and the schedule never fires), an ``@every`` shorter than
+:data:`MIN_EVERY_S` or with a fraction of a second (robfig/cron rounds ``@every 0.5s`` up to one second and
+truncates fractions), and digits other than ASCII 0-9 (Python's ``str.isdigit`` is true for Arabic-Indic
+and fullwidth digits; Go reads no such number).
 
 KFP cannot update a recurring run. :func:`replace_recurring_run` therefore creates the new one first
 and then deletes every older recurring run with the same display name: re-running the same command
@@ -16,15 +21,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import kfp
 
-from pipelines.kfp_api import name_filter, quiet
+from pipelines.kfp_api import name_filter, quiet, required_id
 
 DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+# A fine-tuning run takes far longer than this; a shorter @every only queues runs behind max_concurrency=1.
+MIN_EVERY_S = 60
+# Go's time.Duration is an int64 of nanoseconds: about 2,562,047 hours.
+_MAX_EVERY_S = Decimal(2**63 - 1) / 10**9
+_GO_UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "\u00b5s": Decimal("1e-6"), "\u03bcs": Decimal("1e-6"),
+             "ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 _MONTHS = {name: number for number, name in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
 _DAYS = {name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
@@ -56,9 +70,9 @@ class CronError(ValueError):
 def _number(text: str, spec: _Field) -> int:
     value = spec.names.get(text.lower()) if spec.names else None
     if value is None:
-        if not text.isdigit():
+        if not _ASCII_DIGITS.fullmatch(text):  # str.isdigit() is also true for Arabic-Indic or fullwidth digits
             hint = f" or a name such as {next(iter(spec.names))}" if spec.names else ""
-            raise CronError(f"{spec.name} field: {text!r} is not a number{hint}")
+            raise CronError(f"{spec.name} field: {text!r} is not a number in ASCII digits 0-9{hint}")
         value = int(text)
     if not spec.low <= value <= spec.high:
         hint = " (Sunday is 0)" if spec.name == "day-of-week" and value == 7 else ""
@@ -66,29 +80,63 @@ def _number(text: str, spec: _Field) -> int:
     return value
 
 
-def _check_item(item: str, spec: _Field) -> None:
-    """One comma-separated item: ``*``, ``?``, ``a``, ``a-b``, each optionally ``/step``."""
-    base, slash, step = item.partition("/")
-    if slash and (not step.isdigit() or int(step) < 1):
+def _item_values(item: str, spec: _Field) -> tuple[set[int], bool]:
+    """One comma-separated item (``*``, ``?``, ``a``, ``a-b``, each optionally ``/step``) as robfig/cron reads it:
+    the values it selects, and whether it is an unrestricted ``*``/``?`` (a step above 1 restricts it)."""
+    base, slash, step_text = item.partition("/")
+    if slash and (not _ASCII_DIGITS.fullmatch(step_text) or int(step_text) < 1):
         raise CronError(f"{spec.name} field: step in {item!r} must be a positive integer")
-    if base == "?":
-        if not spec.question_mark:
-            raise CronError(f"{spec.name} field: '?' is only allowed in day-of-month and day-of-week")
-        return
-    if base == "*":
-        return
+    step = int(step_text) if slash else 1
+    if base == "?" and not spec.question_mark:
+        raise CronError(f"{spec.name} field: '?' is only allowed in day-of-month and day-of-week")
+    if base in ("*", "?"):
+        return set(range(spec.low, spec.high + 1, step)), step == 1
     low, dash, high = base.partition("-")
     first = _number(low, spec)
-    if dash and _number(high, spec) < first:
+    last = _number(high, spec) if dash else (spec.high if slash else first)  # "a/step" means "a-max/step"
+    if last < first:
         raise CronError(f"{spec.name} field: range {base!r} runs backwards")
+    return set(range(first, last + 1, step)), False
 
 
 def _check_six_fields(fields: list[str]) -> None:
+    """Check each field, and that the schedule fires at all (a chosen day that a chosen month has)."""
+    values: dict[str, tuple[set[int], bool]] = {}
     for text, spec in zip(fields, CRON_FIELDS, strict=True):
+        selected, star = set(), False
         for item in text.split(","):
             if not item:
                 raise CronError(f"{spec.name} field: empty list item in {text!r}")
-            _check_item(item, spec)
+            more, item_star = _item_values(item, spec)
+            selected |= more
+            star = star or item_star
+        values[spec.name] = (selected, star)
+    days, days_star = values["day-of-month"]
+    months = values["month"][0]
+    # robfig/cron matches day-of-month AND day-of-week when either is '*' or '?', else either one. Only a
+    # day-of-month restricted under an unrestricted day-of-week can select nothing: a day no chosen month has
+    # (February 29 counts: robfig/cron looks five years ahead, which always holds a leap year).
+    if values["day-of-week"][1] and not days_star and not any(
+            day <= _MONTH_DAYS[month] for day in days for month in months):
+        shown = ", ".join(name.capitalize() for name, number in _MONTHS.items() if number in months)
+        raise CronError(f"day-of-month field: the schedule never fires: no chosen day ({min(days)} or later) "
+                        f"occurs in {shown}, which {'has' if len(months) == 1 else 'have'} at most "
+                        f"{max(_MONTH_DAYS[month] for month in months)} days")
+
+
+def _every_seconds(duration: str) -> Decimal:
+    """The length of a Go duration such as ``6h30m``, in seconds.
+
+    Raises:
+        CronError: not a Go duration (units ns, us, ms, s, m, h; ASCII digits), or longer than Go allows.
+    """
+    if not duration or _GO_PART.sub("", duration):
+        raise CronError(f"@every {duration!r}: not a Go duration such as '6h', '90m' or '1h30m' (units ns, us, ms, "
+                        "s, m, h; ASCII digits)")
+    seconds = sum((Decimal(number) * _GO_UNITS[unit] for number, unit in _GO_PART.findall(duration)), Decimal(0))
+    if seconds > _MAX_EVERY_S:
+        raise CronError(f"@every {duration}: longer than the longest Go duration (about 2,562,047h)")
+    return seconds
 
 
 def validate_cron(expression: str) -> str:
@@ -98,14 +146,23 @@ def validate_cron(expression: str) -> str:
 
     Raises:
         CronError: wrong field count (a five-field expression gets its six-field equivalent suggested),
-            a value out of range, or a malformed item; the message names the field.
+            a value out of range or not in ASCII digits, a malformed item, a schedule that never fires, or an
+            ``@every`` under :data:`MIN_EVERY_S` or with a fraction of a second; the message names the field.
     """
     text = " ".join(expression.split())
     if text.startswith("@"):
         if text in DESCRIPTORS:
             return text
         every, _, duration = text.partition(" ")
-        if every == "@every" and _GO_DURATION.match(duration):
+        if every == "@every":
+            seconds = _every_seconds(duration)
+            if seconds < MIN_EVERY_S:
+                raise CronError(f"@every {duration}: {seconds.normalize():f} s is too short; the interval must be at "
+                                f"least {MIN_EVERY_S} s (one fine-tuning run lasts far longer, and robfig/cron reads "
+                                "anything under a second as one second)")
+            if seconds != seconds.to_integral_value():
+                raise CronError(f"@every {duration}: the interval must be whole seconds (robfig/cron drops the "
+                                f"fraction of {seconds.normalize():f} s)")
             return text
         raise CronError(f"cron {expression!r}: unknown descriptor; use one of {', '.join(DESCRIPTORS)} "
                         "or '@every <duration>' such as '@every 6h'")
@@ -152,13 +209,14 @@ def upload_version(client: kfp.Client, package_path: Path, *, pipeline_name: str
         if pipeline_id is None:
             pipeline = client.upload_pipeline(str(package_path), pipeline_name=pipeline_name,
                                               description=description, namespace=namespace)
-            versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1, sort_by="created_at desc")
+            pipeline_id = required_id(getattr(pipeline, "pipeline_id", None), "pipeline id")
+            versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
             if not versions.pipeline_versions:
                 raise ValueError(f"KFP created pipeline {pipeline_name!r} without a version")
-            return pipeline.pipeline_id, versions.pipeline_versions[0].pipeline_version_id
+            return pipeline_id, required_id(versions.pipeline_versions[0].pipeline_version_id, "pipeline version id")
         version = client.upload_pipeline_version(str(package_path), pipeline_version_name=version_name,
                                                  pipeline_id=pipeline_id, description=description)
-    return pipeline_id, version.pipeline_version_id
+    return pipeline_id, required_id(getattr(version, "pipeline_version_id", None), "pipeline version id")
 
 
 def list_recurring_runs(client: kfp.Client, namespace: str | None, display_name: str | None = None) -> list[Any]:
@@ -200,9 +258,10 @@ def replace_recurring_run(client: kfp.Client, *, name: str, cron: str, experimen
             experiment_id=experiment_id, job_name=name, description=description, cron_expression=cron,
             max_concurrency=1, no_catchup=True, params=parameters, pipeline_id=pipeline_id,
             version_id=version_id, enabled=True, service_account=service_account)
-        for recurring_run_id in older:
+        created_id = required_id(getattr(created, "recurring_run_id", None), "recurring run id")
+        for recurring_run_id in older:  # only once the new one exists: a failed create leaves the old in place
             client.delete_recurring_run(recurring_run_id)
-    return created.recurring_run_id, older
+    return created_id, older
 
 
 def describe_recurring_run(run: Any) -> str:

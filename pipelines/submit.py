@@ -23,6 +23,9 @@ printed.
 then creates a recurring run pinned to that version (max_concurrency=1, no_catchup); running the same
 command again replaces the schedule of that name. Exit codes: 0 ok, 1 failure (API error, run not
 SUCCEEDED, timeout), 2 usage or config error.
+
+Every request waits at most ``--request-timeout`` seconds, and a reply that is not the API's JSON (a login
+page answered with 200) is an error: a hung or misconfigured server fails with a message, never "created".
 """
 
 from __future__ import annotations
@@ -183,9 +186,11 @@ def submit(request: RunRequest, args: argparse.Namespace, target: Target, packag
 
     Raises:
         kfp_server_api.ApiException: the API refused a request.
+        kfp_api.UnexpectedReply: the server answered something other than the API's JSON.
+        urllib3.exceptions.HTTPError: the server cannot be reached or did not answer within ``--request-timeout``.
         TimeoutError: ``--wait`` ran out of ``--timeout``.
     """
-    client = kfp_api.make_client(target.host, target.namespace, target.auth)
+    client = kfp_api.make_client(target.host, target.namespace, target.auth, args.request_timeout)
     experiment = args.experiment or request.resolved.mlflow.experiment
     experiment_id = kfp_api.get_or_create_experiment(client, experiment, target.namespace)
     run_name = args.run_name or f"{_pipeline_name(request)}-{_stamp()}"
@@ -207,9 +212,11 @@ def schedule(request: RunRequest, args: argparse.Namespace, target: Target, pack
 
     Raises:
         kfp_server_api.ApiException: the API refused a request (an existing schedule is then left in place).
+        kfp_api.UnexpectedReply: the server answered something other than the API's JSON.
+        urllib3.exceptions.HTTPError: the server cannot be reached or did not answer within ``--request-timeout``.
         ValueError: several pipelines share the config's name.
     """
-    client = kfp_api.make_client(target.host, target.namespace, target.auth)
+    client = kfp_api.make_client(target.host, target.namespace, target.auth, args.request_timeout)
     pipeline = _pipeline_name(request)
     name = args.schedule_name or f"{pipeline}-nightly"
     digest = request.compiled.config_hash()
@@ -235,8 +242,10 @@ def manage_schedules(args: argparse.Namespace, target: Target) -> int:
 
     Raises:
         kfp_server_api.ApiException: the API refused a request.
+        kfp_api.UnexpectedReply: the server answered something other than the API's JSON.
+        urllib3.exceptions.HTTPError: the server cannot be reached or did not answer within ``--request-timeout``.
     """
-    client = kfp_api.make_client(target.host, target.namespace, target.auth)
+    client = kfp_api.make_client(target.host, target.namespace, target.auth, args.request_timeout)
     if args.list_schedules:
         runs = list_recurring_runs(client, target.namespace)
         for run in runs:
@@ -274,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true", help="Wait for the run; exit 0 only if it SUCCEEDED.")
     parser.add_argument("--timeout", type=float, default=172800.0, help="--wait limit in seconds (default 48 h).")
     parser.add_argument("--poll-interval", type=float, default=30.0, help="--wait polling interval in seconds.")
+    parser.add_argument("--request-timeout", type=float, default=kfp_api.DEFAULT_REQUEST_TIMEOUT_S,
+                        help="Longest wait for one API request, in seconds (default %(default)g).")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--schedule", metavar="CRON", help='Create a recurring run; 6-field cron, seconds first, '
                                                            'e.g. "0 0 2 * * *" (daily 02:00).')
@@ -295,8 +306,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError("--wait applies to a single run, not to --schedule")
     if args.schedule_name and not args.schedule:
         raise UsageError("--schedule-name needs --schedule")
-    if args.timeout <= 0 or args.poll_interval <= 0:
-        raise UsageError("--timeout and --poll-interval must be positive")
+    if not all(0 < value < float("inf") for value in (args.timeout, args.poll_interval, args.request_timeout)):
+        raise UsageError("--timeout, --poll-interval and --request-timeout must be positive numbers of seconds")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,14 @@ one repeats); ``max_page_size`` caps list pages, as the real server does, to exe
 ``"METHOD /path"`` to a status code, answered with a body that echoes the request's Authorization
 header (as a careless proxy might) to prove the client never repeats it; ``flaky`` maps
 ``"METHOD /path"`` to a number of 503 replies given before the endpoint works (a restarting server).
+
+Misbehaving servers: ``html`` maps ``"METHOD /path"`` (or ``"*"`` for every request) to a status code
+answered with an HTML login page, as an authenticating proxy in front of the API does (the page echoes the
+Authorization header, as a careless one might); ``hang`` is a set of ``"METHOD /path"`` (``"*"`` for every
+request, a trailing ``*`` for a path prefix such as ``"GET /apis/v2beta1/runs/*"``) whose requests are read
+and recorded but never answered until the server stops (``hang_released`` is set then);
+``canned`` maps ``"METHOD /path"`` to a JSON body answered with 200 in place of the API's (e.g. ``{}``, a
+reply without the id the client needs).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 API = "/apis/v2beta1"
+LOGIN_PAGE = ("<!DOCTYPE html>\n<html><head><title>Log in to Your Account</title></head><body>\n"
+              "<form method=\"post\" action=\"/dex/auth\"><input name=\"login\"><input name=\"password\" "
+              "type=\"password\"></form>\n<!-- request carried: {authorization} -->\n</body></html>\n")
 
 
 @dataclass
@@ -74,13 +85,19 @@ class FakeKfpServer:
 
     def __init__(self, *, run_states: tuple[str, ...] = ("SUCCEEDED",), max_page_size: int = 100,
                  require_token: str | None = None, fail: dict[str, int] | None = None,
-                 flaky: dict[str, int] | None = None, multi_user: bool = False):
+                 flaky: dict[str, int] | None = None, multi_user: bool = False,
+                 html: dict[str, int] | None = None, hang: set[str] | None = None,
+                 canned: dict[str, Any] | None = None):
         self.run_states = run_states
         self.max_page_size = max_page_size
         self.require_token = require_token
         self.fail = fail or {}
         self.flaky = dict(flaky or {})
         self.multi_user = multi_user
+        self.html = dict(html or {})
+        self.hang = set(hang or ())
+        self.canned = dict(canned or {})
+        self.hang_released = threading.Event()
         self.requests: list[Recorded] = []
         self.experiments: dict[str, dict] = {}
         self.pipelines: dict[str, dict] = {}
@@ -99,6 +116,7 @@ class FakeKfpServer:
         return self
 
     def stop(self) -> None:
+        self.hang_released.set()  # let hanging handlers return, so no thread outlives the server
         self._server.shutdown()
         self._server.server_close()
 
@@ -150,12 +168,25 @@ class FakeKfpServer:
                     record.form, record.files = _parse_multipart(content_type, body)
                 elif body:
                     record.json = json.loads(body)
+                key = f"{record.method} {record.path}"
                 with fake._lock:
                     fake.requests.append(record)
-                    status, reply = fake._route(record)
-                data = json.dumps(reply).encode()
+                    hangs = any(pattern == key or (pattern.endswith("*") and key.startswith(pattern[:-1]))
+                                for pattern in fake.hang)
+                    html_status = fake.html.get(key, fake.html.get("*"))
+                    status, reply = (0, None) if hangs or html_status else fake._route(record)
+                if hangs:  # never answer; the client's own timeout must end the wait
+                    fake.hang_released.wait()
+                    self.close_connection = True
+                    return
+                content_type = "application/json"
+                if html_status:
+                    status, content_type = html_status, "text/html; charset=utf-8"
+                    data = LOGIN_PAGE.format(authorization=record.headers.get("authorization")).encode()
+                else:
+                    data = json.dumps(reply).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -170,6 +201,8 @@ class FakeKfpServer:
         key = f"{r.method} {r.path}"
         if key in self.fail:
             return self.fail[key], {"code": 13, "message": f"boom; you sent {r.headers.get('authorization')}"}
+        if key in self.canned:
+            return 200, self.canned[key]
         if self.flaky.get(key, 0) > 0:
             self.flaky[key] -= 1
             return 503, {"code": 14, "message": "unavailable, try again"}
