@@ -951,7 +951,10 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"--base": args.base, "--adapter": args.adapter}
     try:
         if args.output:
-            guard_output(args.output, inputs, replace=args.force)
+            guard_output(args.output, inputs, replace=True)  # never an input, inside one or above one
+            if args.output.exists() and not args.force:
+                raise StorageError(f"--output {args.output} already exists; pass --force to replace an earlier "
+                                   "merge there")
             if args.force:
                 _check_replaceable(args.output)
             with atomic_directory(args.output, replace=args.force) as staging:

@@ -93,8 +93,9 @@ def _parse_reply(body: bytes, url: str, secrets: list[str]) -> dict:
     try:
         data = parse_json(body, "the reply", max_bytes=MAX_REPLY_BYTES, scanner=_REPLY)
     except DocumentError as exc:  # a login page or a proxy's page, not the server: no retry
-        raise BackendError(f"completions endpoint {public_uri(url)} answered {describe_reply(body, secrets)} "
-                           f"instead of JSON ({exc.reason}): is it an OpenAI-compatible server?") from None
+        raise BackendError(f"completions endpoint {public_uri(url)} did not answer JSON ({exc.reason}): is it an "
+                           f"OpenAI-compatible server? It answered {describe_reply(body, secrets)} instead of JSON") \
+            from None
     if not isinstance(data, dict):
         raise BackendError(f"completions endpoint {public_uri(url)} answered a JSON {type(data).__name__}, "
                            "not an object")

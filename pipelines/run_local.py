@@ -130,8 +130,9 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
             client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
 
 
-def run_pipeline(cfg: PipelineConfig) -> None:
-    """Run the pipeline for ``cfg`` with kfp.local; raises when a task fails."""
+def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -> None:
+    """Run the pipeline for ``cfg`` with kfp.local, its run parameters at their defaults unless ``arguments``
+    gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would); raises when a task fails."""
     from kfp import local
 
     from components.tracking import local_launcher_env
@@ -142,7 +143,7 @@ def run_pipeline(cfg: PipelineConfig) -> None:
                        **local_launcher_env()})  # the parent run records who to check for liveness
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(cfg.storage.resolve("kfp-local")), raise_on_error=True)
-    build_pipeline(cfg)()  # every parameter at its default: the config as given
+    build_pipeline(cfg)(**(arguments or {}))
 
 
 @contextlib.contextmanager

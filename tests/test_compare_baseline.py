@@ -296,7 +296,7 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert (needs_eval, model_dir, name) == (True, str(base), "base model")
     assert (mmlu_key, task_key) == (setup.mmlu_key, setup.task_key)
     assert note == "base model evaluated afresh: this model has no stored score yet"
-    (resolve,) = _runs(cfg, "resolve-baseline")
+    (resolve,) = _runs(cfg, "find-baseline")
     assert resolve.data.tags["llmft.baseline_note"] == note and resolve.data.tags["llmft.baseline_eval_key"] == mmlu_key
 
     store_eval_run(cfg, "r1", base, status="FAILED")  # a failed evaluation is not a stored score
@@ -313,7 +313,7 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert (Path(mmlu_path), Path(task_path)) == (target / "results.json", target / "task.json")
     assert Path(mmlu_path).read_text() == mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key))
     assert Path(task_path).read_text() == task_text(task_results(base_losses(), eval_key=task_key))
-    (fetch,) = _runs(cfg, "fetch-baseline-results")
+    (fetch,) = _runs(cfg, "reuse-baseline-scores")
     assert fetch.data.tags["llmft.source_run_ids"] == source and fetch.info.status == "FINISHED"
 
     with pytest.raises(BaselineError, match="evaluate the baseline instead"):
@@ -329,7 +329,7 @@ def test_a_stored_file_under_another_eval_key_is_refused(cfg):
     with pytest.raises(ComparisonError, match=f"stored results.json of run {source} has eval key f{{64}}, not "
                                               f"{mmlu_key}"):
         run_fetch_baseline_results(config=config, kfp_run_id="r1", mmlu_key=mmlu_key, task_key=task_key)
-    assert _runs(cfg, "fetch-baseline-results")[0].info.status == "FAILED"
+    assert _runs(cfg, "reuse-baseline-scores")[0].info.status == "FAILED"
     assert not (run_dir(cfg, "r1") / "eval").exists()  # the refused file is not left where compare would read it
 
 
@@ -440,7 +440,7 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert metrics.metadata["task_loss_change"] == pytest.approx(-0.1)
 
     # MLflow: the step run holds report/report.md with its image beside it, and comparison.json.
-    (step,) = _runs(cfg, "compare-baseline")
+    (step,) = _runs(cfg, "compare")
     assert step.info.status == "FINISHED" and step.data.tags["llmft.decision"] == "promote"
     assert {key: value for key, value in step.data.tags.items() if key.startswith("llmft.rule.")} == {
         "llmft.rule.task": "pass", "llmft.rule.significance": "pass", "llmft.rule.mmlu": "pass",
@@ -478,7 +478,7 @@ def test_without_a_loss_plot_the_mlflow_report_shows_the_sparkline_and_bad_input
                                  baseline_note="", train_run_id=train, report=report, report_html=report_html,
                                  metrics=metrics)
     assert decision == "keep-champion" and metrics.metadata["promote"] == 0.0
-    (step,) = _runs(cfg, "compare-baseline")
+    (step,) = _runs(cfg, "compare")
     assert [item.path for item in client.list_artifacts(step.info.run_id, "report")] == ["report/report.md"]
     logged = Path(client.download_artifacts(step.info.run_id, "report/report.md", str(tmp_path)))
     assert image_sources(logged.read_text()) == [] and "loss over 2 logged steps" in logged.read_text()

@@ -176,3 +176,40 @@ def test_the_readme_shows_the_form_as_the_schema_declares_it():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     shown = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
     assert shown == markdown_table(load_config("lora")), "run: python -m configs.form, and paste it into the README"
+
+
+def test_typed_parameters_reach_the_trainer_and_mlflow(tmp_path, tiny_model_dir):
+    """The whole pipeline through kfp.local, started as the Kubeflow UI's form starts it: typed parameters changed,
+    z_config left at the compiled preset. The rendered LLaMA-Factory YAML and the MLflow runs carry the new values."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import run_local
+
+    storage = tmp_path / "storage"
+    shutil.copytree(tiny_model_dir, storage / "models" / "base-model")
+    arguments = {"b_learning_rate": 0.002, "d_lora_rank": 4, "c_max_steps": 4}
+    code = ("import sys, json; from pipelines import run_local as r;"
+            "cfg = r.localise(r.load_config('local'), __import__('pathlib').Path(sys.argv[1]));"
+            "r.prepare_storage(cfg); r.run_pipeline(cfg, json.loads(sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(storage), json.dumps(arguments)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = (storage / "output").iterdir()
+    rendered = yaml.safe_load((run / "train.yaml").read_text())
+    assert (rendered["learning_rate"], rendered["lora_rank"], rendered["max_steps"]) == (0.002, 4, 4)
+    resolved = json.loads((run / "resolved_config.json").read_text())
+    assert resolved["training"]["learning_rate"] == 0.002 and resolved["training"]["lora_rank"] == 4
+
+    cfg = run_local.localise(run_local.load_config("local"), storage)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    train = next(r for r in runs if r.data.tags.get("llmft.step") == "train")
+    parent = next(r for r in runs if r.data.tags.get("llmft.role") == "pipeline")
+    assert (train.data.params["learning_rate"], train.data.params["lora_rank"]) == ("0.002", "4")
+    assert parent.data.params["training.learning_rate"] == "0.002" and parent.data.params["training.lora_rank"] == "4"

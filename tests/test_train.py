@@ -316,7 +316,7 @@ def test_a_failing_trainer_fails_the_run_and_the_cli_exits_non_zero(storage_root
 def test_each_preset_renders_the_keys_llamafactory_expects(preset, tmp_path):
     cfg = load_config(preset)
     args = _render(cfg, tmp_path, gpu=True)
-    assert args["stage"] == "sft" and args["do_train"] is True and args["report_to"] == "mlflow"
+    assert args["stage"] == "sft" and args["do_train"] is True and args["report_to"] == "none"  # our own callback
     assert args["bf16"] is True and "fp16" not in args  # precision auto on a GPU
     assert args["dataset"] == "alpaca_sample" and args["template"] == "llama3" and args["seed"] == 42
     assert args["save_steps"] == 500 and args["save_only_model"] is False
@@ -370,7 +370,7 @@ def test_llamafactory_argument_parser_accepts_the_rendered_yaml(tmp_path, tiny_m
         model, _, training, finetuning, _ = parser.parse_dict({**args, "use_cpu": True}, allow_extra_keys=False)
         assert finetuning.finetuning_type == ("full" if preset == "full" else "lora")
         assert model.quantization_bit == (4 if preset == "qlora" else None)
-        assert training.bf16 is True and training.report_to == ["mlflow"]
+        assert training.bf16 is True and training.report_to == []
 
     # The CPU demo config goes through LLaMA-Factory's full validation untouched.
     cfg = load_config("local", overrides=["training.val_size=0.1"])
@@ -495,7 +495,8 @@ def test_metrics_cover_the_whole_run_after_a_resume_whose_checkpoint_was_rotated
     (output / "all_results.json").write_text(json.dumps({"train_runtime": 2.0, "train_loss": 0.5}))
     metrics, _ = collect_metrics(output, resumed_from)
     assert metrics["train_loss"] == pytest.approx((4 + 2 + 1 + 1) * 2 / 8)  # not the last attempt's 0.5
-    assert metrics["final_loss"] == 1.0 and metrics["eval_loss"] == 1.5 and metrics["global_step"] == 8
+    assert "final_loss" not in metrics  # the last point of the per-step "loss": one name per metric
+    assert metrics["eval_loss"] == 1.5 and metrics["global_step"] == 8
     assert metrics["tokens_per_second"] == pytest.approx((120 - 40) / 2.0)  # this attempt's tokens only
     assert metrics["resumed_from_step"] == 4
 

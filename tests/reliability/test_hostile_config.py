@@ -153,11 +153,11 @@ EXPECTED = {
     "trailing-newline-pvc.yaml": "storage.pvc_name",
     "line-separator-dataset.yaml": "dataset.names",
     "date-learning-rate.yaml": "training.learning_rate",
-    "huge-int.yaml": "holds a value that cannot be read",
-    "deep-list.yaml": "nested too deeply",
+    "huge-int.yaml": "an integer of 5000 digits",
+    "deep-list.yaml": "nested deeper than 64 levels",
     "deep-map.yaml": "nested more than 32 levels deep",
     "alias-bomb.yaml": "more than 100,000 values",
-    "huge-file.yaml": "characters long",
+    "huge-file.yaml": "larger than the 1,048,576 bytes allowed",
 }
 
 
