@@ -3,7 +3,7 @@
 14,042 synthetic questions over 57 subjects, 5-shot-length prompts (~610 tokens: a ~510-token shared
 prefix of header + five shots, a ~100-token question), random token ids, a randomly initialised
 Llama-3.2-1B-shaped model (hidden 2048, 16 layers, 32/8 heads, vocab 128,256, tied embeddings) in bf16.
-Times the production scorers from components.mmlu_scoring side by side:
+Times the production scorers from components.evaluate.mmlu.scoring side by side:
 
 * reference: ``score_straightforward`` (whole prompt per question, full-vocabulary logits, batch 16);
   issue 10 measured about 89 s for this on one H200;
@@ -91,7 +91,7 @@ def synchronize(device: str) -> None:
 
 
 def run_ours(model, data, batch_size: int, answers: list[int]) -> list[list[float]]:
-    from components.mmlu_scoring import score_prefix_cached
+    from components.evaluate.mmlu.scoring import score_prefix_cached
 
     scores = []
     for prefix, suffixes in data:
@@ -100,7 +100,7 @@ def run_ours(model, data, batch_size: int, answers: list[int]) -> list[list[floa
 
 
 def run_reference(model, data, batch_size: int, answers: list[int]) -> list[list[float]]:
-    from components.mmlu_scoring import score_straightforward
+    from components.evaluate.mmlu.scoring import score_straightforward
 
     scores = []
     for prefix, suffixes in data:

@@ -3,7 +3,7 @@
 3,000 synthetic held-out examples (random token ids; prompts ~120 tokens, answers ~180 tokens, both varying
 +-60%, truncated at a cutoff of 1024), labels masked on the prompt as LLaMA-Factory's supervised processor
 masks them, a randomly initialised Llama-3.2-1B-shaped model (vocab 128,256) in bf16. Times
-``components.task_scoring.score_examples`` (length-sorted batches, logits only from the first answer column,
+``components.evaluate.task.scoring.score_examples`` (length-sorted batches, logits only from the first answer column,
 float32 cross-entropy in chunks) and checks it in float32 against a plain per-example computation from the
 full logits on ``--check`` examples. Goal (issue 13): a few thousand rows in seconds.
 
@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.gpu_mmlu import LLAMA_3_2_1B, TINY, build_model, synchronize  # noqa: E402
-from components.task_data import IGNORE_INDEX, EncodedExample  # noqa: E402
+from components.evaluate.task.data import IGNORE_INDEX, EncodedExample  # noqa: E402
 
 
 def synthetic_examples(count: int, prompt_tokens: int, answer_tokens: int, cutoff_len: int, vocab: int,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from components.task_scoring import score_examples
+    from components.evaluate.task.scoring import score_examples
 
     if args.tiny:
         args.examples, args.prompt_tokens, args.answer_tokens = 200, 30, 40

@@ -6,7 +6,7 @@ every sequence is cut at exactly ``cutoff_len`` 2048 tokens (no padding), in one
 
 * ``example``: LLaMA-Factory 0.9.5's ``examples/train_lora/llama3_lora_sft.yaml`` (rank 8, all linear
   layers, micro-batch 1 x 8 accumulation, gradient checkpointing on, bf16), run with ``llamafactory-cli train``;
-* ``ours``: ``configs/lora.yaml`` as shipped, through the real training step (``components.train.train_model``:
+* ``ours``: ``configs/lora.yaml`` as shipped, through the real training step (``components.train.train.train_model``:
   rendered YAML, trainer subprocess, MLflow on SQLite);
 * ``ours-no-gc``: the same with ``training.gradient_checkpointing=false`` (what a 1B-8B LoRA can afford);
 * ``peft-loop``: the reference, a plain peft LoRA loop (r16, all linear layers, seq 2048, micro-batch 4, SDPA,
@@ -63,7 +63,7 @@ def build_base_model(directory: Path, shape: dict, device: str) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from components.tiny_model import build_tokenizer
+    from components.demo.tiny_model import build_tokenizer
 
     tokenizer = build_tokenizer(directory, vocab_size=1024, model_max_length=shape["max_position_embeddings"])
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def build_base_model(directory: Path, shape: dict, device: str) -> int:
 
 def write_dataset(directory: Path, rows: int, words_per_field: int, seed: int = 0) -> None:
     """Alpaca rows whose instruction and output are each longer than half the cutoff (every row gets truncated)."""
-    from components.tiny_model import _WORDS
+    from components.demo.tiny_model import _WORDS
 
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def run_ours(work: Path, storage: Path, steps: int, cutoff: int, device: str, ex
              name: str) -> tuple[int, float]:
     """``configs/lora.yaml`` through the real training step on ``storage`` (models/base-model, data/);
     returns (tokens, runtime s)."""
-    from components.train import train_model
+    from components.train.train import train_model
     from configs.schema import load_config
 
     overrides = [f"storage.mount_path={storage}", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",

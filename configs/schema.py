@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from components.safe_json import DocumentError, parse_yaml, read_yaml
+from components.common.safe_json import DocumentError, parse_yaml, read_yaml
 from configs.redaction import has_credentials, public_uri, redact
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
@@ -420,7 +420,7 @@ class DatasetConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """LLaMA-Factory training settings (rendered into its YAML by components.train)."""
+    """LLaMA-Factory training settings (rendered into its YAML by components.train.train)."""
 
     method: Literal["lora", "qlora", "full"] = Field(
         "lora", description="lora, qlora (needs GPUs) or full.", json_schema_extra=form_field("b_method"))
@@ -501,7 +501,7 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """Evaluation of candidate and baseline (components.evaluate): MMLU, and the held-out task rows."""
+    """Evaluation of candidate and baseline (components.evaluate.evaluate): MMLU, and the held-out task rows."""
 
     n_shot: int = Field(
         5, ge=0, le=20, description="Few-shot examples from the subject's dev split.",
@@ -526,12 +526,12 @@ class EvaluationConfig(_Section):
         if isinstance(data, dict) and ("backend" in data or "endpoint" in data):
             raise ValueError("evaluation.backend and evaluation.endpoint were removed: the pipeline scores the merged "
                              "candidate inside its evaluate task, before any server serves it (to score a served "
-                             "model, use python -m components.evaluate_mmlu --backend openai --endpoint URL)")
+                             "model, use python -m components.evaluate.mmlu.evaluate_mmlu --backend openai --endpoint URL)")
         return data
 
 
 class GateConfig(_Section):
-    """When a candidate replaces the champion: the rules are documented in one place, components/gate.py."""
+    """When a candidate replaces the champion: the rules are documented in one place, components/gate/rules.py."""
 
     min_task_improvement: float = Field(
         0.01, ge=0, lt=1,
@@ -554,7 +554,7 @@ class GateConfig(_Section):
         if isinstance(data, dict) and ("metric" in data or "min_improvement" in data):
             raise ValueError("gate.metric and gate.min_improvement were replaced: the gate now requires a lower "
                              "held-out loss (gate.min_task_improvement, relative) and bounds the MMLU drop "
-                             "(gate.mmlu_max_drop); see components/gate.py")
+                             "(gate.mmlu_max_drop); see components/gate/rules.py")
         return data
 
 
@@ -606,7 +606,7 @@ class MlflowConfig(_Section):
 
 
 class MergeConfig(_Section):
-    """LoRA merge and publication for vLLM (components.merge_lora)."""
+    """LoRA merge and publication for vLLM (components.merge.merge_lora)."""
 
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Weights dtype of the merged model.")
     max_shard_size_mb: int = Field(4096, ge=1, le=100_000, description="Largest output shard.")

@@ -47,7 +47,7 @@ def compile_config(cfg: PipelineConfig, output: Path, changes: list[str] | None 
     """
     from kfp import compiler
 
-    from components.storage import atomic_write_text
+    from components.common.storage import atomic_write_text
     from pipelines.finetune import build_pipeline
 
     if output.suffix not in (".yaml", ".yml"):
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 1 when --check finds stale IR or the output cannot be written, 2 on a bad
     config or usage."""
-    from components.storage import StorageError
+    from components.common.storage import StorageError
 
     args = build_parser().parse_args(argv)
     try:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.tracking import MLFLOW_SECRET_KEYS
+from components.common.tracking import MLFLOW_SECRET_KEYS
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
 from pipelines import steps

@@ -9,14 +9,14 @@ This is the same pipeline function that ``pipelines.compile`` compiles for the c
 ``kfp.local.SubprocessRunner(use_venv=False)`` (Kubernetes settings do not apply locally). The
 storage directory is laid out like the NFS volume; what is missing is created: a tiny random base
 model (built locally, deterministic), the sample alpaca dataset and the sample MMLU data shipped in
-``components/assets``. MLflow uses a SQLite store inside the storage directory. A second run
+``components/demo``. MLflow uses a SQLite store inside the storage directory. A second run
 compares against the champion the first run promoted.
 
 The console shows one line per task and the training loss every few steps (:mod:`pipelines.console`);
 each task's whole output goes to ``<storage>/logs/<run>/``, and a failed task's last lines are shown.
 
 A local run that is SIGKILLed runs no exit handler and leaves its MLflow runs RUNNING; the next local
-run on the same host ends them KILLED before it starts (:func:`components.tracking.close_orphaned_local_runs`:
+run on the same host ends them KILLED before it starts (:func:`components.common.tracking.close_orphaned_local_runs`:
 the parent run records this process's host, pid and start time).
 """
 
@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.demo.samples import SAMPLES
 from configs.schema import ConfigError, PipelineConfig, load_config
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-ASSETS = Path(__file__).resolve().parents[1] / "components" / "assets"
+ASSETS = SAMPLES
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
 
 
@@ -67,7 +68,7 @@ def prepare_storage(cfg: PipelineConfig) -> list[str]:
     Raises:
         StorageError: a piece cannot be written (full or read-only volume, a file in the way).
     """
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     made = []
     base = cfg.storage.resolve(cfg.storage.base_model)
@@ -93,7 +94,7 @@ def _build_once(final: Path, marker: str, build: Any, in_place: bool = False) ->
     With ``in_place`` an existing directory without the marker (a user's own data directory) is filled in
     place, as before; otherwise it is an error.
     """
-    from components.storage import StorageError, atomic_directory
+    from components.common.storage import StorageError, atomic_directory
 
     if (final / marker).exists():
         return False
@@ -135,7 +136,7 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
     gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would); raises when a task fails."""
     from kfp import local
 
-    from components.tracking import local_launcher_env
+    from components.common.tracking import local_launcher_env
     from pipelines.finetune import build_pipeline
 
     os.environ.update({"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "HF_HUB_OFFLINE": "1",
@@ -167,7 +168,7 @@ def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
     Raises:
         TrackingUnavailable: the tracking server does not answer.
     """
-    from components.tracking import close_orphaned_local_runs, make_client
+    from components.common.tracking import close_orphaned_local_runs, make_client
 
     return close_orphaned_local_runs(make_client(cfg), cfg)
 
@@ -176,9 +177,9 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     """Collect what the run produced from MLflow and the storage root (newest parent run since ``since_ms``)."""
     from mlflow.tracking import MlflowClient
 
-    from components.register_model import registered_aliases
-    from components.storage import run_dir
-    from components.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+    from components.common.storage import run_dir
+    from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+    from components.gate.register_model import registered_aliases
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -205,7 +206,7 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
     comparison_file = run_dir(cfg, kfp_run_id) / "compare" / "comparison.json"
     if comparison_file.exists():
-        from components.gate import Comparison
+        from components.gate.rules import Comparison
 
         comparison = Comparison.model_validate_json(comparison_file.read_text())
         summary.update(decision=comparison.decision, headline=comparison.headline, reasons=comparison.reasons,
@@ -281,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from components.storage import StorageError
-    from components.tracking import TrackingUnavailable
+    from components.common.storage import StorageError
+    from components.common.tracking import TrackingUnavailable
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"

@@ -89,7 +89,7 @@ def plan_run(config: str, overrides: list[str]) -> RunRequest:
     Raises:
         ConfigError: a value is invalid or cannot take effect (the field is named).
     """
-    from components.resolve_config import form_from_overrides, resolve
+    from components.run.resolve_config import form_from_overrides, resolve
 
     typed, rest = form_from_overrides(overrides)
     compiled = load_config(config, overrides=rest)

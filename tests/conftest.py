@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny locally built model, a real MLflow server on loopback, a storage root.
 
-Nothing here downloads anything: the model and tokenizer are built by ``components.tiny_model``.
+Nothing here downloads anything: the model and tokenizer are built by ``components.demo.tiny_model``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from components.demo.samples import SAMPLES
 from configs.schema import PipelineConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = REPO_ROOT / "components" / "assets"
+ASSETS = SAMPLES
 
 # Keep the two CPU cores for the test at hand; tokenizers and torch otherwise oversubscribe.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,7 +36,7 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tes
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (hidden 64, 2 layers) with a locally trained tokenizer, built once per session."""
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-model") / "base-model", seed=0)
 

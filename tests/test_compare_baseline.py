@@ -30,7 +30,9 @@ from builders import (
     write_results,
 )
 
-from components.compare_baseline import (
+from components.common.storage import run_dir
+from components.demo.samples import SAMPLES
+from components.gate.compare import (
     BaselineError,
     ComparisonError,
     compare_files,
@@ -39,13 +41,12 @@ from components.compare_baseline import (
     run_fetch_baseline_results,
     run_resolve_baseline,
 )
-from components.compare_report import render_report, sparkline
-from components.gate import Comparison
-from components.gate_stats import mcnemar_exact_p
-from components.storage import run_dir
+from components.gate.report import render_report, sparkline
+from components.gate.rules import Comparison
+from components.gate.stats import mcnemar_exact_p
 from configs.schema import config_from_dict, load_config
 
-ASSETS = Path(__file__).resolve().parents[1] / "components" / "assets"
+ASSETS = SAMPLES
 PER_SUBJECT = 25
 BASE_RIGHT = 10  # 40 of 100 overall
 
@@ -249,14 +250,14 @@ def cfg(tmp_path, mlflow_server):
 
 def snapshot(cfg, kfp_run_id: str) -> None:
     """What validate-dataset leaves for a run: the held-out split the task eval key covers."""
-    from components.validate_dataset import validate_config_data
+    from components.data.validate_dataset import validate_config_data
 
     result, split = validate_config_data(cfg, kfp_run_id)
     assert result.ok and split is not None
 
 
 def _client(cfg):
-    from components.tracking import make_client
+    from components.common.tracking import make_client
 
     return make_client(cfg)
 
@@ -271,8 +272,8 @@ def _runs(cfg, step: str) -> list:
 def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINISHED",
                    mmlu_key: str | None = None) -> str:
     """What the evaluate step leaves in MLflow: a run tagged with both eval keys and the setup, and both files."""
-    from components.evaluate import eval_setup
-    from components.tracking import experiment_id
+    from components.common.tracking import experiment_id
+    from components.evaluate.evaluate import eval_setup
 
     setup = eval_setup(cfg, kfp_run_id, model_dir)
     client = _client(cfg)
@@ -287,7 +288,7 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
 
 
 def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg):
-    from components.evaluate import eval_setup
+    from components.evaluate.evaluate import eval_setup
 
     config, base = cfg.model_dump_json(), cfg.storage.resolve(cfg.storage.base_model)
     snapshot(cfg, "r1")
@@ -368,7 +369,7 @@ def train_run(cfg, losses: list[float], *, plot: bool) -> str:
     """What the train step leaves: the loss history, train_loss and (optionally) training_loss.png."""
     from mlflow.entities import Metric
 
-    from components.tracking import experiment_id
+    from components.common.tracking import experiment_id
 
     client = _client(cfg)
     run_id = client.create_run(experiment_id(client, cfg.mlflow.experiment), tags={"llmft.step": "train"}).info.run_id
@@ -501,9 +502,9 @@ def test_modules_import_light_and_at_task_run_time():
     import subprocess
     import sys
 
-    code = ("import sys, components.compare_baseline, components.compare_report, components.register_model, "
-            "components.gate, components.gate_stats, components.mmlu_results, components.task_results, "
-            "components.evaluate; "
+    code = ("import sys, components.gate.compare, components.gate.report, components.gate.register_model, "
+            "components.gate.rules, components.gate.stats, components.evaluate.mmlu.results, components.evaluate.task.results, "
+            "components.evaluate.evaluate; "
             "print([m for m in ('torch', 'mlflow', 'numpy', 'scipy', 'transformers', 'kfp') if m in sys.modules])")
     for runtime in ("true", "false"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -183,7 +183,7 @@ def test_wrappers_hold_no_logic():
 def test_every_step_module_imports_in_a_running_task_without_kfp_or_heavy_frameworks():
     """A running task imports only its step's module (run-time code): no kfp, no torch on import."""
     modules = sorted({stmt.module for _, node in _wrappers() for stmt in node.body
-                      if isinstance(stmt, ast.ImportFrom)} | {"components.resolve_config"})
+                      if isinstance(stmt, ast.ImportFrom)} | {"components.run.resolve_config"})
     code = ("import importlib, sys\n"
             f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.data_split import (
+from components.common.storage import StorageError, run_dir
+from components.data.split import (
     MANIFEST_FILE,
     SplitError,
     heldout_entry_name,
@@ -25,7 +26,7 @@ from components.data_split import (
     validate_and_split,
     verify_snapshot,
 )
-from components.storage import StorageError, run_dir
+from components.demo.samples import SAMPLES
 from configs.schema import ConfigError, DatasetConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -362,7 +363,7 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     from llamafactory.data.parser import get_dataset_list
     from llamafactory.hparams import get_train_args
 
-    from components.train import train_model
+    from components.train.train import train_model
 
     cfg = load_config("local", overrides=[f"storage.mount_path={local_config.storage.mount_path}",
                                           f"mlflow.tracking_uri={local_config.mlflow.tracking_uri}",
@@ -382,7 +383,7 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     (seen,) = _get_merged_dataset(data_args.dataset, model_args, data_args, training_args, "sft",
                                   return_dict=True).values()
 
-    (attr,) = get_dataset_list(["alpaca_sample"], str(REPO_ROOT / "components" / "assets" / "sample_data"))
+    (attr,) = get_dataset_list(["alpaca_sample"], str(SAMPLES / "sample_data"))
     convert = get_dataset_converter(attr.formatting, attr, data_args)
     source = json.loads((Path(cfg.storage.mount_path) / "data" / "alpaca_sample.json").read_text())
 
@@ -397,7 +398,7 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
 
 def test_the_split_is_the_same_for_every_run_and_each_run_keeps_its_own(local_config):
     """The same data and settings give the same manifest; snapshots are run-scoped, one can go without the other."""
-    from components.validate_dataset import validate_config_data
+    from components.data.validate_dataset import validate_config_data
 
     _, first = validate_config_data(local_config, "run-a")
     _, second = validate_config_data(local_config, "run-b")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import pytorchjob, trainjob
+from components.train.multinode import pytorchjob, trainjob
 from configs.schema import DEFAULT_IMAGE, ClusterConfig, MlflowConfig, StorageConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

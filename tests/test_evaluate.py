@@ -1,4 +1,4 @@
-"""The evaluate step (components.evaluate) on the tiny model, with a real MLflow server on loopback.
+"""The evaluate step (components.evaluate.evaluate) on the tiny model, with a real MLflow server on loopback.
 
 One model load scores both suites: MMLU (results.json) and the run's held-out rows (task.json), written to
 ``eval/<role>/`` and logged on the ``evaluate-<role>`` child run, tagged with both eval keys and the setup.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from components.compare_baseline import run_resolve_baseline
-from components.evaluate import eval_setup, heldout_names, run_step
-from components.storage import run_dir
+from components.common.storage import run_dir
+from components.evaluate.evaluate import eval_setup, heldout_names, run_step
+from components.gate.compare import run_resolve_baseline
 from configs.schema import load_config
 
 
@@ -46,7 +46,7 @@ def cfg(storage_root, mlflow_server):
 
 def snapshot(cfg, kfp_run_id: str) -> None:
     """What validate-dataset leaves for the run: the train / held-out split the task score is computed on."""
-    from components.validate_dataset import validate_config_data
+    from components.data.validate_dataset import validate_config_data
 
     result, split = validate_config_data(cfg, kfp_run_id)
     assert result.ok and split is not None
@@ -65,7 +65,7 @@ def evaluate(cfg, kfp_run_id: str, model_dir: str, role: str, out: Path):
 
 
 def evaluate_runs(cfg, kfp_run_id: str, role: str) -> list:
-    from components.tracking import make_client
+    from components.common.tracking import make_client
 
     client = make_client(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -75,13 +75,13 @@ def evaluate_runs(cfg, kfp_run_id: str, role: str) -> list:
 
 
 def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_the_setup(cfg, tmp_path):
-    from components.data_split import snapshot_dir
-    from components.evaluate_mmlu import evaluate as evaluate_mmlu
-    from components.mmlu_data import eval_config_key, model_identity
-    from components.mmlu_results import read_mmlu_results
-    from components.task_eval import eval_key_for, evaluate_task
-    from components.task_results import load_task_results
-    from components.tracking import make_client
+    from components.common.tracking import make_client
+    from components.data.split import snapshot_dir
+    from components.evaluate.mmlu.data import eval_config_key, model_identity
+    from components.evaluate.mmlu.evaluate_mmlu import evaluate as evaluate_mmlu
+    from components.evaluate.mmlu.results import read_mmlu_results
+    from components.evaluate.task.evaluate_task import eval_key_for, evaluate_task
+    from components.evaluate.task.results import load_task_results
 
     base = cfg.storage.resolve(cfg.storage.base_model)
     mmlu_dir = cfg.storage.resolve(cfg.storage.eval_data_dir)

@@ -1,6 +1,6 @@
 """MMLU evaluation: data checks, prompt, scorers, results file, CLI, OpenAI-compatible backend.
 
-The pipeline step that runs this evaluator (with the held-out task, on one loaded model) is components.evaluate,
+The pipeline step that runs this evaluator (with the held-out task, on one loaded model) is components.evaluate.evaluate,
 tested in tests/test_evaluate.py.
 
 Real parts throughout: tiny Llama models built locally (some with edited weights so that the right
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from components import evaluate_mmlu as step
-from components.mmlu_data import (
+from components.demo.samples import SAMPLES
+from components.evaluate.mmlu import evaluate_mmlu as step
+from components.evaluate.mmlu.data import (
     CATEGORIES,
     LETTERS,
     SUBJECT_CATEGORIES,
@@ -37,10 +38,10 @@ from components.mmlu_data import (
     prompt_prefix,
     prompt_suffix,
 )
-from components.mmlu_results import MmluResults, ResultsFileError
+from components.evaluate.mmlu.results import MmluResults, ResultsFileError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "components" / "assets" / "sample_mmlu"
+SAMPLE = SAMPLES / "sample_mmlu"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,7 +85,7 @@ def _edited_copy(src: Path, dst: Path, edit) -> Path:
 
 
 def _letter_ids(tokenizer) -> list[int]:
-    from components.mmlu_scoring import answer_token_ids
+    from components.evaluate.mmlu.scoring import answer_token_ids
 
     return answer_token_ids(tokenizer)
 
@@ -222,7 +223,7 @@ def test_unknown_subject_counts_as_other_with_a_warning(tmp_path, caplog):
     for split in ("dev", "test"):
         (data / split).mkdir(parents=True)
         shutil.copy(SAMPLE / split / f"astronomy_{split}.csv", data / split / f"rocketry_{split}.csv")
-    with caplog.at_level(logging.WARNING, logger="components.mmlu_data"):
+    with caplog.at_level(logging.WARNING, logger="components.evaluate.mmlu.data"):
         (subject,) = load_subjects(data)
     assert (subject.subject, subject.category) == ("rocketry", "other")
     assert "'rocketry' is not one of the 57 standard subjects" in caplog.text
@@ -232,7 +233,7 @@ def test_answer_letters_with_and_without_a_leading_space():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from components.mmlu_scoring import answer_token_ids
+    from components.evaluate.mmlu.scoring import answer_token_ids
 
     words = ["[UNK]", "Answer", ":", *LETTERS]
     vocab = {word: i for i, word in enumerate(words)}
@@ -279,7 +280,7 @@ def test_adapter_is_applied_without_merging(biased_model_dir, adapter_dir):
 
 
 def test_prefix_cached_scores_equal_straightforward_scores(varied_model_dir):
-    from components.mmlu_scoring import (
+    from components.evaluate.mmlu.scoring import (
         answer_token_ids,
         load_model,
         pad_token_id,
@@ -311,7 +312,7 @@ def test_prefix_cached_scores_equal_straightforward_scores(varied_model_dir):
 def test_shots_are_dropped_from_the_front_when_the_prompt_is_too_long(varied_model_dir):
     from transformers import AutoTokenizer
 
-    from components.mmlu_scoring import tokenize_subject
+    from components.evaluate.mmlu.scoring import tokenize_subject
 
     tokenizer = AutoTokenizer.from_pretrained(varied_model_dir)
     subject = load_subjects(SAMPLE, ["astronomy"], n_shot=5)[0]
@@ -400,7 +401,7 @@ def test_cli_usage_errors_exit_2(capsys):
 @pytest.mark.parametrize("kfp_runtime", ["", "true"])
 def test_module_import_stays_light_and_works_inside_a_task(kfp_runtime):
     """Also with _KFP_RUNTIME=true, as the KFP executor runs the wrapper (kfp.dsl then lacks `component`)."""
-    code = ("import sys, components.evaluate_mmlu; heavy = ('torch', 'transformers', 'peft', 'mlflow', 'datasets'); "
+    code = ("import sys, components.evaluate.mmlu.evaluate_mmlu; heavy = ('torch', 'transformers', 'peft', 'mlflow', 'datasets'); "
             "print([name for name in heavy if name in sys.modules])")
     env = {**os.environ, "_KFP_RUNTIME": kfp_runtime} if kfp_runtime else None
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
@@ -483,7 +484,7 @@ def test_openai_backend_gives_the_same_scores_as_the_hf_backend(varied_model_dir
 
 
 def test_openai_backend_scores_letters_outside_the_top_list_by_echo(completions_server):
-    from components.mmlu_openai import score_prompts
+    from components.evaluate.mmlu.openai_backend import score_prompts
 
     endpoint = f"http://127.0.0.1:{completions_server.server_address[1]}"
     subject = load_subjects(SAMPLE, ["nutrition"], n_shot=2, limit=2)[0]

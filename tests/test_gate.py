@@ -1,7 +1,7 @@
-"""The promotion gate's truth table (components.gate), on literal results.
+"""The promotion gate's truth table (components.gate.rules), on literal results.
 
 Results come from the shared builders (tests/builders.py): MMLU results from per-question records through
-components.mmlu_results.results_from_records, task results from per-row losses through the task_results
+components.evaluate.mmlu.results.results_from_records, task results from per-row losses through the task_results
 models and the compare step's own conversion, so every summary number is computed, never typed in. Each case
 states which rule decides.
 """
@@ -14,8 +14,8 @@ import pytest
 from builders import base_losses as two_decimal_losses
 from builders import flags_first_right, mmlu_results, task_scores
 
-from components.gate import KEEP, PROMOTE, NotComparable, TaskScores, compare
-from components.mmlu_results import MmluResults
+from components.evaluate.mmlu.results import MmluResults
+from components.gate.rules import KEEP, PROMOTE, NotComparable, TaskScores, compare
 from configs.schema import GateConfig
 
 PER_SUBJECT = 40

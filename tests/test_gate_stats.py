@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.gate_stats import discordant_counts, mcnemar_exact, mcnemar_exact_p, paired_bootstrap_ci
+from components.gate.stats import discordant_counts, mcnemar_exact, mcnemar_exact_p, paired_bootstrap_ci
 
 
 def _binomial_two_sided(b: int, c: int) -> float:

@@ -136,7 +136,7 @@ def test_the_served_model_is_complete_and_loads(two_runs):
 
 
 def test_outputs_are_run_scoped_and_the_trainer_saw_no_held_out_row(two_runs):
-    from components.data_split import read_manifest
+    from components.data.split import read_manifest
 
     storage, summaries, _, _ = two_runs
     outputs = sorted(path.name for path in (storage / "output").iterdir())

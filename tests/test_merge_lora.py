@@ -1,4 +1,4 @@
-"""The shard-streaming LoRA merge (components.merge_lora) against peft, transformers and real files.
+"""The shard-streaming LoRA merge (components.merge.merge_lora) against peft, transformers and real files.
 
 Every model is a tiny random Llama split into several safetensors shards (built locally, nothing
 downloaded); every adapter is a real peft LoRA adapter with non-zero ``lora_B``. The reference is
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from components.merge_lora import (
+from components.merge.merge_lora import (
     MergeError,
     PlannedTensor,
     find_published,
@@ -28,7 +28,7 @@ from components.merge_lora import (
     remove_stale_staging,
     safe_run_id,
 )
-from components.publish import (
+from components.merge.publish import (
     current_version,
     manifest_checksum,
     published_versions,
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Path]:
     """Multi-shard tiny models: untied, tied embeddings, and a bf16 checkpoint."""
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     root = tmp_path_factory.mktemp("merge-bases")
     return {
@@ -273,7 +273,7 @@ def test_unmergeable_inputs_are_refused_clearly(bases, tmp_path, change, expecte
 
 
 def test_adapter_of_another_model_is_refused(bases, tmp_path):
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     other = build_tiny_llama(tmp_path / "other", hidden_size=32, intermediate_size=64)
     adapter = make_adapter(other, tmp_path / "adapter", target_modules=["q_proj"])
@@ -284,7 +284,7 @@ def test_adapter_of_another_model_is_refused(bases, tmp_path):
 _CRASH_BEFORE_PUBLISH = """
 import importlib, os, signal, sys
 from pathlib import Path
-merge = importlib.import_module("components.merge_lora")  # the package attribute is the KFP component
+merge = importlib.import_module("components.merge.merge_lora")  # the package attribute is the KFP component
 
 def crash(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # the merge is written; the process dies before publishing
@@ -322,7 +322,7 @@ def test_crash_between_write_and_publish_keeps_the_previous_version(bases, tmp_p
 
 
 def test_failure_inside_publish_removes_staging(bases, tmp_path, monkeypatch):
-    merge = importlib.import_module("components.merge_lora")  # the package attribute is the KFP component
+    merge = importlib.import_module("components.merge.merge_lora")  # the package attribute is the KFP component
 
     models = tmp_path / "models"
     adapter = make_adapter(bases["untied"], tmp_path / "adapter", target_modules=["q_proj"])
@@ -364,7 +364,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
     import torch
     from kfp.dsl import Model
 
-    from components.storage import run_dir
+    from components.common.storage import run_dir
 
     cfg, run_id = local_config, "run-7f3a"
     base = cfg.storage.resolve(cfg.storage.base_model)
@@ -403,7 +403,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
 
 
 def test_import_stays_light():
-    code = ("import sys, components.merge_lora, components.publish; "
+    code = ("import sys, components.merge.merge_lora, components.merge.publish; "
             "print([m for m in ('torch', 'transformers', 'peft', 'mlflow', 'safetensors', 'numpy') "
             "if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)

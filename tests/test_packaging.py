@@ -58,10 +58,10 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert "make test" in ci
 
 
-CLIS = ["pipelines.compile", "pipelines.run_local", "pipelines.submit", "components.tiny_model",
-        "components.finalize", "components.validate_dataset", "components.train", "components.evaluate_mmlu",
-        "components.merge_lora", "components.compare_baseline", "components.register_model",
-        "components.multinode_launch"]
+CLIS = ["pipelines.compile", "pipelines.run_local", "pipelines.submit", "components.demo.tiny_model",
+        "components.run.finalize_runs", "components.data.validate_dataset", "components.train.train", "components.evaluate.mmlu.evaluate_mmlu",
+        "components.merge.merge_lora", "components.gate.compare", "components.gate.register_model",
+        "components.train.multinode.launch"]
 
 
 @pytest.mark.parametrize("module", CLIS)

@@ -1,4 +1,4 @@
-"""Atomic publication of model versions and the ``current`` pointer (components.publish).
+"""Atomic publication of model versions and the ``current`` pointer (components.merge.publish).
 
 Real files only: the model directories are small but genuine (config, safetensors shards written
 with the safetensors library, a weight index). Crashes are real: a child process kills itself with
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.publish import (
+from components.merge.publish import (
     CURRENT_FILE,
     MANIFEST_NAME,
     PublishError,
@@ -195,7 +195,7 @@ def test_set_current_refuses_a_real_current_directory(tmp_path):
 _CRASHING_PUBLISH = """
 import os, signal, sys
 from pathlib import Path
-import components.publish as publish
+import components.merge.publish as publish
 
 calls = {"n": 0}
 kill_at = int(sys.argv[1])

@@ -1,4 +1,4 @@
-"""components.pytorchjob (with components.training_job) and components.multinode_launch: multi-node training
+"""components.train.multinode.pytorchjob (with components.train.multinode.training_job) and components.train.multinode.launch: multi-node training
 on the Training Operator v1 (``cluster.training_engine: pytorchjob``).
 
 No Kubernetes cluster can run here, so two stand-ins are used, and only these:
@@ -28,12 +28,17 @@ from fake_kubernetes import NAMESPACE, PYTORCHJOB, FakeKubernetes, expected_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components import job_spec, training_job
-from components.job_spec import job_name, run_label
-from components.multinode_launch import LaunchEnvError, map_operator_env
-from components.multinode_launch import main as launch_main
-from components.pytorchjob import build_pytorchjob_manifest
-from components.training_job import TrainingJobError, TrainingJobFailed, delete_training_job, run_training_job
+from components.train.multinode import job_spec, training_job
+from components.train.multinode.job_spec import job_name, run_label
+from components.train.multinode.launch import LaunchEnvError, map_operator_env
+from components.train.multinode.launch import main as launch_main
+from components.train.multinode.pytorchjob import build_pytorchjob_manifest
+from components.train.multinode.training_job import (
+    TrainingJobError,
+    TrainingJobFailed,
+    delete_training_job,
+    run_training_job,
+)
 from configs.schema import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +118,7 @@ def test_manifest_carries_every_scheduling_setting():
         assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
         (container,) = pod["containers"]
         assert container["name"] == "pytorch" and container["image"] == "registry.example/llm:1.2"
-        assert container["command"] == ["python", "-m", "components.multinode_launch", "--gpus-per-node", "8",
+        assert container["command"] == ["python", "-m", "components.train.multinode.launch", "--gpus-per-node", "8",
                                         str(TRAIN_YAML)]
         assert container["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
         assert container["resources"] == {
@@ -218,7 +223,7 @@ def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
     recorded arguments then go through torchrun's own parser."""
     from torch.distributed.run import get_args_parser
 
-    from components.train import trainer_command
+    from components.train.train import trainer_command
 
     record = tmp_path / "record.json"
     stub = tmp_path / "bin" / "python"
@@ -230,7 +235,7 @@ def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
     train_yaml.write_text("stage: sft\n")
     env = {**os.environ, **OPERATOR_1_7_WORKER, "MLFLOW_RUN_ID": "abc123"}
     env.pop("PYTHONPATH", None)
-    entry = (f"import sys; sys.executable = {str(stub)!r}; from components.multinode_launch import main; "
+    entry = (f"import sys; sys.executable = {str(stub)!r}; from components.train.multinode.launch import main; "
              "raise SystemExit(main())")
     command = [sys.executable, "-c", entry, "--gpus-per-node", "8", str(train_yaml)]
     done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
@@ -244,7 +249,7 @@ def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
     assert (torchrun.master_addr, torchrun.master_port) == ("train-x-master-0", 23456)
     assert torchrun.rdzv_backend == "static" and torchrun.max_restarts == 0  # the KFP retry is the retry layer
     # Each process runs the single-node step's own worker (rank 0 attaches to the step's MLflow run).
-    assert torchrun.module and torchrun.training_script == "components.train"
+    assert torchrun.module and torchrun.training_script == "components.train.train"
     assert torchrun.training_script_args == ["--trainer-worker", str(train_yaml)]
     assert seen["argv"][-4:] == trainer_command(load_config("lora"), True, train_yaml)[1:]
     assert seen["env"]["MLFLOW_RUN_ID"] == "abc123" and seen["env"]["PET_NODE_RANK"] == "2"
@@ -252,7 +257,7 @@ def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
     assert seen["env"]["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "1"
     # The worker module resolves to this checkout from any working directory.
     found = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec("
-                            "'components.train').origin)"], env={**env, "PYTHONPATH": seen["env"]["PYTHONPATH"]},
+                            "'components.train.train').origin)"], env={**env, "PYTHONPATH": seen["env"]["PYTHONPATH"]},
                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert found.stdout.strip() == str(REPO_ROOT / "components" / "train.py"), found.stderr
 
@@ -269,7 +274,7 @@ def test_launcher_cli_exit_codes(tmp_path, monkeypatch, capsys):
     assert launch_main(["--gpus-per-node", "8", str(tmp_path / "t.yaml"), "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["node"]["NODE_RANK"] == "2" and shown["command"][1:3] == ["-m", "torch.distributed.run"]
-    assert shown["command"][-3:] == ["components.train", "--trainer-worker", str(tmp_path / "t.yaml")]
+    assert shown["command"][-3:] == ["components.train.train", "--trainer-worker", str(tmp_path / "t.yaml")]
     assert shown["env"]["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "1"
     monkeypatch.setenv("PET_NODE_RANK", "9")
     assert launch_main(["--gpus-per-node", "8", str(tmp_path / "t.yaml")]) == 1
@@ -391,8 +396,8 @@ def test_no_namespace_is_a_clear_error(monkeypatch):
 
 
 def test_importing_the_modules_stays_light():
-    code = ("import sys, components.pytorchjob, components.trainjob, components.training_job, "
-            "components.multinode_launch; "
+    code = ("import sys, components.train.multinode.pytorchjob, components.train.multinode.trainjob, components.train.multinode.training_job, "
+            "components.train.multinode.launch; "
             "print(sorted(m for m in ('kubernetes', 'torch', 'mlflow', 'llamafactory') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

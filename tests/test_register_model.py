@@ -21,9 +21,10 @@ import pytest
 import yaml
 from builders import CATEGORY, base_losses, flags_first_right, mmlu_results, moved, task_results, write_results
 
-from components.compare_baseline import compare_files, run_compare, run_resolve_baseline
-from components.gate import Comparison
-from components.register_model import (
+from components.common.storage import run_dir
+from components.demo.samples import SAMPLES
+from components.gate.compare import compare_files, run_compare, run_resolve_baseline
+from components.gate.register_model import (
     RegistryError,
     main,
     path_from_pvc_uri,
@@ -33,10 +34,10 @@ from components.register_model import (
     run_promote,
     run_register,
 )
-from components.storage import run_dir
+from components.gate.rules import Comparison
 from configs.schema import load_config
 
-ASSETS = Path(__file__).resolve().parents[1] / "components" / "assets"
+ASSETS = SAMPLES
 PER_SUBJECT = 20
 BASE_RIGHT = 8
 
@@ -61,7 +62,7 @@ def cfg(tmp_path, mlflow_server):
 
 
 def _client(cfg):
-    from components.tracking import make_client
+    from components.common.tracking import make_client
 
     return make_client(cfg)
 
@@ -75,7 +76,7 @@ def publish(cfg, version: str) -> Path:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from components.publish import publish_model, staging_dir_for, write_manifest
+    from components.merge.publish import publish_model, staging_dir_for, write_manifest
 
     staging = staging_dir_for(models_dir(cfg), version)
     staging.mkdir(parents=True)
@@ -86,7 +87,7 @@ def publish(cfg, version: str) -> Path:
 
 
 def current_version(cfg) -> str | None:
-    from components.publish import current_version as published_current
+    from components.merge.publish import current_version as published_current
 
     return published_current(models_dir(cfg))
 
@@ -104,7 +105,7 @@ def scores(folder: Path, role: str, answers: dict[str, list[bool]], losses: list
 
 def train_run(cfg, kfp_run_id: str, train_loss: float) -> str:
     """A finished training run with its mean loss (what the train step logs)."""
-    from components.tracking import experiment_id
+    from components.common.tracking import experiment_id
 
     client = _client(cfg)
     run_id = client.create_run(experiment_id(client, cfg.mlflow.experiment),
@@ -121,7 +122,7 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
     """
     from kfp.dsl import HTML, Markdown, Metrics
 
-    from components.validate_dataset import validate_config_data
+    from components.data.validate_dataset import validate_config_data
 
     config = cfg.model_dump_json()
     assert validate_config_data(cfg, kfp_run_id)[0].ok  # the held-out snapshot find-baseline keys scores by
@@ -225,7 +226,7 @@ def register(cfg, kfp_run_id: str, model_dir: Path, decision: str = "promote", c
 
 
 def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg, tmp_path):
-    from components.tracking import parent_run_id
+    from components.common.tracking import parent_run_id
 
     client, name = _client(cfg), cfg.mlflow.registered_model_name
     model_dir = publish(cfg, "v1")

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from kfp import compiler
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.resolve_config import form_from_overrides, resolve
+from components.run.resolve_config import form_from_overrides, resolve
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM, canonical, field_value, form_fields, form_values
 from configs.schema import ConfigError, load_config
 from pipelines.finetune import build_pipeline, pipeline_name
@@ -99,7 +99,7 @@ def test_a_bad_typed_value_names_the_field():
 
 
 def test_the_accelerator_count_of_the_form_reaches_the_trainer_launch(tmp_path):
-    from components.train import trainer_command
+    from components.train.train import trainer_command
 
     cfg = _resolve({"h_accelerator_count": 4})
     assert cfg.cluster.accelerator_count == 4

@@ -1,4 +1,4 @@
-"""The one reader for untrusted JSON and YAML (components.safe_json), and every parser that must use it.
+"""The one reader for untrusted JSON and YAML (components.common.safe_json), and every parser that must use it.
 
 Each hostile document (deep nesting, a 5,000-digit integer, NaN, a duplicate key, a lone surrogate, an alias
 bomb, an over-long file name) is fed to the reader itself, then to each real entry point that parses such
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from components.safe_json import (
+from components.common.safe_json import (
     MAX_DEPTH,
     DocumentError,
     JsonScanner,
@@ -26,6 +26,7 @@ from components.safe_json import (
     read_json,
     read_yaml,
 )
+from components.demo.samples import SAMPLES
 
 DEEP = "[" * 100_000 + "]" * 100_000
 JUST_TOO_DEEP = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
@@ -143,14 +144,14 @@ PAYLOADS = {"deep": DEEP, "big-int": f'{{"a": {BIG_INT}}}', "nan": '{"a": NaN}',
 
 @pytest.mark.parametrize("payload", sorted(PAYLOADS))
 def test_every_json_file_parser_refuses_hostile_input_with_its_own_error(tmp_path, payload, tiny_model_dir):
-    from components.checkpoints import checkpoint_problem, safetensors_problem
-    from components.data_split import SplitError, read_manifest
-    from components.dataset_validation import validate_datasets
-    from components.merge_lora import MergeError, base_layout, load_adapter
-    from components.mmlu_results import ResultsFileError, read_mmlu_results
-    from components.publish import SafetensorsFormatError, read_safetensors_header, verify_model_dir
-    from components.task_data import TaskDataError, read_dataset_info
-    from components.task_results import TaskResultsError, load_task_results
+    from components.data.split import SplitError, read_manifest
+    from components.data.validation import validate_datasets
+    from components.evaluate.mmlu.results import ResultsFileError, read_mmlu_results
+    from components.evaluate.task.data import TaskDataError, read_dataset_info
+    from components.evaluate.task.results import TaskResultsError, load_task_results
+    from components.merge.merge_lora import MergeError, base_layout, load_adapter
+    from components.merge.publish import SafetensorsFormatError, read_safetensors_header, verify_model_dir
+    from components.train.checkpoints import checkpoint_problem, safetensors_problem
 
     text = PAYLOADS[payload]
     (tmp_path / "dataset_info.json").write_text(text)
@@ -187,11 +188,11 @@ def test_every_json_file_parser_refuses_hostile_input_with_its_own_error(tmp_pat
     assert "trainer_state.json is unreadable" in checkpoint_problem(checkpoint)
     published = tmp_path / "published"
     shutil.copytree(tiny_model_dir, published)
-    from components.publish import write_manifest
+    from components.merge.publish import write_manifest
 
     write_manifest(published)
     (published / "config.json").write_text(text)
-    from components.publish import PublishError
+    from components.merge.publish import PublishError
 
     with pytest.raises(PublishError, match="config.json is not valid JSON"):
         verify_model_dir(published, checksums=False)
@@ -227,7 +228,7 @@ def test_an_over_long_config_name_is_a_message(tmp_path):
 
 
 def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
-    from components.resolve_config import resolve
+    from components.run.resolve_config import resolve
     from configs.schema import ConfigError, load_config
 
     compiled = load_config("local")
@@ -238,7 +239,7 @@ def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
 
 
 LONG = "/tmp/" + "n" * 5000  # one path component far beyond the filesystem's 255-byte limit
-SAMPLE = Path(__file__).resolve().parents[1] / "components" / "assets"
+SAMPLE = SAMPLES
 LONG_PATH_CASES = [
     ("validate_dataset", ["--dataset-dir", LONG, "--dataset", "x"], 2),
     ("validate_dataset", ["--dataset-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample", "--eval-data-dir",

@@ -1,10 +1,10 @@
-"""components.storage: paths stay inside the root, and directories appear whole or not at all."""
+"""components.common.storage: paths stay inside the root, and directories appear whole or not at all."""
 
 from __future__ import annotations
 
 import pytest
 
-from components.storage import StorageError, atomic_directory, atomic_write_text, inside, run_dir
+from components.common.storage import StorageError, atomic_directory, atomic_write_text, inside, run_dir
 from configs.schema import config_from_dict
 
 

@@ -18,10 +18,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.data_split import is_test_row, row_key, split_hash
-from components.task_data import IGNORE_INDEX, TaskDataError, encode_examples, entries_digest, read_dataset_info
-from components.task_eval import build_parser, eval_key_for, evaluate_task, main, score_loaded
-from components.task_results import (
+from components.data.split import is_test_row, row_key, split_hash
+from components.demo.samples import SAMPLES
+from components.evaluate.task.data import (
+    IGNORE_INDEX,
+    TaskDataError,
+    encode_examples,
+    entries_digest,
+    read_dataset_info,
+)
+from components.evaluate.task.evaluate_task import build_parser, eval_key_for, evaluate_task, main, score_loaded
+from components.evaluate.task.results import (
     RESULTS_FILE,
     TaskResults,
     TaskResultsError,
@@ -29,10 +36,10 @@ from components.task_results import (
     load_task_results,
     task_eval_key,
 )
-from components.task_scoring import score_examples
+from components.evaluate.task.scoring import score_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "components" / "assets" / "sample_data"
+SAMPLE = SAMPLES / "sample_data"
 TEST_FRACTION = 0.3
 LONG = " ".join(f"word{i} and the answer of {i}" for i in range(60))  # far beyond every cutoff used here
 
@@ -87,7 +94,7 @@ def tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_model_dir):
-    from components.mmlu_scoring import load_model
+    from components.evaluate.mmlu.scoring import load_model
 
     return load_model(tiny_model_dir, device="cpu")
 
@@ -242,7 +249,7 @@ def test_duplicate_rows_are_scored_once(tiny_model, tiny_model_dir, tmp_path):
 @pytest.fixture(scope="module")
 def trained_adapter(tiny_model_dir, split_dir, tmp_path_factory) -> Path:
     """Real LoRA training on the train rows only, with the CPU preset's settings, through the train step's worker."""
-    from components.train_render import flatten_sections, render_sections
+    from components.train.render import flatten_sections, render_sections
     from configs.schema import load_config
 
     work = tmp_path_factory.mktemp("train")
@@ -256,7 +263,7 @@ def trained_adapter(tiny_model_dir, split_dir, tmp_path_factory) -> Path:
     (work / "train.yaml").write_text(yaml.safe_dump(args))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("MLFLOW_RUN_ID", None)
-    done = subprocess.run([sys.executable, "-m", "components.train", "--trainer-worker", str(work / "train.yaml")],
+    done = subprocess.run([sys.executable, "-m", "components.train.train", "--trainer-worker", str(work / "train.yaml")],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return work / "adapter"
@@ -460,7 +467,7 @@ def test_cli_failures_exit_1_without_traceback_and_write_nothing(tiny_model_dir,
              (["--model", str(tiny_model_dir), "--data-dir", str(split_dir), "--adapter", str(empty)],
               "not a PEFT adapter directory")]
     for argv, message in cases:
-        out = subprocess.run([sys.executable, "-m", "components.task_eval", *argv, "--dataset", TEST_NAMES[0],
+        out = subprocess.run([sys.executable, "-m", "components.evaluate.task.evaluate_task", *argv, "--dataset", TEST_NAMES[0],
                               "--template", "default", "--cutoff-len", "256", "--output", str(tmp_path / "out")],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 1, out.stderr[-2000:]
@@ -469,8 +476,8 @@ def test_cli_failures_exit_1_without_traceback_and_write_nothing(tiny_model_dir,
 
 
 def test_module_import_stays_light():
-    code = ("import sys, components.task_eval, components.task_results, components.task_data, "
-            "components.task_scoring; heavy = ('torch', 'transformers', 'peft', 'llamafactory', 'datasets', 'mlflow'); "
+    code = ("import sys, components.evaluate.task.evaluate_task, components.evaluate.task.results, components.evaluate.task.data, "
+            "components.evaluate.task.scoring; heavy = ('torch', 'transformers', 'peft', 'llamafactory', 'datasets', 'mlflow'); "
             "print([name for name in heavy if name in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,10 +1,10 @@
-"""components.tiny_model: deterministic bytes, loads with transformers, shards on request."""
+"""components.demo.tiny_model: deterministic bytes, loads with transformers, shards on request."""
 
 from __future__ import annotations
 
 import hashlib
 
-from components.tiny_model import build_tiny_llama
+from components.demo.tiny_model import build_tiny_llama
 
 
 def _digest(directory) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""components.tracking against a real MLflow server on loopback: one parent per pipeline run, child runs
+"""components.common.tracking against a real MLflow server on loopback: one parent per pipeline run, child runs
 that end FAILED when their step fails, stale runs closed, and a fast, clear failure when the server is down."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components import tracking
+from components.common import tracking
 from configs.schema import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_runs_left_running_by_a_dead_local_launcher_are_closed_and_no_others(cfg
     client = tracking.make_client(cfg)
     exp = tracking.experiment_id(client, cfg.mlflow.experiment)
     # A real launcher process that has exited: its identity, as run_local puts it in its tasks' environment.
-    dead = subprocess.run([sys.executable, "-c", "from components.tracking import LAUNCHER_ENV, local_launcher_env;"
+    dead = subprocess.run([sys.executable, "-c", "from components.common.tracking import LAUNCHER_ENV, local_launcher_env;"
                            "print(local_launcher_env()[LAUNCHER_ENV])"], cwd=REPO_ROOT, capture_output=True,
                           text=True, check=True).stdout.strip()
     alive = json.loads(tracking.local_launcher_env()[tracking.LAUNCHER_ENV])

@@ -25,7 +25,9 @@ import pytest
 import yaml
 from kfp.dsl import HTML, Metrics, Model
 
-from components.checkpoints import (
+from components.common.storage import run_dir
+from components.data.split import read_manifest
+from components.train.checkpoints import (
     FINGERPRINT_FILE,
     ResumePoint,
     checkpoint_problem,
@@ -38,9 +40,9 @@ from components.checkpoints import (
     read_fingerprint,
     safetensors_problem,
 )
-from components.data_split import read_manifest
-from components.storage import run_dir
-from components.train import (
+from components.train.fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
+from components.train.render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
+from components.train.train import (
     TrainerFailed,
     TrainError,
     collect_metrics,
@@ -51,8 +53,6 @@ from components.train import (
     trainer_error,
     trim_trainer_log,
 )
-from components.train_fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
-from components.train_render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
 from configs.schema import load_config
 from pipelines.steps import train
 
@@ -295,7 +295,7 @@ def test_a_failing_trainer_fails_the_run_and_the_cli_exits_non_zero(storage_root
 
     kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
     proc = subprocess.run(
-        [sys.executable, "-m", "components.train", "--config", "local", "--run-id", kfp_run_id,
+        [sys.executable, "-m", "components.train.train", "--config", "local", "--run-id", kfp_run_id,
          "--set", f"storage.mount_path={storage_root}", "--set", f"mlflow.tracking_uri={mlflow_server.uri}",
          "--set", "training.lora_target=q_projx", "--set", "training.max_steps=4"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -374,7 +374,7 @@ def test_llamafactory_argument_parser_accepts_the_rendered_yaml(tmp_path, tiny_m
 
     # The CPU demo config goes through LLaMA-Factory's full validation untouched.
     cfg = load_config("local", overrides=["training.val_size=0.1"])
-    sections = render_sections(cfg, model_dir=tiny_model_dir, dataset_dir=REPO_ROOT / "components/assets/sample_data",
+    sections = render_sections(cfg, model_dir=tiny_model_dir, dataset_dir=REPO_ROOT / "components/demo/sample_data",
                                output_dir=tmp_path / "out", run_name="train", gpu=False,
                                resume_from=tmp_path / "out" / "checkpoint-8")
     model, data, training, finetuning, _ = get_train_args(yaml.safe_load(render_yaml(sections)))
@@ -388,11 +388,11 @@ def test_multi_gpu_runs_under_torchrun_with_one_process_per_gpu(tmp_path):
     command = trainer_command(four, True, tmp_path / "train.yaml")
     assert command[1:3] == ["-m", "torch.distributed.run"]
     assert command[command.index("--nproc-per-node") + 1] == "4"
-    assert command[-3:] == ["components.train", "--trainer-worker", str(tmp_path / "train.yaml")]
+    assert command[-3:] == ["components.train.train", "--trainer-worker", str(tmp_path / "train.yaml")]
     env = trainer_env(four, "abc", True)
     assert env["NPROC_PER_NODE"] == "4" and env["MLFLOW_RUN_ID"] == "abc" and "MLFLOW_EXPERIMENT_NAME" not in env
     single = load_config("lora")
-    assert trainer_command(single, True, tmp_path / "t.yaml")[1:] == ["-m", "components.train", "--trainer-worker",
+    assert trainer_command(single, True, tmp_path / "t.yaml")[1:] == ["-m", "components.train.train", "--trainer-worker",
                                                                       str(tmp_path / "t.yaml")]
     assert "NPROC_PER_NODE" not in trainer_env(single, "abc", True)
     # Full fine-tuning uses DeepSpeed, which LLaMA-Factory only runs distributed: torchrun even on one GPU.
@@ -568,7 +568,7 @@ def test_only_the_same_training_resumes_the_checkpoints(storage_root, tmp_path):
 
 
 def test_the_base_model_is_fingerprinted_by_content(tmp_path, tiny_model_dir, monkeypatch):
-    from components import train_fingerprint
+    from components.train import fingerprint as train_fingerprint
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
@@ -598,7 +598,7 @@ def test_the_base_model_is_fingerprinted_by_content(tmp_path, tiny_model_dir, mo
 _STEP = """
 import os, subprocess, sys
 trainer = subprocess.Popen(
-    [sys.executable, "-c", "import time; from components.train import _die_with_parent; _die_with_parent(); "
+    [sys.executable, "-c", "import time; from components.train.train import _die_with_parent; _die_with_parent(); "
      "print('armed', flush=True); time.sleep(300)"],
     env=dict(os.environ, LLMFT_TRAINER_PARENT=str(os.getpid())), start_new_session=True, stdout=subprocess.PIPE,
     text=True)
@@ -679,9 +679,9 @@ def test_cli_render_only_and_usage_errors(capsys):
 def test_train_refuses_a_snapshot_changed_after_validation_and_ignores_later_source_changes(storage_root, tmp_path):
     """The validate step's snapshot is what trains: a changed snapshot file is refused (named), while data
     replaced in the source directory after validation is not read at all."""
-    from components.data_split import snapshot_dir
-    from components.train import prepare_data, resolve_paths
-    from components.validate_dataset import validate_config_data
+    from components.data.split import snapshot_dir
+    from components.data.validate_dataset import validate_config_data
+    from components.train.train import prepare_data, resolve_paths
 
     cfg = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}")
     _, validated = validate_config_data(cfg, "r1")

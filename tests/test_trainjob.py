@@ -1,4 +1,4 @@
-"""components.trainjob (with components.training_job) and components.multinode_launch: multi-node training on
+"""components.train.multinode.trainjob (with components.train.multinode.training_job) and components.train.multinode.launch: multi-node training on
 Kubeflow Trainer v2 (``cluster.training_engine: trainjob``, the default), queued by Kueue.
 
 No Kubernetes cluster can run here, so two stand-ins are used, and only these:
@@ -22,10 +22,15 @@ from pathlib import Path
 import pytest
 from fake_kubernetes import NAMESPACE, TRAINJOB, FakeKubernetes, expected_lines, lead_lines, serve
 
-from components.multinode_launch import LaunchEnvError, launch_command, map_operator_env
-from components.multinode_launch import main as launch_main
-from components.training_job import TrainingJobError, TrainingJobFailed, delete_training_job, run_training_job
-from components.trainjob import PATCH_MANAGER, build_trainjob_manifest
+from components.train.multinode.launch import LaunchEnvError, launch_command, map_operator_env
+from components.train.multinode.launch import main as launch_main
+from components.train.multinode.training_job import (
+    TrainingJobError,
+    TrainingJobFailed,
+    delete_training_job,
+    run_training_job,
+)
+from components.train.multinode.trainjob import PATCH_MANAGER, build_trainjob_manifest
 from configs.schema import load_config
 
 RUN_ID = "0f3c2a9e-1b2c-4d5e-8f90-123456789abc"
@@ -136,7 +141,7 @@ def test_manifest_carries_every_setting():
     assert "suspend" not in spec  # Kueue's webhook suspends a queued job itself
     trainer = spec["trainer"]
     assert trainer["image"] == "registry.example/llm:1.2"
-    assert trainer["command"] == ["python", "-m", "components.multinode_launch", "--gpus-per-node", "8",
+    assert trainer["command"] == ["python", "-m", "components.train.multinode.launch", "--gpus-per-node", "8",
                                   str(TRAIN_YAML)]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "16", "memory": "200Gi", "nvidia.com/gpu": "8"},
@@ -252,7 +257,7 @@ def test_the_manifests_command_runs_the_launcher_on_a_trainer_node(monkeypatch, 
     """The TrainJob's own command, with the environment the Trainer gives node 2, as the launcher sees it."""
     manifest = manifest_for(cluster_config(nodes=4, accelerator_count=8))
     command = manifest["spec"]["trainer"]["command"]
-    assert command[:3] == ["python", "-m", "components.multinode_launch"]
+    assert command[:3] == ["python", "-m", "components.train.multinode.launch"]
     for key, value in trainer_env(2).items():
         monkeypatch.setenv(key, value)
     assert launch_main([*command[3:], "--dry-run"]) == 0
@@ -329,10 +334,10 @@ def test_sigterm_deletes_the_job_and_restores_the_handler(fake_k8s):
 
 
 def test_exit_handler_deletes_the_trainjob_of_a_failed_run(fake_k8s, tmp_path, capsys):
-    """components.finalize as the pipeline's exit handler runs it: with the compiled config, reading the config
+    """components.run.finalize_runs as the pipeline's exit handler runs it: with the compiled config, reading the config
     resolve-config wrote for the run (MLflow on a SQLite store)."""
-    from components.finalize import run_step
-    from components.resolve_config import run_step as resolve_config
+    from components.run.finalize_runs import run_step
+    from components.run.resolve_config import run_step as resolve_config
 
     tracking = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
     on_cluster = cluster_config(tracking, nodes=2)  # the jobs' volume is mounted at /storage

@@ -19,21 +19,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import components.dataset_reader as dataset_reader
-from components.dataset_checks import describe_entry, make_row_checker
-from components.validate_dataset import (
+import components.data.reader as dataset_reader
+from components.data.checks import describe_entry, make_row_checker
+from components.data.validate_dataset import (
     DUPLICATE_BATCH,
     DatasetValidationError,
     main,
     render_report,
     validate_datasets,
 )
+from components.demo.samples import SAMPLES
 from configs.schema import ConfigError, load_config
 from pipelines.steps import validate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_DATA = REPO_ROOT / "components" / "assets" / "sample_data"
-SAMPLE_MMLU = REPO_ROOT / "components" / "assets" / "sample_mmlu"
+SAMPLE_DATA = SAMPLES / "sample_data"
+SAMPLE_MMLU = SAMPLES / "sample_mmlu"
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 CONVERSATION = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
 
@@ -468,7 +469,7 @@ def _artifacts(tmp_path: Path) -> tuple[Any, Any]:
 def test_step_versions_the_data_and_logs_it_to_mlflow(step_config, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from components.data_split import read_manifest, snapshot_dir
+    from components.data.split import read_manifest, snapshot_dir
 
     metrics, report = _artifacts(tmp_path)
     both = step_config.model_copy(update={"dataset": step_config.dataset.model_copy(
@@ -539,7 +540,7 @@ def test_step_fails_on_invalid_data_with_the_problems_in_the_message(step_config
         validate_dataset.python_func(config=step_config.model_dump_json(), kfp_run_id="run-2", metrics=metrics,
                                      report=report)
     assert "alpaca_sample.json:7: field 'output': must be a non-empty string, got null" in str(failure.value)
-    from components.data_split import snapshot_dir
+    from components.data.split import snapshot_dir
 
     run = snapshot_dir(step_config, "run-2").parent
     assert not run.exists() or not list(run.iterdir())  # rows were streamed, yet no snapshot (or its temp) is left
@@ -561,7 +562,7 @@ def test_step_rejects_a_bad_config_naming_the_field(step_config, tmp_path):
     with pytest.raises(ConfigError, match="dataset.max_reported_errors"):
         validate_dataset.python_func(config=json.dumps(data), kfp_run_id="run-3", metrics=metrics, report=report)
     assert not Path(report.path).exists()
-    from components.data_split import snapshot_dir
+    from components.data.split import snapshot_dir
 
     assert not snapshot_dir(step_config, "run-3").exists()
 
@@ -587,7 +588,7 @@ def test_module_entry_point_validates_without_heavy_frameworks(tmp_path):
     """`python -m` exit status, and validation pulls in none of torch, transformers, datasets or mlflow."""
     code = ("import sys, runpy; sys.argv = ['validate_dataset', '--dataset-dir', sys.argv[1], '--dataset', "
             "'alpaca_sample,sharegpt_sample', '--eval-data-dir', sys.argv[2]]\n"
-            "try:\n    runpy.run_module('components.validate_dataset', run_name='__main__')\n"
+            "try:\n    runpy.run_module('components.data.validate_dataset', run_name='__main__')\n"
             "except SystemExit as exit:\n"
             "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'llamafactory')\n"
             "             if m in sys.modules]\n"

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from builders import base_losses, flags_first_right, mmlu_results, task_results, write_results
 
+from components.demo.samples import SAMPLES
+
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = REPO / "components" / "assets"
+ASSETS = SAMPLES
 OPERATOR_ENV = {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PET_NNODES", "PET_NODE_RANK"}
 
 
@@ -82,7 +84,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     write_results(root / "llama3", mmlu, task_results(base_losses(), template="llama3"))
     # A storage root for register: a published-looking version directory and comparison files.
     (root / "store" / "models" / "m" / "v1").mkdir(parents=True)
-    from components.compare_baseline import compare_files
+    from components.gate.compare import compare_files
     from configs.schema import config_from_dict
 
     good = [root / "good" / "results.json", root / "good" / "task.json"]
@@ -94,7 +96,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
 
 def _compare(candidate_mmlu: str, candidate_task: str, *args: str) -> list[str]:
     """The comparison CLI with the good baseline files."""
-    return ["components.compare_baseline", "--candidate-mmlu", candidate_mmlu, "--candidate-task", candidate_task,
+    return ["components.gate.compare", "--candidate-mmlu", candidate_mmlu, "--candidate-task", candidate_task,
             "--baseline-mmlu", "{ws}/good/results.json", "--baseline-task", "{ws}/good/task.json", *args]
 
 
@@ -103,83 +105,83 @@ def _task_eval(*args: str) -> list[str]:
     defaults = {"--model": "{ws}/model", "--data-dir": "{ws}/data", "--dataset": "alpaca_sample",
                 "--template": "default", "--cutoff-len": "256"}
     given = dict(zip(args[::2], args[1::2], strict=True))
-    return ["components.task_eval", *[item for pair in {**defaults, **given}.items() for item in pair]]
+    return ["components.evaluate.task.evaluate_task", *[item for pair in {**defaults, **given}.items() for item in pair]]
 
 
 def _register(*args: str) -> list[str]:
-    return ["components.register_model", "register", "--config", "local", "--set", "storage.mount_path={ws}/store",
+    return ["components.gate.register_model", "register", "--config", "local", "--set", "storage.mount_path={ws}/store",
             "--set", "mlflow.tracking_uri=sqlite:///{ws}/r.db", "--kfp-run-id", "r1", "--dataset-hash", "h", *args]
 
 
 # (case id, argv after `python -m`, words the message must contain, paths (relative to ws) that must not exist)
 CASES = [
     # validate_dataset
-    ("validate-undefined-name", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "nope"],
+    ("validate-undefined-name", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "nope"],
      ["nope"], []),
-    ("validate-dotdot-name", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "../etc"],
+    ("validate-dotdot-name", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "../etc"],
      ["../etc"], []),
-    ("validate-non-utf8-file", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "non_utf8"],
+    ("validate-non-utf8-file", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "non_utf8"],
      ["latin1.json", "UTF-8"], []),
-    ("validate-empty-file", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "empty_file"],
+    ("validate-empty-file", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "empty_file"],
      ["empty.json"], []),
-    ("validate-absolute-path", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "absolute"],
+    ("validate-absolute-path", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "absolute"],
      ["/etc/passwd"], []),
-    ("validate-dotdot-path", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "dotdot"],
+    ("validate-dotdot-path", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "dotdot"],
      ["../../etc/passwd"], []),
-    ("validate-symlink-escape", ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset",
+    ("validate-symlink-escape", ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset",
                                  "symlink_escape"], ["escape.json"], []),
-    ("validate-malformed-info", ["components.validate_dataset", "--dataset-dir", "{ws}/broken_info", "--dataset",
+    ("validate-malformed-info", ["components.data.validate_dataset", "--dataset-dir", "{ws}/broken_info", "--dataset",
                                  "alpaca_sample"], ["dataset_info.json"], []),
-    ("validate-missing-dir", ["components.validate_dataset", "--dataset-dir", "{ws}/nowhere", "--dataset", "x"],
+    ("validate-missing-dir", ["components.data.validate_dataset", "--dataset-dir", "{ws}/nowhere", "--dataset", "x"],
      ["nowhere"], []),
     # train (config errors only: nothing may start training)
-    ("train-malformed-yaml", ["components.train", "--config", "{ws}/malformed.yaml"], ["malformed.yaml", "YAML"],
+    ("train-malformed-yaml", ["components.train.train", "--config", "{ws}/malformed.yaml"], ["malformed.yaml", "YAML"],
      ["output"]),
-    ("train-non-utf8-yaml", ["components.train", "--config", "{ws}/latin1.yaml"], ["latin1.yaml", "UTF-8"], []),
-    ("train-negative-lr", ["components.train", "--config", "local", "--set", "training.learning_rate=-1"],
+    ("train-non-utf8-yaml", ["components.train.train", "--config", "{ws}/latin1.yaml"], ["latin1.yaml", "UTF-8"], []),
+    ("train-negative-lr", ["components.train.train", "--config", "local", "--set", "training.learning_rate=-1"],
      ["training.learning_rate"], []),
-    ("train-zero-rank", ["components.train", "--config", "local", "--set", "training.lora_rank=0"],
+    ("train-zero-rank", ["components.train.train", "--config", "local", "--set", "training.lora_rank=0"],
      ["training.lora_rank"], []),
-    ("train-huge-batch", ["components.train", "--config", "local", "--set",
+    ("train-huge-batch", ["components.train.train", "--config", "local", "--set",
                           "training.per_device_train_batch_size=1000000000000"],
      ["training.per_device_train_batch_size"], []),
-    ("train-unknown-template", ["components.train", "--config", "local", "--set", "training.template=nope"],
+    ("train-unknown-template", ["components.train.train", "--config", "local", "--set", "training.template=nope"],
      ["training.template"], []),
-    ("train-dataset-dotdot", ["components.train", "--config", "local", "--set", "dataset.names=[../x]"],
+    ("train-dataset-dotdot", ["components.train.train", "--config", "local", "--set", "dataset.names=[../x]"],
      ["dataset.names"], []),
-    ("train-absolute-model", ["components.train", "--config", "local", "--set", "storage.base_model=/etc"],
+    ("train-absolute-model", ["components.train.train", "--config", "local", "--set", "storage.base_model=/etc"],
      ["storage.base_model"], []),
-    ("train-unknown-key", ["components.train", "--config", "local", "--set", "training.lernin_rate=1"],
+    ("train-unknown-key", ["components.train.train", "--config", "local", "--set", "training.lernin_rate=1"],
      ["training.lernin_rate"], []),
     # evaluate_mmlu
-    ("eval-missing-model", ["components.evaluate_mmlu", "--model", "{ws}/nowhere", "--data-dir",
+    ("eval-missing-model", ["components.evaluate.mmlu.evaluate_mmlu", "--model", "{ws}/nowhere", "--data-dir",
                             str(ASSETS / "sample_mmlu"), "--output", "{ws}/out/eval1"], ["nowhere"], ["out/eval1"]),
-    ("eval-malformed-row", ["components.evaluate_mmlu", "--model", "{ws}/model", "--data-dir", "{ws}/mmlu_bad_row",
+    ("eval-malformed-row", ["components.evaluate.mmlu.evaluate_mmlu", "--model", "{ws}/model", "--data-dir", "{ws}/mmlu_bad_row",
                             "--output", "{ws}/out/eval2"], ["astronomy_test.csv"], ["out/eval2"]),
-    ("eval-non-utf8-csv", ["components.evaluate_mmlu", "--model", "{ws}/model", "--data-dir", "{ws}/mmlu_latin1",
+    ("eval-non-utf8-csv", ["components.evaluate.mmlu.evaluate_mmlu", "--model", "{ws}/model", "--data-dir", "{ws}/mmlu_latin1",
                            "--output", "{ws}/out/eval3"], ["astronomy_test.csv"], ["out/eval3"]),
-    ("eval-empty-data-dir", ["components.evaluate_mmlu", "--model", "{ws}/model", "--data-dir", "{ws}/mmlu_empty",
+    ("eval-empty-data-dir", ["components.evaluate.mmlu.evaluate_mmlu", "--model", "{ws}/model", "--data-dir", "{ws}/mmlu_empty",
                              "--output", "{ws}/out/eval4"], ["mmlu_empty"], ["out/eval4"]),
-    ("eval-negative-shots", ["components.evaluate_mmlu", "--model", "{ws}/model", "--data-dir",
+    ("eval-negative-shots", ["components.evaluate.mmlu.evaluate_mmlu", "--model", "{ws}/model", "--data-dir",
                              str(ASSETS / "sample_mmlu"), "--n-shot", "-1", "--output", "{ws}/out/eval5"],
      ["n-shot"], ["out/eval5"]),
-    ("eval-zero-batch", ["components.evaluate_mmlu", "--model", "{ws}/model", "--data-dir",
+    ("eval-zero-batch", ["components.evaluate.mmlu.evaluate_mmlu", "--model", "{ws}/model", "--data-dir",
                          str(ASSETS / "sample_mmlu"), "--batch-size", "0", "--output", "{ws}/out/eval6"],
      ["batch"], ["out/eval6"]),
     # merge_lora
-    ("merge-truncated-adapter", ["components.merge_lora", "--base", "{ws}/model", "--adapter",
+    ("merge-truncated-adapter", ["components.merge.merge_lora", "--base", "{ws}/model", "--adapter",
                                  "{ws}/adapter_truncated", "--output", "{ws}/out/merged1"],
      ["adapter_model.safetensors"], ["out/merged1"]),
-    ("merge-malformed-adapter-config", ["components.merge_lora", "--base", "{ws}/model", "--adapter",
+    ("merge-malformed-adapter-config", ["components.merge.merge_lora", "--base", "{ws}/model", "--adapter",
                                         "{ws}/adapter_bad_config", "--output", "{ws}/out/merged2"],
      ["adapter_config.json"], ["out/merged2"]),
-    ("merge-empty-adapter", ["components.merge_lora", "--base", "{ws}/model", "--adapter", "{ws}/adapter_empty",
+    ("merge-empty-adapter", ["components.merge.merge_lora", "--base", "{ws}/model", "--adapter", "{ws}/adapter_empty",
                              "--output", "{ws}/out/merged3"], ["adapter_empty"], ["out/merged3"]),
-    ("merge-missing-base", ["components.merge_lora", "--base", "{ws}/nowhere", "--output", "{ws}/out/merged4"],
+    ("merge-missing-base", ["components.merge.merge_lora", "--base", "{ws}/nowhere", "--output", "{ws}/out/merged4"],
      ["nowhere"], ["out/merged4"]),
-    ("merge-version-escape", ["components.merge_lora", "--base", "{ws}/model", "--publish-to", "{ws}/out/models",
+    ("merge-version-escape", ["components.merge.merge_lora", "--base", "{ws}/model", "--publish-to", "{ws}/out/models",
                               "--version", "../../escaped"], ["../../escaped"], ["escaped", "out/models/current"]),
-    ("merge-bad-dtype", ["components.merge_lora", "--base", "{ws}/model", "--output", "{ws}/out/merged5",
+    ("merge-bad-dtype", ["components.merge.merge_lora", "--base", "{ws}/model", "--output", "{ws}/out/merged5",
                          "--dtype", "int3"], ["dtype"], ["out/merged5"]),
     # compare_baseline (candidate MMLU, candidate task, baseline MMLU, baseline task)
     ("compare-malformed-json", _compare("{ws}/malformed.json", "{ws}/good/task.json", "--report", "{ws}/out/r1.md",
@@ -212,7 +214,7 @@ CASES = [
     ("task-eval-missing-model", _task_eval("--model", "{ws}/nowhere", "--output", "{ws}/out/task5"), ["nowhere"],
      ["out/task5"]),
     # register_model, finalize
-    ("register-bad-uri", ["components.register_model", "show", "--config", "local", "--set",
+    ("register-bad-uri", ["components.gate.register_model", "show", "--config", "local", "--set",
                           "mlflow.tracking_uri=ftp://x"], ["mlflow.tracking_uri"], []),
     ("register-model-dir-escape", _register("--model-dir", "../../etc", "--version", "v1", "--comparison", "c.json"),
      ["../../etc"], ["r.db"]),
@@ -223,12 +225,12 @@ CASES = [
     ("register-missing-comparison", _register("--model-dir", "models/m/v1", "--version", "v1", "--comparison",
                                               "output/r1/compare/comparison.json"),
      ["comparison.json", "does not exist"], ["r.db"]),
-    ("finalize-malformed-config", ["components.finalize", "--config", "{ws}/malformed.yaml", "--kfp-run-id", "r"],
+    ("finalize-malformed-config", ["components.run.finalize_runs", "--config", "{ws}/malformed.yaml", "--kfp-run-id", "r"],
      ["malformed.yaml"], []),
     # multinode launcher, tiny model builder
-    ("launch-without-operator-env", ["components.multinode_launch", "--gpus-per-node", "1", "{ws}/t.yaml",
+    ("launch-without-operator-env", ["components.train.multinode.launch", "--gpus-per-node", "1", "{ws}/t.yaml",
                                      "--dry-run"], ["WORLD_SIZE"], []),
-    ("tiny-model-negative-size", ["components.tiny_model", "--output", "{ws}/out/tiny", "--hidden-size", "-8"],
+    ("tiny-model-negative-size", ["components.demo.tiny_model", "--output", "{ws}/out/tiny", "--hidden-size", "-8"],
      ["hidden"], ["out/tiny"]),
     # pipelines
     ("compile-malformed", ["pipelines.compile", "--config", "{ws}/malformed.yaml", "--output", "{ws}/out/ir.yaml"],

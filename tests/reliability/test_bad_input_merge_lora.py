@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from components.merge_lora import MergeError, main, merge_and_publish, merge_model
-from components.publish import current_version, published_versions, read_safetensors_header, verify_model_dir
+from components.merge.merge_lora import MergeError, main, merge_and_publish, merge_model
+from components.merge.publish import current_version, published_versions, read_safetensors_header, verify_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A tiny Llama in several safetensors shards (q_proj square, up_proj not)."""
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("merge-base") / "base", shard_size="100KB")
 
@@ -186,7 +186,7 @@ def test_a_bin_only_base_is_refused(tmp_path, capsys):
     """A base saved as pytorch_model.bin (older checkpoints; transformers 5 no longer writes them)."""
     import torch
 
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     source = build_tiny_llama(tmp_path / "source")
     binary = Path(shutil.copytree(source, tmp_path / "binary"))
@@ -232,7 +232,7 @@ def test_two_merges_publishing_one_version_at_once_publish_it_once(base, tmp_pat
                 for seed in (1, 2)]
     models = tmp_path / "models"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-m", "components.merge_lora", "--base", str(base), "--adapter",
+    procs = [subprocess.Popen([sys.executable, "-m", "components.merge.merge_lora", "--base", str(base), "--adapter",
                                str(adapter), "--publish-to", str(models), "--version", "v1", "--dtype", "fp32"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
              for adapter in adapters]

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from components import evaluate_mmlu
-from components.mmlu_data import MmluDataError, load_subjects
+from components.demo.samples import SAMPLES
+from components.evaluate.mmlu import evaluate_mmlu
+from components.evaluate.mmlu.data import MmluDataError, load_subjects
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "components" / "assets" / "sample_mmlu"
+SAMPLE = SAMPLES / "sample_mmlu"
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_a_question_longer_than_the_context_is_scored_on_its_last_tokens(mmlu, t
     lines = test.read_text().splitlines()
     lines[1] = '"' + " ".join(["Long preamble about stars."] * 750) + ' Which planet is red?",Mars,Venus,Earth,Moon,A'
     test.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="components.mmlu_scoring"):
+    with caplog.at_level(logging.WARNING, logger="components.evaluate.mmlu.scoring"):
         cached = evaluate_mmlu.evaluate(tiny_model_dir, mmlu, subjects=["astronomy"], limit=3, progress=False)
     plain = evaluate_mmlu.evaluate(tiny_model_dir, mmlu, subjects=["astronomy"], limit=3, progress=False,
                                    scorer="straightforward")
@@ -143,7 +144,7 @@ def broken_server():
 ])
 def test_nan_or_missing_logprobs_from_the_server_are_refused(broken_server, tiny_model_dir, tmp_path, kind, words,
                                                              capsys):
-    from components.mmlu_openai import BackendError
+    from components.evaluate.mmlu.openai_backend import BackendError
 
     broken_server.state["kind"] = kind
     with pytest.raises(BackendError, match=words.replace("(", r"\(").replace(")", r"\)")):

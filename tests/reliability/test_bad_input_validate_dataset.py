@@ -5,7 +5,7 @@ The reference for "legal" is what LLaMA-Factory's loader does with the same byte
 JSON reader itself for the type rules. What the loader reads, the validator accepts; what the loader
 refuses (or what this SFT pipeline would silently drop), the validator refuses with the row named, before
 any GPU time is spent. Nothing here writes outside the test's directory; the CLI cases run the real
-``python -m components.validate_dataset`` and must exit 1 without a traceback.
+``python -m components.data.validate_dataset`` and must exit 1 without a traceback.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from components.dataset_reader import MAX_ROW_BYTES
-from components.dataset_validation import validate_datasets
+from components.data.reader import MAX_ROW_BYTES
+from components.data.validation import validate_datasets
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
@@ -361,7 +361,7 @@ def test_the_cli_reports_every_hostile_dataset_at_once_without_a_traceback(tmp_p
     info["long"] = {"file_name": "n" * 5000}
     (root / "dataset_info.json").write_text(json.dumps(info))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "components.validate_dataset", "--dataset-dir", str(root),
+    proc = subprocess.run([sys.executable, "-m", "components.data.validate_dataset", "--dataset-dir", str(root),
                            "--dataset", ",".join(info)], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=120)
     output = proc.stdout + proc.stderr

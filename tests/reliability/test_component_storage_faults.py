@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-ASSETS = Path(__file__).resolve().parents[2] / "components" / "assets"
+from components.demo.samples import SAMPLES
+
+ASSETS = SAMPLES
 PAGE = 4096
 
 
@@ -75,16 +77,16 @@ def results_files(tmp_path_factory) -> list[str]:
 
 
 def test_merge_onto_a_full_volume_keeps_the_published_model(small_volume, tiny_model_dir, adapter):
-    from components.publish import current_version, verify_model_dir
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
+    from components.merge.publish import current_version, verify_model_dir
 
     models = small_volume / "models"
     # v1: a model small enough for the volume, published for real (checksums, `current`).
     small = build_tiny_llama(small_volume.parent / "smaller", hidden_size=16, intermediate_size=32, vocab_size=300)
-    first = _run("components.merge_lora", "--base", str(small), "--publish-to", str(models), "--version", "v1")
+    first = _run("components.merge.merge_lora", "--base", str(small), "--publish-to", str(models), "--version", "v1")
     assert first.returncode == 0, first.stderr
     # v2: the tiny model merged with a real adapter; its 800 KiB of weights do not fit in what is left.
-    proc = _run("components.merge_lora", "--base", str(tiny_model_dir), "--adapter", str(adapter),
+    proc = _run("components.merge.merge_lora", "--base", str(tiny_model_dir), "--adapter", str(adapter),
                 "--publish-to", str(models), "--version", "v2")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _refused(proc, "no space left", str(models))
@@ -94,14 +96,14 @@ def test_merge_onto_a_full_volume_keeps_the_published_model(small_volume, tiny_m
 
 
 def test_tiny_model_onto_a_full_volume_leaves_no_temporary(small_volume):
-    proc = _run("components.tiny_model", "--output", str(small_volume / "base-model"))
+    proc = _run("components.demo.tiny_model", "--output", str(small_volume / "base-model"))
     _refused(proc, "no space left", str(small_volume / "base-model"))
     assert os.listdir(small_volume) == []
 
 
 def test_validation_report_onto_a_full_volume(small_volume):
     _fill(small_volume, leave_pages=0)
-    proc = _run("components.validate_dataset", "--dataset-dir", str(ASSETS / "sample_data"), "--dataset",
+    proc = _run("components.data.validate_dataset", "--dataset-dir", str(ASSETS / "sample_data"), "--dataset",
                 "alpaca_sample", "--report", str(small_volume / "report.md"))
     _refused(proc, "no space left", str(small_volume / "report.md"))
     assert os.listdir(small_volume) == ["filler"]
@@ -110,21 +112,21 @@ def test_validation_report_onto_a_full_volume(small_volume):
 def test_comparison_that_half_fits_leaves_neither_file(small_volume, results_files):
     # One free page: the report (under a page) fits, the comparison JSON written after it does not.
     _fill(small_volume, leave_pages=1)
-    proc = _run("components.compare_baseline", *results_files, "--report", str(small_volume / "report.md"),
+    proc = _run("components.gate.compare", *results_files, "--report", str(small_volume / "report.md"),
                 "--json", str(small_volume / "comparison.json"))
     _refused(proc, "no space left", str(small_volume / "comparison.json"))
     assert os.listdir(small_volume) == ["filler"]
 
 
 def test_comparison_onto_a_read_only_volume(readonly_volume, results_files):
-    proc = _run("components.compare_baseline", *results_files, "--report", str(readonly_volume / "report.md"),
+    proc = _run("components.gate.compare", *results_files, "--report", str(readonly_volume / "report.md"),
                 "--json", str(readonly_volume / "comparison.json"))
     _refused(proc, "read-only", str(readonly_volume / "report.md"))
     assert os.listdir(readonly_volume) == ["existing.txt"]
 
 
 def test_evaluate_onto_a_read_only_volume_writes_nothing(readonly_volume, tiny_model_dir):
-    proc = _run("components.evaluate_mmlu", "--model", str(tiny_model_dir), "--data-dir", str(ASSETS / "sample_mmlu"),
+    proc = _run("components.evaluate.mmlu.evaluate_mmlu", "--model", str(tiny_model_dir), "--data-dir", str(ASSETS / "sample_mmlu"),
                 "--limit", "1", "--output", str(readonly_volume / "eval"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _refused(proc, "read-only", str(readonly_volume / "eval"))
@@ -132,7 +134,7 @@ def test_evaluate_onto_a_read_only_volume_writes_nothing(readonly_volume, tiny_m
 
 
 def test_task_evaluation_onto_a_read_only_volume_writes_nothing(readonly_volume, tiny_model_dir):
-    proc = _run("components.task_eval", "--model", str(tiny_model_dir), "--data-dir", str(ASSETS / "sample_data"),
+    proc = _run("components.evaluate.task.evaluate_task", "--model", str(tiny_model_dir), "--data-dir", str(ASSETS / "sample_data"),
                 "--dataset", "alpaca_sample", "--template", "default", "--cutoff-len", "64", "--output",
                 str(readonly_volume / "task"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -141,7 +143,7 @@ def test_task_evaluation_onto_a_read_only_volume_writes_nothing(readonly_volume,
 
 
 def test_validation_report_onto_a_read_only_volume(readonly_volume):
-    proc = _run("components.validate_dataset", "--dataset-dir", str(ASSETS / "sample_data"), "--dataset",
+    proc = _run("components.data.validate_dataset", "--dataset-dir", str(ASSETS / "sample_data"), "--dataset",
                 "alpaca_sample", "--report", str(readonly_volume / "report.md"))
     _refused(proc, "read-only", str(readonly_volume / "report.md"))
     assert os.listdir(readonly_volume) == ["existing.txt"]

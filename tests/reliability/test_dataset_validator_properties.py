@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.dataset_validation import validate_datasets
+from components.data.validation import validate_datasets
 
 PROBLEM_LINE = re.compile(r"^(?P<file>[^:]+):(?P<row>\d+): field '(?P<field>[^']+)': .+")
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)

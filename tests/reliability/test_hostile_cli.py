@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 from builders import base_losses, flags_first_right, mmlu_results, task_results, write_results
 
+from components.demo.samples import SAMPLES
+
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = REPO / "components" / "assets"
+ASSETS = SAMPLES
 MMLU = str(ASSETS / "sample_mmlu")
 OPERATOR_ENV = {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PET_NNODES", "PET_NODE_RANK"}
 
@@ -80,31 +82,31 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def _validate(*args: str) -> list[str]:
-    return ["components.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "alpaca_sample", *args]
+    return ["components.data.validate_dataset", "--dataset-dir", "{ws}/data", "--dataset", "alpaca_sample", *args]
 
 
 def _train(*sets: str, config: str = "local") -> list[str]:
     overrides = [item for value in sets for item in ("--set", value)]
-    return ["components.train", "--config", config, *overrides, "--render-only"]
+    return ["components.train.train", "--config", config, *overrides, "--render-only"]
 
 
 def _evaluate(*args: str, model: str = "{ws}/model", data: str = MMLU) -> list[str]:
-    return ["components.evaluate_mmlu", "--model", model, "--data-dir", data, "--limit", "1", *args,
+    return ["components.evaluate.mmlu.evaluate_mmlu", "--model", model, "--data-dir", data, "--limit", "1", *args,
             "--output", "{ws}/out/eval"]
 
 
 def _merge(*args: str, base: str = "{ws}/model") -> list[str]:
-    return ["components.merge_lora", "--base", base, *args]
+    return ["components.merge.merge_lora", "--base", base, *args]
 
 
 def _compare(mmlu: str = "{ws}/good/results.json", task: str = "{ws}/good/task.json", *args: str) -> list[str]:
-    return ["components.compare_baseline", "--candidate-mmlu", mmlu, "--candidate-task", task,
+    return ["components.gate.compare", "--candidate-mmlu", mmlu, "--candidate-task", task,
             "--baseline-mmlu", "{ws}/good/results.json", "--baseline-task", "{ws}/good/task.json", *args,
             "--report", "{ws}/out/report.md", "--json", "{ws}/out/comparison.json"]
 
 
 def _task_eval(*args: str, model: str = "{ws}/model", data: str = "{ws}/data") -> list[str]:
-    return ["components.task_eval", "--model", model, "--data-dir", data, "--dataset", "alpaca_sample",
+    return ["components.evaluate.task.evaluate_task", "--model", model, "--data-dir", data, "--dataset", "alpaca_sample",
             "--template", "default", "--cutoff-len", "256", *args, "--output", "{ws}/out/task"]
 
 
@@ -121,13 +123,13 @@ OPERATOR = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "trainer-0", "MASTER_
 # (case id, argv after `python -m`, words the message must contain, extra environment)
 CASES = [
     # validate_dataset
-    ("validate-empty-dataset-info", ["components.validate_dataset", "--dataset-dir", "{ws}/info_empty",
+    ("validate-empty-dataset-info", ["components.data.validate_dataset", "--dataset-dir", "{ws}/info_empty",
                                      "--dataset", "x"], ["dataset_info.json", "invalid JSON"], {}),
-    ("validate-non-utf8-dataset-info", ["components.validate_dataset", "--dataset-dir", "{ws}/info_latin1",
+    ("validate-non-utf8-dataset-info", ["components.data.validate_dataset", "--dataset-dir", "{ws}/info_latin1",
                                         "--dataset", "x"], ["dataset_info.json", "UTF-8"], {}),
-    ("validate-dataset-info-not-an-object", ["components.validate_dataset", "--dataset-dir", "{ws}/info_list",
+    ("validate-dataset-info-not-an-object", ["components.data.validate_dataset", "--dataset-dir", "{ws}/info_list",
                                              "--dataset", "x"], ["dataset_info.json", "array"], {}),
-    ("validate-dataset-dir-is-a-file", ["components.validate_dataset", "--dataset-dir", "{ws}/afile",
+    ("validate-dataset-dir-is-a-file", ["components.data.validate_dataset", "--dataset-dir", "{ws}/afile",
                                         "--dataset", "x"], ["afile"], {}),
     ("validate-zero-ngram", _validate("--eval-data-dir", MMLU, "--ngram", "0"), ["--ngram"], {}),
     ("validate-negative-max-contaminated", _validate("--max-contaminated", "-7"), ["--max-contaminated"], {}),
@@ -186,30 +188,30 @@ CASES = [
     ("task-eval-unknown-device", _task_eval("--device", "tpu9"), ["tpu9"], {}),
     ("task-eval-zero-batch", _task_eval("--batch-size", "0"), ["--batch-size"], {}),
     # register_model, finalize
-    ("register-comparison-escape", ["components.register_model", "register", "--config", "local", "--set",
+    ("register-comparison-escape", ["components.gate.register_model", "register", "--config", "local", "--set",
                                     "storage.mount_path={ws}", "--set", "mlflow.tracking_uri=sqlite:///{ws}/out/r.db",
                                     "--kfp-run-id", "r1", "--model-dir", "model", "--version", "v1",
                                     "--comparison", "../../../etc/passwd", "--dataset-hash", "h"],
      ["../../../etc/passwd"], {}),
-    ("register-without-command", ["components.register_model"], ["command"], {}),
-    ("finalize-unknown-state", ["components.finalize", "--config", "local", "--set",
+    ("register-without-command", ["components.gate.register_model"], ["command"], {}),
+    ("finalize-unknown-state", ["components.run.finalize_runs", "--config", "local", "--set",
                                 "mlflow.tracking_uri=sqlite:///{ws}/out/f.db", "--kfp-run-id", "r", "--state", "BOGUS"],
      ["BOGUS"], {}),
-    ("finalize-empty-run-id", ["components.finalize", "--config", "local", "--set",
+    ("finalize-empty-run-id", ["components.run.finalize_runs", "--config", "local", "--set",
                                "mlflow.tracking_uri=sqlite:///{ws}/out/f.db", "--kfp-run-id", " "],
      ["--kfp-run-id"], {}),
     # multinode launcher: the Training Operator's variables, hostile
-    ("launch-world-size-not-a-number", ["components.multinode_launch", "--gpus-per-node", "1", "{ws}/train.yaml",
+    ("launch-world-size-not-a-number", ["components.train.multinode.launch", "--gpus-per-node", "1", "{ws}/train.yaml",
                                         "--dry-run"], ["WORLD_SIZE", "abc"], {**OPERATOR, "WORLD_SIZE": "abc"}),
-    ("launch-rank-beyond-world-size", ["components.multinode_launch", "--gpus-per-node", "1", "{ws}/train.yaml",
+    ("launch-rank-beyond-world-size", ["components.train.multinode.launch", "--gpus-per-node", "1", "{ws}/train.yaml",
                                        "--dry-run"], ["RANK=5"], {**OPERATOR, "RANK": "5"}),
     # tiny model builder
-    ("tiny-output-exists", ["components.tiny_model", "--output", "{ws}/out/existing"], ["{ws}/out/existing"], {}),
-    ("tiny-huge-vocab", ["components.tiny_model", "--output", "{ws}/out/tiny", "--vocab-size", "100000000000"],
+    ("tiny-output-exists", ["components.demo.tiny_model", "--output", "{ws}/out/existing"], ["{ws}/out/existing"], {}),
+    ("tiny-huge-vocab", ["components.demo.tiny_model", "--output", "{ws}/out/tiny", "--vocab-size", "100000000000"],
      ["--vocab-size"], {}),
-    ("tiny-bad-shard-size", ["components.tiny_model", "--output", "{ws}/out/tiny", "--shard-size", "abc"],
+    ("tiny-bad-shard-size", ["components.demo.tiny_model", "--output", "{ws}/out/tiny", "--shard-size", "abc"],
      ["--shard-size"], {}),
-    ("tiny-zero-layers", ["components.tiny_model", "--output", "{ws}/out/tiny", "--layers", "0"], ["--layers"], {}),
+    ("tiny-zero-layers", ["components.demo.tiny_model", "--output", "{ws}/out/tiny", "--layers", "0"], ["--layers"], {}),
     # pipelines
     ("compile-output-not-yaml", ["pipelines.compile", "--config", "lora", "--output", "{ws}/adir"],
      ["{ws}/adir", ".yaml"], {}),

@@ -1,6 +1,6 @@
 """Output paths that would destroy or change what a command reads, or a published model: refused before any write.
 
-One guard (``components.storage.guard_output``) is called by every CLI and step that writes. Each case runs
+One guard (``components.common.storage.guard_output``) is called by every CLI and step that writes. Each case runs
 the real entry point against a real workspace (a tiny base model, an adapter, a dataset, results files and
 a published model version) and asserts: exit 1 or 2 (or the step's error), no traceback, a message that
 names the flag and what is at risk, and the whole workspace unchanged: every path, size and mtime.
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from components.storage import OutputPathError, guard_output
+from components.common.storage import OutputPathError, guard_output
+from components.demo.samples import SAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE_DATA = REPO / "components" / "assets" / "sample_data"
-SAMPLE_MMLU = REPO / "components" / "assets" / "sample_mmlu"
+SAMPLE_DATA = SAMPLES / "sample_data"
+SAMPLE_MMLU = SAMPLES / "sample_mmlu"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -31,7 +32,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from components.merge_lora import merge_and_publish
+    from components.merge.merge_lora import merge_and_publish
 
     root = tmp_path_factory.mktemp("output-paths") / "storage"
     base = Path(shutil.copytree(tiny_model_dir, root / "models" / "base-model"))
@@ -129,14 +130,14 @@ def test_an_output_that_would_damage_an_input_or_a_published_model_is_refused_fi
     captured = capsys.readouterr()
     assert words.replace("{ws}", str(ws)) in captured.err, captured.err
     assert snapshot(ws) == before  # nothing written, renamed or deleted
-    from components.publish import verify_model_dir
+    from components.merge.publish import verify_model_dir
 
     verify_model_dir(ws / "models" / "chat" / "v1")
 
 
 def test_the_refusal_is_a_message_in_a_real_process_too(ws, tmp_path):
     before = snapshot(ws)
-    proc = subprocess.run([sys.executable, "-m", "components.merge_lora", *_args(ws, MERGE), "--output", str(ws),
+    proc = subprocess.run([sys.executable, "-m", "components.merge.merge_lora", *_args(ws, MERGE), "--output", str(ws),
                            "--force"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -145,8 +146,8 @@ def test_the_refusal_is_a_message_in_a_real_process_too(ws, tmp_path):
 
 
 def test_force_still_replaces_an_earlier_merge_output(ws, tmp_path, capsys):
-    from components.merge_lora import main
-    from components.publish import verify_model_dir
+    from components.merge.merge_lora import main
+    from components.merge.publish import verify_model_dir
 
     out = tmp_path / "merged"
     assert main([*_args(ws, MERGE), "--output", str(out)]) == 0
@@ -161,7 +162,7 @@ def test_force_still_replaces_an_earlier_merge_output(ws, tmp_path, capsys):
 def test_a_registered_model_name_equal_to_the_base_folder_is_refused_by_the_step(ws, tmp_path):
     """The merge step publishes to <models_root>/<registered_model_name>: with the base model's folder name
     the versions would land inside the base. Refused before MLflow or the volume is touched."""
-    from components.merge_lora import run_step
+    from components.merge.merge_lora import run_step
     from configs.schema import load_config
 
     storage = Path(shutil.copytree(ws, tmp_path / "storage", symlinks=True))
@@ -174,7 +175,7 @@ def test_a_registered_model_name_equal_to_the_base_folder_is_refused_by_the_step
 
 
 def test_a_split_snapshot_inside_the_data_is_refused_by_the_step(ws, tmp_path):
-    from components.validate_dataset import validate_config_data
+    from components.data.validate_dataset import validate_config_data
     from configs.schema import load_config
 
     storage = Path(shutil.copytree(ws, tmp_path / "storage", symlinks=True))

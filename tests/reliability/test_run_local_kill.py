@@ -23,9 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from components.checkpoints import checkpoint_problem
-from components.publish import current_version, published_versions, verify_model_dir
-from components.tracking import LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+from components.common.tracking import LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+from components.merge.publish import current_version, published_versions, verify_model_dir
+from components.train.checkpoints import checkpoint_problem
 from pipelines import run_local
 
 pytestmark = pytest.mark.reliability_long

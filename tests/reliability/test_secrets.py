@@ -25,8 +25,11 @@ from fake_kfp_server import API, FakeKfpServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components import evaluate_mmlu, finalize, tracking
-from components.mmlu_openai import BackendError, completions_url, served_model
+from components.common import tracking
+from components.demo.samples import SAMPLES
+from components.evaluate.mmlu import evaluate_mmlu
+from components.evaluate.mmlu.openai_backend import BackendError, completions_url, served_model
+from components.run import finalize_runs as finalize
 from configs.redaction import MASK, describe_reply, has_credentials, public_uri, redact, unsafe_token
 from configs.schema import ConfigError, config_from_dict, load_config
 from pipelines import compile as compile_module
@@ -34,7 +37,7 @@ from pipelines import run_local, submit
 
 PASSWORD = "pw-9c2e1d-planted-do-not-print"
 TOKEN = "tok-5e8b7a-planted-do-not-print"
-SAMPLE_MMLU = Path(__file__).resolve().parents[2] / "components" / "assets" / "sample_mmlu"
+SAMPLE_MMLU = SAMPLES / "sample_mmlu"
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from components.storage import StorageError, atomic_directory, atomic_write_text
+from components.common.storage import StorageError, atomic_directory, atomic_write_text
 
 
 def test_disk_full_leaves_nothing_behind(small_volume):

@@ -28,9 +28,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from components.checkpoints import checkpoint_problem, checkpoint_step, list_checkpoints, safetensors_problem
-from components.storage import run_dir
-from components.train import TrainerFailed, TrainResult, train_model
+from components.common.storage import run_dir
+from components.demo.samples import SAMPLES
+from components.train.checkpoints import checkpoint_problem, checkpoint_step, list_checkpoints, safetensors_problem
+from components.train.train import TrainerFailed, TrainResult, train_model
 from configs.schema import load_config
 
 pytestmark = pytest.mark.reliability_long
@@ -46,7 +47,7 @@ def storage(tmp_path_factory, tiny_model_dir) -> Path:
     """One storage root for the module (each test has its own run id): the tiny base model, the sample data."""
     root = tmp_path_factory.mktemp("train-kills") / "storage"
     shutil.copytree(tiny_model_dir, root / "models" / "base-model")
-    shutil.copytree(REPO_ROOT / "components" / "assets" / "sample_data", root / "data")
+    shutil.copytree(SAMPLES / "sample_data", root / "data")
     return root
 
 
@@ -120,7 +121,7 @@ def _complete_steps(output: Path) -> list[int]:
 
 
 def _cli_report(stdout: str) -> dict:
-    """The JSON report ``python -m components.train`` prints last (the trainer's output comes before it)."""
+    """The JSON report ``python -m components.train.train`` prints last (the trainer's output comes before it)."""
     return json.loads(stdout[stdout.rindex("\n{\n") + 1:])
 
 
@@ -197,7 +198,7 @@ def test_a_kill_while_the_step_publishes_the_adapter(storage, mlflow_server, ref
     into the adapter's staging directory; nothing appears at adapter/, and the retry publishes the weights."""
     cfg = _config(storage, mlflow_server.uri)
     kfp_run_id = f"publish-{uuid.uuid4().hex[:6]}"
-    command = [sys.executable, "-m", "components.train", "--config", "local", "--run-id", kfp_run_id,
+    command = [sys.executable, "-m", "components.train.train", "--config", "local", "--run-id", kfp_run_id,
                "--set", f"storage.mount_path={storage}", "--set", f"mlflow.tracking_uri={mlflow_server.uri}",
                *[arg for override in SCHEDULE for arg in ("--set", override)]]
     pythonpath = os.pathsep.join([str(HOOK_DIR), str(REPO_ROOT)])
@@ -246,7 +247,7 @@ def test_the_issue_reproduction_16_then_48_steps(storage, mlflow_server, tmp_pat
     """Issue 18's reproduction as written: the local preset, one run id, 16 steps then 48 (checkpoint every 8,
     three kept), through the CLI. The second run used to fail reading the rotated checkpoint-16."""
     kfp_run_id = f"repro-{uuid.uuid4().hex[:6]}"
-    base = [sys.executable, "-m", "components.train", "--config", "local", "--run-id", kfp_run_id,
+    base = [sys.executable, "-m", "components.train.train", "--config", "local", "--run-id", kfp_run_id,
             "--set", f"storage.mount_path={storage}", "--set", f"mlflow.tracking_uri={mlflow_server.uri}"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     reports = []
@@ -289,7 +290,7 @@ def test_a_rerun_with_another_learning_rate_starts_fresh(storage, mlflow_server,
     kfp_run_id = f"other-{uuid.uuid4().hex[:6]}"
     first = train_model(_config(storage, mlflow_server.uri, "training.learning_rate=0.001"), kfp_run_id)
     assert first.metrics["global_step"] == 24
-    with caplog.at_level(logging.WARNING, logger="components.train"):
+    with caplog.at_level(logging.WARNING, logger="components.train.train"):
         result = train_model(_config(storage, mlflow_server.uri), kfp_run_id)
     reason = "another training wrote them (training.learning_rate: 0.001 -> 0.005)"
     assert reason in caplog.text

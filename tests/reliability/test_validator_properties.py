@@ -18,8 +18,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.dataset_checks import Problem
-from components.dataset_validation import ValidationResult, validate_datasets
+from components.data.checks import Problem
+from components.data.validation import ValidationResult, validate_datasets
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
