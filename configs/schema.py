@@ -219,14 +219,6 @@ class StorageConfig(_Section):
     def _inside_root(cls, value: str) -> str:
         return _relative_storage_path(value)
 
-    def resolve(self, relative: str) -> Path:
-        """Absolute path of a storage-relative path, refusing anything outside the root."""
-        root = Path(self.mount_path).resolve()
-        target = (root / _relative_storage_path(relative)).resolve()
-        if target != root and root not in target.parents:
-            raise ValueError(f"path {relative!r} resolves outside the storage root {root}")
-        return target
-
 
 class Toleration(_Section):
     """One Kubernetes toleration (the GPU nodes' taints)."""
@@ -526,7 +518,8 @@ class EvaluationConfig(_Section):
         if isinstance(data, dict) and ("backend" in data or "endpoint" in data):
             raise ValueError("evaluation.backend and evaluation.endpoint were removed: the pipeline scores the merged "
                              "candidate inside its evaluate task, before any server serves it (to score a served "
-                             "model, use python -m components.evaluate.mmlu.evaluate_mmlu --backend openai --endpoint URL)")
+                             "model, use python -m components.evaluate.mmlu.evaluate_mmlu --backend openai "
+                             "--endpoint URL)")
         return data
 
 
@@ -766,17 +759,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     return config_from_dict(data, source=str(file), overrides=overrides)
 
 
-def config_from_json(text: str, overrides: list[str] | None = None) -> PipelineConfig:
-    """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter.
+def config_from_json(text: str, overrides: list[str] | None = None, source: str = "the config parameter",
+                     ) -> PipelineConfig:
+    """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter, or a file of it
+    (``source`` names it in errors, e.g. the run's ``resolved_config.json``).
 
     Raises:
         ConfigError: the text is not JSON/YAML, is too deep or too large, or fails validation.
     """
     try:
-        data = parse_yaml(text, "the config parameter")
+        data = parse_yaml(text, source)
     except DocumentError as exc:
         raise ConfigError(str(exc)) from None
-    return config_from_dict(data, source="the config parameter", overrides=overrides)
+    return config_from_dict(data, source=source, overrides=overrides)
 
 
 __all__ = [

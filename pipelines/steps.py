@@ -1,7 +1,8 @@
 """Every step of the pipeline as a KFP lightweight component: the compile-time side, in one place.
 
-Each wrapper only imports its step's run-time entry point from :mod:`components` and calls it; the logic
-lives there, importable and testable without KFP. KFP copies a wrapper's *source* into the IR and runs it
+Each wrapper is named after its step and only imports that step's ``run_step`` from the entry module of the
+same name (``components.<package>.<step>``) and calls it; the logic lives there, importable and testable
+without KFP. KFP copies a wrapper's *source* into the IR and runs it
 with ``_KFP_RUNTIME=true``, where :mod:`kfp.dsl` leaves its compile-time parts out; the wrapper body therefore
 imports nothing but the step's ``run_step``, and this module itself is never imported in a running task.
 The docstrings become the inputs' and outputs' descriptions in the IR. The image is the default one; the
@@ -132,9 +133,9 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         mmlu_key: The MMLU score's eval key.
         task_key: The held-out task score's eval key.
     """
-    from components.gate.compare import run_resolve_baseline
+    from components.gate.find_baseline import run_step
 
-    return run_resolve_baseline(config=config, kfp_run_id=kfp_run_id)
+    return run_step(config=config, kfp_run_id=kfp_run_id)
 
 
 @component
@@ -178,9 +179,9 @@ def reuse_baseline_scores(config: str, kfp_run_id: str, mmlu_key: str, task_key:
         mmlu_path: The baseline's results.json on the PVC.
         task_path: The baseline's task.json on the PVC.
     """
-    from components.gate.compare import run_fetch_baseline_results
+    from components.gate.reuse_baseline_scores import run_step
 
-    return run_fetch_baseline_results(config=config, kfp_run_id=kfp_run_id, mmlu_key=mmlu_key, task_key=task_key)
+    return run_step(config=config, kfp_run_id=kfp_run_id, mmlu_key=mmlu_key, task_key=task_key)
 
 
 @component
@@ -209,12 +210,12 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         headline: The decision in one line.
         comparison_path: comparison.json on the PVC (every number, every rule).
     """
-    from components.gate.compare import run_compare
+    from components.gate.compare import run_step
 
-    return run_compare(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu,
-                       candidate_task=candidate_task, baseline_mmlu=baseline_mmlu, baseline_task=baseline_task,
-                       baseline_name=baseline_name, baseline_note=baseline_note, train_run_id=train_run_id,
-                       report=report, report_html=report_html, metrics=metrics)
+    return run_step(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu, candidate_task=candidate_task,
+                    baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_name=baseline_name,
+                    baseline_note=baseline_note, train_run_id=train_run_id, report=report, report_html=report_html,
+                    metrics=metrics)
 
 
 @component
@@ -234,10 +235,10 @@ def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, d
     Returns:
         model_version: The registry version number.
     """
-    from components.gate.register_model import run_register
+    from components.gate.register_model import run_step
 
-    return run_register(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, version=version,
-                        decision=decision, comparison_path=comparison_path, dataset_hash=dataset_hash)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, version=version, decision=decision,
+                    comparison_path=comparison_path, dataset_hash=dataset_hash)
 
 
 @component
@@ -257,10 +258,10 @@ def promote_model(config: str, kfp_run_id: str, model_version: str, version: str
         alias: "champion", or "challenger" when another run promoted a new champion meanwhile.
         previous: The version number of the former champion ("" for the first model).
     """
-    from components.gate.register_model import run_promote
+    from components.gate.promote_model import run_step
 
-    return run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
-                       baseline_name=baseline_name)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
+                    baseline_name=baseline_name)
 
 
 @component
@@ -277,9 +278,9 @@ def mark_challenger(config: str, kfp_run_id: str, model_version: str, headline: 
     Returns:
         alias: "challenger".
     """
-    from components.gate.register_model import run_mark_challenger
+    from components.gate.mark_challenger import run_step
 
-    return run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
 
 
 @component
@@ -292,9 +293,9 @@ def finalize_runs(compiled_config: str, kfp_run_id: str, status: dsl.PipelineTas
         kfp_run_id: The KFP run id.
         status: The pipeline's final status (set by KFP).
     """
-    from components.run.finalize_runs import run_from_status
+    from components.run.finalize_runs import run_step
 
-    run_from_status(compiled_config=compiled_config, kfp_run_id=kfp_run_id, status=status)
+    run_step(compiled_config=compiled_config, kfp_run_id=kfp_run_id, state=status.state, error=status.error_message)
 
 
 __all__ = [

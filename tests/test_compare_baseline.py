@@ -290,7 +290,7 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
 def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg):
     from components.evaluate.evaluate import eval_setup
 
-    config, base = cfg.model_dump_json(), cfg.storage.resolve(cfg.storage.base_model)
+    config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "r1")
     setup = eval_setup(cfg, "r1", base)
     needs_eval, model_dir, name, note, mmlu_key, task_key = run_resolve_baseline(config=config, kfp_run_id="r1")
@@ -323,7 +323,7 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
 
 
 def test_a_stored_file_under_another_eval_key_is_refused(cfg):
-    config, base = cfg.model_dump_json(), cfg.storage.resolve(cfg.storage.base_model)
+    config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "r1")
     source = store_eval_run(cfg, "r1", base, mmlu_key="f" * 64)  # tagged with one key, the file says another
     _, _, _, _, mmlu_key, task_key = run_resolve_baseline(config=config, kfp_run_id="r1")
@@ -337,7 +337,7 @@ def test_a_stored_file_under_another_eval_key_is_refused(cfg):
 def test_the_champion_alias_makes_the_published_model_the_baseline(cfg):
     client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
     snapshot(cfg, "r")
-    published = cfg.storage.resolve(cfg.storage.models_root) / name / "v1"
+    published = on_volume(cfg, cfg.storage.models_root) / name / "v1"
     published.mkdir(parents=True)
     (published / "config.json").write_text('{"model_type": "llama"}')
     (published / "model.safetensors").write_bytes(b"merged weights")

@@ -83,8 +83,8 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
     from components.evaluate.task.evaluate_task import eval_key_for, evaluate_task
     from components.evaluate.task.results import load_task_results
 
-    base = cfg.storage.resolve(cfg.storage.base_model)
-    mmlu_dir = cfg.storage.resolve(cfg.storage.eval_data_dir)
+    base = on_volume(cfg, cfg.storage.base_model)
+    mmlu_dir = on_volume(cfg, cfg.storage.eval_data_dir)
     snapshot(cfg, "run-1")
     (mmlu_path, task_path, micro, loss), metrics, mmlu_artifact, task_artifact = evaluate(
         cfg, "run-1", "models/base-model", "candidate", tmp_path / "first")
@@ -144,12 +144,12 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
 
 
 def test_a_copy_of_a_scored_model_gets_the_stored_scores_without_being_scored(cfg, tmp_path):
-    base = cfg.storage.resolve(cfg.storage.base_model)
+    base = on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "run-1")
     (mmlu_path, task_path, micro, loss), _, _, _ = evaluate(cfg, "run-1", "models/base-model", "candidate",
                                                             tmp_path / "first")
     # Another pipeline run on the same data; the champion it compares with is a copy of the same weights elsewhere.
-    copy = shutil.copytree(base, cfg.storage.resolve(cfg.storage.models_root) / "champion-copy")
+    copy = shutil.copytree(base, on_volume(cfg, cfg.storage.models_root) / "champion-copy")
     snapshot(cfg, "run-2")
     (mmlu_copy, task_copy, micro_copy, loss_copy), _, _, _ = evaluate(
         cfg, "run-2", "models/champion-copy", "baseline", tmp_path / "second")
@@ -182,7 +182,7 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
     wider = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"test_fraction": 0.3})})
     snapshot(wider, "run-3")
     old_split, new_split = scored.data.tags["llmft.task_split_hash"], eval_setup(
-        wider, "run-3", cfg.storage.resolve(cfg.storage.base_model)).tags["llmft.task_split_hash"]
+        wider, "run-3", on_volume(cfg, cfg.storage.base_model)).tags["llmft.task_split_hash"]
     assert old_split != new_split
     needs_eval, _, _, note, mmlu_key3, task_key3 = run_resolve_baseline(config=wider.model_dump_json(),
                                                                         kfp_run_id="run-3")

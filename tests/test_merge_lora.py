@@ -367,9 +367,9 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
     from components.common.storage import run_dir
 
     cfg, run_id = local_config, "run-7f3a"
-    base = cfg.storage.resolve(cfg.storage.base_model)
+    base = on_volume(cfg, cfg.storage.base_model)
     adapter = make_adapter(base, run_dir(cfg, run_id) / "adapter", target_modules=["q_proj", "v_proj"])
-    models = cfg.storage.resolve(cfg.storage.models_root) / cfg.mlflow.registered_model_name
+    models = on_volume(cfg, cfg.storage.models_root) / cfg.mlflow.registered_model_name
     merge_and_publish(base, None, models, "00000000-champion", set_current=True)  # the champion being served
 
     artifact = Model(name="merged", uri=str(tmp_path / "artifact" / "merged"), metadata={})

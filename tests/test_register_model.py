@@ -68,7 +68,7 @@ def _client(cfg):
 
 
 def models_dir(cfg) -> Path:
-    return cfg.storage.resolve(cfg.storage.models_root) / cfg.mlflow.registered_model_name
+    return on_volume(cfg, cfg.storage.models_root) / cfg.mlflow.registered_model_name
 
 
 def publish(cfg, version: str) -> Path:
@@ -161,7 +161,7 @@ def test_champion_lifecycle_first_better_tie_and_worse(cfg, tmp_path):
     # 1. No champion: the base model is the baseline; 10 % lower held-out loss, MMLU flat: promoted.
     first = pipeline_run(cfg, "run-1", "v1", (flags(), tuned), (flags(), losses), tmp_path)
     assert (first["baseline_name"], first["decision"]) == ("base model", "promote")
-    assert first["baseline_dir"] == str(cfg.storage.resolve(cfg.storage.base_model))
+    assert first["baseline_dir"] == str(on_volume(cfg, cfg.storage.base_model))
     assert first["promoted"] == ("champion", "")
     assert registered_aliases(client, name) == {"champion": first["model_version"]}
     assert current_version(cfg) == "v1"

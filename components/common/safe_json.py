@@ -368,19 +368,3 @@ def read_yaml(path: str | Path, source: str | None = None, *, max_bytes: int = M
     """
     data = read_bytes(path, max_bytes)
     return parse_yaml(data, source or _short(Path(path)), max_bytes=max_bytes)
-
-
-__all__ = [
-    "MAX_BYTES",
-    "MAX_DEPTH",
-    "MAX_INT_DIGITS",
-    "MAX_YAML_BYTES",
-    "MAX_YAML_NODES",
-    "DocumentError",
-    "JsonScanner",
-    "parse_json",
-    "parse_yaml",
-    "read_bytes",
-    "read_json",
-    "read_yaml",
-]

@@ -1,5 +1,10 @@
 """Paths on the shared volume and writes that never leave half-written output behind.
 
+Every path a step reads or writes on the volume comes from :func:`on_volume` (the one resolver: relative
+paths under ``storage.mount_path``, never outside it) or :func:`run_dir` (``<output_root>/<run slug>``);
+:func:`run_slug` is the one name a KFP run id gets wherever a name must be a DNS label or a path part
+(the run directory, a published version, a multi-node job).
+
 Every step writes its output directory through :func:`atomic_directory`: the files go to a hidden
 temporary sibling, and only a complete directory is renamed into place. A crash, a full disk or a
 read-only volume leaves either the old directory or nothing at the final path, never a partial one.
@@ -14,16 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from configs.schema import PipelineConfig
+if TYPE_CHECKING:  # only for annotations: configs.schema imports components.common.safe_json, never this module
+    from configs.schema import PipelineConfig
 
-# The manifest every merged or published model directory holds (components.merge.publish writes it).
+# The manifest every merged or published model directory holds (components.merge.verify writes it).
 MODEL_MANIFEST = "checksums.sha256"
+SLUG_MAX = 48  # a run's slug; "train-<slug>" stays a DNS-1035 label with room for a job's pod suffixes
 
 
 class StorageError(RuntimeError):
@@ -97,9 +107,9 @@ def guard_output(output: str | Path, inputs: Mapping[str, str | Path | None] | N
     return target
 
 
-def inside(root: str | Path, relative: str | Path) -> Path:
+def _inside(root: Path, relative: str | Path) -> Path:
     """Resolve ``relative`` under ``root`` and refuse results outside it (``..``, absolute, symlinks)."""
-    base = Path(root).resolve()
+    base = root.resolve()
     target = (base / relative).resolve()
     if target != base and base not in target.parents:
         raise StorageError(f"{relative} resolves to {target}, outside {base}")
@@ -111,22 +121,43 @@ def storage_root(cfg: PipelineConfig) -> Path:
     return Path(cfg.storage.mount_path).resolve()
 
 
-def on_volume(cfg: PipelineConfig, path: str | Path) -> Path:
-    """A step's input path: absolute paths as given, relative ones under the storage root (never outside it).
+def on_volume(cfg: PipelineConfig, path: str | Path, *, absolute_ok: bool = True) -> Path:
+    """The one path resolver: a path on the volume, absolute, with symlinks resolved.
+
+    Relative paths (every ``storage.*`` field, a task's input from another task) resolve under
+    ``storage.mount_path`` and never outside it; absolute paths are taken as given unless ``absolute_ok`` is
+    False (a path read from a file or a URI, which must stay on the volume).
 
     Raises:
-        StorageError: a relative path leaves the storage root (``..``, a symlink out).
+        StorageError: a relative path leaves the storage root (``..``, a symlink out), or an absolute path was
+            given where ``absolute_ok`` is False.
     """
     candidate = Path(path)
     if candidate.is_absolute():
-        return candidate
-    return inside(storage_root(cfg), candidate)
+        if absolute_ok:
+            return candidate
+        return _inside(storage_root(cfg), candidate)  # refuses it unless it lies under the root
+    return _inside(storage_root(cfg), candidate)
+
+
+def run_slug(kfp_run_id: str, max_chars: int = SLUG_MAX) -> str:
+    """The run id as a name part: lowercase letters, digits and ``-``, at most ``max_chars``, never empty.
+
+    A KFP run id (a UUID) is its own slug. Any other id (capitals, ``_``, ``/``, too long) gets a hash suffix,
+    so that two runs never share a slug: the run directory, a published version's suffix and a multi-node
+    job's name all use it.
+    """
+    slug = re.sub(r"[^a-z0-9-]+", "-", kfp_run_id.lower()).strip("-")
+    if slug == kfp_run_id and len(slug) <= max_chars:
+        return slug
+    digest = hashlib.sha256(kfp_run_id.encode()).hexdigest()[:8]
+    head = slug[:max_chars - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}" if head else digest
 
 
 def run_dir(cfg: PipelineConfig, kfp_run_id: str) -> Path:
-    """The run-scoped output directory ``<output_root>/<kfp run id>`` (concurrent runs never share it)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in kfp_run_id).strip(".") or "run"
-    return inside(storage_root(cfg), Path(cfg.storage.output_root) / safe)
+    """The run-scoped output directory ``<output_root>/<run slug>`` (concurrent runs never share it)."""
+    return on_volume(cfg, Path(cfg.storage.output_root) / run_slug(kfp_run_id))
 
 
 def describe_os_error(exc: OSError, path: Path) -> str:

@@ -1,20 +1,26 @@
 """MLflow lineage shared by every step: one parent run per pipeline run, one child run per step.
 
 The parent run is found or created by the tag ``kfp.run_id`` (so retries and later steps attach to
-the same one); each step opens a child run through :func:`step_run`, which ends it FAILED when the
-step raises and closes RUNNING leftovers of an earlier, killed attempt of the same step.
-Credentials come only from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or
-``MLFLOW_TRACKING_TOKEN`` from a Kubernetes Secret; the schema refuses them inside the URI). Nothing here
+the same one); each step opens a child run through :func:`step_run`, named after the step (``train``,
+``compare``...), which ends it FAILED when the step raises and closes RUNNING leftovers of an earlier, killed
+attempt of the same step. Credentials come only from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``
+or ``MLFLOW_TRACKING_TOKEN`` from a Kubernetes Secret; the schema refuses them inside the URI). Nothing here
 prints, raises or stores them: the URI is shown through :func:`configs.redaction.public_uri` and error texts
 written to MLflow tags pass through :func:`configs.redaction.redact` with the credential values masked.
 
-:func:`make_client` fails fast, naming the URI, when the server is down, hangs, answers an HTML page (a login
-page or a proxy in front of MLflow) or refuses the credentials.
+When the tracking server is down (the one account of it; the modules involved point here):
 
-A pipeline run on the cluster is closed by its exit handler (:func:`finalize_pipeline_runs`). A local run
-(``pipelines.run_local``) that is SIGKILLed runs no exit handler, so its launcher puts its identity in the
-tasks' environment (:func:`local_launcher_env`); the parent run records it as tags (host, pid, process start),
-and the next local run closes the runs of launchers that are gone (:func:`close_orphaned_local_runs`).
+- **before a step starts**, :func:`make_client` fails within about 30 s, naming the URI, when the server is
+  down, hangs, answers an HTML page (a login page or a proxy in front of MLflow) or refuses the credentials: a
+  step's own client makes few, short retries (:func:`configure_environment`);
+- **during training** the outage costs nothing: the trainer logs asynchronously (training never waits on the
+  server) and retries each request for about a minute (:data:`TRAINER_MLFLOW_HTTP`), which rides out a server
+  restart; after the trainer exits, the train step re-logs from ``trainer_state.json`` on the volume every
+  point the server still missed (:func:`components.train.metrics.backfill_metrics`, tag
+  ``llmft.backfilled_metric_points``), so the run ends with every point and none twice.
+
+A pipeline run on the cluster is closed by its exit handler (:func:`finalize_pipeline_runs`); a local run that
+was SIGKILLed runs none, and the next local run closes what it left (:mod:`components.common.local_runs`).
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import contextlib
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.common.storage import run_dir
+from components.common.typed_files import read_model, write_model
 from configs.redaction import describe_reply, looks_like_html, public_uri, redact, secrets_from_env, unsafe_token
 from configs.schema import PipelineConfig
 
@@ -47,10 +56,20 @@ PREFLIGHT_TIMEOUT_S = 20
 RUN_NAME_FILE = "run_name.json"
 # How kfp.local names a run: "<pipeline>-YYYY-MM-DD-HH-MM-SS-ffffff" (not a name anybody chose).
 _KFP_LOCAL_NAME = re.compile(r".+-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{6}")
-LAUNCHER_ENV = "LLMFT_LOCAL_LAUNCHER"  # set by run_local for its tasks: {"host", "pid", "start"}
-LAUNCHER_HOST_TAG = "llmft.launcher.host"
-LAUNCHER_PID_TAG = "llmft.launcher.pid"
-LAUNCHER_START_TAG = "llmft.launcher.process_start"
+# The trainer's MLflow HTTP settings (see "When the tracking server is down" above): each request is retried
+# for about a minute (urllib3 backoff 0, 2, 4, 8, 16, 32 s), enough for a server restart. Also given to every
+# node of a multi-node job.
+TRAINER_MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# MLflow's system metrics monitor: a sample every few seconds, logged at once, unless the environment says
+# otherwise (a run shorter than one interval records nothing; the tests sample every second).
+SYSTEM_METRICS_DEFAULTS = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "5",
+                           "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 class TrackingUnavailable(RuntimeError):
@@ -199,76 +218,12 @@ def _runs_with_tags(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> 
     return client.search_runs([exp_id], filter_string=query, max_results=1000, order_by=["attributes.start_time ASC"])
 
 
-def process_start(pid: int) -> str | None:
-    """An identity of the live process ``pid`` that a reused pid does not share, or None when it is gone.
+class RunName(BaseModel):
+    """``run_name.json`` in the run directory: what this pipeline run's MLflow runs are called."""
 
-    On Linux: the boot id and the process's start time in clock ticks (``/proc``). Elsewhere only whether the
-    pid exists ("" when it does).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None  # Linux, and no such process
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # it exists, as another user's process
-        return ""
-    except OSError:
-        return None
-    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (the name may hold spaces)
+    model_config = ConfigDict(extra="forbid")
 
-
-def local_launcher_env() -> dict[str, str]:
-    """The environment a local launcher (``pipelines.run_local``) gives its tasks: who to check for liveness."""
-    identity = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()) or ""}
-    return {LAUNCHER_ENV: json.dumps(identity)}
-
-
-def _launcher_tags() -> dict[str, str]:
-    """Tags naming the local launcher of this pipeline run (none on the cluster, or when the variable is bad)."""
-    try:
-        identity = json.loads(os.environ.get(LAUNCHER_ENV, ""))
-        return {LAUNCHER_HOST_TAG: str(identity["host"]), LAUNCHER_PID_TAG: str(int(identity["pid"])),
-                LAUNCHER_START_TAG: str(identity["start"])}
-    except (ValueError, TypeError, KeyError):
-        return {}
-
-
-def close_orphaned_local_runs(client: MlflowClient, cfg: PipelineConfig) -> list[str]:
-    """End the runs that local pipeline runs on this host left RUNNING when their launcher died (SIGKILL).
-
-    A RUNNING parent run whose launcher tags name this host and a process that no longer exists (or whose pid
-    now belongs to another process) is ended KILLED with the reason as ``llmft.error``, and so is every
-    RUNNING run of its pipeline run (the step that was running). Runs of live launchers, of other hosts and of
-    cluster runs (no launcher tags) are left alone.
-
-    Returns:
-        The ids of the runs ended, parents included.
-
-    Raises:
-        MlflowException: the tracking server refused the search or an update.
-    """
-    exp_id = experiment_id(client, cfg.mlflow.experiment)
-    host = socket.gethostname()
-    parents = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}' and "
-                                 "attributes.status = 'RUNNING'", max_results=1000)
-    closed: list[str] = []
-    for parent in parents:
-        tags = parent.data.tags
-        if tags.get(LAUNCHER_HOST_TAG) != host or not tags.get(LAUNCHER_PID_TAG, "").isdigit():
-            continue
-        pid = int(tags[LAUNCHER_PID_TAG])
-        if process_start(pid) == tags.get(LAUNCHER_START_TAG, ""):
-            continue  # still running
-        client.set_tag(parent.info.run_id, "llmft.error",
-                       f"the local pipeline process {pid} on {host} died without closing its runs")
-        closed += close_stale_runs(client, cfg, tags[KFP_RUN_TAG], status="KILLED")
-    return closed
+    name: str = Field(min_length=1, max_length=250, description="The parent run's name; steps are '<step> · name'.")
 
 
 def write_run_name(cfg: PipelineConfig, kfp_run_id: str, kfp_run_name: str) -> str:
@@ -276,23 +231,27 @@ def write_run_name(cfg: PipelineConfig, kfp_run_id: str, kfp_run_name: str) -> s
 
     The KFP run's own name when it has one; otherwise (kfp.local names a run after the pipeline and the time)
     ``<pipeline>-<method>-<UTC time>``.
-    """
-    from components.common.storage import atomic_write_text, run_dir
 
+    Raises:
+        StorageError: the volume refused the write.
+    """
     name = kfp_run_name.strip()
     if not name or _KFP_LOCAL_NAME.fullmatch(name):
         name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    atomic_write_text(run_dir(cfg, kfp_run_id) / RUN_NAME_FILE, json.dumps({"name": name[:250]}) + "\n")
-    return name
+    write_model(run_dir(cfg, kfp_run_id) / RUN_NAME_FILE, RunName(name=name[:250]))
+    return name[:250]
 
 
 def run_name(cfg: PipelineConfig, kfp_run_id: str) -> str:
-    """The name :func:`write_run_name` chose for this pipeline run (``<pipeline>-<run id>`` when there is none)."""
-    from components.common.storage import run_dir
+    """The name :func:`write_run_name` chose for this pipeline run (``<pipeline>-<run id>`` when there is none).
 
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return str(json.loads((run_dir(cfg, kfp_run_id) / RUN_NAME_FILE).read_text(encoding="utf-8"))["name"])
-    return f"{cfg.name}-{kfp_run_id}"
+    Raises:
+        TypedFileError: ``run_name.json`` exists but does not validate (the file and field are named).
+    """
+    path = run_dir(cfg, kfp_run_id) / RUN_NAME_FILE
+    if not path.is_file():
+        return f"{cfg.name}-{kfp_run_id}"
+    return read_model(path, RunName, "the run's name").name
 
 
 def public_params(cfg: PipelineConfig) -> dict[str, str]:
@@ -306,7 +265,7 @@ def public_params(cfg: PipelineConfig) -> dict[str, str]:
     for path, value in _flatten(cfg.model_dump(mode="json", exclude_none=True)).items():
         if value != "" and (path in form or canonical(value) != canonical(defaults.get(path))):
             params[path] = value if isinstance(value, str) else json.dumps(value)
-    return {key: value[:6000] for key, value in params.items()}  # MLflow's limit on a param value
+    return {key: value[:MAX_PARAM_CHARS] for key, value in params.items()}
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -322,7 +281,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 def parent_run_id(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str) -> str:
     """The parent run of this pipeline run: found by ``kfp.run_id``, else created with the run's params (and
     launcher tags when local)."""
-    from mlflow.entities import Param
+    from components.common.local_runs import launcher_tags
 
     exp_id = experiment_id(client, cfg.mlflow.experiment)
     found = _runs_with_tags(client, exp_id, {KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE})
@@ -332,12 +291,34 @@ def parent_run_id(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str) ->
         exp_id,
         run_name=run_name(cfg, kfp_run_id),
         tags={KFP_RUN_TAG: kfp_run_id, ROLE_TAG: PARENT_ROLE, "llmft.config_hash": cfg.config_hash(),
-              "llmft.method": cfg.training.method, **_launcher_tags()},
+              "llmft.method": cfg.training.method, **launcher_tags()},
     )
-    params = [Param(key, value) for key, value in public_params(cfg).items()]
-    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    log_params(client, run.info.run_id, public_params(cfg))
     return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log ``params`` in batches of 100 (MLflow's limit per request), each value cut to MLflow's limit."""
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """Log ``values`` now, at ``step``, in one request."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in values.items()])
+
+
+def set_run_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """Set several tags on a run in one request."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def close_stale_runs(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str, step: str | None = None,
@@ -392,11 +373,15 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
     client.set_terminated(run_id, status="FINISHED")
 
 
+def system_metrics_env() -> dict[str, str]:
+    """The system metrics monitor's settings for a process we start: the defaults, overridden by this process's
+    environment."""
+    return {key: os.environ.get(key, value) for key, value in SYSTEM_METRICS_DEFAULTS.items()}
+
+
 def _system_metrics_monitor(run_id: str, cfg: PipelineConfig):
     """MLflow's system metrics monitor, sampling into ``run_id`` (every 5 s by default) until finished."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    from components.train.metrics import system_metrics_env
 
     settings = system_metrics_env()
     monitor = SystemMetricsMonitor(run_id, sampling_interval=float(settings["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"]),
@@ -423,3 +408,18 @@ def finalize_pipeline_runs(cfg: PipelineConfig, kfp_run_id: str, pipeline_state:
         client.set_tag(parent, "llmft.error", redact(error, tracking_secrets())[:4000])
     client.set_terminated(parent, status=status)
     return {"parent": parent, "closed": [run for run in closed if run != parent], "status": status}
+
+
+def find_artifact(client: MlflowClient, run_id: str, wanted: Callable[[str], bool], depth: int = 2) -> str | None:
+    """The first artifact path (breadth first, ``depth`` levels) whose file name satisfies ``wanted``."""
+    folders = [None]
+    for _ in range(depth):
+        deeper = []
+        for folder in folders:
+            for item in client.list_artifacts(run_id, folder):
+                if item.is_dir:
+                    deeper.append(item.path)
+                elif wanted(Path(item.path).name):
+                    return item.path
+        folders = deeper
+    return None

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+DATA_CONFIG = "dataset_info.json"  # where LLaMA-Factory reads what each dataset is
 SUPPORTED_FORMATS = ("alpaca", "sharegpt")
 # LLaMA-Factory's DatasetAttr defaults, used only when the entry has no "columns" ("tags") key at all.
 COLUMN_DEFAULTS: dict[str, str | None] = {

@@ -163,6 +163,3 @@ def _paths(kind: ColumnType, path: str) -> list[str]:
 def _article(kind: ColumnType) -> str:
     word = describe(kind)
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
-
-
-__all__ = ["ColumnTypes", "NotFinite", "TypeConflict", "infer", "unify"]

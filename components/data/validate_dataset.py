@@ -1,103 +1,50 @@
 """The validate-dataset step: fail fast before any GPU time is spent, name the row, version the data.
 
     python -m components.data.validate_dataset --dataset-dir storage/data --dataset alpaca_sample
-    python -m components.data.validate_dataset --dataset-dir storage/data --dataset alpaca_sample,sharegpt_sample \\
-        --eval-data-dir storage/eval/mmlu --cutoff-len 256 --report /tmp/validation.md
+    python -m components.data.validate_dataset --config local --dataset-dir storage/data \\
+        --dataset alpaca_sample,sharegpt_sample --eval-data-dir storage/eval/mmlu --cutoff-len 256 \\
+        --report /tmp/validation.md
 
 Exit status: 0 valid, 1 invalid (every problem printed as ``FILE:ROW: field 'NAME': what is wrong``),
-2 usage error.
+2 usage or configuration error. ``--dataset``, ``--cutoff-len``, ``--ngram``, ``--max-contaminated`` and
+``--max-errors`` set their ``dataset``/``training`` fields of ``--config`` (the schema's defaults without one).
 
 The checks live in :func:`components.data.validation.validate_datasets` (shared by the CLI and
 :func:`run_step`). The step also splits the rows into train and held-out test sides in the same pass
-and publishes the split snapshot in the run directory, ``<output_root>/<kfp run id>/data``
-(:func:`components.data.split.validate_and_split`); training reads only that snapshot. A dataset
+and publishes the split snapshot in the run directory, ``<output_root>/<run slug>/data``
+(:func:`components.data.split_writer.validate_and_split`); training reads only that snapshot. A dataset
 with fewer than ``dataset.min_test_rows`` held-out rows is a problem. The step adds the outputs: a
-Markdown report and Metrics for the Kubeflow UI, MLflow dataset inputs on the step's run and the
-pipeline's parent run (context ``training``: the source data, digest = the first 16 hex digits of
-its sha256, the full hash as a tag; context ``test``: each dataset's scored test rows, digest = the
-first 16 hex digits of its test split hash), the combined hash as the ``dataset_hash`` output, part
+Markdown report (:func:`components.data.result.render_report`) and Metrics for the Kubeflow UI, MLflow dataset
+inputs on the step's run and the pipeline's parent run (context ``training``: the source data, digest = the first
+16 hex digits of its sha256, the full hash as a tag; context ``test``: each dataset's scored test rows, digest =
+the first 16 hex digits of its test split hash), the combined hash as the ``dataset_hash`` output, part
 of the downstream cache key, and the test side's identity as ``test_split_hash``. Invalid data
 raises :class:`DatasetValidationError`, which fails the task and stops the pipeline.
 """
 
-# No `from __future__ import annotations`: KFP reads the component's annotations as types.
+from __future__ import annotations
+
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from components.data.split import SplitManifest, snapshot_dir, validate_and_split
-from components.data.validation import (
-    CHARS_PER_TOKEN,
-    DUPLICATE_BATCH,
-    DatasetVersion,
-    FileVersion,
-    ValidationResult,
-    validate_datasets,
-)
-from configs.schema import DatasetConfig, PipelineConfig, TrainingConfig
+from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.storage import OutputPathError, StorageError, atomic_write_text, guard_output, on_volume
+from components.common.tracking import parent_run_id, step_run
+from components.data.result import ValidationResult, render_report
+from components.data.split import SplitManifest, snapshot_dir
+from components.data.split_writer import validate_and_split
+from components.data.validation import validate_datasets
+from configs.schema import ConfigError, PipelineConfig, config_from_json
 
-STEP_NAME = "validate-dataset"
-
-__all__ = [
-    "DUPLICATE_BATCH",
-    "DatasetValidationError",
-    "DatasetVersion",
-    "FileVersion",
-    "ValidationResult",
-    "build_parser",
-    "main",
-    "render_report",
-    "run_step",
-    "validate_config_data",
-    "validate_datasets",
-]
+STEP = "validate-dataset"
 
 
 class DatasetValidationError(ValueError):
     """The datasets are invalid; the message lists the problems (``FILE:ROW: field 'NAME': ...``)."""
-
-
-def render_report(result: ValidationResult, split: SplitManifest | None = None) -> str:
-    """The Markdown report (Kubeflow UI, MLflow artifact, ``--report``), with the split when one was written."""
-    status = "PASSED" if result.ok else "FAILED"
-    lines = [f"# Dataset validation: {status}", "",
-             f"Datasets `{', '.join(result.names)}` in `{result.dataset_dir}`; combined sha256 "
-             f"`{result.combined_sha256}`.", "",
-             "| dataset | format | rows | invalid rows | sha256 |", "|---|---|---:|---:|---|"]
-    for version in result.datasets:
-        kind = version.formatting + (" (ranking)" if version.ranking else "")
-        lines.append(f"| {version.name} | {kind} | {version.rows} | {version.invalid_rows} | "
-                     f"`{version.sha256[:16] or '-'}` |")
-    contamination = (f"{result.contaminated_rows} row(s) contain one of {result.mmlu_questions} MMLU test questions"
-                     + ("" if result.max_contaminated < 0 else f" (allowed: {result.max_contaminated})")
-                     if result.contamination_checked else "not checked (no MMLU data)")
-    lines += ["", f"- rows: {result.rows}, invalid: {result.invalid_rows}",
-              f"- exact duplicates: {result.duplicate_rows}",
-              f"- longer than cutoff_len {result.cutoff_len} (estimate, characters / {CHARS_PER_TOKEN}): "
-              f"{result.long_rows}",
-              f"- empty system prompts: {result.empty_system_prompts}",
-              f"- MMLU contamination: {contamination}"]
-    if split is not None:
-        lines += ["", "## Held-out test split", "",
-                  f"Rows go to the test side by a hash of their content (dataset.test_fraction "
-                  f"{split.test_fraction}); at most {split.max_test_rows} are scored per dataset. "
-                  f"Test split hash `{split.test_split_hash}`.", ""]
-        lines += [f"- {item.name}: {item.train_rows} train rows; {item.held_out_rows} held out, "
-                  f"{item.scored_rows} scored (test split `{item.test_split_hash[:16]}`)" for item in split.datasets]
-    for title, items, count in (("Problems", result.problems, result.problem_count),
-                                ("Warnings", result.warnings, result.warning_count)):
-        if count:
-            # A code block: file:row lines stay readable and row text cannot inject Markdown.
-            lines += ["", f"## {title} ({count})", "", "```text"]
-            lines += [str(item).replace("```", "'''") for item in items]
-            if count > len(items):
-                lines.append(f"... and {count - len(items)} more")
-            lines.append("```")
-    return "\n".join(lines) + "\n"
 
 
 def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
@@ -118,10 +65,8 @@ def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
         StorageError: the volume refused a write, a snapshot exists and ``replace`` is False, or the snapshot
             would land on, inside or above the data or the MMLU data (``storage.output_root``).
     """
-    from components.common.storage import guard_output
-
-    mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
-    source = cfg.storage.resolve(cfg.storage.data_dir)
+    mmlu = on_volume(cfg, cfg.storage.eval_data_dir)
+    source = on_volume(cfg, cfg.storage.data_dir)
     data = cfg.dataset
     destination = guard_output(snapshot_dir(cfg, kfp_run_id), {"storage.data_dir": source,
                                                                "storage.eval_data_dir": mmlu},
@@ -150,12 +95,8 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         TrackingUnavailable: the MLflow server does not answer.
         StorageError: the volume refused a write.
     """
-    from components.common.storage import atomic_write_text
-    from components.common.tracking import step_run
-    from configs.schema import config_from_json
-
     cfg = config_from_json(config)
-    with step_run(cfg, kfp_run_id, STEP_NAME) as (client, run_id):
+    with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         result, split = validate_config_data(cfg, kfp_run_id, replace=True)
         markdown = render_report(result, split)
         atomic_write_text(report.path, markdown)
@@ -169,7 +110,7 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         if not result.ok:
             raise DatasetValidationError(result.failure_message())
     held = _split_metrics(split)
-    print(f"[validate] {result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out "
+    print(f"[{STEP}] {result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out "
           f"for the task evaluation, {held.get('train_rows', 0)} to train on", flush=True)
     return result.combined_sha256, test_split_hash, result.rows
 
@@ -192,8 +133,6 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
     the full hash as the tag ``llmft.test_split_hash``.
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-
-    from components.common.tracking import parent_run_id
 
     now_ms = int(time.time() * 1000)
     inputs = []
@@ -238,85 +177,58 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface (defaults come from configs.schema)."""
-    dataset_fields, training_fields = DatasetConfig.model_fields, TrainingConfig.model_fields
-    parser = argparse.ArgumentParser(prog="python -m components.data.validate_dataset",
-                                     description="Validate LLaMA-Factory datasets before training.")
+    """The command line: validate datasets by hand, with the step's checks."""
+    parser = new_parser("components.data.validate_dataset", "Validate LLaMA-Factory datasets before training.")
     parser.add_argument("--dataset-dir", required=True, type=Path, help="Directory with dataset_info.json.")
-    parser.add_argument("--dataset", required=True, help="Dataset name(s) from dataset_info.json, comma-separated.")
+    field_flag(parser, "--dataset", "dataset.names", metavar="NAME[,NAME...]")
     parser.add_argument("--eval-data-dir", type=Path, help="MMLU directory (hendrycks layout) for the "
                         "contamination check.")
     parser.add_argument("--report", type=Path, help="Write the Markdown report here.")
-    parser.add_argument("--cutoff-len", type=int, default=training_fields["cutoff_len"].default,
-                        help=training_fields["cutoff_len"].description)
-    parser.add_argument("--ngram", type=int, default=dataset_fields["contamination_ngram"].default,
-                        help=dataset_fields["contamination_ngram"].description)
-    parser.add_argument("--max-contaminated", type=int, default=dataset_fields["max_contaminated_rows"].default,
-                        help=dataset_fields["max_contaminated_rows"].description)
-    parser.add_argument("--max-errors", type=int, default=dataset_fields["max_reported_errors"].default,
-                        help=dataset_fields["max_reported_errors"].description)
+    field_flag(parser, "--cutoff-len", "training.cutoff_len")
+    field_flag(parser, "--ngram", "dataset.contamination_ngram")
+    field_flag(parser, "--max-contaminated", "dataset.max_contaminated_rows")
+    field_flag(parser, "--max-errors", "dataset.max_reported_errors")
     parser.add_argument("--json", action="store_true", help="Print the result as JSON instead of text.")
     return parser
 
 
-def _out_of_schema_bounds(ngram: int, max_contaminated: int) -> str:
-    """A usage message when --ngram or --max-contaminated is outside the schema's bounds, else ""."""
-    from pydantic import ValidationError
-
-    flags = {"contamination_ngram": "--ngram", "max_contaminated_rows": "--max-contaminated"}
-    try:
-        DatasetConfig(contamination_ngram=ngram, max_contaminated_rows=max_contaminated)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field_name = str(error["loc"][0])
-        return f"{flags.get(field_name, field_name)} (dataset.{field_name}): {error['msg']}"
-    return ""
+def _print_result(result: ValidationResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    for item in result.warnings:
+        print(f"warning: {item}")
+    if result.warning_count > len(result.warnings):
+        print(f"warning: ... and {result.warning_count - len(result.warnings)} more")
+    for version in result.datasets:
+        print(f"{version.name}: {version.rows} rows, sha256 {version.sha256 or '-'}")
+    print(result.failure_message() if not result.ok else
+          f"OK: {result.rows} rows valid; combined sha256 {result.combined_sha256}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns 0 when valid, 1 when not, 2 on a usage error."""
+    """Validate; returns 0 when valid, 1 when not (or the report cannot be written), 2 on a usage error."""
     parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    names = [name.strip() for name in args.dataset.split(",") if name.strip()]
-    usage = ("--dataset needs at least one name" if not names
-             else f"--dataset-dir {args.dataset_dir} is not a directory" if not os.path.isdir(args.dataset_dir)
-             else "--cutoff-len and --max-errors must be positive" if min(args.cutoff_len, args.max_errors) < 1
-             else _out_of_schema_bounds(args.ngram, args.max_contaminated))
-    if not usage and args.report:
-        from components.common.storage import OutputPathError, guard_output
-
-        try:  # checked first: the report must never replace the data it describes
+        cfg = cli_config(parser, args)
+        if not os.path.isdir(args.dataset_dir):
+            return fail(parser, f"--dataset-dir {args.dataset_dir} is not a directory", 2)
+        if args.report:  # checked first: the report must never replace the data it describes
             guard_output(args.report, {"--dataset-dir": args.dataset_dir, "--eval-data-dir": args.eval_data_dir},
                          flag="--report")
-        except OutputPathError as exc:
-            usage = str(exc)
-    if usage:
-        print(f"{parser.prog}: error: {usage}", file=sys.stderr)
-        return 2
-    result = validate_datasets(args.dataset_dir, names, cutoff_len=args.cutoff_len, eval_data_dir=args.eval_data_dir,
-                               ngram=args.ngram, max_contaminated=args.max_contaminated, max_errors=args.max_errors)
+    except (ConfigError, OutputPathError) as exc:
+        return fail(parser, exc, 2)
+    data = cfg.dataset
+    result = validate_datasets(args.dataset_dir, data.names, cutoff_len=cfg.training.cutoff_len,
+                               eval_data_dir=args.eval_data_dir, ngram=data.contamination_ngram,
+                               max_contaminated=data.max_contaminated_rows, max_errors=data.max_reported_errors)
     if args.report:
-        from components.common.storage import StorageError, atomic_write_text
-
         try:
             atomic_write_text(args.report, render_report(result))
         except StorageError as exc:  # a full or read-only volume: say where, write nothing
-            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        for item in result.warnings:
-            print(f"warning: {item}")
-        if result.warning_count > len(result.warnings):
-            print(f"warning: ... and {result.warning_count - len(result.warnings)} more")
-        for version in result.datasets:
-            print(f"{version.name}: {version.rows} rows, sha256 {version.sha256 or '-'}")
-        print(result.failure_message() if not result.ok else
-              f"OK: {result.rows} rows valid; combined sha256 {result.combined_sha256}")
+            return fail(parser, exc)
+    _print_result(result, args.json)
     return 0 if result.ok else 1
 
 

@@ -28,18 +28,16 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from components.common.safe_json import DocumentError, read_json
-from components.data.checks import DatasetSpec, Problem, describe_entry, make_row_checker
+from components.data.checks import DATA_CONFIG, DatasetSpec, Problem, describe_entry, make_row_checker
 from components.data.column_types import ColumnTypes
 from components.data.contamination import ContaminationIndex, load_mmlu_questions
 from components.data.reader import READERS_BY_EXTENSION, iter_rows
+from components.data.result import CHARS_PER_TOKEN, DatasetVersion, FileVersion, ValidationResult
 
-DATA_CONFIG = "dataset_info.json"
-CHARS_PER_TOKEN = 4  # rule of thumb for English BPE vocabularies; the estimate needs no tokenizer
 DUPLICATE_FILTER_BITS = 1 << 27  # 16 MiB; at 10^6 rows and 6 hashes the false-duplicate rate is ~1e-8
 DUPLICATE_FILTER_HASHES = 6
 DUPLICATE_BATCH = 4096
@@ -48,98 +46,6 @@ MAX_DATASET_INFO_BYTES = 16 << 20
 # Called with (dataset spec, file as displayed, row number, parsed row) for each row without a problem;
 # a returned message is recorded as a problem of that row.
 RowSink = Callable[[DatasetSpec, str, int, Any], "str | None"]
-
-
-@dataclass
-class FileVersion:
-    """One data file: its path inside the dataset directory, content hash, size and row count."""
-
-    path: str
-    sha256: str
-    size_bytes: int
-    rows: int
-
-
-@dataclass
-class DatasetVersion:
-    """One named dataset: format, content hash (of its file, or of its files' hashes) and row counts."""
-
-    name: str
-    file_name: str
-    formatting: str
-    ranking: bool
-    sha256: str = ""
-    rows: int = 0
-    invalid_rows: int = 0
-    files: list[FileVersion] = field(default_factory=list)
-
-
-@dataclass
-class ValidationResult:
-    """Everything validation found; ``ok`` when there is no problem (warnings do not count)."""
-
-    dataset_dir: str
-    names: list[str]
-    max_errors: int = 50
-    datasets: list[DatasetVersion] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    problem_count: int = 0
-    warnings: list[Problem] = field(default_factory=list)
-    warning_count: int = 0
-    contamination: list[Problem] = field(default_factory=list)
-    rows: int = 0
-    invalid_rows: int = 0
-    duplicate_rows: int = 0
-    long_rows: int = 0
-    empty_system_prompts: int = 0
-    contaminated_rows: int = 0
-    mmlu_questions: int = 0
-    contamination_checked: bool = False
-    max_contaminated: int = -1
-    cutoff_len: int = 2048
-    combined_sha256: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when the datasets can be trained on."""
-        return self.problem_count == 0
-
-    def add_problem(self, problem: Problem) -> None:
-        """Record a problem; only the first ``max_errors`` are kept, the rest are counted."""
-        self.problem_count += 1
-        if len(self.problems) < self.max_errors:
-            self.problems.append(problem)
-
-    def add_warning(self, warning: Problem) -> None:
-        """Record a warning; only the first ``max_errors`` are kept, the rest are counted."""
-        self.warning_count += 1
-        if len(self.warnings) < self.max_errors:
-            self.warnings.append(warning)
-
-    def metrics(self) -> dict[str, float]:
-        """The headline numbers (KFP Metrics and MLflow metrics)."""
-        return {
-            "rows": self.rows, "invalid_rows": self.invalid_rows, "duplicate_rows": self.duplicate_rows,
-            "contaminated_rows": self.contaminated_rows, "long_rows": self.long_rows,
-            "empty_system_prompts": self.empty_system_prompts, "problems": self.problem_count,
-            "warnings": self.warning_count,
-        }
-
-    def failure_message(self) -> str:
-        """The problems as one message (the exception that fails the pipeline task)."""
-        lines = [f"dataset validation failed: {self.problem_count} problem(s), {self.invalid_rows} invalid row(s) "
-                 f"in {', '.join(self.names)} ({self.dataset_dir})"]
-        lines += [f"  {problem}" for problem in self.problems]
-        if self.problem_count > len(self.problems):
-            lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (versions, counts, the listed problems and warnings as text)."""
-        data = {key: value for key, value in asdict(self).items()
-                if key not in ("problems", "warnings", "contamination")}
-        data.update(ok=self.ok, problems=[str(p) for p in self.problems], warnings=[str(w) for w in self.warnings])
-        return data
 
 
 def validate_datasets(dataset_dir: str | Path, names: list[str], *, cutoff_len: int,

@@ -4,8 +4,10 @@ Nothing is downloaded: the tokenizer is a byte-level BPE trained with ``tokenize
 generated here, and the weights come from a seeded ``LlamaForCausalLM`` initialisation. The same
 arguments give the same bytes on every machine, so the demo and the tests share one builder.
 
-    python -m components.demo.tiny_model --output storage/models/base-model
+    python -m components.demo.tiny_model --config local      # into storage.base_model of the local preset
     python -m components.demo.tiny_model --output /tmp/tiny --hidden-size 128 --layers 4 --shard-size 200KB
+
+Exit codes: 0 built, 1 the output exists or cannot be written, 2 a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import json
 import os
 import random
 import re
-import sys
 from pathlib import Path
+
+from components.common.cli import cli_config, fail, new_parser
 
 # A chat template so that vLLM (and transformers' apply_chat_template) can serve the model.
 CHAT_TEMPLATE = (
@@ -281,8 +284,9 @@ def _shard_size(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: the builder's sizes, each bounded so that a typo fails in argparse, not in the allocator."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="Directory to write (must not exist).")
+    parser = new_parser("components.demo.tiny_model", __doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=None, help="Directory to write (must not exist); default: the config's "
+                        "storage.base_model under storage.mount_path.")
     parser.add_argument("--hidden-size", type=_at_most(MAX_WIDTH), default=64)
     parser.add_argument("--intermediate-size", type=_at_most(4 * MAX_WIDTH), default=128)
     parser.add_argument("--layers", type=_at_most(MAX_LAYERS), default=2)
@@ -301,18 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     """
     from safetensors import SafetensorError
 
-    from components.common.storage import StorageError, atomic_directory, guard_output
+    from components.common.storage import StorageError, atomic_directory, guard_output, on_volume
+    from configs.schema import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.hidden_size % 4:
         parser.error(f"--hidden-size must be a multiple of the 4 attention heads, got {args.hidden_size}")
-    if os.path.lexists(args.output):  # checked first: building takes seconds and would be thrown away
-        print(f"error: --output {args.output} already exists; refusing to overwrite it", file=sys.stderr)
-        return 1
     try:
-        guard_output(args.output)  # not inside a published model
-        with atomic_directory(args.output) as tmp:
+        cfg = cli_config(parser, args)
+        output = args.output or str(on_volume(cfg, cfg.storage.base_model))
+    except (ConfigError, StorageError) as exc:
+        return fail(parser, exc, 2)
+    if os.path.lexists(output):  # checked first: building takes seconds and would be thrown away
+        return fail(parser, f"--output {output} already exists; refusing to overwrite it")
+    try:
+        guard_output(output)  # not inside a published model
+        with atomic_directory(output) as tmp:
             build_tiny_llama(
                 tmp,
                 hidden_size=args.hidden_size,
@@ -324,9 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 tie_word_embeddings=args.tie_word_embeddings,
             )
     except (StorageError, OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
-        print(f"error: cannot write the model to {args.output}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"model": args.output}))
+        return fail(parser, f"cannot write the model to {output}: {exc}")
+    print(json.dumps({"model": output}))
     return 0
 
 

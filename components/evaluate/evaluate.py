@@ -10,7 +10,7 @@ MLflow: the child run ``evaluate-<role>`` holds both results files (``eval/resul
 ``eval/task.json``), the metrics ``mmlu_micro``, ``mmlu_macro``, ``mmlu_<category>``, ``task_loss``,
 ``task_mean_nll``, ``task_perplexity``, ``task_token_accuracy``, and the tags ``llmft.eval_key``,
 ``llmft.task_eval_key`` and the setup (``llmft.model_id``, split hash, template, cutoff, MMLU data) that
-:func:`components.gate.compare.why_not_stored` reads.
+:func:`components.gate.registry.why_not_stored` reads.
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from configs.schema import PipelineConfig
+from components.common.storage import atomic_write_text, on_volume, run_dir
+from components.common.tracking import step_run
+from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
+from components.evaluate.mmlu.results import parse_mmlu_results
+from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
+from components.evaluate.task.results import dump_task_results, load_task_results
+from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, find_stored
+from configs.schema import PipelineConfig, config_from_json
 
+STEP = "evaluate"
 ROLES = ("candidate", "baseline")
 
 
@@ -48,7 +56,7 @@ def eval_setup(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> EvalSet
     from components.evaluate.task.results import task_eval_key
 
     model_id = model_identity(model_dir)
-    mmlu_dir = cfg.storage.resolve(cfg.storage.eval_data_dir)
+    mmlu_dir = on_volume(cfg, cfg.storage.eval_data_dir)
     evaluation, training = cfg.evaluation, cfg.training
     mmlu_key = eval_config_key(mmlu_dir, n_shot=evaluation.n_shot, subjects=list(evaluation.subjects),
                                limit=evaluation.limit, model_id=model_id)
@@ -71,8 +79,6 @@ def heldout_names(cfg: PipelineConfig) -> list[str]:
 
 def _stored_text(client: Any, cfg: PipelineConfig, tag: str, key: str, file_name: str) -> str | None:
     """The text of a results file stored in MLflow under this eval key, or None."""
-    from components.gate.compare import find_stored
-
     stored = find_stored(client, cfg, tag, key, file_name)
     if stored is None:
         return None
@@ -101,23 +107,17 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     """
     from mlflow.entities import Metric, RunTag
 
-    from components.common.storage import atomic_write_text, on_volume, run_dir
-    from components.common.tracking import step_run
     from components.data.split import snapshot_dir
     from components.evaluate.mmlu.evaluate_mmlu import category_metric, dump_results, evaluate
-    from components.evaluate.mmlu.results import RESULTS_FILE, parse_mmlu_results
     from components.evaluate.task.evaluate_task import score_loaded
-    from components.evaluate.task.results import dump_task_results, load_task_results
-    from components.gate.compare import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, TASK_FILE
-    from configs.schema import config_from_json
 
     cfg = config_from_json(config)
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     model_path = on_volume(cfg, model_dir)
     out_dir = run_dir(cfg, kfp_run_id) / "eval" / role
-    mmlu_path, task_path = out_dir / RESULTS_FILE, out_dir / TASK_FILE
-    with step_run(cfg, kfp_run_id, f"evaluate-{role}", system_metrics=True) as (client, run_id):
+    mmlu_path, task_path = out_dir / MMLU_RESULTS_FILE, out_dir / TASK_RESULTS_FILE
+    with step_run(cfg, kfp_run_id, f"{STEP}-{role}", system_metrics=True) as (client, run_id):
         started = time.monotonic()
         setup = eval_setup(cfg, kfp_run_id, model_path)
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in {
@@ -138,7 +138,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
             loaded = load_model(model_path)
             if not _has_key(mmlu_path, setup.mmlu_key):
                 settings = cfg.evaluation
-                results = evaluate(model_path, cfg.storage.resolve(cfg.storage.eval_data_dir), n_shot=settings.n_shot,
+                results = evaluate(model_path, on_volume(cfg, cfg.storage.eval_data_dir), n_shot=settings.n_shot,
                                    subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
                                    loaded=loaded)
                 atomic_write_text(mmlu_path, dump_results(results))
@@ -168,7 +168,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         shutil.copyfile(path, artifact.path)
     mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
     task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
-    print(f"[evaluate] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
+    print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
           f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" (stored scores reused: {', '.join(reused)})"
                                                            if reused else ""), flush=True)
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
@@ -176,17 +176,11 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
 
 def _has_key(path: Path, key: str) -> bool:
     """Whether ``path`` holds a valid results file (MMLU or task) scored under ``key``."""
-    from components.evaluate.mmlu.results import parse_mmlu_results
-    from components.evaluate.task.results import load_task_results
-
     if not path.is_file():
         return False
     try:
-        results = (parse_mmlu_results(path.read_text(encoding="utf-8"), str(path)) if path.name == "results.json"
+        results = (parse_mmlu_results(path.read_text(encoding="utf-8"), str(path)) if path.name == MMLU_RESULTS_FILE
                    else load_task_results(path))
     except (ValueError, OSError):
         return False
     return results.eval_key == key
-
-
-__all__ = ["ROLES", "EvalSetup", "eval_setup", "heldout_names", "run_step"]

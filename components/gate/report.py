@@ -7,9 +7,10 @@ curve as a text sparkline, and an HTML artifact with the plot embedded.
 
 import base64
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from components.common.tracking import find_artifact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -19,21 +20,6 @@ if TYPE_CHECKING:
 LOSS_HISTORY_METRICS = ("loss", "train/loss")
 MAX_PLOT_BYTES = 2_000_000  # larger plots bloat the UI's Markdown artifact; the sparkline stands in
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def find_artifact(client: "MlflowClient", run_id: str, wanted: Callable[[str], bool], depth: int = 2) -> str | None:
-    """The first artifact path (breadth first, ``depth`` levels) whose file name satisfies ``wanted``."""
-    folders = [None]
-    for _ in range(depth):
-        deeper = []
-        for folder in folders:
-            for item in client.list_artifacts(run_id, folder):
-                if item.is_dir:
-                    deeper.append(item.path)
-                elif wanted(Path(item.path).name):
-                    return item.path
-        folders = deeper
-    return None
 
 
 def train_loss(client: "MlflowClient", run_id: str | None) -> float | None:

@@ -34,6 +34,7 @@ from components.evaluate.mmlu.results import MmluResults
 from configs.schema import GateConfig
 
 PROMOTE, KEEP = "promote", "keep-champion"
+DECISIONS = (PROMOTE, KEEP)
 CATEGORY_ORDER = ("STEM", "humanities", "social sciences", "other")
 EPSILON = 1e-12  # thresholds are inclusive: a value exactly at a limit passes
 HEADLINE_CHARS = 100
@@ -303,21 +304,3 @@ def compare(candidate_mmlu: MmluResults, baseline_mmlu: MmluResults, candidate_t
             raise NotComparable("the paired bootstrap gave a non-finite interval: the losses are degenerate")
     return Comparison(decision=decision, headline=headline(decision, rules), baseline_name=baseline_name,
                       first_model=first_model, rules=rules, task=task, mmlu=mmlu, gate=gate.model_dump())
-
-
-__all__ = [
-    "KEEP",
-    "PROMOTE",
-    "CategoryComparison",
-    "Comparison",
-    "MmluComparison",
-    "NotComparable",
-    "RuleResult",
-    "TaskComparison",
-    "TaskScores",
-    "apply_rules",
-    "compare",
-    "compare_mmlu",
-    "compare_task",
-    "headline",
-]

@@ -201,16 +201,3 @@ def relative_change_ci(
     tail = (1.0 - confidence) / 2.0
     low, high = np.nanquantile(resampled, [tail, 1.0 - tail])
     return BootstrapInterval(estimate, float(low), float(high), confidence, samples, seed)
-
-
-__all__ = [
-    "BootstrapInterval",
-    "McNemarResult",
-    "WilcoxonResult",
-    "discordant_counts",
-    "mcnemar_exact",
-    "mcnemar_exact_p",
-    "paired_bootstrap_ci",
-    "relative_change_ci",
-    "wilcoxon_lower",
-]

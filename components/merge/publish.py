@@ -3,16 +3,17 @@
 Layout on the shared volume (one directory per registered model name)::
 
     models/<name>/
-        20261127-010203-<run id>/    an immutable, verified version (weights, config, tokenizer,
-                                     checksums.sha256, merge_info.json)
-        current -> 20261127-010203-<run id>     relative symlink: the version being served
+        20261127-010203-<run slug>/  an immutable, verified version (weights, config, tokenizer,
+                                     checksums.sha256, merge_info.json); named by :func:`version_name`
+        current -> 20261127-010203-<run slug>   relative symlink: the version being served
         CURRENT                      the same version name as text, for NFS clients that do not follow symlinks
         .incoming-<version>-<id>/    a version being written (hidden; never read by anyone)
 
 How a version appears: the writer fills a hidden staging directory next to the versions,
-:func:`publish_model` verifies it (file list, safetensors headers against the weight index, every
-file's SHA-256 against ``checksums.sha256``) and renames it to ``<version>`` in one ``rename``. A
-crash before the rename leaves only the hidden staging directory; after it, a complete version.
+:func:`publish_model` verifies it (:func:`components.merge.verify.verify_model_dir`: file list, safetensors
+headers against the weight index, every file's SHA-256 against ``checksums.sha256``) and renames it to
+``<version>`` in one ``rename``. A crash before the rename leaves only the hidden staging directory; after it,
+a complete version.
 
 How ``current`` moves: :func:`set_current` creates a temporary relative symlink and ``os.replace``-s
 it over ``current`` (atomic on POSIX and NFS), then rewrites ``CURRENT``. The symlink is the
@@ -24,258 +25,26 @@ Serving with vLLM (a fixed path; restart or roll the deployment after moving ``c
     vllm serve /storage/models/<name>/current --served-model-name <name>
 
 vLLM resolves the symlink when it starts. A client that cannot follow symlinks reads
-``/storage/models/<name>/CURRENT`` and uses ``/storage/models/<name>/<that version>``. Check a
-version by hand with ``cd /storage/models/<name>/<version> && sha256sum -c checksums.sha256``.
+``/storage/models/<name>/CURRENT`` and uses ``/storage/models/<name>/<that version>``.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import math
 import os
 import re
-import struct
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
 
-from components.common.safe_json import DocumentError, parse_json, read_json
-from components.common.storage import MODEL_MANIFEST, StorageError, atomic_write_text, describe_os_error
+from components.common.storage import StorageError, atomic_write_text, describe_os_error, run_slug
+from components.merge.verify import PublishError, verify_model_dir
 
-MANIFEST_NAME = MODEL_MANIFEST  # checksums.sha256; the output-path guard looks for it too
 CURRENT_LINK = "current"
 CURRENT_FILE = "CURRENT"
-WEIGHT_INDEX = "model.safetensors.index.json"
 STAGING_PREFIX = ".incoming-"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RESERVED = {CURRENT_LINK, CURRENT_FILE}
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
-_HASH_CHUNK = 1024 * 1024
-
-# safetensors dtype code -> bytes per element
-SAFETENSORS_ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}
-
-
-class PublishError(StorageError):
-    """A model directory failed verification or cannot be published; the message names the file."""
-
-
-class SafetensorsFormatError(ValueError):
-    """A safetensors file is truncated or malformed; the message names the file and what is wrong."""
-
-
-class TensorEntry(NamedTuple):
-    """One tensor in a safetensors file: dtype code, shape and byte range in the data section."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-
-class SafetensorsHeader(NamedTuple):
-    """The parsed header of a safetensors file; ``data_start`` is the file offset of the data section."""
-
-    tensors: dict[str, TensorEntry]
-    data_start: int
-    metadata: dict[str, str]
-
-
-def read_safetensors_header(path: Path) -> SafetensorsHeader:
-    """Parse and check a safetensors header without reading the tensor data.
-
-    Checks that every tensor's byte range matches its shape and dtype, that the ranges tile the
-    data section without holes or overlaps, and that the file is exactly as long as the header says.
-
-    Raises:
-        SafetensorsFormatError: the file is truncated, padded, not safetensors, or inconsistent.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise SafetensorsFormatError(f"{path}: truncated ({size} bytes, no safetensors header)")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > min(_MAX_HEADER_BYTES, size - 8):
-                raise SafetensorsFormatError(
-                    f"{path}: truncated or not safetensors (header claims {header_len} bytes, file has {size})")
-            raw = handle.read(header_len)
-    except OSError as exc:
-        raise SafetensorsFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    try:
-        header = parse_json(raw, "the safetensors header", max_bytes=_MAX_HEADER_BYTES)
-    except DocumentError as exc:  # not JSON, too deep, a tensor named twice, an over-long number
-        raise SafetensorsFormatError(f"{path}: the safetensors header is not valid JSON ({exc.reason})") from None
-    if not isinstance(header, dict):
-        raise SafetensorsFormatError(f"{path}: the safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, TensorEntry] = {}
-    for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-            if type(begin) is not int or type(end) is not int or min(shape, default=0) < 0:
-                raise ValueError("offsets must be integers and dimensions >= 0")
-        except (KeyError, TypeError, ValueError):
-            raise SafetensorsFormatError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in SAFETENSORS_ITEMSIZE:
-            raise SafetensorsFormatError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
-        if end - begin != math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype] or begin < 0:
-            raise SafetensorsFormatError(f"{path}: tensor {name!r} byte range {begin}..{end} does not match "
-                                         f"shape {list(shape)} of {dtype}")
-        tensors[name] = TensorEntry(dtype, shape, begin, end)
-    position = 0
-    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
-        if entry.begin != position:
-            raise SafetensorsFormatError(f"{path}: tensor {name!r} starts at byte {entry.begin}, expected {position}")
-        position = entry.end
-    data_start = 8 + header_len
-    if data_start + position != size:
-        state = "truncated" if data_start + position > size else "longer than its header says"
-        raise SafetensorsFormatError(
-            f"{path}: {state} (header needs {data_start + position} bytes, file has {size})")
-    return SafetensorsHeader(tensors, data_start, metadata)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in large chunks (hashlib releases the GIL, so threads overlap)."""
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(_HASH_CHUNK)
-        view = memoryview(buffer)
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
-
-
-def _hash_files(root: Path, names: list[str]) -> dict[str, str]:
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        return dict(zip(names, pool.map(lambda name: sha256_file(root / name), names), strict=True))
-
-
-def _files_under(root: Path) -> list[str]:
-    """Relative POSIX paths of every file under ``root`` except the manifest (symlinks count as files)."""
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file() or path.is_symlink():
-            relative = path.relative_to(root).as_posix()
-            if relative != MANIFEST_NAME:
-                found.append(relative)
-    return sorted(found)
-
-
-def write_manifest(directory: Path, known: dict[str, str] | None = None) -> str:
-    """Write ``checksums.sha256`` (``sha256sum -c`` format) for every file in ``directory``.
-
-    ``known`` holds digests the writer already computed while writing (relative path -> hex); the
-    other files are hashed here. Returns the SHA-256 of the manifest itself (the model checksum).
-    """
-    directory = Path(directory)
-    names = _files_under(directory)
-    known = {name: digest for name, digest in (known or {}).items() if name in names}
-    digests = {**_hash_files(directory, [name for name in names if name not in known]), **known}
-    text = "".join(f"{digests[name]}  {name}\n" for name in names)
-    atomic_write_text(directory / MANIFEST_NAME, text)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def manifest_checksum(path: Path) -> str:
-    """SHA-256 of a model directory's manifest (what the Model artifact and MLflow record)."""
-    return sha256_file(Path(path) / MANIFEST_NAME)
-
-
-def _read_manifest(path: Path) -> dict[str, str]:
-    manifest = path / MANIFEST_NAME
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PublishError(f"{manifest} is missing: {path} was not written by a complete publish") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PublishError(f"{manifest} cannot be read ({exc})") from None
-    entries: dict[str, str] = {}
-    for number, line in enumerate(lines, start=1):
-        match = re.fullmatch(r"([0-9a-f]{64})  (.+)", line)
-        name = match.group(2) if match else ""
-        if not match or name.startswith("/") or ".." in name.split("/"):
-            raise PublishError(f"{manifest} line {number} is malformed: {line[:120]!r}")
-        entries[name] = match.group(1)
-    return entries
-
-
-def _check_weights(path: Path) -> None:
-    """config.json parses; every shard is a sound safetensors file matching the weight index."""
-    try:
-        read_json(path / "config.json")
-    except FileNotFoundError:
-        raise PublishError(f"{path / 'config.json'} is missing") from None
-    except DocumentError as exc:
-        raise PublishError(f"{path / 'config.json'} is not valid JSON ({exc.reason})") from None
-    index_file = path / WEIGHT_INDEX
-    if index_file.exists():
-        try:
-            weight_map = read_json(index_file)["weight_map"]
-            if not isinstance(weight_map, dict) or not all(_plain_file_name(shard) for shard in weight_map.values()):
-                raise TypeError("weight_map must map tensor names to shard file names in the same directory")
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # DocumentError is a ValueError
-            raise PublishError(f"{index_file} is not a valid weight index ({exc})") from None
-    elif (path / "model.safetensors").exists():
-        weight_map = None
-    else:
-        raise PublishError(f"{path} has no weights ({WEIGHT_INDEX} or model.safetensors)")
-    shards = sorted(set(weight_map.values())) if weight_map is not None else ["model.safetensors"]
-    for shard in shards:
-        file = path / shard
-        if not file.is_file():
-            raise PublishError(f"{file} is named in {WEIGHT_INDEX} but missing")
-        try:
-            names = set(read_safetensors_header(file).tensors)
-        except SafetensorsFormatError as exc:
-            raise PublishError(str(exc)) from None
-        if weight_map is not None:
-            expected = {name for name, owner in weight_map.items() if owner == shard}
-            if names != expected:
-                odd = sorted(names ^ expected)[:5]
-                raise PublishError(f"{file} does not hold the tensors {WEIGHT_INDEX} assigns to it (e.g. {odd})")
-
-
-def _plain_file_name(name: object) -> bool:
-    """A file name in the same directory: no path separator, not empty, not '.' or '..'."""
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-
-
-def verify_model_dir(path: Path, *, checksums: bool = True) -> None:
-    """Check that ``path`` is a complete model directory exactly as its manifest describes.
-
-    Checks the file list against ``checksums.sha256`` (nothing missing, nothing extra), that
-    ``config.json`` parses, that every safetensors shard is complete and matches the weight index,
-    and (``checksums=True``, the default) every file's SHA-256.
-
-    Raises:
-        PublishError: names the first offending file (missing, unexpected, truncated, corrupt).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise PublishError(f"{path} is not a directory")
-    entries = _read_manifest(path)
-    present = set(_files_under(path))
-    missing = sorted(set(entries) - present)
-    if missing:
-        raise PublishError(f"{path / missing[0]} is listed in {MANIFEST_NAME} but missing")
-    extra = sorted(present - set(entries))
-    if extra:
-        raise PublishError(f"{path / extra[0]} is not listed in {MANIFEST_NAME}")
-    _check_weights(path)
-    if checksums:
-        actual = _hash_files(path, sorted(entries))
-        for name in sorted(entries):
-            if actual[name] != entries[name]:
-                raise PublishError(f"{path / name}: checksum mismatch (the file changed or is corrupt)")
 
 
 def check_version_name(version: str) -> str:
@@ -288,6 +57,12 @@ def check_version_name(version: str) -> str:
         raise PublishError(f"invalid model version name {version!r}: use letters, digits, '.', '_' and '-' "
                            f"(not starting with '.', not {sorted(_RESERVED)})")
     return version
+
+
+def version_name(kfp_run_id: str = "", now: float | None = None) -> str:
+    """A sortable version name no other run shares: UTC time, then the run's slug (``20261127-010203-<slug>``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return check_version_name(f"{stamp}-{run_slug(kfp_run_id)}" if kfp_run_id else stamp)
 
 
 def staging_dir_for(models_dir: Path, version: str) -> Path:
@@ -403,21 +178,3 @@ def published_versions(models_dir: Path) -> list[str]:
     return sorted(entry.name for entry in models_dir.iterdir()
                   if entry.is_dir() and not entry.is_symlink() and _VERSION.match(entry.name)
                   and entry.name not in _RESERVED)
-
-
-__all__ = [
-    "CURRENT_FILE",
-    "CURRENT_LINK",
-    "MANIFEST_NAME",
-    "PublishError",
-    "SafetensorsFormatError",
-    "current_version",
-    "manifest_checksum",
-    "publish_model",
-    "published_versions",
-    "read_safetensors_header",
-    "set_current",
-    "staging_dir_for",
-    "verify_model_dir",
-    "write_manifest",
-]

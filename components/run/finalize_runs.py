@@ -1,23 +1,30 @@
-"""The pipeline's exit handler: leave no MLflow run RUNNING and no training job behind.
+"""The finalize-runs step, the pipeline's exit handler: leave no MLflow run RUNNING and no training job behind.
 
-Runs after every other task, whatever happened. When the pipeline failed or was cancelled it
-ends the open child runs and the parent run FAILED (with the error), and deletes the multi-node
-training job (the TrainJob or PyTorchJob of ``cluster.training_engine``) still there for this
-pipeline run; when it succeeded it ends the parent FINISHED.
+Runs after every other task, whatever happened. When the pipeline failed or was cancelled it ends the open
+child runs and the parent run FAILED (with the error), and deletes the multi-node training job (the TrainJob or
+PyTorchJob of ``cluster.training_engine``) still there for this pipeline run; when it succeeded it ends the
+parent FINISHED.
 
-KFP does not let an exit handler take another task's output, so it reads the run's resolved config
-from the volume, where resolve-config wrote it (``<output_root>/<run id>/resolved_config.json``). A run
-that failed before that opened no MLflow run and started no job: there is nothing to close.
+KFP does not let an exit handler take another task's output, so it reads the run's resolved config from the
+volume, where resolve-config wrote it (``<output_root>/<run slug>/resolved_config.json``). A run that failed
+before that opened no MLflow run and started no job: there is nothing to close. By hand (after a lost node)::
 
     python -m components.run.finalize_runs --config configs/local.yaml --kfp-run-id RUN --state FAILED
+
+Exit codes: 0 closed, 1 the tracking server or the cluster refused, 2 a usage or configuration error.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from configs.schema import PipelineConfig
+from components.common.cli import cli_config, fail, new_parser
+from components.common.tracking import finalize_pipeline_runs
+from components.run.resolve_config import read_resolved
+from configs.schema import ConfigError, PipelineConfig, config_from_json
 
+STEP = "finalize-runs"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFinalStatus.state reports
 
 
@@ -28,9 +35,8 @@ def finalize(cfg: PipelineConfig, kfp_run_id: str, state: str, error: str = "") 
 
     Raises:
         TrackingUnavailable: the tracking server does not answer within the preflight timeout.
+        TrainingJobError: the cluster refused listing or deleting the run's training job.
     """
-    from components.common.tracking import finalize_pipeline_runs
-
     summary = finalize_pipeline_runs(cfg, kfp_run_id, state, error)
     if state.upper() != "SUCCEEDED" and cfg.cluster.nodes > 1:
         from components.train.multinode.training_job import delete_training_job
@@ -39,55 +45,49 @@ def finalize(cfg: PipelineConfig, kfp_run_id: str, state: str, error: str = "") 
     return summary
 
 
-def run_step(compiled_config: str, kfp_run_id: str, state: str, error: str = "") -> dict:
+def run_step(compiled_config: str, kfp_run_id: str, state: str, error: str | None = "") -> dict:
     """The exit handler: :func:`finalize` with the config resolve-config wrote for this run.
 
+    Args:
+        compiled_config: The config the pipeline was compiled from (where to look for the run's directory).
+        kfp_run_id: The KFP run id.
+        state: The pipeline's final state (KFP's ``PipelineTaskFinalStatus.state``).
+        error: The pipeline's error message, if any.
+
     Raises:
-        ConfigError: the resolved config on the volume does not validate.
+        ConfigError: the resolved config on the volume does not validate (the file and fields are named).
         TrackingUnavailable: the tracking server does not answer.
     """
-    from components.run.resolve_config import read_resolved
-    from configs.schema import config_from_json
-
     cfg = read_resolved(config_from_json(compiled_config), kfp_run_id)
     if cfg is None:
         summary = {"note": "the run stopped before resolve-config wrote its config: no MLflow run to close"}
     else:
-        summary = finalize(cfg, kfp_run_id, state, error)
+        summary = finalize(cfg, kfp_run_id, state, error or "")
     print(json.dumps({"finalize": summary, "state": state}))
     return summary
 
 
-def run_from_status(compiled_config: str, kfp_run_id: str, status) -> None:
-    """Adapter for KFP's ``PipelineTaskFinalStatus`` (state and error message of the pipeline)."""
-    run_step(compiled_config, kfp_run_id, status.state, status.error_message or "")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: close a pipeline run's MLflow runs by hand (e.g. after a node was lost)."""
-    parser = argparse.ArgumentParser(prog="python -m components.run.finalize_runs",
-                                     description="Close the MLflow runs of a pipeline run.")
-    parser.add_argument("--config", required=True, help="Config YAML (configs/*.yaml) or preset name.")
+    """The command line: close a pipeline run's MLflow runs by hand (e.g. after a node was lost)."""
+    parser = new_parser("components.run.finalize_runs", "Close the MLflow runs of a pipeline run.")
     parser.add_argument("--kfp-run-id", required=True, help="The KFP run id (MLflow tag kfp.run_id).")
     parser.add_argument("--state", default="FAILED", type=str.upper, choices=FINAL_STATES,
                         help="Final state: SUCCEEDED, FAILED or CANCELED.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; exit 0 when the runs were closed, 1 on errors, 2 on a usage error."""
-    from configs.schema import ConfigError, load_config
-
+    """Close the runs; exit 0 when closed, 1 on errors, 2 on a usage or configuration error."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.kfp_run_id.strip():  # an empty id would match or create a parent run for no pipeline
         parser.error("--kfp-run-id must not be empty")
     try:
-        summary = finalize(load_config(args.config, overrides=args.overrides), args.kfp_run_id, args.state)
-    except (ConfigError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        summary = finalize(cli_config(parser, args), args.kfp_run_id, args.state)
+    except ConfigError as exc:
+        return fail(parser, exc, 2)
+    except RuntimeError as exc:
+        return fail(parser, exc)
     print(json.dumps({"finalize": summary, "state": args.state}))
     return 0
 

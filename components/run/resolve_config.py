@@ -25,12 +25,15 @@ the exit handler (which KFP does not let depend on a task) reads it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from components.common.storage import run_dir
+from components.common.tracking import write_run_name
+from components.common.typed_files import write_model
 from configs.form import by_path, canonical, field_value, form_fields, form_values
 from configs.schema import ConfigError, PipelineConfig, apply_overrides, config_from_dict, config_from_json
 
+STEP = "resolve-config"
 RESOLVED_FILE = "resolved_config.json"
 # Fields decided when compiling (they shape the compiled IR: images, pod resources, timeouts, the mount).
 COMPILE_TIME = (
@@ -149,8 +152,8 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
 
 def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: str, overrides: list,
              form: dict[str, Any]) -> tuple:
-    """The resolve-config pipeline step: resolve, write ``resolved_config.json`` and the run's name
-    (:func:`components.common.tracking.write_run_name`) to the run directory, return the config.
+    """The resolve-config pipeline step: resolve, write ``resolved_config.json`` (a :class:`PipelineConfig`) and
+    the run's name (:func:`components.common.tracking.write_run_name`) to the run directory, return the config.
 
     Returns:
         ``(resolved config JSON, training method)``.
@@ -159,13 +162,10 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
         ConfigError: as :func:`resolve`.
         StorageError: the volume refused the write.
     """
-    from components.common.storage import atomic_write_text, run_dir
-    from components.common.tracking import write_run_name
-
     cfg = resolve(config, overrides, form, config_from_json(compiled_config))
     write_run_name(cfg, kfp_run_id, kfp_run_name)
     text = cfg.model_dump_json()
-    path = atomic_write_text(run_dir(cfg, kfp_run_id) / RESOLVED_FILE, json.dumps(json.loads(text), indent=2) + "\n")
+    path = write_model(run_dir(cfg, kfp_run_id) / RESOLVED_FILE, cfg)
     changed = {field.path: field_value(cfg, field.path) for field in form_fields()
                if canonical(field_value(cfg, field.path)) != canonical(form_values(config_from_json(compiled_config))
                                                                        [field.name])}
@@ -178,15 +178,9 @@ def read_resolved(compiled: PipelineConfig, kfp_run_id: str) -> PipelineConfig |
     """The config resolve-config wrote for this run, or None when it never got that far.
 
     Raises:
-        ConfigError: the file exists but does not validate.
+        ConfigError: the file exists but does not validate (the file and each field are named).
     """
-    from components.common.storage import run_dir
-
-    path = Path(run_dir(compiled, kfp_run_id)) / RESOLVED_FILE
+    path = run_dir(compiled, kfp_run_id) / RESOLVED_FILE
     if not path.is_file():
         return None
-    return config_from_json(path.read_text(encoding="utf-8"))
-
-
-__all__ = ["COMPILE_TIME", "RESOLVED_FILE", "form_from_overrides", "read_resolved", "refuse_compile_time_changes",
-           "resolve", "run_step"]
+    return config_from_json(path.read_text(encoding="utf-8"), source=str(path))

@@ -26,6 +26,7 @@ discard directory, with the reason in ``discarded.json``, when they differ or no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -233,6 +234,18 @@ def finish_from_checkpoint(checkpoint: Path, output_dir: Path) -> list[str]:
                 raise StorageError(describe_os_error(exc, output_dir / source.name)) from exc
             copied.append(source.name)
     return copied
+
+
+def trim_trainer_log(path: Path, last_step: int | None) -> None:
+    """Drop LLaMA-Factory log lines after the checkpoint we resume from (it appends, and would repeat them)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            if last_step is not None and json.loads(line).get("current_steps", 0) <= last_step:
+                kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 # Which training made the checkpoints -----------------------------------------------------------------------

@@ -10,7 +10,8 @@ Method presets (``training.method``):
 
 Precision: ``training.precision`` ``auto`` is bf16 on a GPU and fp32 on the CPU; a CPU run never gets a
 bf16/fp16 key (the Trainer refuses them without a GPU). ``report_to: none`` is always set: the trainer logs
-to the step's MLflow run (``MLFLOW_RUN_ID``) through its own callback (:mod:`components.train.metrics`).
+to the step's MLflow run (``MLFLOW_RUN_ID``) through its own callback (:mod:`components.train.metrics`);
+:func:`render_params` gives the same settings as the train run's params.
 """
 
 from __future__ import annotations
@@ -154,3 +155,12 @@ def render_yaml(sections: dict[str, dict[str, Any]], header: str = "") -> str:
         lines.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
         lines.append("")
     return "\n".join(lines)
+
+
+def render_params(sections: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The LLaMA-Factory settings we rendered (:func:`render_sections`) as run params,
+    under their LLaMA-Factory names (``learning_rate``, ``lora_rank``, ``cutoff_len``...)."""
+    import json
+
+    return {key: value if isinstance(value, str) else json.dumps(value)
+            for section in sections.values() for key, value in section.items()}

@@ -8,23 +8,26 @@ also takes an adapter, applied unmerged (peft). Writes
 eval key (data hash, n-shot, subjects, limit, prompt version, model identity) that says when a stored
 score may be reused. Backend ``openai`` scores through an OpenAI-compatible completions server instead.
 
-    python -m components.evaluate.mmlu.evaluate_mmlu --model storage/models/base-model --data-dir storage/eval/mmlu \\
-        --output /tmp/mmlu-base
+    python -m components.evaluate.mmlu.evaluate_mmlu --config local --model storage/models/base-model \\
+        --output /tmp/mmlu-base                      # the data: storage.eval_data_dir of the local preset
     python -m components.evaluate.mmlu.evaluate_mmlu --model storage/models/base-model \\
-        --adapter storage/output/RUN/adapter --data-dir storage/eval/mmlu --n-shot 5 --subjects astronomy,nutrition --batch-size 32 --limit 10 \\
-        --output /tmp/mmlu-candidate
+        --adapter storage/output/RUN/adapter --data-dir storage/eval/mmlu --n-shot 5 \\
+        --subjects astronomy,nutrition --batch-size 32 --limit 10 --output /tmp/mmlu-candidate
     python -m components.evaluate.mmlu.evaluate_mmlu --model M --data-dir D --output O --backend openai \\
         --endpoint http://vllm.llm-training:8000/v1
+
+``--n-shot``, ``--subjects``, ``--batch-size`` and ``--limit`` set the ``evaluation`` fields of ``--config`` (the
+schema's defaults without one).
 """
 
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from components.common.cli import cli_config, fail, field_flag, new_parser
 from components.evaluate.mmlu.data import (
     LETTERS,
     PROMPT_VERSION,
@@ -37,10 +40,8 @@ from components.evaluate.mmlu.data import (
     prompt_prefix,
     prompt_suffix,
 )
-
-RESULTS_FILE = "results.json"
-
-__all__ = ["category_metric", "dump_results", "eval_config_key", "evaluate", "load_results", "model_identity"]
+from components.evaluate.mmlu.results import RESULTS_FILE
+from configs.schema import ConfigError
 
 
 def category_metric(category: str) -> str:
@@ -185,16 +186,17 @@ def load_results(path: str | Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: evaluate a model directory on MMLU files and write results.json to --output."""
-    parser = argparse.ArgumentParser(description="Evaluate a model on MMLU (hendrycks CSV layout).")
+    """The command line: evaluate a model directory on MMLU files and write results.json to --output."""
+    parser = new_parser("components.evaluate.mmlu.evaluate_mmlu", "Evaluate a model on MMLU (hendrycks CSV layout).")
     parser.add_argument("--model", required=True, help="Model directory (Hugging Face layout).")
     parser.add_argument("--adapter", default="", help="PEFT adapter directory, applied unmerged.")
-    parser.add_argument("--data-dir", required=True, help="MMLU data with dev/ and test/.")
-    parser.add_argument("--n-shot", type=int, default=5, help="Few-shot examples (first n dev rows).")
-    parser.add_argument("--subjects", default="", help="Comma-separated subjects (default: all found).")
-    parser.add_argument("--batch-size", type=int, default=16, help="Questions per forward pass.")
-    parser.add_argument("--limit", type=int, default=0, help="Questions per subject (0: all).")
+    parser.add_argument("--data-dir", default=None, help="MMLU data with dev/ and test/ (default: the config's "
+                        "storage.eval_data_dir under storage.mount_path).")
     parser.add_argument("--output", required=True, help="Directory to write results.json into.")
+    field_flag(parser, "--n-shot", "evaluation.n_shot")
+    field_flag(parser, "--subjects", "evaluation.subjects")
+    field_flag(parser, "--batch-size", "evaluation.batch_size")
+    field_flag(parser, "--limit", "evaluation.limit")
     parser.add_argument("--backend", choices=["hf", "openai"], default="hf", help="hf (in-process) or openai.")
     parser.add_argument("--endpoint", default="", help="OpenAI-compatible completions URL (backend openai).")
     parser.add_argument("--scorer", choices=["cached", "straightforward"], default="cached",
@@ -204,27 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
-    from components.common.storage import StorageError, atomic_write_text, guard_output
+    """Evaluate and write results.json; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
+    from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume
     from components.evaluate.mmlu.openai_backend import BackendError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.n_shot < 0 or args.batch_size < 1 or args.limit < 0:
-        parser.error("--n-shot and --limit must be >= 0 and --batch-size >= 1")
     if args.backend == "openai" and not args.endpoint:
         parser.error("--endpoint is required with --backend openai")
-    subjects = [name.strip() for name in args.subjects.split(",") if name.strip()]
     try:
+        cfg = cli_config(parser, args)
+        settings, data_dir = cfg.evaluation, args.data_dir or on_volume(cfg, cfg.storage.eval_data_dir)
         guard_output(Path(args.output) / RESULTS_FILE, {"--model": args.model, "--adapter": args.adapter,
-                                                        "--data-dir": args.data_dir})
-        results = evaluate(args.model, args.data_dir, adapter_dir=args.adapter or None, n_shot=args.n_shot,
-                           subjects=subjects, batch_size=args.batch_size, limit=args.limit, backend=args.backend,
-                           endpoint=args.endpoint, scorer=args.scorer, device=args.device)
+                                                        "--data-dir": data_dir})
+        results = evaluate(args.model, data_dir, adapter_dir=args.adapter or None, n_shot=settings.n_shot,
+                           subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
+                           backend=args.backend, endpoint=args.endpoint, scorer=args.scorer, device=args.device)
         path = atomic_write_text(Path(args.output) / RESULTS_FILE, dump_results(results))
+    except ConfigError as exc:
+        return fail(parser, exc, 2)
     except (MmluDataError, BackendError, StorageError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(parser, exc)
     print(json.dumps({"results": str(path), "micro": results["micro"], "macro": results["macro"],
                       "eval_key": results["eval_key"]}))
     return 0

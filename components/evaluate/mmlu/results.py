@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.common.safe_json import DocumentError, parse_json
+from components.common.typed_files import describe_validation_error
 
 Letter = Literal["A", "B", "C", "D"]
 # Summary numbers are written rounded to 6 digits; anything further off was not computed from the records.
@@ -200,29 +201,3 @@ def parse_mmlu_results(text: str, source: str) -> MmluResults:
         return MmluResults.model_validate(data)
     except ValidationError as exc:
         raise ResultsFileError(f"{source}: {describe_validation_error(exc)}") from None
-
-
-def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
-    """The first ``limit`` problems of a pydantic error as ``field.path: message`` on one line."""
-    problems = []
-    for item in exc.errors()[:limit]:
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
-    more = exc.error_count() - len(problems)
-    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
-
-
-__all__ = [
-    "RESULTS_FILE",
-    "SETUP_FIELDS",
-    "MmluResults",
-    "QuestionRecord",
-    "ResultsFileError",
-    "SubjectTally",
-    "Tally",
-    "describe_validation_error",
-    "parse_mmlu_results",
-    "read_mmlu_results",
-    "results_from_records",
-    "tallies",
-]

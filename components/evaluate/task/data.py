@@ -243,7 +243,3 @@ def encode_examples(tokenizer: Any, data_dir: str | Path, names: list[str], temp
     """
     entries, rows = read_test_rows(data_dir, names)
     return encode_rows(tokenizer, entries, rows, template=template, cutoff_len=cutoff_len)
-
-
-__all__ = ["IGNORE_INDEX", "EncodedExample", "TaskDataError", "TestRow", "encode_examples", "encode_rows",
-           "entries_digest", "read_dataset_info", "read_test_rows"]

@@ -9,11 +9,14 @@ rows truncated away, and an eval key (model identity, split hash, template, cuto
 version) under which the score may be reused. Candidate and baseline records pair up by (dataset, key).
 
     python -m components.evaluate.task.evaluate_task --model storage/models/base-model \\
-        --data-dir storage/output/RUN/data --dataset alpaca_sample@test --template default --cutoff-len 256 --output /tmp/task-base
-    python -m components.evaluate.task.evaluate_task --model storage/models/base-model \\
-        --adapter storage/output/RUN/adapter --data-dir storage/output/RUN/data --dataset alpaca_sample@test,sharegpt_sample@test \\
-        --template default --cutoff-len 256 --batch-size 32 --output /tmp/task-candidate
+        --data-dir storage/output/RUN/data --dataset alpaca_sample@test --template default --cutoff-len 256 \\
+        --output /tmp/task-base
+    python -m components.evaluate.task.evaluate_task --config local --model storage/models/base-model \\
+        --adapter storage/output/RUN/adapter --data-dir storage/output/RUN/data \\
+        --dataset alpaca_sample@test,sharegpt_sample@test --batch-size 32 --output /tmp/task-candidate
 
+``--template`` and ``--cutoff-len`` set the ``training`` fields (the training's own, so that rows are encoded as the
+trainer saw them), ``--batch-size`` ``evaluation.batch_size``; each defaults to ``--config`` (else the schema).
 A second run into the same --output reuses a task.json with the same eval key (--force rescores).
 Exit status: 0 scored (or reused), 1 the evaluation failed (data, model or write), 2 usage error.
 """
@@ -22,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from components.common.cli import cli_config, comma_list, fail, field_flag, new_parser
 from components.data.split import split_hash
 from components.evaluate.task.data import TaskDataError, TestRow, encode_rows, entries_digest, read_test_rows
 from components.evaluate.task.results import (
@@ -42,6 +45,7 @@ from components.evaluate.task.results import (
     task_eval_key,
     totals,
 )
+from configs.schema import ConfigError
 
 
 def _key(model_id: str, entries: dict[str, dict], rows: list[TestRow], template: str, cutoff_len: int) -> str:
@@ -153,16 +157,17 @@ def reusable_results(path: str | Path, eval_key: str) -> TaskResults | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: score a model's held-out loss on LLaMA-Factory dataset entries and write task.json."""
-    parser = argparse.ArgumentParser(description="Held-out loss of a model on LLaMA-Factory dataset entries "
-                                                 "(encoded as SFT training encodes them).")
+    """The command line: score a model's held-out loss on LLaMA-Factory dataset entries and write task.json."""
+    parser = new_parser("components.evaluate.task.evaluate_task", "Held-out loss of a model on LLaMA-Factory "
+                        "dataset entries (encoded as SFT training encodes them).")
     parser.add_argument("--model", required=True, help="Model directory (Hugging Face layout).")
     parser.add_argument("--adapter", default="", help="PEFT adapter directory, applied unmerged.")
     parser.add_argument("--data-dir", required=True, help="Directory with dataset_info.json and the held-out files.")
-    parser.add_argument("--dataset", required=True, help="Comma-separated entries to score, e.g. alpaca_sample@test.")
-    parser.add_argument("--template", required=True, help="LLaMA-Factory template (training.template).")
-    parser.add_argument("--cutoff-len", type=int, required=True, help="Truncation length (training.cutoff_len).")
-    parser.add_argument("--batch-size", type=int, default=16, help="Examples per forward pass.")
+    parser.add_argument("--dataset", required=True, type=comma_list,
+                        help="Comma-separated entries to score, e.g. alpaca_sample@test.")
+    field_flag(parser, "--template", "training.template")
+    field_flag(parser, "--cutoff-len", "training.cutoff_len")
+    field_flag(parser, "--batch-size", "evaluation.batch_size")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
     parser.add_argument("--output", required=True, help="Directory to write task.json into.")
     parser.add_argument("--force", action="store_true", help="Rescore even when task.json has the same eval key.")
@@ -170,37 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
+    """Score (or reuse) and write task.json; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
     from components.common.storage import StorageError, atomic_write_text, guard_output
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    names = [name.strip() for name in args.dataset.split(",") if name.strip()]
-    if args.batch_size < 1 or args.cutoff_len < 1 or not names:
-        parser.error("--batch-size and --cutoff-len must be >= 1 and --dataset must name an entry")
+    if not args.dataset:
+        parser.error("--dataset must name an entry")
     path = Path(args.output) / RESULTS_FILE
     adapter = args.adapter or None
     try:
+        cfg = cli_config(parser, args)
+        template, cutoff_len = cfg.training.template, cfg.training.cutoff_len
         guard_output(path, {"--model": args.model, "--adapter": adapter, "--data-dir": args.data_dir})
-        key = eval_key_for(args.model, args.data_dir, names, template=args.template, cutoff_len=args.cutoff_len,
+        key = eval_key_for(args.model, args.data_dir, args.dataset, template=template, cutoff_len=cutoff_len,
                            adapter_dir=adapter)
         results = None if args.force else reusable_results(path, key)
         reused = results is not None
         if results is None:
-            results = evaluate_task(args.model, args.data_dir, names, template=args.template,
-                                    cutoff_len=args.cutoff_len, batch_size=args.batch_size, adapter_dir=adapter,
-                                    device=args.device)
+            results = evaluate_task(args.model, args.data_dir, args.dataset, template=template, cutoff_len=cutoff_len,
+                                    batch_size=cfg.evaluation.batch_size, adapter_dir=adapter, device=args.device)
             atomic_write_text(path, dump_task_results(results))
+    except ConfigError as exc:
+        return fail(parser, exc, 2)
     except (TaskDataError, StorageError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(parser, exc)
     print(json.dumps({"results": str(path), "reused": reused, "loss": results.loss, "perplexity": results.perplexity,
                       "token_accuracy": results.token_accuracy, "examples": results.examples,
                       "truncated_away": len(results.truncated_away), "eval_key": results.eval_key}))
     return 0
 
-
-__all__ = ["build_parser", "eval_key_for", "evaluate_task", "main", "reusable_results", "score_loaded"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

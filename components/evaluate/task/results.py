@@ -25,6 +25,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.common.safe_json import DocumentError, read_json
+from components.common.typed_files import describe_validation_error
 from components.data.split import split_hash
 
 # Bump whenever reading, encoding or scoring changes: stored scores then stop matching their eval key.
@@ -177,16 +178,5 @@ def load_task_results(path: str | Path) -> TaskResults:
     try:
         return TaskResults.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors()[:10])
+        problems = describe_validation_error(exc, limit=10)
         raise TaskResultsError(f"{path} is not a valid task results file: {problems}") from None
-
-
-def _describe(error: dict) -> str:
-    """``field.path: message`` (a cross-field error's message already names its fields)."""
-    where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
-__all__ = ["RESULTS_FILE", "SCORING_VERSION", "ExampleScore", "SkippedExample", "TaskResults", "TaskResultsError",
-           "dump_task_results", "load_task_results", "task_eval_key", "totals"]

@@ -106,6 +106,3 @@ def score_examples(model: Any, examples: Sequence[EncodedExample], batch_size: i
                                      f"{example.dataset!r}; in half precision try dtype float32")
                 results[index] = ExampleLoss(int(count), float(total), int(correct))
     return results
-
-
-__all__ = ["ExampleLoss", "score_examples"]

@@ -1,6 +1,6 @@
 """What every node of a multi-node training job gets, whichever engine runs it.
 
-The two manifests (:mod:`components.train.multinode.trainjob`, :mod:`components.train.multinode.pytorchjob`) are assembled from these
+The two manifests (:mod:`.trainjob`, :mod:`.pytorchjob`) are assembled from these
 pieces, so that a node of either runs the same command in the same image with the same environment,
 resources, volumes and scheduling as a single-node train task:
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.common.storage import run_slug
 from components.common.tracking import MLFLOW_SECRET_KEYS
 from configs.schema import PipelineConfig
 
@@ -41,18 +42,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def job_name(kfp_run_id: str) -> str:
-    """The job name of a pipeline run: ``train-<run id>``, a DNS-1035 label of at most 48 chars.
-
-    Run ids that are not already lowercase DNS labels, or are too long, get a hash suffix so that two
-    runs never share a name.
-    """
-    slug = re.sub(r"[^a-z0-9-]+", "-", kfp_run_id.lower()).strip("-")
-    name = f"train-{slug}"
-    if slug == kfp_run_id and len(name) <= JOB_NAME_MAX:
-        return name
-    digest = hashlib.sha256(kfp_run_id.encode()).hexdigest()[:8]
-    head = slug[:JOB_NAME_MAX - len("train--") - len(digest)].rstrip("-")
-    return "-".join(part for part in ("train", head, digest) if part)
+    """The job name of a pipeline run: ``train-<run slug>`` (:func:`components.common.storage.run_slug`), a
+    DNS-1035 label of at most :data:`JOB_NAME_MAX` characters that no other run shares."""
+    return f"train-{run_slug(kfp_run_id, JOB_NAME_MAX - len('train-'))}"
 
 
 def run_label(kfp_run_id: str) -> str:

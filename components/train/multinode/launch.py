@@ -3,10 +3,9 @@
 The training engine describes a node's place in the job with its own variables. This module reads
 them, then replaces itself with ``torchrun`` (``python -m torch.distributed.run``) given
 this node's rank, the node count, the master's address and port and one process per GPU, each
-running the trainer worker of the single-node train step (``python -m components.train.train
---trainer-worker <yaml>``, see :func:`components.train.train.trainer_worker`): the same code trains on one
-node and on many, and rank 0 attaches to the step's MLflow run (``MLFLOW_RUN_ID``) so that
-LLaMA-Factory's evaluation after training does not open a stray run::
+running the trainer worker of the single-node train step (``python -m components.train.worker <yaml>``,
+:mod:`components.train.worker`): the same code trains on one node and on many, and rank 0 attaches to the
+step's MLflow run (``MLFLOW_RUN_ID``)::
 
     python -m components.train.multinode.launch --gpus-per-node 8 /storage/output/RUN/train.yaml
     python -m components.train.multinode.launch --gpus-per-node 8 /storage/output/RUN/train.yaml --dry-run
@@ -39,10 +38,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-# The single-node step's trainer entry point (components.train.train.trainer_command builds the same one).
-WORKER = ("-m", "components.train.train", "--trainer-worker")
-# What LLaMA-Factory's torchrun launcher sets (OPTIM_TORCH), as components.train.train.trainer_env does on one node.
-TORCH_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1"}
+from components.train.launch import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
 
 
 class LaunchEnvError(ValueError):
@@ -162,14 +158,13 @@ def launch_command(mapped: Mapping[str, str], train_yaml: Path, python: str | No
             "--nnodes", mapped["NNODES"], "--node-rank", mapped["NODE_RANK"],
             "--nproc-per-node", mapped["NPROC_PER_NODE"],
             "--master-addr", mapped["MASTER_ADDR"], "--master-port", mapped["MASTER_PORT"],
-            *WORKER, str(train_yaml)]
+            "-m", WORKER_MODULE, str(train_yaml)]
 
 
 def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
     """What the launch adds to the replica's environment: LLaMA-Factory's torchrun settings and a PYTHONPATH
-    under which ``components.train.train`` is the package this module came from."""
-    package_root = str(Path(__file__).resolve().parents[3])
-    return {**TORCH_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, environ.get("PYTHONPATH")]))}
+    under which ``components`` is the package this module came from."""
+    return {**TORCHRUN_ENV, "PYTHONPATH": importable_pythonpath(environ)}
 
 
 def build_parser() -> argparse.ArgumentParser:

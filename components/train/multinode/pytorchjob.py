@@ -1,8 +1,8 @@
 """The ``pytorchjob`` training engine: a Kubeflow Training Operator v1 PyTorchJob (``kubeflow.org/v1``).
 
 For clusters that still run the Training Operator v1.7 or later (``cluster.training_engine: pytorchjob``);
-current clusters run Kubeflow Trainer v2 (:mod:`components.train.multinode.trainjob`). The job has one Master and
-``nodes - 1`` Workers built from :mod:`components.train.multinode.job_spec`; :mod:`components.train.multinode.training_job` submits,
+current clusters run Kubeflow Trainer v2 (:mod:`.trainjob`). The job has one Master and
+``nodes - 1`` Workers built from :mod:`.job_spec`; :mod:`.training_job` submits,
 follows and deletes it, streaming the master's log (``[master] ...``).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.train.multinode.engine import JobEngine
 from components.train.multinode.job_spec import job_metadata, node_pod
-from components.train.multinode.training_job import JobEngine
 from configs.schema import PipelineConfig
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
@@ -20,14 +20,11 @@ GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER, PORT_NAME, PORT = "pytorch", "pytorchjob-port", 23456
 TTL_AFTER_FINISHED_S = 86400
 
-__all__ = ["ENGINE", "build_pytorchjob_manifest"]
-
-
 def build_pytorchjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path,
                               env: dict[str, str]) -> dict:
     """The ``kubeflow.org/v1`` PyTorchJob that trains this run: 1 Master and ``cluster.nodes - 1`` Workers.
 
-    Each replica is the pod of :func:`components.train.multinode.job_spec.node_pod` (whose arguments and errors these are)
+    Each replica is the pod of :func:`.job_spec.node_pod` (whose arguments and errors these are)
     with the API token unmounted; the job also reads cluster.nodes, train_timeout_s, kueue_queue_name and
     kueue_priority_class.
 

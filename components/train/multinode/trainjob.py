@@ -3,7 +3,7 @@
 The default engine (``cluster.training_engine: trainjob``). The TrainJob runs on the ClusterTrainingRuntime
 ``cluster.training_runtime`` (``torch-distributed`` ships with Trainer v2): the runtime supplies the JobSet
 of ``cluster.nodes`` pods and the torch variables (``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``,
-``PET_MASTER_PORT``, ``PET_NPROC_PER_NODE``) that :mod:`components.train.multinode.launch` maps to torchrun.
+``PET_MASTER_PORT``, ``PET_NPROC_PER_NODE``) that :mod:`.launch` maps to torchrun.
 
 What goes where (Trainer v2.2 API):
 
@@ -17,7 +17,7 @@ What goes where (Trainer v2.2 API):
   keeps the job suspended until the queue admits it).
 
 Before creating the job, :func:`check_cluster` makes sure the runtime and the service account exist.
-:mod:`components.train.multinode.training_job` submits, follows and deletes it, streaming node 0's log (``[node-0] ...``).
+:mod:`.training_job` submits, follows and deletes it, streaming node 0's log (``[node-0] ...``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from components.train.multinode.job_spec import job_metadata, node_pod
-from components.train.multinode.training_job import (
+from components.train.multinode.engine import (
     REQUEST_TIMEOUT,
     JobEngine,
     TrainingJobError,
     is_transient,
     server_message,
 )
+from components.train.multinode.job_spec import job_metadata, node_pod
 from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
@@ -44,13 +44,10 @@ RUNTIME_KIND, RUNTIME_PLURAL = "ClusterTrainingRuntime", "clustertrainingruntime
 NODE = "node"
 PATCH_MANAGER = "llm-finetune-pipelines/train"
 
-__all__ = ["ENGINE", "build_trainjob_manifest", "check_cluster"]
-
-
 def build_trainjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env: dict[str, str]) -> dict:
     """The ``trainer.kubeflow.org/v1alpha1`` TrainJob that trains this run on ``cluster.nodes`` nodes.
 
-    The trainer settings and one runtime patch make each node the pod of :func:`components.train.multinode.job_spec.node_pod`
+    The trainer settings and one runtime patch make each node the pod of :func:`.job_spec.node_pod`
     (whose arguments and errors these are); the job also reads cluster.nodes, training_runtime,
     trainer_service_account, train_timeout_s, kueue_queue_name and kueue_priority_class.
 
