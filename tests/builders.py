@@ -1,4 +1,6 @@
-"""Results files for tests, built the way the evaluators build them: every summary is computed, never typed in.
+"""What many tests share: the repository's paths, and results files built the way the evaluators build them.
+
+Results files: every summary is computed, never typed in.
 
 MMLU results (``results.json``) come from :func:`components.evaluate.mmlu.results.results_from_records` over
 per-question records; held-out task results (``task.json``) from the :mod:`components.evaluate.task.results` models
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU, SAMPLES
 from components.evaluate.mmlu.results import MmluResults, results_from_records
 from components.evaluate.task.results import (
     DIGITS,
@@ -23,6 +26,9 @@ from components.evaluate.task.results import (
     totals,
 )
 from components.gate.rules import TaskScores
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["REPO_ROOT", "SAMPLES", "SAMPLE_DATA", "SAMPLE_MMLU"]  # re-exported for the tests
 
 # One sample subject per MMLU category (the shipped sample_mmlu has these five; astronomy and elementary
 # mathematics are both STEM).

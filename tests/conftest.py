@@ -15,12 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from builders import SAMPLE_DATA, SAMPLE_MMLU
 
-from components.demo.samples import SAMPLES
 from configs.schema import PipelineConfig, load_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = SAMPLES
 
 # Keep the two CPU cores for the test at hand; tokenizers and torch otherwise oversubscribe.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -109,10 +106,8 @@ def make_storage(root: Path, model_dir: Path) -> Path:
     """Lay out a storage root like the NFS volume: base model, sample data, MMLU sample."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir, root / "models" / "base-model", dirs_exist_ok=True)
-    if (ASSETS / "sample_data").exists():
-        shutil.copytree(ASSETS / "sample_data", root / "data", dirs_exist_ok=True)
-    if (ASSETS / "sample_mmlu").exists():
-        shutil.copytree(ASSETS / "sample_mmlu", root / "eval" / "mmlu", dirs_exist_ok=True)
+    shutil.copytree(SAMPLE_DATA, root / "data", dirs_exist_ok=True)
+    shutil.copytree(SAMPLE_MMLU, root / "eval" / "mmlu", dirs_exist_ok=True)
     return root
 
 

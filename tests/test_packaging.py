@@ -7,11 +7,9 @@ import re
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from builders import REPO_ROOT as REPO
 
 
 def _extras() -> dict[str, list[str]]:

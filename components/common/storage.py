@@ -148,7 +148,7 @@ def run_slug(kfp_run_id: str, max_chars: int = SLUG_MAX) -> str:
     job's name all use it.
     """
     slug = re.sub(r"[^a-z0-9-]+", "-", kfp_run_id.lower()).strip("-")
-    if slug == kfp_run_id and len(slug) <= max_chars:
+    if slug and slug == kfp_run_id and len(slug) <= max_chars:
         return slug
     digest = hashlib.sha256(kfp_run_id.encode()).hexdigest()[:8]
     head = slug[:max_chars - len(digest) - 1].rstrip("-")

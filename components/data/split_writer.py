@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from components.common.storage import StorageError, atomic_directory, describe_os_error
 from components.data.checks import DATA_CONFIG, DatasetSpec, Problem
+from components.data.result import ValidationResult
 from components.data.split import (
     KEY_HEX_CHARS,
     MANIFEST_FILE,
@@ -31,7 +32,7 @@ from components.data.split import (
     is_test_row,
     split_hash,
 )
-from components.data.validation import ValidationResult, validate_datasets
+from components.data.validation import validate_datasets
 
 # Entry keys that say where and how to fetch the source rows; the snapshot's JSONL files make them moot.
 SOURCE_ONLY_KEYS = ("file_name", "split", "subset", "folder", "file_sha1")

@@ -19,7 +19,6 @@ from builders import base_losses, flags_first_right, mmlu_results, task_results,
 
 from components.demo.samples import SAMPLES
 
-REPO = Path(__file__).resolve().parents[2]
 ASSETS = SAMPLES
 OPERATOR_ENV = {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PET_NNODES", "PET_NODE_RANK"}
 

@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import REPO_ROOT as REPO
 
-from components.merge.merge_lora import MergeError, main, merge_and_publish, merge_model
-from components.merge.publish import current_version, published_versions, read_safetensors_header, verify_model_dir
+from components.merge.inputs import MergeError
+from components.merge.merge_lora import main, merge_and_publish, merge_model
+from components.merge.publish import current_version, published_versions
+from components.merge.safetensors import read_safetensors_header
+from components.merge.verify import verify_model_dir
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 

@@ -22,7 +22,6 @@ from components.demo.samples import SAMPLES
 from components.evaluate.mmlu import evaluate_mmlu
 from components.evaluate.mmlu.data import MmluDataError, load_subjects
 
-REPO = Path(__file__).resolve().parents[2]
 SAMPLE = SAMPLES / "sample_mmlu"
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import REPO_ROOT as REPO
 
 from components.data.reader import MAX_ROW_BYTES
 from components.data.validation import validate_datasets
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 
 

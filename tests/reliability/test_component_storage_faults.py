@@ -78,7 +78,8 @@ def results_files(tmp_path_factory) -> list[str]:
 
 def test_merge_onto_a_full_volume_keeps_the_published_model(small_volume, tiny_model_dir, adapter):
     from components.demo.tiny_model import build_tiny_llama
-    from components.merge.publish import current_version, verify_model_dir
+    from components.merge.publish import current_version
+    from components.merge.verify import verify_model_dir
 
     models = small_volume / "models"
     # v1: a model small enough for the volume, published for real (checksums, `current`).

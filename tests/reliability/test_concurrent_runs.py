@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG
-from components.gate.register_model import path_from_pvc_uri
+from components.gate.registry import path_from_pvc_uri
 from pipelines import run_local
 
 EXPERIMENT = "concurrent-runs"
@@ -30,7 +30,8 @@ EXPERIMENT = "concurrent-runs"
 def test_two_runs_started_together_on_an_empty_storage_root(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from components.merge.publish import current_version, verify_model_dir
+    from components.merge.publish import current_version
+    from components.merge.verify import verify_model_dir
 
     storage = tmp_path / "storage"
     argv = [sys.executable, "-m", "pipelines.run_local", "--storage", str(storage),

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import REPO_ROOT as REPO
 
 from components.common.storage import OutputPathError, guard_output
 from components.demo.samples import SAMPLES
 
-REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = SAMPLES / "sample_data"
 SAMPLE_MMLU = SAMPLES / "sample_mmlu"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -130,7 +130,7 @@ def test_an_output_that_would_damage_an_input_or_a_published_model_is_refused_fi
     captured = capsys.readouterr()
     assert words.replace("{ws}", str(ws)) in captured.err, captured.err
     assert snapshot(ws) == before  # nothing written, renamed or deleted
-    from components.merge.publish import verify_model_dir
+    from components.merge.verify import verify_model_dir
 
     verify_model_dir(ws / "models" / "chat" / "v1")
 
@@ -147,7 +147,7 @@ def test_the_refusal_is_a_message_in_a_real_process_too(ws, tmp_path):
 
 def test_force_still_replaces_an_earlier_merge_output(ws, tmp_path, capsys):
     from components.merge.merge_lora import main
-    from components.merge.publish import verify_model_dir
+    from components.merge.verify import verify_model_dir
 
     out = tmp_path / "merged"
     assert main([*_args(ws, MERGE), "--output", str(out)]) == 0

@@ -22,15 +22,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from builders import REPO_ROOT
 
-from components.common.tracking import LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
-from components.merge.publish import current_version, published_versions, verify_model_dir
+from components.common.local_runs import LAUNCHER_PID_TAG
+from components.common.tracking import PARENT_ROLE, ROLE_TAG, STEP_TAG
+from components.merge.publish import current_version, published_versions
+from components.merge.verify import verify_model_dir
 from components.train.checkpoints import checkpoint_problem
 from pipelines import run_local
 
 pytestmark = pytest.mark.reliability_long
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _first_checkpoint(storage: Path) -> Path | None:

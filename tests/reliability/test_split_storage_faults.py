@@ -9,7 +9,7 @@ import os
 import pytest
 
 from components.common.storage import StorageError
-from components.data.split import validate_and_split
+from components.data.split_writer import validate_and_split
 
 
 def test_a_full_volume_while_splitting_leaves_nothing_and_names_the_volume(small_volume, tmp_path):

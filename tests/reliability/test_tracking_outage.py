@@ -35,7 +35,8 @@ from conftest import MlflowServer
 from components.common.storage import run_dir
 from components.common.tracking import finalize_pipeline_runs
 from components.train import train as train_module
-from components.train.train import BACKFILL_TAG, backfill_metrics, train_model
+from components.train.metrics import BACKFILL_TAG, backfill_metrics
+from components.train.train import train_model
 from configs.schema import load_config
 
 OUTAGE_S = 10.0  # the longest the server stays down: the fault injected, not a synchronisation

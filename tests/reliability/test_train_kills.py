@@ -27,16 +27,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from builders import REPO_ROOT
 
 from components.common.storage import run_dir
 from components.demo.samples import SAMPLES
 from components.train.checkpoints import checkpoint_problem, checkpoint_step, list_checkpoints, safetensors_problem
-from components.train.train import TrainerFailed, TrainResult, train_model
+from components.train.launch import TrainerFailed
+from components.train.train import TrainResult, train_model
 from configs.schema import load_config
 
 pytestmark = pytest.mark.reliability_long
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HOOK_DIR = Path(__file__).resolve().parent / "kill_while_writing"
 SCHEDULE = ("training.max_steps=24", "training.save_steps=2", "training.save_total_limit=2",
             "training.logging_steps=1")

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.data.checks import Problem
-from components.data.validation import ValidationResult, validate_datasets
+from components.data.result import ValidationResult
+from components.data.validation import validate_datasets
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

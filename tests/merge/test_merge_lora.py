@@ -16,28 +16,23 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import REPO_ROOT
 
+from components.common.storage import on_volume
+from components.merge.inputs import MergeError
 from components.merge.merge_lora import (
-    MergeError,
-    PlannedTensor,
     find_published,
-    group_shards,
     main,
     merge_and_publish,
     merge_model,
     remove_stale_staging,
-    safe_run_id,
 )
-from components.merge.publish import (
-    current_version,
-    manifest_checksum,
-    published_versions,
-    read_safetensors_header,
-    verify_model_dir,
-)
+from components.merge.plan import PlannedTensor, group_shards
+from components.merge.publish import current_version, published_versions
+from components.merge.safetensors import read_safetensors_header
+from components.merge.verify import manifest_checksum, verify_model_dir
 from pipelines.steps import merge_lora
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGET_SETS = {
     "attention-qv": {"target_modules": ["q_proj", "v_proj"]},
@@ -364,7 +359,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
     import torch
     from kfp.dsl import Model
 
-    from components.common.storage import run_dir
+    from components.common.storage import run_dir, run_slug
 
     cfg, run_id = local_config, "run-7f3a"
     base = on_volume(cfg, cfg.storage.base_model)
@@ -376,7 +371,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
     model_dir, version = merge_lora.python_func(config=cfg.model_dump_json(), kfp_run_id=run_id,
                                                 adapter_dir=str(adapter), merged=artifact)
 
-    assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{safe_run_id(run_id)}", version)
+    assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{run_slug(run_id)}", version)
     assert Path(model_dir) == models / version
     verify_model_dir(Path(model_dir))
     assert current_version(models) == "00000000-champion"  # only the promotion step moves it

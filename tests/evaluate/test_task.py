@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import REPO_ROOT
 
 from components.data.split import is_test_row, row_key, split_hash
 from components.demo.samples import SAMPLES
@@ -38,7 +39,6 @@ from components.evaluate.task.results import (
 )
 from components.evaluate.task.scoring import score_examples
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = SAMPLES / "sample_data"
 TEST_FRACTION = 0.3
 LONG = " ".join(f"word{i} and the answer of {i}" for i in range(60))  # far beyond every cutoff used here
@@ -263,7 +263,7 @@ def trained_adapter(tiny_model_dir, split_dir, tmp_path_factory) -> Path:
     (work / "train.yaml").write_text(yaml.safe_dump(args))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("MLFLOW_RUN_ID", None)
-    done = subprocess.run([sys.executable, "-m", "components.train.train", "--trainer-worker", str(work / "train.yaml")],
+    done = subprocess.run([sys.executable, "-m", "components.train.worker", str(work / "train.yaml")],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return work / "adapter"
@@ -451,11 +451,15 @@ def test_cli_help_and_usage_errors(capsys):
         main(["--help"])
     assert shown.value.code == 0 and "--cutoff-len" in capsys.readouterr().out
     assert build_parser().prog
-    for argv in (["--model", "m"], ["--model", "m", "--data-dir", "d", "--dataset", "x", "--template", "default",
-                                    "--cutoff-len", "0", "--output", "o"]):
-        with pytest.raises(SystemExit) as usage:
-            main(argv)
-        assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        main(["--model", "m"])
+    assert usage.value.code == 2
+    # --template and --cutoff-len are the training fields of the config, checked by the schema.
+    assert main(["--model", "m", "--data-dir", "d", "--dataset", "x", "--template", "default", "--cutoff-len", "0",
+                 "--output", "o"]) == 2
+    assert "training.cutoff_len (--cutoff-len)" in capsys.readouterr().err
+    assert main(["--model", "m", "--data-dir", "d", "--dataset", "x", "--template", "nope", "--output", "o"]) == 2
+    assert "training.template (--template): unknown LLaMA-Factory template 'nope'" in capsys.readouterr().err
 
 
 def test_cli_failures_exit_1_without_traceback_and_write_nothing(tiny_model_dir, split_dir, tmp_path):
@@ -467,8 +471,9 @@ def test_cli_failures_exit_1_without_traceback_and_write_nothing(tiny_model_dir,
              (["--model", str(tiny_model_dir), "--data-dir", str(split_dir), "--adapter", str(empty)],
               "not a PEFT adapter directory")]
     for argv, message in cases:
-        out = subprocess.run([sys.executable, "-m", "components.evaluate.task.evaluate_task", *argv, "--dataset", TEST_NAMES[0],
-                              "--template", "default", "--cutoff-len", "256", "--output", str(tmp_path / "out")],
+        out = subprocess.run([sys.executable, "-m", "components.evaluate.task.evaluate_task", *argv,
+                              "--dataset", TEST_NAMES[0], "--template", "default", "--cutoff-len", "256",
+                              "--output", str(tmp_path / "out")],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 1, out.stderr[-2000:]
         assert message in out.stderr and "Traceback" not in out.stderr
@@ -476,8 +481,9 @@ def test_cli_failures_exit_1_without_traceback_and_write_nothing(tiny_model_dir,
 
 
 def test_module_import_stays_light():
-    code = ("import sys, components.evaluate.task.evaluate_task, components.evaluate.task.results, components.evaluate.task.data, "
-            "components.evaluate.task.scoring; heavy = ('torch', 'transformers', 'peft', 'llamafactory', 'datasets', 'mlflow'); "
+    code = ("import sys, components.evaluate.task.evaluate_task, components.evaluate.task.results, "
+            "components.evaluate.task.data, components.evaluate.task.scoring; "
+            "heavy = ('torch', 'transformers', 'peft', 'llamafactory', 'datasets', 'mlflow'); "
             "print([name for name in heavy if name in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -16,23 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import REPO_ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import components.data.reader as dataset_reader
 from components.data.checks import describe_entry, make_row_checker
-from components.data.validate_dataset import (
-    DUPLICATE_BATCH,
-    DatasetValidationError,
-    main,
-    render_report,
-    validate_datasets,
-)
+from components.data.result import render_report
+from components.data.validate_dataset import DatasetValidationError, main
+from components.data.validation import DUPLICATE_BATCH, validate_datasets
 from components.demo.samples import SAMPLES
 from configs.schema import ConfigError, load_config
 from pipelines.steps import validate_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = SAMPLES / "sample_data"
 SAMPLE_MMLU = SAMPLES / "sample_mmlu"
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
@@ -580,8 +576,17 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["ok"] is False
     assert main(["--dataset-dir", str(tmp_path / "missing"), "--dataset", "ds"]) == 2
     assert main(["--dataset-dir", str(root), "--dataset", " , "]) == 2
-    assert main(["--dataset-dir", str(root)]) == 2
-    assert main(["--help"]) == 0
+    assert "dataset.names (--dataset)" in capsys.readouterr().err  # the schema's rule, named by field and flag
+    # Without --dataset the config's dataset.names are validated (the schema's default here: alpaca_sample).
+    assert main(["--dataset-dir", str(root)]) == 1
+    assert "field 'alpaca_sample': undefined dataset" in capsys.readouterr().out
+    assert main(["--dataset-dir", str(root), "--config", "local", "--set", "dataset.names=[ds]"]) == 1
+    assert "role 'human' out of order" in capsys.readouterr().out
+    assert main(["--dataset-dir", str(root), "--dataset", "ds", "--ngram", "2"]) == 2
+    assert "dataset.contamination_ngram (--ngram): Input should be greater than or equal to 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    assert shown.value.code == 0
 
 
 def test_module_entry_point_validates_without_heavy_frameworks(tmp_path):

@@ -1,7 +1,7 @@
 """MMLU evaluation: data checks, prompt, scorers, results file, CLI, OpenAI-compatible backend.
 
-The pipeline step that runs this evaluator (with the held-out task, on one loaded model) is components.evaluate.evaluate,
-tested in tests/test_evaluate.py.
+The pipeline step that runs this evaluator (with the held-out task, on one loaded model) is
+components.evaluate.evaluate, tested in tests/evaluate/test_evaluate.py.
 
 Real parts throughout: tiny Llama models built locally (some with edited weights so that the right
 answer is known in advance), real transformers/peft scoring on the CPU. The only stand-in is the
@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from builders import REPO_ROOT
 
 from components.demo.samples import SAMPLES
 from components.evaluate.mmlu import evaluate_mmlu as step
@@ -40,7 +41,6 @@ from components.evaluate.mmlu.data import (
 )
 from components.evaluate.mmlu.results import MmluResults, ResultsFileError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = SAMPLES / "sample_mmlu"
 
 
@@ -393,15 +393,19 @@ def test_load_results_rejects_foreign_files(tmp_path):
 def test_cli_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as missing:
         step.main(["--model", "m"])
-    with pytest.raises(SystemExit) as negative:
-        step.main(["--model", "m", "--data-dir", "d", "--output", "o", "--batch-size", "0"])
-    assert missing.value.code == negative.value.code == 2
+    assert missing.value.code == 2
+    # Values the schema refuses are named by their field and flag; the defaults are the config's.
+    assert step.main(["--model", "m", "--data-dir", "d", "--output", "o", "--batch-size", "0"]) == 2
+    assert "evaluation.batch_size (--batch-size): Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert step.main(["--model", "m", "--output", "o", "--config", "local", "--set", "evaluation.n_shot=99"]) == 2
+    assert "evaluation.n_shot" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kfp_runtime", ["", "true"])
 def test_module_import_stays_light_and_works_inside_a_task(kfp_runtime):
     """Also with _KFP_RUNTIME=true, as the KFP executor runs the wrapper (kfp.dsl then lacks `component`)."""
-    code = ("import sys, components.evaluate.mmlu.evaluate_mmlu; heavy = ('torch', 'transformers', 'peft', 'mlflow', 'datasets'); "
+    code = ("import sys, components.evaluate.mmlu.evaluate_mmlu; "
+            "heavy = ('torch', 'transformers', 'peft', 'mlflow', 'datasets'); "
             "print([name for name in heavy if name in sys.modules])")
     env = {**os.environ, "_KFP_RUNTIME": kfp_runtime} if kfp_runtime else None
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env)

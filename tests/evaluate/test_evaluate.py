@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from components.common.storage import run_dir
+from components.common.storage import on_volume, run_dir
 from components.evaluate.evaluate import eval_setup, heldout_names, run_step
-from components.gate.compare import run_resolve_baseline
+from components.gate.find_baseline import run_step as run_resolve_baseline
 from configs.schema import load_config
 
 

@@ -11,14 +11,12 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
+from builders import REPO_ROOT
 
-from components.common import tracking
+from components.common import local_runs, tracking
 from configs.schema import load_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -92,18 +90,18 @@ def test_runs_left_running_by_a_dead_local_launcher_are_closed_and_no_others(cfg
     client = tracking.make_client(cfg)
     exp = tracking.experiment_id(client, cfg.mlflow.experiment)
     # A real launcher process that has exited: its identity, as run_local puts it in its tasks' environment.
-    dead = subprocess.run([sys.executable, "-c", "from components.common.tracking import LAUNCHER_ENV, local_launcher_env;"
-                           "print(local_launcher_env()[LAUNCHER_ENV])"], cwd=REPO_ROOT, capture_output=True,
+    dead = subprocess.run([sys.executable, "-c", "from components.common.local_runs import LAUNCHER_ENV, "
+                           "local_launcher_env; print(local_launcher_env()[LAUNCHER_ENV])"], cwd=REPO_ROOT, capture_output=True,
                           text=True, check=True).stdout.strip()
-    alive = json.loads(tracking.local_launcher_env()[tracking.LAUNCHER_ENV])
-    assert alive["start"] == tracking.process_start(os.getpid()) and alive["start"]
-    assert tracking.process_start(json.loads(dead)["pid"]) != json.loads(dead)["start"]
+    alive = json.loads(local_runs.local_launcher_env()[local_runs.LAUNCHER_ENV])
+    assert alive["start"] == local_runs.process_start(os.getpid()) and alive["start"]
+    assert local_runs.process_start(json.loads(dead)["pid"]) != json.loads(dead)["start"]
 
     def pipeline_run(kfp_run_id: str, launcher: dict | str | None) -> tuple[str, str]:
         if launcher is None:
-            monkeypatch.delenv(tracking.LAUNCHER_ENV, raising=False)
+            monkeypatch.delenv(local_runs.LAUNCHER_ENV, raising=False)
         else:
-            monkeypatch.setenv(tracking.LAUNCHER_ENV, launcher if isinstance(launcher, str) else json.dumps(launcher))
+            monkeypatch.setenv(local_runs.LAUNCHER_ENV, launcher if isinstance(launcher, str) else json.dumps(launcher))
         parent = tracking.parent_run_id(client, cfg, kfp_run_id)
         child = client.create_run(exp, tags={"mlflow.parentRunId": parent, tracking.KFP_RUN_TAG: kfp_run_id,
                                              tracking.STEP_TAG: "train", tracking.ROLE_TAG: "train"}).info.run_id
@@ -113,16 +111,16 @@ def test_runs_left_running_by_a_dead_local_launcher_are_closed_and_no_others(cfg
     reused = pipeline_run("kfp-reused", {**alive, "start": "an-earlier-boot:12345"})  # the pid is now ours
     kept = [pipeline_run("kfp-live", alive), pipeline_run("kfp-elsewhere", {**alive, "host": "another-host"}),
             pipeline_run("kfp-cluster", None)]
-    assert client.get_run(killed[0]).data.tags[tracking.LAUNCHER_PID_TAG] == str(json.loads(dead)["pid"])
+    assert client.get_run(killed[0]).data.tags[local_runs.LAUNCHER_PID_TAG] == str(json.loads(dead)["pid"])
 
-    closed = tracking.close_orphaned_local_runs(client, cfg)
+    closed = local_runs.close_orphaned_local_runs(client, cfg)
     assert sorted(closed) == sorted([*killed, *reused])
     for run_id in closed:
         assert client.get_run(run_id).info.status == "KILLED"
     assert f"process {json.loads(dead)['pid']} on" in client.get_run(killed[0]).data.tags["llmft.error"]
     for run_id in (run_id for pair in kept for run_id in pair):
         assert client.get_run(run_id).info.status == "RUNNING"
-    assert tracking.close_orphaned_local_runs(client, cfg) == []
+    assert local_runs.close_orphaned_local_runs(client, cfg) == []
 
 
 # ---------------------------------------------------------------- names and params of the pipeline run's page

@@ -12,12 +12,12 @@ import json
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import kfp
 import kfp_server_api
 import pytest
 import yaml
+from builders import REPO_ROOT as REPO
 from fake_kfp_server import API, FakeKfpServer
 
 from configs.schema import config_from_json, load_config
@@ -33,7 +33,6 @@ from pipelines.kfp_api import (
 )
 from pipelines.schedule import CronError, validate_cron
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "kfp-token-7d3e9a-planted-do-not-print"
 SCHEDULE = "0 0 2 * * *"
 

@@ -21,19 +21,19 @@ import pytest
 import yaml
 from builders import CATEGORY, base_losses, flags_first_right, mmlu_results, moved, task_results, write_results
 
-from components.common.storage import run_dir
+from components.common.storage import on_volume, run_dir
 from components.demo.samples import SAMPLES
-from components.gate.compare import compare_files, run_compare, run_resolve_baseline
-from components.gate.register_model import (
-    RegistryError,
-    main,
-    path_from_pvc_uri,
-    pvc_uri,
-    registered_aliases,
-    run_mark_challenger,
-    run_promote,
-    run_register,
-)
+from components.gate.compare import compare_files
+from components.gate.compare import run_step as run_compare
+from components.gate.find_baseline import run_step as run_resolve_baseline
+from components.gate.mark_challenger import main as mark_main
+from components.gate.mark_challenger import run_step as run_mark_challenger
+from components.gate.promote_model import main as promote_main
+from components.gate.promote_model import run_step as run_promote
+from components.gate.register_model import main as register_main
+from components.gate.register_model import run_step as run_register
+from components.gate.registry import RegistryError, path_from_pvc_uri, pvc_uri, registered_aliases
+from components.gate.registry import main as registry_main
 from components.gate.rules import Comparison
 from configs.schema import load_config
 
@@ -76,7 +76,8 @@ def publish(cfg, version: str) -> Path:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from components.merge.publish import publish_model, staging_dir_for, write_manifest
+    from components.merge.publish import publish_model, staging_dir_for
+    from components.merge.verify import write_manifest
 
     staging = staging_dir_for(models_dir(cfg), version)
     staging.mkdir(parents=True)
@@ -397,32 +398,37 @@ def test_pvc_uris_round_trip_and_refuse_foreign_sources(cfg):
         path_from_pvc_uri(cfg, "pvc://llama-storage/../../etc")
 
 
-def test_cli_register_promote_show(cfg, capsys, tmp_path):
+def test_cli_register_promote_mark_challenger_and_show(cfg, capsys, tmp_path):
+    """Each registry step by hand (python -m components.gate.<step>), and the registry's aliases."""
     client, name = _client(cfg), cfg.mlflow.registered_model_name
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg.dump_public()))
     model_dir = publish(cfg, "v1")
-    assert main(["register", "--config", str(config_file), "--kfp-run-id", "run-cli", "--model-dir",
-                 f"models/{name}/v1", "--version", "v1", "--comparison", str(comparison_file(cfg, "run-cli")),
-                 "--dataset-hash", "ds"]) == 0
+    assert register_main(["--config", str(config_file), "--kfp-run-id", "run-cli", "--model-dir", f"models/{name}/v1",
+                          "--version", "v1", "--comparison", str(comparison_file(cfg, "run-cli")),
+                          "--dataset-hash", "ds"]) == 0
     version = capsys.readouterr().out.strip().splitlines()[-1]
-    assert main(["promote", "--config", str(config_file), "--kfp-run-id", "run-cli", "--model-version", version,
-                 "--version", "v1"]) == 0
+    assert promote_main(["--config", str(config_file), "--kfp-run-id", "run-cli", "--model-version", version,
+                         "--version", "v1"]) == 0
     capsys.readouterr()
-    assert main(["show", "--config", str(config_file)]) == 0
+    assert registry_main(["--config", str(config_file)]) == 0
     assert json.loads(capsys.readouterr().out) == {"champion": version}
     assert model_dir.is_dir() and current_version(cfg) == "v1"
-    # A candidate the gate kept out is registered as challenger, as the pipeline's else-branch does.
+    # A candidate the gate kept out is registered as challenger at once, as the pipeline's else-branch does.
     publish(cfg, "v2")
-    assert main(["register", "--config", str(config_file), "--kfp-run-id", "run-cli-2", "--model-dir",
-                 f"models/{name}/v2", "--version", "v2", "--comparison",
-                 str(comparison_file(cfg, "run-cli-2", "keep-champion")), "--dataset-hash", "ds"]) == 0
+    assert register_main(["--config", str(config_file), "--kfp-run-id", "run-cli-2", "--model-dir",
+                          f"models/{name}/v2", "--version", "v2", "--comparison",
+                          str(comparison_file(cfg, "run-cli-2", "keep-champion")), "--dataset-hash", "ds"]) == 0
     kept = capsys.readouterr().out.strip().splitlines()[-1]
     assert registered_aliases(client, name) == {"champion": version, "challenger": kept}
-    assert main(["promote", "--config", str(config_file), "--kfp-run-id", "run-cli", "--model-version", "42",
-                 "--version", "v1"]) == 1
+    # The mark-challenger step by hand records another reason on the same version.
+    assert mark_main(["--config", str(config_file), "--kfp-run-id", "run-cli-2", "--model-version", kept,
+                      "--reason", "kept by hand"]) == 0
+    assert client.get_model_version(name, kept).tags["llmft.rejected_reason"] == "kept by hand"
+    assert promote_main(["--config", str(config_file), "--kfp-run-id", "run-cli", "--model-version", "42",
+                         "--version", "v1"]) == 1
     assert "has no version '42'" in capsys.readouterr().err
-    assert main(["show", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert registry_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     with pytest.raises(SystemExit) as usage:
-        main(["register", "--config", str(config_file)])
+        register_main(["--config", str(config_file)])
     assert usage.value.code == 2

@@ -23,13 +23,11 @@ from components.data.split import (
     row_key,
     snapshot_dir,
     split_hash,
-    validate_and_split,
     verify_snapshot,
 )
+from components.data.split_writer import validate_and_split
 from components.demo.samples import SAMPLES
 from configs.schema import ConfigError, DatasetConfig, load_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(index: int, topic: str = "number") -> dict:

@@ -149,8 +149,11 @@ def test_every_json_file_parser_refuses_hostile_input_with_its_own_error(tmp_pat
     from components.evaluate.mmlu.results import ResultsFileError, read_mmlu_results
     from components.evaluate.task.data import TaskDataError, read_dataset_info
     from components.evaluate.task.results import TaskResultsError, load_task_results
-    from components.merge.merge_lora import MergeError, base_layout, load_adapter
-    from components.merge.publish import SafetensorsFormatError, read_safetensors_header, verify_model_dir
+    from components.merge.adapter import load_adapter
+    from components.merge.inputs import MergeError
+    from components.merge.plan import base_layout
+    from components.merge.safetensors import SafetensorsFormatError, read_safetensors_header
+    from components.merge.verify import verify_model_dir
     from components.train.checkpoints import checkpoint_problem, safetensors_problem
 
     text = PAYLOADS[payload]
@@ -188,11 +191,11 @@ def test_every_json_file_parser_refuses_hostile_input_with_its_own_error(tmp_pat
     assert "trainer_state.json is unreadable" in checkpoint_problem(checkpoint)
     published = tmp_path / "published"
     shutil.copytree(tiny_model_dir, published)
-    from components.merge.publish import write_manifest
+    from components.merge.verify import write_manifest
 
     write_manifest(published)
     (published / "config.json").write_text(text)
-    from components.merge.publish import PublishError
+    from components.merge.verify import PublishError
 
     with pytest.raises(PublishError, match="config.json is not valid JSON"):
         verify_model_dir(published, checksums=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import REPO_ROOT
 from google.protobuf import json_format
 from kfp import compiler
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -99,7 +100,7 @@ def test_a_bad_typed_value_names_the_field():
 
 
 def test_the_accelerator_count_of_the_form_reaches_the_trainer_launch(tmp_path):
-    from components.train.train import trainer_command
+    from components.train.launch import trainer_command
 
     cfg = _resolve({"h_accelerator_count": 4})
     assert cfg.cluster.accelerator_count == 4
@@ -173,7 +174,7 @@ def test_the_local_preset_is_not_compiled_for_a_cluster(tmp_path):
 def test_the_readme_shows_the_form_as_the_schema_declares_it():
     from configs.form import README_BEGIN, README_END, markdown_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     shown = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
     assert shown == markdown_table(load_config("lora")), "run: python -m configs.form, and paste it into the README"
 

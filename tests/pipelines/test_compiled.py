@@ -108,7 +108,7 @@ def _all_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, pipeline_spec_
 
 
 def test_the_training_task_retries_and_every_task_follows_the_task_table(compiled):
-    from pipelines.finetune import TASKS
+    from pipelines.finetune import TASKS, display_name
 
     spec, _, _ = _documents(compiled["lora"])
     tasks = _all_tasks(spec)
@@ -116,8 +116,7 @@ def test_the_training_task_retries_and_every_task_follows_the_task_table(compile
         assert tasks[name].retry_policy.max_retry_count == load_config("lora").cluster.train_retries
     for name, settings in TASKS.items():
         assert tasks[name].caching_options.enable_cache is settings.cache, name
-        display = settings.display.format(method="LoRA")
-        assert tasks[name].task_info.name == display, name
+        assert tasks[name].task_info.name == display_name(name, "LoRA" if name == "train" else ""), name
 
 
 def test_pipeline_inputs_come_from_the_config(compiled):

@@ -15,24 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import REPO_ROOT
 
 from components.merge.publish import (
     CURRENT_FILE,
-    MANIFEST_NAME,
-    PublishError,
-    SafetensorsFormatError,
     current_version,
-    manifest_checksum,
     publish_model,
     published_versions,
-    read_safetensors_header,
     set_current,
     staging_dir_for,
-    verify_model_dir,
-    write_manifest,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from components.merge.safetensors import SafetensorsFormatError, read_safetensors_header
+from components.merge.verify import MANIFEST_NAME, PublishError, manifest_checksum, verify_model_dir, write_manifest
 
 
 def make_model_dir(path: Path, seed: int = 0) -> Path:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import REPO_ROOT
 
 from components.train.multinode import pytorchjob, trainjob
 from configs.schema import DEFAULT_IMAGE, ClusterConfig, MlflowConfig, StorageConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
 NAMESPACE = "llm-training"
 SECRET_TEMPLATE = DEPLOY / "mlflow-secret.template.yaml"

@@ -23,9 +23,11 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from builders import REPO_ROOT
 from kfp.dsl import HTML, Metrics, Model
 
 from components.common.storage import run_dir
+from components.common.typed_files import read_model
 from components.data.split import read_manifest
 from components.train.checkpoints import (
     FINGERPRINT_FILE,
@@ -39,24 +41,17 @@ from components.train.checkpoints import (
     prepare_resume,
     read_fingerprint,
     safetensors_problem,
-)
-from components.train.fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
-from components.train.render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
-from components.train.train import (
-    TrainerFailed,
-    TrainError,
-    collect_metrics,
-    main,
-    train_model,
-    trainer_command,
-    trainer_env,
-    trainer_error,
     trim_trainer_log,
 )
+from components.train.fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
+from components.train.inputs import TrainError
+from components.train.launch import WORKER_MODULE, TrainerFailed, trainer_command, trainer_env, trainer_error
+from components.train.metrics import collect_metrics
+from components.train.outputs import ModelPointer, read_summary
+from components.train.render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
+from components.train.train import main, train_model
 from configs.schema import load_config
 from pipelines.steps import train
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(storage_root: Path, tracking_uri: str, *overrides: str):
@@ -122,7 +117,8 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     assert metrics.metadata["eval_loss"] > 0 and metrics.metadata["tokens_per_second"] > 0
     assert metrics.metadata["train_runtime_s"] > 0
     assert adapter.metadata["model_dir"] == model_dir and adapter.metadata["method"] == "lora"
-    assert json.loads((Path(adapter.path) / "model.json").read_text())["mlflow_run_id"] == mlflow_run_id
+    pointer = read_model(Path(adapter.path) / "model.json", ModelPointer, "the adapter pointer")
+    assert pointer.mlflow_run_id == mlflow_run_id and pointer.model_dir == model_dir
     html = Path(loss_plot.path).read_text()
     embedded = html.split("data:image/png;base64,")[1].split('"')[0]
     assert base64.b64decode(embedded) == png
@@ -184,7 +180,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
                                               loss_plot=loss_plot)
     assert model_dir_again == model_dir
     assert metrics.metadata["resumed_from_step"] == 20 and metrics.metadata["global_step"] == 22
-    assert json.loads((expected_dir / "train_summary.json").read_text())["metrics"]["global_step"] == 22
+    assert read_summary(expected_dir).metrics["global_step"] == 22
 
 
 # -- kill, resume, corrupt checkpoint ------------------------------------------------------------------------
@@ -219,7 +215,7 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
             if _complete_on_disk(output):
                 for child in psutil.Process().children(recursive=True):
                     try:
-                        if "--trainer-worker" in child.cmdline():
+                        if WORKER_MODULE in child.cmdline():
                             child.send_signal(signal.SIGKILL)
                             killed.append(child.pid)
                     except psutil.Error:  # a short-lived process that is gone already
@@ -285,8 +281,7 @@ def test_a_longer_rerun_of_a_run_id_resumes_past_the_rotation_of_its_checkpoint(
     assert not (run / "checkpoints-discarded").exists()
     recorded = read_fingerprint(run / FINGERPRINT_FILE)
     assert recorded["training.learning_rate"] == "0.005" and "training.max_steps" not in recorded
-    summary = json.loads((run / "adapter" / "train_summary.json").read_text())
-    assert summary["training_fingerprint"] == fingerprint_digest(recorded)
+    assert read_summary(run / "adapter").training_fingerprint == fingerprint_digest(recorded)
 
 
 def test_a_failing_trainer_fails_the_run_and_the_cli_exits_non_zero(storage_root, mlflow_server):
@@ -388,12 +383,11 @@ def test_multi_gpu_runs_under_torchrun_with_one_process_per_gpu(tmp_path):
     command = trainer_command(four, True, tmp_path / "train.yaml")
     assert command[1:3] == ["-m", "torch.distributed.run"]
     assert command[command.index("--nproc-per-node") + 1] == "4"
-    assert command[-3:] == ["components.train.train", "--trainer-worker", str(tmp_path / "train.yaml")]
+    assert command[-3:] == ["-m", WORKER_MODULE, str(tmp_path / "train.yaml")]
     env = trainer_env(four, "abc", True)
     assert env["NPROC_PER_NODE"] == "4" and env["MLFLOW_RUN_ID"] == "abc" and "MLFLOW_EXPERIMENT_NAME" not in env
     single = load_config("lora")
-    assert trainer_command(single, True, tmp_path / "t.yaml")[1:] == ["-m", "components.train.train", "--trainer-worker",
-                                                                      str(tmp_path / "t.yaml")]
+    assert trainer_command(single, True, tmp_path / "t.yaml")[1:] == ["-m", WORKER_MODULE, str(tmp_path / "t.yaml")]
     assert "NPROC_PER_NODE" not in trainer_env(single, "abc", True)
     # Full fine-tuning uses DeepSpeed, which LLaMA-Factory only runs distributed: torchrun even on one GPU.
     full_one_gpu = load_config("full", overrides=["cluster.accelerator_count=1"])
@@ -594,11 +588,11 @@ def test_the_base_model_is_fingerprinted_by_content(tmp_path, tiny_model_dir, mo
 
 
 # A stand-in for the step: it launches a "trainer" the way launch_trainer does (its own session, the step's pid in
-# its environment); the trainer arms _die_with_parent, then works until it is killed.
+# its environment); the trainer arms die_with_parent, then works until it is killed.
 _STEP = """
 import os, subprocess, sys
 trainer = subprocess.Popen(
-    [sys.executable, "-c", "import time; from components.train.train import _die_with_parent; _die_with_parent(); "
+    [sys.executable, "-c", "import time; from components.train.worker import die_with_parent; die_with_parent(); "
      "print('armed', flush=True); time.sleep(300)"],
     env=dict(os.environ, LLMFT_TRAINER_PARENT=str(os.getpid())), start_new_session=True, stdout=subprocess.PIPE,
     text=True)
@@ -669,8 +663,11 @@ def test_cli_render_only_and_usage_errors(capsys):
                                             gpu=True)) == printed
     assert main(["--config", "lora", "--set", "training.lora_rank=-1", "--render-only"]) == 2
     assert "training.lora_rank" in capsys.readouterr().err
-    assert main(["--render-only"]) == 2
-    assert main(["--help"]) == 0
+    assert main(["--render-only"]) == 0  # without --config: the schema's defaults
+    assert yaml.safe_load(capsys.readouterr().out)["model_name_or_path"] == "/storage/models/base-model"
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    assert shown.value.code == 0
 
 
 # -- the data the trainer reads ------------------------------------------------------------------------------
@@ -681,7 +678,7 @@ def test_train_refuses_a_snapshot_changed_after_validation_and_ignores_later_sou
     replaced in the source directory after validation is not read at all."""
     from components.data.split import snapshot_dir
     from components.data.validate_dataset import validate_config_data
-    from components.train.train import prepare_data, resolve_paths
+    from components.train.inputs import prepare_data, resolve_paths
 
     cfg = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}")
     _, validated = validate_config_data(cfg, "r1")

@@ -1,5 +1,5 @@
-"""components.train.multinode.pytorchjob (with components.train.multinode.training_job) and components.train.multinode.launch: multi-node training
-on the Training Operator v1 (``cluster.training_engine: pytorchjob``).
+"""components.train.multinode: the pytorchjob engine (with training_job, engine and pods) and the node launcher,
+multi-node training on the Training Operator v1 (``cluster.training_engine: pytorchjob``).
 
 No Kubernetes cluster can run here, so two stand-ins are used, and only these:
 - the PyTorchJob manifest is checked against the Training Operator's own SDK models
@@ -24,24 +24,21 @@ import types
 from pathlib import Path
 
 import pytest
+from builders import REPO_ROOT
 from fake_kubernetes import NAMESPACE, PYTORCHJOB, FakeKubernetes, expected_lines, lead_lines, serve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.train.multinode import job_spec, training_job
+from components.train import multinode
+from components.train.multinode import engine, job_spec, training_job
+from components.train.multinode.engine import TrainingJobError, TrainingJobFailed
 from components.train.multinode.job_spec import job_name, run_label
 from components.train.multinode.launch import LaunchEnvError, map_operator_env
 from components.train.multinode.launch import main as launch_main
 from components.train.multinode.pytorchjob import build_pytorchjob_manifest
-from components.train.multinode.training_job import (
-    TrainingJobError,
-    TrainingJobFailed,
-    delete_training_job,
-    run_training_job,
-)
+from components.train.multinode.training_job import delete_training_job, run_training_job
 from configs.schema import load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "0f3c2a9e-1b2c-4d5e-8f90-123456789abc"
 TRAIN_YAML = Path(f"/storage/output/{RUN_ID}/train.yaml")
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -223,7 +220,7 @@ def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
     recorded arguments then go through torchrun's own parser."""
     from torch.distributed.run import get_args_parser
 
-    from components.train.train import trainer_command
+    from components.train.launch import trainer_command
 
     record = tmp_path / "record.json"
     stub = tmp_path / "bin" / "python"
@@ -249,17 +246,17 @@ def test_launcher_execs_torchrun_with_the_trainer_worker(tmp_path):
     assert (torchrun.master_addr, torchrun.master_port) == ("train-x-master-0", 23456)
     assert torchrun.rdzv_backend == "static" and torchrun.max_restarts == 0  # the KFP retry is the retry layer
     # Each process runs the single-node step's own worker (rank 0 attaches to the step's MLflow run).
-    assert torchrun.module and torchrun.training_script == "components.train.train"
-    assert torchrun.training_script_args == ["--trainer-worker", str(train_yaml)]
-    assert seen["argv"][-4:] == trainer_command(load_config("lora"), True, train_yaml)[1:]
+    assert torchrun.module and torchrun.training_script == "components.train.worker"
+    assert torchrun.training_script_args == [str(train_yaml)]
+    assert seen["argv"][-3:] == trainer_command(load_config("lora"), True, train_yaml)[1:]
     assert seen["env"]["MLFLOW_RUN_ID"] == "abc123" and seen["env"]["PET_NODE_RANK"] == "2"
     assert seen["env"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert seen["env"]["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "1"
     # The worker module resolves to this checkout from any working directory.
     found = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec("
-                            "'components.train.train').origin)"], env={**env, "PYTHONPATH": seen["env"]["PYTHONPATH"]},
+                            "'components.train.worker').origin)"], env={**env, "PYTHONPATH": seen["env"]["PYTHONPATH"]},
                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert found.stdout.strip() == str(REPO_ROOT / "components" / "train.py"), found.stderr
+    assert found.stdout.strip() == str(REPO_ROOT / "components" / "train" / "worker.py"), found.stderr
 
     record.unlink()
     missing = subprocess.run([*command[:-1], str(tmp_path / "absent.yaml")], env=env, cwd=REPO_ROOT,
@@ -274,7 +271,7 @@ def test_launcher_cli_exit_codes(tmp_path, monkeypatch, capsys):
     assert launch_main(["--gpus-per-node", "8", str(tmp_path / "t.yaml"), "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["node"]["NODE_RANK"] == "2" and shown["command"][1:3] == ["-m", "torch.distributed.run"]
-    assert shown["command"][-3:] == ["components.train.train", "--trainer-worker", str(tmp_path / "t.yaml")]
+    assert shown["command"][-3:] == ["-m", "components.train.worker", str(tmp_path / "t.yaml")]
     assert shown["env"]["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "1"
     monkeypatch.setenv("PET_NODE_RANK", "9")
     assert launch_main(["--gpus-per-node", "8", str(tmp_path / "t.yaml")]) == 1
@@ -390,14 +387,14 @@ def test_delete_pytorchjob_finds_the_run_by_label(fake_k8s, capsys):
 
 def test_no_namespace_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
-    monkeypatch.setattr(training_job, "SA_NAMESPACE_FILE", "/nonexistent/namespace")
+    monkeypatch.setattr(engine, "SA_NAMESPACE_FILE", "/nonexistent/namespace")
     with pytest.raises(TrainingJobError, match="set POD_NAMESPACE"):
         delete_training_job(cluster_config(nodes=2), RUN_ID)
 
 
 def test_importing_the_modules_stays_light():
-    code = ("import sys, components.train.multinode.pytorchjob, components.train.multinode.trainjob, components.train.multinode.training_job, "
-            "components.train.multinode.launch; "
+    modules = ", ".join(f"components.train.multinode.{name}" for name in multinode.__all__)
+    code = (f"import sys, {modules}; "
             "print(sorted(m for m in ('kubernetes', 'torch', 'mlflow', 'llamafactory') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

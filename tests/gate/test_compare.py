@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from builders import (
     CATEGORY,
+    REPO_ROOT,
     base_losses,
     flags_first_right,
     mmlu_results,
@@ -30,18 +31,14 @@ from builders import (
     write_results,
 )
 
-from components.common.storage import run_dir
+from components.common.storage import on_volume, run_dir
 from components.demo.samples import SAMPLES
-from components.gate.compare import (
-    BaselineError,
-    ComparisonError,
-    compare_files,
-    main,
-    run_compare,
-    run_fetch_baseline_results,
-    run_resolve_baseline,
-)
+from components.gate.compare import ComparisonError, compare_files, main
+from components.gate.compare import run_step as run_compare
+from components.gate.find_baseline import run_step as run_resolve_baseline
+from components.gate.registry import BaselineError
 from components.gate.report import render_report, sparkline
+from components.gate.reuse_baseline_scores import run_step as run_fetch_baseline_results
 from components.gate.rules import Comparison
 from components.gate.stats import mcnemar_exact_p
 from configs.schema import config_from_dict, load_config
@@ -508,5 +505,5 @@ def test_modules_import_light_and_at_task_run_time():
             "print([m for m in ('torch', 'mlflow', 'numpy', 'scipy', 'transformers', 'kfp') if m in sys.modules])")
     for runtime in ("true", "false"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, _KFP_RUNTIME=runtime))
+                             cwd=REPO_ROOT, env=dict(os.environ, _KFP_RUNTIME=runtime))
         assert out.stdout.strip() == "[]", out.stderr

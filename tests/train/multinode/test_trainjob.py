@@ -1,4 +1,5 @@
-"""components.train.multinode.trainjob (with components.train.multinode.training_job) and components.train.multinode.launch: multi-node training on
+"""components.train.multinode: the trainjob engine (with training_job, engine and pods) and the node launcher:
+multi-node training on
 Kubeflow Trainer v2 (``cluster.training_engine: trainjob``, the default), queued by Kueue.
 
 No Kubernetes cluster can run here, so two stand-ins are used, and only these:
@@ -22,14 +23,10 @@ from pathlib import Path
 import pytest
 from fake_kubernetes import NAMESPACE, TRAINJOB, FakeKubernetes, expected_lines, lead_lines, serve
 
+from components.train.multinode.engine import TrainingJobError, TrainingJobFailed
 from components.train.multinode.launch import LaunchEnvError, launch_command, map_operator_env
 from components.train.multinode.launch import main as launch_main
-from components.train.multinode.training_job import (
-    TrainingJobError,
-    TrainingJobFailed,
-    delete_training_job,
-    run_training_job,
-)
+from components.train.multinode.training_job import delete_training_job, run_training_job
 from components.train.multinode.trainjob import PATCH_MANAGER, build_trainjob_manifest
 from configs.schema import load_config
 
@@ -225,7 +222,7 @@ def test_every_node_rank_maps_to_torchrun(rank):
     torchrun = get_args_parser().parse_args(launch_command(mapped, TRAIN_YAML)[3:])
     assert (torchrun.nnodes, torchrun.node_rank, torchrun.nproc_per_node) == ("4", rank, "8")
     assert (torchrun.master_addr, torchrun.master_port) == (f"{NAME}-node-0-0.{NAME}", 29400)
-    assert torchrun.training_script_args == ["--trainer-worker", str(TRAIN_YAML)]
+    assert torchrun.training_script == "components.train.worker" and torchrun.training_script_args == [str(TRAIN_YAML)]
 
 
 @pytest.mark.parametrize(("variable", "value", "mapped_key", "expected"), [
