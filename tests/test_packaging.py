@@ -67,3 +67,16 @@ def test_cli_help(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0
     assert "usage:" in proc.stdout
+
+
+def test_one_release_number_tags_the_package_the_image_and_the_manifests():
+    """A release bumps setup.cfg's version; the default image, the Dockerfile and the kustomization follow it."""
+    from configs.schema import DEFAULT_IMAGE
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    version = parser["metadata"]["version"]
+    assert DEFAULT_IMAGE.endswith(f":{version}")
+    assert f"llm-finetune:{version} ." in (REPO / "Dockerfile").read_text()
+    assert re.search(rf"newTag: {re.escape(version)}\b", (REPO / "deploy" / "kustomization.yaml").read_text())
+    assert f"llm-finetune:{version}" in (REPO / "deploy" / "webui.yaml").read_text()

@@ -1,4 +1,6 @@
-"""The second MMLU backend: an OpenAI-compatible completions endpoint with logprobs (an external vLLM, ADR-002).
+"""The second MMLU backend: an OpenAI-compatible completions endpoint with logprobs.
+
+For example the vLLM that serves a published model.
 
 One request per batch of prompts asks for the first generated token's top log-probabilities; a letter
 missing from that top list is scored with an ``echo`` request of ``prompt + " X"`` (the log-probability

@@ -1,0 +1,94 @@
+"""The code layout the README describes: run-time packages without KFP, one ``__all__`` per package, and a
+module map and ``python -m`` commands that match the tree."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from builders import REPO_ROOT
+
+RUNTIME = REPO_ROOT / "components"
+MAPPED = ("components", "pipelines", "configs")
+
+
+def _modules(package: Path) -> list[str]:
+    """Dotted names of every module under ``package``."""
+    return sorted(".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+                  for path in package.rglob("*.py"))
+
+
+def test_no_run_time_module_imports_kfp():
+    """Every module under components/, imported the way a running task imports it, leaves kfp unimported."""
+    code = ("import importlib, sys\n"
+            f"for name in {_modules(RUNTIME)!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m == 'kfp' or m.startswith('kfp.')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, capture_output=True,
+                         text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_package_lists_its_modules_in_one_all():
+    for init in sorted(RUNTIME.rglob("__init__.py")):
+        package = init.parent
+        children = sorted({path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+                          | {path.parent.name for path in package.glob("*/__init__.py")})
+        tree = ast.parse(init.read_text())
+        listed = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(target, "id", "") == "__all__" for target in node.targets)]
+        assert len(listed) == 1, f"{init}: one __all__"
+        assert sorted(ast.literal_eval(listed[0])) == children, init
+        imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+                   and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")]
+        assert not imports, f"{init}: a package __init__ imports nothing (cheap, cycle-free imports)"
+
+
+def _readme_map() -> dict[str, set[str]]:
+    """The module map in README.md's "Where things are": directory -> the file names it lists there."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split("## Where things are", 1)[1].split("```", 2)[1]
+    listed: dict[str, set[str]] = {}
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        first = line.split()[0]
+        if indent < 20 and first.endswith("/"):
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, (stack[-1][1] if stack else "") + first))
+        for name in re.findall(r"\b[a-z_]+\.py\b", line):
+            listed.setdefault(stack[-1][1], set()).add(name)
+    return listed
+
+
+def test_the_readmes_module_map_matches_the_tree():
+    listed = _readme_map()
+    for top in MAPPED:
+        for path in sorted((REPO_ROOT / top).rglob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            directory = str(path.parent.relative_to(REPO_ROOT)) + "/"
+            assert path.name in listed.get(directory, set()), f"{path.relative_to(REPO_ROOT)} is not in the map"
+    for directory, names in listed.items():
+        for name in names:
+            assert (REPO_ROOT / directory / name).is_file(), f"the map names {directory}{name}, which is not there"
+
+
+def test_every_python_dash_m_in_the_docs_and_manifests_names_a_module_that_exists():
+    sources = [REPO_ROOT / "README.md", REPO_ROOT / "Makefile", REPO_ROOT / "Dockerfile",
+               *(REPO_ROOT / "benchmarks").glob("*.md"), *(REPO_ROOT / "deploy").rglob("*.yaml"),
+               *(REPO_ROOT / "configs").glob("*.yaml")]
+    sources += [path for top in MAPPED for path in (REPO_ROOT / top).rglob("*.py")]
+    named = {name for source in sources
+             for name in re.findall(r"python3? -m ([A-Za-z_][\w.]*[A-Za-z_])", source.read_text())}
+    ours = sorted(name for name in named if name.split(".")[0] in (*MAPPED, "benchmarks"))
+    assert len(ours) >= 10
+    missing = [name for name in ours if importlib.util.find_spec(name) is None]
+    assert not missing, missing
