@@ -177,10 +177,13 @@ def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
     return close_orphaned_local_runs(make_client(cfg), cfg)
 
 
-def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
-    """Collect what the run produced from MLflow and the storage root (newest parent run since ``since_ms``)."""
+def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | None = None) -> dict[str, Any]:
+    """Collect what the run produced from MLflow and the storage root: the newest parent run since ``since_ms``,
+    of the launcher ``launcher`` names (its launcher tags, e.g. ``local_runs.this_launcher_tags()``; None: any), so that
+    two local runs side by side each report their own."""
     from mlflow.tracking import MlflowClient
 
+    from components.common.local_runs import LAUNCHER_START_TAG
     from components.common.storage import on_volume, run_dir
     from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
     from components.common.typed_files import read_model
@@ -191,8 +194,11 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    # With the run started after since_ms, host and pid name the launcher (the process start may be empty).
+    ours = "".join(f" and tags.`{key}` = '{value}'" for key, value in (launcher or {}).items()
+                   if key != LAUNCHER_START_TAG)
     parents = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'",
+        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'{ours}",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not parents or parents[0].info.start_time < since_ms:
@@ -288,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from components.common.local_runs import this_launcher_tags
     from components.common.storage import StorageError
     from components.common.tracking import TrackingUnavailable
 
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # kfp.local raises when a task fails; the console showed its log's tail
         print(f"\npipeline failed: {ANSI.sub('', str(exc))}", file=sys.stderr)
         return 1
-    print(format_summary(summarise(cfg, int(started * 1000) - 1), time.time() - started))
+    print(format_summary(summarise(cfg, int(started * 1000) - 1, this_launcher_tags()), time.time() - started))
     return 0
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, close_stale_runs, experiment_id
 
@@ -52,18 +52,29 @@ def process_start(pid: int) -> str | None:
     return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (the name may hold spaces)
 
 
+def _this_launcher() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()) or ""}
+
+
+def _as_tags(identity: dict[str, Any]) -> dict[str, str]:
+    return {LAUNCHER_HOST_TAG: str(identity["host"]), LAUNCHER_PID_TAG: str(int(identity["pid"])),
+            LAUNCHER_START_TAG: str(identity["start"])}
+
+
 def local_launcher_env() -> dict[str, str]:
     """The environment a local launcher (``pipelines.run_local``) gives its tasks: who to check for liveness."""
-    identity = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()) or ""}
-    return {LAUNCHER_ENV: json.dumps(identity)}
+    return {LAUNCHER_ENV: json.dumps(_this_launcher())}
+
+
+def this_launcher_tags() -> dict[str, str]:
+    """The launcher tags on the parent run of a pipeline run that this process launched locally."""
+    return _as_tags(_this_launcher())
 
 
 def launcher_tags() -> dict[str, str]:
     """Tags naming the local launcher of this pipeline run (none on the cluster, or when the variable is bad)."""
     try:
-        identity = json.loads(os.environ.get(LAUNCHER_ENV, ""))
-        return {LAUNCHER_HOST_TAG: str(identity["host"]), LAUNCHER_PID_TAG: str(int(identity["pid"])),
-                LAUNCHER_START_TAG: str(identity["start"])}
+        return _as_tags(json.loads(os.environ.get(LAUNCHER_ENV, "")))
     except (ValueError, TypeError, KeyError):
         return {}
 
