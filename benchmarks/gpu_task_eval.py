@@ -23,7 +23,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.gpu_mmlu import LLAMA_3_2_1B, TINY, build_model, synchronize  # noqa: E402
+from benchmarks.gpu_common import LLAMA_3_2_1B, TINY, add_run_flags, write_report  # noqa: E402
+from benchmarks.gpu_mmlu import build_model, synchronize  # noqa: E402
 from components.evaluate.task.data import IGNORE_INDEX, EncodedExample  # noqa: E402
 
 
@@ -65,12 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer-tokens", type=int, default=180, help="Mean answer tokens per example.")
     parser.add_argument("--cutoff-len", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default=None, help="Default: bfloat16 on a GPU, float32 on the CPU.")
     parser.add_argument("--check", type=int, default=64, help="Examples rechecked in float32 against the plain "
                                                               "computation (0: skip).")
-    parser.add_argument("--tiny", action="store_true", help="Tiny model and 200 short examples (logic check).")
-    parser.add_argument("--json", default="", help="Also write the numbers to this JSON file.")
+    add_run_flags(parser, tiny="Tiny model and 200 short examples")
     return parser
 
 
@@ -123,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"float32 check: {json.dumps(report['fp32_check'])}", flush=True)
     report["goal_10s_met"] = report["seconds"] <= 10.0
     print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.json, report)
     return 0 if exact else 1
 
 

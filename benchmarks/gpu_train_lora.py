@@ -36,12 +36,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-LLAMA_3_2_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-                "max_position_embeddings": 131072, "rope_theta": 500000.0, "tie_word_embeddings": True}
-TINY = {"vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048,
-        "rope_theta": 10000.0, "tie_word_embeddings": False}
+from benchmarks.gpu_common import LLAMA_3_2_1B, TINY, add_run_flags  # noqa: E402
+
 REFERENCE_TOKENS_PER_S = 36_000  # the plain peft loop on one H200 (the measurement)
 GOAL = 1.3
 # Dense bf16 peak FLOP/s by device name (SXM parts); pass --peak-tflops for anything else.
@@ -200,11 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cutoff", type=int, default=2048, help="Tokens per sequence (every row is this long).")
     parser.add_argument("--rows", type=int, default=512, help="Synthetic alpaca rows (>= steps x 16).")
     parser.add_argument("--only", default="example,ours,ours-no-gc,peft-loop", help="Comma-separated variants.")
-    parser.add_argument("--device", default="cuda")
     parser.add_argument("--peak-tflops", type=float, default=None, help="Peak dense bf16 TFLOP/s (MFU).")
-    parser.add_argument("--tiny", action="store_true", help="Tiny model, 4 steps, cutoff 128 (logic check).")
     parser.add_argument("--workdir", default="", help="Scratch directory (default: a temporary one).")
-    parser.add_argument("--json", default="", help="Also write the numbers to this JSON file.")
+    add_run_flags(parser, tiny="Tiny model, 4 steps, cutoff 128", dtype=False)
     return parser
 
 

@@ -191,13 +191,23 @@ def make_row_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
         ValueError: the spec's formatting is not alpaca or sharegpt (describe_entry reports that first).
     """
     if spec.formatting == "alpaca":
-        return _alpaca_checker(spec)
+        return _objects_only(_alpaca_checker(spec))
     if spec.formatting == "sharegpt":
-        return _sharegpt_checker(spec)
+        return _objects_only(_sharegpt_checker(spec))
     raise ValueError(f"no row checker for formatting {spec.formatting!r}")
 
 
-def _alpaca_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
+def _objects_only(check: Callable[[dict[str, Any]], RowReport]) -> Callable[[Any], RowReport]:
+    """``check``, for rows that are JSON objects; any other row is one problem, named by its JSON type."""
+    def checked(row: Any) -> RowReport:
+        if type(row) is not dict:
+            return [(None, f"row must be a JSON object, got {json_type(row)}")], [], None
+        return check(row)
+
+    return checked
+
+
+def _alpaca_checker(spec: DatasetSpec) -> Callable[[dict[str, Any]], RowReport]:
     columns = spec.columns
     prompt, query, history, system = columns["prompt"], columns["query"], columns["history"], columns["system"]
     answers = [columns["chosen"], columns["rejected"]] if spec.ranking else [columns["response"]]
@@ -205,9 +215,7 @@ def _alpaca_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
     required = tuple(column for column in (prompt, *answers) if column)  # unset ones: an entry problem
     mapped = {name for name in columns.values() if name}
 
-    def check(row: Any) -> RowReport:
-        if type(row) is not dict:
-            return [(None, f"row must be a JSON object, got {json_type(row)}")], [], None
+    def check(row: dict[str, Any]) -> RowReport:
         problems: list[RowIssue] = []
         texts: list[tuple[str, str]] = []
         for column in required:
@@ -260,7 +268,7 @@ def _check_history(value: Any, column: str, problems: list[RowIssue], texts: lis
             texts.append((where, pair[1]))
 
 
-def _sharegpt_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
+def _sharegpt_checker(spec: DatasetSpec) -> Callable[[dict[str, Any]], RowReport]:
     columns, tags = spec.columns, spec.tags
     messages_column, system_column, tools = columns["messages"], columns["system"], columns["tools"]
     role_tag, content_tag, system_tag = tags["role_tag"], tags["content_tag"], tags["system_tag"]
@@ -272,9 +280,7 @@ def _sharegpt_checker(spec: DatasetSpec) -> Callable[[Any], RowReport]:
     ranking, chosen, rejected = spec.ranking, columns["chosen"], columns["rejected"]
     mapped = {name for name in columns.values() if name}
 
-    def check(row: Any) -> RowReport:
-        if type(row) is not dict:
-            return [(None, f"row must be a JSON object, got {json_type(row)}")], [], None
+    def check(row: dict[str, Any]) -> RowReport:
         problems: list[RowIssue] = []
         texts: list[tuple[str, str]] = []
         messages = row.get(messages_column)
