@@ -92,3 +92,29 @@ def test_every_python_dash_m_in_the_docs_and_manifests_names_a_module_that_exist
     assert len(ours) >= 10
     missing = [name for name in ours if importlib.util.find_spec(name) is None]
     assert not missing, missing
+
+
+def _is_module(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def test_every_dotted_reference_in_the_code_and_readme_resolves():
+    """``:class:`components.x.Y``` and friends name things that exist (references outlive moves otherwise)."""
+    sources = [REPO_ROOT / "README.md", *(path for top in MAPPED for path in (REPO_ROOT / top).rglob("*.py"))]
+    pattern = re.compile(r":(?:class|mod|func|meth|data|exc):`~?((?:components|pipelines|configs)\.[\w.]+)`")
+    references = {(source, ref) for source in sources for ref in pattern.findall(source.read_text())}
+    assert len(references) >= 20
+    broken = []
+    for source, ref in sorted(references):
+        parts = ref.split(".")
+        depth = next(i for i in range(len(parts), 0, -1) if _is_module(".".join(parts[:i])))
+        target = importlib.import_module(".".join(parts[:depth]))
+        for attribute in parts[depth:]:
+            target = getattr(target, attribute, None)
+        if target is None:
+            broken.append(f"{source.relative_to(REPO_ROOT)}: {ref}")
+    assert not broken, broken

@@ -10,7 +10,7 @@ file                          model                                        writt
 ``data/split.json``           :class:`components.data.split.SplitManifest` validate-dataset
 ``model.json``                :class:`components.train.outputs.ModelPointer`   train
 ``train_summary.json``        :class:`components.train.outputs.TrainSummary`   train
-``merge_info.json``           :class:`components.merge.merge.MergeInfo`    merge-lora
+``merge_info.json``           :class:`components.merge.merge_lora.MergeInfo`  merge-lora
 ``results.json``              :class:`components.evaluate.mmlu.results.MmluResults`  evaluate
 ``task.json``                 :class:`components.evaluate.task.results.TaskResults`  evaluate
 ``comparison.json``           :class:`components.gate.rules.Comparison`    compare
