@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from builders import SAMPLE_DATA, SAMPLE_MMLU, base_losses, flags_first_right, mmlu_results, task_results, \
-    write_results
+from builders import SAMPLE_DATA, SAMPLE_MMLU, base_losses, flags_first_right, mmlu_results, task_results, write_results
 
 from components.gate.compare import compare_files
 from configs.schema import config_from_dict

@@ -8,7 +8,8 @@ time, and never reports success.
   sends the requests.
 - MLflow: ``components.common.tracking.preflight`` and ``make_client`` against a stand-in for a proxy in front of MLflow
   (HTML pages, a hang, a 401): a real MLflow server never answers that way, so :class:`StandIn` plays the proxy.
-- The OpenAI-compatible endpoint of ``components.evaluate.mmlu.openai_backend`` answering HTML or echoing the key in an error.
+- The OpenAI-compatible endpoint of ``components.evaluate.mmlu.openai_backend`` answering HTML or echoing the key in
+  an error.
 
 Before these fixes, a login page gave "run ... created" with exit 0 (and "0 recurring run(s)"), a hanging server
 made submit wait forever, and the MLflow preflight took a login page for a healthy server.
@@ -284,7 +285,8 @@ def test_an_endpoint_answering_a_login_page_is_named_not_parsed(monkeypatch):
 def test_an_endpoint_that_echoes_the_key_in_an_error_never_shows_it(monkeypatch):
     key = "sk-vllm-key-7f3a9b-planted"
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    monkeypatch.setattr("components.evaluate.mmlu.openai_backend.time.sleep", lambda _s: None)  # skip the back-off between retries
+    # skip the back-off between retries
+    monkeypatch.setattr("components.evaluate.mmlu.openai_backend.time.sleep", lambda _s: None)
     models = json.dumps({"data": [{"id": "m"}]}).encode()
     with StandIn({"/v1/models": (200, "application/json", models),
                   "/v1/completions": (500, "application/json", b'{"message": "bad key {authorization}"}')}) as proxy, \

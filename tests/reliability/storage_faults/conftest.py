@@ -1,4 +1,5 @@
-"""Fixtures for fault injection: real small and read-only filesystems (tmpfs mounts; CI runs as root)."""
+"""Fixtures for storage faults: real small and read-only filesystems (tmpfs mounts; CI runs as root), and results
+files for the comparison to write reports about."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def readonly_volume(tmp_path):
     subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
     yield path
     subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture(scope="session")
+def results_files(tmp_path_factory) -> list[str]:
+    """A model's results.json and task.json (tests/builders.py), as the four arguments of the comparison CLI
+    comparing the model with itself."""
+    from builders import base_losses, flags_first_right, mmlu_results, task_results, write_results
+
+    mmlu, task = write_results(tmp_path_factory.mktemp("results"), mmlu_results(flags_first_right(
+        {}, per_subject=10, default=4)), task_results(base_losses()))
+    return ["--candidate-mmlu", str(mmlu), "--candidate-task", str(task), "--baseline-mmlu", str(mmlu),
+            "--baseline-task", str(task)]
