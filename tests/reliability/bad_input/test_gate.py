@@ -20,7 +20,7 @@ def _compare(mmlu: str = GOOD_MMLU, task: str = GOOD_TASK, *args: str) -> list[s
 
 
 def _register(*args: str) -> list[str]:
-    return ["components.gate.register_model", "register", "--config", "local", "--set", "storage.mount_path={ws}/store",
+    return ["components.gate.register_model", "--config", "local", "--set", "storage.mount_path={ws}/store",
             "--set", "mlflow.tracking_uri=sqlite:///{ws}/r.db", "--kfp-run-id", "r1", "--dataset-hash", "h", *args]
 
 
@@ -51,8 +51,9 @@ CASES = [
     ("compare-negative-bootstrap", _compare("{ws}/list.json", GOOD_TASK, "--set", "gate.bootstrap_samples=-1",
                                             *OUTPUTS), ["gate.bootstrap_samples"], {}),
     # register_model
-    ("register-bad-uri", ["components.gate.register_model", "show", "--config", "local", "--set",
-                          "mlflow.tracking_uri=ftp://x"], ["mlflow.tracking_uri"], {}),
+    ("register-bad-uri", ["components.gate.register_model", "--config", "local", "--set", "mlflow.tracking_uri=ftp://x",
+                          "--kfp-run-id", "r1", "--model-dir", "models/m/v1", "--version", "v1", "--comparison",
+                          "c.json", "--dataset-hash", "h"], ["mlflow.tracking_uri"], {}),
     ("register-model-dir-escape", _register("--model-dir", "../../etc", "--version", "v1", "--comparison", "c.json"),
      ["../../etc"], {}),
     ("register-version-mismatch", _register("--model-dir", "models/m/v1", "--version", "v2", "--comparison",
@@ -62,12 +63,12 @@ CASES = [
     ("register-missing-comparison", _register("--model-dir", "models/m/v1", "--version", "v1", "--comparison",
                                               "output/r1/compare/comparison.json"),
      ["comparison.json", "does not exist"], {}),
-    ("register-comparison-escape", ["components.gate.register_model", "register", "--config", "local", "--set",
+    ("register-comparison-escape", ["components.gate.register_model", "--config", "local", "--set",
                                     "storage.mount_path={ws}", "--set", "mlflow.tracking_uri=sqlite:///{ws}/out/r.db",
                                     "--kfp-run-id", "r1", "--model-dir", "model", "--version", "v1",
                                     "--comparison", "../../../etc/passwd", "--dataset-hash", "h"],
      ["../../../etc/passwd"], {}),
-    ("register-without-command", ["components.gate.register_model"], ["command"], {}),
+    ("register-without-arguments", ["components.gate.register_model"], ["required", "--kfp-run-id"], {}),
 ]
 
 
