@@ -132,7 +132,7 @@ class TaskConsole(io.TextIOBase):
             return
         stripped = line.strip()
         if stripped.startswith(STEP_SUMMARIES):
-            self.say(f"  {self.task:<{WIDTH}} {stripped.split('] ', 1)[1][:110]}")
+            self.say(f"  {self.task:<{WIDTH}} {_shortened(stripped.split('] ', 1)[1], 140)}")
 
     def say(self, text: str) -> None:
         """Show ``text`` on the console (and nowhere else)."""
@@ -149,3 +149,8 @@ def _record(text: str) -> dict[str, str]:
 
 
 __all__ = ["TaskConsole"]
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` cut at the last word that fits in ``limit`` characters, marked with an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1].rsplit(" ", 1)[0] + " …"

@@ -31,6 +31,8 @@ from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, find_store
 from configs.schema import PipelineConfig, config_from_json
 
 STEP = "evaluate"
+_SCORES = {("results.json",): "MMLU score", ("task.json",): "held-out score",
+           ("results.json", "task.json"): "stored scores"}  # files reused -> how the log says it
 ROLES = ("candidate", "baseline")
 
 
@@ -169,8 +171,8 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
     task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
     print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
-          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" (stored scores reused: {', '.join(reused)})"
-                                                           if reused else ""), flush=True)
+          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[tuple(sorted(reused))]} of this model "
+                                                           "reused)" if reused else ""), flush=True)
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 

@@ -68,7 +68,8 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
         if needs_eval:
             note = f"{label} evaluated afresh: {why_not_stored(client, cfg, setup[MODEL_ID_TAG], setup)}"
         else:
-            note = f"{label}: stored scores reused (evaluate runs {stored_mmlu[0]}, {stored_task[0]})"
+            runs = sorted({stored_mmlu[0], stored_task[0]})
+            note = f"{label}: stored scores reused (evaluate run{'s' * (len(runs) > 1)} {', '.join(runs)})"
         set_run_tags(client, run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": mmlu_key,
                                       "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000]})
     print(f"[{STEP}] {note}", flush=True)

@@ -176,7 +176,7 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
                                                                          kfp_run_id="run-2")
     assert (needs_eval, name) == (False, "base model")
     assert (mmlu_key, task_key) == (scored.data.tags["llmft.eval_key"], scored.data.tags["llmft.task_eval_key"])
-    assert note == f"base model: stored scores reused (evaluate runs {scored.info.run_id}, {scored.info.run_id})"
+    assert note == f"base model: stored scores reused (evaluate run {scored.info.run_id})"
 
     # Another held-out share: other held-out rows, another task key; the note names what changed.
     wider = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"test_fraction": 0.3})})

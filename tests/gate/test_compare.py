@@ -303,7 +303,7 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     snapshot(cfg, "r2")  # the same data: the same held-out rows, the same keys
     needs_eval, _, _, note, mmlu_key2, task_key2 = run_resolve_baseline(config=config, kfp_run_id="r2")
     assert (needs_eval, mmlu_key2, task_key2) == (False, mmlu_key, task_key)
-    assert note == f"base model: stored scores reused (evaluate runs {source}, {source})"
+    assert note == f"base model: stored scores reused (evaluate run {source})"
 
     mmlu_path, task_path = run_fetch_baseline_results(config=config, kfp_run_id="r2", mmlu_key=mmlu_key,
                                                       task_key=task_key)
