@@ -119,7 +119,7 @@ def run_ours(work: Path, storage: Path, steps: int, cutoff: int, device: str, ex
     """``configs/lora.yaml`` through the real training step on ``storage`` (models/base-model, data/);
     returns (tokens, runtime s)."""
     from components.train.train import train_model
-    from configs.schema import load_config
+    from configs.loading import load_config
 
     overrides = [f"storage.mount_path={storage}", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
                  "dataset.names=[bench]", "training.template=default", f"training.max_steps={steps}",

@@ -17,7 +17,7 @@ after the step and holds its ``run_step`` and, where it has one, its command lin
 - :mod:`components.demo`: the tiny model and the sample data of the demo and the tests.
 
 Package ``__init__`` files import nothing: import from the modules (``from components.train.train import
-run_step``). That keeps every import cheap and cycle-free (:mod:`configs.schema` itself imports
+run_step``). That keeps every import cheap and cycle-free (:mod:`configs.loading` itself imports
 :mod:`components.common.safe_json`). Each package's ``__all__`` lists its modules.
 """
 

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from configs.schema import CONFIG_DIR, ConfigError, PipelineConfig, load_config
+from configs.loading import CONFIG_DIR, load_config
+from configs.schema import ConfigError, PipelineConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPILED_DIR = REPO_ROOT / "compiled"

@@ -35,7 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from configs.schema import ConfigError, PipelineConfig, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError, PipelineConfig
 
 if TYPE_CHECKING:
     from pipelines.console import TaskConsole

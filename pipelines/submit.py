@@ -40,7 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from configs.schema import ConfigError, PipelineConfig, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError, PipelineConfig
 from pipelines import kfp_api
 from pipelines.compile import compile_config
 from pipelines.kfp_api import Auth, AuthError, describe_auth, error_text, public_host, redact, resolve_auth

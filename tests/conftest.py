@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from builders import SAMPLE_DATA, SAMPLE_MMLU
 
-from configs.schema import PipelineConfig, load_config
+from configs.loading import load_config
+from configs.schema import PipelineConfig
 
 # Keep the two CPU cores for the test at hand; tokenizers and torch otherwise oversubscribe.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -69,7 +69,8 @@ def cli_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pip
         ConfigError: the result does not validate; the message names each offending field, and its flag when a
             flag set it (``main`` returns 2 with it).
     """
-    from configs.schema import ConfigError, config_from_dict, load_config
+    from configs.loading import config_from_dict, load_config
+    from configs.schema import ConfigError
 
     given = {dest: spec for dest, spec in getattr(parser, _FIELD_FLAGS, {}).items()
              if getattr(args, dest, None) is not None}

@@ -28,7 +28,8 @@ from components.evaluate.mmlu.results import parse_mmlu_results
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
 from components.evaluate.task.results import dump_task_results, load_task_results
 from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, find_stored
-from configs.schema import PipelineConfig, config_from_json
+from configs.loading import config_from_json
+from configs.schema import PipelineConfig
 
 STEP = "evaluate"
 _SCORES = {("results.json",): "MMLU score", ("task.json",): "held-out score",

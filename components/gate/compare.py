@@ -28,7 +28,8 @@ from components.evaluate.task.results import TaskResults, TaskResultsError, load
 from components.gate.registry import BASE_MODEL_NAME
 from components.gate.report import loss_curve, render_html, render_report, train_loss
 from components.gate.rules import Comparison, NotComparable, TaskScores, compare
-from configs.schema import ConfigError, PipelineConfig, config_from_json
+from configs.loading import config_from_json
+from configs.schema import ConfigError, PipelineConfig
 
 STEP = "compare"
 COMPARISON_FILE = "comparison.json"

@@ -27,7 +27,7 @@ from components.gate.registry import (
     path_from_pvc_uri,
     why_not_stored,
 )
-from configs.schema import config_from_json
+from configs.loading import config_from_json
 
 STEP = "find-baseline"
 

@@ -17,7 +17,8 @@ import json
 from components.common.cli import cli_config, fail, new_parser
 from components.common.tracking import set_run_tags, step_run
 from components.gate.registry import CHALLENGER, RegistryError, mark_challenger
-from configs.schema import ConfigError, config_from_json
+from configs.loading import config_from_json
+from configs.schema import ConfigError
 
 STEP = "mark-challenger"
 

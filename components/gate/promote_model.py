@@ -39,7 +39,8 @@ from components.gate.registry import (
 )
 from components.merge.publish import set_current
 from components.merge.verify import PublishError, verify_model_dir
-from configs.schema import ConfigError, config_from_json
+from configs.loading import config_from_json
+from configs.schema import ConfigError
 
 STEP = "promote-model"
 

@@ -40,7 +40,8 @@ from components.gate.registry import (
     version_of_run,
 )
 from components.gate.rules import DECISIONS, Comparison
-from configs.schema import ConfigError, PipelineConfig, config_from_json
+from configs.loading import config_from_json
+from configs.schema import ConfigError, PipelineConfig
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -17,7 +17,7 @@ from components.evaluate.mmlu.results import read_mmlu_results
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
 from components.gate.compare import ComparisonError, read_task
 from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, BaselineError, find_stored
-from configs.schema import config_from_json
+from configs.loading import config_from_json
 
 STEP = "reuse-baseline-scores"
 

@@ -84,7 +84,8 @@ from components.merge.write import (
     return_freed_memory_to_the_os,
     write_weights,
 )
-from configs.schema import ConfigError, config_from_json
+from configs.loading import config_from_json
+from configs.schema import ConfigError
 
 STEP = "merge-lora"
 

@@ -22,7 +22,8 @@ import json
 from components.common.cli import cli_config, fail, new_parser
 from components.common.tracking import finalize_pipeline_runs
 from components.run.resolve_config import read_resolved
-from configs.schema import ConfigError, PipelineConfig, config_from_json
+from configs.loading import config_from_json
+from configs.schema import ConfigError, PipelineConfig
 
 STEP = "finalize-runs"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFinalStatus.state reports

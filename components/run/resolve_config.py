@@ -31,7 +31,8 @@ from components.common.storage import run_dir
 from components.common.tracking import write_run_name
 from components.common.typed_files import write_model
 from configs.form import by_path, canonical, field_value, form_fields, form_values
-from configs.schema import ConfigError, PipelineConfig, apply_overrides, config_from_dict, config_from_json
+from configs.loading import apply_overrides, config_from_dict, config_from_json
+from configs.schema import ConfigError, PipelineConfig
 
 STEP = "resolve-config"
 RESOLVED_FILE = "resolved_config.json"
@@ -131,7 +132,7 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
     """
     from pydantic import TypeAdapter, ValidationError
 
-    from configs.schema import parse_override
+    from configs.loading import parse_override
 
     typed, rest = {}, []
     paths = by_path()

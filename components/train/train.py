@@ -319,7 +319,7 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, adapter: Any, metr
     Raises:
         ConfigError: the config parameter is invalid. Otherwise as :func:`train_model`.
     """
-    from configs.schema import config_from_json
+    from configs.loading import config_from_json
 
     cfg = config_from_json(config)
     result = train_model(cfg, kfp_run_id, dataset_hash)

@@ -208,7 +208,8 @@ def test_every_json_file_parser_refuses_hostile_input_with_its_own_error(tmp_pat
     ("training:\n  max_steps: 5\ntraining:\n  seed: 1\n", "the key 'training' appears twice"),
 ])
 def test_configs_and_overrides_refuse_hostile_yaml(tmp_path, text, expected):
-    from configs.schema import ConfigError, config_from_json, load_config
+    from configs.loading import config_from_json, load_config
+    from configs.schema import ConfigError
 
     path = tmp_path / "hostile.yaml"
     path.write_text(text)
@@ -222,7 +223,8 @@ def test_configs_and_overrides_refuse_hostile_yaml(tmp_path, text, expected):
 
 
 def test_an_over_long_config_name_is_a_message(tmp_path):
-    from configs.schema import ConfigError, load_config
+    from configs.loading import load_config
+    from configs.schema import ConfigError
 
     with pytest.raises(ConfigError, match="File name too long"):
         load_config(tmp_path / ("c" * 5000))
@@ -232,7 +234,8 @@ def test_an_over_long_config_name_is_a_message(tmp_path):
 
 def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
     from components.run.resolve_config import resolve
-    from configs.schema import ConfigError, load_config
+    from configs.loading import load_config
+    from configs.schema import ConfigError
 
     compiled = load_config("local")
     for text, words in ((DEEP, "nested deeper"), (f'{{"training": {{"max_steps": {BIG_INT}}}}}', "5000 digits"),

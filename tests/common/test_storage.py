@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from components.common.storage import StorageError, atomic_directory, atomic_write_text, on_volume, run_dir, run_slug
-from configs.schema import config_from_dict
+from configs.loading import config_from_dict
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

@@ -16,7 +16,7 @@ import pytest
 from builders import REPO_ROOT
 
 from components.common import local_runs, tracking
-from configs.schema import load_config
+from configs.loading import load_config
 
 
 @pytest.fixture
@@ -91,8 +91,8 @@ def test_runs_left_running_by_a_dead_local_launcher_are_closed_and_no_others(cfg
     exp = tracking.experiment_id(client, cfg.mlflow.experiment)
     # A real launcher process that has exited: its identity, as run_local puts it in its tasks' environment.
     dead = subprocess.run([sys.executable, "-c", "from components.common.local_runs import LAUNCHER_ENV, "
-                           "local_launcher_env; print(local_launcher_env()[LAUNCHER_ENV])"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
+                           "local_launcher_env; print(local_launcher_env()[LAUNCHER_ENV])"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
     alive = json.loads(local_runs.local_launcher_env()[local_runs.LAUNCHER_ENV])
     assert alive["start"] == local_runs.process_start(os.getpid()) and alive["start"]
     assert local_runs.process_start(json.loads(dead)["pid"]) != json.loads(dead)["start"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configs.schema import CONFIG_DIR, ConfigError, PipelineConfig, apply_overrides, config_from_dict, load_config
+from configs.loading import CONFIG_DIR, apply_overrides, config_from_dict, load_config
+from configs.schema import ConfigError, PipelineConfig
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
 PRESETS = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))

@@ -27,7 +27,8 @@ from components.data.split import (
 )
 from components.data.split_writer import validate_and_split
 from components.demo.samples import SAMPLES
-from configs.schema import ConfigError, DatasetConfig, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError, DatasetConfig
 
 
 def _row(index: int, topic: str = "number") -> dict:

@@ -26,7 +26,8 @@ from components.data.result import render_report
 from components.data.validate_dataset import DatasetValidationError, main
 from components.data.validation import DUPLICATE_BATCH, validate_datasets
 from components.demo.samples import SAMPLES
-from configs.schema import ConfigError, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError
 from pipelines.steps import validate_dataset
 
 SAMPLE_DATA = SAMPLES / "sample_data"
@@ -583,7 +584,8 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
     assert main(["--dataset-dir", str(root), "--config", "local", "--set", "dataset.names=[ds]"]) == 1
     assert "role 'human' out of order" in capsys.readouterr().out
     assert main(["--dataset-dir", str(root), "--dataset", "ds", "--ngram", "2"]) == 2
-    assert "dataset.contamination_ngram (--ngram): Input should be greater than or equal to 5" in capsys.readouterr().err
+    refusal = "dataset.contamination_ngram (--ngram): Input should be greater than or equal to 5"
+    assert refusal in capsys.readouterr().err
     with pytest.raises(SystemExit) as shown:
         main(["--help"])
     assert shown.value.code == 0

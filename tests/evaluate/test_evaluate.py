@@ -21,7 +21,7 @@ import pytest
 from components.common.storage import on_volume, run_dir
 from components.evaluate.evaluate import eval_setup, heldout_names, run_step
 from components.gate.find_baseline import run_step as run_resolve_baseline
-from configs.schema import load_config
+from configs.loading import load_config
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -250,7 +250,7 @@ def test_duplicate_rows_are_scored_once(tiny_model, tiny_model_dir, tmp_path):
 def trained_adapter(tiny_model_dir, split_dir, tmp_path_factory) -> Path:
     """Real LoRA training on the train rows only, with the CPU preset's settings, through the train step's worker."""
     from components.train.render import flatten_sections, render_sections
-    from configs.schema import load_config
+    from configs.loading import load_config
 
     work = tmp_path_factory.mktemp("train")
     cfg = load_config("local", overrides=[f"storage.mount_path={work}"])

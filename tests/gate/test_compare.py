@@ -41,7 +41,7 @@ from components.gate.report import render_report, sparkline
 from components.gate.reuse_baseline_scores import run_step as run_fetch_baseline_results
 from components.gate.rules import Comparison
 from components.gate.stats import mcnemar_exact_p
-from configs.schema import config_from_dict, load_config
+from configs.loading import config_from_dict, load_config
 
 ASSETS = SAMPLES
 PER_SUBJECT = 25
@@ -500,8 +500,8 @@ def test_modules_import_light_and_at_task_run_time():
     import sys
 
     code = ("import sys, components.gate.compare, components.gate.report, components.gate.register_model, "
-            "components.gate.rules, components.gate.stats, components.evaluate.mmlu.results, components.evaluate.task.results, "
-            "components.evaluate.evaluate; "
+            "components.gate.rules, components.gate.stats, components.evaluate.mmlu.results, "
+            "components.evaluate.task.results, components.evaluate.evaluate; "
             "print([m for m in ('torch', 'mlflow', 'numpy', 'scipy', 'transformers', 'kfp') if m in sys.modules])")
     for runtime in ("true", "false"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -35,7 +35,7 @@ from components.gate.register_model import run_step as run_register
 from components.gate.registry import RegistryError, path_from_pvc_uri, pvc_uri, registered_aliases
 from components.gate.registry import main as registry_main
 from components.gate.rules import Comparison
-from configs.schema import load_config
+from configs.loading import load_config
 
 ASSETS = SAMPLES
 PER_SUBJECT = 20

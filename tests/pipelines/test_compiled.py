@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from configs.schema import config_from_json, load_config
+from configs.loading import config_from_json, load_config
 from pipelines.compile import COMPILED_DIR, REPO_ROOT, presets, stale_files
 
 GPU_EXECUTORS = {"exec-train", "exec-train-2", "exec-train-3", "exec-evaluate-candidate", "exec-evaluate-baseline",

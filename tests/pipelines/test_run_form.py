@@ -18,7 +18,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.run.resolve_config import form_from_overrides, resolve
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM, canonical, field_value, form_fields, form_values
-from configs.schema import ConfigError, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError
 from pipelines.finetune import build_pipeline, pipeline_name
 
 KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", list: "LIST",

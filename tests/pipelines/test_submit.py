@@ -20,7 +20,7 @@ import yaml
 from builders import REPO_ROOT as REPO
 from fake_kfp_server import API, FakeKfpServer
 
-from configs.schema import config_from_json, load_config
+from configs.loading import config_from_json, load_config
 from pipelines import submit
 from pipelines.kfp_api import (
     MAX_POLL_ERRORS,

@@ -50,7 +50,7 @@ from components.train.metrics import collect_metrics
 from components.train.outputs import ModelPointer, read_summary
 from components.train.render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
 from components.train.train import main, train_model
-from configs.schema import load_config
+from configs.loading import load_config
 from pipelines.steps import train
 
 

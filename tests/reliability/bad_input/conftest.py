@@ -16,7 +16,7 @@ import pytest
 from builders import SAMPLE_DATA, SAMPLE_MMLU, base_losses, flags_first_right, mmlu_results, task_results, write_results
 
 from components.gate.compare import compare_files
-from configs.schema import config_from_dict
+from configs.loading import config_from_dict
 
 
 def _files(root: Path) -> None:

@@ -20,16 +20,9 @@ import os
 import pytest
 import yaml
 
-from configs.schema import (
-    MAX_CONFIG_BYTES,
-    NAME_MAX,
-    ConfigError,
-    PipelineConfig,
-    config_from_dict,
-    config_from_json,
-    load_config,
-    parse_quantity,
-)
+from components.common.safe_json import MAX_YAML_BYTES
+from configs.loading import config_from_dict, config_from_json, load_config
+from configs.schema import NAME_MAX, ConfigError, PipelineConfig, parse_quantity
 
 PASSWORD = "hunter2-planted-password"
 
@@ -94,7 +87,7 @@ HOSTILE_FILES = {
     "deep-map.yaml": b"a: " + b"{b: " * 40 + b"1" + b"}" * 40 + b"\n",
     "alias-bomb.yaml": b"".join([b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"] + [
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n".encode() for i in range(1, 9)]),
-    "huge-file.yaml": b"name: x\n" + b"# padding\n" * (MAX_CONFIG_BYTES // 10 + 1),
+    "huge-file.yaml": b"name: x\n" + b"# padding\n" * (MAX_YAML_BYTES // 10 + 1),
 }
 EXPECTED = {
     "malformed.yaml": "not valid YAML",

@@ -171,7 +171,7 @@ def test_a_registered_model_name_equal_to_the_base_folder_is_refused_by_the_step
     """The merge step publishes to <models_root>/<registered_model_name>: with the base model's folder name
     the versions would land inside the base. Refused before MLflow or the volume is touched."""
     from components.merge.merge_lora import run_step
-    from configs.schema import load_config
+    from configs.loading import load_config
 
     storage = Path(shutil.copytree(storage_ws, tmp_path / "storage", symlinks=True))
     cfg = load_config("local", overrides=[f"storage.mount_path={storage}", "mlflow.registered_model_name=base-model",
@@ -184,7 +184,7 @@ def test_a_registered_model_name_equal_to_the_base_folder_is_refused_by_the_step
 
 def test_a_split_snapshot_inside_the_data_is_refused_by_the_step(storage_ws, tmp_path):
     from components.data.validate_dataset import validate_config_data
-    from configs.schema import load_config
+    from configs.loading import load_config
 
     storage = Path(shutil.copytree(storage_ws, tmp_path / "storage", symlinks=True))
     cfg = load_config("local", overrides=[f"storage.mount_path={storage}", "storage.output_root=data/runs"])

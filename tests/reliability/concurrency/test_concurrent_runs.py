@@ -1,12 +1,11 @@
 """Two local pipeline runs started at the same moment on one EMPTY storage root, same MLflow experiment
 (``make reliability``, ~2-3 min on 2 cores).
 
-Unlike `test_concurrent_pipeline_runs.py`, nobody prepares the root first: both processes race to
-build the base model, copy the sample data, create the SQLite tracking store and the experiment,
-then train, merge, publish and register side by side. Both must complete; their ``output/<run id>/``
-directories are disjoint; the two registered versions' ``pvc://`` sources map to two published
-directories whose ``merge_info.json`` names its own run and that run's adapter, and whose checksum
-manifests verify; ``current`` points at one of them; no MLflow run is left RUNNING.
+Nobody prepares the root first: both processes race to build the base model, copy the sample data, create the SQLite
+tracking store and the experiment, then train, merge, publish and register side by side. Both must complete; their
+``output/<run id>/`` directories are disjoint; the two registered versions' ``pvc://`` sources map to two published
+directories whose ``merge_info.json`` names its own run and that run's adapter, and whose checksum manifests verify;
+``current`` points at one of them; no MLflow run is left RUNNING.
 """
 
 from __future__ import annotations

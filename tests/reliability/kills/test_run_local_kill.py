@@ -29,6 +29,7 @@ from components.common.tracking import PARENT_ROLE, ROLE_TAG, STEP_TAG
 from components.merge.publish import current_version, published_versions
 from components.merge.verify import verify_model_dir
 from components.train.checkpoints import checkpoint_problem
+from components.train.launch import WORKER_MODULE
 from pipelines import run_local
 
 pytestmark = pytest.mark.reliability_long
@@ -78,7 +79,7 @@ def test_a_sigkilled_local_pipeline_leaves_nothing_running_and_the_rerun_succeed
             assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the train step wrote no checkpoint in 10 minutes"
             time.sleep(0.2)  # polling the volume: the checkpoint is the event, and there is no notification
-        trainers = [process for process in _processes_of(storage) if "--trainer-worker" in process.cmdline()]
+        trainers = [process for process in _processes_of(storage) if WORKER_MODULE in process.cmdline()]
         assert trainers, "the trainer was not found"
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()

@@ -32,9 +32,9 @@ from builders import REPO_ROOT
 from components.common.storage import run_dir
 from components.demo.samples import SAMPLES
 from components.train.checkpoints import checkpoint_problem, checkpoint_step, list_checkpoints, safetensors_problem
-from components.train.launch import TrainerFailed
+from components.train.launch import WORKER_MODULE, TrainerFailed
 from components.train.train import TrainResult, train_model
-from configs.schema import load_config
+from configs.loading import load_config
 
 pytestmark = pytest.mark.reliability_long
 
@@ -76,14 +76,20 @@ def assert_same_training(result: TrainResult, reference: tuple[TrainResult, dict
     expected, weights = reference
     for key in ("global_step", "num_input_tokens_seen"):
         assert result.metrics[key] == expected.metrics[key], key
-    for key in ("train_loss", "final_loss"):
-        assert result.metrics[key] == pytest.approx(expected.metrics[key], rel=1e-5, abs=1e-6), key
+    assert result.metrics["train_loss"] == pytest.approx(expected.metrics["train_loss"], rel=1e-5, abs=1e-6)
     trained = _adapter(result.model_dir)
     assert trained.keys() == weights.keys()
     for name, tensor in weights.items():
         assert (trained[name] - tensor).abs().max().item() < 1e-5, name
-    log = [json.loads(line) for line in (result.model_dir / "trainer_log.jsonl").read_text().splitlines()]
-    assert [entry["current_steps"] for entry in log if "loss" in entry] == list(range(1, 25))  # none repeated
+    log, expected_log = _losses(result.model_dir), _losses(expected.model_dir)
+    assert [entry["current_steps"] for entry in log] == list(range(1, 25))  # none repeated
+    assert log[-1]["loss"] == pytest.approx(expected_log[-1]["loss"], rel=1e-5, abs=1e-6)  # the final loss
+
+
+def _losses(model_dir: Path) -> list[dict]:
+    """The per-step entries of the trainer's log published with the adapter (``trainer_log.jsonl``)."""
+    log = [json.loads(line) for line in (model_dir / "trainer_log.jsonl").read_text().splitlines()]
+    return [entry for entry in log if "loss" in entry]
 
 
 def _attempt_killed_while_writing(cfg, kfp_run_id: str, pattern: str, monkeypatch) -> None:
@@ -105,7 +111,7 @@ def _kill_trainer_when(condition, deadline_s: float = 300) -> tuple[threading.Th
             if condition():
                 for child in psutil.Process().children(recursive=True):
                     try:
-                        if "--trainer-worker" in child.cmdline():
+                        if WORKER_MODULE in child.cmdline():
                             child.send_signal(signal.SIGKILL)
                             killed.append(child.pid)
                     except psutil.Error:  # gone already
@@ -277,10 +283,10 @@ def test_a_kill_during_the_final_save_of_an_epoch_based_training(storage, mlflow
     result = train_model(cfg, kfp_run_id)
     assert result.metrics["resumed_from_step"] == last and result.metrics["global_step"] == last
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert result.metrics["final_loss"] == pytest.approx(losses[-1])
     assert result.metrics["train_loss"] == pytest.approx(sum(losses) / len(losses))  # logged every step
-    log = [json.loads(line) for line in (result.model_dir / "trainer_log.jsonl").read_text().splitlines()]
-    assert [entry["current_steps"] for entry in log if "loss" in entry] == list(range(1, last + 1))
+    log = _losses(result.model_dir)
+    assert [entry["current_steps"] for entry in log] == list(range(1, last + 1))
+    assert log[-1]["loss"] == pytest.approx(losses[-1])  # the final loss
 
 
 def test_a_rerun_with_another_learning_rate_starts_fresh(storage, mlflow_server, reference, caplog):

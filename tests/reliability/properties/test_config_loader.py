@@ -18,15 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from configs.schema import (
-    CONFIG_DIR,
-    NAME_MAX,
-    ConfigError,
-    PipelineConfig,
-    config_from_dict,
-    load_config,
-    parse_quantity,
-)
+from configs.loading import CONFIG_DIR, config_from_dict, load_config
+from configs.schema import NAME_MAX, ConfigError, PipelineConfig, parse_quantity
 from pipelines.finetune import pipeline_name
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),

@@ -28,8 +28,9 @@ from components.demo.samples import SAMPLES
 from components.evaluate.mmlu import evaluate_mmlu
 from components.evaluate.mmlu.openai_backend import BackendError, completions_url, served_model
 from components.run import finalize_runs as finalize
+from configs.loading import config_from_dict, load_config
 from configs.redaction import MASK, describe_reply, has_credentials, public_uri, redact, unsafe_token
-from configs.schema import ConfigError, config_from_dict, load_config
+from configs.schema import ConfigError
 from pipelines import compile as compile_module
 from pipelines import run_local, submit
 

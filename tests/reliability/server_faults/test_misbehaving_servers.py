@@ -29,7 +29,7 @@ from fake_kfp_server import API, FakeKfpServer
 
 from components.common import tracking
 from components.evaluate.mmlu.openai_backend import BackendError, score_prompts, served_model
-from configs.schema import load_config
+from configs.loading import load_config
 from pipelines import submit
 from pipelines.kfp_api import MAX_POLL_ERRORS
 

@@ -18,8 +18,8 @@ The numbers (outage length, points written before, during and after it, points b
 run with ``-s`` to see them. ``test_backfill_relogs_only_the_missing_points`` drives ``backfill_metrics``
 on literal log rows against a real SQLite MLflow store.
 
-A server unreachable at the start, and a killed trainer, are covered in tests/test_tracking.py and
-tests/test_train.py.
+A server unreachable at the start, and a killed trainer, are covered in tests/common/test_tracking.py and
+tests/train/test_train.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from components.common.tracking import finalize_pipeline_runs
 from components.train import train as train_module
 from components.train.metrics import BACKFILL_TAG, backfill_metrics
 from components.train.train import train_model
-from configs.schema import load_config
+from configs.loading import load_config
 
 OUTAGE_S = 10.0  # the longest the server stays down: the fault injected, not a synchronisation
 POINTS_BEFORE = 10  # trainer log points written before the server is stopped

@@ -37,7 +37,7 @@ from components.train.multinode.launch import LaunchEnvError, map_operator_env
 from components.train.multinode.launch import main as launch_main
 from components.train.multinode.pytorchjob import build_pytorchjob_manifest
 from components.train.multinode.training_job import delete_training_job, run_training_job
-from configs.schema import load_config
+from configs.loading import load_config
 
 RUN_ID = "0f3c2a9e-1b2c-4d5e-8f90-123456789abc"
 TRAIN_YAML = Path(f"/storage/output/{RUN_ID}/train.yaml")

@@ -28,7 +28,7 @@ from components.train.multinode.launch import LaunchEnvError, launch_command, ma
 from components.train.multinode.launch import main as launch_main
 from components.train.multinode.training_job import delete_training_job, run_training_job
 from components.train.multinode.trainjob import PATCH_MANAGER, build_trainjob_manifest
-from configs.schema import load_config
+from configs.loading import load_config
 
 RUN_ID = "0f3c2a9e-1b2c-4d5e-8f90-123456789abc"
 NAME = f"train-{RUN_ID}"
