@@ -266,7 +266,7 @@ def test_a_longer_rerun_of_a_run_id_resumes_past_the_rotation_of_its_checkpoint(
                                                                                  capsys):
     """Issue 18's reproduction, scaled down: one checkpoint kept, so the longer rerun (a schedule change of
     the same training, which may resume) rotates away the checkpoint it resumed from. Issue 19's other
-    direction, a rerun with another learning rate, trains a third time: tests/reliability/test_train_kills.py."""
+    direction, a rerun with another learning rate, trains a third time: tests/reliability/kills/test_train_kills.py."""
     kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
     common = ["--config", "local", "--run-id", kfp_run_id, "--set", f"storage.mount_path={storage_root}",
               "--set", f"mlflow.tracking_uri={mlflow_server.uri}", "--set", "training.save_steps=1",
