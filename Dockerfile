@@ -1,5 +1,5 @@
 # One image for every task of the pipeline (and the LLaMA-Factory WebUI).
-#   docker build -t ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0 .
+#   docker build -t ghcr.io/llm-finetune-pipelines/llm-finetune:0.2.0 .
 # Versions are pinned in setup.cfg (extras train + gpu); this file installs exactly those.
 # CUDA 12.8 runtime + cuDNN: matches the CUDA build of torch 2.9.1 pinned in setup.cfg.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04

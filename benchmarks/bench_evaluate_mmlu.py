@@ -26,9 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from components.demo.samples import SAMPLES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-SAMPLE = REPO_ROOT / "components" / "assets" / "sample_mmlu"
+SAMPLE = SAMPLES / "sample_mmlu"
 
 for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                       "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}.items():
@@ -52,7 +54,7 @@ def make_data(out: Path, copies: int) -> Path:
 
 def run_ours(model_dir: Path, data_dir: Path, *, n_shot: int, batch_size: int, scorer: str) -> list[str]:
     """Our step's evaluation; returns the predicted letters in (subject, index) order."""
-    from components.evaluate_mmlu import evaluate
+    from components.evaluate.mmlu.evaluate_mmlu import evaluate
 
     results = evaluate(model_dir, data_dir, n_shot=n_shot, batch_size=batch_size, scorer=scorer, device="cpu",
                        progress=False)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-mmlu-") as tmp:

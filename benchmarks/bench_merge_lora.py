@@ -35,7 +35,7 @@ def build_inputs(workdir: Path, layers: int, hidden: int, shard_size: str) -> tu
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     base = build_tiny_llama(workdir / "base", hidden_size=hidden, intermediate_size=int(hidden * 2.75),
                             num_layers=layers, num_heads=16, num_kv_heads=4, shard_size=shard_size)
@@ -72,7 +72,7 @@ def worker(path: str, base: Path, adapter: Path, out: Path, dtype: str) -> dict:
     if path == "streaming":
         import torch
 
-        from components.merge_lora import merge_and_publish, merge_model
+        from components.merge.merge_lora import merge_and_publish, merge_model
     else:
         import torch
         from peft import PeftModel

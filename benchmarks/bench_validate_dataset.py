@@ -63,7 +63,7 @@ def _peak_rss_mb() -> float:
 
 def child_validate(path: Path) -> dict:
     """Time validate_datasets on one file (runs in a fresh process)."""
-    from components.validate_dataset import validate_datasets
+    from components.data.validation import validate_datasets
 
     start = time.perf_counter()
     result = validate_datasets(path.parent, [path.stem], cutoff_len=2048)

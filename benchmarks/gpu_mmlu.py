@@ -3,7 +3,7 @@
 14,042 synthetic questions over 57 subjects, 5-shot-length prompts (~610 tokens: a ~510-token shared
 prefix of header + five shots, a ~100-token question), random token ids, a randomly initialised
 Llama-3.2-1B-shaped model (hidden 2048, 16 layers, 32/8 heads, vocab 128,256, tied embeddings) in bf16.
-Times the production scorers from components.mmlu_scoring side by side:
+Times the production scorers from components.evaluate.mmlu.scoring side by side:
 
 * reference: ``score_straightforward`` (whole prompt per question, full-vocabulary logits, batch 16);
   issue 10 measured about 89 s for this on one H200;
@@ -30,12 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-LLAMA_3_2_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-                "max_position_embeddings": 131072, "rope_theta": 500000.0, "tie_word_embeddings": True}
-TINY = {"vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048,
-        "rope_theta": 10000.0, "tie_word_embeddings": False}
+from benchmarks.gpu_common import LLAMA_3_2_1B, TINY, add_run_flags, write_report  # noqa: E402
 
 # Llama 3's " A", " B", " C", " D" and "Answer", ":" (any distinct ids would do for random weights);
 # the tiny shape's vocabulary is smaller, so it uses low ids.
@@ -91,7 +86,7 @@ def synchronize(device: str) -> None:
 
 
 def run_ours(model, data, batch_size: int, answers: list[int]) -> list[list[float]]:
-    from components.mmlu_scoring import score_prefix_cached
+    from components.evaluate.mmlu.scoring import score_prefix_cached
 
     scores = []
     for prefix, suffixes in data:
@@ -100,7 +95,7 @@ def run_ours(model, data, batch_size: int, answers: list[int]) -> list[list[floa
 
 
 def run_reference(model, data, batch_size: int, answers: list[int]) -> list[list[float]]:
-    from components.mmlu_scoring import score_straightforward
+    from components.evaluate.mmlu.scoring import score_straightforward
 
     scores = []
     for prefix, suffixes in data:
@@ -153,12 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--question-tokens", type=int, default=105, help="Mean tokens per scored question.")
     parser.add_argument("--batch-size", type=int, default=64, help="Questions per forward pass (ours).")
     parser.add_argument("--reference-batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default=None, help="Default: bfloat16 on a GPU, float32 on the CPU.")
     parser.add_argument("--skip-reference", action="store_true", help="Time ours only.")
     parser.add_argument("--fp32-check", type=int, default=512, help="Questions rescored in float32 (0: skip).")
-    parser.add_argument("--tiny", action="store_true", help="Tiny model and 228 short questions (logic check).")
-    parser.add_argument("--json", default="", help="Also write the numbers to this JSON file.")
+    add_run_flags(parser, tiny="Tiny model and 228 short questions")
     return parser
 
 
@@ -212,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"float32 check: {json.dumps(agreement)}", flush=True)
     report["goal_10s_met"] = report["ours_seconds"] <= 10.0
     print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.json, report)
     return 0 if exact else 1
 
 

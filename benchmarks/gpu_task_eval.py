@@ -3,7 +3,7 @@
 3,000 synthetic held-out examples (random token ids; prompts ~120 tokens, answers ~180 tokens, both varying
 +-60%, truncated at a cutoff of 1024), labels masked on the prompt as LLaMA-Factory's supervised processor
 masks them, a randomly initialised Llama-3.2-1B-shaped model (vocab 128,256) in bf16. Times
-``components.task_scoring.score_examples`` (length-sorted batches, logits only from the first answer column,
+``components.evaluate.task.scoring.score_examples`` (length-sorted batches, logits only from the first answer column,
 float32 cross-entropy in chunks) and checks it in float32 against a plain per-example computation from the
 full logits on ``--check`` examples. Goal (issue 13): a few thousand rows in seconds.
 
@@ -23,8 +23,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.gpu_mmlu import LLAMA_3_2_1B, TINY, build_model, synchronize  # noqa: E402
-from components.task_data import IGNORE_INDEX, EncodedExample  # noqa: E402
+from benchmarks.gpu_common import LLAMA_3_2_1B, TINY, add_run_flags, write_report  # noqa: E402
+from benchmarks.gpu_mmlu import build_model, synchronize  # noqa: E402
+from components.evaluate.task.data import IGNORE_INDEX, EncodedExample  # noqa: E402
 
 
 def synthetic_examples(count: int, prompt_tokens: int, answer_tokens: int, cutoff_len: int, vocab: int,
@@ -65,12 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer-tokens", type=int, default=180, help="Mean answer tokens per example.")
     parser.add_argument("--cutoff-len", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default=None, help="Default: bfloat16 on a GPU, float32 on the CPU.")
     parser.add_argument("--check", type=int, default=64, help="Examples rechecked in float32 against the plain "
                                                               "computation (0: skip).")
-    parser.add_argument("--tiny", action="store_true", help="Tiny model and 200 short examples (logic check).")
-    parser.add_argument("--json", default="", help="Also write the numbers to this JSON file.")
+    add_run_flags(parser, tiny="Tiny model and 200 short examples")
     return parser
 
 
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from components.task_scoring import score_examples
+    from components.evaluate.task.scoring import score_examples
 
     if args.tiny:
         args.examples, args.prompt_tokens, args.answer_tokens = 200, 30, 40
@@ -123,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"float32 check: {json.dumps(report['fp32_check'])}", flush=True)
     report["goal_10s_met"] = report["seconds"] <= 10.0
     print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.json, report)
     return 0 if exact else 1
 
 

@@ -6,7 +6,7 @@ every sequence is cut at exactly ``cutoff_len`` 2048 tokens (no padding), in one
 
 * ``example``: LLaMA-Factory 0.9.5's ``examples/train_lora/llama3_lora_sft.yaml`` (rank 8, all linear
   layers, micro-batch 1 x 8 accumulation, gradient checkpointing on, bf16), run with ``llamafactory-cli train``;
-* ``ours``: ``configs/lora.yaml`` as shipped, through the real training step (``components.train.train_model``:
+* ``ours``: ``configs/lora.yaml`` as shipped, through the real training step (``components.train.train.train_model``:
   rendered YAML, trainer subprocess, MLflow on SQLite);
 * ``ours-no-gc``: the same with ``training.gradient_checkpointing=false`` (what a 1B-8B LoRA can afford);
 * ``peft-loop``: the reference, a plain peft LoRA loop (r16, all linear layers, seq 2048, micro-batch 4, SDPA,
@@ -36,12 +36,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-LLAMA_3_2_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-                "max_position_embeddings": 131072, "rope_theta": 500000.0, "tie_word_embeddings": True}
-TINY = {"vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048,
-        "rope_theta": 10000.0, "tie_word_embeddings": False}
+from benchmarks.gpu_common import LLAMA_3_2_1B, TINY, add_run_flags  # noqa: E402
+
 REFERENCE_TOKENS_PER_S = 36_000  # the plain peft loop on one H200 (the issue's measurement)
 GOAL = 1.3
 # Dense bf16 peak FLOP/s by device name (SXM parts); pass --peak-tflops for anything else.
@@ -63,7 +59,7 @@ def build_base_model(directory: Path, shape: dict, device: str) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from components.tiny_model import build_tokenizer
+    from components.demo.tiny_model import build_tokenizer
 
     tokenizer = build_tokenizer(directory, vocab_size=1024, model_max_length=shape["max_position_embeddings"])
     torch.manual_seed(0)
@@ -82,7 +78,7 @@ def build_base_model(directory: Path, shape: dict, device: str) -> int:
 
 def write_dataset(directory: Path, rows: int, words_per_field: int, seed: int = 0) -> None:
     """Alpaca rows whose instruction and output are each longer than half the cutoff (every row gets truncated)."""
-    from components.tiny_model import _WORDS
+    from components.demo.tiny_model import _WORDS
 
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,8 +118,8 @@ def run_ours(work: Path, storage: Path, steps: int, cutoff: int, device: str, ex
              name: str) -> tuple[int, float]:
     """``configs/lora.yaml`` through the real training step on ``storage`` (models/base-model, data/);
     returns (tokens, runtime s)."""
-    from components.train import train_model
-    from configs.schema import load_config
+    from components.train.train import train_model
+    from configs.loading import load_config
 
     overrides = [f"storage.mount_path={storage}", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
                  "dataset.names=[bench]", "training.template=default", f"training.max_steps={steps}",
@@ -200,11 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cutoff", type=int, default=2048, help="Tokens per sequence (every row is this long).")
     parser.add_argument("--rows", type=int, default=512, help="Synthetic alpaca rows (>= steps x 16).")
     parser.add_argument("--only", default="example,ours,ours-no-gc,peft-loop", help="Comma-separated variants.")
-    parser.add_argument("--device", default="cuda")
     parser.add_argument("--peak-tflops", type=float, default=None, help="Peak dense bf16 TFLOP/s (MFU).")
-    parser.add_argument("--tiny", action="store_true", help="Tiny model, 4 steps, cutoff 128 (logic check).")
     parser.add_argument("--workdir", default="", help="Scratch directory (default: a temporary one).")
-    parser.add_argument("--json", default="", help="Also write the numbers to this JSON file.")
+    add_run_flags(parser, tiny="Tiny model, 4 steps, cutoff 128", dtype=False)
     return parser
 
 

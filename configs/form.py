@@ -114,7 +114,7 @@ def markdown_table(cfg: PipelineConfig) -> str:
 
 def main() -> int:
     """Print the run form's Markdown table for the ``lora`` preset (the README embeds it)."""
-    from configs.schema import load_config
+    from configs.loading import load_config
 
     print(markdown_table(load_config("lora")))
     return 0

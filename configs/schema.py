@@ -1,9 +1,13 @@
 """The typed configuration of the fine-tuning pipeline.
 
-One :class:`PipelineConfig` per run, loaded from a preset in ``configs/*.yaml`` and optionally
-changed with ``--set section.field=value`` overrides. Every setting is declared here once, with
-its default and its description; pipeline parameters, CLI flags and the rendered LLaMA-Factory
+One :class:`PipelineConfig` per run, loaded (:mod:`configs.loading`) from a preset in ``configs/*.yaml``
+and optionally changed with ``--set section.field=value`` overrides. Every setting is declared here once,
+with its default and its description; pipeline parameters, CLI flags and the rendered LLaMA-Factory
 YAML all read from this model.
+
+This module is longer than the others (~650 lines) because it holds one concern whole: the ~60 settings and
+the rules on their values. Split by section, a rule that spans sections and the shared value checks
+(Kubernetes names and quantities, control characters, booleans) would sit apart from the fields they guard.
 
 Rules that involve one section live in that section's validators; rules that span sections live
 in :meth:`PipelineConfig._cross_section_rules`. Every error names the field path, e.g.
@@ -12,26 +16,22 @@ in :meth:`PipelineConfig._cross_section_rules`. Every error names the field path
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import os
 import re
 import types
 import typing
 from decimal import Decimal
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from components.safe_json import DocumentError, parse_yaml, read_yaml
 from configs.redaction import has_credentials, public_uri, redact
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
-CONFIG_DIR = Path(__file__).resolve().parent
 # The one image every task runs in (built from the Dockerfile; pins match setup.cfg).
-DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.1.0"
+DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.2.0"
 # Patterns are used with fullmatch: "$" would also match before a trailing newline.
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS-1123 label (at most 63 characters)
 # A DNS-1123 subdomain (most object names: ClusterTrainingRuntime, ServiceAccount, Secret): labels joined by dots.
@@ -58,11 +58,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 # The compiled pipeline of a config changed with --set is named <name>-<8 hex digits> (pipelines.finetune), which
 # must stay within Kubernetes' 63-character limit on names and label values without losing the hash.
 NAME_MAX = 63 - len("-12345678")
-# Limits on a config document: no real config comes near them, and a hostile one (deep nesting, YAML aliases
-# that expand a billion-fold) would otherwise exhaust the stack or memory before validation says anything.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_CONFIG_DEPTH = 32
-MAX_CONFIG_NODES = 100_000
 
 
 class ConfigError(ValueError):
@@ -218,14 +213,6 @@ class StorageConfig(_Section):
     @classmethod
     def _inside_root(cls, value: str) -> str:
         return _relative_storage_path(value)
-
-    def resolve(self, relative: str) -> Path:
-        """Absolute path of a storage-relative path, refusing anything outside the root."""
-        root = Path(self.mount_path).resolve()
-        target = (root / _relative_storage_path(relative)).resolve()
-        if target != root and root not in target.parents:
-            raise ValueError(f"path {relative!r} resolves outside the storage root {root}")
-        return target
 
 
 class Toleration(_Section):
@@ -420,7 +407,7 @@ class DatasetConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """LLaMA-Factory training settings (rendered into its YAML by components.train)."""
+    """LLaMA-Factory training settings (rendered into its YAML by components.train.train)."""
 
     method: Literal["lora", "qlora", "full"] = Field(
         "lora", description="lora, qlora (needs GPUs) or full.", json_schema_extra=form_field("b_method"))
@@ -501,7 +488,7 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """Evaluation of candidate and baseline (components.evaluate): MMLU, and the held-out task rows."""
+    """Evaluation of candidate and baseline (components.evaluate.evaluate): MMLU, and the held-out task rows."""
 
     n_shot: int = Field(
         5, ge=0, le=20, description="Few-shot examples from the subject's dev split.",
@@ -526,12 +513,13 @@ class EvaluationConfig(_Section):
         if isinstance(data, dict) and ("backend" in data or "endpoint" in data):
             raise ValueError("evaluation.backend and evaluation.endpoint were removed: the pipeline scores the merged "
                              "candidate inside its evaluate task, before any server serves it (to score a served "
-                             "model, use python -m components.evaluate_mmlu --backend openai --endpoint URL)")
+                             "model, use python -m components.evaluate.mmlu.evaluate_mmlu --backend openai "
+                             "--endpoint URL)")
         return data
 
 
 class GateConfig(_Section):
-    """When a candidate replaces the champion: the rules are documented in one place, components/gate.py."""
+    """When a candidate replaces the champion: the rules are documented in one place, components/gate/rules.py."""
 
     min_task_improvement: float = Field(
         0.01, ge=0, lt=1,
@@ -554,7 +542,7 @@ class GateConfig(_Section):
         if isinstance(data, dict) and ("metric" in data or "min_improvement" in data):
             raise ValueError("gate.metric and gate.min_improvement were replaced: the gate now requires a lower "
                              "held-out loss (gate.min_task_improvement, relative) and bounds the MMLU drop "
-                             "(gate.mmlu_max_drop); see components/gate.py")
+                             "(gate.mmlu_max_drop); see components/gate/rules.py")
         return data
 
 
@@ -606,7 +594,7 @@ class MlflowConfig(_Section):
 
 
 class MergeConfig(_Section):
-    """LoRA merge and publication for vLLM (components.merge_lora)."""
+    """LoRA merge and publication for vLLM (components.merge.merge_lora)."""
 
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Weights dtype of the merged model.")
     max_shard_size_mb: int = Field(4096, ge=1, le=100_000, description="Largest output shard.")
@@ -655,138 +643,10 @@ class PipelineConfig(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {message}")
-    return "\n".join(lines)
-
-
-def check_shape(data: Any, what: str) -> None:
-    """Refuse a document nested deeper than :data:`MAX_CONFIG_DEPTH` or with more than :data:`MAX_CONFIG_NODES`
-    values, counting a YAML alias each time it is used (as everything after the parser expands it).
-
-    Raises:
-        ConfigError: the document is too deep or too large; the message names ``what``.
-    """
-    stack, count = [(data, 1)], 0
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_CONFIG_NODES:
-            raise ConfigError(f"{what} holds more than {MAX_CONFIG_NODES:,} values (YAML aliases count each time "
-                              "they are used); a config is far smaller")
-        if depth > MAX_CONFIG_DEPTH:
-            raise ConfigError(f"{what} is nested more than {MAX_CONFIG_DEPTH} levels deep; a config is at most a few")
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for pair in node.items() for child in pair)
-        elif isinstance(node, list | tuple | set):
-            stack.extend((child, depth + 1) for child in node)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse one ``section.field=value`` override; the value is read as YAML (numbers, lists, bools).
-
-    Raises:
-        ConfigError: the override has no ``=`` or an empty path part, or its value is not readable YAML.
-    """
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} must look like section.field=value")
-    path = [part.strip() for part in key.split(".")]
-    if not all(path):
-        raise ConfigError(f"override {text!r} has an empty path component")
-    try:
-        value = parse_yaml(raw, "value") if raw.strip() else ""
-    except DocumentError as exc:
-        shown = text if len(text) <= 200 else f"{text[:120]}... ({len(text)} characters)"
-        raise ConfigError(f"override {shown!r}: value is {exc.reason}") from None
-    return path, value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``a.b=value`` override applied (unknown keys fail later).
-
-    Raises:
-        ConfigError: an override is malformed, or its path runs through a value that is not a section.
-    """
-    check_shape(data, "the configuration")
-    merged = copy.deepcopy(data)  # keeps dates and sets as they are, for the schema to name the field
-    for text in overrides:
-        path, value = parse_override(text)
-        node = merged
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
-    return merged
-
-
-def config_from_dict(data: Any, source: str = "<dict>", overrides: list[str] | None = None) -> PipelineConfig:
-    """Validate a plain dict (from YAML or JSON) into a :class:`PipelineConfig`.
-
-    Raises:
-        ConfigError: the data is not a mapping or a field is unknown or invalid; the message names the
-            source and every offending field path.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping, "
-                          f"got {type(data).__name__}")
-    check_shape(data, f"the configuration in {source}")
-    data = apply_overrides(data, overrides or [])
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load and validate a YAML config file, then apply ``--set``-style overrides.
-
-    ``path`` may also be a preset name such as ``lora`` (read from ``configs/lora.yaml``).
-
-    Raises:
-        ConfigError: the file is missing, not UTF-8, not YAML, or fails validation.
-    """
-    file = Path(path)
-    if not file.suffix and not os.path.exists(file):  # os.path: a name too long for the filesystem is no error
-        file = CONFIG_DIR / f"{path}.yaml"
-    try:
-        data = read_yaml(file, f"config file {file}")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {file} does not exist") from None
-    except DocumentError as exc:  # unreadable, too large, not UTF-8, not YAML, too deep, an alias bomb
-        raise ConfigError(str(exc)) from None
-    return config_from_dict(data, source=str(file), overrides=overrides)
-
-
-def config_from_json(text: str, overrides: list[str] | None = None) -> PipelineConfig:
-    """Validate the JSON (or YAML) config a pipeline task receives as its ``config`` parameter.
-
-    Raises:
-        ConfigError: the text is not JSON/YAML, is too deep or too large, or fails validation.
-    """
-    try:
-        data = parse_yaml(text, "the config parameter")
-    except DocumentError as exc:
-        raise ConfigError(str(exc)) from None
-    return config_from_dict(data, source="the config parameter", overrides=overrides)
-
-
 __all__ = [
     "NAME_MAX",
     "ConfigError",
     "PipelineConfig",
-    "apply_overrides",
-    "check_shape",
-    "config_from_dict",
-    "config_from_json",
-    "load_config",
+    "form_field",
     "parse_quantity",
 ]

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from configs.schema import CONFIG_DIR, ConfigError, PipelineConfig, load_config
+from configs.loading import CONFIG_DIR, load_config
+from configs.schema import ConfigError, PipelineConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPILED_DIR = REPO_ROOT / "compiled"
@@ -47,7 +48,7 @@ def compile_config(cfg: PipelineConfig, output: Path, changes: list[str] | None 
     """
     from kfp import compiler
 
-    from components.storage import atomic_write_text
+    from components.common.storage import atomic_write_text
     from pipelines.finetune import build_pipeline
 
     if output.suffix not in (".yaml", ".yml"):
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 1 when --check finds stale IR or the output cannot be written, 2 on a bad
     config or usage."""
-    from components.storage import StorageError
+    from components.common.storage import StorageError
 
     args = build_parser().parse_args(argv)
     try:

@@ -7,7 +7,7 @@ pipeline runs and sorts that stream:
 - each task's full output goes to its own file, ``<log dir>/<NN>-<task>.log``; what kfp.local says outside a
   task goes to ``<log dir>/pipeline.log``;
 - the console gets one line when a task ends (name, status, duration), the training loss every few steps,
-  and the one-line summaries steps print (``[validate] ...``, ``[evaluate] ...``, ``[compare] ...``);
+  and the one-line summaries steps print (``[validate-dataset] ...``, ``[evaluate] ...``, ``[compare] ...``);
 - when a task fails, the console gets the tail of its log and the path of the whole log.
 
 kfp.local runs one task at a time, so "the task running now" is always well defined. ``--verbose`` in
@@ -30,7 +30,7 @@ FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # A Hugging Face Trainer log record, as the trainer prints it: {'loss': '6.921', ..., 'epoch': '0.07692', ...}
 TRAINER_RECORD = re.compile(r"^\s*(\{'loss': .*\})\s*$")
 # The one-line summaries the steps print themselves ("[train] resuming from checkpoint-16", ...).
-STEP_SUMMARIES = ("[validate] ", "[train] ", "[find-baseline] ", "[evaluate] ", "[compare] ")
+STEP_SUMMARIES = ("[validate-dataset] ", "[train] ", "[find-baseline] ", "[evaluate] ", "[compare] ")
 TAIL_LINES = 30
 WIDTH = 24  # the longest task name, so that the status columns line up
 
@@ -132,7 +132,7 @@ class TaskConsole(io.TextIOBase):
             return
         stripped = line.strip()
         if stripped.startswith(STEP_SUMMARIES):
-            self.say(f"  {self.task:<{WIDTH}} {stripped.split('] ', 1)[1][:110]}")
+            self.say(f"  {self.task:<{WIDTH}} {_shortened(stripped.split('] ', 1)[1], 140)}")
 
     def say(self, text: str) -> None:
         """Show ``text`` on the console (and nowhere else)."""
@@ -149,3 +149,8 @@ def _record(text: str) -> dict[str, str]:
 
 
 __all__ = ["TaskConsole"]
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` cut at the last word that fits in ``limit`` characters, marked with an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1].rsplit(" ", 1)[0] + " …"

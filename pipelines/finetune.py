@@ -27,42 +27,50 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.tracking import MLFLOW_SECRET_KEYS
+from components.common.tracking import MLFLOW_SECRET_KEYS
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
 from pipelines import steps
 from pipelines.run_form import google_args, parameter_docs, pipeline_parameters, resolve_config_component
 
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
+ACRONYMS = {"lora": "LoRA"}
 
 
 class TaskSettings(NamedTuple):
-    """How one task runs: its name in the UI, whether KFP may serve it from its cache, whether it needs a GPU
-    node, and which ``cluster`` field holds its timeout."""
+    """How one task runs: whether KFP may serve it from its cache, whether it needs a GPU node, and which
+    ``cluster`` field holds its timeout."""
 
-    display: str
     cache: bool
     gpu: bool
     timeout: str
 
 
+# One name per step: the task (the key), its component in pipelines.steps and its entry module
+# (components.<package>.<name with _>), its MLflow run and its display name (display_name()) all follow it.
 # Tasks that read state that can change under the same inputs (the dataset files, the registry) are never
 # cached; train, merge and evaluate are, and their inputs carry the resolved config and the data version.
 TASKS = {
-    "resolve-config": TaskSettings("Resolve config", cache=False, gpu=False, timeout="light_timeout_s"),
-    "validate-dataset": TaskSettings("Validate dataset, hold out test rows", False, False, "light_timeout_s"),
-    "train": TaskSettings("Train ({method})", True, True, "train_timeout_s"),
-    "merge-lora": TaskSettings("Merge and publish", True, True, "merge_timeout_s"),
-    "evaluate-candidate": TaskSettings("Evaluate candidate", True, True, "eval_timeout_s"),
-    "find-baseline": TaskSettings("Find baseline", False, False, "light_timeout_s"),
-    "evaluate-baseline": TaskSettings("Evaluate baseline", True, True, "eval_timeout_s"),
-    "reuse-baseline-scores": TaskSettings("Reuse baseline scores", False, False, "light_timeout_s"),
-    "compare": TaskSettings("Compare with baseline", False, False, "light_timeout_s"),
-    "register-model": TaskSettings("Register model", False, False, "light_timeout_s"),
-    "promote-model": TaskSettings("Promote to champion", False, False, "light_timeout_s"),
-    "mark-challenger": TaskSettings("Keep champion", False, False, "light_timeout_s"),
-    "finalize-runs": TaskSettings("Finalize MLflow runs", False, False, "light_timeout_s"),
+    "resolve-config": TaskSettings(cache=False, gpu=False, timeout="light_timeout_s"),
+    "validate-dataset": TaskSettings(False, False, "light_timeout_s"),
+    "train": TaskSettings(True, True, "train_timeout_s"),
+    "merge-lora": TaskSettings(True, True, "merge_timeout_s"),
+    "evaluate-candidate": TaskSettings(True, True, "eval_timeout_s"),
+    "find-baseline": TaskSettings(False, False, "light_timeout_s"),
+    "evaluate-baseline": TaskSettings(True, True, "eval_timeout_s"),
+    "reuse-baseline-scores": TaskSettings(False, False, "light_timeout_s"),
+    "compare": TaskSettings(False, False, "light_timeout_s"),
+    "register-model": TaskSettings(False, False, "light_timeout_s"),
+    "promote-model": TaskSettings(False, False, "light_timeout_s"),
+    "mark-challenger": TaskSettings(False, False, "light_timeout_s"),
+    "finalize-runs": TaskSettings(False, False, "light_timeout_s"),
 }
+
+
+def display_name(task: str, method: str = "") -> str:
+    """A task's name in the UI: its name in words (``merge-lora`` -> ``Merge LoRA``), the method after train."""
+    words = " ".join(ACRONYMS.get(word, word) for word in task.split("-"))
+    return words[:1].upper() + words[1:] + (f" ({method})" if method else "")
 
 
 def gpu_tasks(cfg: PipelineConfig) -> tuple[str, ...]:
@@ -79,10 +87,10 @@ class _Pipeline:
         self.cfg, self.params = cfg, params
         self.tolerations = params["h_gpu_tolerations"]
 
-    def task(self, name: str, task: PipelineTask, **display: str) -> PipelineTask:
+    def task(self, name: str, task: PipelineTask, method: str = "") -> PipelineTask:
         """Name, cache, image, the PVC, MLflow settings and resources of one task; GPU scheduling where needed."""
         cfg, settings = self.cfg, TASKS[name]
-        task.set_display_name(settings.display.format(**display))
+        task.set_display_name(display_name(name, method))
         task.set_caching_options(enable_caching=settings.cache)
         task.set_container_image(cfg.cluster.image)
         kubernetes.mount_pvc(task, pvc_name=self.params["h_pvc_name"], mount_path=cfg.storage.mount_path)
@@ -217,4 +225,4 @@ def build_pipeline(cfg: PipelineConfig, changes: list[str] | None = None) -> Any
     )(finetune_pipeline)
 
 
-__all__ = ["TASKS", "TaskSettings", "build_pipeline", "gpu_tasks", "pipeline_name"]
+__all__ = ["TASKS", "TaskSettings", "build_pipeline", "display_name", "gpu_tasks", "pipeline_name"]

@@ -6,7 +6,7 @@ the Kubeflow UI, the parameter descriptions and the task that applies the values
 - :func:`pipeline_signature` gives the pipeline function its parameters (``name - type`` in the UI), each
   defaulting to the compiled config's value, plus ``z_config`` and ``z_overrides``;
 - :func:`resolve_config_component` builds the resolve-config component: a lightweight KFP component whose
-  function takes one input per form field and hands them to :func:`components.resolve_config.run_step`.
+  function takes one input per form field and hands them to :func:`components.run.resolve_config.run_step`.
   KFP ships a lightweight component's *source* in the IR, so the function is written out as Python text and
   registered with :mod:`linecache` (as :mod:`dataclasses` does for the methods it generates), where KFP's
   ``inspect.getsource`` finds it.
@@ -72,7 +72,7 @@ def _resolver_source() -> str:
         "        config: The resolved, validated configuration (JSON) every later task reads.\n"
         "        method: The fine-tuning method of the resolved configuration.\n"
         '    """\n'
-        "    from components.resolve_config import run_step\n\n"
+        "    from components.run.resolve_config import run_step\n\n"
         f"    return run_step(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, compiled_config=compiled_config,\n"
         f"                    config={CONFIG_PARAM},\n"
         f"                    overrides={OVERRIDES_PARAM}, form={{{form}}})\n"

@@ -9,15 +9,15 @@ This is the same pipeline function that ``pipelines.compile`` compiles for the c
 ``kfp.local.SubprocessRunner(use_venv=False)`` (Kubernetes settings do not apply locally). The
 storage directory is laid out like the NFS volume; what is missing is created: a tiny random base
 model (built locally, deterministic), the sample alpaca dataset and the sample MMLU data shipped in
-``components/assets``. MLflow uses a SQLite store inside the storage directory. A second run
+``components/demo``. MLflow uses a SQLite store inside the storage directory. A second run
 compares against the champion the first run promoted.
 
 The console shows one line per task and the training loss every few steps (:mod:`pipelines.console`);
 each task's whole output goes to ``<storage>/logs/<run>/``, and a failed task's last lines are shown.
 
 A local run that is SIGKILLed runs no exit handler and leaves its MLflow runs RUNNING; the next local
-run on the same host ends them KILLED before it starts (:func:`components.tracking.close_orphaned_local_runs`:
-the parent run records this process's host, pid and start time).
+run on the same host ends them KILLED before it starts (:mod:`components.common.local_runs`: the parent run
+records this process's host, pid and start time).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from configs.schema import ConfigError, PipelineConfig, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError, PipelineConfig
 
 if TYPE_CHECKING:
     from pipelines.console import TaskConsole
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-ASSETS = Path(__file__).resolve().parents[1] / "components" / "assets"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
 
 
@@ -67,17 +67,19 @@ def prepare_storage(cfg: PipelineConfig) -> list[str]:
     Raises:
         StorageError: a piece cannot be written (full or read-only volume, a file in the way).
     """
-    from components.tiny_model import build_tiny_llama
+    from components.common.storage import on_volume
+    from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU
+    from components.demo.tiny_model import build_tiny_llama
 
     made = []
-    base = cfg.storage.resolve(cfg.storage.base_model)
+    base = on_volume(cfg, cfg.storage.base_model)
     if _build_once(base, "config.json", lambda tmp: build_tiny_llama(tmp, seed=0)):
         made.append(f"tiny base model -> {base}")
-    data = cfg.storage.resolve(cfg.storage.data_dir)
-    if _build_once(data, "dataset_info.json", lambda tmp: _copy_into(ASSETS / "sample_data", tmp), in_place=True):
+    data = on_volume(cfg, cfg.storage.data_dir)
+    if _build_once(data, "dataset_info.json", lambda tmp: _copy_into(SAMPLE_DATA, tmp), in_place=True):
         made.append(f"sample dataset -> {data}")
-    mmlu = cfg.storage.resolve(cfg.storage.eval_data_dir)
-    if _build_once(mmlu, "test", lambda tmp: _copy_into(ASSETS / "sample_mmlu", tmp), in_place=True):
+    mmlu = on_volume(cfg, cfg.storage.eval_data_dir)
+    if _build_once(mmlu, "test", lambda tmp: _copy_into(SAMPLE_MMLU, tmp), in_place=True):
         made.append(f"sample MMLU -> {mmlu}")
     _ensure_experiment(cfg)
     return made
@@ -93,7 +95,7 @@ def _build_once(final: Path, marker: str, build: Any, in_place: bool = False) ->
     With ``in_place`` an existing directory without the marker (a user's own data directory) is filled in
     place, as before; otherwise it is an error.
     """
-    from components.storage import StorageError, atomic_directory
+    from components.common.storage import StorageError, atomic_directory
 
     if (final / marker).exists():
         return False
@@ -120,13 +122,15 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
         return
     from mlflow.tracking import MlflowClient
 
+    from components.common.storage import on_volume
+
     database = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.parent / ".init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
         if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
-            artifacts = cfg.storage.resolve("mlflow") / "artifacts"
+            artifacts = on_volume(cfg, "mlflow") / "artifacts"
             client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
 
 
@@ -135,14 +139,15 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
     gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would); raises when a task fails."""
     from kfp import local
 
-    from components.tracking import local_launcher_env
+    from components.common.local_runs import local_launcher_env
+    from components.common.storage import on_volume
     from pipelines.finetune import build_pipeline
 
     os.environ.update({"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "HF_HUB_OFFLINE": "1",
                        "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "MPLBACKEND": "Agg",
                        **local_launcher_env()})  # the parent run records who to check for liveness
     local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=str(cfg.storage.resolve("kfp-local")), raise_on_error=True)
+               pipeline_root=str(on_volume(cfg, "kfp-local")), raise_on_error=True)
     build_pipeline(cfg)(**(arguments or {}))
 
 
@@ -167,23 +172,34 @@ def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
     Raises:
         TrackingUnavailable: the tracking server does not answer.
     """
-    from components.tracking import close_orphaned_local_runs, make_client
+    from components.common.local_runs import close_orphaned_local_runs
+    from components.common.tracking import make_client
 
     return close_orphaned_local_runs(make_client(cfg), cfg)
 
 
-def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
-    """Collect what the run produced from MLflow and the storage root (newest parent run since ``since_ms``)."""
+def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | None = None) -> dict[str, Any]:
+    """Collect what the run produced from MLflow and the storage root: the newest parent run since ``since_ms``,
+    of the launcher ``launcher`` names (its launcher tags, e.g. ``local_runs.this_launcher_tags()``; None: any), so that
+    two local runs side by side each report their own."""
     from mlflow.tracking import MlflowClient
 
-    from components.register_model import registered_aliases
-    from components.storage import run_dir
-    from components.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+    from components.common.local_runs import LAUNCHER_START_TAG
+    from components.common.storage import on_volume, run_dir
+    from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+    from components.common.typed_files import read_model
+    from components.gate.compare import COMPARISON_FILE
+    from components.gate.compare import STEP as COMPARE
+    from components.gate.registry import CHAMPION, registered_aliases
+    from components.gate.rules import Comparison
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    # With the run started after since_ms, host and pid name the launcher (the process start may be empty).
+    ours = "".join(f" and tags.`{key}` = '{value}'" for key, value in (launcher or {}).items()
+                   if key != LAUNCHER_START_TAG)
     parents = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'",
+        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'{ours}",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not parents or parents[0].info.start_time < since_ms:
@@ -203,11 +219,9 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
     summary["dataset_hash"] = _first_tag(children, "llmft.dataset_hash")
     train = children.get("train")
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
-    comparison_file = run_dir(cfg, kfp_run_id) / "compare" / "comparison.json"
+    comparison_file = run_dir(cfg, kfp_run_id) / COMPARE / COMPARISON_FILE
     if comparison_file.exists():
-        from components.gate import Comparison
-
-        comparison = Comparison.model_validate_json(comparison_file.read_text())
+        comparison = read_model(comparison_file, Comparison, "comparison file")
         summary.update(decision=comparison.decision, headline=comparison.headline, reasons=comparison.reasons,
                        baseline=comparison.baseline_name, mmlu_candidate=comparison.mmlu.candidate_micro,
                        mmlu_baseline=comparison.mmlu.baseline_micro, task_candidate=comparison.task.candidate_mean_nll,
@@ -219,8 +233,8 @@ def summarise(cfg: PipelineConfig, since_ms: int) -> dict[str, Any]:
         number = str(versions[0].version)
         summary["registered"] = f"{name} v{number}"
         summary["aliases"] = sorted(alias for alias, version in aliases.items() if version == number)
-    summary["champion"] = f"{name} v{aliases['champion']}" if "champion" in aliases else None
-    models_dir = cfg.storage.resolve(cfg.storage.models_root) / name
+    summary["champion"] = f"{name} v{aliases[CHAMPION]}" if CHAMPION in aliases else None
+    models_dir = on_volume(cfg, cfg.storage.models_root) / name
     current = models_dir / "current"
     summary["served_model"] = str(current.resolve()) if current.exists() else None
     summary["mlflow_ui"] = f"mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri} --port 5000"
@@ -281,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from components.storage import StorageError
-    from components.tracking import TrackingUnavailable
+    from components.common.local_runs import this_launcher_tags
+    from components.common.storage import StorageError
+    from components.common.tracking import TrackingUnavailable
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
@@ -308,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # kfp.local raises when a task fails; the console showed its log's tail
         print(f"\npipeline failed: {ANSI.sub('', str(exc))}", file=sys.stderr)
         return 1
-    print(format_summary(summarise(cfg, int(started * 1000) - 1), time.time() - started))
+    print(format_summary(summarise(cfg, int(started * 1000) - 1, this_launcher_tags()), time.time() - started))
     return 0
 
 

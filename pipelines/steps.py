@@ -1,7 +1,8 @@
 """Every step of the pipeline as a KFP lightweight component: the compile-time side, in one place.
 
-Each wrapper only imports its step's run-time entry point from :mod:`components` and calls it; the logic
-lives there, importable and testable without KFP. KFP copies a wrapper's *source* into the IR and runs it
+Each wrapper is named after its step and only imports that step's ``run_step`` from the entry module of the
+same name (``components.<package>.<step>``) and calls it; the logic lives there, importable and testable
+without KFP. KFP copies a wrapper's *source* into the IR and runs it
 with ``_KFP_RUNTIME=true``, where :mod:`kfp.dsl` leaves its compile-time parts out; the wrapper body therefore
 imports nothing but the step's ``run_step``, and this module itself is never imported in a running task.
 The docstrings become the inputs' and outputs' descriptions in the IR. The image is the default one; the
@@ -35,7 +36,7 @@ def validate_dataset(config: str, kfp_run_id: str, metrics: Output[Metrics], rep
         test_split_hash: The identity of the held-out rows (part of the task score's eval key).
         row_count: Rows read.
     """
-    from components.validate_dataset import run_step
+    from components.data.validate_dataset import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, metrics=metrics, report=report)
 
@@ -59,7 +60,7 @@ def train(config: str, kfp_run_id: str, dataset_hash: str, adapter: Output[Model
         train_loss: The mean training loss over all steps.
         mlflow_run_id: The MLflow run of this step.
     """
-    from components.train import run_step
+    from components.train.train import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, adapter=adapter,
                     metrics=metrics, loss_plot=loss_plot)
@@ -83,7 +84,7 @@ def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Mo
         model_dir: The published version directory on the PVC (what vLLM serves once promoted).
         version: The version name (sortable: UTC time, then the run id).
     """
-    from components.merge_lora import run_step
+    from components.merge.merge_lora import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, adapter_dir=adapter_dir, merged=merged)
 
@@ -108,7 +109,7 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
         mmlu_micro: MMLU accuracy over all questions.
         task_loss: The held-out loss over all answer tokens.
     """
-    from components.evaluate import run_step
+    from components.evaluate.evaluate import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, role="candidate", metrics=metrics,
                     mmlu_results=mmlu_results, task_results=task_results)
@@ -132,9 +133,9 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         mmlu_key: The MMLU score's eval key.
         task_key: The held-out task score's eval key.
     """
-    from components.compare_baseline import run_resolve_baseline
+    from components.gate.find_baseline import run_step
 
-    return run_resolve_baseline(config=config, kfp_run_id=kfp_run_id)
+    return run_step(config=config, kfp_run_id=kfp_run_id)
 
 
 @component
@@ -157,7 +158,7 @@ def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Out
         mmlu_micro: MMLU accuracy over all questions.
         task_loss: The held-out loss over all answer tokens.
     """
-    from components.evaluate import run_step
+    from components.evaluate.evaluate import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, role="baseline", metrics=metrics,
                     mmlu_results=mmlu_results, task_results=task_results)
@@ -178,9 +179,9 @@ def reuse_baseline_scores(config: str, kfp_run_id: str, mmlu_key: str, task_key:
         mmlu_path: The baseline's results.json on the PVC.
         task_path: The baseline's task.json on the PVC.
     """
-    from components.compare_baseline import run_fetch_baseline_results
+    from components.gate.reuse_baseline_scores import run_step
 
-    return run_fetch_baseline_results(config=config, kfp_run_id=kfp_run_id, mmlu_key=mmlu_key, task_key=task_key)
+    return run_step(config=config, kfp_run_id=kfp_run_id, mmlu_key=mmlu_key, task_key=task_key)
 
 
 @component
@@ -188,7 +189,7 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
             baseline_task: str, baseline_name: str, baseline_note: str, train_run_id: str, report: Output[Markdown],
             report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
         "Outputs", [("decision", str), ("headline", str), ("comparison_path", str)]):
-    """Apply the promotion gate: a lower held-out loss, no MMLU drop (components/gate.py has the rules).
+    """Apply the promotion gate: a lower held-out loss, no MMLU drop (components/gate/rules.py has the rules).
 
     Args:
         config: The resolved configuration (JSON); the gate section sets the thresholds.
@@ -209,12 +210,12 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         headline: The decision in one line.
         comparison_path: comparison.json on the PVC (every number, every rule).
     """
-    from components.compare_baseline import run_compare
+    from components.gate.compare import run_step
 
-    return run_compare(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu,
-                       candidate_task=candidate_task, baseline_mmlu=baseline_mmlu, baseline_task=baseline_task,
-                       baseline_name=baseline_name, baseline_note=baseline_note, train_run_id=train_run_id,
-                       report=report, report_html=report_html, metrics=metrics)
+    return run_step(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu, candidate_task=candidate_task,
+                    baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_name=baseline_name,
+                    baseline_note=baseline_note, train_run_id=train_run_id, report=report, report_html=report_html,
+                    metrics=metrics)
 
 
 @component
@@ -234,10 +235,10 @@ def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, d
     Returns:
         model_version: The registry version number.
     """
-    from components.register_model import run_register
+    from components.gate.register_model import run_step
 
-    return run_register(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, version=version,
-                        decision=decision, comparison_path=comparison_path, dataset_hash=dataset_hash)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_dir=model_dir, version=version, decision=decision,
+                    comparison_path=comparison_path, dataset_hash=dataset_hash)
 
 
 @component
@@ -257,10 +258,10 @@ def promote_model(config: str, kfp_run_id: str, model_version: str, version: str
         alias: "champion", or "challenger" when another run promoted a new champion meanwhile.
         previous: The version number of the former champion ("" for the first model).
     """
-    from components.register_model import run_promote
+    from components.gate.promote_model import run_step
 
-    return run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
-                       baseline_name=baseline_name)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
+                    baseline_name=baseline_name)
 
 
 @component
@@ -277,9 +278,9 @@ def mark_challenger(config: str, kfp_run_id: str, model_version: str, headline: 
     Returns:
         alias: "challenger".
     """
-    from components.register_model import run_mark_challenger
+    from components.gate.mark_challenger import run_step
 
-    return run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
 
 
 @component
@@ -292,9 +293,9 @@ def finalize_runs(compiled_config: str, kfp_run_id: str, status: dsl.PipelineTas
         kfp_run_id: The KFP run id.
         status: The pipeline's final status (set by KFP).
     """
-    from components.finalize import run_from_status
+    from components.run.finalize_runs import run_step
 
-    run_from_status(compiled_config=compiled_config, kfp_run_id=kfp_run_id, status=status)
+    run_step(compiled_config=compiled_config, kfp_run_id=kfp_run_id, state=status.state, error=status.error_message)
 
 
 __all__ = [

@@ -40,7 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from configs.schema import ConfigError, PipelineConfig, load_config
+from configs.loading import load_config
+from configs.schema import ConfigError, PipelineConfig
 from pipelines import kfp_api
 from pipelines.compile import compile_config
 from pipelines.kfp_api import Auth, AuthError, describe_auth, error_text, public_host, redact, resolve_auth
@@ -89,7 +90,7 @@ def plan_run(config: str, overrides: list[str]) -> RunRequest:
     Raises:
         ConfigError: a value is invalid or cannot take effect (the field is named).
     """
-    from components.resolve_config import form_from_overrides, resolve
+    from components.run.resolve_config import form_from_overrides, resolve
 
     typed, rest = form_from_overrides(overrides)
     compiled = load_config(config, overrides=rest)

@@ -1,9 +1,11 @@
-"""Results files for tests, built the way the evaluators build them: every summary is computed, never typed in.
+"""What many tests share: the repository's paths, and results files built the way the evaluators build them.
 
-MMLU results (``results.json``) come from :func:`components.mmlu_results.results_from_records` over
-per-question records; held-out task results (``task.json``) from the :mod:`components.task_results` models
-over per-row records, with the totals from :func:`components.task_results.totals` and the split hash from
-:func:`components.data_split.split_hash`. A test states only what decides its outcome: which questions each
+Results files: every summary is computed, never typed in.
+
+MMLU results (``results.json``) come from :func:`components.evaluate.mmlu.results.results_from_records` over
+per-question records; held-out task results (``task.json``) from the :mod:`components.evaluate.task.results` models
+over per-row records, with the totals from :func:`components.evaluate.task.results.totals` and the split hash from
+:func:`components.data.split.split_hash`. A test states only what decides its outcome: which questions each
 model answers right, and each row's loss.
 """
 
@@ -12,9 +14,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from components.gate import TaskScores
-from components.mmlu_results import MmluResults, results_from_records
-from components.task_results import (
+from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU, SAMPLES
+from components.evaluate.mmlu.results import MmluResults, results_from_records
+from components.evaluate.task.results import (
     DIGITS,
     SCORING_VERSION,
     ExampleScore,
@@ -23,6 +25,10 @@ from components.task_results import (
     dump_task_results,
     totals,
 )
+from components.gate.rules import TaskScores
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["REPO_ROOT", "SAMPLES", "SAMPLE_DATA", "SAMPLE_MMLU"]  # re-exported for the tests
 
 # One sample subject per MMLU category (the shipped sample_mmlu has these five; astronomy and elementary
 # mathematics are both STEM).
@@ -83,7 +89,7 @@ def mmlu_results(flags: dict[str, list[bool]], *, eval_key: str = "mmlu-key", mo
 
 def mmlu_text(results: MmluResults) -> str:
     """The file text of MMLU results (what the evaluate step writes)."""
-    from components.evaluate_mmlu import dump_results
+    from components.evaluate.mmlu.evaluate_mmlu import dump_results
 
     return dump_results(results.model_dump())
 
@@ -100,7 +106,7 @@ def task_results(losses: list[float | None], *, model: str = "candidate", eval_k
                  template: str = "default", cutoff_len: int = 256, dataset: str = DATASET) -> TaskResults:
     """Task results in which held-out row ``i`` has the mean answer loss ``losses[i]`` (``ANSWER_TOKENS`` tokens);
     a row whose loss is None had its answer truncated away (it counts in the split hash, not in the scores)."""
-    from components.data_split import split_hash
+    from components.data.split import split_hash
 
     records, skipped = [], []
     for index, loss in enumerate(losses):
@@ -123,7 +129,7 @@ def task_results(losses: list[float | None], *, model: str = "candidate", eval_k
 
 def task_scores(losses: list[float], **options) -> TaskScores:
     """What the gate reads of :func:`task_results` (through the compare step's own conversion)."""
-    from components.compare_baseline import task_scores as scores_of
+    from components.gate.compare import task_scores as scores_of
 
     return scores_of(task_results(losses, **options))
 

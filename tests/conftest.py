@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny locally built model, a real MLflow server on loopback, a storage root.
 
-Nothing here downloads anything: the model and tokenizer are built by ``components.tiny_model``.
+Nothing here downloads anything: the model and tokenizer are built by ``components.demo.tiny_model``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from builders import SAMPLE_DATA, SAMPLE_MMLU
 
-from configs.schema import PipelineConfig, load_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = REPO_ROOT / "components" / "assets"
+from configs.loading import load_config
+from configs.schema import PipelineConfig
 
 # Keep the two CPU cores for the test at hand; tokenizers and torch otherwise oversubscribe.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,7 +34,7 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tes
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (hidden 64, 2 layers) with a locally trained tokenizer, built once per session."""
-    from components.tiny_model import build_tiny_llama
+    from components.demo.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-model") / "base-model", seed=0)
 
@@ -108,10 +107,8 @@ def make_storage(root: Path, model_dir: Path) -> Path:
     """Lay out a storage root like the NFS volume: base model, sample data, MMLU sample."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir, root / "models" / "base-model", dirs_exist_ok=True)
-    if (ASSETS / "sample_data").exists():
-        shutil.copytree(ASSETS / "sample_data", root / "data", dirs_exist_ok=True)
-    if (ASSETS / "sample_mmlu").exists():
-        shutil.copytree(ASSETS / "sample_mmlu", root / "eval" / "mmlu", dirs_exist_ok=True)
+    shutil.copytree(SAMPLE_DATA, root / "data", dirs_exist_ok=True)
+    shutil.copytree(SAMPLE_MMLU, root / "eval" / "mmlu", dirs_exist_ok=True)
     return root
 
 

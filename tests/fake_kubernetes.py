@@ -1,7 +1,7 @@
 """Loopback stand-in for the Kubernetes API server and a training-job controller (no cluster runs here).
 
-Serves the few endpoints components.training_job and components.trainjob use, through the real
-``kubernetes`` client: create/get/list/watch/delete of the jobs, list pods, a pod's log, a
+Serves the few endpoints components.train.multinode.training_job and components.train.multinode.trainjob use,
+through the real ``kubernetes`` client: create/get/list/watch/delete of the jobs, list pods, a pod's log, a
 ClusterTrainingRuntime and a ServiceAccount. It plays the controller's part for either engine
 (:data:`PYTORCHJOB`: Training Operator v1; :data:`TRAINJOB`: Kubeflow Trainer v2 with Kueue):
 

@@ -7,11 +7,9 @@ import re
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from builders import REPO_ROOT as REPO
 
 
 def _extras() -> dict[str, list[str]]:
@@ -58,10 +56,10 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert "make test" in ci
 
 
-CLIS = ["pipelines.compile", "pipelines.run_local", "pipelines.submit", "components.tiny_model",
-        "components.finalize", "components.validate_dataset", "components.train", "components.evaluate_mmlu",
-        "components.merge_lora", "components.compare_baseline", "components.register_model",
-        "components.multinode_launch"]
+CLIS = ["pipelines.compile", "pipelines.run_local", "pipelines.submit", "components.demo.tiny_model",
+        "components.run.finalize_runs", "components.data.validate_dataset", "components.train.train",
+        "components.evaluate.mmlu.evaluate_mmlu", "components.merge.merge_lora", "components.gate.compare",
+        "components.gate.register_model", "components.train.multinode.launch"]
 
 
 @pytest.mark.parametrize("module", CLIS)
@@ -69,3 +67,16 @@ def test_cli_help(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0
     assert "usage:" in proc.stdout
+
+
+def test_one_release_number_tags_the_package_the_image_and_the_manifests():
+    """A release bumps setup.cfg's version; the default image, the Dockerfile and the kustomization follow it."""
+    from configs.schema import DEFAULT_IMAGE
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    version = parser["metadata"]["version"]
+    assert DEFAULT_IMAGE.endswith(f":{version}")
+    assert f"llm-finetune:{version} ." in (REPO / "Dockerfile").read_text()
+    assert re.search(rf"newTag: {re.escape(version)}\b", (REPO / "deploy" / "kustomization.yaml").read_text())
+    assert f"llm-finetune:{version}" in (REPO / "deploy" / "webui.yaml").read_text()

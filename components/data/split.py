@@ -1,0 +1,261 @@
+"""The held-out test split of the training data, fixed per example by a hash of its content.
+
+A row goes to the test side when its content hash, read as a number in [0, 1), is below
+``dataset.test_fraction``. The side depends on nothing but the row's own content, so appending rows
+to a dataset never moves an existing row across, and identical rows (in one dataset or in two) always
+land on the same side: a duplicate of a test row can never be trained on.
+
+The content hash is also the key under which an example's evaluation is recorded
+(:func:`row_key`), so per-example scores of two models pair up by key.
+
+The validate step writes the split as a snapshot in the run directory (:func:`validate_and_split`,
+in the same streaming pass that validates the rows), and training reads only that snapshot:
+
+- ``dataset_info.json``: entry ``N`` -> ``train/N.jsonl`` and entry ``N@test`` -> ``test/N.jsonl``
+  for every dataset ``N``, each a copy of the original entry with the source-only keys dropped
+  (:data:`SOURCE_ONLY_KEYS`; ``num_samples`` stays on the train entry only);
+- the rows as parsed from the source, one JSON object per line in canonical form (:func:`canonical_row`),
+  in source order, so ``row_key(json.loads(line))`` is the row's key;
+- ``split.json``: the :class:`SplitManifest` (counts, file hashes, the scored test keys).
+
+At most ``dataset.max_test_rows`` rows per dataset are scored: those with the smallest keys, so the
+choice is as stable as the split. The other held-out rows are in neither file: never trained on,
+never scored. Memory stays bounded: rows stream to their files, and at most twice the cap of
+candidate keys is held per dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.common.safe_json import DocumentError, JsonScanner, read_json
+from components.common.storage import run_dir
+from components.data.checks import DATA_CONFIG
+
+# Part of every key: changing how rows are keyed (or split) must change every key, never reuse one.
+SPLIT_VERSION = "llmft-split-v1"
+KEY_HEX_CHARS = 32  # 128 bits: no two distinct rows of any real dataset share a key
+SNAPSHOT_DIR = "data"  # <run dir>/data
+MANIFEST_FILE = "split.json"
+TEST_SUFFIX = "@test"
+_HEX64 = r"^[0-9a-f]{64}$"
+_KEY = re.compile(rf"^[0-9a-f]{{{KEY_HEX_CHARS}}}$")
+# Built once: json.dumps with options builds a new encoder per call, which doubles the cost per row.
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+# The snapshot's rows were written as strict JSON, lone surrogates escaped (see _json_line): read them back so.
+_SNAPSHOT_ROWS = JsonScanner(allow_lone_surrogates=True)
+
+
+def canonical_row(row: Any) -> str:
+    """The row as canonical JSON (sorted keys, no whitespace): the same content gives the same text."""
+    return _CANONICAL.encode(row)
+
+
+def canonical_key(canonical: str) -> str:
+    digest = hashlib.sha256(f"{SPLIT_VERSION}\0{canonical}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:KEY_HEX_CHARS]
+
+
+def row_key(row: Any) -> str:
+    """The content hash of one dataset row (hex): its identity in the split and in per-example results."""
+    return canonical_key(canonical_row(row))
+
+
+def key_position(key: str) -> float:
+    """Where a key falls in [0, 1): its first 64 bits as a fraction (uniform for a good hash)."""
+    return int(key[:16], 16) / float(1 << 64)
+
+
+def is_test_row(key: str, test_fraction: float) -> bool:
+    """True when the row with this key belongs to the held-out test side."""
+    return key_position(key) < test_fraction
+
+
+def split_hash(keys: list[str]) -> str:
+    """The identity of a set of test rows: sha256 over their sorted keys (order and duplicates do not matter)."""
+    digest = hashlib.sha256(SPLIT_VERSION.encode())
+    for key in sorted(set(keys)):
+        digest.update(key.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def heldout_entry_name(name: str) -> str:
+    """The snapshot's dataset_info.json entry with the scored test rows of dataset ``name``."""
+    return f"{name}{TEST_SUFFIX}"
+
+
+def snapshot_dir(cfg: Any, kfp_run_id: str) -> Path:
+    """Where the validated split of this run lives: ``<output_root>/<kfp run id>/data``."""
+    return run_dir(cfg, kfp_run_id) / SNAPSHOT_DIR
+
+
+# The manifest ------------------------------------------------------------------------------------------------
+
+
+class SplitError(ValueError):
+    """The split snapshot cannot be used (missing, invalid manifest, a file changed); the message names the file."""
+
+
+class DatasetSplit(BaseModel):
+    """One dataset's two sides in the snapshot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., min_length=1, description="The dataset's name in dataset.names and dataset_info.json.")
+    source_sha256: str = Field(..., pattern=_HEX64, description="sha256 of the source file(s), as validated.")
+    rows: int = Field(..., ge=1, description="Rows in the source.")
+    train_rows: int = Field(..., ge=1, description="Rows on the train side (in the train file).")
+    held_out_rows: int = Field(..., ge=1, description="Rows on the test side, copies included; never trained on.")
+    scored_rows: int = Field(..., ge=1, description="Distinct test rows in the test file (at most max_test_rows).")
+    train_file: str = Field(..., pattern=r"^train/[^/]+\.jsonl$", description="The train rows, JSON Lines.")
+    train_sha256: str = Field(..., pattern=_HEX64, description="sha256 of the train file.")
+    test_file: str = Field(..., pattern=r"^test/[^/]+\.jsonl$", description="The scored test rows, JSON Lines.")
+    test_sha256: str = Field(..., pattern=_HEX64, description="sha256 of the test file.")
+    test_split_hash: str = Field(..., pattern=_HEX64, description="split_hash of the scored test keys.")
+    test_keys: list[str] = Field(..., description="The scored test rows' keys, in test-file order.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSplit:
+        if self.train_rows + self.held_out_rows != self.rows:
+            raise ValueError(f"train_rows + held_out_rows must equal rows ({self.rows})")
+        if not self.scored_rows == len(self.test_keys) <= self.held_out_rows:
+            raise ValueError("scored_rows must equal the number of test_keys and not exceed held_out_rows")
+        if len(set(self.test_keys)) != len(self.test_keys) or not all(map(_KEY.match, self.test_keys)):
+            raise ValueError(f"test_keys must be distinct {KEY_HEX_CHARS}-digit hex keys")
+        if split_hash(self.test_keys) != self.test_split_hash:
+            raise ValueError("test_split_hash does not match test_keys")
+        return self
+
+
+class SplitManifest(BaseModel):
+    """``split.json``: how the snapshot was split and what each of its files holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = Field(1, description="Version of this manifest's layout.")
+    key_scheme: Literal["llmft-split-v1"] = Field(SPLIT_VERSION, description="How row keys are computed.")
+    test_fraction: float = Field(..., gt=0, lt=1, description="dataset.test_fraction of the split.")
+    min_test_rows: int = Field(..., ge=1, description="dataset.min_test_rows of the split.")
+    max_test_rows: int = Field(..., ge=1, description="dataset.max_test_rows of the split.")
+    dataset_hash: str = Field(..., pattern=_HEX64, description="Combined sha256 of the validated source data.")
+    dataset_info_sha256: str = Field(..., pattern=_HEX64, description="sha256 of the snapshot's dataset_info.json.")
+    test_split_hash: str = Field(..., pattern=_HEX64, description="Identity of all test sides (combined_test_hash).")
+    datasets: list[DatasetSplit] = Field(..., min_length=1, description="One entry per dataset, in training order.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitManifest:
+        if len({split.name for split in self.datasets}) != len(self.datasets):
+            raise ValueError("a dataset is listed twice")
+        if combined_test_hash(self.datasets) != self.test_split_hash:
+            raise ValueError("test_split_hash does not match the datasets' test_split_hash values")
+        return self
+
+    def dataset(self, name: str) -> DatasetSplit:
+        """The split of dataset ``name``.
+
+        Raises:
+            SplitError: the snapshot has no dataset of that name.
+        """
+        for split in self.datasets:
+            if split.name == name:
+                return split
+        raise SplitError(f"the split snapshot has no dataset {name!r} (it has {[s.name for s in self.datasets]})")
+
+
+def combined_test_hash(datasets: list[DatasetSplit]) -> str:
+    """sha256 over each dataset's name and test_split_hash, in order: the identity of the whole test side."""
+    pairs = [[split.name, split.test_split_hash] for split in datasets]
+    return hashlib.sha256(json.dumps([SPLIT_VERSION, pairs], separators=(",", ":")).encode()).hexdigest()
+
+
+def read_manifest(directory: str | Path) -> SplitManifest:
+    """The manifest of the snapshot in ``directory``.
+
+    Raises:
+        SplitError: ``split.json`` is missing, unreadable or invalid; the message names the file and each field.
+    """
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise SplitError(f"{path} does not exist: {directory} is not a split snapshot (validate-dataset "
+                         "writes it)") from None
+    except DocumentError as exc:  # the same wording as a field that fails validation
+        reason = exc.reason[:1].upper() + exc.reason[1:]
+        raise SplitError(f"{path} is not a valid split manifest: field '(top level)': {reason}") from None
+    try:
+        return SplitManifest.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(f"field '{'.'.join(map(str, item['loc'])) or '(top level)'}': "
+                           f"{item['msg'].removeprefix('Value error, ')}" for item in exc.errors())
+        raise SplitError(f"{path} is not a valid split manifest: {fields}") from None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_snapshot(directory: str | Path) -> SplitManifest:
+    """Check the snapshot is exactly what validation wrote: the manifest, dataset_info.json and every data file.
+
+    Raises:
+        SplitError: the manifest is invalid, or a file is missing or changed after validation (the message
+            names the file).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    expected = [(DATA_CONFIG, manifest.dataset_info_sha256)]
+    for split in manifest.datasets:
+        expected += [(split.train_file, split.train_sha256), (split.test_file, split.test_sha256)]
+    for relative, sha256 in expected:
+        path = directory / relative
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:
+            raise SplitError(f"{path} cannot be read ({exc.strerror or exc}); it was written by validation "
+                             "and must not be touched") from None
+        if actual != sha256:
+            raise SplitError(f"{path} changed after validation: its sha256 is {actual[:16]}..., "
+                             f"{MANIFEST_FILE} records {sha256[:16]}...")
+    return manifest
+
+
+def read_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str, Any]]:
+    """The scored test rows of one dataset as (key, row), in file order, each checked against the manifest.
+
+    Raises:
+        SplitError: the test file is unreadable or a row's key is not the manifest's key at that line.
+    """
+    path = Path(directory) / split.test_file
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    row = _SNAPSHOT_ROWS.decode(line)
+                except ValueError as exc:  # JSONDecodeError or DocumentError
+                    raise SplitError(f"{path}:{number}: not a JSON row ({exc}); the file changed after "
+                                     "validation") from None
+                key = row_key(row)
+                if number > len(split.test_keys) or split.test_keys[number - 1] != key:
+                    raise SplitError(f"{path}:{number}: the row's key {key} is not the manifest's key for "
+                                     "this line; the file changed after validation")
+                rows.append((key, row))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, SplitError):
+            raise
+        raise SplitError(f"{path} cannot be read: {exc}") from None
+    if len(rows) != len(split.test_keys):
+        raise SplitError(f"{path} has {len(rows)} rows, {MANIFEST_FILE} records {len(split.test_keys)}")
+    return rows

@@ -1,0 +1,282 @@
+"""Write the split snapshot in the same streaming pass that validates the rows.
+
+:func:`validate_and_split` runs :func:`components.data.validation.validate_datasets` with a :class:`SplitWriter`
+as its row sink: each valid row is keyed (:func:`components.data.split.row_key`) and written, in canonical JSON,
+to its dataset's train file or to the held-out candidates; at the end, the ``dataset.max_test_rows`` held-out rows
+with the smallest keys become the test file, and ``split.json`` (:class:`components.data.split.SplitManifest`)
+records counts and hashes. The snapshot appears in one rename, only when validation passed; memory stays bounded
+(rows stream to files, at most twice the cap of candidate keys is held per dataset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from components.common.storage import StorageError, atomic_directory, describe_os_error
+from components.data.checks import DATA_CONFIG, DatasetSpec, Problem
+from components.data.result import ValidationResult
+from components.data.split import (
+    KEY_HEX_CHARS,
+    MANIFEST_FILE,
+    DatasetSplit,
+    SplitManifest,
+    canonical_key,
+    combined_test_hash,
+    heldout_entry_name,
+    is_test_row,
+    split_hash,
+)
+from components.data.validation import validate_datasets
+
+# Entry keys that say where and how to fetch the source rows; the snapshot's JSONL files make them moot.
+SOURCE_ONLY_KEYS = ("file_name", "split", "subset", "folder", "file_sha1")
+
+
+_CANONICAL_STRICT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class _Dataset:
+    """One dataset's streaming state while validation reads its rows."""
+
+    spec: DatasetSpec
+    train: IO[bytes]
+    held: IO[bytes]  # every held-out row as "<key> <json>\n", filtered to the scored ones at the end
+    train_digest: Any = field(default_factory=hashlib.sha256)
+    rows: int = 0
+    train_rows: int = 0
+    held_out_rows: int = 0
+    candidates: set[str] = field(default_factory=set)  # the smallest held-out keys seen (at most 2 x the cap)
+
+
+def _json_line(value: Any) -> tuple[bytes, str]:
+    """The row as one line of canonical JSON, and its key (one encoding serves both).
+
+    Raises:
+        ValueError: the row holds NaN or Infinity.
+    """
+    try:
+        text = _CANONICAL_STRICT.encode(value)
+    except TypeError:
+        # Parquet types JSON lacks (timestamps, bytes, decimals) become their text; the row is what that reads back.
+        text = _CANONICAL_STRICT.encode(json.loads(json.dumps(value, default=str)))
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, legal as a JSON escape: keep it escaped
+        data = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":")).encode("ascii")
+    return data + b"\n", canonical_key(text)
+
+
+class SplitWriter:
+    """The ``row_sink`` of :func:`components.data.validation.validate_datasets` that streams each row to its side.
+
+    The snapshot directory is opened (``open_directory``) only when the first row arrives, so input that
+    fails before any row is read leaves nothing behind.
+    """
+
+    def __init__(self, open_directory: Callable[[], Path], *, test_fraction: float, min_test_rows: int,
+                 max_test_rows: int):
+        self._open_directory = open_directory
+        self._directory: Path | None = None
+        self.test_fraction, self.min_test_rows, self.max_test_rows = test_fraction, min_test_rows, max_test_rows
+        self._datasets: dict[str, _Dataset] = {}
+        self._current: _Dataset | None = None
+
+    def __call__(self, spec: DatasetSpec, display: str, row: int, value: Any) -> str | None:
+        """Put one validated row on its side; returns a problem message when the row cannot be written as JSON."""
+        try:
+            data, key = _json_line(value)
+        except ValueError:
+            return "holds NaN or Infinity, which JSON Lines cannot carry; use null or a string"
+        state = self._dataset(spec)
+        state.rows += 1
+        if is_test_row(key, self.test_fraction):
+            state.held_out_rows += 1
+            self._write(state.held, key.encode() + b" " + data)
+            state.candidates.add(key)
+            if len(state.candidates) > 2 * self.max_test_rows:
+                state.candidates = set(sorted(state.candidates)[:self.max_test_rows])
+        else:
+            state.train_rows += 1
+            state.train_digest.update(data)
+            self._write(state.train, data)
+        return None
+
+    def check_sizes(self, result: ValidationResult) -> None:
+        """Add a problem for each fully read dataset with too few held-out rows, or none left to train on."""
+        for version in result.datasets:
+            state = self._datasets.get(version.name)
+            if state is None or version.invalid_rows or state.rows != version.rows:
+                continue  # its rows have problems already; the split of what is left would mislead
+            held = len(self._scored(state))
+            where = f"dataset '{version.name}' ({version.rows} rows, dataset.test_fraction {self.test_fraction})"
+            if held < self.min_test_rows:
+                result.add_problem(Problem(version.file_name, None, None, (
+                    f"{where} holds out only {held} distinct row(s) for testing; at least {self.min_test_rows} "
+                    "are needed (dataset.min_test_rows): raise dataset.test_fraction or add rows")))
+            if state.train_rows == 0:
+                result.add_problem(Problem(version.file_name, None, None, (
+                    f"{where} leaves no row for training: lower dataset.test_fraction or add rows")))
+
+    def finish(self, result: ValidationResult) -> SplitManifest:
+        """Write the test files, dataset_info.json and split.json for a result that passed; returns the manifest.
+
+        Raises:
+            StorageError: the volume refused a write.
+        """
+        directory = self._open()
+        self.close()
+        splits, info = [], {}
+        for version in result.datasets:
+            state = self._datasets[version.name]
+            train_file, test_file = f"train/{version.name}.jsonl", f"test/{version.name}.jsonl"
+            keys, test_sha256 = self._write_test_file(state, directory / test_file)
+            splits.append(DatasetSplit(
+                name=version.name, source_sha256=version.sha256, rows=state.rows, train_rows=state.train_rows,
+                held_out_rows=state.held_out_rows, scored_rows=len(keys), train_file=train_file,
+                train_sha256=state.train_digest.hexdigest(), test_file=test_file, test_sha256=test_sha256,
+                test_split_hash=split_hash(keys), test_keys=keys))
+            kept = {key: value for key, value in state.spec.entry.items() if key not in SOURCE_ONLY_KEYS}
+            info[version.name] = {"file_name": train_file, **kept}
+            kept.pop("num_samples", None)  # a sample size for training; every scored row is evaluated
+            info[heldout_entry_name(version.name)] = {"file_name": test_file, **kept}
+        info_bytes = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
+        manifest = SplitManifest(
+            test_fraction=self.test_fraction, min_test_rows=self.min_test_rows, max_test_rows=self.max_test_rows,
+            dataset_hash=result.combined_sha256, dataset_info_sha256=hashlib.sha256(info_bytes).hexdigest(),
+            test_split_hash=combined_test_hash(splits), datasets=splits)
+        self._write_file(directory / DATA_CONFIG, info_bytes)
+        self._write_file(directory / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
+        return manifest
+
+    def close(self) -> None:
+        """Close the open files (idempotent).
+
+        Raises:
+            StorageError: the volume refused the last buffered write.
+        """
+        for state in self._datasets.values():
+            self._close(state)
+
+    def _scored(self, state: _Dataset) -> list[str]:
+        return sorted(state.candidates)[:self.max_test_rows]
+
+    def _open(self) -> Path:
+        if self._directory is None:
+            self._directory = self._open_directory()
+            for side in ("train", "test"):
+                (self._directory / side).mkdir()
+        return self._directory
+
+    def _dataset(self, spec: DatasetSpec) -> _Dataset:
+        current = self._current
+        if current is not None and current.spec.name == spec.name:
+            return current
+        if current is not None:  # datasets are read one after the other: one pair of files open at a time
+            self._close(current)
+        directory = self._open()
+        try:
+            train = open(directory / "train" / f"{spec.name}.jsonl", "wb")  # noqa: SIM115 - closed in close()
+            held = open(directory / "test" / f".{spec.name}.held", "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, directory)) from exc
+        self._current = self._datasets[spec.name] = _Dataset(spec, train, held)
+        return self._current
+
+    @staticmethod
+    def _close(state: _Dataset) -> None:
+        for handle in (state.train, state.held):
+            try:
+                handle.close()  # flushes the buffer: the last write can fail here
+            except OSError as exc:
+                raise StorageError(describe_os_error(exc, Path(handle.name))) from exc
+
+    @staticmethod
+    def _write(handle: IO[bytes], data: bytes) -> None:
+        # Not an OSError: validation would report it as the *source* file being unreadable.
+        try:
+            handle.write(data)
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, Path(handle.name))) from exc
+
+    @staticmethod
+    def _write_file(path: Path, data: bytes) -> None:
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, path)) from exc
+
+    def _write_test_file(self, state: _Dataset, path: Path) -> tuple[list[str], str]:
+        """Keep the scored held-out rows, first copy of each, in source order; returns their keys and the hash."""
+        scored = set(self._scored(state))
+        keys: list[str] = []
+        digest = hashlib.sha256()
+        held = Path(state.held.name)
+        try:
+            with open(held, "rb") as source, open(path, "wb") as target:
+                for line in source:
+                    key = line[:KEY_HEX_CHARS].decode()
+                    if key in scored:
+                        scored.discard(key)
+                        keys.append(key)
+                        digest.update(line[KEY_HEX_CHARS + 1:])
+                        target.write(line[KEY_HEX_CHARS + 1:])
+            held.unlink()
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, path)) from exc
+        return keys, digest.hexdigest()
+
+
+class _Invalid(Exception):
+    """Validation found problems: unwinds the snapshot directory before anything is published."""
+
+
+def validate_and_split(dataset_dir: str | Path, names: list[str], destination: str | Path, *, test_fraction: float,
+                       min_test_rows: int, max_test_rows: int, replace: bool = False,
+                       **checks: Any) -> tuple[ValidationResult, SplitManifest | None]:
+    """Validate the named datasets and, when they pass, publish their split snapshot at ``destination``.
+
+    One streaming pass: each row is checked, keyed and written to its side as it is read. The snapshot is
+    built in a temporary sibling and renamed into place only when validation passed and every file is
+    written (:func:`components.common.storage.atomic_directory`); otherwise nothing is left behind.
+
+    Args:
+        dataset_dir: The directory with dataset_info.json and the data files.
+        names: Entries of dataset_info.json, in training order.
+        destination: The snapshot directory to create (usually :func:`snapshot_dir`).
+        test_fraction: Share of rows held out (``dataset.test_fraction``).
+        min_test_rows: Fewer distinct held-out rows in a dataset is a problem (``dataset.min_test_rows``).
+        max_test_rows: Held-out rows scored per dataset, the smallest keys (``dataset.max_test_rows``).
+        replace: Replace an existing snapshot (a retried validate step) instead of failing.
+        **checks: The keyword arguments of :func:`components.data.validation.validate_datasets`
+            (``cutoff_len`` is required).
+
+    Returns:
+        The validation result (with a problem for each dataset too small to split) and the manifest, or None
+        when validation failed.
+
+    Raises:
+        StorageError: the volume refused a write, or ``destination`` exists and ``replace`` is False.
+    """
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = SplitWriter(lambda: stack.enter_context(atomic_directory(destination, replace=replace)),
+                                 test_fraction=test_fraction, min_test_rows=min_test_rows,
+                                 max_test_rows=max_test_rows)
+            try:
+                result = validate_datasets(dataset_dir, names, row_sink=writer, **checks)
+                writer.check_sizes(result)
+                if not result.ok:
+                    raise _Invalid(result)
+                manifest = writer.finish(result)
+            finally:
+                writer.close()
+    except _Invalid as invalid:
+        return invalid.args[0], None
+    return result, manifest

@@ -1,0 +1,26 @@
+"""The gate: compare the candidate with the baseline, and the registry steps that act on the decision.
+
+- :mod:`.find_baseline`: the find-baseline step;
+- :mod:`.reuse_baseline_scores`: the reuse-baseline-scores step;
+- :mod:`.compare`: the compare step (and the offline comparison of four results files);
+- :mod:`.register_model`: the register-model step;
+- :mod:`.promote_model`: the promote-model step;
+- :mod:`.mark_challenger`: the mark-challenger step;
+- :mod:`.rules`: the promotion rules, in one place (:class:`~.rules.Comparison`, ``comparison.json``);
+- :mod:`.stats`: paired statistics (Wilcoxon, McNemar, bootstrap intervals);
+- :mod:`.report`: the Markdown and HTML report, the loss curve;
+- :mod:`.registry`: aliases, ``pvc://`` sources, and the scores stored for a model.
+"""
+
+__all__ = [
+    "compare",
+    "find_baseline",
+    "mark_challenger",
+    "promote_model",
+    "register_model",
+    "registry",
+    "report",
+    "reuse_baseline_scores",
+    "rules",
+    "stats",
+]

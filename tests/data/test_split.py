@@ -1,0 +1,406 @@
+"""The held-out test split: each row's side fixed by its content, stable under appends, capped by the smallest
+keys, refused when too small, published atomically, read back by LLaMA-Factory's own loader, and a real
+training run that never sees a test row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.common.storage import StorageError, run_dir
+from components.data.split import (
+    MANIFEST_FILE,
+    SplitError,
+    heldout_entry_name,
+    is_test_row,
+    read_manifest,
+    read_test_rows,
+    row_key,
+    snapshot_dir,
+    split_hash,
+    verify_snapshot,
+)
+from components.data.split_writer import validate_and_split
+from components.demo.samples import SAMPLES
+from configs.loading import load_config
+from configs.schema import ConfigError, DatasetConfig
+
+
+def _row(index: int, topic: str = "number") -> dict:
+    return {"instruction": f"Say the {topic} {index} in words.", "input": "", "output": f"It is {topic} {index}."}
+
+
+def _write(root: Path, info: dict, files: dict[str, Any]) -> Path:
+    """A dataset directory: dataset_info.json and data files (a list of rows: JSON array for .json, JSON Lines
+    for .jsonl; text or bytes as is)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_info.json").write_text(json.dumps(info))
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, list):
+            content = (json.dumps(content, indent=1) if name.endswith(".json")
+                       else "".join(json.dumps(row) + "\n" for row in content))
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return root
+
+
+def _split(source: Path, names: list[str], destination: Path, *, fraction: float = 0.25, minimum: int = 1,
+           cap: int = 10_000, **checks: Any):
+    return validate_and_split(source, names, destination, test_fraction=fraction, min_test_rows=minimum,
+                              max_test_rows=cap, cutoff_len=1024, **checks)
+
+
+def _lines(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _set(example: dict) -> dict:
+    """An aligned LLaMA-Factory example without its unset (None) fields."""
+    return {key: value for key, value in example.items() if value is not None}
+
+
+def _sides(snapshot: Path, name: str) -> dict[str, str]:
+    """key -> 'train' or 'test' for every row in the snapshot's files of dataset ``name``."""
+    split = read_manifest(snapshot).dataset(name)
+    sides = {row_key(row): "train" for row in _lines(snapshot / split.train_file)}
+    sides.update({row_key(row): "test" for row in _lines(snapshot / split.test_file)})
+    return sides
+
+
+# -- the rule ------------------------------------------------------------------------------------------------
+
+
+def test_appending_rows_moves_no_earlier_row_across_and_identical_rows_share_a_side(tmp_path):
+    rows = [_row(i) for i in range(300)]
+    rows[250] = rows[10]  # a duplicate inside the dataset
+    shared = [rows[i] for i in range(0, 300, 3)] + [_row(i, "word") for i in range(60)]  # a second dataset
+    info = {"ds": {"file_name": "ds.jsonl"}, "other": {"file_name": "other.json"}}
+    source = _write(tmp_path / "data", info, {"ds.jsonl": rows, "other.json": shared})
+    before, manifest = _split(source, ["ds", "other"], tmp_path / "before")
+    assert before.ok and manifest is not None, before.failure_message()
+
+    with open(source / "ds.jsonl", "a", encoding="utf-8") as handle:  # append 200 rows
+        handle.writelines(json.dumps(_row(i, "colour")) + "\n" for i in range(200))
+    after, appended = _split(source, ["ds", "other"], tmp_path / "after")
+    assert after.ok and appended is not None
+
+    old, new = _sides(tmp_path / "before", "ds"), _sides(tmp_path / "after", "ds")
+    assert len(old) == 299 and len(new) == 499  # distinct rows (one duplicate)
+    assert {key: new[key] for key in old} == old  # no earlier row changed side
+    # The files only grew: every earlier line is still there, in order, followed by the new ones.
+    for side in ("train", "test"):
+        assert (tmp_path / "after" / side / "ds.jsonl").read_bytes().startswith(
+            (tmp_path / "before" / side / "ds.jsonl").read_bytes())
+    # The side is the rule's and nothing else's, and both datasets agree on every shared row.
+    assert all(side == ("test" if is_test_row(key, 0.25) else "train") for key, side in new.items())
+    other = _sides(tmp_path / "after", "other")
+    assert {key: other[key] for key in other if key in new} == {key: new[key] for key in other if key in new}
+    assert len(set(other) & set(new)) == 100
+    # The duplicate is held out or trained on as a whole, and scored once.
+    duplicate = row_key(rows[10])
+    split = appended.dataset("ds")
+    assert split.test_keys.count(duplicate) == (1 if new[duplicate] == "test" else 0)
+    assert split.rows == 500 and split.train_rows + split.held_out_rows == 500
+    assert 0.18 < split.held_out_rows / split.rows < 0.32
+
+
+def test_the_cap_scores_the_smallest_keys_and_stays_stable_under_appends(tmp_path):
+    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": [_row(i) for i in range(300)]})
+    _, first = _split(source, ["ds"], tmp_path / "first", fraction=0.5, cap=10)
+    held = sorted(key for key in map(row_key, (_row(i) for i in range(300))) if is_test_row(key, 0.5))
+    split = first.dataset("ds")
+    assert split.held_out_rows == len(held) > 100  # well past twice the cap: the candidate set was trimmed
+    assert sorted(split.test_keys) == held[:10] and split.scored_rows == 10
+    assert split.test_split_hash == split_hash(held[:10])
+    # In test-file order (source order), and no held-out row is trained on, scored or not.
+    assert [key for key, _ in read_test_rows(tmp_path / "first", split)] == split.test_keys
+    train_keys = {row_key(row) for row in _lines(tmp_path / "first" / split.train_file)}
+    assert not train_keys & set(held) and len(train_keys) == 300 - len(held)
+
+    with open(source / "ds.jsonl", "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(_row(i, "letter")) + "\n" for i in range(300))
+    _, second = _split(source, ["ds"], tmp_path / "second", fraction=0.5, cap=10)
+    later = second.dataset("ds")
+    held_now = sorted(key for key, side in _sides(tmp_path / "second", "ds").items() if side == "test")
+    all_held = sorted({key for key in map(row_key, [_row(i) for i in range(300)] + [_row(i, "letter")
+                                                                                    for i in range(300)])
+                       if is_test_row(key, 0.5)})
+    assert sorted(later.test_keys) == all_held[:10] == held_now
+    # A row that stopped being scored did so only because smaller new keys came; it is still not trained on.
+    dropped = set(split.test_keys) - set(later.test_keys)
+    assert all(key > max(later.test_keys) for key in dropped)
+    assert not dropped & {row_key(row) for row in _lines(tmp_path / "second" / later.train_file)}
+
+
+def test_a_dataset_too_small_to_hold_out_the_minimum_fails_naming_it(tmp_path):
+    info = {"big": {"file_name": "big.jsonl"}, "small": {"file_name": "small.jsonl"}}
+    source = _write(tmp_path / "data", info, {"big.jsonl": [_row(i) for i in range(400)],
+                                              "small.jsonl": [_row(i, "word") for i in range(30)]})
+    destination = tmp_path / "out" / "data"
+    result, manifest = _split(source, ["big", "small"], destination, fraction=0.1, minimum=10)
+    assert manifest is None and not result.ok
+    (problem,) = result.problems
+    assert problem.file == "small.jsonl"
+    assert "dataset 'small' (30 rows, dataset.test_fraction 0.1) holds out only" in problem.message
+    assert "at least 10 are needed (dataset.min_test_rows): raise dataset.test_fraction or add rows" in problem.message
+    assert "small" in result.failure_message()
+    assert not destination.exists() and list(destination.parent.iterdir()) == []  # not even a temporary copy
+
+    # Every row held out leaves nothing to train on: also a problem that names the dataset.
+    tiny = _write(tmp_path / "tiny", {"t": {"file_name": "t.jsonl"}}, {"t.jsonl": [_row(1), _row(2)]})
+    result, manifest = _split(tiny, ["t"], tmp_path / "tiny-out", fraction=0.999999, minimum=1)
+    assert manifest is None and "dataset 't' (2 rows" in str(result.problems[0])
+    assert "leaves no row for training" in str(result.problems[0])
+
+
+def test_split_settings_are_bounded_and_described():
+    fields = DatasetConfig.model_fields
+    assert all(fields[name].description for name in ("test_fraction", "min_test_rows", "max_test_rows"))
+    assert (DatasetConfig().test_fraction, DatasetConfig().min_test_rows, DatasetConfig().max_test_rows) == (
+        0.05, 20, 2000)
+    for override, words in (("dataset.test_fraction=0", "dataset.test_fraction"),
+                            ("dataset.test_fraction=1", "dataset.test_fraction"),
+                            ("dataset.min_test_rows=0", "dataset.min_test_rows"),
+                            ("dataset.max_test_rows=10", "min_test_rows (20) must not exceed max_test_rows (10)")):
+        with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            load_config("lora", overrides=[override])
+
+
+# -- the snapshot --------------------------------------------------------------------------------------------
+
+
+def test_every_source_format_round_trips_and_llamafactory_reads_both_sides(tmp_path, tiny_model_dir):
+    """Rows come back as parsed (``row_key(json.loads(line))`` is the key) in source order, from JSON,
+    JSON Lines, CSV, Parquet and a folder of shards; LLaMA-Factory's own loader reads each train entry and
+    each ``@test`` entry exactly as the source's rows convert."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.loader import _get_merged_dataset
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.hparams import get_train_args
+
+    chats = [{"conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": f"Answer {i}."}],
+              "meta": {"id": i, "tags": ["a", "ü"]}} for i in range(40)]
+    csv_text = "instruction,input,output\n" + "".join(f'"Say ""{i}""",,"{i},\nin digits"\n' for i in range(40))
+    info = {
+        "array": {"file_name": "array.json", "num_samples": 25, "split": "train", "file_sha1": "ignored"},
+        "lines": {"file_name": "lines.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations"}},
+        "table": {"file_name": "table.csv"},
+        "columnar": {"file_name": "columnar.parquet"},
+        "shards": {"file_name": "shards"},
+    }
+    source = _write(tmp_path / "data", info, {
+        "array.json": [_row(i) for i in range(40)], "lines.jsonl": chats, "table.csv": csv_text,
+        "shards/part-1.jsonl": [_row(i, "shard") for i in range(20)],
+        "shards/part-2.jsonl": [_row(i, "shard") for i in range(20, 40)],
+    })
+    pq.write_table(pa.Table.from_pylist([_row(i, "column") for i in range(40)]), source / "columnar.parquet")
+    names = list(info)
+    snapshot = tmp_path / "snapshot"
+    result, manifest = _split(source, names, snapshot, fraction=0.3)
+    assert result.ok and manifest is not None, result.failure_message()
+
+    originals = {
+        "array": [_row(i) for i in range(40)], "lines": chats,
+        "table": [{"instruction": f'Say "{i}"', "input": "", "output": f"{i},\nin digits"} for i in range(40)],
+        "columnar": [_row(i, "column") for i in range(40)],
+        "shards": [_row(i, "shard") for i in range(40)],
+    }
+    written = json.loads((snapshot / "dataset_info.json").read_text())
+    assert list(written) == [entry for name in names for entry in (name, heldout_entry_name(name))]
+    assert written["array"] == {"file_name": "train/array.jsonl", "num_samples": 25}  # no source-only keys
+    assert written["array@test"] == {"file_name": "test/array.jsonl"}  # every scored row is evaluated
+    assert written["lines@test"]["columns"] == {"messages": "conversations"}
+    assert verify_snapshot(snapshot) == manifest
+
+    args = dict(model_name_or_path=str(tiny_model_dir), stage="sft", do_train=True, finetuning_type="lora",
+                dataset=",".join(names), dataset_dir=str(snapshot), template="default", cutoff_len=256,
+                output_dir=str(tmp_path / "out"), overwrite_cache=True, preprocessing_num_workers=1, report_to="none")
+    model_args, data_args, training_args, _, _ = get_train_args(args)
+    every_entry = [entry for name in names for entry in (name, heldout_entry_name(name))]
+    loaded = _get_merged_dataset(every_entry, model_args, data_args, training_args, "sft", return_dict=True)
+    attrs = dict(zip(every_entry, get_dataset_list(every_entry, str(snapshot)), strict=True))
+    for name in names:
+        split = manifest.dataset(name)
+        train, test = _lines(snapshot / split.train_file), _lines(snapshot / split.test_file)
+        keyed = [(row_key(row), row) for row in originals[name]]
+        assert train == [row for key, row in keyed if not is_test_row(key, 0.3)]
+        assert test == [row for key, row in keyed if is_test_row(key, 0.3)]
+        assert [row_key(row) for row in test] == split.test_keys and len(train) == split.train_rows
+        convert = get_dataset_converter(attrs[name].formatting, attrs[name], data_args)
+        for entry, rows in ((name, train), (heldout_entry_name(name), test)):
+            examples, expected = [_set(example) for example in loaded[entry]], [_set(convert(row)) for row in rows]
+            if entry == "array":  # num_samples: LLaMA-Factory draws 25 of the train rows
+                assert len(examples) == 25 and all(example in expected for example in examples)
+            else:
+                assert examples == expected, entry
+
+
+def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
+    """NaN is a problem of its row and field; so is a lone surrogate (Arrow, LLaMA-Factory's loader, refuses
+    it even escaped); Parquet timestamps become text, and the line reads back to the row whose key the
+    manifest records."""
+    import datetime
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    lines = [json.dumps(_row(i)) for i in range(12)] + ['{"instruction": "a", "output": "b", "score": NaN}']
+    source = _write(tmp_path / "data", {"nan": {"file_name": "nan.jsonl"}, "odd": {"file_name": "odd.jsonl"},
+                                        "stamped": {"file_name": "stamped.parquet"}},
+                    {"nan.jsonl": "\n".join(lines) + "\n",
+                     "odd.jsonl": "".join(json.dumps({**_row(i), "input": "\ud800 lone"}) + "\n" for i in range(12))})
+    stamp = datetime.datetime(2025, 3, 14, 9, 26, 53)
+    pq.write_table(pa.Table.from_pylist([{**_row(i), "created": stamp} for i in range(12)]),
+                   source / "stamped.parquet")
+    result, _ = _split(source, ["nan"], tmp_path / "nan", fraction=0.5)
+    assert [(p.file, p.row, p.field) for p in result.problems] == [("nan.jsonl", 13, "score")]
+    assert "NaN or Infinity" in result.problems[0].message
+    result, _ = _split(source, ["odd"], tmp_path / "odd", fraction=0.5)
+    assert [(p.file, p.row) for p in result.problems] == [("odd.jsonl", row) for row in range(1, 13)]
+    assert "lone surrogate" in result.problems[0].message and not (tmp_path / "odd").exists()
+    with pytest.raises(pa.ArrowInvalid, match="surrogate"):  # what LLaMA-Factory's loader would have said
+        pa_json.read_json(io.BytesIO(json.dumps({"input": "\ud800 lone"}).encode()))
+    result, manifest = _split(source, ["stamped"], tmp_path / "kept", fraction=0.5)
+    assert result.ok, result.failure_message()
+    split = manifest.dataset("stamped")
+    test = _lines(tmp_path / "kept" / split.test_file)
+    read_back = _lines(tmp_path / "kept" / split.train_file) + test
+    assert len(read_back) == 12 and [row_key(row) for row in test] == split.test_keys
+    assert {row["created"] for row in read_back} == {str(stamp)}
+
+
+def test_the_snapshot_is_published_atomically(tmp_path):
+    rows = [_row(i) for i in range(500)] + [{"instruction": "", "output": "x"}]  # the last row is invalid
+    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
+    destination = tmp_path / "run" / "data"
+    result, manifest = _split(source, ["ds"], destination)
+    assert manifest is None and result.problems[0].row == 501
+    assert list((tmp_path / "run").iterdir()) == []  # 500 rows were streamed to a temporary copy, now gone
+
+    (source / "ds.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:500]))
+    _, first = _split(source, ["ds"], destination)
+    assert first is not None and verify_snapshot(destination) == first
+    with pytest.raises(StorageError, match="already exists"):
+        _split(source, ["ds"], destination)  # a snapshot is never overwritten by accident
+    assert verify_snapshot(destination) == first
+    with open(source / "ds.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(_row(1000)) + "\n")
+    _, second = validate_and_split(source, ["ds"], destination, replace=True, test_fraction=0.25, min_test_rows=1,
+                                   max_test_rows=10_000, cutoff_len=1024)  # a retried validate step
+    assert second.dataset("ds").rows == 501 and verify_snapshot(destination) == second
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["data"]
+
+
+def test_manifest_and_file_changes_are_named(tmp_path):
+    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": [_row(i) for i in range(80)]})
+    snapshot = tmp_path / "snapshot"
+    _, manifest = _split(source, ["ds"], snapshot)
+    split = manifest.dataset("ds")
+
+    test_file = snapshot / split.test_file
+    original = test_file.read_bytes()
+    test_file.write_bytes(original.replace(b"It is", b"It was", 1))
+    with pytest.raises(SplitError, match=r"test/ds\.jsonl changed after validation"):
+        verify_snapshot(snapshot)
+    with pytest.raises(SplitError, match=r"test/ds\.jsonl:1: the row's key"):
+        read_test_rows(snapshot, split)
+    test_file.write_bytes(original)
+    assert [row for _, row in read_test_rows(snapshot, split)] == _lines(test_file)
+
+    info = snapshot / "dataset_info.json"
+    info.write_text(info.read_text().replace("train/ds.jsonl", "test/ds.jsonl"))  # train on the test rows
+    with pytest.raises(SplitError, match=r"dataset_info\.json changed after validation"):
+        verify_snapshot(snapshot)
+
+    data = json.loads((snapshot / MANIFEST_FILE).read_text())
+    data["datasets"][0]["train_rows"] = -1
+    (snapshot / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(SplitError, match=r"split\.json is not a valid split manifest: field 'datasets\.0\.train_rows'"):
+        read_manifest(snapshot)
+    (snapshot / MANIFEST_FILE).write_text("{")
+    with pytest.raises(SplitError, match=r"split\.json is not a valid split manifest: field '\(top level\)': Invalid"):
+        read_manifest(snapshot)
+    (snapshot / MANIFEST_FILE).unlink()
+    with pytest.raises(SplitError, match=r"split\.json does not exist"):
+        read_manifest(snapshot)
+
+
+def test_contamination_is_checked_on_both_sides(tmp_path):
+    question = "Which river flows through the old mill town of Ashbury in the valley story?"
+    (tmp_path / "mmlu" / "test").mkdir(parents=True)
+    (tmp_path / "mmlu" / "test" / "story_test.csv").write_text(f'"{question}",a,b,c,d,A\n')
+    candidates = [{**_row(i), "input": question} for i in range(40)]
+    on_test = next(row for row in candidates if is_test_row(row_key(row), 0.25))
+    on_train = next(row for row in candidates if not is_test_row(row_key(row), 0.25))
+    rows = [_row(i) for i in range(60)] + [on_test, on_train]
+    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
+    result, manifest = _split(source, ["ds"], tmp_path / "snapshot", eval_data_dir=tmp_path / "mmlu")
+    assert manifest is not None and result.contaminated_rows == 2
+    assert sorted(warning.row for warning in result.warnings) == [61, 62]
+    failed, none = _split(source, ["ds"], tmp_path / "refused", eval_data_dir=tmp_path / "mmlu", max_contaminated=1)
+    assert none is None and "2 training row(s) contain MMLU test questions" in failed.failure_message()
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+
+def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_row(local_config):
+    """A real LoRA run on the tiny model (train run by hand: it validates and splits the data itself), then
+    LLaMA-Factory's own loader on the train.yaml the trainer used: it holds exactly the train rows."""
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.loader import _get_merged_dataset
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.hparams import get_train_args
+
+    from components.train.train import train_model
+
+    cfg = load_config("local", overrides=[f"storage.mount_path={local_config.storage.mount_path}",
+                                          f"mlflow.tracking_uri={local_config.mlflow.tracking_uri}",
+                                          "training.max_steps=2", "training.save_steps=2"])
+    result = train_model(cfg, "by-hand")
+    assert result.metrics["global_step"] == 2
+    snapshot = snapshot_dir(cfg, "by-hand")
+    manifest = verify_snapshot(snapshot)
+    split = manifest.dataset("alpaca_sample")
+    assert split.scored_rows >= 10 and split.train_rows >= 4 * split.scored_rows  # the demo's split
+
+    rendered = yaml.safe_load((run_dir(cfg, "by-hand") / "train.yaml").read_text())
+    assert rendered["dataset"] == "alpaca_sample" and rendered["dataset_dir"] == str(snapshot)
+    rendered.update(output_dir=str(Path(cfg.storage.mount_path) / "loader-check"), report_to="none")
+    rendered.pop("resume_from_checkpoint", None)
+    model_args, data_args, training_args, _, _ = get_train_args(rendered)
+    (seen,) = _get_merged_dataset(data_args.dataset, model_args, data_args, training_args, "sft",
+                                  return_dict=True).values()
+
+    (attr,) = get_dataset_list(["alpaca_sample"], str(SAMPLES / "sample_data"))
+    convert = get_dataset_converter(attr.formatting, attr, data_args)
+    source = json.loads((Path(cfg.storage.mount_path) / "data" / "alpaca_sample.json").read_text())
+
+    def text(example: dict) -> str:
+        return json.dumps([example["_prompt"], example["_response"], example["_system"]])
+
+    train = [text(convert(row)) for row in source if not is_test_row(row_key(row), cfg.dataset.test_fraction)]
+    held_out = {text(convert(row)) for row in source if is_test_row(row_key(row), cfg.dataset.test_fraction)}
+    assert [text(example) for example in seen] == train and len(train) == split.train_rows
+    assert not held_out & {text(example) for example in seen} and len(held_out) == split.held_out_rows
+
+
+def test_the_split_is_the_same_for_every_run_and_each_run_keeps_its_own(local_config):
+    """The same data and settings give the same manifest; snapshots are run-scoped, one can go without the other."""
+    from components.data.validate_dataset import validate_config_data
+
+    _, first = validate_config_data(local_config, "run-a")
+    _, second = validate_config_data(local_config, "run-b")
+    assert first == second  # same data, same settings: the same split
+    shutil.rmtree(snapshot_dir(local_config, "run-a"))
+    assert verify_snapshot(snapshot_dir(local_config, "run-b")) == second

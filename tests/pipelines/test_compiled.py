@@ -1,0 +1,240 @@
+"""The compiled IR: parsed strictly with the KFP protos, scheduled as a GPU cluster needs, secret-free,
+deterministic, torch-free to produce, and current in compiled/."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from configs.loading import config_from_json, load_config
+from pipelines.compile import COMPILED_DIR, REPO_ROOT, presets, stale_files
+
+GPU_EXECUTORS = {"exec-train", "exec-train-2", "exec-train-3", "exec-evaluate-candidate", "exec-evaluate-baseline",
+                 "exec-merge-lora"}
+HEAVY_MODULES = ("torch", "transformers", "llamafactory", "peft", "datasets", "mlflow")
+PLANTED_SECRET = "planted-Secret-5f1c9e-do-not-leak"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, Path]:
+    """Every preset compiled in a subprocess that has a recognisable secret in its environment."""
+    out = tmp_path_factory.mktemp("compiled")
+    env = dict(os.environ, MLFLOW_TRACKING_PASSWORD=PLANTED_SECRET, MLFLOW_TRACKING_TOKEN=PLANTED_SECRET,
+               KFP_TOKEN=PLANTED_SECRET)
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--output", str(out)], check=True, env=env,
+                   cwd=REPO_ROOT, capture_output=True)
+    return {path.stem: path for path in sorted(out.glob("*.yaml"))}
+
+
+def _documents(path: Path) -> tuple[pipeline_spec_pb2.PipelineSpec, dict, pipeline_spec_pb2.PlatformSpec]:
+    pipeline_doc, platform_doc = yaml.safe_load_all(path.read_text())
+    spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    platform = json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+    return spec, pipeline_doc, platform
+
+
+def _k8s_executors(platform: pipeline_spec_pb2.PlatformSpec) -> dict[str, k8s_pb2.KubernetesExecutorConfig]:
+    executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
+    return {
+        name: json_format.ParseDict(config, k8s_pb2.KubernetesExecutorConfig(), ignore_unknown_fields=False)
+        for name, config in executors.items()
+    }
+
+
+def test_every_preset_is_compiled(compiled):
+    assert set(compiled) == set(presets())
+
+
+@pytest.mark.parametrize("preset", ["lora", "qlora", "full"])
+def test_gpu_tasks_carry_every_scheduling_setting(compiled, preset):
+    cfg = load_config(preset)
+    spec, pipeline_doc, platform = _documents(compiled[preset])
+    containers = pipeline_doc["deploymentSpec"]["executors"]
+    executors = _k8s_executors(platform)
+    assert set(executors) >= GPU_EXECUTORS
+    for name in GPU_EXECUTORS:
+        resources = containers[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] or resources["accelerator"].get("resourceTypeParameter")
+        assert "resourceCountParameter" in resources["accelerator"] or resources["accelerator"].get("resourceCount")
+        assert resources["resourceCpuRequest"] == cfg.cluster.cpu_request
+        assert resources["resourceMemoryRequest"] == cfg.cluster.memory_request
+        config = executors[name]
+        assert config.node_selector.node_selector_json.component_input_parameter
+        assert config.tolerations and config.tolerations[0].toleration_json.component_input_parameter
+        assert [m.mount_path for m in config.empty_dir_mounts] == ["/dev/shm"]
+        assert config.empty_dir_mounts[0].medium == "Memory"
+        assert config.active_deadline_seconds > 0
+    assert containers["exec-train"]["container"]["image"] == cfg.cluster.image
+    assert "exit-handler-1" in spec.root.dag.tasks
+
+
+@pytest.mark.parametrize("preset", sorted(presets()))
+def test_every_task_mounts_the_pvc_and_reads_credentials_from_the_secret(compiled, preset):
+    cfg = load_config(preset)
+    _, pipeline_doc, platform = _documents(compiled[preset])
+    executors = _k8s_executors(platform)
+    assert set(executors) == set(pipeline_doc["deploymentSpec"]["executors"])
+    for name, config in executors.items():
+        assert [m.mount_path for m in config.pvc_mount] == [cfg.storage.mount_path], name
+        assert config.pvc_mount[0].pvc_name_parameter.component_input_parameter, name
+        assert config.active_deadline_seconds > 0, name
+        if cfg.mlflow.credentials_secret:
+            assert config.secret_as_env[0].secret_name == cfg.mlflow.credentials_secret
+            assert config.secret_as_env[0].optional
+
+
+def test_no_credential_value_anywhere(compiled):
+    for path in compiled.values():
+        text = path.read_text()
+        assert PLANTED_SECRET not in text
+        assert "password:" not in text.lower()
+
+
+def _all_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, pipeline_spec_pb2.PipelineTaskSpec]:
+    """Every task of the pipeline, branches included, by task name."""
+    tasks = dict(spec.root.dag.tasks)
+    for component in spec.components.values():
+        tasks.update(component.dag.tasks)
+    return tasks
+
+
+def test_the_training_task_retries_and_every_task_follows_the_task_table(compiled):
+    from pipelines.finetune import TASKS, display_name
+
+    spec, _, _ = _documents(compiled["lora"])
+    tasks = _all_tasks(spec)
+    for name in ("train", "train-2", "train-3"):  # one train task per method branch
+        assert tasks[name].retry_policy.max_retry_count == load_config("lora").cluster.train_retries
+    for name, settings in TASKS.items():
+        assert tasks[name].caching_options.enable_cache is settings.cache, name
+        assert tasks[name].task_info.name == display_name(name, "LoRA" if name == "train" else ""), name
+
+
+def test_pipeline_inputs_come_from_the_config(compiled):
+    """Every run parameter defaults to the compiled preset's value (the run form itself: tests/test_run_form.py)."""
+    from configs.form import canonical, field_value, form_fields
+
+    for preset, path in compiled.items():
+        cfg = load_config(preset)
+        spec, _, _ = _documents(path)
+        params = spec.root.input_definitions.parameters
+        for name, param in params.items():
+            assert param.description, f"{preset}: input {name} has no description"
+        assert config_from_json(params["z_config"].default_value.string_value) == cfg
+        for field in form_fields():
+            default = json_format.MessageToDict(params[field.name].default_value)
+            assert canonical(default) == canonical(field_value(cfg, field.path)), (preset, field.name)
+
+
+def test_compile_is_deterministic(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out, seed in ((first, "1"), (second, "2")):
+        subprocess.run([sys.executable, "-m", "pipelines.compile", "--output", str(out)], check=True,
+                       cwd=REPO_ROOT, capture_output=True, env=dict(os.environ, PYTHONHASHSEED=seed))
+    for path in first.glob("*.yaml"):
+        assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+
+
+def test_compile_imports_no_heavy_framework(tmp_path):
+    code = (
+        "import sys, pathlib, pipelines.compile as c; c.compile_presets(pathlib.Path(sys.argv[1]));"
+        f"print([m for m in {HEAVY_MODULES!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=REPO_ROOT,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_checked_in_ir_is_current():
+    assert stale_files(COMPILED_DIR) == [], "run: python -m pipelines.compile"
+
+
+def _wrappers() -> list[tuple[str, ast.FunctionDef]]:
+    """The component functions of pipelines/steps.py (every KFP wrapper lives there)."""
+    tree = ast.parse((REPO_ROOT / "pipelines" / "steps.py").read_text())
+    return [(node.name, node) for node in tree.body if isinstance(node, ast.FunctionDef)
+            and any("component" in ast.unparse(decorator) for decorator in node.decorator_list)]
+
+
+def test_wrappers_hold_no_logic():
+    wrappers = _wrappers()
+    assert len(wrappers) >= 12
+    for name, node in wrappers:
+        body = [stmt for stmt in node.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
+        calls = [stmt for stmt in body if not isinstance(stmt, ast.Import | ast.ImportFrom)]
+        assert len(calls) == 1, f"{name}: a wrapper makes exactly one call"
+        imports = [stmt for stmt in body if isinstance(stmt, ast.ImportFrom)]
+        assert [stmt.module.split(".")[0] for stmt in imports] == ["components"], f"{name}: imports its step only"
+        for inner in ast.walk(node):
+            assert not isinstance(inner, ast.If | ast.For | ast.While | ast.Try | ast.With | ast.IfExp), name
+        assert ast.get_docstring(node), f"{name}: the docstring is the IR's description"
+
+
+def test_every_step_module_imports_in_a_running_task_without_kfp_or_heavy_frameworks():
+    """A running task imports only its step's module (run-time code): no kfp, no torch on import."""
+    modules = sorted({stmt.module for _, node in _wrappers() for stmt in node.body
+                      if isinstance(stmt, ast.ImportFrom)} | {"components.run.resolve_config"})
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"print([m for m in {(*HEAVY_MODULES, 'kfp')!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, _KFP_RUNTIME="true")).stdout
+    assert out.strip() == "[]"
+
+
+def test_compile_cli_reports_a_bad_override_with_the_field(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", "--config", "lora", "--set", "training.lora_rank=-3",
+         "--output", str(tmp_path / "x.yaml")], cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "training.lora_rank" in proc.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_ir_task_graph_matches_the_design(compiled):
+    spec, _, _ = _documents(compiled["lora"])
+    deps = {name: set(task.dependent_tasks) for name, task in _all_tasks(spec).items()}
+    assert deps["validate-dataset"] == {"resolve-config"}
+    assert {"resolve-config", "validate-dataset"} <= deps["condition-branches-2"]  # the method branches: train
+    assert "condition-branches-2" in deps["merge-lora"]
+    assert "merge-lora" in deps["evaluate-candidate"]
+    assert {"evaluate-candidate", "condition-branches-6", "find-baseline"} <= deps["compare"]
+    assert {"compare", "merge-lora"} <= deps["register-model"]
+    assert spec.root.dag.tasks["finalize-runs"].trigger_policy.strategy == (
+        pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
+    )
+
+
+def test_multi_node_training_frees_the_train_task_from_the_gpu(tmp_path):
+    """``compile --set cluster.nodes=4``: the train task only submits and follows a TrainJob (the default
+    engine); the TrainJob's pods hold the GPUs, the task waits for it as long as training may take."""
+    out = tmp_path / "multinode.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--config", "lora", "--set", "cluster.nodes=4",
+                    "--output", str(out)], check=True, cwd=REPO_ROOT, capture_output=True)
+    cfg = load_config("lora", overrides=["cluster.nodes=4"])
+    spec, pipeline_doc, platform = _documents(out)
+    executors = _k8s_executors(platform)
+    train = pipeline_doc["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert "accelerator" not in train
+    assert (train["resourceCpuRequest"], train["resourceMemoryRequest"]) == (
+        cfg.cluster.light_cpu_request, cfg.cluster.light_memory_request)
+    assert not executors["exec-train"].node_selector.node_selector_json.component_input_parameter
+    assert not executors["exec-train"].empty_dir_mounts
+    assert executors["exec-train"].active_deadline_seconds == cfg.cluster.train_timeout_s
+    evaluate = pipeline_doc["deploymentSpec"]["executors"]["exec-evaluate-candidate"]["container"]["resources"]
+    assert "accelerator" in evaluate
+    assert executors["exec-evaluate-candidate"].active_deadline_seconds == cfg.cluster.eval_timeout_s
+    resolved = config_from_json(spec.root.input_definitions.parameters["z_config"].default_value.string_value)
+    assert (resolved.cluster.nodes, resolved.cluster.training_engine) == (4, "trainjob")
+    assert resolved.cluster.training_runtime == "torch-distributed"

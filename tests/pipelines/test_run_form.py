@@ -1,0 +1,217 @@
+"""The run form: typed pipeline parameters generated from the schema, and the one resolver that applies them.
+
+The IR is compiled for real and parsed with the KFP protos; the resolver is the function the resolve-config
+task runs; the trainer command is the train step's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from builders import REPO_ROOT
+from google.protobuf import json_format
+from kfp import compiler
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.run.resolve_config import form_from_overrides, resolve
+from configs.form import CONFIG_PARAM, OVERRIDES_PARAM, canonical, field_value, form_fields, form_values
+from configs.loading import load_config
+from configs.schema import ConfigError
+from pipelines.finetune import build_pipeline, pipeline_name
+
+KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", list: "LIST",
+             dict: "STRUCT"}
+
+
+@pytest.fixture(scope="module")
+def lora_ir(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("ir") / "lora.yaml"
+    compiler.Compiler().compile(build_pipeline(load_config("lora")), package_path=str(path))
+    pipeline_doc = next(yaml.safe_load_all(path.read_text()))
+    json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec())  # strict: the IR is valid
+    return pipeline_doc
+
+
+def test_the_ir_root_parameters_are_the_schema_marked_fields(lora_ir):
+    cfg = load_config("lora")
+    params = lora_ir["root"]["inputDefinitions"]["parameters"]
+    fields = {field.name: field for field in form_fields()}
+    assert set(params) == set(fields) | {CONFIG_PARAM, OVERRIDES_PARAM}
+    assert len(fields) >= 20
+    for name, field in fields.items():
+        assert params[name]["parameterType"] == KFP_TYPES[field.kind], name
+        assert canonical(params[name]["defaultValue"]) == canonical(field_value(cfg, field.path)), name
+        assert params[name]["description"].startswith(field.description), name
+        assert field.path in params[name]["description"], name
+    assert json.loads(params[CONFIG_PARAM]["defaultValue"]) == cfg.model_dump(mode="json")
+
+
+def test_the_alphabetical_form_reads_in_pipeline_order_most_changed_first():
+    names = sorted(field.name for field in form_fields())
+    assert names[:5] == ["a_base_model", "a_chat_template", "a_datasets", "b_learning_rate", "b_method"]
+    assert names[-1].startswith("h_") and sorted([*names, CONFIG_PARAM, OVERRIDES_PARAM])[-2:] == [
+        CONFIG_PARAM, OVERRIDES_PARAM]
+    wanted = {"storage.base_model", "training.template", "dataset.names", "training.method",
+              "training.learning_rate", "training.num_train_epochs", "training.max_steps",
+              "training.per_device_train_batch_size", "training.gradient_accumulation_steps", "training.cutoff_len",
+              "training.lora_rank", "training.lora_alpha", "training.lora_dropout", "training.lora_target",
+              "training.seed", "evaluation.n_shot", "evaluation.subjects", "gate.min_task_improvement",
+              "gate.mmlu_max_drop", "gate.max_regression", "mlflow.registered_model_name", "mlflow.experiment"}
+    assert wanted <= {field.path for field in form_fields()}
+
+
+def test_the_resolver_is_the_first_task_and_takes_every_form_field(lora_ir):
+    tasks = lora_ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    resolver = tasks["resolve-config"]
+    assert set(resolver["inputs"]["parameters"]) >= {field.name for field in form_fields()}
+    assert not resolver.get("dependentTasks")
+    for name, task in tasks.items():
+        if name != "resolve-config":
+            assert "resolve-config" in json.dumps(task) or task.get("dependentTasks"), name
+
+
+def _resolve(form: dict | None = None, overrides: list[str] | None = None, config: dict | None = None,
+             preset: str = "lora"):
+    compiled = load_config(preset)
+    defaults = form_values(compiled)
+    text = json.dumps(config) if config is not None else compiled.model_dump_json()
+    return resolve(text, overrides or [], {**defaults, **(form or {})}, compiled)
+
+
+def test_a_typed_parameter_beats_overrides_which_beat_the_config():
+    config = load_config("lora").model_dump(mode="json")
+    config["training"]["learning_rate"] = 3e-4
+    assert _resolve(config=config).training.learning_rate == 3e-4
+    assert _resolve(config=config, overrides=["training.learning_rate=2e-4"]).training.learning_rate == 2e-4
+    cfg = _resolve({"b_learning_rate": 5e-5}, ["training.learning_rate=2e-4"], config)
+    assert cfg.training.learning_rate == 5e-5
+
+
+def test_ints_handed_back_as_floats_mean_the_same_value():
+    cfg = _resolve({"d_lora_rank": 32.0, "c_max_steps": -1.0})  # kfp.local hands integers back as floats
+    assert cfg.training.lora_rank == 32 and isinstance(cfg.training.lora_rank, int)
+
+
+def test_a_bad_typed_value_names_the_field():
+    with pytest.raises(ConfigError, match=r"training\.learning_rate: Input should be greater than 0"):
+        _resolve({"b_learning_rate": -1.0})
+
+
+def test_the_accelerator_count_of_the_form_reaches_the_trainer_launch(tmp_path):
+    from components.train.launch import trainer_command
+
+    cfg = _resolve({"h_accelerator_count": 4})
+    assert cfg.cluster.accelerator_count == 4
+    command = trainer_command(cfg, True, tmp_path / "train.yaml")
+    assert command[command.index("--nproc-per-node") + 1] == "4"
+
+
+def test_an_override_that_disagrees_with_a_cluster_parameter_is_refused():
+    with pytest.raises(ConfigError, match="h_accelerator_count"):
+        _resolve(overrides=["cluster.accelerator_count=4"])
+    with pytest.raises(ConfigError, match="h_pvc_name"):
+        _resolve(overrides=["storage.pvc_name=other"])
+    assert _resolve({"h_pvc_name": "other"}).storage.pvc_name == "other"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("cluster.image=registry.example.com/other:1", "cluster.image"),
+    ("training.deepspeed_stage=3", "training.deepspeed_stage"),
+    ("cluster.train_timeout_s=600", "cluster.train_timeout_s"),
+    ("cluster.memory_limit=1Ti", "cluster.memory_limit"),
+])
+def test_a_compile_time_field_changed_at_run_time_is_refused(override, field):
+    with pytest.raises(ConfigError, match="compile another config") as error:
+        _resolve(overrides=[override])
+    assert field in str(error.value)
+
+
+def test_gpus_or_not_is_fixed_when_compiling():
+    with pytest.raises(ConfigError, match="compiled with GPUs"):
+        _resolve({"h_accelerator_count": 0})
+    with pytest.raises(ConfigError, match="compiled without GPUs"):
+        _resolve({"h_accelerator_count": 2}, preset="local")
+
+
+def test_unknown_form_parameters_are_refused():
+    compiled = load_config("lora")
+    with pytest.raises(ConfigError, match="unknown run parameters"):
+        resolve(compiled.model_dump_json(), [], {"b_learnig_rate": 1e-4}, compiled)
+
+
+def test_set_values_with_a_typed_parameter_become_that_parameter():
+    typed, rest = form_from_overrides(["training.learning_rate=5e-5", "training.lora_rank=32",
+                                       "training.warmup_ratio=0.1", "dataset.names=[a, b]"])
+    assert typed == {"b_learning_rate": 5e-5, "d_lora_rank": 32, "a_datasets": ["a", "b"]}
+    assert rest == ["training.warmup_ratio=0.1"]
+
+
+def test_a_config_compiled_with_changes_gets_its_own_name():
+    cfg = load_config("lora", overrides=["training.lora_rank=32"])
+    assert pipeline_name(load_config("lora"), []) == ("llm-finetune-lora", "Fine-tune with LLaMA-Factory (LoRA)")
+    name, display = pipeline_name(cfg, ["training.lora_rank=32"])
+    assert name.startswith("llm-finetune-lora-") and name != "llm-finetune-lora"
+    assert display == "Fine-tune with LLaMA-Factory (LoRA; training.lora_rank=32)"
+
+
+def test_the_train_task_is_named_after_the_resolved_method(lora_ir):
+    tasks = json.dumps(lora_ir["components"])
+    for display in ("Train (LoRA)", "Train (QLoRA)", "Train (full)"):
+        assert f'"name": "{display}"' in tasks
+
+
+def test_the_local_preset_is_not_compiled_for_a_cluster(tmp_path):
+    from pipelines.compile import compile_config, presets
+
+    assert "local" not in presets()
+    with pytest.raises(ConfigError, match="not absolute"):
+        compile_config(load_config("local"), tmp_path / "local.yaml")
+    assert not Path(tmp_path / "local.yaml").exists()
+
+
+def test_the_readme_shows_the_form_as_the_schema_declares_it():
+    from configs.form import README_BEGIN, README_END, markdown_table
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+    assert shown == markdown_table(load_config("lora")), "run: python -m configs.form, and paste it into the README"
+
+
+def test_typed_parameters_reach_the_trainer_and_mlflow(tmp_path, tiny_model_dir):
+    """The whole pipeline through kfp.local, started as the Kubeflow UI's form starts it: typed parameters changed,
+    z_config left at the compiled preset. The rendered LLaMA-Factory YAML and the MLflow runs carry the new values."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import run_local
+
+    storage = tmp_path / "storage"
+    shutil.copytree(tiny_model_dir, storage / "models" / "base-model")
+    arguments = {"b_learning_rate": 0.002, "d_lora_rank": 4, "c_max_steps": 4}
+    code = ("import sys, json; from pipelines import run_local as r;"
+            "cfg = r.localise(r.load_config('local'), __import__('pathlib').Path(sys.argv[1]));"
+            "r.prepare_storage(cfg); r.run_pipeline(cfg, json.loads(sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(storage), json.dumps(arguments)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = (storage / "output").iterdir()
+    rendered = yaml.safe_load((run / "train.yaml").read_text())
+    assert (rendered["learning_rate"], rendered["lora_rank"], rendered["max_steps"]) == (0.002, 4, 4)
+    resolved = json.loads((run / "resolved_config.json").read_text())
+    assert resolved["training"]["learning_rate"] == 0.002 and resolved["training"]["lora_rank"] == 4
+
+    cfg = run_local.localise(run_local.load_config("local"), storage)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    train = next(r for r in runs if r.data.tags.get("llmft.step") == "train")
+    parent = next(r for r in runs if r.data.tags.get("llmft.role") == "pipeline")
+    assert (train.data.params["learning_rate"], train.data.params["lora_rank"]) == ("0.002", "4")
+    assert parent.data.params["training.learning_rate"] == "0.002" and parent.data.params["training.lora_rank"] == "4"
