@@ -1,6 +1,6 @@
 """Chat template names LLaMA-Factory 0.9.5 knows (``llamafactory.data.template.TEMPLATES``).
 
-Kept as data so that config validation needs no LLaMA-Factory import; ``tests/test_configs.py``
+Kept as data so that config validation needs no LLaMA-Factory import; ``tests/configs/test_configs.py``
 checks it against the installed LLaMA-Factory.
 """
 

@@ -120,7 +120,7 @@ def test_the_training_task_retries_and_every_task_follows_the_task_table(compile
 
 
 def test_pipeline_inputs_come_from_the_config(compiled):
-    """Every run parameter defaults to the compiled preset's value (the run form itself: tests/test_run_form.py)."""
+    """Every run parameter defaults to the compiled preset's value (the run form: tests/pipelines/test_run_form.py)."""
     from configs.form import canonical, field_value, form_fields
 
     for preset, path in compiled.items():
