@@ -246,18 +246,17 @@ def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
 
 LONG = "/tmp/" + "n" * 5000  # one path component far beyond the filesystem's 255-byte limit
 SAMPLE = SAMPLES
-LONG_PATH_CASES = [
-    ("validate_dataset", ["--dataset-dir", LONG, "--dataset", "x"], 2),
-    ("validate_dataset", ["--dataset-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample", "--eval-data-dir",
-                          LONG], 1),
-    ("validate_dataset", ["--dataset-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample", "--report", LONG],
-     1),
-    ("merge_lora", ["--base", LONG, "--output", "{tmp}/merged"], 1),
-    ("evaluate_mmlu", ["--model", LONG, "--data-dir", f"{SAMPLE}/sample_mmlu", "--output", "{tmp}/eval"], 1),
-    ("evaluate_mmlu", ["--model", "{tmp}", "--data-dir", f"{SAMPLE}/sample_mmlu", "--output", LONG], 1),
-    ("task_eval", ["--model", LONG, "--data-dir", f"{SAMPLE}/sample_data", "--dataset", "alpaca_sample",
-                   "--template", "llama3", "--cutoff-len", "64", "--output", "{tmp}/task"], 1),
-    ("tiny_model", ["--output", LONG], 1),
+DATA, MMLU = f"{SAMPLE}/sample_data", f"{SAMPLE}/sample_mmlu"
+LONG_PATH_CASES = [  # (entry module under components/, argv, exit code)
+    ("data.validate_dataset", ["--dataset-dir", LONG, "--dataset", "x"], 2),
+    ("data.validate_dataset", ["--dataset-dir", DATA, "--dataset", "alpaca_sample", "--eval-data-dir", LONG], 1),
+    ("data.validate_dataset", ["--dataset-dir", DATA, "--dataset", "alpaca_sample", "--report", LONG], 1),
+    ("merge.merge_lora", ["--base", LONG, "--output", "{tmp}/merged"], 1),
+    ("evaluate.mmlu.evaluate_mmlu", ["--model", LONG, "--data-dir", MMLU, "--output", "{tmp}/eval"], 1),
+    ("evaluate.mmlu.evaluate_mmlu", ["--model", "{tmp}", "--data-dir", MMLU, "--output", LONG], 1),
+    ("evaluate.task.evaluate_task", ["--model", LONG, "--data-dir", DATA, "--dataset", "alpaca_sample",
+                                     "--template", "llama3", "--cutoff-len", "64", "--output", "{tmp}/task"], 1),
+    ("demo.tiny_model", ["--output", LONG], 1),
 ]
 
 
