@@ -193,7 +193,7 @@ def test_secret_template_holds_no_values_and_is_never_applied():
 
 def test_deploy_guide_names_only_files_that_exist_and_the_rbac():
     guide = (REPO_ROOT / "README.md").read_text().split("## Deploy to a cluster", 1)[1]
-    paths = set(re.findall(r"\b((?:deploy|configs|pipelines|components)/[\w./-]+\.(?:ya?ml|py|md))", guide))
+    paths = set(re.findall(r"(?<![\w/])((?:deploy|configs|pipelines|components)/[\w./-]+\.(?:ya?ml|py|md))", guide))
     assert paths, "the guide should point at the files it uses"
     missing = sorted(path for path in paths if not (REPO_ROOT / path).exists())
     assert not missing, f"the README's deploy section names files that do not exist: {missing}"

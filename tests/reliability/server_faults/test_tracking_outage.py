@@ -9,10 +9,10 @@ must succeed; every loss and learning-rate point of ``trainer_log.jsonl`` (the t
 the volume) must be in the train run's metric history at the same step with the same value; and once
 the exit handler's logic has run, no run is left RUNNING. Two variants:
 
-- ``trainer-retries`` (~35-45 s): the shipped settings; the trainer's MLflow client waits the outage out.
-- ``no-trainer-retries`` (~25 s): the trainer's retry budget set to zero (``TRAINER_MLFLOW_HTTP``), so its
-  points logged during the outage are dropped; training must go on regardless, and the step must
-  re-log them from the volume (``backfill_metrics``).
+- ``trainer-retries`` (~60 s on 2 cores): the shipped settings; the trainer's MLflow client waits the outage out.
+- ``no-trainer-retries`` (~40 s, ``make reliability``): the trainer's retry budget set to zero
+  (``TRAINER_MLFLOW_HTTP``), so its points logged during the outage are dropped; training must go on
+  regardless, and the step must re-log them from the volume (``backfill_metrics``).
 
 The numbers (outage length, points written before, during and after it, points backfilled) are printed;
 run with ``-s`` to see them. ``test_backfill_relogs_only_the_missing_points`` drives ``backfill_metrics``
@@ -80,7 +80,7 @@ def restartable_server(module_server):
 @pytest.mark.parametrize(("trainer_retries", "max_steps", "restart_by_step"), [
     # 20-50 steps/s here: down for a few hundred steps, and back for the rest.
     pytest.param(None, 600, 300, id="trainer-retries"),
-    pytest.param("0", 500, 100, id="no-trainer-retries"),
+    pytest.param("0", 500, 100, id="no-trainer-retries", marks=pytest.mark.reliability_long),
 ])
 def test_no_metric_point_is_lost_when_the_tracking_server_restarts(
         trainer_retries, max_steps, restart_by_step, restartable_server, storage_root, monkeypatch):
