@@ -12,6 +12,8 @@ model answers right, and each row's loss.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import uuid
 from pathlib import Path
 
 from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU, SAMPLES
@@ -26,6 +28,8 @@ from components.evaluate.task.results import (
     totals,
 )
 from components.gate.rules import TaskScores
+from configs.loading import load_config
+from configs.schema import PipelineConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["REPO_ROOT", "SAMPLES", "SAMPLE_DATA", "SAMPLE_MMLU"]  # re-exported for the tests
@@ -153,3 +157,21 @@ def write_results(folder: Path, mmlu: MmluResults, task: TaskResults) -> tuple[P
 def base_losses(rows: int = 40, *, low: int = 150, high: int = 300, step: int = 7) -> list[float]:
     """Distinct per-row losses with two decimals (exact after the file's 6-digit rounding, and after * 0.9)."""
     return [(low + (index * step) % (high - low)) / 100 for index in range(rows)]
+
+
+def stand_in_config(root: Path, tracking_uri: str, experiment: str, *overrides: str) -> PipelineConfig:
+    """The local preset on a fresh storage root ``root`` with a stand-in base model (a config and a few bytes of
+    "weights": the registry and the eval keys never read their values), the sample data and MMLU, and its own
+    MLflow experiment (``<experiment>-<random tag>``) and registered model name."""
+    base = root / "models" / "base-model"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "model.safetensors").write_bytes(b"base weights")
+    shutil.copytree(SAMPLE_DATA, root / "data")
+    shutil.copytree(SAMPLE_MMLU, root / "eval" / "mmlu")
+    tag = uuid.uuid4().hex[:8]
+    return load_config("local", overrides=[
+        f"storage.mount_path={root}", f"mlflow.tracking_uri={tracking_uri}",
+        f"mlflow.experiment={experiment}-{tag}", f"mlflow.registered_model_name=model-{tag}",
+        "gate.bootstrap_samples=200", *overrides,
+    ])

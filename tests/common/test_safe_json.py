@@ -26,7 +26,7 @@ from components.common.safe_json import (
     read_json,
     read_yaml,
 )
-from components.demo.samples import SAMPLES
+from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU
 
 DEEP = "[" * 100_000 + "]" * 100_000
 JUST_TOO_DEEP = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
@@ -245,8 +245,7 @@ def test_the_resolve_config_step_refuses_a_hostile_config_parameter():
 
 
 LONG = "/tmp/" + "n" * 5000  # one path component far beyond the filesystem's 255-byte limit
-SAMPLE = SAMPLES
-DATA, MMLU = f"{SAMPLE}/sample_data", f"{SAMPLE}/sample_mmlu"
+DATA, MMLU = str(SAMPLE_DATA), str(SAMPLE_MMLU)
 LONG_PATH_CASES = [  # (entry module under components/, argv, exit code)
     ("data.validate_dataset", ["--dataset-dir", LONG, "--dataset", "x"], 2),
     ("data.validate_dataset", ["--dataset-dir", DATA, "--dataset", "alpaca_sample", "--eval-data-dir", LONG], 1),

@@ -13,7 +13,6 @@ import json
 import shutil
 import struct
 import tempfile
-import uuid
 import zlib
 from pathlib import Path
 
@@ -26,13 +25,13 @@ from builders import (
     mmlu_results,
     mmlu_text,
     moved,
+    stand_in_config,
     task_results,
     task_text,
     write_results,
 )
 
 from components.common.storage import on_volume, run_dir
-from components.demo.samples import SAMPLES
 from components.gate.compare import ComparisonError, compare_files, main
 from components.gate.compare import run_step as run_compare
 from components.gate.find_baseline import run_step as run_resolve_baseline
@@ -41,9 +40,8 @@ from components.gate.report import render_report, sparkline
 from components.gate.reuse_baseline_scores import run_step as run_fetch_baseline_results
 from components.gate.rules import Comparison
 from components.gate.stats import mcnemar_exact_p
-from configs.loading import config_from_dict, load_config
+from configs.loading import config_from_dict
 
-ASSETS = SAMPLES
 PER_SUBJECT = 25
 BASE_RIGHT = 10  # 40 of 100 overall
 
@@ -228,21 +226,8 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
 
 @pytest.fixture
 def cfg(tmp_path, mlflow_server):
-    """The local preset on a fresh storage root (a stand-in base model, the sample data and MMLU) with its own
-    experiment and registered model. The registry and the eval keys never read the weights' values."""
-    root = tmp_path / "storage"
-    base = root / "models" / "base-model"
-    base.mkdir(parents=True)
-    (base / "config.json").write_text('{"model_type": "llama"}')
-    (base / "model.safetensors").write_bytes(b"base weights")
-    shutil.copytree(ASSETS / "sample_data", root / "data")
-    shutil.copytree(ASSETS / "sample_mmlu", root / "eval" / "mmlu")
-    tag = uuid.uuid4().hex[:8]
-    return load_config("local", overrides=[
-        f"storage.mount_path={root}", f"mlflow.tracking_uri={mlflow_server.uri}",
-        f"mlflow.experiment=compare-{tag}", f"mlflow.registered_model_name=model-{tag}",
-        "gate.bootstrap_samples=200",
-    ])
+    """The local preset on a fresh storage root with a stand-in base model and its own experiment and model."""
+    return stand_in_config(tmp_path / "storage", mlflow_server.uri, "compare")
 
 
 def snapshot(cfg, kfp_run_id: str) -> None:

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
-from builders import CATEGORY, base_losses, flags_first_right, mmlu_results, moved, task_results, write_results
+from builders import (
+    CATEGORY,
+    base_losses,
+    flags_first_right,
+    mmlu_results,
+    moved,
+    stand_in_config,
+    task_results,
+    write_results,
+)
 
 from components.common.storage import on_volume, run_dir
-from components.demo.samples import SAMPLES
 from components.gate.compare import compare_files
 from components.gate.compare import run_step as run_compare
 from components.gate.find_baseline import run_step as run_resolve_baseline
@@ -35,30 +42,15 @@ from components.gate.register_model import run_step as run_register
 from components.gate.registry import RegistryError, path_from_pvc_uri, pvc_uri, registered_aliases
 from components.gate.registry import main as registry_main
 from components.gate.rules import Comparison
-from configs.loading import load_config
 
-ASSETS = SAMPLES
 PER_SUBJECT = 20
 BASE_RIGHT = 8
 
 
 @pytest.fixture
 def cfg(tmp_path, mlflow_server):
-    """The local preset on a fresh storage root (a stand-in base model, the sample data and MMLU), with its own
-    experiment and registered model name."""
-    root = tmp_path / "storage"
-    base = root / "models" / "base-model"
-    base.mkdir(parents=True)
-    (base / "config.json").write_text('{"model_type": "llama"}')
-    (base / "model.safetensors").write_bytes(b"base weights")
-    shutil.copytree(ASSETS / "sample_data", root / "data")
-    shutil.copytree(ASSETS / "sample_mmlu", root / "eval" / "mmlu")
-    tag = uuid.uuid4().hex[:8]
-    return load_config("local", overrides=[
-        f"storage.mount_path={root}", f"mlflow.tracking_uri={mlflow_server.uri}",
-        f"mlflow.experiment=registry-{tag}", f"mlflow.registered_model_name=model-{tag}",
-        "gate.bootstrap_samples=200", "gate.max_regression=0.1",
-    ])
+    """The local preset on a fresh storage root with a stand-in base model and its own experiment and model."""
+    return stand_in_config(tmp_path / "storage", mlflow_server.uri, "registry", "gate.max_regression=0.1")
 
 
 def _client(cfg):
