@@ -12,9 +12,11 @@ model answers right, and each row's loss.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU, SAMPLES
 from components.evaluate.mmlu.results import MmluResults, results_from_records
@@ -175,3 +177,18 @@ def stand_in_config(root: Path, tracking_uri: str, experiment: str, *overrides: 
         f"mlflow.experiment={experiment}-{tag}", f"mlflow.registered_model_name=model-{tag}",
         "gate.bootstrap_samples=200", *overrides,
     ])
+
+
+def write_dataset(root: Path, info: Any, files: dict[str, Any]) -> Path:
+    """A dataset directory: dataset_info.json (dict, or raw bytes) and data files (bytes, text, or a list of
+    rows written as a JSON array for .json and as JSON Lines for .jsonl)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_info.json").write_bytes(info if isinstance(info, bytes) else json.dumps(info).encode())
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, list):
+            content = (json.dumps(content, indent=2) if name.endswith(".json")
+                       else "".join(json.dumps(row) + "\n" for row in content))
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return root

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from builders import write_dataset
 
 from components.common.storage import StorageError, run_dir
 from components.data.split import (
@@ -33,21 +34,6 @@ from configs.schema import ConfigError, DatasetConfig
 
 def _row(index: int, topic: str = "number") -> dict:
     return {"instruction": f"Say the {topic} {index} in words.", "input": "", "output": f"It is {topic} {index}."}
-
-
-def _write(root: Path, info: dict, files: dict[str, Any]) -> Path:
-    """A dataset directory: dataset_info.json and data files (a list of rows: JSON array for .json, JSON Lines
-    for .jsonl; text or bytes as is)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_info.json").write_text(json.dumps(info))
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, list):
-            content = (json.dumps(content, indent=1) if name.endswith(".json")
-                       else "".join(json.dumps(row) + "\n" for row in content))
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return root
 
 
 def _split(source: Path, names: list[str], destination: Path, *, fraction: float = 0.25, minimum: int = 1,
@@ -81,7 +67,7 @@ def test_appending_rows_moves_no_earlier_row_across_and_identical_rows_share_a_s
     rows[250] = rows[10]  # a duplicate inside the dataset
     shared = [rows[i] for i in range(0, 300, 3)] + [_row(i, "word") for i in range(60)]  # a second dataset
     info = {"ds": {"file_name": "ds.jsonl"}, "other": {"file_name": "other.json"}}
-    source = _write(tmp_path / "data", info, {"ds.jsonl": rows, "other.json": shared})
+    source = write_dataset(tmp_path / "data", info, {"ds.jsonl": rows, "other.json": shared})
     before, manifest = _split(source, ["ds", "other"], tmp_path / "before")
     assert before.ok and manifest is not None, before.failure_message()
 
@@ -111,7 +97,8 @@ def test_appending_rows_moves_no_earlier_row_across_and_identical_rows_share_a_s
 
 
 def test_the_cap_scores_the_smallest_keys_and_stays_stable_under_appends(tmp_path):
-    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": [_row(i) for i in range(300)]})
+    source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}},
+                           {"ds.jsonl": [_row(i) for i in range(300)]})
     _, first = _split(source, ["ds"], tmp_path / "first", fraction=0.5, cap=10)
     held = sorted(key for key in map(row_key, (_row(i) for i in range(300))) if is_test_row(key, 0.5))
     split = first.dataset("ds")
@@ -140,7 +127,7 @@ def test_the_cap_scores_the_smallest_keys_and_stays_stable_under_appends(tmp_pat
 
 def test_a_dataset_too_small_to_hold_out_the_minimum_fails_naming_it(tmp_path):
     info = {"big": {"file_name": "big.jsonl"}, "small": {"file_name": "small.jsonl"}}
-    source = _write(tmp_path / "data", info, {"big.jsonl": [_row(i) for i in range(400)],
+    source = write_dataset(tmp_path / "data", info, {"big.jsonl": [_row(i) for i in range(400)],
                                               "small.jsonl": [_row(i, "word") for i in range(30)]})
     destination = tmp_path / "out" / "data"
     result, manifest = _split(source, ["big", "small"], destination, fraction=0.1, minimum=10)
@@ -153,7 +140,7 @@ def test_a_dataset_too_small_to_hold_out_the_minimum_fails_naming_it(tmp_path):
     assert not destination.exists() and list(destination.parent.iterdir()) == []  # not even a temporary copy
 
     # Every row held out leaves nothing to train on: also a problem that names the dataset.
-    tiny = _write(tmp_path / "tiny", {"t": {"file_name": "t.jsonl"}}, {"t.jsonl": [_row(1), _row(2)]})
+    tiny = write_dataset(tmp_path / "tiny", {"t": {"file_name": "t.jsonl"}}, {"t.jsonl": [_row(1), _row(2)]})
     result, manifest = _split(tiny, ["t"], tmp_path / "tiny-out", fraction=0.999999, minimum=1)
     assert manifest is None and "dataset 't' (2 rows" in str(result.problems[0])
     assert "leaves no row for training" in str(result.problems[0])
@@ -196,7 +183,7 @@ def test_every_source_format_round_trips_and_llamafactory_reads_both_sides(tmp_p
         "columnar": {"file_name": "columnar.parquet"},
         "shards": {"file_name": "shards"},
     }
-    source = _write(tmp_path / "data", info, {
+    source = write_dataset(tmp_path / "data", info, {
         "array.json": [_row(i) for i in range(40)], "lines.jsonl": chats, "table.csv": csv_text,
         "shards/part-1.jsonl": [_row(i, "shard") for i in range(20)],
         "shards/part-2.jsonl": [_row(i, "shard") for i in range(20, 40)],
@@ -255,7 +242,7 @@ def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
     import pyarrow.parquet as pq
 
     lines = [json.dumps(_row(i)) for i in range(12)] + ['{"instruction": "a", "output": "b", "score": NaN}']
-    source = _write(tmp_path / "data", {"nan": {"file_name": "nan.jsonl"}, "odd": {"file_name": "odd.jsonl"},
+    source = write_dataset(tmp_path / "data", {"nan": {"file_name": "nan.jsonl"}, "odd": {"file_name": "odd.jsonl"},
                                         "stamped": {"file_name": "stamped.parquet"}},
                     {"nan.jsonl": "\n".join(lines) + "\n",
                      "odd.jsonl": "".join(json.dumps({**_row(i), "input": "\ud800 lone"}) + "\n" for i in range(12))})
@@ -281,7 +268,7 @@ def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
 
 def test_the_snapshot_is_published_atomically(tmp_path):
     rows = [_row(i) for i in range(500)] + [{"instruction": "", "output": "x"}]  # the last row is invalid
-    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
+    source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
     destination = tmp_path / "run" / "data"
     result, manifest = _split(source, ["ds"], destination)
     assert manifest is None and result.problems[0].row == 501
@@ -302,7 +289,8 @@ def test_the_snapshot_is_published_atomically(tmp_path):
 
 
 def test_manifest_and_file_changes_are_named(tmp_path):
-    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": [_row(i) for i in range(80)]})
+    source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}},
+                           {"ds.jsonl": [_row(i) for i in range(80)]})
     snapshot = tmp_path / "snapshot"
     _, manifest = _split(source, ["ds"], snapshot)
     split = manifest.dataset("ds")
@@ -343,7 +331,7 @@ def test_contamination_is_checked_on_both_sides(tmp_path):
     on_test = next(row for row in candidates if is_test_row(row_key(row), 0.25))
     on_train = next(row for row in candidates if not is_test_row(row_key(row), 0.25))
     rows = [_row(i) for i in range(60)] + [on_test, on_train]
-    source = _write(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
+    source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
     result, manifest = _split(source, ["ds"], tmp_path / "snapshot", eval_data_dir=tmp_path / "mmlu")
     assert manifest is not None and result.contaminated_rows == 2
     assert sorted(warning.row for warning in result.warnings) == [61, 62]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import REPO_ROOT
+from builders import REPO_ROOT, write_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,21 +38,6 @@ CONVERSATION = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hell
 
 def _good(index: int) -> dict:
     return {"instruction": f"Say the number {index}.", "input": "", "output": str(index)}
-
-
-def write_dataset(root: Path, info: Any, files: dict[str, Any]) -> Path:
-    """A dataset directory: dataset_info.json (dict, or raw bytes) and data files (bytes, text, or a list of
-    rows written as a JSON array for .json and as JSON Lines for .jsonl)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_info.json").write_bytes(info if isinstance(info, bytes) else json.dumps(info).encode())
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, list):
-            content = (json.dumps(content, indent=2) if name.endswith(".json")
-                       else "".join(json.dumps(row) + "\n" for row in content))
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return root
 
 
 def _alpaca(file_name: str = "data.json", **extra: Any) -> dict:
