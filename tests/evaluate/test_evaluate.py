@@ -23,16 +23,7 @@ from components.evaluate.evaluate import eval_setup, heldout_names, run_step
 from components.gate.find_baseline import run_step as run_resolve_baseline
 from configs.loading import load_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the tiny model gains nothing from two on the shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

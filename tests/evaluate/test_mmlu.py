@@ -42,18 +42,7 @@ from components.evaluate.mmlu.data import (
 from components.evaluate.mmlu.results import MmluResults, ResultsFileError
 
 SAMPLE = SAMPLES / "sample_mmlu"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the tiny models gain nothing from two, and on a shared, loaded machine OpenMP's
-    spinning threads made these tests up to 4x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gold(data_dir: Path, limit: int = 0) -> dict[str, list[str]]:

@@ -42,17 +42,7 @@ from components.evaluate.task.scoring import score_examples
 SAMPLE = SAMPLES / "sample_data"
 TEST_FRACTION = 0.3
 LONG = " ".join(f"word{i} and the answer of {i}" for i in range(60))  # far beyond every cutoff used here
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the tiny model gains nothing from two on a shared, loaded machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_entries(root: Path, entries: dict[str, tuple[dict, list]]) -> Path:
