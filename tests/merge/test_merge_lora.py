@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from builders import REPO_ROOT
+from lora import load_weights, make_adapter
 
 from components.common.storage import on_volume
 from components.merge.inputs import MergeError
@@ -58,30 +59,8 @@ def bases(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def make_adapter(base: Path, out: Path, seed: int = 1, **lora: object) -> Path:
-    """Save a peft LoRA adapter for ``base`` whose update is non-zero."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, **lora))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            # peft starts lora_B (and lora_embedding_A) at zero; randomise them so the update is not zero
-            if "lora_B" in name or "lora_embedding" in name or "modules_to_save" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    model.save_pretrained(out)
-    return out
 
 
-def load_weights(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        weights.update(load_file(shard))
-    return weights
 
 
 def peft_merged(base: Path, adapter: Path, dtype):

@@ -17,5 +17,5 @@ A hostile command line is one row of ``CASES`` in ``bad_input/test_<entry point>
 input, ``properties/``, whatever the function. Each package's docstring says more. Tests over a minute are marked
 ``reliability_long`` (``make reliability``); the rest run in ``make test``.
 
-``lora.py`` makes the real peft adapters several groups need.
+``tests/lora.py`` makes the real peft adapters the merge, storage-fault and concurrency cases need.
 """

@@ -19,12 +19,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lora import load_weights, make_adapter
 
 from components.merge.inputs import MergeError
 from components.merge.merge_lora import main, merge_and_publish, merge_model
 from components.merge.publish import current_version, published_versions
 
-from ..lora import make_adapter
 from .refusals import assert_refused, case_ids
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -57,13 +57,6 @@ def edit_weights(adapter: Path, change) -> None:
     save_file(tensors, path)
 
 
-def load_weights(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        weights.update(load_file(shard))
-    return weights
 
 
 def peft_merged(base_dir: Path, adapter: Path) -> dict:

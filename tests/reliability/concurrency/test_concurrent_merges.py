@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 from builders import REPO_ROOT as REPO
+from lora import make_adapter
 
 from components.merge.publish import current_version, published_versions
 from components.merge.safetensors import read_safetensors_header
 from components.merge.verify import verify_model_dir
-
-from ..lora import make_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -16,12 +16,12 @@ import os
 from pathlib import Path
 
 import pytest
+from lora import make_adapter
 
 from components.common.storage import StorageError, atomic_directory
 from components.data.split_writer import validate_and_split
 from components.demo.samples import SAMPLES
 
-from ..lora import make_adapter
 from .steps import assert_clear_failure, run_cli
 
 PAGE = 4096
