@@ -94,10 +94,11 @@ def prepare_data(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths) -> Spl
             raise TrainError(f"cannot train on dataset{'s' if len(names) > 1 else ''} {listed} (dataset.names): "
                              f"{result.failure_message()}")
         print(f"[train] validated the data and wrote its split snapshot to {paths.dataset_dir}", flush=True)
-    try:
-        split = verify_snapshot(paths.dataset_dir)
-    except SplitError as exc:
-        raise TrainError(f"the validated training data cannot be used: {exc}") from None
+    else:  # written by the validate step: re-hash it (one just written here needs no second read)
+        try:
+            split = verify_snapshot(paths.dataset_dir)
+        except SplitError as exc:
+            raise TrainError(f"the validated training data cannot be used: {exc}") from None
     wanted = (cfg.dataset.test_fraction, cfg.dataset.min_test_rows, cfg.dataset.max_test_rows)
     made = (split.test_fraction, split.min_test_rows, split.max_test_rows)
     has = [item.name for item in split.datasets]
