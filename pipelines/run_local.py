@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -149,6 +150,24 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(on_volume(cfg, "kfp-local")), raise_on_error=True)
     build_pipeline(cfg)(**(arguments or {}))
+
+
+def new_log_dir(logs: Path, name: str) -> Path:
+    """Create and return ``logs/<name>``, or ``logs/<name>-2``, ``-3``... when a run that started in the same second
+    took it: each run's task logs get a directory of their own (created exclusively, so two runs cannot share one).
+
+    Raises:
+        OSError: the directory cannot be created (a full or read-only volume, a file in the way).
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        candidate = logs / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 @contextlib.contextmanager
@@ -301,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
-    log_dir = Path(cfg.storage.mount_path) / "logs" / name
-    quiet = contextlib.nullcontext() if args.verbose else task_console(cfg, log_dir)
+    try:
+        log_dir = None if args.verbose else new_log_dir(Path(cfg.storage.mount_path) / "logs", name)
+    except OSError as exc:  # a file where the root should be, a full or read-only volume
+        print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
+        return 1
+    quiet = contextlib.nullcontext() if log_dir is None else task_console(cfg, log_dir)
     print(f"Running {cfg.name} ({cfg.training.method}) locally with kfp.local"
           + ("" if args.verbose else f"; every task's log goes to {log_dir}"), flush=True)
     try:
