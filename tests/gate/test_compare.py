@@ -36,7 +36,7 @@ from components.gate.compare import ComparisonError, compare_files, main
 from components.gate.compare import run_step as run_compare
 from components.gate.find_baseline import run_step as run_resolve_baseline
 from components.gate.registry import BaselineError
-from components.gate.report import render_report, sparkline
+from components.gate.report import render_html, render_report, sparkline
 from components.gate.reuse_baseline_scores import run_step as run_fetch_baseline_results
 from components.gate.rules import Comparison
 from components.gate.stats import mcnemar_exact_p
@@ -492,3 +492,20 @@ def test_modules_import_light_and_at_task_run_time():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              cwd=REPO_ROOT, env=dict(os.environ, _KFP_RUNTIME=runtime))
         assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_user_text_in_the_report_stays_text(tmp_path):
+    """The baseline note carries text from outside (paths, run ids, an MLflow error): in the Markdown report and
+    its HTML twin it reads as written, never as a link, an image or HTML."""
+    from markdown_it import MarkdownIt
+
+    files = write_pair(tmp_path, baseline_flags(), better_task())
+    comparison = compare_files(*files, defaults(), baseline_name="champion v3")
+    note = ("stored task.json of run `abc` unusable: [click](https://evil.example) ![x](https://e.example/p.png) "
+            "<script>")
+    report = render_report(comparison, note=f"Baseline: {note}")
+    page = MarkdownIt("commonmark").enable("table").render(report)
+    html = render_html(report)
+    for rendered in (page, html):
+        assert "<a " not in rendered and "<img" not in rendered and "<script>" not in rendered
+        assert "[click](https://evil.example)" in rendered and "&lt;script&gt;" in rendered
