@@ -457,7 +457,9 @@ class TrainingConfig(_Section):
         "all", description="Target modules: 'all' linear layers or a comma list.",
         json_schema_extra=form_field("d_lora_target"))
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
-    quantization_bit: Literal[4, 8] | None = Field(None, description="QLoRA quantisation bits (bitsandbytes).")
+    quantization_bit: Literal[4, 8] | None = Field(
+        None, description="QLoRA quantisation bits (bitsandbytes); unset: 4 (NF4) with method qlora, none otherwise. "
+        "It follows the method: a change of training.method that does not set it too resets it.")
     deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0: off); full uses 3.")
     save_steps: int = Field(500, ge=1, le=MAX_STEPS, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(3, ge=1, le=100, description="Checkpoints kept on the PVC.")
@@ -485,12 +487,19 @@ class TrainingConfig(_Section):
             raise ValueError(f"must be 'all' or comma-separated module names, got {value!r}")
         return ",".join(parts)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _qlora_bits_default(cls, data: Any) -> Any:
+        # QLoRA without bits means LLaMA-Factory's usual 4-bit NF4; other methods have none (see _method_rules).
+        if isinstance(data, dict) and data.get("method") == "qlora" and data.get("quantization_bit") is None:
+            return {**data, "quantization_bit": 4}
+        return data
+
     @model_validator(mode="after")
     def _method_rules(self) -> TrainingConfig:
-        if self.method == "qlora" and self.quantization_bit is None:
-            raise ValueError("method 'qlora' needs quantization_bit (4 or 8)")
         if self.method != "qlora" and self.quantization_bit is not None:
-            raise ValueError(f"quantization_bit is only for method 'qlora', not {self.method!r}")
+            raise ValueError(f"training.quantization_bit is only for method 'qlora', not {self.method!r}: set "
+                             "training.method=qlora (run form: b_method), or leave training.quantization_bit unset")
         return self
 
 
