@@ -15,23 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import psutil
 from builders import REPO_ROOT
 
 from components.common.tracking import PARENT_ROLE, ROLE_TAG
 from pipelines import run_local
 
-
-def _processes_of(storage: Path) -> list[psutil.Process]:
-    """Every live process whose command line names this storage root (run_local, tasks, trainer)."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "status"]):
-        if process.info["status"] != psutil.STATUS_ZOMBIE and any(
-                str(storage) in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
+from .processes import processes_of
 
 
 def test_ctrl_c_ends_run_local_with_one_line_and_every_run_killed(tmp_path, tiny_model_dir):
@@ -60,7 +50,7 @@ def test_ctrl_c_ends_run_local_with_one_line_and_every_run_killed(tmp_path, tiny
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, out + err
     assert len(err.strip().splitlines()) == 1, err
     assert re.match(r"interrupted \(Ctrl-C\): ended [1-9]\d* MLflow run\(s\) KILLED; task logs in ", err.strip()), err
-    assert not [process.info["cmdline"] for process in _processes_of(storage)]
+    assert not [process.info["cmdline"] for process in processes_of(storage)]
 
     client = MlflowClient(cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
