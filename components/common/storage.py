@@ -33,8 +33,8 @@ if TYPE_CHECKING:  # only for annotations: configs.schema imports components.com
 
 # The manifest every merged or published model directory holds (components.merge.verify writes it).
 MODEL_MANIFEST = "checksums.sha256"
-# A name hashed_name made: 8 hex digits of a hash, after a '-' when something precedes them.
-_HASHED_NAME = re.compile(r"(.*-)?[0-9a-f]{8}")
+# A name hashed_name made: something, '-' and 8 hex digits of a hash (a bare 8-digit id, as kfp.local makes, is not).
+_HASHED_NAME = re.compile(r".+-[0-9a-f]{8}")
 SLUG_MAX = 48  # a run's slug; "train-<slug>" stays a DNS-1035 label with room for a job's pod suffixes
 
 
@@ -148,13 +148,14 @@ def hashed_name(raw: str, cleaned: str, max_chars: int, strip: str = "-") -> str
 
     The hash always comes from the raw id, and an id shaped like a hashed name (ending in ``-`` and 8 hex digits)
     is hashed too: ``Nightly_Run`` (``nightly-run-48e013ed``) and the id ``nightly-run-48e013ed`` never share a
-    name. ``strip``: characters a name may not end with before the hash.
+    name. Nothing left of the id (``éé``) gives ``id-<hash>``, so every hashed name has that shape. ``strip``:
+    characters a name may not end with before the hash.
     """
     if cleaned and cleaned == raw and len(cleaned) <= max_chars and not _HASHED_NAME.fullmatch(cleaned):
         return cleaned
     digest = hashlib.sha256(raw.encode("utf-8", errors="surrogatepass")).hexdigest()[:8]
     head = cleaned[:max_chars - len(digest) - 1].rstrip(strip)
-    return f"{head}-{digest}" if head else digest
+    return f"{head or 'id'}-{digest}"
 
 
 def run_slug(kfp_run_id: str, max_chars: int = SLUG_MAX) -> str:

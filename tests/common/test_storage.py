@@ -49,6 +49,7 @@ def test_an_id_that_spells_another_ids_slug_gets_its_own(raw):
 
     slug = run_slug(raw)
     assert slug != raw and run_slug(slug) != slug
+    assert run_slug("68401760") == "68401760"  # a kfp.local run id (8 digits) is still its own slug
     assert job_name(slug) != job_name(raw)
     label = run_label(raw)
     assert label == raw or run_label(label) != label
