@@ -112,7 +112,8 @@ def set_path(data: dict[str, Any], path: list[str], value: Any, what: str) -> No
     node[path[-1]] = value
 
 
-def _get(data: Any, path: str) -> Any:
+def get_path(data: Any, path: str) -> Any:
+    """The value at the dotted ``path`` of a nested dict, or None when a part is missing."""
     for part in path.split("."):
         if not isinstance(data, dict):
             return None
@@ -127,11 +128,11 @@ def follow_method(before: dict[str, Any], after: dict[str, Any], changed: list[s
     pipeline gets 4). Every entry point (compile, submit, run_local, the run form) goes through here.
     """
     default = PipelineConfig.model_fields["training"].annotation.model_fields["method"].default
-    if (_get(before, METHOD) or default) == (_get(after, METHOD) or default):
+    if (get_path(before, METHOD) or default) == (get_path(after, METHOD) or default):
         return after
     for path in METHOD_FOLLOWERS:
         section, _, leaf = path.rpartition(".")
-        node = _get(after, section)
+        node = get_path(after, section)
         if path not in changed and isinstance(node, dict):
             node.pop(leaf, None)
     return after
@@ -201,6 +202,7 @@ __all__ = [
     "config_from_dict",
     "config_from_json",
     "follow_method",
+    "get_path",
     "load_config",
     "set_path",
 ]

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import fcntl
 import io
-import itertools
 import logging
 import os
 import re
@@ -162,14 +161,15 @@ def new_log_dir(logs: Path, name: str) -> Path:
         OSError: the directory cannot be created (a full or read-only volume, a file in the way).
     """
     logs.mkdir(parents=True, exist_ok=True)
-    for attempt in itertools.count(1):
+    attempt = 1
+    while True:
         candidate = logs / (name if attempt == 1 else f"{name}-{attempt}")
         try:
             candidate.mkdir()
         except FileExistsError:
-            continue
-        return candidate
-    raise AssertionError("unreachable")  # itertools.count never ends
+            attempt += 1
+        else:
+            return candidate
 
 
 @contextlib.contextmanager

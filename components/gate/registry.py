@@ -9,7 +9,8 @@
   eval keys (``llmft.eval_key`` for MMLU, ``llmft.task_eval_key`` for the held-out task). A key covers everything
   that decides the score (the model's content, the data, the split, the template...), so a score with the same
   key is reused instead of spending GPU time again: the scores a promoted candidate got are the champion's in
-  the next run. When none matches, :func:`why_not_stored` says which part of the setup changed.
+  the next run. Each stored file is validated where it is found (a missing, damaged or foreign one is passed over,
+  its run named); when none matches, :func:`why_not_stored` says which part of the setup changed.
 
     python -m components.gate.registry --config configs/local.yaml      # print the aliases
 
@@ -232,11 +233,12 @@ def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, 
     from components.evaluate.task.results import TaskResultsError, parse_task_results
 
     source = f"stored {file_name} of evaluate run {run_id}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
             text = Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
-    except (MlflowException, OSError, UnicodeDecodeError) as exc:
-        return f"{source} cannot be read: {type(exc).__name__}: {str(exc)[:300]}", ""
+        except (MlflowException, OSError, UnicodeDecodeError) as exc:
+            reason = str(exc).replace(tmp, "<download>")[:300]
+            return f"{source} cannot be read: {type(exc).__name__}: {reason}", ""
     try:
         results = parse_mmlu_results(text, source) if file_name == MMLU_RESULTS_FILE else \
             parse_task_results(text, source)

@@ -31,7 +31,15 @@ from components.common.storage import run_dir
 from components.common.tracking import write_run_name
 from components.common.typed_files import write_model
 from configs.form import by_path, canonical, field_value, form_fields, form_values
-from configs.loading import apply_overrides, config_from_dict, config_from_json, follow_method, parse_override, set_path
+from configs.loading import (
+    apply_overrides,
+    config_from_dict,
+    config_from_json,
+    follow_method,
+    get_path,
+    parse_override,
+    set_path,
+)
 from configs.schema import ConfigError, PipelineConfig
 
 STEP = "resolve-config"
@@ -45,15 +53,6 @@ COMPILE_TIME = (
     "mlflow.credentials_secret",
 )
 CLUSTER_PREFIX = "h_"
-
-
-def _get(data: dict[str, Any], path: str) -> Any:
-    node: Any = data
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: PipelineConfig) -> PipelineConfig:
@@ -82,7 +81,7 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
     for name, value in sorted(form.items()):
         field = fields[name]
         if name.startswith(CLUSTER_PREFIX):
-            already = _get(data, field.path)
+            already = get_path(data, field.path)
             if already is not None and canonical(already) != canonical(value) \
                     and canonical(already) != canonical(defaults[name]):
                 raise ConfigError(
