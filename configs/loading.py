@@ -23,6 +23,10 @@ CONFIG_DIR = Path(__file__).resolve().parent  # the presets: configs/<name>.yaml
 # that expand a billion-fold) would otherwise exhaust the stack or memory before validation says anything.
 MAX_CONFIG_DEPTH = 32
 MAX_CONFIG_NODES = 100_000
+METHOD = "training.method"
+# Fields whose valid values depend on training.method: a change of the method that does not set them as well resets
+# them, so that the schema's value for the new method applies (quantization_bit: 4 with qlora, none otherwise).
+METHOD_FOLLOWERS = ("training.quantization_bit",)
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -77,23 +81,61 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``a.b=value`` override applied (unknown keys fail later).
+    """Return a copy of ``data`` with each ``a.b=value`` override applied (unknown keys fail later), and the fields
+    that follow the method reset when the overrides change it without setting them (:func:`follow_method`).
 
     Raises:
         ConfigError: an override is malformed, or its path runs through a value that is not a section.
     """
     check_shape(data, "the configuration")
     merged = copy.deepcopy(data)  # keeps dates and sets as they are, for the schema to name the field
+    paths = []
     for text in overrides:
         path, value = parse_override(text)
-        node = merged
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
-    return merged
+        set_path(merged, path, value, f"override {text!r}")
+        paths.append(".".join(path))
+    return follow_method(data, merged, paths)
+
+
+def set_path(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:
+    """Set ``data[path[0]][path[1]]... = value``, creating missing sections.
+
+    Raises:
+        ConfigError: the path runs through a value that is not a section (``what`` names the change).
+    """
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def get_path(data: Any, path: str) -> Any:
+    """The value at the dotted ``path`` of a nested dict, or None when a part is missing."""
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def follow_method(before: dict[str, Any], after: dict[str, Any], changed: list[str]) -> dict[str, Any]:
+    """``after`` (``before`` with the ``changed`` field paths set) with each field of :data:`METHOD_FOLLOWERS` removed
+    when the changes moved ``training.method`` without setting that field too: it then takes the new method's
+    value (``--set training.method=lora`` on the qlora preset drops its 4 bits; ``b_method=qlora`` on the lora
+    pipeline gets 4). Every entry point (compile, submit, run_local, the run form) goes through here.
+    """
+    default = PipelineConfig.model_fields["training"].annotation.model_fields["method"].default
+    if (get_path(before, METHOD) or default) == (get_path(after, METHOD) or default):
+        return after
+    for path in METHOD_FOLLOWERS:
+        section, _, leaf = path.rpartition(".")
+        node = get_path(after, section)
+        if path not in changed and isinstance(node, dict):
+            node.pop(leaf, None)
+    return after
 
 
 def config_from_dict(data: Any, source: str = "<dict>", overrides: list[str] | None = None) -> PipelineConfig:
@@ -153,9 +195,14 @@ def config_from_json(text: str, overrides: list[str] | None = None, source: str 
 
 __all__ = [
     "CONFIG_DIR",
+    "METHOD",
+    "METHOD_FOLLOWERS",
     "apply_overrides",
     "check_shape",
     "config_from_dict",
     "config_from_json",
+    "follow_method",
+    "get_path",
     "load_config",
+    "set_path",
 ]

@@ -58,6 +58,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 # The compiled pipeline of a config changed with --set is named <name>-<8 hex digits> (pipelines.finetune), which
 # must stay within Kubernetes' 63-character limit on names and label values without losing the hash.
 NAME_MAX = 63 - len("-12345678")
+# Upper bounds of counts no real run comes near: a typo such as max_steps 10**15 (or a 20-digit timeout, which the
+# compiled IR cannot even hold) is refused at load with the field named instead of training until a timeout.
+MAX_STEPS = 10_000_000  # optimizer steps (max_steps, save_steps, logging_steps)
+MAX_TIMEOUT_S = 30 * 86400  # a task's timeout: 30 days
+MAX_ROWS = 1_000_000_000  # rows or questions
 
 
 class ConfigError(ValueError):
@@ -288,10 +293,11 @@ class ClusterConfig(_Section):
     light_memory_request: str = Field("1Gi", description="Memory request of CPU-only tasks.")
     shm_size: str = Field("16Gi", description="Size of the in-memory /dev/shm volume NCCL needs.")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image.")
-    train_timeout_s: int = Field(86400, ge=60, description="Timeout of the training task (seconds).")
-    eval_timeout_s: int = Field(14400, ge=60, description="Timeout of each evaluation task (seconds).")
-    merge_timeout_s: int = Field(14400, ge=60, description="Timeout of the merge task (seconds).")
-    light_timeout_s: int = Field(1800, ge=60, description="Timeout of CPU-only tasks (seconds).")
+    train_timeout_s: int = Field(86400, ge=60, le=MAX_TIMEOUT_S, description="Timeout of the training task (seconds).")
+    eval_timeout_s: int = Field(14400, ge=60, le=MAX_TIMEOUT_S,
+                                description="Timeout of each evaluation task (seconds).")
+    merge_timeout_s: int = Field(14400, ge=60, le=MAX_TIMEOUT_S, description="Timeout of the merge task (seconds).")
+    light_timeout_s: int = Field(1800, ge=60, le=MAX_TIMEOUT_S, description="Timeout of CPU-only tasks (seconds).")
     train_retries: int = Field(2, ge=0, le=10, description="Retries of the training task (resumes from checkpoints).")
 
     @field_validator("image")
@@ -378,7 +384,8 @@ class DatasetConfig(_Section):
     max_reported_errors: int = Field(50, ge=1, le=10000, description="Errors listed before the rest are counted.")
     contamination_ngram: int = Field(13, ge=5, le=50, description="Word n-gram length for the MMLU overlap check.")
     max_contaminated_rows: int = Field(
-        -1, ge=-1, description="Fail when more training rows than this overlap MMLU test questions (-1: warn only)."
+        -1, ge=-1, le=MAX_ROWS,
+        description="Fail when more training rows than this overlap MMLU test questions (-1: warn only)."
     )
     test_fraction: float = Field(
         0.05, gt=0, lt=1, description="Share of each dataset's rows held out for testing, by a hash of the row's "
@@ -421,7 +428,7 @@ class TrainingConfig(_Section):
         3.0, gt=0, le=1000, description="Epochs (ignored when max_steps > 0).",
         json_schema_extra=form_field("c_epochs"))
     max_steps: int = Field(
-        -1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).",
+        -1, ge=-1, le=MAX_STEPS, description="Stop after this many optimizer steps (-1: use epochs).",
         json_schema_extra=form_field("c_max_steps"))
     per_device_train_batch_size: int = Field(
         4, ge=1, le=4096, description="Micro-batch per GPU.", json_schema_extra=form_field("c_batch_size"))
@@ -450,11 +457,13 @@ class TrainingConfig(_Section):
         "all", description="Target modules: 'all' linear layers or a comma list.",
         json_schema_extra=form_field("d_lora_target"))
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha / sqrt(r).")
-    quantization_bit: Literal[4, 8] | None = Field(None, description="QLoRA quantisation bits (bitsandbytes).")
+    quantization_bit: Literal[4, 8] | None = Field(
+        None, description="QLoRA quantisation bits (bitsandbytes); unset: 4 (NF4) with method qlora, none otherwise. "
+        "It follows the method: a change of training.method that does not set it too resets it.")
     deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0: off); full uses 3.")
-    save_steps: int = Field(500, ge=1, description="Checkpoint interval in optimizer steps.")
+    save_steps: int = Field(500, ge=1, le=MAX_STEPS, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(3, ge=1, le=100, description="Checkpoints kept on the PVC.")
-    logging_steps: int = Field(10, ge=1, description="Log loss every N steps.")
+    logging_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Log loss every N steps.")
     val_size: float = Field(0.0, ge=0, lt=1, description="Share held out for eval loss (0: none).")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on GPU, fp32 on CPU.")
@@ -478,12 +487,19 @@ class TrainingConfig(_Section):
             raise ValueError(f"must be 'all' or comma-separated module names, got {value!r}")
         return ",".join(parts)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _qlora_bits_default(cls, data: Any) -> Any:
+        # QLoRA without bits means LLaMA-Factory's usual 4-bit NF4; other methods have none (see _method_rules).
+        if isinstance(data, dict) and data.get("method") == "qlora" and data.get("quantization_bit") is None:
+            return {**data, "quantization_bit": 4}
+        return data
+
     @model_validator(mode="after")
     def _method_rules(self) -> TrainingConfig:
-        if self.method == "qlora" and self.quantization_bit is None:
-            raise ValueError("method 'qlora' needs quantization_bit (4 or 8)")
         if self.method != "qlora" and self.quantization_bit is not None:
-            raise ValueError(f"quantization_bit is only for method 'qlora', not {self.method!r}")
+            raise ValueError(f"training.quantization_bit is only for method 'qlora', not {self.method!r}: set "
+                             "training.method=qlora (run form: b_method), or leave training.quantization_bit unset")
         return self
 
 
@@ -497,7 +513,7 @@ class EvaluationConfig(_Section):
         default_factory=list, description="Subjects to evaluate (empty: all found).",
         json_schema_extra=form_field("e_mmlu_subjects"))
     batch_size: int = Field(16, ge=1, le=4096, description="MMLU questions or held-out rows per forward pass.")
-    limit: int = Field(0, ge=0, description="Questions per subject (0: all).")
+    limit: int = Field(0, ge=0, le=MAX_ROWS, description="Questions per subject (0: all).")
 
     @field_validator("subjects")
     @classmethod
@@ -630,7 +646,20 @@ class PipelineConfig(_Section):
             raise ValueError("method 'qlora' (bitsandbytes) needs GPUs (cluster.accelerator_count >= 1)")
         if self.cluster.nodes > 1 and self.cluster.accelerator_count == 0:
             raise ValueError("cluster.nodes > 1 needs cluster.accelerator_count >= 1")
+        self._publish_outside_the_base()
         return self
+
+    def _publish_outside_the_base(self) -> None:
+        """Versions are published into <models_root>/<registered_model_name>/: never the base model's folder, one
+        holding it or one inside it (merge-lora's output guard also catches a symlink at run time)."""
+        published = PurePosixPath(self.storage.models_root) / self.mlflow.registered_model_name
+        base = PurePosixPath(self.storage.base_model)
+        relation = ("is" if published == base else "holds" if published in base.parents
+                    else "lies inside" if base in published.parents else None)
+        if relation:
+            raise ValueError(f"mlflow.registered_model_name: {self.mlflow.registered_model_name!r} would publish "
+                             f"versions into {published}, which {relation} storage.base_model ({base}); choose "
+                             "another registered_model_name")
 
     def dump_public(self) -> dict[str, Any]:
         """A JSON-ready dict for logs and MLflow params (the config holds no secret values by design:

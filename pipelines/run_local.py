@@ -17,7 +17,8 @@ each task's whole output goes to ``<storage>/logs/<run>/``, and a failed task's 
 
 A local run that is SIGKILLed runs no exit handler and leaves its MLflow runs RUNNING; the next local
 run on the same host ends them KILLED before it starts (:mod:`components.common.local_runs`: the parent run
-records this process's host, pid and start time).
+records this process's host, pid and start time). Ctrl-C ends it with one line (exit code 130): the tasks stop
+(a train step stops its trainer), and every MLflow run left open is ended KILLED.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import re
@@ -149,6 +151,25 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(on_volume(cfg, "kfp-local")), raise_on_error=True)
     build_pipeline(cfg)(**(arguments or {}))
+
+
+def new_log_dir(logs: Path, name: str) -> Path:
+    """Create and return ``logs/<name>``, or ``logs/<name>-2``, ``-3``... when a run that started in the same second
+    took it: each run's task logs get a directory of their own (created exclusively, so two runs cannot share one).
+
+    Raises:
+        OSError: the directory cannot be created (a full or read-only volume, a file in the way).
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    attempt = 1
+    while True:
+        candidate = logs / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            attempt += 1
+        else:
+            return candidate
 
 
 @contextlib.contextmanager
@@ -301,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
-    log_dir = Path(cfg.storage.mount_path) / "logs" / name
-    quiet = contextlib.nullcontext() if args.verbose else task_console(cfg, log_dir)
+    try:
+        log_dir = None if args.verbose else new_log_dir(Path(cfg.storage.mount_path) / "logs", name)
+    except OSError as exc:  # a file where the root should be, a full or read-only volume
+        print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
+        return 1
+    quiet = contextlib.nullcontext() if log_dir is None else task_console(cfg, log_dir)
     print(f"Running {cfg.name} ({cfg.training.method}) locally with kfp.local"
           + ("" if args.verbose else f"; every task's log goes to {log_dir}"), flush=True)
     try:
@@ -323,8 +348,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # kfp.local raises when a task fails; the console showed its log's tail
         print(f"\npipeline failed: {ANSI.sub('', str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the tasks got it too (one process group)
+        print(interrupted(cfg, log_dir), file=sys.stderr)
+        return 130
     print(format_summary(summarise(cfg, int(started * 1000) - 1, this_launcher_tags()), time.time() - started))
     return 0
+
+
+def interrupted(cfg: PipelineConfig, log_dir: Path | None, grace_s: float = 60.0) -> str:
+    """After Ctrl-C: wait for the task processes to end (each ends its own MLflow run KILLED, a train step stops its
+    trainer and every atomic write removes its temporary file), kill what is left after ``grace_s``, then end this
+    launcher's runs still RUNNING (the parent run) KILLED. A second Ctrl-C does not cut this short. Returns the
+    one line to print."""
+    import signal
+
+    import psutil
+
+    from components.common.local_runs import close_interrupted_local_runs
+    from components.common.tracking import make_client
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tasks = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(tasks, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=10)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow's store chatter is not the line we print
+            closed = close_interrupted_local_runs(make_client(cfg), cfg)
+        runs = f"ended {len(closed)} MLflow run(s) KILLED"
+    except Exception as exc:  # the tracking server is gone too: say so in the one line
+        runs = f"could not end its MLflow runs ({type(exc).__name__}: {str(exc)[:200]}); the next run ends them KILLED"
+    killed = f"killed {len(alive)} task process(es) that did not stop within {grace_s:.0f} s, " if alive else ""
+    logs = f"; task logs in {log_dir}" if log_dir else ""
+    return f"interrupted (Ctrl-C): {killed}{runs}{logs}"
 
 
 if __name__ == "__main__":

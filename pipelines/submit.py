@@ -84,18 +84,37 @@ class RunRequest:
 
 
 def plan_run(config: str, overrides: list[str]) -> RunRequest:
-    """Split ``--set`` values into typed run parameters and compile-time changes, and resolve the run as the
-    pipeline will.
+    """Load the config with its ``--set`` values exactly as compile and run_local do, then split the values into
+    typed run parameters and compile-time changes, and resolve the run as the pipeline will.
+
+    The split only carries the values: it is used only when the pipeline resolves it to the very config compile
+    would make. ``training.method`` set together with a field that follows it (``training.quantization_bit``, which
+    has no parameter) is compiled in with that field; when no split holds, every ``--set`` value is compiled in.
 
     Raises:
-        ConfigError: a value is invalid or cannot take effect (the field is named).
+        ConfigError: a value is invalid or cannot take effect (the field is named), as compile would say.
     """
     from components.run.resolve_config import form_from_overrides, resolve
+    from configs.form import by_path
+    from configs.loading import METHOD, parse_override
 
+    wanted = load_config(config, overrides=overrides)  # the one loading path: what compile and run_local make
     typed, rest = form_from_overrides(overrides)
-    compiled = load_config(config, overrides=rest)
-    resolved = resolve(compiled.model_dump_json(), [], typed, compiled)
-    return RunRequest(compiled=compiled, compiled_changes=rest, parameters=typed, resolved=resolved)
+    method_param = by_path()[METHOD].name
+    splits = [(typed, rest)]
+    if method_param in typed:  # the method travels with its followers, compiled in
+        splits.append(({name: value for name, value in typed.items() if name != method_param},
+                       [*rest, *(text for text in overrides if ".".join(parse_override(text)[0]) == METHOD)]))
+    for parameters, changes in [*splits, ({}, list(overrides))]:
+        try:
+            compiled = load_config(config, overrides=changes)
+            resolved = resolve(compiled.model_dump_json(), [], parameters, compiled)
+        except ConfigError:  # these --set values only hold together
+            continue
+        if resolved == wanted:
+            return RunRequest(compiled=compiled, compiled_changes=changes, parameters=parameters, resolved=resolved)
+    raise ConfigError(f"the --set values {overrides} cannot be sent so that the run resolves to the config compile "
+                      "makes of them; compile the config instead (python -m pipelines.compile --config ... --set ...)")
 
 
 def _stamp() -> str:

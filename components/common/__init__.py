@@ -7,12 +7,14 @@
 - :mod:`.safe_json`: the one reader for untrusted JSON and YAML;
 - :mod:`.typed_files`: the files passed between steps, as pydantic models;
 - :mod:`.cli`: ``--config``/``--set`` and flags whose defaults come from the schema;
-- :mod:`.signals`: SIGTERM as an exception, so that a step cleans up.
+- :mod:`.signals`: SIGTERM as an exception, so that a step cleans up;
+- :mod:`.markdown`: untrusted text inside Markdown (code spans and escapes).
 """
 
 __all__ = [
     "cli",
     "local_runs",
+    "markdown",
     "safe_json",
     "signals",
     "storage",

@@ -4,7 +4,8 @@ A pipeline run on the cluster is closed by its exit handler (:func:`components.c
 A local run (``pipelines.run_local``) that is SIGKILLed runs no exit handler, so its launcher puts its identity
 in the tasks' environment (:func:`local_launcher_env`); the parent run records it as tags (host, pid, process
 start: :func:`launcher_tags`), and the next local run closes the runs of launchers that are gone
-(:func:`close_orphaned_local_runs`).
+(:func:`close_orphaned_local_runs`). A local run stopped by Ctrl-C closes its own
+(:func:`close_interrupted_local_runs`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,35 @@ def close_orphaned_local_runs(client: MlflowClient, cfg: PipelineConfig) -> list
         pid = int(tags[LAUNCHER_PID_TAG])
         if process_start(pid) == tags.get(LAUNCHER_START_TAG, ""):
             continue  # still running
-        client.set_tag(parent.info.run_id, "llmft.error",
-                       f"the local pipeline process {pid} on {host} died without closing its runs")
-        closed += close_stale_runs(client, cfg, tags[KFP_RUN_TAG], status="KILLED")
+        closed += _kill_pipeline_run(client, cfg, parent,
+                                     f"the local pipeline process {pid} on {host} died without closing its runs")
     return closed
+
+
+def close_interrupted_local_runs(client: MlflowClient, cfg: PipelineConfig) -> list[str]:
+    """End KILLED the runs of the local pipeline runs this process launched that are still RUNNING: what is left
+    when Ctrl-C stopped it (the step that was running ends its own run KILLED; the parent is left to us).
+
+    Returns:
+        The ids of the runs ended, parents included.
+
+    Raises:
+        MlflowException: the tracking server refused the search or an update.
+    """
+    exp_id = experiment_id(client, cfg.mlflow.experiment)
+    ours = this_launcher_tags()
+    mine = "".join(f" and tags.`{key}` = '{value}'" for key, value in ours.items() if key != LAUNCHER_START_TAG)
+    parents = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}' and "
+                                 f"attributes.status = 'RUNNING'{mine}", max_results=1000)
+    closed: list[str] = []
+    for parent in parents:
+        if parent.data.tags.get(LAUNCHER_START_TAG, "") == ours[LAUNCHER_START_TAG]:  # not an earlier same-pid run
+            closed += _kill_pipeline_run(client, cfg, parent, f"the local pipeline was interrupted (Ctrl-C) on "
+                                                               f"{ours[LAUNCHER_HOST_TAG]}")
+    return closed
+
+
+def _kill_pipeline_run(client: MlflowClient, cfg: PipelineConfig, parent: Any, reason: str) -> list[str]:
+    """End KILLED every RUNNING run of the pipeline run whose parent run is ``parent``, the reason on the parent."""
+    client.set_tag(parent.info.run_id, "llmft.error", reason)
+    return close_stale_runs(client, cfg, parent.data.tags[KFP_RUN_TAG], status="KILLED")

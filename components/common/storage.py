@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # only for annotations: configs.schema imports components.com
 
 # The manifest every merged or published model directory holds (components.merge.verify writes it).
 MODEL_MANIFEST = "checksums.sha256"
+# A name hashed_name made: something, '-' and 8 hex digits of a hash (a bare 8-digit id, as kfp.local makes, is not).
+_HASHED_NAME = re.compile(r".+-[0-9a-f]{8}")
 SLUG_MAX = 48  # a run's slug; "train-<slug>" stays a DNS-1035 label with room for a job's pod suffixes
 
 
@@ -140,19 +142,30 @@ def on_volume(cfg: PipelineConfig, path: str | Path, *, absolute_ok: bool = True
     return _inside(storage_root(cfg), candidate)
 
 
+def hashed_name(raw: str, cleaned: str, max_chars: int, strip: str = "-") -> str:
+    """``cleaned`` (``raw`` made fit for a name) when it is ``raw`` unchanged, fits ``max_chars`` and does not look
+    like a hashed name; otherwise ``<cleaned, cut>-<8 hex digits of sha256(raw)>``.
+
+    The hash always comes from the raw id, and an id shaped like a hashed name (ending in ``-`` and 8 hex digits)
+    is hashed too: ``Nightly_Run`` (``nightly-run-48e013ed``) and the id ``nightly-run-48e013ed`` never share a
+    name. Nothing left of the id (``éé``) gives ``id-<hash>``, so every hashed name has that shape. ``strip``:
+    characters a name may not end with before the hash.
+    """
+    if cleaned and cleaned == raw and len(cleaned) <= max_chars and not _HASHED_NAME.fullmatch(cleaned):
+        return cleaned
+    digest = hashlib.sha256(raw.encode("utf-8", errors="surrogatepass")).hexdigest()[:8]
+    head = cleaned[:max_chars - len(digest) - 1].rstrip(strip)
+    return f"{head or 'id'}-{digest}"
+
+
 def run_slug(kfp_run_id: str, max_chars: int = SLUG_MAX) -> str:
     """The run id as a name part: lowercase letters, digits and ``-``, at most ``max_chars``, never empty.
 
-    A KFP run id (a UUID) is its own slug. Any other id (capitals, ``_``, ``/``, too long) gets a hash suffix,
-    so that two runs never share a slug: the run directory, a published version's suffix and a multi-node
-    job's name all use it.
+    A KFP run id (a UUID) is its own slug. Any other id (capitals, ``_``, ``/``, too long, or shaped like a
+    hashed slug) gets a hash of the raw id as suffix (:func:`hashed_name`), so that two runs never share a slug:
+    the run directory, a published version's suffix and a multi-node job's name all use it.
     """
-    slug = re.sub(r"[^a-z0-9-]+", "-", kfp_run_id.lower()).strip("-")
-    if slug and slug == kfp_run_id and len(slug) <= max_chars:
-        return slug
-    digest = hashlib.sha256(kfp_run_id.encode()).hexdigest()[:8]
-    head = slug[:max_chars - len(digest) - 1].rstrip("-")
-    return f"{head}-{digest}" if head else digest
+    return hashed_name(kfp_run_id, re.sub(r"[^a-z0-9-]+", "-", kfp_run_id.lower()).strip("-"), max_chars)
 
 
 def run_dir(cfg: PipelineConfig, kfp_run_id: str) -> Path:

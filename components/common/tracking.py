@@ -343,7 +343,8 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
     """Open this step's child run under the pipeline's parent run; yield ``(client, run_id)``.
 
     Earlier attempts of the same step left RUNNING (a killed pod) are ended KILLED first. The child
-    ends FINISHED when the block completes and FAILED (with the error as a tag) when it raises. With
+    ends FINISHED when the block completes, FAILED (with the error as a tag) when it raises, and KILLED when it is
+    interrupted (Ctrl-C, or a SIGTERM raised as KeyboardInterrupt). With
     ``system_metrics`` (the GPU steps), MLflow's monitor samples CPU, memory and GPU into the run meanwhile.
     """
     client = make_client(cfg)
@@ -366,7 +367,7 @@ def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
             if monitor:
                 monitor.finish()
             client.set_tag(run_id, "llmft.error", redact(f"{type(exc).__name__}: {exc}", tracking_secrets())[:4000])
-            client.set_terminated(run_id, status="FAILED")
+            client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     if monitor:
         monitor.finish()

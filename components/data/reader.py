@@ -308,7 +308,13 @@ class _HashingReader(io.RawIOBase):
 
 
 def _csv_rows(path: Path, digest: Any) -> Iterator[Row]:
-    """CSV with a header row; ``row`` is the file line where the record starts."""
+    """CSV with a header row; ``row`` is the file line where the record starts.
+
+    A field may be as long as a whole row may (:data:`MAX_ROW_BYTES`): the datasets CSV loader (pandas' C parser)
+    has no field limit, while the csv module stops at 128 KiB unless told otherwise. The limit is process-wide;
+    it is only ever raised here.
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
     with open(path, "rb") as raw:
         # utf-8-sig: a byte-order mark is skipped (pandas, which the datasets CSV loader uses, skips it too).
         text = io.TextIOWrapper(io.BufferedReader(_HashingReader(raw, digest)), encoding="utf-8-sig", newline="")
@@ -338,7 +344,9 @@ def _csv_rows(path: Path, digest: Any) -> Iterator[Row]:
             yield reader.line_num + 1, None, None, f"invalid UTF-8 (byte 0x{exc.object[exc.start:exc.start + 1].hex()})"
             _drain(raw, digest)
         except csv.Error as exc:
-            yield reader.line_num, None, None, f"malformed CSV: {exc}"
+            reason = (f"a field is longer than {MAX_ROW_BYTES >> 20} MiB, more than any example" if
+                      "field larger than field limit" in str(exc) else f"malformed CSV: {exc}")
+            yield reader.line_num, None, None, reason
             _drain(raw, digest)
 
 

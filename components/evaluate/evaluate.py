@@ -16,7 +16,6 @@ MLflow: the child run ``evaluate-<role>`` holds both results files (``eval/resul
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -81,12 +80,9 @@ def heldout_names(cfg: PipelineConfig) -> list[str]:
 
 
 def _stored_text(client: Any, cfg: PipelineConfig, tag: str, key: str, file_name: str) -> str | None:
-    """The text of a results file stored in MLflow under this eval key, or None."""
-    stored = find_stored(client, cfg, tag, key, file_name)
-    if stored is None:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(stored[0], stored[1], tmp)).read_text(encoding="utf-8")
+    """The text of a usable results file stored in MLflow under this eval key (validated), or None."""
+    found = find_stored(client, cfg, tag, key, file_name).found
+    return found.text if found else None
 
 
 def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: Any, mmlu_results: Any,

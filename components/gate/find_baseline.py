@@ -3,8 +3,10 @@
 The baseline is the registry version holding the alias ``champion`` (:mod:`components.gate.registry`); before the
 first promotion it is the base model. Its scores under this run's eval keys (the model's content, the held-out
 split, template and cutoff; the MMLU data, n-shot and subjects) are looked up in MLflow: when both are stored,
-reuse-baseline-scores fetches them; otherwise evaluate-baseline scores the model afresh, and the note says why
-(the part of the setup that changed since its last stored score).
+reuse-baseline-scores fetches them; otherwise evaluate-baseline scores the model afresh, and the note says why:
+the stored file that cannot be used (no artifact, truncated or damaged, another eval key; its MLflow run named),
+or the part of the setup that changed since the model's last stored score. Stored files are validated here, where
+they are found, so a damaged one never sends a run down the reuse path.
 """
 
 from __future__ import annotations
@@ -62,13 +64,17 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
             hint = f"registry source {champion.source}" if champion else "check storage.base_model"
             raise BaselineError(f"the {label} directory {model_dir} does not exist on the volume ({hint})")
         mmlu_key, task_key, setup = eval_setup(cfg, kfp_run_id, model_dir)
-        stored_mmlu = find_stored(client, cfg, EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE)
-        stored_task = find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)
-        needs_eval = stored_mmlu is None or stored_task is None
+        lookups = [find_stored(client, cfg, EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE),
+                   find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
+        needs_eval = any(lookup.found is None for lookup in lookups)
         if needs_eval:
-            note = f"{label} evaluated afresh: {why_not_stored(client, cfg, setup[MODEL_ID_TAG], setup)}"
+            # Stored files that were found but cannot be used are the reason; otherwise the setup changed.
+            problems = [problem for lookup in lookups if lookup.found is None for problem in lookup.problems]
+            reason = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "") \
+                if problems else why_not_stored(client, cfg, setup[MODEL_ID_TAG], setup)
+            note = f"{label} evaluated afresh: {reason}"
         else:
-            runs = sorted({stored_mmlu[0], stored_task[0]})
+            runs = sorted({lookup.found.run_id for lookup in lookups})
             note = f"{label}: stored scores reused (evaluate run{'s' * (len(runs) > 1)} {', '.join(runs)})"
         set_run_tags(client, run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": mmlu_key,
                                       "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000]})

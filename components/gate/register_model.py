@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.common import markdown
 from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, on_volume
 from components.common.tracking import KFP_RUN_TAG, experiment_id, parent_run_id, set_run_tags, step_run
@@ -90,8 +91,9 @@ def version_description(cfg: PipelineConfig, comparison: Comparison, *, version:
     """A short Markdown description: what was trained on what, how it scored against the baseline, the decision."""
     task, mmlu = comparison.task, comparison.mmlu
     return (
-        f"**{cfg.training.method}** fine-tune of `{cfg.storage.base_model}` on {', '.join(cfg.dataset.names)} "
-        f"(data `{dataset_hash[:12]}`), published as `{version}` by KFP run `{kfp_run_id}`.\n\n"
+        f"**{cfg.training.method}** fine-tune of {markdown.code(cfg.storage.base_model)} on "
+        f"{markdown.text(', '.join(cfg.dataset.names))} (data {markdown.code(dataset_hash[:12])}), published as "
+        f"{markdown.code(version)} by KFP run {markdown.code(kfp_run_id)}.\n\n"
         f"Held-out loss **{task.candidate_mean_nll:.4f}** vs {task.baseline_mean_nll:.4f} for the "
         f"{comparison.baseline_name} ({task.relative_change:+.1%}, {task.rows} rows); MMLU "
         f"**{mmlu.candidate_micro:.4f}** vs {mmlu.baseline_micro:.4f} ({mmlu.delta_micro:+.4f}).\n\n"

@@ -9,7 +9,8 @@
   eval keys (``llmft.eval_key`` for MMLU, ``llmft.task_eval_key`` for the held-out task). A key covers everything
   that decides the score (the model's content, the data, the split, the template...), so a score with the same
   key is reused instead of spending GPU time again: the scores a promoted candidate got are the champion's in
-  the next run. When none matches, :func:`why_not_stored` says which part of the setup changed.
+  the next run. Each stored file is validated where it is found (a missing, damaged or foreign one is passed over,
+  its run named); when none matches, :func:`why_not_stored` says which part of the setup changed.
 
     python -m components.gate.registry --config configs/local.yaml      # print the aliases
 
@@ -22,7 +23,7 @@ import argparse
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, on_volume, storage_root
@@ -182,14 +183,70 @@ def _finished_runs_tagged(client: MlflowClient, cfg: PipelineConfig, tag: str, v
                               order_by=["attributes.end_time DESC"], max_results=20)
 
 
-def find_stored(client: MlflowClient, cfg: PipelineConfig, tag: str, key: str,
-                file_name: str) -> tuple[str, str] | None:
-    """``(run id, artifact path)`` of the newest FINISHED evaluation tagged ``tag`` = ``key`` with ``file_name``."""
+class StoredScore(NamedTuple):
+    """A results file stored in MLflow that validates and carries the eval key it was looked up by."""
+
+    run_id: str
+    text: str
+
+
+class StoredLookup(NamedTuple):
+    """What :func:`find_stored` found: the newest usable file, and why newer evaluations were passed over."""
+
+    found: StoredScore | None
+    problems: list[str]  # one line per evaluation passed over, newest first, each naming its MLflow run
+
+
+def find_stored(client: MlflowClient, cfg: PipelineConfig, tag: str, key: str, file_name: str) -> StoredLookup:
+    """The newest FINISHED evaluation tagged ``tag`` = ``key`` whose ``file_name`` artifact is usable.
+
+    Each candidate file is downloaded and validated here, where it is found, not only where it is used: a run
+    without the artifact, a file that does not parse or validate (truncated, damaged) or one that carries another
+    eval key is passed over with the reason, so a bad stored file never blocks later runs (the next evaluation
+    under the same key is stored, and found first).
+
+    Raises:
+        BaselineError: ``key`` is not a plain eval key.
+    """
+    problems = []
     for run in _finished_runs_tagged(client, cfg, tag, key):
-        path = find_artifact(client, run.info.run_id, lambda name, wanted=file_name: name == wanted)
-        if path:
-            return run.info.run_id, path
-    return None
+        run_id = run.info.run_id
+        path = find_artifact(client, run_id, lambda name, wanted=file_name: name == wanted)
+        if path is None:
+            problems.append(f"evaluate run {run_id} has no {file_name} artifact")
+            continue
+        problem, text = _check_stored(client, run_id, path, file_name, key)
+        if problem is None:
+            return StoredLookup(StoredScore(run_id, text), problems)
+        problems.append(problem)
+    return StoredLookup(None, problems)
+
+
+def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, key: str) -> tuple[str | None, str]:
+    """``(why the stored file cannot be used or None, its text)``; messages name the run, never a download path."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
+    from components.evaluate.mmlu.results import ResultsFileError, parse_mmlu_results
+    from components.evaluate.task.results import TaskResultsError, parse_task_results
+
+    source = f"stored {file_name} of evaluate run {run_id}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            text = Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+        except (MlflowException, OSError, UnicodeDecodeError) as exc:
+            reason = str(exc).replace(tmp, "<download>")[:300]
+            return f"{source} cannot be read: {type(exc).__name__}: {reason}", ""
+    try:
+        results = parse_mmlu_results(text, source) if file_name == MMLU_RESULTS_FILE else \
+            parse_task_results(text, source)
+    except (ResultsFileError, TaskResultsError) as exc:
+        return str(exc)[:1000], text
+    if results.eval_key != key:
+        return f"{source} has eval key {results.eval_key[:12]}..., not {key[:12]}...", text
+    return None, text
 
 
 def why_not_stored(client: MlflowClient, cfg: PipelineConfig, model_id: str, wanted: dict[str, str]) -> str:

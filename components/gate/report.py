@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from components.common import markdown
 from components.common.tracking import find_artifact
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
     """The Markdown report: the decision, every rule, the held-out task table, the MMLU table, training.
 
     ``loss_plot`` is how the report shows the training loss curve: a relative image path (MLflow shows the PNG
-    logged beside the report), a sparkline, or a note; "" leaves the section out.
+    logged beside the report), a sparkline, or a note; "" leaves the section out. ``note`` is plain text (it may
+    quote paths, run ids or errors): it is escaped, so that it reads as written and never renders as markup.
     """
     decision, baseline, task, mmlu = comparison.decision, comparison.baseline_name, comparison.task, comparison.mmlu
     title = "✅ Promote" if decision == "promote" else "⏸️ Keep the champion"
@@ -94,7 +96,7 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
     lines += [f"- {'✅' if rule.passed else '❌'} {rule.detail}" for rule in
               sorted(comparison.rules, key=lambda rule: rule.passed)]
     if note:
-        lines += ["", note]
+        lines += ["", markdown.text(note)]
     lines += [
         "",
         f"## Held-out task: {task.rows} rows of the training data, never trained on",
@@ -141,12 +143,13 @@ def _perplexity(loss: float) -> str:
     return f"{math.exp(loss):.2f}" if loss < 700 else "inf"
 
 
-def render_html(markdown: str, images: dict[str, bytes] | None = None) -> str:
+def render_html(markdown_text: str, images: dict[str, bytes] | None = None) -> str:
     """The report as one self-contained HTML page (the Kubeflow UI's HTML artifact): ``images`` maps the relative
     image paths the Markdown references to their PNG bytes, which are embedded."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    # html off: the report is generated Markdown, and raw HTML in it could only come from untrusted text
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
     for name, data in (images or {}).items():
         body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{base64.b64encode(data).decode()}"')
     style = ("body{font-family:sans-serif;max-width:60em;margin:1em auto}table{border-collapse:collapse}"

@@ -2,20 +2,16 @@
 
 find-baseline found both of the baseline's results files stored under this run's eval keys
 (:func:`components.gate.registry.find_stored`); this step copies them to ``<run dir>/eval/baseline/``, where
-compare reads them, after checking that each validates and carries the key it was found by.
+compare reads them; :func:`components.gate.registry.find_stored` checks that each validates and carries the key it
+was looked up by.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from components.common.storage import atomic_write_text, run_dir
 from components.common.tracking import set_run_tags, step_run
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
-from components.evaluate.mmlu.results import read_mmlu_results
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
-from components.gate.compare import ComparisonError, read_task
 from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, BaselineError, find_stored
 from configs.loading import config_from_json
 
@@ -27,29 +23,28 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
 
     Raises:
         ConfigError: the config parameter is invalid.
-        BaselineError: no stored results for the baseline's eval keys (find-baseline asks for an evaluation then).
-        ComparisonError: a stored file is malformed or belongs to another eval key.
+        BaselineError: no usable stored results for the baseline's eval keys (find-baseline asks for an evaluation
+            then); the message names each MLflow run passed over and why.
         TrackingUnavailable: the MLflow server does not answer.
     """
     cfg = config_from_json(config)
     target = run_dir(cfg, kfp_run_id) / "eval" / "baseline"
     wanted = ((EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE))
-    with step_run(cfg, kfp_run_id, STEP) as (client, run_id), tempfile.TemporaryDirectory() as tmp:
-        texts, sources = {}, {}
+    with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
+        found = {}
         for tag, key, file_name in wanted:
-            stored = find_stored(client, cfg, tag, key, file_name)
-            if stored is None:
-                raise BaselineError(f"no FINISHED run in experiment {cfg.mlflow.experiment!r} has {tag}={key} and a "
-                                    f"{file_name} artifact; evaluate the baseline instead")
-            local = Path(client.download_artifacts(stored[0], stored[1], tmp))
-            texts[file_name], sources[file_name] = local.read_text(encoding="utf-8"), stored[0]
-            # Checked before anything is written: a refused file must not be left where compare would read it.
-            stored_key = read_mmlu_results(local) if file_name == MMLU_RESULTS_FILE else read_task(local, "stored")
-            if stored_key.eval_key != key:
-                raise ComparisonError(f"stored {file_name} of run {stored[0]} has eval key "
-                                      f"{stored_key.eval_key}, not {key}")
-        for file_name in (MMLU_RESULTS_FILE, TASK_RESULTS_FILE):
-            atomic_write_text(target / file_name, texts[file_name])
+            # find_stored validates each file and its eval key before anything is written: a refused file is never
+            # left where compare would read it.
+            lookup = find_stored(client, cfg, tag, key, file_name)
+            if lookup.found is None:
+                why = "; ".join(lookup.problems) or f"no FINISHED run in experiment {cfg.mlflow.experiment!r} has " \
+                                                    f"{tag}={key}"
+                raise BaselineError(f"no usable stored {file_name} for {tag}={key[:12]}...: {why}; evaluate the "
+                                    "baseline instead")
+            found[file_name] = lookup.found
+        for file_name, stored in found.items():
+            atomic_write_text(target / file_name, stored.text)
         set_run_tags(client, run_id, {"llmft.baseline_eval_key": mmlu_key, "llmft.baseline_task_eval_key": task_key,
-                                      "llmft.source_run_ids": ",".join(sorted(set(sources.values())))})
+                                      "llmft.source_run_ids": ",".join(sorted({stored.run_id
+                                                                              for stored in found.values()}))})
     return str(target / MMLU_RESULTS_FILE), str(target / TASK_RESULTS_FILE)

@@ -7,9 +7,12 @@ failed. The candidate is promoted only when all of them pass.
 1. **Task (held-out loss).** On the same held-out rows of the training data, the candidate's mean
    per-row answer loss must be lower than the baseline's by at least ``gate.min_task_improvement``
    (relative: 0.01 = 1 % lower). A tie never promotes, whatever the threshold, not even against the
-   base model.
+   base model: "lower" is decided on the means of correctly rounded sums (:func:`math.fsum`), which are
+   equal whenever the two sets of losses sum to the same, in any row order.
 2. **Significance** (only when ``gate.require_significance``): a one-sided Wilcoxon signed-rank test
-   on the per-row loss differences gives p < ``gate.alpha`` in the candidate's favour.
+   on the per-row loss differences (the alternative: the candidate's losses are lower) gives
+   p < ``gate.alpha``. That is the whole rule: how many rows favour each model is reported, not ruled on
+   (a candidate lower on fewer rows, but by far more, can be significantly better).
 3. **General knowledge must not get worse.** MMLU micro accuracy drops by at most
    ``gate.mmlu_max_drop`` (absolute), and
 4. no MMLU category drops by more than ``gate.max_regression``.
@@ -168,11 +171,12 @@ def compare_task(candidate: TaskScores, baseline: TaskScores, gate: GateConfig, 
     base = [baseline.losses[key] for key in keys]
     interval = relative_change_ci(cand, base, samples=gate.bootstrap_samples, confidence=1 - gate.alpha, seed=seed)
     test = wilcoxon_lower(cand, base)
-    cand_mean, base_mean = sum(cand) / len(keys), sum(base) / len(keys)
+    # Correctly rounded sums: equal losses in another row order give equal means, so a tie stays a tie.
+    cand_mean, base_mean = math.fsum(cand) / len(keys), math.fsum(base) / len(keys)
     return TaskComparison(
         rows=len(keys), candidate_eval_key=candidate.eval_key, baseline_eval_key=baseline.eval_key,
         setup=candidate.setup, candidate_mean_nll=cand_mean, baseline_mean_nll=base_mean,
-        candidate_loss=candidate.loss, baseline_loss=baseline.loss, relative_change=interval.estimate,
+        candidate_loss=candidate.loss, baseline_loss=baseline.loss, relative_change=cand_mean / base_mean - 1.0,
         mean_difference=cand_mean - base_mean, ci_low=interval.low, ci_high=interval.high,
         confidence=interval.confidence, bootstrap_samples=interval.samples, seed=seed,
         candidate_lower=test.candidate_lower, baseline_lower=test.baseline_lower, wilcoxon_p=test.p_value)
@@ -240,8 +244,9 @@ def _category_order(name: str) -> tuple[int, str]:
 def apply_rules(task: TaskComparison, mmlu: MmluComparison, gate: GateConfig, baseline_name: str) -> list[RuleResult]:
     """Every gate rule's outcome, in the order of the module docstring."""
     change, needed = task.relative_change, -gate.min_task_improvement
-    # A tie never promotes: the loss must be strictly lower, and by at least the configured share.
-    better = change < 0 and change <= needed + EPSILON
+    # A tie never promotes: the mean loss must be strictly lower (compared on the means themselves, not on a
+    # rounded ratio), and lower by at least the configured share.
+    better = task.candidate_mean_nll < task.baseline_mean_nll and change <= needed + EPSILON
     rules = [RuleResult(
         rule="task", passed=better,
         short=f"held-out loss {change:+.1%} vs {baseline_name} (needs <= {needed:+.1%})",
@@ -251,11 +256,14 @@ def apply_rules(task: TaskComparison, mmlu: MmluComparison, gate: GateConfig, ba
     test = (f"Wilcoxon p={task.wilcoxon_p:.3g} (candidate lower on {task.candidate_lower}, baseline lower on "
             f"{task.baseline_lower} of {task.rows} rows)")
     if gate.require_significance:
-        significant = task.wilcoxon_p < gate.alpha and task.candidate_lower > task.baseline_lower
+        significant = task.wilcoxon_p < gate.alpha  # one-sided: a small p is already in the candidate's favour
+        p_value = _p_text(task.wilcoxon_p, gate.alpha)
+        verdict = f"p={p_value} < alpha {gate.alpha}" if significant else f"p={p_value}, needs < alpha {gate.alpha}"
         rules.append(RuleResult(
             rule="significance", passed=significant,
-            short=f"held-out loss change not significant (p={task.wilcoxon_p:.2g}, alpha {gate.alpha})",
-            detail=f"{test} {'<' if significant else 'not <'} alpha {gate.alpha} in the candidate's favour"))
+            short=f"held-out loss change {'significant' if significant else 'not significant'} ({verdict})",
+            detail=(f"one-sided Wilcoxon signed-rank test {verdict} (candidate lower on {task.candidate_lower}, "
+                    f"baseline lower on {task.baseline_lower} of {task.rows} rows)")))
     else:
         rules.append(RuleResult(rule="significance", passed=True, short="significance not required",
                                 detail=f"{test}; significance not required"))
@@ -277,6 +285,16 @@ def apply_rules(task: TaskComparison, mmlu: MmluComparison, gate: GateConfig, ba
                 else f"no MMLU category drops more than {gate.max_regression:.4f} (worst {worst.name} "
                      f"{worst.delta:+.4f})")))
     return rules
+
+
+def _p_text(p_value: float, alpha: float) -> str:
+    """``p_value`` with as few significant digits (at least 2) as keep its order against ``alpha`` visible: 0.0499999
+    is never shown as 0.05 next to alpha 0.05."""
+    for digits in range(2, 18):
+        text = f"{p_value:.{digits}g}"
+        if (float(text) < alpha) == (p_value < alpha) and (float(text) == alpha) == (p_value == alpha):
+            return text
+    return repr(p_value)
 
 
 def headline(decision: str, rules: list[RuleResult]) -> str:

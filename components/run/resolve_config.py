@@ -31,7 +31,15 @@ from components.common.storage import run_dir
 from components.common.tracking import write_run_name
 from components.common.typed_files import write_model
 from configs.form import by_path, canonical, field_value, form_fields, form_values
-from configs.loading import apply_overrides, config_from_dict, config_from_json
+from configs.loading import (
+    apply_overrides,
+    config_from_dict,
+    config_from_json,
+    follow_method,
+    get_path,
+    parse_override,
+    set_path,
+)
 from configs.schema import ConfigError, PipelineConfig
 
 STEP = "resolve-config"
@@ -45,23 +53,6 @@ COMPILE_TIME = (
     "mlflow.credentials_secret",
 )
 CLUSTER_PREFIX = "h_"
-
-
-def _set(data: dict[str, Any], path: str, value: Any) -> None:
-    node = data
-    *parents, leaf = path.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def _get(data: dict[str, Any], path: str) -> Any:
-    node: Any = data
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: PipelineConfig) -> PipelineConfig:
@@ -80,7 +71,8 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
         raise ConfigError(f"z_config is not valid JSON: {exc.reason}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"z_config must be a JSON object, got {type(data).__name__}")
-    data = apply_overrides(data, list(overrides or []))
+    base, data = data, apply_overrides(data, list(overrides or []))
+    changed = [parse_override(text)[0] for text in overrides or []]
     fields = {field.name: field for field in form_fields()}
     unknown = sorted(set(form) - set(fields))
     if unknown:
@@ -89,15 +81,18 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
     for name, value in sorted(form.items()):
         field = fields[name]
         if name.startswith(CLUSTER_PREFIX):
-            already = _get(data, field.path)
+            already = get_path(data, field.path)
             if already is not None and canonical(already) != canonical(value) \
                     and canonical(already) != canonical(defaults[name]):
                 raise ConfigError(
                     f"{field.path}: z_overrides or z_config set it to {canonical(already)}, but the {name} parameter "
                     f"({canonical(value)}) is what the pods get; set {name} instead")
-            _set(data, field.path, value)
+            set_path(data, field.path.split("."), value, name)
         elif canonical(value) != canonical(defaults[name]):
-            _set(data, field.path, value)
+            set_path(data, field.path.split("."), value, name)
+            changed.append(field.path.split("."))
+    # The same rule as every --set: a method changed by the overrides or the form takes its followers along.
+    data = follow_method(base, data, [".".join(path) for path in changed])
     cfg = config_from_dict(data, source="the run's parameters")
     refuse_compile_time_changes(cfg, compiled)
     return cfg

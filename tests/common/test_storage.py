@@ -40,6 +40,21 @@ def test_run_slug_is_the_id_when_it_can_be_and_never_shared(tmp_path):
     assert run_slug("x" * 80, 20) != run_slug("x" * 81, 20) and len(run_slug("x" * 80, 20)) <= 20
 
 
+
+@pytest.mark.parametrize("raw", ["Nightly_Run", "run/1", "RUN-1", "x" * 80, "éé", "-"])
+def test_an_id_that_spells_another_ids_slug_gets_its_own(raw):
+    """``Nightly_Run`` is slugged ``nightly-run-48e013ed``; the run id ``nightly-run-48e013ed`` itself must not share
+    that slug (the same output directory and job name): the hash always comes from the raw id."""
+    from components.train.multinode.job_spec import job_name, run_label
+
+    slug = run_slug(raw)
+    assert slug != raw and run_slug(slug) != slug
+    assert run_slug("68401760") == "68401760"  # a kfp.local run id (8 digits) is still its own slug
+    assert job_name(slug) != job_name(raw)
+    label = run_label(raw)
+    assert label == raw or run_label(label) != label
+
+
 def test_run_dir_is_scoped_and_sanitised(tmp_path):
     cfg = config_from_dict({"storage": {"mount_path": str(tmp_path)}})
     assert run_dir(cfg, "run-1") == tmp_path.resolve() / "output" / "run-1"

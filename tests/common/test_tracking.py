@@ -43,6 +43,10 @@ def test_step_run_finishes_or_fails_with_the_error(cfg):
     run = client.get_run(bad_id)
     assert run.info.status == "FAILED"
     assert "bad hyper-parameter" in run.data.tags["llmft.error"]
+    # Ctrl-C (or SIGTERM raised as KeyboardInterrupt) is no failure of the step: its run ends KILLED.
+    with pytest.raises(KeyboardInterrupt), tracking.step_run(cfg, "kfp-3", "evaluate") as (client, stopped_id):
+        raise KeyboardInterrupt
+    assert client.get_run(stopped_id).info.status == "KILLED"
 
 
 def test_a_killed_attempt_is_closed_by_the_next_one(cfg):

@@ -36,7 +36,7 @@ from components.gate.compare import ComparisonError, compare_files, main
 from components.gate.compare import run_step as run_compare
 from components.gate.find_baseline import run_step as run_resolve_baseline
 from components.gate.registry import BaselineError
-from components.gate.report import render_report, sparkline
+from components.gate.report import render_html, render_report, sparkline
 from components.gate.reuse_baseline_scores import run_step as run_fetch_baseline_results
 from components.gate.rules import Comparison
 from components.gate.stats import mcnemar_exact_p
@@ -251,9 +251,12 @@ def _runs(cfg, step: str) -> list:
                               order_by=["attributes.start_time ASC"])
 
 
-def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINISHED",
-                   mmlu_key: str | None = None) -> str:
-    """What the evaluate step leaves in MLflow: a run tagged with both eval keys and the setup, and both files."""
+def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINISHED", mmlu_key: str | None = None,
+                   task_text_of=None) -> str:
+    """What the evaluate step leaves in MLflow: a run tagged with both eval keys and the setup, and both files.
+
+    ``mmlu_key``: the eval key written inside results.json (the tag keeps the real one); ``task_text_of``: turns
+    task.json's text into what is stored (None from it: no task.json artifact at all)."""
     from components.common.tracking import experiment_id
     from components.evaluate.evaluate import eval_setup
 
@@ -264,7 +267,10 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
                                   **setup.tags})
     client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or setup.mmlu_key)),
                     "eval/results.json")
-    client.log_text(run.info.run_id, task_text(task_results(base_losses(), eval_key=setup.task_key)), "eval/task.json")
+    task = task_text(task_results(base_losses(), eval_key=setup.task_key))
+    task = task_text_of(task) if task_text_of else task
+    if task is not None:
+        client.log_text(run.info.run_id, task, "eval/task.json")
     client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
@@ -304,16 +310,47 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert not (run_dir(cfg, "r3") / "eval").exists()
 
 
-def test_a_stored_file_under_another_eval_key_is_refused(cfg):
+DAMAGED = {  # what is wrong with the stored scores: (store_eval_run options, what the note must say)
+    "truncated task.json": ({"task_text_of": lambda text: text[:len(text) // 2]},
+                            "stored task.json of evaluate run {run} is not a JSON task results file"),
+    "another eval key": ({"mmlu_key": "f" * 64},
+                         "stored results.json of evaluate run {run} has eval key ffffffffffff..., not "
+                         "{mmlu_key:.12}..."),
+    "artifact gone": ({"task_text_of": lambda text: None}, "evaluate run {run} has no task.json artifact"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_unusable_stored_scores_mean_evaluate_afresh_and_never_block_a_later_run(cfg, damage):
+    """Stored scores are validated where they are found: a truncated file, one under another eval key or a missing
+    artifact means "evaluate afresh", with the real reason and the MLflow run named (never a temporary download
+    path); once a good score is stored, it is reused, and the damaged run is passed over from then on."""
     config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
+    options, reason = DAMAGED[damage]
     snapshot(cfg, "r1")
-    source = store_eval_run(cfg, "r1", base, mmlu_key="f" * 64)  # tagged with one key, the file says another
-    _, _, _, _, mmlu_key, task_key = run_resolve_baseline(config=config, kfp_run_id="r1")
-    with pytest.raises(ComparisonError, match=f"stored results.json of run {source} has eval key f{{64}}, not "
-                                              f"{mmlu_key}"):
+    damaged = store_eval_run(cfg, "r1", base, **options)
+    needs_eval, _, _, note, mmlu_key, task_key = run_resolve_baseline(config=config, kfp_run_id="r1")
+    assert needs_eval is True
+    assert note.startswith("base model evaluated afresh: " + reason.format(run=damaged, mmlu_key=mmlu_key)), note
+    assert "/tmp" not in note and "another scoring version" not in note
+    # reuse-baseline-scores, should it run anyway, names the run too, and leaves nothing for compare to read.
+    with pytest.raises(BaselineError, match=f"evaluate run {damaged}") as refused:
         run_fetch_baseline_results(config=config, kfp_run_id="r1", mmlu_key=mmlu_key, task_key=task_key)
-    assert _runs(cfg, "reuse-baseline-scores")[0].info.status == "FAILED"
-    assert not (run_dir(cfg, "r1") / "eval").exists()  # the refused file is not left where compare would read it
+    assert "/tmp" not in str(refused.value)
+    assert not (run_dir(cfg, "r1") / "eval").exists()
+
+    good = store_eval_run(cfg, "r1", base)  # what evaluate-baseline leaves when it scores the model afresh
+    snapshot(cfg, "r2")
+    assert run_resolve_baseline(config=config, kfp_run_id="r2")[:4:3] == (
+        False, f"base model: stored scores reused (evaluate run {good})")
+    again = store_eval_run(cfg, "r1", base, **options)  # damaged again, and now the newest: its bad file passed over
+    needs_eval, _, _, note, _, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
+    assert needs_eval is False and note.startswith("base model: stored scores reused (evaluate run") and good in note
+    run_fetch_baseline_results(config=config, kfp_run_id="r2", mmlu_key=mmlu_key, task_key=task_key)
+    target = run_dir(cfg, "r2") / "eval" / "baseline"
+    assert (target / "task.json").read_text() == task_text(task_results(base_losses(), eval_key=task_key))
+    assert (target / "results.json").read_text() == mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key))
+    assert set(_runs(cfg, "reuse-baseline-scores")[-1].data.tags["llmft.source_run_ids"].split(",")) <= {good, again}
 
 
 def test_the_champion_alias_makes_the_published_model_the_baseline(cfg):
@@ -492,3 +529,20 @@ def test_modules_import_light_and_at_task_run_time():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              cwd=REPO_ROOT, env=dict(os.environ, _KFP_RUNTIME=runtime))
         assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_user_text_in_the_report_stays_text(tmp_path):
+    """The baseline note carries text from outside (paths, run ids, an MLflow error): in the Markdown report and
+    its HTML twin it reads as written, never as a link, an image or HTML."""
+    from markdown_it import MarkdownIt
+
+    files = write_pair(tmp_path, baseline_flags(), better_task())
+    comparison = compare_files(*files, defaults(), baseline_name="champion v3")
+    note = ("stored task.json of run `abc` unusable: [click](https://evil.example) ![x](https://e.example/p.png) "
+            "<script>")
+    report = render_report(comparison, note=f"Baseline: {note}")
+    page = MarkdownIt("commonmark").enable("table").render(report)
+    html = render_html(report)
+    for rendered in (page, html):
+        assert "<a " not in rendered and "<img" not in rendered and "<script>" not in rendered
+        assert "[click](https://evil.example)" in rendered and "&lt;script&gt;" in rendered

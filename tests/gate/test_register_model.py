@@ -242,7 +242,7 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
     # The description says what was trained on what and how it scored against the baseline.
     task, mmlu = comparison.task, comparison.mmlu
     description = registered.description
-    for text in (f"**{cfg.training.method}** fine-tune of `{cfg.storage.base_model}` on alpaca_sample",
+    for text in (f"**{cfg.training.method}** fine-tune of `{cfg.storage.base_model}` on alpaca\\_sample",
                  "(data `ds-123`)", "published as `v1` by KFP run `run-a`",
                  f"Held-out loss **{task.candidate_mean_nll:.4f}** vs {task.baseline_mean_nll:.4f} for the base model "
                  f"(-10.0%, 40 rows)",
@@ -424,3 +424,27 @@ def test_cli_register_promote_mark_challenger_and_show(cfg, capsys, tmp_path):
     with pytest.raises(SystemExit) as usage:
         register_main(["--config", str(config_file)])
     assert usage.value.code == 2
+
+
+HOSTILE_PATH = "models/x` [click](https://evil.example) ![seen](https://evil.example/p.png) <b>bold</b> `y"
+
+
+def test_user_text_in_the_description_stays_text(tmp_path):
+    """A backtick in the base model's path (a run-form value) must not end its code span: no link, image or HTML
+    from the form reaches the registry page. Rendered as MLflow renders Markdown (CommonMark)."""
+    from markdown_it import MarkdownIt
+
+    from components.gate.register_model import version_description
+    from configs.loading import config_from_dict
+
+    cfg = config_from_dict({"storage": {"base_model": HOSTILE_PATH}, "dataset": {"names": ["my_data_set", "b_c"]}})
+    files = [*scores(tmp_path, "candidate", flags(gain=2), [value * 0.9 for value in base_losses()]),
+             *scores(tmp_path, "baseline", flags(), base_losses())]
+    comparison = compare_files(*files, cfg, baseline_name="base model")
+    description = version_description(cfg, comparison, version="v1", dataset_hash="ds-123",
+                                      kfp_run_id="run `1` <i>x</i>")
+    html = MarkdownIt("commonmark").render(description)
+    assert "<a " not in html and "<img" not in html and "<b>" not in html and "<i>" not in html
+    shown = cfg.storage.base_model.replace("<", "&lt;").replace(">", "&gt;")  # the path as the schema normalised it
+    assert f"<code>{shown}</code>" in html
+    assert "<code>run `1` &lt;i&gt;x&lt;/i&gt;</code>" in html and "my_data_set, b_c" in html

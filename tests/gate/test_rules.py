@@ -162,3 +162,59 @@ def test_every_rule_is_a_reason_failed_first():
     assert [not rule.passed for rule in result.rules][:1] == [True]
     reasons = result.reasons
     assert len(reasons) == 4 and reasons[:3] == [r.detail for r in result.rules if not r.passed]
+
+
+def _reordered_tie(rows: int = 40) -> tuple[list[float], list[float]]:
+    """Baseline losses and the same losses on other rows, ordered so that summing them in row order (as numpy
+    does) makes the candidate's mean a hair lower: a tie that float summation turns into a gain."""
+    import numpy as np
+
+    base = base_losses(rows, seed=11)
+    for shift in range(1, rows):
+        cand = base[shift:] + base[:shift]
+        scored = [task(cand), task(base)]
+        keys = sorted(scored[0].losses)
+        means = [np.asarray([scores.losses[key] for key in keys]).mean() for scores in scored]
+        if means[0] < means[1]:
+            return cand, base
+    raise AssertionError("no rotation of the losses rounds the candidate's mean below the baseline's")
+
+
+def test_a_tie_whose_float_sums_differ_never_promotes():
+    """The same per-row losses on other rows: the means are equal, though numpy's row-order sum says -1e-16."""
+    cand, base = _reordered_tie()
+    result = decide(task(cand), task(base), min_task_improvement=0.0)
+    assert result.decision == KEEP and failed(result) == {"task"}
+    assert result.task.relative_change == 0 and result.task.candidate_mean_nll == result.task.baseline_mean_nll
+    assert "strictly lower" in result.rules[0].detail
+
+
+def test_significance_is_the_one_sided_test_alone():
+    """The documented rule (p < alpha, one-sided): fewer rows lower, but by far more, is significant; no
+    undocumented "more rows favour the candidate" rule overrides it, and the message agrees with the decision."""
+    base = base_losses(rows=30, seed=5)
+    # Lower by 40 % on 14 rows, higher by 1 % on 16: the ranks favour the candidate, the row count does not.
+    cand = [value * (0.6 if index < 14 else 1.01) for index, value in enumerate(base)]
+    result = decide(task(cand), task(base), min_task_improvement=0.0, require_significance=True)
+    rule = next(rule for rule in result.rules if rule.rule == "significance")
+    assert result.task.candidate_lower < result.task.baseline_lower and result.task.wilcoxon_p < 0.05
+    assert rule.passed and result.decision == PROMOTE
+    assert "not" not in rule.short and "not" not in rule.detail
+    assert rule.short == f"held-out loss change significant (p={result.task.wilcoxon_p:.2g} < alpha 0.05)"
+
+
+@pytest.mark.parametrize(("p_value", "alpha", "passed", "shown"), [
+    (0.0499999, 0.05, True, "p=0.0499999 < alpha 0.05"),
+    (0.05, 0.05, False, "p=0.05, needs < alpha 0.05"),
+    (0.0076, 0.05, True, "p=0.0076 < alpha 0.05"),
+    (0.21, 0.05, False, "p=0.21, needs < alpha 0.05"),
+])
+def test_the_significance_message_never_contradicts_the_decision(p_value, alpha, passed, shown):
+    from components.gate.rules import apply_rules
+
+    base = base_losses()
+    comparison = decide(task([value * 0.9 for value in base]), task(base))
+    task_part = comparison.task.model_copy(update={"wilcoxon_p": p_value})
+    rule = apply_rules(task_part, comparison.mmlu, GateConfig(require_significance=True, alpha=alpha),
+                       "champion v1")[1]
+    assert rule.passed is passed and shown in rule.short and shown in rule.detail

@@ -215,3 +215,29 @@ def test_typed_parameters_reach_the_trainer_and_mlflow(tmp_path, tiny_model_dir)
     parent = next(r for r in runs if r.data.tags.get("llmft.role") == "pipeline")
     assert (train.data.params["learning_rate"], train.data.params["lora_rank"]) == ("0.002", "4")
     assert parent.data.params["training.learning_rate"] == "0.002" and parent.data.params["training.lora_rank"] == "4"
+
+
+@pytest.mark.parametrize(("preset", "form", "overrides", "method", "bits"), [
+    ("lora", {"b_method": "qlora"}, [], "qlora", 4),  # QLoRA's 4 bits follow the method
+    ("lora", {"b_method": "qlora"}, ["training.quantization_bit=8"], "qlora", 8),  # unless set explicitly
+    ("qlora", {"b_method": "lora"}, [], "lora", None),  # and go with it
+    ("qlora", {"b_method": "full"}, [], "full", None),
+    ("qlora", {}, ["training.method=lora"], "lora", None),
+])
+def test_the_method_can_be_switched_from_the_run_form(preset, form, overrides, method, bits):
+    """b_method=qlora on the lora pipeline failed with "needs quantization_bit", which the form cannot set;
+    b_method=lora on the qlora pipeline failed the other way."""
+    cfg = _resolve(form, overrides, preset=preset)
+    assert (cfg.training.method, cfg.training.quantization_bit) == (method, bits)
+
+
+def test_quantization_bits_without_qlora_say_what_to_set_where():
+    with pytest.raises(ConfigError) as refused:
+        _resolve(overrides=["training.quantization_bit=4"])
+    assert "training.quantization_bit is only for method 'qlora'" in str(refused.value)
+    assert "set training.method=qlora (run form: b_method)" in str(refused.value)
+
+
+def test_a_huge_step_count_from_the_form_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"training\.max_steps: Input should be less than or equal to"):
+        _resolve({"c_max_steps": 10**15})

@@ -174,3 +174,12 @@ def test_a_failing_task_shows_its_error_and_where_its_log_is(tmp_path, tiny_mode
     whole = next(line for line in lines if line.startswith("  whole log: "))
     assert Path(whole.removeprefix("  whole log: ")).is_file()
     assert "pipeline failed" in proc.stderr and "Traceback" not in proc.stdout.split("last lines")[0]
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_log_directories(tmp_path):
+    """run_local names a run's log directory after the pipeline, the method and the second it started: two runs
+    in the same second must not write (and overwrite) each other's task logs."""
+    name = "tiny-local-lora-20260101-000000"
+    first, second = run_local.new_log_dir(tmp_path, name), run_local.new_log_dir(tmp_path, name)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.name == name and second.name.startswith(f"{name}-")

@@ -414,3 +414,39 @@ def test_five_field_cron_is_refused_before_any_request(server, monkeypatch, caps
 def test_flag_combinations_that_make_no_sense_exit_2(argv, capsys):
     assert submit.main(argv) == 2
     assert capsys.readouterr().err.strip()
+
+
+SWITCHES = [  # (preset, --set values): the method switched on the command line, with and without its bits
+    ("lora", ["training.method=qlora", "training.quantization_bit=4"]),
+    ("lora", ["training.method=qlora", "training.quantization_bit=8", "training.learning_rate=5e-5"]),
+    ("lora", ["training.method=qlora"]),
+    ("qlora", ["training.method=lora"]),
+    ("qlora", ["training.method=full", "training.learning_rate=1e-5"]),
+]
+
+
+@pytest.mark.parametrize(("preset", "overrides"), SWITCHES, ids=[" ".join(case[1]) for case in SWITCHES])
+def test_every_entry_point_reads_the_same_set_values_alike(preset, overrides):
+    """compile and run_local load the config with load_config; submit splits the --set values into typed run
+    parameters and compiled changes. What the pipeline then resolves is exactly what compile would have compiled
+    (``--set training.method=qlora --set training.quantization_bit=4`` exited 2 from submit alone)."""
+    from pipelines import run_local
+
+    compiled_alone = load_config(preset, overrides=overrides)
+    planned = submit.plan_run(preset, overrides)
+    assert planned.resolved == compiled_alone
+    assert run_local.localise(load_config(preset, overrides=overrides), None).training == compiled_alone.training
+
+
+def test_submit_switches_the_method_with_its_bits(server, monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    assert _submit(server, "--dry-run", "--set", "training.method=qlora", "--set", "training.quantization_bit=4") == 0
+    assert "qlora" in capsys.readouterr().out and server.requests == []
+
+
+def test_a_switched_method_travels_with_its_bits_and_the_rest_stay_run_parameters():
+    planned = submit.plan_run("lora", ["training.method=qlora", "training.quantization_bit=8",
+                                       "training.learning_rate=5e-5"])
+    assert planned.parameters == {"b_learning_rate": 5e-5}
+    assert planned.compiled_changes == ["training.quantization_bit=8", "training.method=qlora"]
+    assert submit.plan_run("qlora", ["training.method=lora"]).parameters == {"b_method": "lora"}

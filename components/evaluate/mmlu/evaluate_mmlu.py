@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate and write results.json; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
     from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume
     from components.evaluate.mmlu.openai_backend import BackendError
+    from components.evaluate.mmlu.scoring import pick_device
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--endpoint is required with --backend openai")
     try:
         cfg = cli_config(parser, args)
+        if args.device and args.backend == "hf":  # an unusable device is named now, before any data is read
+            pick_device(args.device)
         settings, data_dir = cfg.evaluation, args.data_dir or on_volume(cfg, cfg.storage.eval_data_dir)
         guard_output(Path(args.output) / RESULTS_FILE, {"--model": args.model, "--adapter": args.adapter,
                                                         "--data-dir": data_dir})

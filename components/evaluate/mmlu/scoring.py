@@ -16,6 +16,7 @@ front for questions whose prompt would not fit the model's context.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,37 @@ PromptGroup = tuple[list[int], list[tuple[int, list[int]]]]
 
 
 def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    """``device`` if given and usable here, else ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Raises:
+        ValueError: ``device`` is not a torch device string, or names a device this machine does not have (a
+            CUDA device without a visible GPU, an index past the last GPU); the message names the device and the
+            remedy, where torch would fail later with an assertion deep inside the model's ``.to()``.
+    """
     import torch
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
+    remedy = "use cpu, or leave the device unset (cuda when a GPU is visible, else cpu)"
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} is not available: torch sees no CUDA GPU here (built with CUDA "
+                             f"{torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES="
+                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}); {remedy}")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r} is not available: torch sees {count} CUDA GPU(s), cuda:0 to "
+                             f"cuda:{count - 1}; {remedy}")
+    elif parsed.type != "cpu":
+        try:  # mps, xpu...: only an allocation says whether the backend works here
+            torch.empty(0, device=parsed)
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(f"device {device!r} is not available here ({exc}); {remedy}") from None
+    return device
 
 
 def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, device: str | None = None,
@@ -46,16 +74,12 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, 
 
     Raises:
         OSError: the model, tokenizer or adapter cannot be loaded (the message names the directory).
-        ValueError: ``device`` is not a torch device string.
+        ValueError: ``device`` is not a torch device string or not available here (:func:`pick_device`).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
-    try:
-        torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:

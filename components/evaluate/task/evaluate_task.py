@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Score (or reuse) and write task.json; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
     from components.common.storage import StorageError, atomic_write_text, guard_output
+    from components.evaluate.mmlu.scoring import pick_device
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     adapter = args.adapter or None
     try:
         cfg = cli_config(parser, args)
+        if args.device:  # an unusable device is named now, not after the data is read and the model loaded
+            pick_device(args.device)
         template, cutoff_len = cfg.training.template, cfg.training.cutoff_len
         guard_output(path, {"--model": args.model, "--adapter": adapter, "--data-dir": args.data_dir})
         key = eval_key_for(args.model, args.data_dir, args.dataset, template=template, cutoff_len=cutoff_len,

@@ -24,7 +24,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.common.safe_json import DocumentError, read_json
+from components.common.safe_json import DocumentError, parse_json, read_json
 from components.common.typed_files import describe_validation_error
 from components.data.split import split_hash
 
@@ -175,8 +175,25 @@ def load_task_results(path: str | Path) -> TaskResults:
         data = read_json(path)
     except DocumentError as exc:  # not JSON, NaN/Infinity, a duplicate key, too deep, an over-long number
         raise TaskResultsError(f"{path} is not a JSON task results file ({exc.reason})") from None
+    return _validated(data, str(path))
+
+
+def parse_task_results(text: str | bytes, source: str) -> TaskResults:
+    """Validate the text of a task.json (e.g. one stored in MLflow); ``source`` names it in errors.
+
+    Raises:
+        TaskResultsError: as :func:`load_task_results`, naming ``source``.
+    """
+    try:
+        data = parse_json(text, source)
+    except DocumentError as exc:
+        raise TaskResultsError(f"{source} is not a JSON task results file ({exc.reason})") from None
+    return _validated(data, source)
+
+
+def _validated(data: object, source: str) -> TaskResults:
     try:
         return TaskResults.model_validate(data)
     except ValidationError as exc:
         problems = describe_validation_error(exc, limit=10)
-        raise TaskResultsError(f"{path} is not a valid task results file: {problems}") from None
+        raise TaskResultsError(f"{source} is not a valid task results file: {problems}") from None

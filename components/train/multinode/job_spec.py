@@ -16,7 +16,6 @@ resources, volumes and scheduling as a single-node train task:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.storage import run_slug
+from components.common.storage import hashed_name, run_slug
 from components.common.tracking import MLFLOW_SECRET_KEYS
 from configs.schema import PipelineConfig
 
@@ -48,12 +47,11 @@ def job_name(kfp_run_id: str) -> str:
 
 
 def run_label(kfp_run_id: str) -> str:
-    """The value of the ``kfp.run_id`` label (a valid label value; hashed when the id is not one)."""
-    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", kfp_run_id):
-        return kfp_run_id
-    digest = hashlib.sha256(kfp_run_id.encode()).hexdigest()[:8]
-    head = re.sub(r"[^A-Za-z0-9._-]+", "-", kfp_run_id).strip("-._")[:54]
-    return f"{head}-{digest}" if head else digest
+    """The value of the ``kfp.run_id`` label (a valid label value; hashed when the id is not one, or looks hashed:
+    :func:`components.common.storage.hashed_name`)."""
+    valid = re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", kfp_run_id)
+    cleaned = kfp_run_id if valid else re.sub(r"[^A-Za-z0-9._-]+", "-", kfp_run_id).strip("-._")
+    return hashed_name(kfp_run_id, cleaned, 63, strip="-._")
 
 
 def _pod_labels(cfg: PipelineConfig, kfp_run_id: str) -> dict[str, str]:

@@ -70,6 +70,10 @@ HOSTILE_FILES = {
     "model-name-dotdot.yaml": b"mlflow: {registered_model_name: '..'}\n",
     "model-name-colon.yaml": b"mlflow: {registered_model_name: 'org:model'}\n",
     "model-name-hidden.yaml": b"mlflow: {registered_model_name: '.hidden'}\n",
+    "model-name-base-folder.yaml": b"mlflow: {registered_model_name: base-model}\n",
+    "model-name-holds-base.yaml": b"storage: {base_model: models/llama/base}\nmlflow: {registered_model_name: llama}\n",
+    "huge-timeout.yaml": b"cluster: {train_timeout_s: 12345678901234567890}\n",
+    "huge-max-steps.yaml": b"training: {max_steps: 1000000000000000}\n",
     "uri-password.yaml": f"mlflow: {{tracking_uri: 'https://bot:{PASSWORD}@mlflow.example.com'}}\n".encode(),
     "uri-token.yaml": f"mlflow: {{tracking_uri: 'https://mlflow.example.com/?token={PASSWORD}'}}\n".encode(),
     "long-name.yaml": b"name: " + b"a" * (NAME_MAX + 1) + b"\n",
@@ -131,6 +135,12 @@ EXPECTED = {
     "model-name-dotdot.yaml": "mlflow.registered_model_name",
     "model-name-colon.yaml": "mlflow.registered_model_name",
     "model-name-hidden.yaml": "mlflow.registered_model_name",
+    "model-name-base-folder.yaml": "mlflow.registered_model_name: 'base-model' would publish versions into "
+                                   "models/base-model, which is storage.base_model (models/base-model)",
+    "model-name-holds-base.yaml": "mlflow.registered_model_name: 'llama' would publish versions into models/llama, "
+                                  "which holds storage.base_model (models/llama/base)",
+    "huge-timeout.yaml": "cluster.train_timeout_s: Input should be less than or equal to 2592000",
+    "huge-max-steps.yaml": "training.max_steps: Input should be less than or equal to 10000000",
     "uri-password.yaml": "mlflow.tracking_uri: must not carry credentials (got 'https://mlflow.example.com')",
     "uri-token.yaml": "mlflow.tracking_uri: must not carry credentials",
     "long-name.yaml": f"name: must be a DNS-1123 label of at most {NAME_MAX} characters",

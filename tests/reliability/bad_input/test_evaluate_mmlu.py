@@ -188,6 +188,9 @@ CASES = [
                          "--output", "{ws}/out/eval6"], ["batch"], {}),
     ("eval-truncated-weights", _evaluate(model="{ws}/model_truncated"), ["model_truncated"], {}),
     ("eval-unknown-device", _evaluate("--device", "tpu9"), ["tpu9"], {}),
+    # No GPU visible (CUDA_VISIBLE_DEVICES hides any this machine has): a clear refusal, not a CUDA traceback.
+    ("eval-cuda-without-gpu", _evaluate("--device", "cuda"), ["device 'cuda' is not available", "no CUDA GPU"],
+     {"CUDA_VISIBLE_DEVICES": ""}),
     ("eval-openai-without-endpoint", _evaluate("--backend", "openai"), ["--endpoint"], {}),
     ("eval-empty-dev-file", _evaluate(data="{ws}/mmlu_empty_dev"), ["astronomy_dev.csv"], {}),
     ("eval-answer-not-a-letter", _evaluate(data="{ws}/mmlu_bad_answer"), ["astronomy_test.csv:", "'Z'"], {}),

@@ -27,6 +27,8 @@ CASES = [
     ("task-eval-data-dir-is-a-file", _task_eval(data="{ws}/afile"), ["afile/dataset_info.json"], {}),
     ("task-eval-entry-escape", _task_eval("--dataset", "../../etc/passwd"), ["'../../etc/passwd'"], {}),
     ("task-eval-unknown-device", _task_eval("--device", "tpu9"), ["tpu9"], {}),
+    ("task-eval-cuda-without-gpu", _task_eval("--device", "cuda"), ["device 'cuda' is not available", "no CUDA GPU"],
+     {"CUDA_VISIBLE_DEVICES": ""}),
     ("task-eval-zero-batch", _task_eval("--batch-size", "0"), ["--batch-size"], {}),
 ]
 

@@ -168,13 +168,15 @@ def test_force_still_replaces_an_earlier_merge_output(storage_ws, tmp_path, caps
 
 
 def test_a_registered_model_name_equal_to_the_base_folder_is_refused_by_the_step(storage_ws, tmp_path):
-    """The merge step publishes to <models_root>/<registered_model_name>: with the base model's folder name
-    the versions would land inside the base. Refused before MLflow or the volume is touched."""
+    """The merge step publishes to <models_root>/<registered_model_name>: with the base model's folder the versions
+    would land inside the base. The config refuses the base's own name at load (``bad_input/test_config.py``); a
+    name whose folder is a symlink to the base is refused by the step, before MLflow or the volume is touched."""
     from components.merge.merge_lora import run_step
     from configs.loading import load_config
 
     storage = Path(shutil.copytree(storage_ws, tmp_path / "storage", symlinks=True))
-    cfg = load_config("local", overrides=[f"storage.mount_path={storage}", "mlflow.registered_model_name=base-model",
+    (storage / "models" / "served").symlink_to("base-model")
+    cfg = load_config("local", overrides=[f"storage.mount_path={storage}", "mlflow.registered_model_name=served",
                                           f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     before = snapshot(storage)
     with pytest.raises(OutputPathError, match="mlflow.registered_model_name .*models/base-model is storage.base_model"):

@@ -126,6 +126,23 @@ def test_a_50_mb_row_in_a_json_array_is_refused(tmp_path):
     assert f"longer than {MAX_ROW_BYTES >> 20} MiB" in result.problems[0].message
 
 
+
+def test_a_csv_field_as_large_as_the_loader_reads_is_accepted(tmp_path):
+    """The datasets CSV loader (pandas' C parser) has no field limit; Python's csv module stops at 128 KiB by default.
+    A 200 KB answer is legal; a field over MAX_ROW_BYTES (no example is that long) is refused with its row."""
+    answer = "y" * 200_000
+    text = f"instruction,output\nName a colour.,{answer}\nSay hi.,Hi.\n"
+    root = _dataset(tmp_path / "data", {"long.csv": text.encode()})
+    result = validate_datasets(root, ["ds"], cutoff_len=64)
+    assert result.ok and result.rows == 2, result.failure_message()
+    assert _loader_reads(root / "long.csv", tmp_path / "cache")[0]["output"] == answer
+    over = b"instruction,output\nSay hi.,Hi.\nName a colour.," + b"y" * (MAX_ROW_BYTES + 1) + b"\n"
+    root = _dataset(tmp_path / "over", {"over.csv": over})
+    result = validate_datasets(root, ["ds"], cutoff_len=64)
+    assert _problems(result) == [("over.csv", 3, None)]
+    assert f"longer than {MAX_ROW_BYTES >> 20} MiB" in result.problems[0].message
+
+
 ROW_CASES = {
     # case: (line of the second row, words in the message); the first row is always good
     "deeply nested": ('{"instruction": "a", "output": "b", "x": ' + "[" * 50_000 + "]" * 50_000 + "}",

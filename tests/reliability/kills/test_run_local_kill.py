@@ -32,6 +32,8 @@ from components.train.checkpoints import checkpoint_problem
 from components.train.launch import WORKER_MODULE
 from pipelines import run_local
 
+from .processes import processes_of
+
 pytestmark = pytest.mark.reliability_long
 
 
@@ -43,20 +45,10 @@ def _first_checkpoint(storage: Path) -> Path | None:
     return None
 
 
-def _processes_of(storage: Path) -> list[psutil.Process]:
-    """Every live process whose command line names this storage root (run_local, tasks, trainer)."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "status"]):
-        if process.info["status"] != psutil.STATUS_ZOMBIE and any(
-                str(storage) in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
-
-
 def _wait_until_gone(storage: Path, timeout_s: float) -> list[psutil.Process]:
     """Poll until no process of this storage root is left (a zombie counts as gone); return what is left."""
     deadline = time.monotonic() + timeout_s
-    while (left := _processes_of(storage)) and time.monotonic() < deadline:
+    while (left := processes_of(storage)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 
@@ -79,7 +71,7 @@ def test_a_sigkilled_local_pipeline_leaves_nothing_running_and_the_rerun_succeed
             assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the train step wrote no checkpoint in 10 minutes"
             time.sleep(0.2)  # polling the volume: the checkpoint is the event, and there is no notification
-        trainers = [process for process in _processes_of(storage) if WORKER_MODULE in process.cmdline()]
+        trainers = [process for process in processes_of(storage) if WORKER_MODULE in process.cmdline()]
         assert trainers, "the trainer was not found"
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()

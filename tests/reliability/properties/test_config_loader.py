@@ -117,6 +117,18 @@ def test_property_a_boolean_never_passes_as_a_number(field, value):
     assert f"  {path}: must not be a boolean, got {str(value).lower()}" in str(info.value)
 
 
+@pytest.mark.parametrize("field", NUMERIC_FIELDS, ids=[".".join(filter(None, field)) for field in NUMERIC_FIELDS])
+def test_a_huge_number_in_any_numeric_field_is_refused_at_load_naming_it(field):
+    """Every numeric field has an upper bound: a 20-digit timeout once loaded and then failed at compile ("Value out
+    of range"), and ``c_max_steps=10**15`` trained until the task's timeout."""
+    section, key = field
+    path = f"{section}.{key}" if section else key
+    for value in (10**20, 10**15, -(10**20)):
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(_with(section, key, value))
+        assert f"\n  {path}: " in str(info.value), (value, str(info.value))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(STRING_FIELDS), st.text(max_size=8), st.sampled_from(CONTROL), st.text(max_size=8),
        st.sampled_from(["value", "key"]))

@@ -343,8 +343,12 @@ def test_exit_handler_deletes_the_trainjob_of_a_failed_run(fake_k8s, tmp_path, c
         fake_k8s.add_job(manifest_for(on_cluster))
         fake_k8s.add_job(other)
     config = cluster_config(tracking, f"storage.mount_path={tmp_path / 'storage'}", nodes=2).model_dump_json()
-    # A run that stopped before resolve-config opened no MLflow run and started no job.
-    assert "no MLflow run to close" in run_step(config, RUN_ID, "FAILED")["note"] and fake_k8s.deleted == []
+    # A run without a resolved config opened no MLflow run; its job is deleted all the same (the compiled config and
+    # the run id find it), whatever the volume holds.
+    assert "no MLflow run to close" in run_step(config, RUN_ID, "FAILED")["note"] and fake_k8s.deleted == [NAME]
+    with fake_k8s.lock:
+        fake_k8s.deleted.clear()
+        fake_k8s.add_job(manifest_for(on_cluster))
     resolve_config(kfp_run_id=RUN_ID, kfp_run_name="", compiled_config=config, config="", overrides=[], form={})
     assert "training_job_deleted" not in run_step(config, RUN_ID, "SUCCEEDED")
     assert fake_k8s.deleted == []  # a succeeded run keeps its job
@@ -353,6 +357,61 @@ def test_exit_handler_deletes_the_trainjob_of_a_failed_run(fake_k8s, tmp_path, c
     assert fake_k8s.deleted == [NAME] and "train-other-run" in fake_k8s.jobs
     assert f"[trainjob] deleted {NAMESPACE}/{NAME}" in capsys.readouterr().out
     assert run_step(config, RUN_ID, "CANCELED")["training_job_deleted"] is False
+
+
+
+def test_the_exit_handler_frees_the_gpus_though_mlflow_fails(fake_k8s, tmp_path, capsys):
+    """A pod lost without SIGTERM leaves its TrainJob; the exit handler deletes it first, with the compiled config
+    and the run id, before and whatever MLflow does (here its store cannot even be opened), then reports the MLflow
+    failure: every failure named, none stopping the rest."""
+    from components.run.finalize_runs import FinalizeError, run_step
+    from components.run.resolve_config import run_step as resolve_config
+
+    (tmp_path / "afile").write_text("not a directory")
+    broken = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'afile' / 'mlflow.db'}"
+    with fake_k8s.lock:
+        fake_k8s.add_job(manifest_for(cluster_config(nodes=2)))
+    config = cluster_config(broken, f"storage.mount_path={tmp_path / 'storage'}", nodes=2).model_dump_json()
+    resolve_config(kfp_run_id=RUN_ID, kfp_run_name="", compiled_config=config, config="", overrides=[], form={})
+    with pytest.raises(FinalizeError) as failed:
+        run_step(config, RUN_ID, "FAILED", "train: pod lost")
+    assert fake_k8s.deleted == [NAME]
+    assert "closing the MLflow runs" in str(failed.value) and "afile" in str(failed.value)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["finalize"]["training_job_deleted"] is True and len(summary["finalize"]["failures"]) == 1
+
+
+def test_a_damaged_resolved_config_still_ends_the_mlflow_runs_and_deletes_the_job(fake_k8s, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from components.common.storage import run_dir
+    from components.common.tracking import step_run
+    from components.run.finalize_runs import FinalizeError, run_step
+    from components.run.resolve_config import RESOLVED_FILE
+    from components.run.resolve_config import run_step as resolve_config
+
+    tracking = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = cluster_config(tracking, f"storage.mount_path={tmp_path / 'storage'}", nodes=2)
+    config = cfg.model_dump_json()
+    with fake_k8s.lock:
+        fake_k8s.add_job(manifest_for(cluster_config(nodes=2)))  # the job's volume is mounted at /storage
+    resolve_config(kfp_run_id=RUN_ID, kfp_run_name="", compiled_config=config, config="", overrides=[],
+                   form={"g_mlflow_experiment": "chosen-at-run-time"})
+    with step_run(load_config("lora", overrides=[tracking, "mlflow.experiment=chosen-at-run-time"]), RUN_ID,
+                  "train"):
+        pass  # the parent run is open; the train step's run ended
+    resolved = run_dir(cfg, RUN_ID) / RESOLVED_FILE
+    data = json.loads(resolved.read_text())
+    data["training"]["learning_rate"] = "fast"  # damaged, its mlflow section intact
+    resolved.write_text(json.dumps(data))
+
+    with pytest.raises(FinalizeError, match=rf"(?s){RESOLVED_FILE}.*training.learning_rate"):
+        run_step(config, RUN_ID, "FAILED", "train failed")
+    assert fake_k8s.deleted == [NAME]
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name("chosen-at-run-time")
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs and not [run for run in runs if run.info.status == "RUNNING"]
 
 
 def test_a_missing_runtime_is_named_before_anything_is_created(fake_k8s):
