@@ -540,6 +540,10 @@ class GateConfig(_Section):
         json_schema_extra=form_field("f_require_significance"))
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (and 1 - confidence of the intervals).")
     bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+    allow_unknown_baseline_split: bool = Field(
+        False, description="Compare with a champion whose training split is not recorded (registered before "
+        "split recording, or by hand) on every held-out row, some of which it may have trained on (that favours "
+        "it); off: find-baseline refuses.")
 
     @model_validator(mode="before")
     @classmethod
