@@ -76,9 +76,14 @@ class ContaminationIndex:
         if len(words) < MIN_QUESTION_WORDS:
             return
         prefixes, grams, lengths, shared = self.prefixes, self.grams, self.lengths, self.shared
+        # The hash of every window of MIN_QUESTION_WORDS words, computed in C (the same as hashing each slice's
+        # tuple): most texts share none with the index and are done after one set operation.
+        starts = list(map(hash, zip(*(words[offset:] for offset in range(MIN_QUESTION_WORDS)), strict=False)))
+        if prefixes.isdisjoint(starts):
+            return
         count = len(words)
-        for start in range(count - MIN_QUESTION_WORDS + 1):
-            if hash(tuple(words[start:start + MIN_QUESTION_WORDS])) not in prefixes:
+        for start, prefix in enumerate(starts):
+            if prefix not in prefixes:
                 continue
             for size in lengths:
                 if start + size > count:

@@ -21,13 +21,13 @@ from typing import Any
 
 from components.data.checks import DatasetSpec
 from components.data.contamination import ContaminationIndex
-from components.data.row_keys import conversation
+from components.data.row_keys import Conversation, conversation
 
 ANSWER_ROLES = ("assistant", "function")
 SNIPPET_CHARS = 80
 
-# (where the row is, as shown to people; how its dataset maps the columns; the row as parsed)
-SideRow = tuple[str, DatasetSpec, Any]
+# (where the row is, as shown to people; its answer texts: :func:`answers`)
+SideRow = tuple[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,12 @@ class LeakReport:
 
 def answers(row: Any, spec: DatasetSpec) -> list[str]:
     """The texts of a row's answer turns, as the trainer sees them (columns mapped)."""
-    return [text for role, text in conversation(row, spec).turns if role in ANSWER_ROLES and text]
+    return answers_of(conversation(row, spec))
+
+
+def answers_of(seen: Conversation) -> list[str]:
+    """The answer texts of a row whose :func:`components.data.row_keys.conversation` is ``seen``."""
+    return [text for role, text in seen.turns if role in ANSWER_ROLES and text]
 
 
 def find_leaks(held_out: Iterable[SideRow], trained: Iterable[SideRow], *, ngram: int,
@@ -58,25 +63,25 @@ def find_leaks(held_out: Iterable[SideRow], trained: Iterable[SideRow], *, ngram
     """Count the held-out rows with an answer that a train row's answer shares (see the module docstring).
 
     Args:
-        held_out: The held-out side's rows (indexed: keep it bounded).
-        trained: The train side's rows (streamed once).
+        held_out: The held-out side's rows with their answers (:func:`answers`; indexed: keep it bounded).
+        trained: The train side's rows with their answers (streamed once).
         ngram: Words in a shared run (``dataset.contamination_ngram``).
         listed: Leaks named in the report; the rest are counted.
     """
     index = ContaminationIndex(ngram=ngram)
     owners: list[int] = []  # index entry -> held-out row number
     refs: list[str] = []
-    for number, (ref, spec, row) in enumerate(held_out):
+    for number, (ref, texts) in enumerate(held_out):
         refs.append(ref)
-        for text in answers(row, spec):
+        for text in texts:
             before = len(index.questions)
             index.add_question(ref, text)
             owners += [number] * (len(index.questions) - before)
     report = LeakReport(held_out_rows=len(refs))
     found: dict[int, Leak] = {}
     if index.questions:
-        for ref, spec, row in trained:
-            for text in answers(row, spec):
+        for ref, texts in trained:
+            for text in texts:
                 for hit in index.find_all(text):
                     owner = owners[hit]
                     if owner not in found:

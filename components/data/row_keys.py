@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from typing import Any, NamedTuple
 
@@ -31,7 +30,6 @@ from components.data.checks import DatasetSpec, describe_entry
 KEY_SCHEME = "llmft-split-v2"
 EXAMPLE_HEX_CHARS = 16  # 64 bits: the example's position in [0, 1)
 KEY_HEX_CHARS = 32  # the example's 16, then 16 of the row's content
-_SPACE = re.compile(r"\s+")
 
 
 class Conversation(NamedTuple):
@@ -60,7 +58,7 @@ def normalise(value: Any) -> str:
         return ""
     if not isinstance(value, str):  # validation admits only strings here; anything else keys by its JSON
         value = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return _SPACE.sub(" ", unicodedata.normalize("NFC", value)).strip()
+    return " ".join(unicodedata.normalize("NFC", value).split())  # split(): every run of Unicode whitespace
 
 
 def conversation(row: dict[str, Any], spec: DatasetSpec) -> Conversation:
@@ -113,19 +111,22 @@ def _sharegpt_turns(row: dict[str, Any], spec: DatasetSpec, system: str) -> tupl
 
 def example_of(row: dict[str, Any], spec: DatasetSpec) -> tuple[str, str]:
     """The row's example: its first user turn and that turn's answer, normalised (``""`` when missing)."""
-    turns = conversation(row, spec).turns
-    return (turns[0][1] if turns else "", turns[1][1] if len(turns) > 1 else "")
+    return _example(conversation(row, spec))
 
 
-def _digest(kind: str, value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(f"{KEY_SCHEME}\0{kind}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
+def _example(seen: Conversation) -> tuple[str, str]:
+    return (seen.turns[0][1] if seen.turns else "", seen.turns[1][1] if len(seen.turns) > 1 else "")
+
+
+def _digest(kind: str, texts: list[str]) -> str:
+    """sha256 hex of normalised ``texts`` (no newline survives normalisation, so newline-joined lists differ)."""
+    return hashlib.sha256("\n".join([KEY_SCHEME, kind, *texts]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def example_key(row: dict[str, Any], spec: DatasetSpec) -> str:
     """The example's key (16 hex digits): every copy of the example has it, whatever its system prompt,
     later turns, dataset or format."""
-    return _digest("example", example_of(row, spec))[:EXAMPLE_HEX_CHARS]
+    return _digest("example", list(example_of(row, spec)))[:EXAMPLE_HEX_CHARS]
 
 
 def row_key(row: dict[str, Any], spec: DatasetSpec) -> str:
@@ -134,6 +135,11 @@ def row_key(row: dict[str, Any], spec: DatasetSpec) -> str:
     Rows the trainer cannot tell apart (an unmapped ``id``, a trailing space, a missing versus an empty
     ``input``) have one key.
     """
-    seen = conversation(row, spec)
-    first = (seen.turns[0][1] if seen.turns else "", seen.turns[1][1] if len(seen.turns) > 1 else "")
-    return _digest("example", first)[:EXAMPLE_HEX_CHARS] + _digest("row", seen)[:KEY_HEX_CHARS - EXAMPLE_HEX_CHARS]
+    return key_of(conversation(row, spec))
+
+
+def key_of(seen: Conversation) -> str:
+    """:func:`row_key` of a row whose :func:`conversation` is ``seen``."""
+    content = [seen.system, seen.tools, *(part for turn in seen.turns for part in turn)]
+    return (_digest("example", list(_example(seen)))[:EXAMPLE_HEX_CHARS]
+            + _digest("row", content)[:KEY_HEX_CHARS - EXAMPLE_HEX_CHARS])

@@ -23,9 +23,9 @@ from typing import IO, Any
 
 from components.common.storage import StorageError, atomic_directory, describe_os_error
 from components.data.checks import DATA_CONFIG, DatasetSpec, Problem
-from components.data.leakage import SideRow, find_leaks
+from components.data.leakage import SideRow, answers, answers_of, find_leaks
 from components.data.result import ValidationResult
-from components.data.row_keys import row_key
+from components.data.row_keys import conversation, key_of
 from components.data.split import (
     KEY_HEX_CHARS,
     MANIFEST_FILE,
@@ -52,7 +52,7 @@ class _Dataset:
     spec: DatasetSpec
     train: IO[bytes]
     held: IO[bytes]  # every held-out row as "<key> <json>\n", filtered to the scored ones at the end
-    train_refs: IO[bytes]  # where each train row came from ("file:row" as JSON, line by line), for the leak check
+    train_refs: IO[bytes]  # each train row's origin ("file:row") and answers, JSON per line, for the leak check
     train_digest: Any = field(default_factory=hashlib.sha256)
     rows: int = 0
     train_rows: int = 0
@@ -100,7 +100,8 @@ class SplitWriter:
             data = _json_line(value)
         except ValueError:
             return "holds NaN or Infinity, which JSON Lines cannot carry; use null or a string"
-        key = row_key(value, spec)
+        seen = conversation(value, spec)
+        key = key_of(seen)
         state = self._dataset(spec)
         state.rows += 1
         if is_test_row(key, self.test_fraction):
@@ -114,7 +115,7 @@ class SplitWriter:
             state.train_rows += 1
             state.train_digest.update(data)
             self._write(state.train, data)
-            self._write(state.train_refs, json.dumps(f"{display}:{row}").encode() + b"\n")
+            self._write(state.train_refs, json.dumps([f"{display}:{row}", answers_of(seen)]).encode() + b"\n")
         return None
 
     def check_sizes(self, result: ValidationResult) -> None:
@@ -143,7 +144,7 @@ class SplitWriter:
         """
         directory = self._open()
         try:
-            report = find_leaks(self._scored_rows(directory, manifest), self._train_rows(directory), ngram=ngram,
+            report = find_leaks(self._scored_rows(directory, manifest), self._train_rows(), ngram=ngram,
                                 listed=result.max_errors)
         except OSError as exc:
             raise StorageError(describe_os_error(exc, directory)) from exc
@@ -164,14 +165,14 @@ class SplitWriter:
             state = self._datasets[split.name]
             with open(directory / split.test_file, encoding="utf-8") as handle:
                 for key, line in zip(split.test_keys, handle, strict=True):
-                    yield state.candidates[key], state.spec, json.loads(line)
+                    yield state.candidates[key], answers(json.loads(line), state.spec)
 
-    def _train_rows(self, directory: Path) -> Iterator[SideRow]:
-        for name, state in self._datasets.items():
-            with open(directory / "train" / f"{name}.jsonl", encoding="utf-8") as rows, \
-                    open(state.train_refs.name, encoding="utf-8") as refs:
-                for line, ref in zip(rows, refs, strict=True):
-                    yield json.loads(ref), state.spec, json.loads(line)
+    def _train_rows(self) -> Iterator[SideRow]:
+        for state in self._datasets.values():
+            with open(state.train_refs.name, encoding="utf-8") as refs:
+                for line in refs:
+                    ref, texts = json.loads(line)
+                    yield ref, texts
 
     def finish(self, result: ValidationResult) -> SplitManifest:
         """Write the test files, dataset_info.json and split.json for a result that passed; returns the manifest.
