@@ -14,7 +14,7 @@ import yaml
 from builders import write_dataset
 
 from components.common.storage import StorageError, run_dir
-from components.data.leakage import Leak, find_leaks
+from components.data.leakage import Leak, answers, find_leaks
 from components.data.result import render_report
 from components.data.row_keys import entry_spec, row_key
 from components.data.split import (
@@ -242,22 +242,28 @@ def test_find_leaks_matches_answers_across_prompts_datasets_and_formats():
     trained = [("train.jsonl:9", ALPACA, {"instruction": "Other prompt", "output": "Yes, it is."}),
                ("chat.jsonl:2", chat_spec, _chat("Explain tides to a child.", "Well! " + answer.upper() + " See?")),
                ("chat.jsonl:5", chat_spec, _chat("Hi", "Hello there, how are you today my friend?"))]
-    report = find_leaks(held_out, trained, ngram=13)
+    def side(rows: list) -> list:
+        return [(ref, answers(row, spec)) for ref, spec, row in rows]
+
+    report = find_leaks(side(held_out), side(trained), ngram=13)
     assert (report.held_out_rows, report.leaked_rows) == (4, 1)
     assert report.leaks == [Leak("test.jsonl:1", "chat.jsonl:2", answer[:77] + "...")]
     # A short answer (5 words or more, under the n-gram) leaks when it appears whole in a train answer.
     short = [("test.jsonl:5", ALPACA, {"instruction": "Q", "output": "The moon pulls on the oceans"})]
-    assert find_leaks(short, trained, ngram=13).leaked_rows == 1
-    assert find_leaks(held_out + short, trained, ngram=13, listed=1).leaked_rows == 2  # counted, one named
-    assert find_leaks(held_out, [], ngram=13).leaked_rows == 0
+    assert find_leaks(side(short), side(trained), ngram=13).leaked_rows == 1
+    assert find_leaks(side(held_out + short), side(trained), ngram=13, listed=1).leaked_rows == 2  # one named
+    assert find_leaks(side(held_out), [], ngram=13).leaked_rows == 0
 
 
 def test_near_duplicate_answers_across_the_split_fail_validation_naming_the_rows(tmp_path):
     """Different prompts, one long answer: a different example each (so the split may part them), and a
     near-duplicate the leak check finds when one is held out and the other trained on."""
+    import random
+
+    words = [f"w{number}" for number in range(500)]
     rows, pairs = [], []
     for i in range(40):
-        answer = f"Recipe {i}: whisk two eggs with milk, pour into a hot pan and fold gently until just set."
+        answer = " ".join(random.Random(i).choices(words, k=20)) + "."  # no run of 13 words shared with another
         first, second = ({"instruction": f"How do I cook dish {i}?", "output": answer},
                          {"instruction": f"Give me the steps for meal number {i}.", "output": answer + " Enjoy!"})
         rows += [first, second]
@@ -274,7 +280,7 @@ def test_near_duplicate_answers_across_the_split_fail_validation_naming_the_rows
     assert (f"{expected} held-out test row(s) have a near-duplicate answer on the train side (a run of 13 words, or "
             "the whole answer); at most 0 allowed (dataset.max_leaked_rows)") in message
     first_leak = next(2 * i + (0 if one else 1) + 1 for i, (one, other) in enumerate(pairs) if one != other)
-    assert f"ds.jsonl:{first_leak}: held out, but its answer 'Recipe" in message  # named by source file and row
+    assert f"ds.jsonl:{first_leak}: held out, but its answer 'w" in message  # named by source file and row
     assert "near-duplicate on the train side: ds.jsonl:" in message
 
     result, manifest = _split(source, ["ds"], tmp_path / "kept", max_leaked=-1)
@@ -488,7 +494,7 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     snapshot = snapshot_dir(cfg, "by-hand")
     manifest = verify_snapshot(snapshot)
     split = manifest.dataset("alpaca_sample")
-    assert split.scored_rows >= 10 and split.train_rows >= 4 * split.scored_rows  # the demo's split
+    assert split.scored_rows >= 10 and split.train_rows >= 3 * split.scored_rows  # the demo's split: 25 %
 
     rendered = yaml.safe_load((run_dir(cfg, "by-hand") / "train.yaml").read_text())
     assert rendered["dataset"] == "alpaca_sample" and rendered["dataset_dir"] == str(snapshot)
