@@ -382,8 +382,8 @@ class DatasetConfig(_Section):
         -1, ge=-1, description="Fail when more training rows than this overlap MMLU test questions (-1: warn only)."
     )
     max_leaked_rows: int = Field(
-        0, ge=-1, description="Fail when more scored test rows than this have a near-duplicate answer on the train "
-        "side (a shared run of contamination_ngram words, or the whole answer); -1: warn only.")
+        0, ge=-1, le=1_000_000_000, description="Fail when more scored test rows than this have a near-duplicate "
+        "answer on the train side (a shared run of contamination_ngram words, or the whole answer); -1: warn only.")
     test_fraction: float = Field(
         0.05, gt=0, lt=1, description="Share of each dataset's examples held out for testing, by a hash of the "
         "example (first user turn and its answer, normalised): appending rows never moves a row across, and every "
