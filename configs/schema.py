@@ -382,14 +382,19 @@ class DatasetConfig(_Section):
                              description="Dataset names from dataset_info.json (trained on together).",
                              json_schema_extra=form_field("a_datasets"))
     max_reported_errors: int = Field(50, ge=1, le=10000, description="Errors listed before the rest are counted.")
-    contamination_ngram: int = Field(13, ge=5, le=50, description="Word n-gram length for the MMLU overlap check.")
+    contamination_ngram: int = Field(13, ge=5, le=50, description="Word n-gram length of the overlap checks: MMLU "
+                                     "questions in the training text, held-out answers on the train side.")
     max_contaminated_rows: int = Field(
         -1, ge=-1, le=MAX_ROWS,
         description="Fail when more training rows than this overlap MMLU test questions (-1: warn only)."
     )
+    max_leaked_rows: int = Field(
+        0, ge=-1, le=1_000_000_000, description="Fail when more scored test rows than this have a near-duplicate "
+        "answer on the train side (a shared run of contamination_ngram words, or the whole answer); -1: warn only.")
     test_fraction: float = Field(
-        0.05, gt=0, lt=1, description="Share of each dataset's rows held out for testing, by a hash of the row's "
-        "content: appending rows never moves a row across, identical rows share a side.")
+        0.05, gt=0, lt=1, description="Share of each dataset's examples held out for testing, by a hash of the "
+        "example (first user turn and its answer, normalised): appending rows never moves a row across, and every "
+        "copy of an example shares its side.")
     min_test_rows: int = Field(
         20, ge=1, le=1_000_000, description="Fewest held-out rows a dataset may have; fewer fails validation "
         "(raise test_fraction or add rows).")
@@ -551,6 +556,10 @@ class GateConfig(_Section):
         json_schema_extra=form_field("f_require_significance"))
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (and 1 - confidence of the intervals).")
     bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+    allow_unknown_baseline_split: bool = Field(
+        False, description="Compare with a champion whose training split is not recorded (registered before "
+        "split recording, or by hand) on every held-out row, some of which it may have trained on (that favours "
+        "it); off: find-baseline refuses.")
 
     @model_validator(mode="before")
     @classmethod

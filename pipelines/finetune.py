@@ -171,7 +171,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
             baseline_mmlu=dsl.OneOf(evaluated.outputs["mmlu_path"], stored.outputs["mmlu_path"]),
             baseline_task=dsl.OneOf(evaluated.outputs["task_path"], stored.outputs["task_path"]),
             baseline_name=baseline.outputs["baseline_name"], baseline_note=baseline.outputs["note"],
-            train_run_id=train_run_id))
+            held_out_below=baseline.outputs["held_out_below"], train_run_id=train_run_id))
 
         registered = p.task("register-model", steps.register_model(
             config=config, kfp_run_id=run_id, model_dir=merged.outputs["model_dir"], version=merged.outputs["version"],

@@ -118,8 +118,9 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
 @component
 def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         "Outputs", [("needs_eval", bool), ("model_dir", str), ("baseline_name", str), ("note", str),
-                    ("mmlu_key", str), ("task_key", str)]):
-    """Find the baseline (the registry's champion, else the base model) and whether its scores are stored.
+                    ("mmlu_key", str), ("task_key", str), ("held_out_below", float)]):
+    """Find the baseline (the model current serves, which must be the registry's champion; else the base model),
+    the held-out rows neither model trained on, and whether the baseline's scores are stored.
 
     Args:
         config: The resolved configuration (JSON).
@@ -132,6 +133,7 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         note: Which stored scores are reused, or why none could be (shown in the report).
         mmlu_key: The MMLU score's eval key.
         task_key: The held-out task score's eval key.
+        held_out_below: Held-out rows whose key position is below this were held out for both models.
     """
     from components.gate.find_baseline import run_step
 
@@ -186,8 +188,8 @@ def reuse_baseline_scores(config: str, kfp_run_id: str, mmlu_key: str, task_key:
 
 @component
 def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
-            baseline_task: str, baseline_name: str, baseline_note: str, train_run_id: str, report: Output[Markdown],
-            report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
+            baseline_task: str, baseline_name: str, baseline_note: str, held_out_below: float, train_run_id: str,
+            report: Output[Markdown], report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
         "Outputs", [("decision", str), ("headline", str), ("comparison_path", str)]):
     """Apply the promotion gate: a lower held-out loss, no MMLU drop (components/gate/rules.py has the rules).
 
@@ -200,6 +202,8 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         baseline_task: The baseline's task.json (evaluated now or reused).
         baseline_name: "champion v<N>" or "base model".
         baseline_note: Which stored scores were reused, or why the baseline was evaluated afresh.
+        held_out_below: From find-baseline: only held-out rows below this key position are compared (the rows
+            neither model trained on).
         train_run_id: The MLflow run of the train step (training loss and its curve).
         report: The report as Markdown (loss curve as a sparkline).
         report_html: The report as a web page, with the training loss plot.
@@ -214,8 +218,8 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
 
     return run_step(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu, candidate_task=candidate_task,
                     baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_name=baseline_name,
-                    baseline_note=baseline_note, train_run_id=train_run_id, report=report, report_html=report_html,
-                    metrics=metrics)
+                    baseline_note=baseline_note, held_out_below=held_out_below, train_run_id=train_run_id,
+                    report=report, report_html=report_html, metrics=metrics)
 
 
 @component

@@ -109,23 +109,26 @@ def row_key(index: int) -> str:
 
 
 def task_results(losses: list[float | None], *, model: str = "candidate", eval_key: str | None = None,
-                 template: str = "default", cutoff_len: int = 256, dataset: str = DATASET) -> TaskResults:
+                 template: str = "default", cutoff_len: int = 256, dataset: str = DATASET,
+                 keys: list[str] | None = None) -> TaskResults:
     """Task results in which held-out row ``i`` has the mean answer loss ``losses[i]`` (``ANSWER_TOKENS`` tokens);
-    a row whose loss is None had its answer truncated away (it counts in the split hash, not in the scores)."""
+    a row whose loss is None had its answer truncated away (it counts in the split hash, not in the scores).
+    Row ``i``'s key is ``keys[i]`` (e.g. a real split's test keys), else :func:`row_key`."""
     from components.data.split import split_hash
 
+    keys = keys or [row_key(index) for index in range(len(losses))]
     records, skipped = [], []
     for index, loss in enumerate(losses):
         if loss is None:
-            skipped.append(SkippedExample(key=row_key(index), dataset=dataset, tokens=cutoff_len))
+            skipped.append(SkippedExample(key=keys[index], dataset=dataset, tokens=cutoff_len))
             continue
         nll_sum = round(loss * ANSWER_TOKENS, DIGITS)
-        records.append(ExampleScore(key=row_key(index), dataset=dataset, tokens=ANSWER_TOKENS + 8,
+        records.append(ExampleScore(key=keys[index], dataset=dataset, tokens=ANSWER_TOKENS + 8,
                                     answer_tokens=ANSWER_TOKENS, nll_sum=nll_sum,
                                     nll_mean=round(nll_sum / ANSWER_TOKENS, DIGITS), correct_tokens=1))
     records.sort(key=lambda record: (record.dataset, record.key))
     skipped.sort(key=lambda example: (example.dataset, example.key))
-    test_hash = split_hash([row_key(index) for index in range(len(losses))])
+    test_hash = split_hash(keys[:len(losses)])
     return TaskResults(
         eval_key=eval_key or sha(f"task:{model}:{test_hash}:{template}:{cutoff_len}"), scoring_version=SCORING_VERSION,
         model=model, adapter="", model_id=sha(model), template=template, cutoff_len=cutoff_len, datasets=[dataset],
@@ -177,6 +180,25 @@ def stand_in_config(root: Path, tracking_uri: str, experiment: str, *overrides: 
         f"mlflow.experiment={experiment}-{tag}", f"mlflow.registered_model_name=model-{tag}",
         "gate.bootstrap_samples=200", *overrides,
     ])
+
+
+def publish_version(cfg: PipelineConfig, version: str) -> Path:
+    """What merge-lora leaves: a verified ``models/<registered name>/<version>`` (one tiny tensor, the checksum
+    manifest; ``current`` not moved)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from components.common.storage import on_volume
+    from components.merge.publish import publish_model, staging_dir_for
+    from components.merge.verify import write_manifest
+
+    models = on_volume(cfg, cfg.storage.models_root) / cfg.mlflow.registered_model_name
+    staging = staging_dir_for(models, version)
+    staging.mkdir(parents=True)
+    (staging / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"weight": np.full(4, len(version), dtype=np.float32)}, str(staging / "model.safetensors"))
+    write_manifest(staging)
+    return publish_model(staging, models, version, set_current=False)
 
 
 def write_dataset(root: Path, info: Any, files: dict[str, Any]) -> Path:

@@ -6,6 +6,8 @@
 - :mod:`.reader`: stream a file's rows (JSON, JSON Lines, CSV, Parquet) in constant memory;
 - :mod:`.column_types`: one Arrow type per field, as the ``datasets`` loader needs;
 - :mod:`.contamination`: MMLU test questions in the training text;
+- :mod:`.row_keys`: what the trainer sees of a row, the example it is a copy of, and its key;
+- :mod:`.leakage`: held-out rows whose answer the train side also holds;
 - :mod:`.result`: what validation found, and its Markdown report;
 - :mod:`.split`: the held-out split by content hash and its manifest (``split.json``);
 - :mod:`.split_writer`: the split snapshot, written in the validation pass.
@@ -15,8 +17,10 @@ __all__ = [
     "checks",
     "column_types",
     "contamination",
+    "leakage",
     "reader",
     "result",
+    "row_keys",
     "split",
     "split_writer",
     "validate_dataset",

@@ -1,5 +1,6 @@
 """Find training text that contains MMLU test questions (word n-gram overlap), so a benchmark score
-is not inflated by training on the test set.
+is not inflated by training on the test set. The same index finds held-out answers on the train side
+(:mod:`components.data.leakage`).
 
 Text is normalised (lower case, words of letters and digits, punctuation and spacing ignored). A
 training text is contaminated when it shares a word n-gram with a test question; a question
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,14 +31,15 @@ def normalise(text: str) -> list[str]:
 class ContaminationIndex:
     """Hashed word n-grams of the MMLU test questions.
 
-    ``grams`` maps the hash of each n-gram (or of a whole short question) to the question's index in
-    ``questions``; ``prefixes`` holds the hashes of every gram's first :data:`MIN_QUESTION_WORDS`
-    words, a cheap filter before the longer lookups.
+    ``grams`` maps the hash of each n-gram (or of a whole short question) to the first question's index in
+    ``questions``, ``shared`` to the later questions that hold the same gram; ``prefixes`` holds the hashes of
+    every gram's first :data:`MIN_QUESTION_WORDS` words, a cheap filter before the longer lookups.
     """
 
     ngram: int
     questions: list[tuple[str, str]] = field(default_factory=list)  # (file:line, question text)
     grams: dict[int, int] = field(default_factory=dict)
+    shared: dict[int, list[int]] = field(default_factory=dict)
     prefixes: set[int] = field(default_factory=set)
     lengths: list[int] = field(default_factory=list)
     files: int = 0
@@ -54,26 +57,42 @@ class ContaminationIndex:
             self.lengths.sort()
         for start in range(len(words) - size + 1):
             gram = tuple(words[start:start + size])
-            self.grams.setdefault(hash(gram), index)
+            key = hash(gram)
+            if self.grams.setdefault(key, index) != index and self.shared.get(key, [None])[-1] != index:
+                self.shared.setdefault(key, []).append(index)  # another question holds it too
             self.prefixes.add(hash(gram[:MIN_QUESTION_WORDS]))
 
     def find(self, text: str) -> tuple[str, str] | None:
         """The first test question ``text`` overlaps, as ``(file:line, question)``, else None."""
+        hit = next(self._hits(text), None)
+        return None if hit is None else self.questions[hit]
+
+    def find_all(self, text: str) -> set[int]:
+        """The index in ``questions`` of every question ``text`` overlaps."""
+        return set(self._hits(text))
+
+    def _hits(self, text: str) -> Iterator[int]:
         words = normalise(text)
         if len(words) < MIN_QUESTION_WORDS:
-            return None
-        prefixes, grams, lengths = self.prefixes, self.grams, self.lengths
+            return
+        prefixes, grams, lengths, shared = self.prefixes, self.grams, self.lengths, self.shared
+        # The hash of every window of MIN_QUESTION_WORDS words, computed in C (the same as hashing each slice's
+        # tuple): most texts share none with the index and are done after one set operation.
+        starts = list(map(hash, zip(*(words[offset:] for offset in range(MIN_QUESTION_WORDS)), strict=False)))
+        if prefixes.isdisjoint(starts):
+            return
         count = len(words)
-        for start in range(count - MIN_QUESTION_WORDS + 1):
-            if hash(tuple(words[start:start + MIN_QUESTION_WORDS])) not in prefixes:
+        for start, prefix in enumerate(starts):
+            if prefix not in prefixes:
                 continue
             for size in lengths:
                 if start + size > count:
                     break
-                hit = grams.get(hash(tuple(words[start:start + size])))
+                gram = hash(tuple(words[start:start + size]))
+                hit = grams.get(gram)
                 if hit is not None:
-                    return self.questions[hit]
-        return None
+                    yield hit
+                    yield from shared.get(gram, ())
 
 
 def load_mmlu_questions(split_dir: str | Path, ngram: int) -> ContaminationIndex:

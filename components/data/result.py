@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from components.data.checks import Problem
+from components.data.checks import DATA_CONFIG, Problem
 
 if TYPE_CHECKING:
     from components.data.split import SplitManifest
@@ -55,6 +55,7 @@ class ValidationResult:
     warnings: list[Problem] = field(default_factory=list)
     warning_count: int = 0
     contamination: list[Problem] = field(default_factory=list)
+    leaks: list[Problem] = field(default_factory=list)
     rows: int = 0
     invalid_rows: int = 0
     duplicate_rows: int = 0
@@ -64,6 +65,9 @@ class ValidationResult:
     mmlu_questions: int = 0
     contamination_checked: bool = False
     max_contaminated: int = -1
+    leak_checked_rows: int = 0  # scored held-out rows checked for a near-duplicate on the train side
+    leaked_rows: int = 0
+    max_leaked: int = -1
     cutoff_len: int = 2048
     combined_sha256: str = ""
 
@@ -84,11 +88,26 @@ class ValidationResult:
         if len(self.warnings) < self.max_errors:
             self.warnings.append(warning)
 
+    def settle(self, findings: list[Problem], count: int, maximum: int, summary: str) -> None:
+        """Record ``count`` findings of one check (``findings``: the first few): warnings, or problems under
+        ``summary`` when there are more than ``maximum`` (-1: warn only)."""
+        failing = 0 <= maximum < count
+        if failing:
+            self.add_problem(Problem(DATA_CONFIG, None, None, summary))
+        for finding in findings:
+            (self.add_problem if failing else self.add_warning)(finding)
+        extra = count - len(findings)
+        if extra > 0:
+            if failing:
+                self.problem_count += extra
+            else:
+                self.warning_count += extra
+
     def metrics(self) -> dict[str, float]:
         """The headline numbers (KFP Metrics and MLflow metrics)."""
         return {
             "rows": self.rows, "invalid_rows": self.invalid_rows, "duplicate_rows": self.duplicate_rows,
-            "contaminated_rows": self.contaminated_rows, "long_rows": self.long_rows,
+            "contaminated_rows": self.contaminated_rows, "leaked_rows": self.leaked_rows, "long_rows": self.long_rows,
             "empty_system_prompts": self.empty_system_prompts, "problems": self.problem_count,
             "warnings": self.warning_count,
         }
@@ -105,7 +124,7 @@ class ValidationResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (versions, counts, the listed problems and warnings as text)."""
         data = {key: value for key, value in asdict(self).items()
-                if key not in ("problems", "warnings", "contamination")}
+                if key not in ("problems", "warnings", "contamination", "leaks")}
         data.update(ok=self.ok, problems=[str(p) for p in self.problems], warnings=[str(w) for w in self.warnings])
         return data
 
@@ -132,11 +151,15 @@ def render_report(result: ValidationResult, split: SplitManifest | None = None) 
               f"- MMLU contamination: {contamination}"]
     if split is not None:
         lines += ["", "## Held-out test split", "",
-                  f"Rows go to the test side by a hash of their content (dataset.test_fraction "
+                  f"Rows go to the test side by a hash of their example (first user turn and its answer; "
+                  f"dataset.test_fraction "
                   f"{split.test_fraction}); at most {split.max_test_rows} are scored per dataset. "
                   f"Test split hash `{split.test_split_hash}`.", ""]
         lines += [f"- {item.name}: {item.train_rows} train rows; {item.held_out_rows} held out, "
                   f"{item.scored_rows} scored (test split `{item.test_split_hash[:16]}`)" for item in split.datasets]
+        allowed = "warn only" if result.max_leaked < 0 else f"allowed: {result.max_leaked}"
+        lines += [f"- near-duplicates across the split: {result.leaked_rows} of {result.leak_checked_rows} scored test "
+                  f"rows have an answer that a train row shares ({allowed})"]
     for title, items, count in (("Problems", result.problems, result.problem_count),
                                 ("Warnings", result.warnings, result.warning_count)):
         if count:

@@ -1,12 +1,19 @@
-"""The held-out test split of the training data, fixed per example by a hash of its content.
+"""The held-out test split of the training data, fixed per *example* by a hash of what the trainer sees.
 
-A row goes to the test side when its content hash, read as a number in [0, 1), is below
-``dataset.test_fraction``. The side depends on nothing but the row's own content, so appending rows
-to a dataset never moves an existing row across, and identical rows (in one dataset or in two) always
-land on the same side: a duplicate of a test row can never be trained on.
+The rule. Every row is keyed by :func:`components.data.row_keys.row_key`: the content after the entry's column
+mapping and normalisation (Unicode NFC, whitespace runs as one space, a missing field equal to an empty one).
+The key's first 16 hex digits are its *example's*: the normalised first user turn and its answer. A row goes to
+the test side when that example hash, read as a number in [0, 1) (:func:`key_position`), is below
+``dataset.test_fraction`` (:func:`is_test_row`). So the side depends on nothing but the example: appending rows
+never moves an existing row across, and every copy the trainer cannot tell apart (an unmapped ``id``, a trailing
+space, a missing versus an empty ``input``), every system-prompt variant, every conversation that begins with
+the example's exchange, and the same example in another dataset or format (alpaca and sharegpt) land on one
+side: no copy of a test example is trained on. Rows whose example differs and whose answer is still alike are
+the leakage check's (:mod:`components.data.leakage`).
 
-The content hash is also the key under which an example's evaluation is recorded
-(:func:`row_key`), so per-example scores of two models pair up by key.
+The whole key is also the key under which an example's evaluation is recorded, so per-row scores of two models
+pair up by key. Keys and split hashes carry :data:`SPLIT_VERSION`: changing the rule changes every key and every
+split hash, so scores stored under an older rule stop matching instead of being compared with the wrong rows.
 
 The validate step writes the split as a snapshot in the run directory (:func:`validate_and_split`,
 in the same streaming pass that validates the rows), and training reads only that snapshot:
@@ -14,8 +21,8 @@ in the same streaming pass that validates the rows), and training reads only tha
 - ``dataset_info.json``: entry ``N`` -> ``train/N.jsonl`` and entry ``N@test`` -> ``test/N.jsonl``
   for every dataset ``N``, each a copy of the original entry with the source-only keys dropped
   (:data:`SOURCE_ONLY_KEYS`; ``num_samples`` stays on the train entry only);
-- the rows as parsed from the source, one JSON object per line in canonical form (:func:`canonical_row`),
-  in source order, so ``row_key(json.loads(line))`` is the row's key;
+- the rows as parsed from the source, one JSON object per line in canonical form, in source order, so
+  ``row_key(json.loads(line), spec of the entry)`` is the row's key;
 - ``split.json``: the :class:`SplitManifest` (counts, file hashes, the scored test keys).
 
 At most ``dataset.max_test_rows`` rows per dataset are scored: those with the smallest keys, so the
@@ -37,43 +44,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from components.common.safe_json import DocumentError, JsonScanner, read_json
 from components.common.storage import run_dir
 from components.data.checks import DATA_CONFIG
+from components.data.row_keys import EXAMPLE_HEX_CHARS, KEY_HEX_CHARS, KEY_SCHEME, entry_spec, row_key
 
-# Part of every key: changing how rows are keyed (or split) must change every key, never reuse one.
-SPLIT_VERSION = "llmft-split-v1"
-KEY_HEX_CHARS = 32  # 128 bits: no two distinct rows of any real dataset share a key
+SPLIT_VERSION = KEY_SCHEME  # part of every key and split hash
 SNAPSHOT_DIR = "data"  # <run dir>/data
 MANIFEST_FILE = "split.json"
 TEST_SUFFIX = "@test"
 _HEX64 = r"^[0-9a-f]{64}$"
 _KEY = re.compile(rf"^[0-9a-f]{{{KEY_HEX_CHARS}}}$")
-# Built once: json.dumps with options builds a new encoder per call, which doubles the cost per row.
-_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 # The snapshot's rows were written as strict JSON, lone surrogates escaped (see _json_line): read them back so.
 _SNAPSHOT_ROWS = JsonScanner(allow_lone_surrogates=True)
 
 
-def canonical_row(row: Any) -> str:
-    """The row as canonical JSON (sorted keys, no whitespace): the same content gives the same text."""
-    return _CANONICAL.encode(row)
-
-
-def canonical_key(canonical: str) -> str:
-    digest = hashlib.sha256(f"{SPLIT_VERSION}\0{canonical}".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:KEY_HEX_CHARS]
-
-
-def row_key(row: Any) -> str:
-    """The content hash of one dataset row (hex): its identity in the split and in per-example results."""
-    return canonical_key(canonical_row(row))
-
-
 def key_position(key: str) -> float:
-    """Where a key falls in [0, 1): its first 64 bits as a fraction (uniform for a good hash)."""
-    return int(key[:16], 16) / float(1 << 64)
+    """Where a row's example falls in [0, 1): the key's first 64 bits (its example's) as a fraction."""
+    return int(key[:EXAMPLE_HEX_CHARS], 16) / float(1 << 64)
 
 
 def is_test_row(key: str, test_fraction: float) -> bool:
-    """True when the row with this key belongs to the held-out test side."""
+    """True when the row with this key belongs to the held-out test side: the one side decision."""
     return key_position(key) < test_fraction
 
 
@@ -139,7 +128,8 @@ class SplitManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1] = Field(1, description="Version of this manifest's layout.")
-    key_scheme: Literal["llmft-split-v1"] = Field(SPLIT_VERSION, description="How row keys are computed.")
+    key_scheme: Literal["llmft-split-v2"] = Field(SPLIT_VERSION, description="How row keys are computed "
+                                                  "(components.data.row_keys.KEY_SCHEME).")
     test_fraction: float = Field(..., gt=0, lt=1, description="dataset.test_fraction of the split.")
     min_test_rows: int = Field(..., ge=1, description="dataset.min_test_rows of the split.")
     max_test_rows: int = Field(..., ge=1, description="dataset.max_test_rows of the split.")
@@ -235,9 +225,11 @@ def read_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str
     """The scored test rows of one dataset as (key, row), in file order, each checked against the manifest.
 
     Raises:
-        SplitError: the test file is unreadable or a row's key is not the manifest's key at that line.
+        SplitError: the test file or the snapshot's dataset_info.json is unreadable, or a row's key is not the
+            manifest's key at that line.
     """
     path = Path(directory) / split.test_file
+    spec = _heldout_spec(Path(directory), split.name)
     rows = []
     try:
         with open(path, encoding="utf-8") as handle:
@@ -247,7 +239,7 @@ def read_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str
                 except ValueError as exc:  # JSONDecodeError or DocumentError
                     raise SplitError(f"{path}:{number}: not a JSON row ({exc}); the file changed after "
                                      "validation") from None
-                key = row_key(row)
+                key = row_key(row, spec)
                 if number > len(split.test_keys) or split.test_keys[number - 1] != key:
                     raise SplitError(f"{path}:{number}: the row's key {key} is not the manifest's key for "
                                      "this line; the file changed after validation")
@@ -259,3 +251,14 @@ def read_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str
     if len(rows) != len(split.test_keys):
         raise SplitError(f"{path} has {len(rows)} rows, {MANIFEST_FILE} records {len(split.test_keys)}")
     return rows
+
+
+def _heldout_spec(directory: Path, name: str) -> Any:
+    """How the snapshot's ``name@test`` entry maps the columns (its rows' keys follow the mapping)."""
+    info_path = directory / DATA_CONFIG
+    try:
+        info = read_json(info_path)
+        return entry_spec(heldout_entry_name(name), info[heldout_entry_name(name)])
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # DocumentError is a ValueError
+        raise SplitError(f"{info_path} has no usable entry {heldout_entry_name(name)!r} ({exc}); it was written "
+                         "by validation and must not be touched") from None

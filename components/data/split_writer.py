@@ -1,11 +1,14 @@
 """Write the split snapshot in the same streaming pass that validates the rows.
 
 :func:`validate_and_split` runs :func:`components.data.validation.validate_datasets` with a :class:`SplitWriter`
-as its row sink: each valid row is keyed (:func:`components.data.split.row_key`) and written, in canonical JSON,
-to its dataset's train file or to the held-out candidates; at the end, the ``dataset.max_test_rows`` held-out rows
-with the smallest keys become the test file, and ``split.json`` (:class:`components.data.split.SplitManifest`)
-records counts and hashes. The snapshot appears in one rename, only when validation passed; memory stays bounded
-(rows stream to files, at most twice the cap of candidate keys is held per dataset).
+as its row sink: each valid row is keyed (:func:`components.data.row_keys.row_key`: its example, then its
+content, as the trainer sees them) and written, in canonical JSON, to its dataset's train file or to the
+held-out candidates by its example's position (:func:`components.data.split.is_test_row`); at the end, the
+``dataset.max_test_rows`` held-out rows with the smallest keys become the test file, ``split.json``
+(:class:`components.data.split.SplitManifest`) records counts and hashes, and the leak check
+(:func:`components.data.leakage.find_leaks`) looks for the scored test rows' answers on the train side. The
+snapshot appears in one rename, only when validation passed; memory stays bounded (rows stream to files, at most
+twice the cap of candidate keys is held per dataset).
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from components.common.storage import StorageError, atomic_directory, describe_os_error
 from components.data.checks import DATA_CONFIG, DatasetSpec, Problem
+from components.data.leakage import SideRow, answers, answers_of, find_leaks
 from components.data.result import ValidationResult
+from components.data.row_keys import conversation, key_of
 from components.data.split import (
     KEY_HEX_CHARS,
     MANIFEST_FILE,
     DatasetSplit,
     SplitManifest,
-    canonical_key,
     combined_test_hash,
     heldout_entry_name,
     is_test_row,
@@ -48,15 +52,17 @@ class _Dataset:
     spec: DatasetSpec
     train: IO[bytes]
     held: IO[bytes]  # every held-out row as "<key> <json>\n", filtered to the scored ones at the end
+    train_refs: IO[bytes]  # each train row's origin ("file:row") and answers, JSON per line, for the leak check
     train_digest: Any = field(default_factory=hashlib.sha256)
     rows: int = 0
     train_rows: int = 0
     held_out_rows: int = 0
-    candidates: set[str] = field(default_factory=set)  # the smallest held-out keys seen (at most 2 x the cap)
+    candidates: dict[str, str] = field(default_factory=dict)  # the smallest held-out keys seen (at most 2 x the
+    # cap) -> where the first row with that key came from
 
 
-def _json_line(value: Any) -> tuple[bytes, str]:
-    """The row as one line of canonical JSON, and its key (one encoding serves both).
+def _json_line(value: Any) -> bytes:
+    """The row as one line of canonical JSON.
 
     Raises:
         ValueError: the row holds NaN or Infinity.
@@ -70,7 +76,7 @@ def _json_line(value: Any) -> tuple[bytes, str]:
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, legal as a JSON escape: keep it escaped
         data = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":")).encode("ascii")
-    return data + b"\n", canonical_key(text)
+    return data + b"\n"
 
 
 class SplitWriter:
@@ -91,21 +97,25 @@ class SplitWriter:
     def __call__(self, spec: DatasetSpec, display: str, row: int, value: Any) -> str | None:
         """Put one validated row on its side; returns a problem message when the row cannot be written as JSON."""
         try:
-            data, key = _json_line(value)
+            data = _json_line(value)
         except ValueError:
             return "holds NaN or Infinity, which JSON Lines cannot carry; use null or a string"
+        seen = conversation(value, spec)
+        key = key_of(seen)
         state = self._dataset(spec)
         state.rows += 1
         if is_test_row(key, self.test_fraction):
             state.held_out_rows += 1
             self._write(state.held, key.encode() + b" " + data)
-            state.candidates.add(key)
+            state.candidates.setdefault(key, f"{display}:{row}")
             if len(state.candidates) > 2 * self.max_test_rows:
-                state.candidates = set(sorted(state.candidates)[:self.max_test_rows])
+                kept = sorted(state.candidates)[:self.max_test_rows]
+                state.candidates = {key: state.candidates[key] for key in kept}
         else:
             state.train_rows += 1
             state.train_digest.update(data)
             self._write(state.train, data)
+            self._write(state.train_refs, json.dumps([f"{display}:{row}", answers_of(seen)]).encode() + b"\n")
         return None
 
     def check_sizes(self, result: ValidationResult) -> None:
@@ -123,6 +133,46 @@ class SplitWriter:
             if state.train_rows == 0:
                 result.add_problem(Problem(version.file_name, None, None, (
                     f"{where} leaves no row for training: lower dataset.test_fraction or add rows")))
+
+    def check_leaks(self, result: ValidationResult, manifest: SplitManifest, *, ngram: int, max_leaked: int) -> None:
+        """Record the scored test rows with a near-duplicate answer on the train side (:func:`find_leaks`): a
+        problem each when there are more than ``max_leaked`` (-1: never), else a warning each. Call after
+        :meth:`finish`; removes the files of train-row origins either way.
+
+        Raises:
+            StorageError: the snapshot's files cannot be read back.
+        """
+        directory = self._open()
+        try:
+            report = find_leaks(self._scored_rows(directory, manifest), self._train_rows(), ngram=ngram,
+                                listed=result.max_errors)
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, directory)) from exc
+        finally:
+            for state in self._datasets.values():
+                Path(state.train_refs.name).unlink(missing_ok=True)
+        result.leak_checked_rows, result.leaked_rows, result.max_leaked = (report.held_out_rows, report.leaked_rows,
+                                                                           max_leaked)
+        result.leaks = [Problem(leak.held_out, None, None, f"held out, but its answer {leak.answer!r} has a "
+                                f"near-duplicate on the train side: {leak.trained}") for leak in report.leaks]
+        result.settle(result.leaks, result.leaked_rows, max_leaked, (
+            f"{result.leaked_rows} held-out test row(s) have a near-duplicate answer on the train side (a run of "
+            f"{ngram} words, or the whole answer); at most {max_leaked} allowed (dataset.max_leaked_rows): remove or "
+            "rewrite the copies, or raise dataset.max_leaked_rows"))
+
+    def _scored_rows(self, directory: Path, manifest: SplitManifest) -> Iterator[SideRow]:
+        for split in manifest.datasets:
+            state = self._datasets[split.name]
+            with open(directory / split.test_file, encoding="utf-8") as handle:
+                for key, line in zip(split.test_keys, handle, strict=True):
+                    yield state.candidates[key], answers(json.loads(line), state.spec)
+
+    def _train_rows(self) -> Iterator[SideRow]:
+        for state in self._datasets.values():
+            with open(state.train_refs.name, encoding="utf-8") as refs:
+                for line in refs:
+                    ref, texts = json.loads(line)
+                    yield ref, texts
 
     def finish(self, result: ValidationResult) -> SplitManifest:
         """Write the test files, dataset_info.json and split.json for a result that passed; returns the manifest.
@@ -184,14 +234,15 @@ class SplitWriter:
         try:
             train = open(directory / "train" / f"{spec.name}.jsonl", "wb")  # noqa: SIM115 - closed in close()
             held = open(directory / "test" / f".{spec.name}.held", "wb")  # noqa: SIM115 - closed in close()
+            refs = open(directory / "train" / f".{spec.name}.refs", "wb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise StorageError(describe_os_error(exc, directory)) from exc
-        self._current = self._datasets[spec.name] = _Dataset(spec, train, held)
+        self._current = self._datasets[spec.name] = _Dataset(spec, train, held, refs)
         return self._current
 
     @staticmethod
     def _close(state: _Dataset) -> None:
-        for handle in (state.train, state.held):
+        for handle in (state.train, state.held, state.train_refs):
             try:
                 handle.close()  # flushes the buffer: the last write can fail here
             except OSError as exc:
@@ -238,7 +289,7 @@ class _Invalid(Exception):
 
 
 def validate_and_split(dataset_dir: str | Path, names: list[str], destination: str | Path, *, test_fraction: float,
-                       min_test_rows: int, max_test_rows: int, replace: bool = False,
+                       min_test_rows: int, max_test_rows: int, max_leaked: int = 0, replace: bool = False,
                        **checks: Any) -> tuple[ValidationResult, SplitManifest | None]:
     """Validate the named datasets and, when they pass, publish their split snapshot at ``destination``.
 
@@ -253,13 +304,15 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
         test_fraction: Share of rows held out (``dataset.test_fraction``).
         min_test_rows: Fewer distinct held-out rows in a dataset is a problem (``dataset.min_test_rows``).
         max_test_rows: Held-out rows scored per dataset, the smallest keys (``dataset.max_test_rows``).
+        max_leaked: More scored test rows with a near-duplicate answer on the train side is a problem
+            (``dataset.max_leaked_rows``; -1: warn only). The n-gram is ``checks["ngram"]``.
         replace: Replace an existing snapshot (a retried validate step) instead of failing.
         **checks: The keyword arguments of :func:`components.data.validation.validate_datasets`
             (``cutoff_len`` is required).
 
     Returns:
-        The validation result (with a problem for each dataset too small to split) and the manifest, or None
-        when validation failed.
+        The validation result (with a problem for each dataset too small to split, and the leak check's
+        findings) and the manifest, or None when validation failed.
 
     Raises:
         StorageError: the volume refused a write, or ``destination`` exists and ``replace`` is False.
@@ -275,6 +328,9 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
                 if not result.ok:
                     raise _Invalid(result)
                 manifest = writer.finish(result)
+                writer.check_leaks(result, manifest, ngram=checks.get("ngram", 13), max_leaked=max_leaked)
+                if not result.ok:
+                    raise _Invalid(result)
             finally:
                 writer.close()
     except _Invalid as invalid:

@@ -54,9 +54,9 @@ def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
 
     Shared by :func:`run_step` and a training run by hand (:mod:`components.train.train`). Reads ``storage``
     (mount_path, data_dir, eval_data_dir, output_root), ``dataset`` (names, max_reported_errors,
-    contamination_ngram, max_contaminated_rows, test_fraction, min_test_rows, max_test_rows) and
+    contamination_ngram, max_contaminated_rows, max_leaked_rows, test_fraction, min_test_rows, max_test_rows) and
     ``training.cutoff_len``. The MMLU contamination check runs over every row (both sides) when
-    ``<eval_data_dir>/test`` exists.
+    ``<eval_data_dir>/test`` exists; the leak check over the scored test rows against the train side.
 
     Returns:
         The validation result and the :class:`~components.data.split.SplitManifest` (None when invalid:
@@ -75,7 +75,8 @@ def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
     return validate_and_split(
         source, data.names, destination, replace=replace,
         test_fraction=data.test_fraction, min_test_rows=data.min_test_rows, max_test_rows=data.max_test_rows,
-        cutoff_len=cfg.training.cutoff_len, eval_data_dir=mmlu if (mmlu / "test").is_dir() else None,
+        max_leaked=data.max_leaked_rows, cutoff_len=cfg.training.cutoff_len,
+        eval_data_dir=mmlu if (mmlu / "test").is_dir() else None,
         ngram=data.contamination_ngram, max_contaminated=data.max_contaminated_rows,
         max_errors=data.max_reported_errors,
     )

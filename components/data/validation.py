@@ -293,19 +293,9 @@ def _check_contamination(index: ContaminationIndex, texts: list[tuple[str, str]]
 
 def _settle_contamination(result: ValidationResult) -> None:
     """Contaminated rows are warnings, or problems when there are more than ``max_contaminated``."""
-    failing = 0 <= result.max_contaminated < result.contaminated_rows
-    if failing:
-        result.add_problem(Problem(DATA_CONFIG, None, None, f"{result.contaminated_rows} training row(s) contain "
-                                   f"MMLU test questions; at most {result.max_contaminated} allowed "
-                                   "(dataset.max_contaminated_rows)"))
-    for finding in result.contamination:
-        (result.add_problem if failing else result.add_warning)(finding)
-    extra = result.contaminated_rows - len(result.contamination)
-    if extra > 0:
-        if failing:
-            result.problem_count += extra
-        else:
-            result.warning_count += extra
+    result.settle(result.contamination, result.contaminated_rows, result.max_contaminated, (
+        f"{result.contaminated_rows} training row(s) contain MMLU test questions; at most {result.max_contaminated} "
+        "allowed (dataset.max_contaminated_rows)"))
 
 
 def _new_duplicate_filter() -> Any:

@@ -9,12 +9,15 @@
 - :mod:`.rules`: the promotion rules, in one place (:class:`~.rules.Comparison`, ``comparison.json``);
 - :mod:`.stats`: paired statistics (Wilcoxon, McNemar, bootstrap intervals);
 - :mod:`.report`: the Markdown and HTML report, the loss curve;
-- :mod:`.registry`: aliases, ``pvc://`` sources, and the scores stored for a model.
+- :mod:`.registry`: aliases, ``pvc://`` sources, and the scores stored for a model;
+- :mod:`.served_baseline`: the baseline is what ``current`` serves, which must be the registry's champion;
+- :mod:`.held_out`: the held-out rows neither the candidate nor the baseline trained on.
 """
 
 __all__ = [
     "compare",
     "find_baseline",
+    "held_out",
     "mark_challenger",
     "promote_model",
     "register_model",
@@ -22,5 +25,6 @@ __all__ = [
     "report",
     "reuse_baseline_scores",
     "rules",
+    "served_baseline",
     "stats",
 ]

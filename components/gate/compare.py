@@ -23,8 +23,9 @@ from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume, run_dir
 from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import write_model
+from components.data.split import key_position
 from components.evaluate.mmlu.results import ResultsFileError, read_mmlu_results
-from components.evaluate.task.results import TaskResults, TaskResultsError, load_task_results
+from components.evaluate.task.results import TaskResults, TaskResultsError, load_task_results, totals
 from components.gate.registry import BASE_MODEL_NAME
 from components.gate.report import loss_curve, render_html, render_report, train_loss
 from components.gate.rules import Comparison, NotComparable, TaskScores, compare
@@ -55,20 +56,29 @@ def read_task(path: str | Path, label: str) -> TaskResults:
         raise ComparisonError(f"{label} file {path} is not readable: {exc}") from None
 
 
-def task_scores(results: TaskResults) -> TaskScores:
-    """What the gate needs of a task results file: setup, per-row losses keyed by (dataset, row key), loss."""
+def task_scores(results: TaskResults, held_out_below: float = 1.0) -> TaskScores:
+    """What the gate needs of a task results file: setup, per-row losses keyed by (dataset, row key), loss.
+
+    Only rows whose key position is below ``held_out_below`` count (the rows the baseline was not trained on
+    either: :mod:`components.gate.held_out`); the token-weighted loss is then theirs.
+    """
     setup = {"test_split_hash": results.test_split_hash, "template": results.template,
              "cutoff_len": results.cutoff_len, "scoring_version": results.scoring_version,
              "entries_hash": results.entries_hash, "datasets": sorted(results.datasets)}
-    losses = {f"{record.dataset}/{record.key}": record.nll_mean for record in results.records}
-    return TaskScores(eval_key=results.eval_key, setup=setup, losses=losses, loss=results.loss)
+    records = [record for record in results.records if key_position(record.key) < held_out_below]
+    losses = {f"{record.dataset}/{record.key}": record.nll_mean for record in records}
+    loss = results.loss if len(records) == len(results.records) else float(totals(records)["loss"])
+    return TaskScores(eval_key=results.eval_key, setup=setup, losses=losses, loss=loss)
 
 
 def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseline_mmlu: str | Path,
-                  baseline_task: str | Path, cfg: PipelineConfig, *, baseline_name: str) -> Comparison:
+                  baseline_task: str | Path, cfg: PipelineConfig, *, baseline_name: str,
+                  held_out_below: float = 1.0) -> Comparison:
     """Read the four results files and apply the gate (:func:`components.gate.rules.compare`).
 
-    Reads ``gate`` and ``training.seed`` (the bootstraps).
+    Only held-out rows whose key position is below ``held_out_below`` are compared (find-baseline's: the rows
+    neither model trained on); the comparison records how many others were left out and why. Reads ``gate``,
+    ``training.seed`` (the bootstraps) and ``dataset.test_fraction`` (for the reason).
 
     Raises:
         ComparisonError: a file is missing or inconsistent, or the two models' results are not comparable.
@@ -79,22 +89,31 @@ def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseli
     except ResultsFileError as exc:
         raise ComparisonError(str(exc)) from None
     tasks = [read_task(candidate_task, "candidate task results"), read_task(baseline_task, "baseline task results")]
+    scores = [task_scores(task, held_out_below) for task in tasks]
     try:
-        return compare(mmlu[0], mmlu[1], task_scores(tasks[0]), task_scores(tasks[1]), cfg.gate,
-                       baseline_name=baseline_name, first_model=baseline_name == BASE_MODEL_NAME,
-                       seed=cfg.training.seed)
+        comparison = compare(mmlu[0], mmlu[1], scores[0], scores[1], cfg.gate, baseline_name=baseline_name,
+                             first_model=baseline_name == BASE_MODEL_NAME, seed=cfg.training.seed)
     except NotComparable as exc:
         raise ComparisonError(f"{exc}; evaluate the baseline again with the candidate's settings") from None
+    left_out = len(tasks[0].records) - len(scores[0].losses)
+    if not left_out:
+        return comparison
+    reason = (f"{left_out} of {len(tasks[0].records)} scored held-out rows left out: at hash positions >= "
+              f"{held_out_below:g} (this run holds out {cfg.dataset.test_fraction:g}) they may be the "
+              f"{baseline_name}'s training data")
+    task = comparison.task.model_copy(update={"left_out_rows": left_out, "left_out_reason": reason})
+    return comparison.model_copy(update={"task": task})
 
 
 def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
              baseline_task: str, baseline_name: str, baseline_note: str, train_run_id: str, report: Any,
-             report_html: Any, metrics: Any) -> tuple[str, str, str]:
+             report_html: Any, metrics: Any, held_out_below: float = 1.0) -> tuple[str, str, str]:
     """Compare, decide, and write comparison.json, the reports and the metrics.
 
-    Reads gate, training.seed, storage and mlflow. MLflow gets ``report/report.md`` with the training loss plot
-    beside it (``report/training_loss.png``) and ``comparison.json``; the Kubeflow UI gets the Markdown (loss
-    curve as a sparkline) and an HTML page with the plot embedded.
+    Reads gate, training.seed, dataset.test_fraction, storage and mlflow. MLflow gets ``report/report.md`` with the
+    training loss plot beside it (``report/training_loss.png``) and ``comparison.json``; the Kubeflow UI gets the
+    Markdown (loss curve as a sparkline) and an HTML page with the plot embedded. Only the held-out rows below
+    ``held_out_below`` are compared (find-baseline's: the rows neither model trained on).
 
     Returns:
         ``(decision, the one-line headline, comparison.json path)``.
@@ -108,7 +127,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
     cfg = config_from_json(config)
     comparison = compare_files(on_volume(cfg, candidate_mmlu), on_volume(cfg, candidate_task),
                                on_volume(cfg, baseline_mmlu), on_volume(cfg, baseline_task), cfg,
-                               baseline_name=baseline_name)
+                               baseline_name=baseline_name, held_out_below=held_out_below)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id), tempfile.TemporaryDirectory() as tmp:
         curve, loss = loss_curve(client, train_run_id), train_loss(client, train_run_id)
         notes = f"Baseline: {baseline_note}" if baseline_note else ""
@@ -190,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{role}-mmlu", required=True, help=f"The {role}'s MMLU results.json.")
         parser.add_argument(f"--{role}-task", required=True, help=f"The {role}'s held-out task.json.")
     parser.add_argument("--baseline-name", default=BASE_MODEL_NAME, help="How the report names the baseline.")
+    parser.add_argument("--held-out-below", type=float, default=1.0,
+                        help="Compare only held-out rows whose key position is below this (find-baseline's "
+                             "held_out_below: the rows the baseline was not trained on either); default all.")
     parser.add_argument("--report", default=None, help="Write the Markdown report here.")
     parser.add_argument("--json", dest="json_out", default=None, help="Write comparison.json here.")
     return parser
@@ -207,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             if output:  # checked first: an output must never replace one of the results it compares
                 guard_output(output, inputs, flag=flag)
         comparison = compare_files(args.candidate_mmlu, args.candidate_task, args.baseline_mmlu, args.baseline_task,
-                                   cfg, baseline_name=args.baseline_name)
+                                   cfg, baseline_name=args.baseline_name, held_out_below=args.held_out_below)
         outputs = [(args.report, render_report(comparison)) if args.report else None,
                    (args.json_out, comparison.model_dump_json(indent=2)) if args.json_out else None]
         _write_all([output for output in outputs if output])

@@ -1,68 +1,69 @@
-"""The find-baseline step: which model the candidate is compared with, and whether its scores are stored.
+"""The find-baseline step: which model the candidate is compared with, on which rows, and whether its scores are
+stored.
 
-The baseline is the registry version holding the alias ``champion`` (:mod:`components.gate.registry`); before the
-first promotion it is the base model. Its scores under this run's eval keys (the model's content, the held-out
-split, template and cutoff; the MMLU data, n-shot and subjects) are looked up in MLflow: when both are stored,
-reuse-baseline-scores fetches them; otherwise evaluate-baseline scores the model afresh, and the note says why:
-the stored file that cannot be used (no artifact, truncated or damaged, another eval key; its MLflow run named),
-or the part of the setup that changed since the model's last stored score. Stored files are validated here, where
-they are found, so a damaged one never sends a run down the reuse path.
+The baseline is the model that is served: the one ``models/<name>/current`` points at, which must be the
+registry's ``champion`` (:mod:`components.gate.served_baseline`: when they disagree the step refuses and says how to
+fix it); before the first promotion it is the base model. The comparison uses only this run's held-out rows that
+the champion was not trained on either (:mod:`components.gate.held_out`, from the split recorded on its version).
+Its scores under this run's eval keys (the model's content, the held-out split, template and cutoff; the MMLU
+data, n-shot and subjects) are looked up in MLflow: when both are stored, reuse-baseline-scores fetches them;
+otherwise evaluate-baseline scores the model afresh, and the note says why: the stored file that cannot be used
+(no artifact, truncated or damaged, another eval key; its MLflow run named), or the part of the setup that changed
+since the model's last stored score. Stored files are validated here, where they are found, so a damaged one never
+sends a run down the reuse path.
 """
 
 from __future__ import annotations
 
-from components.common.storage import on_volume
 from components.common.tracking import set_run_tags, step_run
 from components.evaluate.evaluate import eval_setup
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
+from components.gate.held_out import held_out_bound
 from components.gate.registry import (
-    CHAMPION,
     EVAL_KEY_TAG,
     LOCAL_PATH_TAG,
     MODEL_ID_TAG,
     TASK_EVAL_KEY_TAG,
-    BaselineError,
-    alias_version,
-    baseline_label,
     find_stored,
-    path_from_pvc_uri,
     why_not_stored,
 )
+from components.gate.served_baseline import served_baseline
 from configs.loading import config_from_json
 
 STEP = "find-baseline"
 
 
-def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str]:
-    """Find the baseline model and whether its scores must be computed.
+def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float]:
+    """Find the baseline model, the held-out rows it shares with the candidate, and whether its scores must be
+    computed.
 
-    Reads storage, evaluation, training (template, cutoff_len), dataset.names and mlflow.
+    Reads storage, evaluation, training (template, cutoff_len), dataset (names, min_test_rows), gate
+    (allow_unknown_baseline_split) and mlflow.
 
     Returns:
-        ``(needs_eval, model_dir, baseline_name, note, MMLU eval key, task eval key)``: ``note`` says which stored
-        scores are reused, or why none could be.
+        ``(needs_eval, model_dir, baseline_name, note, MMLU eval key, task eval key, held_out_below)``: ``note``
+        says which stored scores are reused, or why none could be, and which held-out rows are left out;
+        compare uses the rows whose key position is below ``held_out_below``.
 
     Raises:
         ConfigError: the config parameter is invalid.
-        BaselineError: the baseline's model directory does not exist on the volume.
+        BaselineError: the registry's champion and ``current`` disagree, the baseline's model directory does not
+            exist on the volume, or too few held-out rows were held out for both (each message names the fix).
         RegistryError: the champion's source URI is not on this PVC.
+        SplitError: this run's split snapshot cannot be read (validate-dataset writes it).
         TrackingUnavailable: the MLflow server does not answer.
     """
+    from components.data.split import read_manifest, snapshot_dir
+
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
-        champion = alias_version(client, name, CHAMPION)
-        if champion is None:
-            model_dir = on_volume(cfg, cfg.storage.base_model)
-        else:
-            model_dir = path_from_pvc_uri(cfg, champion.source)
-            if champion.tags.get(LOCAL_PATH_TAG) != str(model_dir):
-                client.set_model_version_tag(name, champion.version, LOCAL_PATH_TAG, str(model_dir))
-        label = baseline_label(champion.version if champion else None)
-        if not model_dir.is_dir():
-            hint = f"registry source {champion.source}" if champion else "check storage.base_model"
-            raise BaselineError(f"the {label} directory {model_dir} does not exist on the volume ({hint})")
+        label, model_dir, champion = served_baseline(client, cfg)
+        if champion is not None and champion.tags.get(LOCAL_PATH_TAG) != str(model_dir):
+            client.set_model_version_tag(name, champion.version, LOCAL_PATH_TAG, str(model_dir))
+        rows = held_out_bound(cfg, read_manifest(snapshot_dir(cfg, kfp_run_id)), label,
+                              champion.tags if champion is not None else None)
         mmlu_key, task_key, setup = eval_setup(cfg, kfp_run_id, model_dir)
         lookups = [find_stored(client, cfg, EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE),
                    find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
@@ -76,7 +77,11 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
         else:
             runs = sorted({lookup.found.run_id for lookup in lookups})
             note = f"{label}: stored scores reused (evaluate run{'s' * (len(runs) > 1)} {', '.join(runs)})"
+        if rows.note:
+            note += f"; {rows.note}"
         set_run_tags(client, run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": mmlu_key,
-                                      "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000]})
+                                      "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000],
+                                      "llmft.held_out_below": repr(rows.below),
+                                      "llmft.held_out_rows": f"{rows.rows} of {rows.scored}"})
     print(f"[{STEP}] {note}", flush=True)
-    return needs_eval, str(model_dir), label, note, mmlu_key, task_key
+    return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below

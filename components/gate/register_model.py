@@ -4,7 +4,9 @@ Every run registers a new version of ``mlflow.registered_model_name`` whose sour
 PVC as an opaque ``pvc://<pvc>/<path>`` URI (:func:`components.gate.registry.pvc_uri`) and whose run is the
 pipeline's parent run. The registry page reads at a glance: the version's description says what was trained on
 what and how it scored against the baseline, and it carries a handful of tags (decision, KFP run id, data hash,
-eval keys); the whole lineage (config, hashes, library versions, image, every gate rule) is one JSON artifact of
+eval keys, and the training split: key scheme and ``dataset.test_fraction``, read from the run's split snapshot,
+which later runs need to compare with it on rows it never trained on, :mod:`components.gate.held_out`); the whole
+lineage (config, hashes, library versions, image, every gate rule) is one JSON artifact of
 the parent run, ``lineage/<version>.json``. The published directory is also an MLflow 3 external model
 (``LoggedModel``) linked to the run and its scores, so the experiment's Models tab and the version's lineage show
 it. Registration is idempotent: a retried task finds the version it created by its ``kfp.run_id`` tag. Then
@@ -31,6 +33,8 @@ from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, on_volume
 from components.common.tracking import KFP_RUN_TAG, experiment_id, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import read_model
+from components.data.split import SplitError, SplitManifest, read_manifest, snapshot_dir
+from components.gate.held_out import training_split_tags
 from components.gate.registry import (
     LOCAL_PATH_TAG,
     LOGGED_MODEL_TAG,
@@ -72,9 +76,13 @@ def package_versions() -> dict[str, str]:
 
 
 def version_tags(kfp_run_id: str, comparison: Comparison, *, model_dir: Path, version: str,
-                 dataset_hash: str) -> dict[str, str]:
-    """The handful of tags a version carries (the rest of the lineage is the JSON artifact); none is empty."""
+                 dataset_hash: str, split: SplitManifest | None = None) -> dict[str, str]:
+    """The handful of tags a version carries (the rest of the lineage is the JSON artifact); none is empty.
+
+    ``split`` is the run's split snapshot: the rows the model was trained without (none recorded without it).
+    """
     tags = {
+        **(training_split_tags(split) if split is not None else {}),
         KFP_RUN_TAG: kfp_run_id,
         "llmft.decision": comparison.decision,
         "llmft.dataset_hash": dataset_hash,
@@ -132,11 +140,20 @@ def _register_external_model(client: MlflowClient, cfg: PipelineConfig, parent: 
     return model.model_id
 
 
+def training_split(cfg: PipelineConfig, kfp_run_id: str) -> SplitManifest | None:
+    """The split the run trained with (its snapshot's manifest), or None when the run has none (by hand)."""
+    try:
+        return read_manifest(snapshot_dir(cfg, kfp_run_id))
+    except SplitError:
+        return None
+
+
 def run_step(config: str, kfp_run_id: str, model_dir: str, version: str, decision: str, comparison_path: str,
                  dataset_hash: str) -> tuple[str]:
     """Register the published model as a new version (or find the one this run already registered).
 
-    Reads storage (mount path, PVC name, base_model), mlflow (tracking URI, experiment, registered_model_name),
+    Reads storage (mount path, PVC name, base_model, output_root: the split snapshot), mlflow (tracking URI,
+    experiment, registered_model_name),
     dataset.names, training (method, template), cluster.image and the config hash.
 
     Returns:
@@ -165,7 +182,8 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, version: str, decisio
         raise RegistryError(f"decision {decision!r} disagrees with {comparison_path} ({comparison.decision!r})")
     source = pvc_uri(cfg, published)
     name = cfg.mlflow.registered_model_name
-    tags = version_tags(kfp_run_id, comparison, model_dir=published, version=version, dataset_hash=dataset_hash)
+    tags = version_tags(kfp_run_id, comparison, model_dir=published, version=version, dataset_hash=dataset_hash,
+                        split=training_split(cfg, kfp_run_id))
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         ensure_registered_model(client, name)
         parent = parent_run_id(client, cfg, kfp_run_id)

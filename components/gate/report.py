@@ -101,6 +101,7 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
         "",
         f"## Held-out task: {task.rows} rows of the training data, never trained on",
         "",
+        *([f"Neither model trained on these rows. {task.left_out_reason}.", ""] if task.left_out_rows else []),
         "| | Candidate | Baseline | Change |",
         "|---|---:|---:|---:|",
         f"| mean per-row answer loss (gated) | {task.candidate_mean_nll:.4f} | {task.baseline_mean_nll:.4f} | "

@@ -90,6 +90,8 @@ class TaskComparison(_Record):
     candidate_lower: int
     baseline_lower: int
     wilcoxon_p: float
+    left_out_rows: int = 0  # scored held-out rows not compared: the baseline may have trained on them
+    left_out_reason: str = ""
 
 
 class CategoryComparison(_Record):

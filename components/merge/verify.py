@@ -46,7 +46,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash_files(root: Path, names: list[str]) -> dict[str, str]:
+def hash_files(root: Path, names: list[str]) -> dict[str, str]:
+    """SHA-256 of each named file under ``root`` (relative names), up to four read at once."""
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         return dict(zip(names, pool.map(lambda name: sha256_file(root / name), names), strict=True))
 
@@ -71,7 +72,7 @@ def write_manifest(directory: Path, known: dict[str, str] | None = None) -> str:
     directory = Path(directory)
     names = _files_under(directory)
     known = {name: digest for name, digest in (known or {}).items() if name in names}
-    digests = {**_hash_files(directory, [name for name in names if name not in known]), **known}
+    digests = {**hash_files(directory, [name for name in names if name not in known]), **known}
     text = "".join(f"{digests[name]}  {name}\n" for name in names)
     atomic_write_text(directory / MANIFEST_NAME, text)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -82,7 +83,12 @@ def manifest_checksum(path: Path) -> str:
     return sha256_file(Path(path) / MANIFEST_NAME)
 
 
-def _read_manifest(path: Path) -> dict[str, str]:
+def read_checksums(path: Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` from the directory's ``checksums.sha256``.
+
+    Raises:
+        PublishError: the manifest is missing, unreadable or malformed (the line named).
+    """
     manifest = path / MANIFEST_NAME
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
@@ -154,7 +160,7 @@ def verify_model_dir(path: Path, *, checksums: bool = True) -> None:
     path = Path(path)
     if not path.is_dir():
         raise PublishError(f"{path} is not a directory")
-    entries = _read_manifest(path)
+    entries = read_checksums(path)
     present = set(_files_under(path))
     missing = sorted(set(entries) - present)
     if missing:
@@ -164,7 +170,7 @@ def verify_model_dir(path: Path, *, checksums: bool = True) -> None:
         raise PublishError(f"{path / extra[0]} is not listed in {MANIFEST_NAME}")
     _check_weights(path)
     if checksums:
-        actual = _hash_files(path, sorted(entries))
+        actual = hash_files(path, sorted(entries))
         for name in sorted(entries):
             if actual[name] != entries[name]:
                 raise PublishError(f"{path / name}: checksum mismatch (the file changed or is corrupt)")

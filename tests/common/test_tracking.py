@@ -165,7 +165,7 @@ def test_the_parent_is_named_after_the_run_with_its_params_and_children_after_th
     assert set(by_path()) <= set(params)
     assert params["training.learning_rate"] == "0.001" and params["gate.alpha"] == "0.1"
     assert params["dataset.names"] == '["alpaca_sample"]' and params["training.method"] == "lora"
-    assert params["dataset.test_fraction"] == "0.2"  # the local preset's, not the default
+    assert params["dataset.test_fraction"] == "0.25"  # the local preset's, not the default
     assert "gate.bootstrap_samples" in params and "merge.max_shard_size_mb" not in params  # changed / default
     with tracking.step_run(run_cfg, "kfp-10", "train") as (client, first):
         pass

@@ -14,6 +14,9 @@ import yaml
 from builders import write_dataset
 
 from components.common.storage import StorageError, run_dir
+from components.data.leakage import Leak, answers, find_leaks
+from components.data.result import render_report
+from components.data.row_keys import entry_spec, row_key
 from components.data.split import (
     MANIFEST_FILE,
     SplitError,
@@ -21,7 +24,6 @@ from components.data.split import (
     is_test_row,
     read_manifest,
     read_test_rows,
-    row_key,
     snapshot_dir,
     split_hash,
     verify_snapshot,
@@ -30,6 +32,12 @@ from components.data.split_writer import validate_and_split
 from components.demo.samples import SAMPLES
 from configs.loading import load_config
 from configs.schema import ConfigError, DatasetConfig
+
+ALPACA = entry_spec("ds", {"file_name": "ds.jsonl"})  # the default alpaca columns
+
+
+def _key(row: dict) -> str:
+    return row_key(row, ALPACA)
 
 
 def _row(index: int, topic: str = "number") -> dict:
@@ -54,8 +62,8 @@ def _set(example: dict) -> dict:
 def _sides(snapshot: Path, name: str) -> dict[str, str]:
     """key -> 'train' or 'test' for every row in the snapshot's files of dataset ``name``."""
     split = read_manifest(snapshot).dataset(name)
-    sides = {row_key(row): "train" for row in _lines(snapshot / split.train_file)}
-    sides.update({row_key(row): "test" for row in _lines(snapshot / split.test_file)})
+    sides = {_key(row): "train" for row in _lines(snapshot / split.train_file)}
+    sides.update({_key(row): "test" for row in _lines(snapshot / split.test_file)})
     return sides
 
 
@@ -89,7 +97,7 @@ def test_appending_rows_moves_no_earlier_row_across_and_identical_rows_share_a_s
     assert {key: other[key] for key in other if key in new} == {key: new[key] for key in other if key in new}
     assert len(set(other) & set(new)) == 100
     # The duplicate is held out or trained on as a whole, and scored once.
-    duplicate = row_key(rows[10])
+    duplicate = _key(rows[10])
     split = appended.dataset("ds")
     assert split.test_keys.count(duplicate) == (1 if new[duplicate] == "test" else 0)
     assert split.rows == 500 and split.train_rows + split.held_out_rows == 500
@@ -100,14 +108,14 @@ def test_the_cap_scores_the_smallest_keys_and_stays_stable_under_appends(tmp_pat
     source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}},
                            {"ds.jsonl": [_row(i) for i in range(300)]})
     _, first = _split(source, ["ds"], tmp_path / "first", fraction=0.5, cap=10)
-    held = sorted(key for key in map(row_key, (_row(i) for i in range(300))) if is_test_row(key, 0.5))
+    held = sorted(key for key in map(_key, (_row(i) for i in range(300))) if is_test_row(key, 0.5))
     split = first.dataset("ds")
     assert split.held_out_rows == len(held) > 100  # well past twice the cap: the candidate set was trimmed
     assert sorted(split.test_keys) == held[:10] and split.scored_rows == 10
     assert split.test_split_hash == split_hash(held[:10])
     # In test-file order (source order), and no held-out row is trained on, scored or not.
     assert [key for key, _ in read_test_rows(tmp_path / "first", split)] == split.test_keys
-    train_keys = {row_key(row) for row in _lines(tmp_path / "first" / split.train_file)}
+    train_keys = {_key(row) for row in _lines(tmp_path / "first" / split.train_file)}
     assert not train_keys & set(held) and len(train_keys) == 300 - len(held)
 
     with open(source / "ds.jsonl", "a", encoding="utf-8") as handle:
@@ -115,14 +123,14 @@ def test_the_cap_scores_the_smallest_keys_and_stays_stable_under_appends(tmp_pat
     _, second = _split(source, ["ds"], tmp_path / "second", fraction=0.5, cap=10)
     later = second.dataset("ds")
     held_now = sorted(key for key, side in _sides(tmp_path / "second", "ds").items() if side == "test")
-    all_held = sorted({key for key in map(row_key, [_row(i) for i in range(300)] + [_row(i, "letter")
+    all_held = sorted({key for key in map(_key, [_row(i) for i in range(300)] + [_row(i, "letter")
                                                                                     for i in range(300)])
                        if is_test_row(key, 0.5)})
     assert sorted(later.test_keys) == all_held[:10] == held_now
     # A row that stopped being scored did so only because smaller new keys came; it is still not trained on.
     dropped = set(split.test_keys) - set(later.test_keys)
     assert all(key > max(later.test_keys) for key in dropped)
-    assert not dropped & {row_key(row) for row in _lines(tmp_path / "second" / later.train_file)}
+    assert not dropped & {_key(row) for row in _lines(tmp_path / "second" / later.train_file)}
 
 
 def test_a_dataset_too_small_to_hold_out_the_minimum_fails_naming_it(tmp_path):
@@ -159,11 +167,136 @@ def test_split_settings_are_bounded_and_described():
             load_config("lora", overrides=[override])
 
 
+def _chat(*texts: str, system: str | None = None) -> dict:
+    turns = [{"from": "human" if number % 2 == 0 else "gpt", "value": text} for number, text in enumerate(texts)]
+    return {"conversations": ([{"from": "system", "value": system}] if system is not None else []) + turns}
+
+
+def test_copies_the_trainer_cannot_tell_apart_share_a_side(tmp_path):
+    """Issue 23, first "Why": keyed on the whole JSON row, copies of one example landed on both sides (60-80 % of
+    the scored test rows of such datasets had a trained twin). Each example here comes as seven rows: with
+    unmapped ids, a trailing space, a missing versus an empty ``input``, a sharegpt copy, a system-prompt
+    variant and a multi-turn extension. Every example's rows share one side, and its alpaca copies are scored
+    once."""
+    alpaca, chats = [], []
+    for i in range(40):
+        question, answer = f"Which colour do you get by mixing paint pair {i}?", f"Mixing pair {i} gives a brown shade."
+        alpaca += [{"id": f"a-{i}", "instruction": question, "input": "", "output": answer},
+                   {"id": f"b-{i}", "instruction": question, "input": "", "output": answer},
+                   {"instruction": question + " ", "output": answer + "\n"}]  # trailing space; no input at all
+        chats += [_chat(question, answer), _chat(question, answer, system="You are a painter."),
+                  _chat(question, answer, "And with white?", f"A lighter shade {i}.")]
+    info = {"paint": {"file_name": "paint.jsonl"},
+            "chat": {"file_name": "chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations"},
+                     "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                              "system_tag": "system"}}}
+    source = write_dataset(tmp_path / "data", info, {"paint.jsonl": alpaca, "chat.jsonl": chats})
+    result, manifest = _split(source, ["paint", "chat"], tmp_path / "snapshot", fraction=0.3)
+    assert result.ok and manifest is not None, result.failure_message()
+
+    def trained(name: str) -> list[bool]:
+        kept = {json.dumps(row, sort_keys=True) for row in _lines(tmp_path / "snapshot" / "train" / f"{name}.jsonl")}
+        return [json.dumps(row, sort_keys=True) in kept for row in (alpaca if name == "paint" else chats)]
+
+    paint, chat = trained("paint"), trained("chat")
+    sides = [{*paint[3 * i:3 * i + 3], *chat[3 * i:3 * i + 3]} for i in range(40)]
+    assert all(len(side) == 1 for side in sides), [i for i, side in enumerate(sides) if len(side) > 1]
+    held = sum(side == {False} for side in sides)
+    assert 4 <= held <= 24  # both sides are used
+    assert manifest.dataset("paint").held_out_rows == 3 * held and manifest.dataset("paint").scored_rows == held
+    assert manifest.dataset("chat").scored_rows == 3 * held  # three different conversations per example
+
+
+def test_normalisation_equal_rows_have_one_key_and_an_example_one_position():
+    chat_spec = entry_spec("chat", {"file_name": "c.jsonl", "formatting": "sharegpt"})
+    mapped = entry_spec("mapped", {"file_name": "m.jsonl", "columns": {"prompt": "q", "response": "a",
+                                                                       "system": "sys"}})
+    row = {"instruction": "Caf\u00e9 opening  hours?", "input": "", "output": "From 8 to 5."}
+    same = [{**row, "id": 7}, {"instruction": " Cafe\u0301 opening hours?\n", "output": "From 8 to 5.  "},
+            {**row, "input": None}]
+    assert {_key(other) for other in same} == {_key(row)}  # an unmapped id, NFC, whitespace, missing = empty
+    assert row_key({"q": row["instruction"], "a": row["output"], "instruction": "ignored"}, mapped) == _key(row)
+
+    example = _key(row)[:16]
+    variants = [(row_key({**row, "input": "at the station"}, ALPACA), False),
+                (row_key({"q": row["instruction"], "a": row["output"], "sys": "Be brief."}, mapped), True),
+                (row_key(_chat(row["instruction"], row["output"]), chat_spec), True),
+                (row_key(_chat(row["instruction"], row["output"], system="Be brief."), chat_spec), True),
+                (row_key(_chat(row["instruction"], row["output"], "And Sundays?", "Closed."), chat_spec), True),
+                (row_key({**row, "output": "From 9 to 5."}, ALPACA), False)]
+    assert [key[:16] == example for key, _ in variants] == [shares for _, shares in variants]
+    # The sharegpt copy is the same row to the trainer (the same turns); every other variant is another row.
+    assert [key == _key(row) for key, _ in variants] == [False, False, True, False, False, False]
+
+
+# -- the leak check ------------------------------------------------------------------------------------------
+
+
+def test_find_leaks_matches_answers_across_prompts_datasets_and_formats():
+    chat_spec = entry_spec("chat", {"file_name": "c.jsonl", "formatting": "sharegpt"})
+    answer = "The tide comes in twice a day because the moon pulls on the oceans of the turning earth."
+    held_out = [("test.jsonl:1", ALPACA, {"instruction": "Why are there tides?", "output": answer}),
+                ("test.jsonl:2", ALPACA, {"instruction": "Short?", "output": "Yes, it is."}),  # too short to tell
+                ("test.jsonl:3", ALPACA, {"instruction": "Name the pulling body.", "output": "the moon pulls on"}),
+                ("test.jsonl:4", ALPACA, {"instruction": "Unrelated.", "output": "Bread rises when yeast makes gas."})]
+    trained = [("train.jsonl:9", ALPACA, {"instruction": "Other prompt", "output": "Yes, it is."}),
+               ("chat.jsonl:2", chat_spec, _chat("Explain tides to a child.", "Well! " + answer.upper() + " See?")),
+               ("chat.jsonl:5", chat_spec, _chat("Hi", "Hello there, how are you today my friend?"))]
+    def side(rows: list) -> list:
+        return [(ref, answers(row, spec)) for ref, spec, row in rows]
+
+    report = find_leaks(side(held_out), side(trained), ngram=13)
+    assert (report.held_out_rows, report.leaked_rows) == (4, 1)
+    assert report.leaks == [Leak("test.jsonl:1", "chat.jsonl:2", answer[:77] + "...")]
+    # A short answer (5 words or more, under the n-gram) leaks when it appears whole in a train answer.
+    short = [("test.jsonl:5", ALPACA, {"instruction": "Q", "output": "The moon pulls on the oceans"})]
+    assert find_leaks(side(short), side(trained), ngram=13).leaked_rows == 1
+    assert find_leaks(side(held_out + short), side(trained), ngram=13, listed=1).leaked_rows == 2  # one named
+    assert find_leaks(side(held_out), [], ngram=13).leaked_rows == 0
+
+
+def test_near_duplicate_answers_across_the_split_fail_validation_naming_the_rows(tmp_path):
+    """Different prompts, one long answer: a different example each (so the split may part them), and a
+    near-duplicate the leak check finds when one is held out and the other trained on."""
+    import random
+
+    words = [f"w{number}" for number in range(500)]
+    rows, pairs = [], []
+    for i in range(40):
+        answer = " ".join(random.Random(i).choices(words, k=20)) + "."  # no run of 13 words shared with another
+        first, second = ({"instruction": f"How do I cook dish {i}?", "output": answer},
+                         {"instruction": f"Give me the steps for meal number {i}.", "output": answer + " Enjoy!"})
+        rows += [first, second]
+        pairs.append((is_test_row(_key(first), 0.25), is_test_row(_key(second), 0.25)))
+    rows += [_row(i) for i in range(40)]
+    source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
+    expected = sum(one != other for one, other in pairs)
+    assert expected >= 5
+
+    result, manifest = _split(source, ["ds"], tmp_path / "refused")
+    assert manifest is None and not (tmp_path / "refused").exists()
+    assert result.leaked_rows == expected and result.leak_checked_rows > 0
+    message = result.failure_message()
+    assert (f"{expected} held-out test row(s) have a near-duplicate answer on the train side (a run of 13 words, or "
+            "the whole answer); at most 0 allowed (dataset.max_leaked_rows)") in message
+    first_leak = next(2 * i + (0 if one else 1) + 1 for i, (one, other) in enumerate(pairs) if one != other)
+    assert f"ds.jsonl:{first_leak}: held out, but its answer 'w" in message  # named by source file and row
+    assert "near-duplicate on the train side: ds.jsonl:" in message
+
+    result, manifest = _split(source, ["ds"], tmp_path / "kept", max_leaked=-1)
+    assert result.ok and manifest is not None and result.leaked_rows == expected
+    assert len(result.warnings) == expected and result.metrics()["leaked_rows"] == expected
+    assert f"near-duplicates across the split: {expected} of {result.leak_checked_rows} scored test rows" in \
+        render_report(result, manifest)
+    assert sorted(path.name for path in (tmp_path / "kept" / "train").iterdir()) == ["ds.jsonl"]  # no side files
+    assert _split(source, ["ds"], tmp_path / "allowed", max_leaked=expected)[1] is not None
+
+
 # -- the snapshot --------------------------------------------------------------------------------------------
 
 
 def test_every_source_format_round_trips_and_llamafactory_reads_both_sides(tmp_path, tiny_model_dir):
-    """Rows come back as parsed (``row_key(json.loads(line))`` is the key) in source order, from JSON,
+    """Rows come back as parsed (``row_key(json.loads(line), spec)`` is the key) in source order, from JSON,
     JSON Lines, CSV, Parquet and a folder of shards; LLaMA-Factory's own loader reads each train entry and
     each ``@test`` entry exactly as the source's rows convert."""
     import pyarrow as pa
@@ -217,10 +350,11 @@ def test_every_source_format_round_trips_and_llamafactory_reads_both_sides(tmp_p
     for name in names:
         split = manifest.dataset(name)
         train, test = _lines(snapshot / split.train_file), _lines(snapshot / split.test_file)
-        keyed = [(row_key(row), row) for row in originals[name]]
+        spec = entry_spec(name, info[name])
+        keyed = [(row_key(row, spec), row) for row in originals[name]]
         assert train == [row for key, row in keyed if not is_test_row(key, 0.3)]
         assert test == [row for key, row in keyed if is_test_row(key, 0.3)]
-        assert [row_key(row) for row in test] == split.test_keys and len(train) == split.train_rows
+        assert [row_key(row, spec) for row in test] == split.test_keys and len(train) == split.train_rows
         convert = get_dataset_converter(attrs[name].formatting, attrs[name], data_args)
         for entry, rows in ((name, train), (heldout_entry_name(name), test)):
             examples, expected = [_set(example) for example in loaded[entry]], [_set(convert(row)) for row in rows]
@@ -262,7 +396,7 @@ def test_values_json_lines_cannot_hold_are_named_or_kept_readable(tmp_path):
     split = manifest.dataset("stamped")
     test = _lines(tmp_path / "kept" / split.test_file)
     read_back = _lines(tmp_path / "kept" / split.train_file) + test
-    assert len(read_back) == 12 and [row_key(row) for row in test] == split.test_keys
+    assert len(read_back) == 12 and [_key(row) for row in test] == split.test_keys
     assert {row["created"] for row in read_back} == {str(stamp)}
 
 
@@ -328,8 +462,8 @@ def test_contamination_is_checked_on_both_sides(tmp_path):
     (tmp_path / "mmlu" / "test").mkdir(parents=True)
     (tmp_path / "mmlu" / "test" / "story_test.csv").write_text(f'"{question}",a,b,c,d,A\n')
     candidates = [{**_row(i), "input": question} for i in range(40)]
-    on_test = next(row for row in candidates if is_test_row(row_key(row), 0.25))
-    on_train = next(row for row in candidates if not is_test_row(row_key(row), 0.25))
+    on_test = next(row for row in candidates if is_test_row(_key(row), 0.25))
+    on_train = next(row for row in candidates if not is_test_row(_key(row), 0.25))
     rows = [_row(i) for i in range(60)] + [on_test, on_train]
     source = write_dataset(tmp_path / "data", {"ds": {"file_name": "ds.jsonl"}}, {"ds.jsonl": rows})
     result, manifest = _split(source, ["ds"], tmp_path / "snapshot", eval_data_dir=tmp_path / "mmlu")
@@ -360,7 +494,7 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     snapshot = snapshot_dir(cfg, "by-hand")
     manifest = verify_snapshot(snapshot)
     split = manifest.dataset("alpaca_sample")
-    assert split.scored_rows >= 10 and split.train_rows >= 4 * split.scored_rows  # the demo's split
+    assert split.scored_rows >= 10 and split.train_rows >= 3 * split.scored_rows  # the demo's split: 25 %
 
     rendered = yaml.safe_load((run_dir(cfg, "by-hand") / "train.yaml").read_text())
     assert rendered["dataset"] == "alpaca_sample" and rendered["dataset_dir"] == str(snapshot)
@@ -377,8 +511,8 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     def text(example: dict) -> str:
         return json.dumps([example["_prompt"], example["_response"], example["_system"]])
 
-    train = [text(convert(row)) for row in source if not is_test_row(row_key(row), cfg.dataset.test_fraction)]
-    held_out = {text(convert(row)) for row in source if is_test_row(row_key(row), cfg.dataset.test_fraction)}
+    train = [text(convert(row)) for row in source if not is_test_row(_key(row), cfg.dataset.test_fraction)]
+    held_out = {text(convert(row)) for row in source if is_test_row(_key(row), cfg.dataset.test_fraction)}
     assert [text(example) for example in seen] == train and len(train) == split.train_rows
     assert not held_out & {text(example) for example in seen} and len(held_out) == split.held_out_rows
 

@@ -365,6 +365,47 @@ def test_eval_key_changes_with_data_shots_limit_and_model(tmp_path, tiny_model_d
     assert key() != base
 
 
+def test_a_one_byte_change_anywhere_in_a_large_shard_changes_the_identity(tmp_path):
+    """Issue 23, third "Why": weights over 64 MiB were identified by 32 samples of 64 KiB, so two models that differ
+    between the samples had one identity, hence one eval key, and a candidate could be handed another model's
+    stored scores. Now every byte counts: hashed in full without a manifest, the merge's full digests with one
+    (a file changed after its manifest is hashed afresh)."""
+    import os
+
+    from components.evaluate.task.results import task_eval_key
+    from components.merge.verify import write_manifest
+
+    size = 65 * 1024 * 1024 + 12_345
+    one, other = tmp_path / "one", tmp_path / "other"
+    for model in (one, other):
+        model.mkdir()
+        (model / "config.json").write_text('{"model_type": "llama"}')
+    block = bytes(range(256)) * 4096  # 1 MiB
+    with open(one / "model.safetensors", "wb") as handle:
+        for _ in range(size // len(block)):
+            handle.write(block)
+        handle.write(block[:size % len(block)])
+    shutil.copyfile(one / "model.safetensors", other / "model.safetensors")
+    offset = (size - 65536) // 31 // 2 + 1000  # between the first two of the 32 samples the old identity read
+    with open(other / "model.safetensors", "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" if block[offset % len(block)] != 0xFF else b"\x00")
+
+    unmanifested = model_identity(one), model_identity(other)
+    assert unmanifested[0] != unmanifested[1]
+    assert len({task_eval_key(model_id, "0" * 64, "default", 256) for model_id in unmanifested}) == 2
+    for model in (one, other):
+        write_manifest(model)  # what the merge leaves: the full digest of every file it wrote
+    assert (model_identity(one), model_identity(other)) == unmanifested  # the same identity, read from the manifest
+
+    manifest_written = (one / "checksums.sha256").stat().st_mtime_ns
+    with open(one / "model.safetensors", "r+b") as handle:  # changed in place after its manifest
+        handle.seek(size - 1)
+        handle.write(b"\x01")
+    os.utime(one / "model.safetensors", ns=(manifest_written + 10**9, manifest_written + 10**9))
+    assert model_identity(one) not in unmanifested
+
+
 def test_load_results_rejects_foreign_files(tmp_path):
     (tmp_path / "a.json").write_text('{"micro": 0.5}')
     with pytest.raises(ResultsFileError, match=r"a.json: eval_key: Field required"):

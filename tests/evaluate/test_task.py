@@ -19,7 +19,8 @@ import pytest
 import yaml
 from builders import REPO_ROOT
 
-from components.data.split import is_test_row, row_key, split_hash
+from components.data.row_keys import entry_spec, row_key
+from components.data.split import is_test_row, split_hash
 from components.demo.samples import SAMPLES
 from components.evaluate.task.data import (
     IGNORE_INDEX,
@@ -66,9 +67,10 @@ def split_dir(tmp_path_factory) -> Path:
     entries = {}
     for name, entry in info.items():
         rows = json.loads((SAMPLE / entry["file_name"]).read_text())
+        spec = entry_spec(name, entry)
         entry = {key: value for key, value in entry.items() if key != "file_name"}
-        entries[name] = (entry, [row for row in rows if not is_test_row(row_key(row), TEST_FRACTION)])
-        entries[f"{name}@test"] = (entry, [row for row in rows if is_test_row(row_key(row), TEST_FRACTION)])
+        entries[name] = (entry, [row for row in rows if not is_test_row(row_key(row, spec), TEST_FRACTION)])
+        entries[f"{name}@test"] = (entry, [row for row in rows if is_test_row(row_key(row, spec), TEST_FRACTION)])
     return write_entries(tmp_path_factory.mktemp("split"), entries)
 
 
@@ -155,7 +157,9 @@ def test_encoding_equals_llamafactory_training_token_for_token(tiny_model_dir, t
     if cutoff_len == 40:
         assert max(len(example.input_ids) for example in ours) == cutoff_len  # truncation happened
         multi_turn = ours[8]  # the four-exchange conversation: only what fits is kept, each answer labelled
-        assert multi_turn.key == row_key(json.loads((data_dir / "test" / "chat.jsonl").read_text().splitlines()[2]))
+        chat_spec = entry_spec("chat@test", json.loads((data_dir / "dataset_info.json").read_text())["chat@test"])
+        assert multi_turn.key == row_key(json.loads((data_dir / "test" / "chat.jsonl").read_text().splitlines()[2]),
+                                         chat_spec)
     # Prompt tokens are masked, answer tokens are not, and the caller's tokenizer was left as loaded.
     assert all(IGNORE_INDEX in example.labels and example.answer_tokens > 0 for example in ours)
     assert tokenizer.eos_token == "</s>" and len(tokenizer) == 1024
@@ -228,8 +232,10 @@ def test_duplicate_rows_are_scored_once(tiny_model, tiny_model_dir, tmp_path):
     results = score_loaded(model, tokenizer, data_dir, ["a@test", "b@test"], template="default", cutoff_len=256,
                            model_dir=tiny_model_dir, progress=False)
     assert (results.rows, results.duplicate_rows, results.examples) == (6, 1, 5)
-    assert results.test_split_hash == split_hash([row_key(row) for row in rows])
-    same_row = results.by_example()[("a@test", row_key(rows[0]))], results.by_example()[("b@test", row_key(rows[0]))]
+    spec = entry_spec("a@test", entry)
+    assert results.test_split_hash == split_hash([row_key(row, spec) for row in rows])
+    same_row = (results.by_example()[("a@test", row_key(rows[0], spec))],
+                results.by_example()[("b@test", row_key(rows[0], spec))])
     assert same_row[0].nll_sum == pytest.approx(same_row[1].nll_sum, rel=1e-6)
 
 
@@ -267,9 +273,11 @@ def _cli_reply(capsys) -> dict:
 def test_trained_adapter_has_lower_held_out_loss_than_the_base_model(tiny_model_dir, split_dir, trained_adapter,
                                                                      tmp_path, capsys):
     template, cutoff = "default", 256
-    held_out = [row_key(json.loads(line)) for name in ("alpaca_sample", "sharegpt_sample")
+    specs = {name: entry_spec(name, entry) for name, entry in json.loads((SAMPLE / "dataset_info.json").read_text())
+             .items()}
+    held_out = [row_key(json.loads(line), specs[name]) for name in ("alpaca_sample", "sharegpt_sample")
                 for line in (split_dir / "test" / f"{name}.jsonl").read_text().splitlines()]
-    trained_on = [row_key(json.loads(line)) for name in ("alpaca_sample", "sharegpt_sample")
+    trained_on = [row_key(json.loads(line), specs[name]) for name in ("alpaca_sample", "sharegpt_sample")
                   for line in (split_dir / "train" / f"{name}.jsonl").read_text().splitlines()]
     assert len(held_out) >= 10 and not set(held_out) & set(trained_on)
 

@@ -10,6 +10,7 @@ real validate-dataset split.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import tempfile
@@ -17,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 from builders import (
     CATEGORY,
     REPO_ROOT,
@@ -25,6 +27,7 @@ from builders import (
     mmlu_results,
     mmlu_text,
     moved,
+    publish_version,
     stand_in_config,
     task_results,
     task_text,
@@ -32,6 +35,7 @@ from builders import (
 )
 
 from components.common.storage import on_volume, run_dir
+from components.data.split import SPLIT_VERSION, key_position, read_manifest, snapshot_dir
 from components.gate.compare import ComparisonError, compare_files, main
 from components.gate.compare import run_step as run_compare
 from components.gate.find_baseline import run_step as run_resolve_baseline
@@ -40,6 +44,7 @@ from components.gate.report import render_html, render_report, sparkline
 from components.gate.reuse_baseline_scores import run_step as run_fetch_baseline_results
 from components.gate.rules import Comparison
 from components.gate.stats import mcnemar_exact_p
+from components.merge.publish import set_current
 from configs.loading import config_from_dict
 
 PER_SUBJECT = 25
@@ -281,7 +286,8 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "r1")
     setup = eval_setup(cfg, "r1", base)
-    needs_eval, model_dir, name, note, mmlu_key, task_key = run_resolve_baseline(config=config, kfp_run_id="r1")
+    needs_eval, model_dir, name, note, mmlu_key, task_key, _ = run_resolve_baseline(config=config,
+                                                                                     kfp_run_id="r1")
     assert (needs_eval, model_dir, name) == (True, str(base), "base model")
     assert (mmlu_key, task_key) == (setup.mmlu_key, setup.task_key)
     assert note == "base model evaluated afresh: this model has no stored score yet"
@@ -292,7 +298,7 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert run_resolve_baseline(config=config, kfp_run_id="r1")[0] is True
     source = store_eval_run(cfg, "r1", base)
     snapshot(cfg, "r2")  # the same data: the same held-out rows, the same keys
-    needs_eval, _, _, note, mmlu_key2, task_key2 = run_resolve_baseline(config=config, kfp_run_id="r2")
+    needs_eval, _, _, note, mmlu_key2, task_key2, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
     assert (needs_eval, mmlu_key2, task_key2) == (False, mmlu_key, task_key)
     assert note == f"base model: stored scores reused (evaluate run {source})"
 
@@ -329,7 +335,7 @@ def test_unusable_stored_scores_mean_evaluate_afresh_and_never_block_a_later_run
     options, reason = DAMAGED[damage]
     snapshot(cfg, "r1")
     damaged = store_eval_run(cfg, "r1", base, **options)
-    needs_eval, _, _, note, mmlu_key, task_key = run_resolve_baseline(config=config, kfp_run_id="r1")
+    needs_eval, _, _, note, mmlu_key, task_key, _ = run_resolve_baseline(config=config, kfp_run_id="r1")
     assert needs_eval is True
     assert note.startswith("base model evaluated afresh: " + reason.format(run=damaged, mmlu_key=mmlu_key)), note
     assert "/tmp" not in note and "another scoring version" not in note
@@ -344,7 +350,7 @@ def test_unusable_stored_scores_mean_evaluate_afresh_and_never_block_a_later_run
     assert run_resolve_baseline(config=config, kfp_run_id="r2")[:4:3] == (
         False, f"base model: stored scores reused (evaluate run {good})")
     again = store_eval_run(cfg, "r1", base, **options)  # damaged again, and now the newest: its bad file passed over
-    needs_eval, _, _, note, _, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
+    needs_eval, _, _, note, _, _, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
     assert needs_eval is False and note.startswith("base model: stored scores reused (evaluate run") and good in note
     run_fetch_baseline_results(config=config, kfp_run_id="r2", mmlu_key=mmlu_key, task_key=task_key)
     target = run_dir(cfg, "r2") / "eval" / "baseline"
@@ -353,26 +359,154 @@ def test_unusable_stored_scores_mean_evaluate_afresh_and_never_block_a_later_run
     assert set(_runs(cfg, "reuse-baseline-scores")[-1].data.tags["llmft.source_run_ids"].split(",")) <= {good, again}
 
 
-def test_the_champion_alias_makes_the_published_model_the_baseline(cfg):
+def champion(cfg, version: str, **tags: str) -> str:
+    """What promote-model leaves: a published ``version`` registered with ``tags``, holding the alias champion and
+    served by ``current``; returns its registry version."""
+    from components.gate.registry import ensure_registered_model, pvc_uri
+    from components.merge.publish import set_current
+
+    client, name = _client(cfg), cfg.mlflow.registered_model_name
+    model_dir = publish_version(cfg, version)
+    ensure_registered_model(client, name)
+    registered = client.create_model_version(name, source=pvc_uri(cfg, model_dir),
+                                             tags={"llmft.published_version": version, **tags})
+    client.set_registered_model_alias(name, "champion", registered.version)
+    set_current(model_dir.parent, version)
+    return str(registered.version)
+
+
+def split_tags(fraction: float, scheme: str = SPLIT_VERSION) -> dict[str, str]:
+    """The training split register-model records on a version."""
+    return {"llmft.split_scheme": scheme, "llmft.test_fraction": repr(fraction)}
+
+
+def fix_command(message: str, config_file: Path, number: str) -> list[str]:
+    """The promote_model arguments of the fix a refusal names for registry version ``number``."""
+    import shlex
+
+    (command,) = [fix for fix in re.findall(r"python -m components\.gate\.promote_model ([^;]+)", message)
+                  if f"--model-version {number} " in fix]
+    return [str(config_file) if word == "<config>" else word for word in shlex.split(command)]
+
+
+def test_the_baseline_is_what_current_serves_never_the_base_model_behind_its_back(cfg, tmp_path):
+    """Issue 23, fourth "Why": deleting the champion's registry version made the base model the baseline while
+    ``current`` still served the old champion, so a candidate better than the base model but worse than what is
+    served was promoted. Now find-baseline compares with what ``current`` serves and refuses, naming both and the
+    command that makes them agree, whenever the registry's champion says otherwise."""
+    from components.evaluate.evaluate import eval_setup
+    from components.gate.promote_model import main as promote_main
+
+    client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.dump_public()))
+    snapshot(cfg, "r")
+    models = on_volume(cfg, cfg.storage.models_root) / name
+    number = champion(cfg, "v1", **split_tags(cfg.dataset.test_fraction))
+
+    needs_eval, model_dir, label, note, key, _, below = run_resolve_baseline(config=config, kfp_run_id="r")
+    assert (needs_eval, model_dir, label, below) == (True, str(models / "v1"), f"champion v{number}", 1.0)
+    assert note.startswith(f"champion v{number} evaluated afresh")
+    assert client.get_model_version(name, number).tags["llmft.local_path"] == str(models / "v1")
+    assert key != eval_setup(cfg, "r", on_volume(cfg, cfg.storage.base_model)).mmlu_key  # another model's key
+
+    client.delete_model_version(name, number)  # the alias goes with it; current still serves v1
+    with pytest.raises(BaselineError) as refused:
+        run_resolve_baseline(config=config, kfp_run_id="r")
+    message = str(refused.value)
+    assert f"{models / 'current'} serves v1, but the registry has no champion of {name!r}" in message
+    assert "nor fall back to the base model" in message
+    assert "v1 has no registry version: register it" in message and "retire it by removing" in message
+    assert _runs(cfg, "find-baseline")[-1].info.status == "FAILED"
+
+    # Registered again without its alias: the refusal names the command that restores it, which works.
+    again = client.create_model_version(name, source=f"pvc://{cfg.storage.pvc_name}/models/{name}/v1",
+                                        tags={"llmft.published_version": "v1", **split_tags(0.2)}).version
+    with pytest.raises(BaselineError) as refused:
+        run_resolve_baseline(config=config, kfp_run_id="r")
+    assert promote_main(fix_command(str(refused.value), config_file, str(again))) == 0
+    assert run_resolve_baseline(config=config, kfp_run_id="r")[1:3] == (str(models / "v1"), f"champion v{again}")
+
+    # The alias moved by hand to another version while current still serves v1: refused, both named.
+    moved_to = champion(cfg, "v2", **split_tags(0.2))
+    set_current(models, "v1")
+    with pytest.raises(BaselineError) as refused:
+        run_resolve_baseline(config=config, kfp_run_id="r")
+    message = str(refused.value)
+    assert f"serves v1, but the registry's champion of {name!r} is v{moved_to} ({models / 'v2'})" in message
+    assert f"to serve champion v{moved_to}: " in message and f"to keep v1 (registry v{again}): " in message
+
+    # A promotion cut short (the alias moved, current removed): nothing served, refused too.
+    (models / "current").unlink()
+    (models / "CURRENT").unlink()
+    with pytest.raises(BaselineError, match=r"nothing is served \(.*current and .*CURRENT do not exist\)"):
+        run_resolve_baseline(config=config, kfp_run_id="r")
+    shutil.rmtree(models / "v2")
+    set_current(models, "v1")
+    client.set_registered_model_alias(name, "champion", again)
+    assert run_resolve_baseline(config=config, kfp_run_id="r")[2] == f"champion v{again}"
+
+
+def test_a_champion_that_held_out_less_is_compared_only_on_rows_held_out_for_both(cfg, tmp_path):
+    """Issue 23, second "Why": raising dataset.test_fraction scored the champion on rows it had trained on, which
+    favours it. A champion trained with test_fraction 0.2, this run holding out 0.35: only the rows below 0.2 (by
+    their example's hash) were held out for both; compare uses those alone and says how many it left out."""
+    wider = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"test_fraction": 0.35})})
+    config = wider.model_dump_json()
+    snapshot(wider, "r")
+    number = champion(cfg, "v1", **split_tags(0.2))
+    _, _, label, note, _, _, below = run_resolve_baseline(config=config, kfp_run_id="r")
+    keys = read_manifest(snapshot_dir(wider, "r")).dataset("alpaca_sample").test_keys
+    both = [key for key in keys if key_position(key) < 0.2]
+    assert below == 0.2 and label == f"champion v{number}" and 10 <= len(both) < len(keys)
+    assert note.endswith(f"; {len(keys) - len(both)} of {len(keys)} scored held-out rows left out: the {label} was "
+                         f"trained with dataset.test_fraction 0.2 (this run 0.35), so rows at hash positions >= 0.2 "
+                         f"may be its training data; {len(both)} rows held out for both are compared")
+
+    # The champion memorised the rows it trained on (loss 0.05) and is worse than the candidate on the others.
+    candidate = [1.0] * len(keys)
+    memorised = [1.2 if key in both else 0.05 for key in keys]
+    eval_dir = run_dir(wider, "r") / "eval"
+    files = [*write_results(eval_dir / "candidate", mmlu_results(baseline_flags(), model="cand"),
+                            task_results(candidate, model="cand", keys=keys)),
+             *write_results(eval_dir / "baseline", mmlu_results(baseline_flags(), model="base"),
+                            task_results(memorised, model="base", keys=keys))]
+    unfair = compare_files(*files, wider, baseline_name=label)  # every row, as before: the champion is kept
+    assert unfair.decision == "keep-champion" and unfair.task.rows == len(keys)
+    report, report_html, metrics = kfp_outputs(tmp_path / "kfp")
+    decision, _, comparison_path = run_compare(
+        config=config, kfp_run_id="r", candidate_mmlu=str(files[0]), candidate_task=str(files[1]),
+        baseline_mmlu=str(files[2]), baseline_task=str(files[3]), baseline_name=label, baseline_note=note,
+        held_out_below=below, train_run_id=train_run(wider, [1.0, 0.5], plot=False), report=report,
+        report_html=report_html, metrics=metrics)
+    task = Comparison.model_validate_json(Path(comparison_path).read_text()).task
+    assert decision == "promote" and (task.rows, task.left_out_rows) == (len(both), len(keys) - len(both))
+    assert (task.candidate_mean_nll, task.baseline_mean_nll) == pytest.approx((1.0, 1.2))
+    assert task.baseline_loss == pytest.approx(1.2)  # the token-weighted loss of those rows too
+    reason = (f"{len(keys) - len(both)} of {len(keys)} scored held-out rows left out: at hash positions >= 0.2 (this "
+              f"run holds out 0.35) they may be the {label}'s training data")
+    assert task.left_out_reason == reason and reason in Path(report.path).read_text()
+
+
+def test_a_champion_whose_split_is_unknown_or_shares_too_few_rows_is_refused(cfg):
     client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
     snapshot(cfg, "r")
-    published = on_volume(cfg, cfg.storage.models_root) / name / "v1"
-    published.mkdir(parents=True)
-    (published / "config.json").write_text('{"model_type": "llama"}')
-    (published / "model.safetensors").write_bytes(b"merged weights")
-    base_key = run_resolve_baseline(config=config, kfp_run_id="r")[4]
-    client.create_registered_model(name)
-    version = client.create_model_version(name, source=f"pvc://{cfg.storage.pvc_name}/models/{name}/v1")
-    client.set_registered_model_alias(name, "champion", version.version)
+    number = champion(cfg, "v1")  # registered before versions recorded their split
+    with pytest.raises(BaselineError, match=rf"the champion v{number} does not record which rows it was trained "
+                                            r"without .* gate\.allow_unknown_baseline_split=true"):
+        run_resolve_baseline(config=config, kfp_run_id="r")
+    allowed = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"allow_unknown_baseline_split": True})})
+    _, _, _, note, _, _, below = run_resolve_baseline(config=allowed.model_dump_json(), kfp_run_id="r")
+    assert below == 1.0 and "compared on every held-out row (gate.allow_unknown_baseline_split)" in note
 
-    needs_eval, model_dir, label, note, key, _ = run_resolve_baseline(config=config, kfp_run_id="r")
-    assert (needs_eval, model_dir, label) == (True, str(published), f"champion v{version.version}")
-    assert note.startswith(f"champion v{version.version} evaluated afresh")
-    assert client.get_model_version(name, version.version).tags["llmft.local_path"] == str(published)
-    assert key != base_key  # another model, another eval key
-
-    shutil.rmtree(published)
-    with pytest.raises(BaselineError, match=f"champion v{version.version} directory .* does not exist"):
+    for key, value in split_tags(0.2, scheme="llmft-split-v1").items():
+        client.set_model_version_tag(name, number, key, value)
+    with pytest.raises(BaselineError, match="was trained with split scheme 'llmft-split-v1', not 'llmft-split-v2'"):
+        run_resolve_baseline(config=config, kfp_run_id="r")
+    for key, value in split_tags(0.001).items():
+        client.set_model_version_tag(name, number, key, value)
+    with pytest.raises(BaselineError, match=r"only \d of this run's \d+ scored held-out rows were held out for the "
+                                            r"champion v\d+ too .* at least dataset\.min_test_rows=10"):
         run_resolve_baseline(config=config, kfp_run_id="r")
 
 

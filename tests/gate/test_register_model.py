@@ -24,6 +24,7 @@ from builders import (
     flags_first_right,
     mmlu_results,
     moved,
+    publish_version,
     stand_in_config,
     task_results,
     write_results,
@@ -61,22 +62,6 @@ def _client(cfg):
 
 def models_dir(cfg) -> Path:
     return on_volume(cfg, cfg.storage.models_root) / cfg.mlflow.registered_model_name
-
-
-def publish(cfg, version: str) -> Path:
-    """What merge-lora leaves: a verified models/<name>/<version> (one tiny tensor; ``current`` not moved)."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    from components.merge.publish import publish_model, staging_dir_for
-    from components.merge.verify import write_manifest
-
-    staging = staging_dir_for(models_dir(cfg), version)
-    staging.mkdir(parents=True)
-    (staging / "config.json").write_text('{"model_type": "llama"}')
-    save_file({"weight": np.full(4, len(version), dtype=np.float32)}, str(staging / "model.safetensors"))
-    write_manifest(staging)
-    return publish_model(staging, models_dir(cfg), version, set_current=False)
 
 
 def current_version(cfg) -> str | None:
@@ -119,10 +104,11 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
 
     config = cfg.model_dump_json()
     assert validate_config_data(cfg, kfp_run_id)[0].ok  # the held-out snapshot find-baseline keys scores by
-    _, baseline_dir, baseline_name, note, _, _ = run_resolve_baseline(config=config, kfp_run_id=kfp_run_id)
+    _, baseline_dir, baseline_name, note, _, _, below = run_resolve_baseline(config=config,
+                                                                           kfp_run_id=kfp_run_id)
     eval_dir = run_dir(cfg, kfp_run_id) / "eval"
     candidate_files, baseline_files = scores(eval_dir, "candidate", *candidate), scores(eval_dir, "baseline", *baseline)
-    model_dir = publish(cfg, version)
+    model_dir = publish_version(cfg, version)
     out = tmp_path / kfp_run_id
     out.mkdir()
     report = Markdown(uri=str(out / "report.md"))
@@ -130,8 +116,8 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
         config=config, kfp_run_id=kfp_run_id, candidate_mmlu=str(candidate_files[0]),
         candidate_task=str(candidate_files[1]), baseline_mmlu=str(baseline_files[0]),
         baseline_task=str(baseline_files[1]), baseline_name=baseline_name, baseline_note=note,
-        train_run_id=train_run(cfg, kfp_run_id, 0.5), report=report, report_html=HTML(uri=str(out / "report.html")),
-        metrics=Metrics(uri=str(out / "metrics")))
+        held_out_below=below, train_run_id=train_run(cfg, kfp_run_id, 0.5), report=report,
+        report_html=HTML(uri=str(out / "report.html")), metrics=Metrics(uri=str(out / "metrics")))
     (model_version,) = run_register(config=config, kfp_run_id=kfp_run_id, model_dir=str(model_dir), version=version,
                                     decision=decision, comparison_path=comparison_path,
                                     dataset_hash=f"hash-{kfp_run_id}")
@@ -220,9 +206,11 @@ def register(cfg, kfp_run_id: str, model_dir: Path, decision: str = "promote", c
 
 def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg, tmp_path):
     from components.common.tracking import parent_run_id
+    from components.data.validate_dataset import validate_config_data
 
     client, name = _client(cfg), cfg.mlflow.registered_model_name
-    model_dir = publish(cfg, "v1")
+    model_dir = publish_version(cfg, "v1")
+    assert validate_config_data(cfg, "run-a")[0].ok  # the split the run trained with, recorded on the version
     comparison_path = comparison_file(cfg, "run-a")
     comparison = Comparison.model_validate_json(comparison_path.read_text())
     version = register(cfg, "run-a", model_dir, comparison=comparison_path)
@@ -236,8 +224,9 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
     assert registered.tags == {
         "kfp.run_id": "run-a", "llmft.decision": "promote", "llmft.dataset_hash": "ds-123",
         "llmft.eval_key": comparison.mmlu.candidate_eval_key, "llmft.task_eval_key": comparison.task.candidate_eval_key,
-        "llmft.published_version": "v1", "llmft.local_path": str(model_dir), "llmft.logged_model_id": model_id}
-    assert len(registered.tags) <= 8 and all(value.strip() for value in registered.tags.values())
+        "llmft.published_version": "v1", "llmft.local_path": str(model_dir), "llmft.logged_model_id": model_id,
+        "llmft.split_scheme": "llmft-split-v2", "llmft.test_fraction": repr(cfg.dataset.test_fraction)}
+    assert len(registered.tags) <= 10 and all(value.strip() for value in registered.tags.values())
 
     # The description says what was trained on what and how it scored against the baseline.
     task, mmlu = comparison.task, comparison.mmlu
@@ -278,7 +267,7 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
 
 def test_retried_register_finds_its_version_instead_of_adding_one(cfg):
     client, name = _client(cfg), cfg.mlflow.registered_model_name
-    model_dir = publish(cfg, "v1")
+    model_dir = publish_version(cfg, "v1")
     comparison = comparison_file(cfg, "run-b", "keep-champion")
     first = register(cfg, "run-b", model_dir, "keep-champion", comparison)
     again = register(cfg, "run-b", model_dir, "keep-champion", comparison)
@@ -287,7 +276,7 @@ def test_retried_register_finds_its_version_instead_of_adding_one(cfg):
     assert registered_aliases(client, name) == {"challenger": first}
 
     # An attempt killed right after create_model_version left a version with only its run tag.
-    other = publish(cfg, "v2")
+    other = publish_version(cfg, "v2")
     bare = client.create_model_version(name, source=pvc_uri(cfg, other), tags={"kfp.run_id": "run-c"})
     version = register(cfg, "run-c", other)
     assert version == bare.version
@@ -299,10 +288,10 @@ def test_retried_register_finds_its_version_instead_of_adding_one(cfg):
 def test_promote_is_idempotent_and_clears_challenger(cfg):
     client, name = _client(cfg), cfg.mlflow.registered_model_name
     config = cfg.model_dump_json()
-    v1 = register(cfg, "run-1", publish(cfg, "v1"))
+    v1 = register(cfg, "run-1", publish_version(cfg, "v1"))
     assert run_promote(config=config, kfp_run_id="run-1", model_version=v1, version="v1",
                        baseline_name="base model") == ("champion", "")
-    v2 = register(cfg, "run-2", publish(cfg, "v2"), "keep-champion")
+    v2 = register(cfg, "run-2", publish_version(cfg, "v2"), "keep-champion")
     assert registered_aliases(client, name) == {"champion": v1, "challenger": v2}
     # A reviewer overrules the gate (no baseline named): promoting the kept-out version moves champion and clears
     # challenger; a retry reports the same previous champion.
@@ -317,7 +306,7 @@ def test_promote_is_idempotent_and_clears_challenger(cfg):
     with pytest.raises(RegistryError, match="has no version '99'"):
         run_promote(config=config, kfp_run_id="run-2", model_version="99", version="v2")
     # A published directory that lost a file is refused before any alias moves.
-    v3 = register(cfg, "run-3", publish(cfg, "v3"))
+    v3 = register(cfg, "run-3", publish_version(cfg, "v3"))
     (models_dir(cfg) / "v3" / "model.safetensors").unlink()
     with pytest.raises(RegistryError, match=r"cannot promote .*model\.safetensors is listed"):
         run_promote(config=config, kfp_run_id="run-3", model_version=v3, version="v3")
@@ -329,10 +318,10 @@ def test_of_two_candidates_that_beat_champion_v1_only_one_is_promoted(cfg):
     """Both compared with champion v1 and both promote at once: they take turns under the lock, the first moves
     the champion, the second finds a champion it never beat and stays challenger, naming the new one."""
     client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
-    v1 = register(cfg, "run-1", publish(cfg, "v1"))
+    v1 = register(cfg, "run-1", publish_version(cfg, "v1"))
     run_promote(config=config, kfp_run_id="run-1", model_version=v1, version="v1", baseline_name="base model")
-    candidates = {"run-a": ("v2", register(cfg, "run-a", publish(cfg, "v2"))),
-                  "run-b": ("v3", register(cfg, "run-b", publish(cfg, "v3")))}
+    candidates = {"run-a": ("v2", register(cfg, "run-a", publish_version(cfg, "v2"))),
+                  "run-b": ("v3", register(cfg, "run-b", publish_version(cfg, "v3")))}
 
     def promote(kfp_run_id: str) -> tuple[str, str]:
         version, model_version = candidates[kfp_run_id]
@@ -354,7 +343,7 @@ def test_of_two_candidates_that_beat_champion_v1_only_one_is_promoted(cfg):
 
 def test_bad_inputs_fail_before_anything_is_registered(cfg, tmp_path):
     client, name = _client(cfg), cfg.mlflow.registered_model_name
-    model_dir = publish(cfg, "v1")
+    model_dir = publish_version(cfg, "v1")
     comparison = comparison_file(cfg, "run-x")
     with pytest.raises(RegistryError, match="decision must be one of"):
         register(cfg, "run-x", model_dir, decision="maybe", comparison=comparison)
@@ -377,7 +366,7 @@ def test_bad_inputs_fail_before_anything_is_registered(cfg, tmp_path):
 
 
 def test_pvc_uris_round_trip_and_refuse_foreign_sources(cfg):
-    model_dir = publish(cfg, "v1")
+    model_dir = publish_version(cfg, "v1")
     uri = pvc_uri(cfg, model_dir)
     assert uri == f"pvc://llama-storage/models/{cfg.mlflow.registered_model_name}/v1"
     assert pvc_uri(cfg, f"models/{cfg.mlflow.registered_model_name}/v1") == uri
@@ -395,7 +384,7 @@ def test_cli_register_promote_mark_challenger_and_show(cfg, capsys, tmp_path):
     client, name = _client(cfg), cfg.mlflow.registered_model_name
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg.dump_public()))
-    model_dir = publish(cfg, "v1")
+    model_dir = publish_version(cfg, "v1")
     assert register_main(["--config", str(config_file), "--kfp-run-id", "run-cli", "--model-dir", f"models/{name}/v1",
                           "--version", "v1", "--comparison", str(comparison_file(cfg, "run-cli")),
                           "--dataset-hash", "ds"]) == 0
@@ -407,7 +396,7 @@ def test_cli_register_promote_mark_challenger_and_show(cfg, capsys, tmp_path):
     assert json.loads(capsys.readouterr().out) == {"champion": version}
     assert model_dir.is_dir() and current_version(cfg) == "v1"
     # A candidate the gate kept out is registered as challenger at once, as the pipeline's else-branch does.
-    publish(cfg, "v2")
+    publish_version(cfg, "v2")
     assert register_main(["--config", str(config_file), "--kfp-run-id", "run-cli-2", "--model-dir",
                           f"models/{name}/v2", "--version", "v2", "--comparison",
                           str(comparison_file(cfg, "run-cli-2", "keep-champion")), "--dataset-hash", "ds"]) == 0

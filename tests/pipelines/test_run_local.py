@@ -147,7 +147,7 @@ def test_outputs_are_run_scoped_and_the_trainer_saw_no_held_out_row(two_runs):
         manifest = read_manifest(run / "data")
         train_yaml = (run / "train.yaml").read_text()
         assert f"dataset_dir: {run / 'data'}" in train_yaml and "alpaca_sample@test" not in train_yaml
-        assert manifest.datasets[0].scored_rows == 18
+        assert manifest.datasets[0].scored_rows == 29
 
 
 def test_no_planted_secret_anywhere(two_runs):

@@ -710,6 +710,6 @@ def test_train_refuses_a_snapshot_changed_after_validation_and_ignores_later_sou
 
     other = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}", "dataset.test_fraction=0.3")
     manifest.write_text(validated.model_dump_json())
-    with pytest.raises(TrainError, match=r"split with .* = \(0\.2, 10, 2000\); this config asks for "
+    with pytest.raises(TrainError, match=r"split with .* = \(0\.25, 10, 2000\); this config asks for "
                                          r"\['alpaca_sample'\] with \(0\.3, 10, 2000\)"):
         train_model(other, "r1")

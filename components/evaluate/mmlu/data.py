@@ -17,6 +17,7 @@ newline, which byte-level BPE tokenizers (GPT-2, Llama 3) never merge across.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -24,14 +25,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common.storage import MODEL_MANIFEST
+
 LETTERS = ("A", "B", "C", "D")
 CATEGORIES = ("STEM", "humanities", "social sciences", "other")
 # Bump whenever prompt text, shot selection, tokenisation or scoring changes: stored scores then stop matching.
 PROMPT_VERSION = "mmlu-hendrycks-v1"
 MAX_LISTED_ERRORS = 20
-_FULL_HASH_LIMIT = 64 * 1024 * 1024
-_SAMPLES_PER_LARGE_FILE = 32
-_SAMPLE_BYTES = 64 * 1024
+# Bump whenever what the model identity covers changes: every eval key changes with it.
+IDENTITY_VERSION = "model-sha256-v2"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _MODEL_TEXT_FILES = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -241,26 +243,15 @@ def data_hash(data_dir: str | Path, subjects: list[str] | None = None) -> str:
     return digest.hexdigest()
 
 
-def _file_digest(path: Path, digest) -> None:
-    """Feed a file into ``digest``: all of it when small, else its size and evenly spaced samples."""
-    size = path.stat().st_size
-    digest.update(f"{path.name}\0{size}\0".encode())
-    with open(path, "rb") as handle:
-        if size <= _FULL_HASH_LIMIT:
-            digest.update(handle.read())
-            return
-        step = (size - _SAMPLE_BYTES) // (_SAMPLES_PER_LARGE_FILE - 1)
-        for offset in range(0, _SAMPLES_PER_LARGE_FILE * step, step):
-            handle.seek(offset)
-            digest.update(handle.read(_SAMPLE_BYTES))
-
-
 def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None) -> str:
-    """A cheap, stable identity (sha256 hex) of a model directory and an optional adapter.
+    """The identity (sha256 hex) of a model directory's content and an optional adapter's: every byte counts.
 
-    Hashes config.json, the tokenizer and index files, and every weight file (whole when up to 64 MiB,
-    else its size and 32 evenly spaced 64 KiB samples), plus the adapter's config and weights in full.
-    The paths themselves are not part of it: a copy of the same model has the same identity.
+    Covers config.json, the tokenizer and index files and every weight file, each by its full SHA-256, plus the
+    adapter's config and weights. A published model's ``checksums.sha256`` already holds those digests (the merge
+    computed them as it wrote each byte), so they are read from it; a file the manifest does not list, or one
+    changed after the manifest was written, and every file of a directory without one (a base model) are hashed
+    in full (:func:`components.merge.verify.hash_files`; the README gives the cost). The paths themselves are
+    not part of it: a copy of the same model has the same identity.
 
     Raises:
         FileNotFoundError: ``model_dir`` (or ``adapter_dir``) has no config.json (adapter_config.json).
@@ -268,22 +259,35 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
-    digest = hashlib.sha256(b"model\0")
-    for name in _MODEL_TEXT_FILES:
-        if (model_dir / name).is_file():
-            _file_digest(model_dir / name, digest)
-    for path in sorted(model_dir.iterdir()):
-        if path.is_file() and path.name.endswith(_WEIGHT_SUFFIXES):
-            _file_digest(path, digest)
+    digest = hashlib.sha256(f"{IDENTITY_VERSION}\0model\0".encode())
+    names = [name for name in _MODEL_TEXT_FILES if (model_dir / name).is_file()]
+    names += [path.name for path in sorted(model_dir.iterdir())
+              if path.is_file() and path.name.endswith(_WEIGHT_SUFFIXES)]
+    _feed(digest, model_dir, names)
     if adapter_dir:
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
         digest.update(b"adapter\0")
-        for path in sorted(adapter_dir.iterdir()):
-            if path.is_file() and (path.name == "adapter_config.json" or path.name.startswith("adapter_model")):
-                _file_digest(path, digest)
+        _feed(digest, adapter_dir, [path.name for path in sorted(adapter_dir.iterdir()) if path.is_file() and (
+            path.name == "adapter_config.json" or path.name.startswith("adapter_model"))])
     return digest.hexdigest()
+
+
+def _feed(digest, directory: Path, names: list[str]) -> None:
+    """Add each file's name and full SHA-256 to ``digest``: from the directory's checksums when they still hold."""
+    from components.merge.verify import PublishError, hash_files, read_checksums
+
+    manifest = directory / MODEL_MANIFEST
+    recorded: dict[str, str] = {}
+    if manifest.is_file():
+        written = manifest.stat().st_mtime_ns
+        with contextlib.suppress(PublishError):
+            recorded = {name: sha for name, sha in read_checksums(directory).items()
+                        if name in names and (directory / name).stat().st_mtime_ns <= written}
+    digests = {**hash_files(directory, [name for name in names if name not in recorded]), **recorded}
+    for name in names:
+        digest.update(f"{name}\0{digests[name]}\n".encode())
 
 
 def eval_config_key(data_dir: str | Path, *, n_shot: int, subjects: list[str], limit: int, model_id: str) -> str:

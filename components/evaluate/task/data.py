@@ -3,8 +3,8 @@
 Input: a LLaMA-Factory data directory (``dataset_info.json`` plus data files) and entry names, e.g. the
 test sides ``alpaca_sample@test`` that the split writes. Each entry is an ordinary file entry (alpaca,
 sharegpt or openai formatting with its columns and tags) whose file (or directory of files) holds JSON
-Lines or a JSON array of the original row objects. A row's identity is :func:`components.data.split.row_key`
-of the parsed object.
+Lines or a JSON array of the original row objects. A row's identity is :func:`components.data.row_keys.row_key`
+of the parsed object under its entry's column mapping.
 
 Encoding reuses LLaMA-Factory 0.9.5's own pieces, nothing re-implemented: the entry's ``DatasetAttr``
 (``get_dataset_list``), its dataset converter (``get_dataset_converter``), the template with the tokenizer
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.safe_json import DocumentError, read_json
-from components.data.split import row_key
+from components.data.row_keys import entry_spec, row_key
 from components.data.validation import MAX_DATASET_INFO_BYTES
 
 IGNORE_INDEX = -100  # llamafactory.extras.constants.IGNORE_INDEX (and the Trainer's ignore index)
@@ -167,6 +167,7 @@ def read_test_rows(data_dir: str | Path, names: list[str]) -> tuple[dict[str, di
     errors: list[str] = []
     for name, entry in entries.items():
         before = len(rows)
+        spec = entry_spec(name, entry)
         for path in _entry_files(data_dir, name, entry["file_name"]):
             for line, _, value, error in iter_rows(path, "json", hashlib.sha256()):
                 where = f"{path}:{line}" if line else str(path)
@@ -175,7 +176,7 @@ def read_test_rows(data_dir: str | Path, names: list[str]) -> tuple[dict[str, di
                 elif not isinstance(value, dict):
                     errors.append(f"{where}: a row must be a JSON object, got {type(value).__name__}")
                 else:
-                    rows.append(TestRow(name, row_key(value), str(path), line, value))
+                    rows.append(TestRow(name, row_key(value, spec), str(path), line, value))
         if len(rows) == before and not errors:
             errors.append(f"dataset {name!r}: {data_dir / entry['file_name']} holds no row")
     _raise_if(errors, "the held-out data cannot be read")

@@ -49,7 +49,7 @@ class _Record(BaseModel):
 class ExampleScore(_Record):
     """One held-out example: its row key and dataset entry, and the model's loss on its answer tokens."""
 
-    key: Hex32 = Field(description="components.data.split.row_key of the original row.")
+    key: Hex32 = Field(description="components.data.row_keys.row_key of the original row.")
     dataset: str = Field(min_length=1, description="The dataset_info.json entry the row was read from.")
     tokens: int = Field(ge=1, description="Encoded length after truncation to cutoff_len (prompt + answer).")
     answer_tokens: int = Field(ge=1, description="Tokens the loss counts (labels not masked).")
