@@ -45,11 +45,13 @@ LOGGED_MODEL_TAG = "llmft.logged_model_id"
 MAX_TAG_CHARS = 4000  # keeps long reason lists well inside every MLflow backend's tag limit
 EVAL_KEY_TAG = "llmft.eval_key"  # MMLU
 TASK_EVAL_KEY_TAG = "llmft.task_eval_key"
+GENERATION_EVAL_KEY_TAG = "llmft.generation_eval_key"  # generated answers (components.evaluate.generate)
 MODEL_ID_TAG = "llmft.model_id"
 # What a stored evaluation records of its setup (tags of the evaluate run), to say why a score was not reused.
 SETUP_TAGS = {"llmft.task_split_hash": "the held-out split", "llmft.task_template": "the template",
               "llmft.task_cutoff_len": "cutoff_len", "llmft.mmlu_data_hash": "the MMLU data",
-              "llmft.mmlu_n_shot": "the MMLU n-shot", "llmft.mmlu_subjects": "the MMLU subjects"}
+              "llmft.mmlu_n_shot": "the MMLU n-shot", "llmft.mmlu_subjects": "the MMLU subjects",
+              "llmft.generate_rows": "evaluation.generate_rows", "llmft.max_new_tokens": "evaluation.max_new_tokens"}
 
 
 class RegistryError(RuntimeError):
