@@ -297,11 +297,8 @@ def apply_rules(task: TaskComparison, mmlu: MmluComparison, gate: GateConfig, ba
     return rules
 
 
-def generation_rule(generation: GenerationComparison | None, gate: GateConfig) -> RuleResult:
+def generation_rule(generation: GenerationComparison, gate: GateConfig) -> RuleResult:
     """Rule 5: the generated answers' gated score and stop rate may drop by at most their limits (exact integers)."""
-    if generation is None:
-        return RuleResult(rule="generation", passed=True, short="no answers generated",
-                          detail="no generated answers to rule on (evaluation.generate_rows is 0)")
     label, gated = METRIC_LABELS[generation.metric], generation.gated()
     rows = generation.rows
     drop_units = generation.baseline_units - generation.candidate_units  # > 0: the candidate scores lower
@@ -326,11 +323,11 @@ def generation_rule(generation: GenerationComparison | None, gate: GateConfig) -
     return RuleResult(rule="generation", passed=score_ok and stop_ok, short=short, detail=detail)
 
 
-def headline(decision: str, rules: list[RuleResult]) -> str:
-    """The one-line decision: the first failed rule, or for a promotion the task gain, the MMLU change and the
-    generated answers' score."""
+def headline(decision: str, rules: list[RuleResult], shown_on_promotion: tuple[str, ...] = ("task", "mmlu")) -> str:
+    """The one-line decision: the first failed rule, or for a promotion the rules ``shown_on_promotion`` (the task
+    gain, the MMLU change and, when it ruled, the generated answers' score)."""
     failed = [rule for rule in rules if not rule.passed]
-    shown = failed[:1] if failed else [rule for rule in rules if rule.rule in ("task", "mmlu", "generation")]
+    shown = failed[:1] if failed else [rule for rule in rules if rule.rule in shown_on_promotion]
     line = f"{decision}: " + ", ".join(rule.short for rule in shown)
     return line if len(line) <= HEADLINE_CHARS else line[:HEADLINE_CHARS - 1] + "…"
 
@@ -353,11 +350,14 @@ def compare(candidate_mmlu: MmluResults, baseline_mmlu: MmluResults, candidate_t
                                              samples=gate.bootstrap_samples, confidence=1 - gate.alpha, seed=seed)
         except NotPaired as exc:
             raise NotComparable(str(exc)) from None
-    rules = [*apply_rules(task, mmlu, gate, baseline_name), generation_rule(generation, gate)]
+    rules = apply_rules(task, mmlu, gate, baseline_name)
+    if generation is not None:  # no answers generated (evaluation.generate_rows 0): no rule to report
+        rules.append(generation_rule(generation, gate))
     decision = PROMOTE if all(rule.passed for rule in rules) else KEEP
     for number in (task.ci_low, task.ci_high, mmlu.ci_low, mmlu.ci_high):
         if not math.isfinite(number):
             raise NotComparable("the paired bootstrap gave a non-finite interval: the losses are degenerate")
-    return Comparison(decision=decision, headline=headline(decision, rules), baseline_name=baseline_name,
+    ruled = ("task", "mmlu", "generation") if generation is not None and gate.require_generation else ("task", "mmlu")
+    return Comparison(decision=decision, headline=headline(decision, rules, ruled), baseline_name=baseline_name,
                       first_model=first_model, rules=rules, task=task, mmlu=mmlu, gate=gate.model_dump(),
                       generation=generation)

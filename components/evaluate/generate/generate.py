@@ -23,7 +23,7 @@ from components.evaluate.generate.results import (
     GenerationsHeader,
     SkippedRow,
     generation_eval_key,
-    totals,
+    generation_totals,
 )
 from components.evaluate.task.data import llamafactory_setup, read_test_rows
 
@@ -104,7 +104,7 @@ def generate_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: lis
         generate_rows=generate_rows, max_new_tokens=max_new_tokens, stop_token_ids=stops,
         skipped=[SkippedRow(dataset=row.dataset, key=row.key, reason=row.reason)
                  for row in sorted(skipped, key=lambda row: (row.dataset, row.key))],
-        **totals(answers))
+        **generation_totals(answers))
     results = Generations(header=header, answers=answers)
     if header.empty_answers:
         print(f"[generate] warning: {header.empty_answers} answer(s) held only special tokens (scored as empty)",

@@ -129,7 +129,7 @@ class Generations(BaseModel):
         ids = [(answer.dataset, answer.key) for answer in self.answers]
         if ids != sorted(set(ids)):
             raise ValueError("answers must be sorted by (dataset, key), each (dataset, key) once")
-        expected = totals(self.answers)
+        expected = generation_totals(self.answers)
         for name, value in expected.items():
             actual = getattr(self.header, name)
             if (actual.model_dump() if isinstance(actual, BaseModel) else actual) != value:
@@ -154,7 +154,7 @@ def score_units(value: float) -> int:
     return int(Decimal(repr(float(value))).scaleb(DIGITS).to_integral_value())
 
 
-def totals(answers: list[GeneratedAnswer]) -> dict[str, object]:
+def generation_totals(answers: list[GeneratedAnswer]) -> dict[str, object]:
     """The header's totals, computed from the answers (exact sums of the stored, rounded scores)."""
     count = len(answers)
     means = {name: rounded(sum(score_units(getattr(answer.scores, name)) for answer in answers)
