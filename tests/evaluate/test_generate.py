@@ -88,7 +88,8 @@ def test_prompts_are_llamafactorys_own_and_multi_turn_rows_answer_the_last_turn(
     chat = next(prompt for prompt in prompts if prompt.dataset == "chat")
     assert (chat.prompt, chat.reference, chat.history_turns) == ("And where do I eat?", "A small tasca near Alfama.", 1)
     # The reference: LLaMA-Factory's template renders the history and the question, ending where the answer starts.
-    messages = [{"role": "user", "content": "Plan a day in Lisbon."}, {"role": "assistant", "content": "Alfama, then Belém."},
+    messages = [{"role": "user", "content": "Plan a day in Lisbon."},
+                {"role": "assistant", "content": "Alfama, then Belém."},
                 {"role": "user", "content": "And where do I eat?"}, {"role": "assistant", "content": ""}]
     expected, _ = setup.template.encode_oneturn(setup.tokenizer, messages)
     assert chat.prompt_ids == expected
