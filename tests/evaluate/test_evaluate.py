@@ -183,7 +183,7 @@ def test_a_copy_of_a_scored_model_gets_the_stored_scores_without_being_scored(cf
     (run,) = evaluate_runs(cfg, "run-3", "baseline")
     assert run.data.tags["llmft.eval_reused"] == "results.json,task.json"
     regenerated = run_dir(cfg, "run-3") / "eval" / "baseline" / "generations.jsonl"
-    assert f'"max_new_tokens": 12' in regenerated.read_text() and str(copy) in regenerated.read_text()
+    assert '"max_new_tokens": 12' in regenerated.read_text() and str(copy) in regenerated.read_text()
 
 
 def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg, tmp_path):
