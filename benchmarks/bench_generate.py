@@ -25,11 +25,12 @@ from pathlib import Path
 
 def prompts_and_stops(model_dir: Path) -> tuple[list[list[int]], list[int], int]:
     """Every sample row's prompt ids (as the evaluate step builds them), the stop ids and the pad id."""
+    from transformers import AutoTokenizer
+
     from components.demo.samples import SAMPLE_DATA
     from components.evaluate.generate.prompts import build_prompts, select_rows, stop_token_ids
     from components.evaluate.mmlu.scoring import pad_token_id
     from components.evaluate.task.data import llamafactory_setup, read_test_rows
-    from transformers import AutoTokenizer
 
     entries, rows = read_test_rows(SAMPLE_DATA, ["alpaca_sample", "sharegpt_sample"])
     setup = llamafactory_setup(AutoTokenizer.from_pretrained(model_dir), entries, template="default", cutoff_len=256)
