@@ -187,7 +187,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
                                     model_dir=model_path, batch_size=cfg.evaluation.batch_size)
                 atomic_write_text(task_path, dump_task_results(task))
             if gen_key and not _has_key(generations_path, gen_key):
-                _generate(cfg, kfp_run_id, loaded, model_path, setup.task_key, generations_path)
+                _generate(cfg, kfp_run_id, loaded, model_path, setup, generations_path)
         mmlu = parse_mmlu_results(mmlu_path.read_text(encoding="utf-8"), str(mmlu_path))
         task = load_task_results(task_path)
         generations = parse_generations(generations_path.read_text(encoding="utf-8"), str(generations_path)) \
@@ -227,19 +227,19 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 
-def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], model_path: Path, task_key: str,
+def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], model_path: Path, setup: EvalSetup,
               path: Path) -> None:
     """Answer the held-out rows with the loaded model and write generations.jsonl (whole, or not at all)."""
     from components.data.split import snapshot_dir
     from components.evaluate.generate.generate import generate_loaded
     from components.evaluate.generate.results import dump_generations
-    from components.evaluate.mmlu.data import model_identity
 
     evaluation = cfg.evaluation
     generations = generate_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
                                   template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
                                   generate_rows=evaluation.generate_rows, max_new_tokens=evaluation.max_new_tokens,
-                                  model_dir=model_path, model_id=model_identity(model_path), task_eval_key=task_key,
+                                  model_dir=model_path, model_id=setup.tags["llmft.model_id"],
+                                  task_eval_key=setup.task_key,
                                   batch_size=evaluation.batch_size)
     atomic_write_text(path, dump_generations(generations))
 

@@ -6,7 +6,8 @@
 - **Sources on the PVC**: a version's source is an opaque ``pvc://<pvc>/<path>`` URI (:func:`pvc_uri`,
   :func:`path_from_pvc_uri`), never a path that only one pod could read.
 - **Stored scores** (:func:`find_stored`): every evaluation stores its results on its MLflow run, tagged with its
-  eval keys (``llmft.eval_key`` for MMLU, ``llmft.task_eval_key`` for the held-out task). A key covers everything
+  eval keys (``llmft.eval_key`` for MMLU, ``llmft.task_eval_key`` for the held-out task,
+  ``llmft.generation_eval_key`` for the generated answers). A key covers everything
   that decides the score (the model's content, the data, the split, the template...), so a score with the same
   key is reused instead of spending GPU time again: the scores a promoted candidate got are the champion's in
   the next run. When none matches, :func:`why_not_stored` says which part of the setup changed.
