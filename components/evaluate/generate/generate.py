@@ -107,8 +107,8 @@ def generate_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: lis
         **generation_totals(answers))
     results = Generations(header=header, answers=answers)
     if header.empty_answers:
-        print(f"[generate] warning: {header.empty_answers} answer(s) held only special tokens (scored as empty)",
-              flush=True)
+        print(f"[generate] warning: {header.empty_answers} answer(s) held only special tokens or whitespace (scored "
+              "as empty)", flush=True)
     if progress:
         print(f"[generate] {header.rows} answers in {time.monotonic() - started:.2f} s: {summary_line(results)}",
               flush=True)

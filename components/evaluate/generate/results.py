@@ -64,7 +64,7 @@ class GeneratedAnswer(_Record):
     prompt: str = Field(description="The last user turn (the prompt the answer replies to).")
     history_turns: int = Field(ge=0, description="Earlier user/assistant exchanges given as context.")
     reference: str = Field(min_length=1, description="The row's answer (the last assistant turn).")
-    answer: str = Field(description="The generated answer, special tokens left out ('' when it held only those).")
+    answer: str = Field(description="The generated answer, special tokens and surrounding whitespace left out.")
     prompt_tokens: int = Field(ge=1, description="Prompt tokens after truncation (template included).")
     truncated_tokens: int = Field(ge=0, description="Prompt tokens cut from the left to fit the context.")
     answer_tokens: int = Field(ge=0, description="Generated tokens before the stop token.")
@@ -106,7 +106,7 @@ class GenerationsHeader(_Record):
     stopped: int = Field(ge=0, description="Answers that stopped before max_new_tokens.")
     stop_rate: float = Field(ge=0, le=1, description="stopped / rows.")
     mean_answer_tokens: float = Field(ge=0, description="Mean generated length, in tokens.")
-    empty_answers: int = Field(ge=0, description="Answers that held only special tokens (scored as '').")
+    empty_answers: int = Field(ge=0, description="Answers that held only special tokens or whitespace (scored as '').")
     truncated_prompts: int = Field(ge=0, description="Prompts cut from the left to fit the context.")
 
     def setup(self) -> dict[str, object]:
