@@ -6,7 +6,7 @@ Reads the four results files (each model's MMLU ``results.json`` and held-out ``
 ``<run dir>/compare/comparison.json`` (:class:`components.gate.rules.Comparison`, which register-model reads),
 the report as Markdown and HTML (:mod:`components.gate.report`), the headline numbers as metrics (on the step's
 MLflow run and on the pipeline's parent run) and every paired answer as an MLflow table
-(``compare/side_by_side.json``). The same comparison runs offline on the files::
+(``compare/side_by_side.json``, on both runs). The same comparison runs offline on the files::
 
     python -m components.gate.compare --candidate-mmlu c/results.json --candidate-task c/task.json \\
         --baseline-mmlu b/results.json --baseline-task b/task.json --config configs/lora.yaml --report r.md \\
@@ -191,9 +191,12 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         if candidate_answers and baseline_answers:
             from components.gate.generation import paired_table
 
-            client.log_table(run_id, data=paired_table(load_generations(candidate_answers),
-                                                       load_generations(baseline_answers), cfg.gate.generation_metric),
-                             artifact_file=SIDE_BY_SIDE_TABLE)
+            table = paired_table(load_generations(candidate_answers), load_generations(baseline_answers),
+                                 cfg.gate.generation_metric)
+            # On the pipeline run too: the experiment's Evaluation view lists the tables of the runs it shows, and
+            # it shows the pipeline runs (their steps are folded under them).
+            for run in (run_id, parent):
+                client.log_table(run, data=table, artifact_file=SIDE_BY_SIDE_TABLE)
         set_run_tags(client, run_id, {**decision, **{f"llmft.rule.{rule.rule}": "pass" if rule.passed else "fail"
                                                      for rule in comparison.rules}})
     print(f"[{STEP}] {comparison.headline}", flush=True)

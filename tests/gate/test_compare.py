@@ -458,7 +458,7 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert [pair.row.rsplit("/", 1)[1] for pair in generation.regressions] == [row_key(3)]
     assert len(generation.improvements) == 5 and generation.improvements[0].difference == pytest.approx(2)
     assert comparison.rules[-1].rule == "generation" and comparison.rules[-1].passed
-    assert headline.endswith("chrF +1.7 (may drop <= 1)")
+    assert headline.endswith("chrF +1.7 (may drop <= 15)")  # the demo preset's limit
     assert (decision, headline) == ("promote", comparison.headline) == (comparison.decision, comparison.headline)
     assert comparison.mmlu.delta_micro == pytest.approx(0.05)
     assert comparison.mmlu.mcnemar_p == pytest.approx(mcnemar_exact_p(6, 1))
@@ -520,6 +520,11 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert parent.data.tags["llmft.decision_line"] == headline
     assert parent.data.metrics["task_loss_change"] == pytest.approx(-0.1)
     assert parent.data.metrics["promote"] == 1.0
+    # ... and the side-by-side table, which the experiment's Evaluation view lists for the pipeline runs it shows.
+    assert [item.path for item in client.list_artifacts(parent.info.run_id, "compare")] == [
+        "compare/side_by_side.json"]
+    assert json.loads(parent.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "compare/side_by_side.json", "type": "table"}]
 
 
 def test_without_a_loss_plot_the_mlflow_report_shows_the_sparkline_and_bad_input_fails_the_step(cfg, tmp_path):
