@@ -223,7 +223,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         from components.evaluate.generate.generate import summary_line
 
         print(f"[{STEP}] {role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
-              + (" (stored answers reused)" if GENERATIONS_FILE in reused else ""), flush=True)
+              + (" (stored, reused)" if GENERATIONS_FILE in reused else ""), flush=True)
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 

@@ -79,7 +79,7 @@ def test_both_models_answer_the_held_out_rows_and_the_decision_names_the_generat
     assert re.search(r"promote: held-out loss -\d+\.\d% vs base model .*, chrF [+-]\d+\.\d \(may drop <= 15\)",
                      first["headline"])
     assert "generated answers : chrf " in outputs[0] and "generated answers : chrf " in outputs[1]
-    assert "candidate answers on 18 held-out rows" in outputs[1] and "(stored answers reused)" in outputs[1]
+    assert "candidate answers on 18 held-out rows" in outputs[1] and "tokens (stored, reused)" in outputs[1]
     # The report's side-by-side rows come from comparison.json (the rows where the two differ most).
     comparison = read_model(run_dir(cfg, first["kfp_run_id"]) / "compare" / "comparison.json", Comparison, "c")
     assert comparison.generation.rows == 18

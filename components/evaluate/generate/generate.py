@@ -120,6 +120,6 @@ def summary_line(generations: Generations) -> str:
     header = generations.header
     means = header.means
     return (f"chrF {means.chrf:.1f}, ROUGE-L {means.rouge_l:.1f}, token F1 {means.token_f1:.1f}, exact "
-            f"{means.exact_match:.1f}, stopped {header.stopped}/{header.rows}, {header.mean_answer_tokens:.0f} tokens "
-            f"per answer (max {header.max_new_tokens})")
+            f"{means.exact_match:.1f}, stopped {header.stopped}/{header.rows}, {header.mean_answer_tokens:.0f} of "
+            f"max {header.max_new_tokens} tokens")
 
