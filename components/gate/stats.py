@@ -39,6 +39,15 @@ def _paired(candidate: Sequence[bool], baseline: Sequence[bool]) -> None:
         raise ValueError("paired samples are empty: there is nothing to compare")
 
 
+def _resampling(candidate: Sequence[float], baseline: Sequence[float], samples: int, confidence: float) -> None:
+    """Check a paired bootstrap's inputs (raises ValueError, see the callers)."""
+    _paired(candidate, baseline)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def discordant_counts(candidate: Sequence[bool], baseline: Sequence[bool]) -> tuple[int, int]:
     """Count ``(b, c)``: questions only the candidate got right, and only the baseline got right.
 
@@ -179,11 +188,7 @@ def relative_change_ci(
         ValueError: lengths differ, the samples are empty, the baseline's mean loss is not positive,
             ``samples < 1`` or ``confidence`` is not in (0, 1).
     """
-    _paired(candidate, baseline)
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _resampling(candidate, baseline, samples, confidence)
     import numpy as np
 
     cand, base = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
@@ -218,11 +223,7 @@ def mean_difference_ci(
     Raises:
         ValueError: lengths differ, the samples are empty, ``samples < 1`` or ``confidence`` is not in (0, 1).
     """
-    _paired(candidate, baseline)
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _resampling(candidate, baseline, samples, confidence)
     import numpy as np
 
     diffs = np.asarray(candidate, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
