@@ -16,6 +16,7 @@ stops the comparison with a message naming the URL and the row: a half-judged co
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal
 
@@ -110,7 +111,9 @@ def _ask(url: str, model: str, prompt: str, row: str, timeout_s: float) -> Liter
         reply = request_json(url, {"model": model, "messages": [{"role": "user", "content": prompt}],
                                    "temperature": 0, "max_tokens": 8}, timeout_s, key_env=KEY_ENV, retries=1)
     except BackendError as exc:
-        raise JudgeError(f"judge failed on row {row}: {exc}") from None
+        hint = "" if os.environ.get(KEY_ENV, "").strip() else (
+            f" (${KEY_ENV} is empty: evaluation.judge_secret names the Secret whose api_key it reads)")
+        raise JudgeError(f"judge failed on row {row}: {exc}{hint}") from None
     try:
         content = reply["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
