@@ -34,7 +34,7 @@ reliability: venv  ## The fault-injection tests that take longer than a minute.
 
 bench: venv  ## CPU benchmarks (ratios against references measured in the same run).
 	$(PY) -m pip install --quiet -e ".[bench]"
-	for name in bench_validate_dataset bench_evaluate_mmlu bench_merge_lora bench_model_identity; do \
+	for name in bench_validate_dataset bench_evaluate_mmlu bench_merge_lora bench_model_identity bench_generate; do \
 		$(PY) -m benchmarks.$$name || exit 1; \
 	done
 

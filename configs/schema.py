@@ -173,6 +173,18 @@ class _Section(BaseModel):
         return value
 
 
+def kubernetes_secret_name(value: str) -> str:
+    """``value`` when it is empty or a Kubernetes Secret name.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value and (not _K8S_SUBDOMAIN.fullmatch(value) or len(value) > 253):
+        raise ValueError(f"must be a Kubernetes secret name (lowercase letters, digits, '-' and '.', at most 253 "
+                         f"characters), got {value!r}")
+    return value
+
+
 def _relative_storage_path(value: str) -> str:
     """Refuse paths that would escape the storage root (absolute or containing '..')."""
     path = PurePosixPath(value)
@@ -519,6 +531,25 @@ class EvaluationConfig(_Section):
         json_schema_extra=form_field("e_mmlu_subjects"))
     batch_size: int = Field(16, ge=1, le=4096, description="MMLU questions or held-out rows per forward pass.")
     limit: int = Field(0, ge=0, le=MAX_ROWS, description="Questions per subject (0: all).")
+    generate_rows: int = Field(
+        100, ge=0, le=100_000,
+        description="Held-out rows each model answers (greedy, scored against the reference answers; 0: off).",
+        json_schema_extra=form_field("e_generate_rows"))
+    max_new_tokens: int = Field(
+        256, ge=1, le=32_768, description="Longest generated answer, in tokens (an answer cut here did not stop).")
+    accelerator_count: int = Field(
+        1, ge=1, le=16, description="GPUs per evaluation pod; a model too large for one is split across them "
+        "(ignored when cluster.accelerator_count is 0).", json_schema_extra=form_field("h_eval_accelerator_count"))
+    gpu_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="Share of each GPU's memory the evaluated model's weights may take (the rest: "
+        "activations, KV cache).")
+    judge_endpoint: str = Field(
+        "", description="OpenAI-compatible server of a judge model ('': no judge), e.g. http://judge-vllm:8000/v1.")
+    judge_model: str = Field("", description="The judge's model name ('': the first one the server lists).")
+    judge_secret: str = Field(
+        "", description="Kubernetes Secret whose key 'api_key' holds the judge's API key ('': none; fixed when "
+        "compiling).")
+    judge_timeout_s: int = Field(60, ge=1, le=3600, description="Per-request timeout of the judge.")
 
     @field_validator("subjects")
     @classmethod
@@ -527,6 +558,22 @@ class EvaluationConfig(_Section):
             if not re.fullmatch(r"[a-z0-9_]+", name):
                 raise ValueError(f"MMLU subjects are lowercase identifiers, got {name!r}")
         return value
+
+    @field_validator("judge_endpoint")
+    @classmethod
+    def _judge_uri(cls, value: str) -> str:
+        # Like mlflow.tracking_uri: the URI reaches the IR, logs and MLflow params; a key belongs in judge_secret.
+        if value and has_credentials(value):
+            raise ValueError(f"must not carry credentials (got {public_uri(value)!r}): put the API key in the "
+                             "Kubernetes Secret named by evaluation.judge_secret (key api_key)")
+        if value and (not re.match(r"https?://", value) or any(char.isspace() for char in value)):
+            raise ValueError(f"must be an http(s):// URL without spaces, got {value!r}")
+        return value
+
+    @field_validator("judge_secret")
+    @classmethod
+    def _judge_secret_name(cls, value: str) -> str:
+        return kubernetes_secret_name(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -555,6 +602,18 @@ class GateConfig(_Section):
         False, description="Also require a one-sided Wilcoxon signed-rank test on the held-out rows, p < alpha.",
         json_schema_extra=form_field("f_require_significance"))
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (and 1 - confidence of the intervals).")
+    require_generation: bool = Field(
+        True, description="Also rule on the generated answers (evaluation.generate_rows > 0): the mean "
+        "generation_metric may drop by at most generation_max_drop, the stop rate by at most generation_max_stop_drop.",
+        json_schema_extra=form_field("f_require_generation"))
+    generation_metric: Literal["chrf", "rouge_l", "token_f1", "exact_match"] = Field(
+        "chrf", description="Answer score the generation rule reads (each 0-100 points per row).")
+    generation_max_drop: float = Field(
+        1.0, ge=0, le=100, description="Largest allowed drop of the mean generation_metric (points of 100).",
+        json_schema_extra=form_field("f_generation_max_drop"))
+    generation_max_stop_drop: float = Field(
+        0.05, ge=0, le=1, description="Largest allowed drop of the share of answers that stop before "
+        "evaluation.max_new_tokens (0.05: five rows in a hundred).")
     bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
     allow_unknown_baseline_split: bool = Field(
         False, description="Compare with a champion whose training split is not recorded (registered before "
@@ -602,10 +661,7 @@ class MlflowConfig(_Section):
     @field_validator("credentials_secret")
     @classmethod
     def _secret_name(cls, value: str) -> str:
-        if value and (not _K8S_SUBDOMAIN.fullmatch(value) or len(value) > 253):
-            raise ValueError(f"must be a Kubernetes secret name (lowercase letters, digits, '-' and '.', at most 253 "
-                             f"characters), got {value!r}")
-        return value
+        return kubernetes_secret_name(value)
 
     @field_validator("registered_model_name")
     @classmethod

@@ -28,6 +28,8 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
 from components.common.tracking import MLFLOW_SECRET_KEYS
+from components.gate.judge import KEY_ENV as JUDGE_KEY_ENV
+from components.gate.judge import SECRET_KEY as JUDGE_SECRET_KEY
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
 from pipelines import steps
@@ -38,12 +40,13 @@ ACRONYMS = {"lora": "LoRA"}
 
 
 class TaskSettings(NamedTuple):
-    """How one task runs: whether KFP may serve it from its cache, whether it needs a GPU node, and which
-    ``cluster`` field holds its timeout."""
+    """How one task runs: whether KFP may serve it from its cache, whether it needs a GPU node, which ``cluster``
+    field holds its timeout, and which run parameter holds its GPU count."""
 
     cache: bool
     gpu: bool
     timeout: str
+    gpus: str = "h_accelerator_count"
 
 
 # One name per step: the task (the key), its component in pipelines.steps and its entry module
@@ -55,9 +58,9 @@ TASKS = {
     "validate-dataset": TaskSettings(False, False, "light_timeout_s"),
     "train": TaskSettings(True, True, "train_timeout_s"),
     "merge-lora": TaskSettings(True, True, "merge_timeout_s"),
-    "evaluate-candidate": TaskSettings(True, True, "eval_timeout_s"),
+    "evaluate-candidate": TaskSettings(True, True, "eval_timeout_s", "h_eval_accelerator_count"),
     "find-baseline": TaskSettings(False, False, "light_timeout_s"),
-    "evaluate-baseline": TaskSettings(True, True, "eval_timeout_s"),
+    "evaluate-baseline": TaskSettings(True, True, "eval_timeout_s", "h_eval_accelerator_count"),
     "reuse-baseline-scores": TaskSettings(False, False, "light_timeout_s"),
     "compare": TaskSettings(False, False, "light_timeout_s"),
     "register-model": TaskSettings(False, False, "light_timeout_s"),
@@ -99,6 +102,9 @@ class _Pipeline:
         if cfg.mlflow.credentials_secret:
             kubernetes.use_secret_as_env(task, secret_name=cfg.mlflow.credentials_secret,
                                          secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS}, optional=True)
+        if name == "compare" and cfg.evaluation.judge_secret:  # the judge's API key, never a value in the IR
+            kubernetes.use_secret_as_env(task, secret_name=cfg.evaluation.judge_secret,
+                                         secret_key_to_env={JUDGE_SECRET_KEY: JUDGE_KEY_ENV}, optional=True)
         if cfg.cluster.image_pull_secrets:
             kubernetes.set_image_pull_secrets(task, cfg.cluster.image_pull_secrets)
         kubernetes.set_timeout(task, getattr(cfg.cluster, settings.timeout))
@@ -106,17 +112,18 @@ class _Pipeline:
             task.set_cpu_request(cfg.cluster.cpu_request)
             task.set_memory_request(cfg.cluster.memory_request)
             task.set_memory_limit(cfg.cluster.memory_limit)
-            self._gpu(task)
+            self._gpu(task, settings.gpus)
         else:
             task.set_cpu_request(cfg.cluster.light_cpu_request)
             task.set_memory_request(cfg.cluster.light_memory_request)
         return task
 
-    def _gpu(self, task: PipelineTask) -> None:
-        """Accelerator limit, node selector, tolerations and an in-memory /dev/shm (NCCL needs a large one)."""
+    def _gpu(self, task: PipelineTask, gpus: str) -> None:
+        """Accelerator limit (the run parameter ``gpus``), node selector, tolerations and an in-memory /dev/shm (NCCL
+        needs a large one)."""
         if self.cfg.cluster.accelerator_count > 0:
             task.set_accelerator_type(self.params["h_accelerator_type"])
-            task.set_accelerator_limit(self.params["h_accelerator_count"])
+            task.set_accelerator_limit(self.params[gpus])
         kubernetes.add_node_selector_json(task, self.params["h_gpu_node_selector"])
         kubernetes.add_toleration_json(task, self.tolerations)
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",

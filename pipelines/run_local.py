@@ -247,6 +247,13 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
                        baseline=comparison.baseline_name, mmlu_candidate=comparison.mmlu.candidate_micro,
                        mmlu_baseline=comparison.mmlu.baseline_micro, task_candidate=comparison.task.candidate_mean_nll,
                        task_baseline=comparison.task.baseline_mean_nll, task_change=comparison.task.relative_change)
+        if comparison.generation is not None:
+            generation = comparison.generation
+            gated = generation.gated()
+            summary.update(generation=f"{gated.name} {gated.candidate:.2f} candidate, {gated.baseline:.2f} "
+                                      f"{comparison.baseline_name} ({gated.mean_difference:+.2f}); stopped "
+                                      f"{generation.candidate_stopped}/{generation.rows} candidate, "
+                                      f"{generation.baseline_stopped}/{generation.rows} {comparison.baseline_name}")
     name = cfg.mlflow.registered_model_name
     versions = client.search_model_versions(f"name = '{name}' and tag.`{KFP_RUN_TAG}` = '{kfp_run_id}'")
     aliases = registered_aliases(client, name)
@@ -285,6 +292,7 @@ def format_summary(summary: dict[str, Any], seconds: float) -> str:
         f"{fmt(summary.get('baseline'))}",
         f"MMLU              : {fmt(summary.get('mmlu_candidate'))} candidate, {fmt(summary.get('mmlu_baseline'))} "
         f"{fmt(summary.get('baseline'))}",
+        *([f"generated answers : {summary['generation']}"] if summary.get("generation") else []),
         f"decision          : {fmt(summary.get('headline'))}",
         *[f"                    - {reason}" for reason in summary.get("reasons", [])],
         f"registered        : {fmt(summary.get('registered'))} aliases={summary.get('aliases', [])}",

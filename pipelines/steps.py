@@ -93,7 +93,8 @@ def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Mo
 def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Output[Metrics],
                        mmlu_results: Output[Artifact], task_results: Output[Artifact]) -> NamedTuple(
         "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_loss", float)]):
-    """Score the candidate as it will be served (the merged model) on MMLU and on the held-out rows.
+    """Score the candidate as it will be served (the merged model) on MMLU, on the held-out rows, and on the answers
+    it generates for them (generations.jsonl beside task.json).
 
     Args:
         config: The resolved configuration (JSON).
@@ -144,7 +145,7 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
 def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Output[Metrics],
                       mmlu_results: Output[Artifact], task_results: Output[Artifact]) -> NamedTuple(
         "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_loss", float)]):
-    """Score the baseline on the same MMLU questions and held-out rows as the candidate.
+    """Score the baseline on the same MMLU questions and held-out rows as the candidate, and its generated answers.
 
     Args:
         config: The resolved configuration (JSON).
@@ -191,7 +192,8 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
             baseline_task: str, baseline_name: str, baseline_note: str, held_out_below: float, train_run_id: str,
             report: Output[Markdown], report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
         "Outputs", [("decision", str), ("headline", str), ("comparison_path", str)]):
-    """Apply the promotion gate: a lower held-out loss, no MMLU drop (components/gate/rules.py has the rules).
+    """Apply the promotion gate: a lower held-out loss, no MMLU drop, no worse generated answers
+    (components/gate/rules.py has the rules); the report shows both models' answers side by side.
 
     Args:
         config: The resolved configuration (JSON); the gate section sets the thresholds.

@@ -192,6 +192,8 @@ def dry_run_summary(request: RunRequest, args: argparse.Namespace, target: Targe
     gpus = ", ".join(gpu_tasks(cfg))
     scheduling = (f"{cfg.cluster.accelerator_count} x {cfg.cluster.accelerator_type}" if cfg.cluster.accelerator_count
                   else "no GPU (CPU pods)")
+    if cfg.cluster.accelerator_count and cfg.evaluation.accelerator_count != cfg.cluster.accelerator_count:
+        scheduling += f" ({cfg.evaluation.accelerator_count} for the evaluate tasks)"
     lines.append(f"  GPU tasks   {gpus}: {scheduling}, node selector {canonical(cfg.cluster.gpu_node_selector)}, "
                  f"{len(cfg.cluster.gpu_tolerations)} toleration(s)")
     if cfg.cluster.nodes > 1:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU, SAMPLES
+from components.evaluate.generate.results import Generations
 from components.evaluate.mmlu.results import MmluResults, results_from_records
 from components.evaluate.task.results import (
     DIGITS,
@@ -146,6 +147,50 @@ def task_scores(losses: list[float], **options) -> TaskScores:
 def task_text(results: TaskResults) -> str:
     """The file text of task results (what the evaluate step writes)."""
     return dump_task_results(results)
+
+
+# ---------------------------------------------------------------- generated answers
+
+
+def generations_results(chrf: list[float], *, stopped: list[bool] | None = None, model: str = "candidate",
+                        eval_key: str | None = None, max_new_tokens: int = 64, dataset: str = DATASET,
+                        answers: dict[int, str] | None = None, prompts: dict[int, str] | None = None) -> Generations:
+    """Generations in which held-out row ``i`` scores ``chrf[i]`` chrF points (ROUGE-L and token F1 half that,
+    exact match 100 only at 100) and stopped before max_new_tokens when ``stopped[i]`` (default: every row).
+    ``answers`` / ``prompts`` replace the text of some rows (the report's escaping)."""
+    from components.data.split import split_hash
+    from components.evaluate.generate.results import (
+        GENERATION_VERSION,
+        AnswerScores,
+        GeneratedAnswer,
+        GenerationsHeader,
+        generation_totals,
+        rounded,
+    )
+
+    stopped = [True] * len(chrf) if stopped is None else stopped
+    records = sorted((GeneratedAnswer(
+        dataset=dataset, key=row_key(index), prompt=(prompts or {}).get(index, f"question {index}"),
+        history_turns=0, reference=f"reference {index}", answer=(answers or {}).get(index, f"{model} says {index}"),
+        prompt_tokens=12, truncated_tokens=0, answer_tokens=5 if stopped[index] else max_new_tokens,
+        stopped=stopped[index], scores=AnswerScores(chrf=rounded(score), rouge_l=rounded(score / 2),
+                                                    token_f1=rounded(score / 2),
+                                                    exact_match=100.0 if score == 100 else 0.0))
+        for index, score in enumerate(chrf)), key=lambda answer: (answer.dataset, answer.key))
+    test_hash = split_hash([row_key(index) for index in range(len(chrf))])
+    header = GenerationsHeader(
+        eval_key=eval_key or sha(f"generations:{model}:{test_hash}:{max_new_tokens}"),
+        generation_version=GENERATION_VERSION, task_eval_key=sha(f"task:{model}"), model=model, model_id=sha(model),
+        template="default", cutoff_len=256, test_split_hash=test_hash, generate_rows=100,
+        max_new_tokens=max_new_tokens, stop_token_ids=[2], skipped=[], **generation_totals(records))
+    return Generations(header=header, answers=records)
+
+
+def generations_text(generations: Generations) -> str:
+    """The file text of generations (what the evaluate step writes)."""
+    from components.evaluate.generate.results import dump_generations
+
+    return dump_generations(generations)
 
 
 # ---------------------------------------------------------------- on disk

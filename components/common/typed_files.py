@@ -13,6 +13,7 @@ file                          model                                        writt
 ``merge_info.json``           :class:`components.merge.merge_lora.MergeInfo`  merge-lora
 ``results.json``              :class:`components.evaluate.mmlu.results.MmluResults`  evaluate
 ``task.json``                 :class:`components.evaluate.task.results.TaskResults`  evaluate
+``generations.jsonl``         :class:`components.evaluate.generate.results.Generations`  evaluate (JSON Lines)
 ``comparison.json``           :class:`components.gate.rules.Comparison`    compare
 ============================  ===========================================  ==========================
 

@@ -6,11 +6,17 @@ so that its scores are the champion's scores once it is promoted. Each suite's s
 the same key is never computed twice: a retried task finds its own file, and any model already scored in
 this experiment (the champion, or a candidate identical to it) gets its stored score from MLflow.
 
-MLflow: the child run ``evaluate-<role>`` holds both results files (``eval/results.json``,
-``eval/task.json``), the metrics ``mmlu_micro``, ``mmlu_macro``, ``mmlu_<category>``, ``task_loss``,
-``task_mean_nll``, ``task_perplexity``, ``task_token_accuracy``, and the tags ``llmft.eval_key``,
-``llmft.task_eval_key`` and the setup (``llmft.model_id``, split hash, template, cutoff, MMLU data) that
-:func:`components.gate.registry.why_not_stored` reads.
+With ``evaluation.generate_rows`` > 0 the model also answers held-out rows greedily
+(:mod:`components.evaluate.generate`): ``generations.jsonl`` beside ``task.json``, under its own eval key (the
+task key plus the generation settings), reused like the other scores.
+
+MLflow: the child run ``evaluate-<role>`` holds the results files (``eval/results.json``, ``eval/task.json``,
+``eval/generations.jsonl``), the per-row answers as a table (``eval/generations_table.json``, logged with
+``log_table``: the run's Evaluation view shows it), the metrics ``mmlu_micro``, ``mmlu_macro``,
+``mmlu_<category>``, ``task_loss``, ``task_mean_nll``, ``task_perplexity``, ``task_token_accuracy``,
+``gen_<score>`` and ``gen_stop_rate``, and the tags ``llmft.eval_key``, ``llmft.task_eval_key``,
+``llmft.generation_eval_key`` and the setup (``llmft.model_id``, split hash, template, cutoff, MMLU data,
+generation settings) that :func:`components.gate.registry.why_not_stored` reads.
 """
 
 from __future__ import annotations
@@ -22,17 +28,24 @@ from typing import Any, NamedTuple
 
 from components.common.storage import atomic_write_text, on_volume, run_dir
 from components.common.tracking import step_run
+from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
+from components.evaluate.generate.results import (
+    GenerationResultsError,
+    generation_eval_key,
+    parse_generations,
+)
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.mmlu.results import parse_mmlu_results
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
 from components.evaluate.task.results import dump_task_results, load_task_results
-from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, find_stored
+from components.gate.registry import EVAL_KEY_TAG, GENERATION_EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, find_stored
 from configs.loading import config_from_json
 from configs.schema import PipelineConfig
 
 STEP = "evaluate"
 _SCORES = {("results.json",): "MMLU score", ("task.json",): "held-out score",
            ("results.json", "task.json"): "stored scores"}  # files reused -> how the log says it
+GENERATIONS_TABLE = "eval/generations_table.json"
 ROLES = ("candidate", "baseline")
 
 
@@ -72,6 +85,21 @@ def eval_setup(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> EvalSet
     return EvalSetup(mmlu_key, task_key, tags)
 
 
+def generation_key(cfg: PipelineConfig, task_key: str) -> str:
+    """The eval key of this run's generated answers for a model whose task key is ``task_key`` ('' when off)."""
+    evaluation = cfg.evaluation
+    if not evaluation.generate_rows:
+        return ""
+    return generation_eval_key(task_key, generate_rows=evaluation.generate_rows,
+                               max_new_tokens=evaluation.max_new_tokens)
+
+
+def generation_tags(cfg: PipelineConfig) -> dict[str, str]:
+    """The generation settings as evaluate-run tags (why_not_stored names them when they changed)."""
+    return {"llmft.generate_rows": str(cfg.evaluation.generate_rows),
+            "llmft.max_new_tokens": str(cfg.evaluation.max_new_tokens)}
+
+
 def heldout_names(cfg: PipelineConfig) -> list[str]:
     """The dataset_info.json entries of the held-out rows in the run's snapshot."""
     from components.data.split import heldout_entry_name
@@ -89,9 +117,10 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
              task_results: Any) -> tuple[str, str, float, float]:
     """Score ``model_dir`` on MMLU and on the run's held-out rows as ``role``; reuse any score with the same key.
 
-    Reads storage (eval_data_dir, output_root), evaluation (n_shot, subjects, batch_size, limit), training
-    (template, cutoff_len), dataset.names (the held-out entries) and mlflow. Writes
-    ``<output_root>/<run id>/eval/<role>/results.json`` and ``task.json`` atomically.
+    Reads storage (eval_data_dir, output_root), evaluation (n_shot, subjects, batch_size, limit, generate_rows,
+    max_new_tokens, accelerator_count, gpu_memory_fraction), training (template, cutoff_len), dataset.names (the
+    held-out entries) and mlflow. Writes ``<output_root>/<run id>/eval/<role>/results.json``, ``task.json`` and
+    (generation on) ``generations.jsonl`` atomically.
 
     Returns:
         ``(MMLU results path, task results path, MMLU micro accuracy, held-out loss)``.
@@ -100,6 +129,8 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         ConfigError: the config parameter is invalid.
         ValueError: ``role`` is not candidate or baseline, or the model gave non-finite scores.
         MmluDataError, TaskDataError: the evaluation data is missing or malformed (file and row named).
+        GenerationError: answers cannot be generated or scored (no usable reference, no room for a prompt).
+        PlacementError: the model fits neither one GPU nor all of evaluation.accelerator_count together.
         FileNotFoundError: the model directory is not one.
         StorageError: the volume refused the write.
         TrackingUnavailable: the MLflow server does not answer.
@@ -116,25 +147,30 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     model_path = on_volume(cfg, model_dir)
     out_dir = run_dir(cfg, kfp_run_id) / "eval" / role
     mmlu_path, task_path = out_dir / MMLU_RESULTS_FILE, out_dir / TASK_RESULTS_FILE
+    generations_path = out_dir / GENERATIONS_FILE
     with step_run(cfg, kfp_run_id, f"{STEP}-{role}", system_metrics=True) as (client, run_id):
         started = time.monotonic()
         setup = eval_setup(cfg, kfp_run_id, model_path)
+        gen_key = generation_key(cfg, setup.task_key)
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in {
             EVAL_KEY_TAG: setup.mmlu_key, TASK_EVAL_KEY_TAG: setup.task_key, "llmft.eval_role": role,
-            "llmft.eval_model_dir": str(model_path), **setup.tags}.items()])
+            "llmft.eval_model_dir": str(model_path), **setup.tags,
+            **({GENERATION_EVAL_KEY_TAG: gen_key, **generation_tags(cfg)} if gen_key else {})}.items()])
+        wanted = [(mmlu_path, EVAL_KEY_TAG, setup.mmlu_key), (task_path, TASK_EVAL_KEY_TAG, setup.task_key)]
+        if gen_key:
+            wanted.append((generations_path, GENERATION_EVAL_KEY_TAG, gen_key))
         reused = []
-        for path, tag, key in ((mmlu_path, EVAL_KEY_TAG, setup.mmlu_key), (task_path, TASK_EVAL_KEY_TAG,
-                                                                             setup.task_key)):
+        for path, tag, key in wanted:
             if not _has_key(path, key):
                 text = _stored_text(client, cfg, tag, key, path.name)
                 if text is not None:
                     atomic_write_text(path, text)
             if _has_key(path, key):
                 reused.append(path.name)
-        if len(reused) < 2:
-            from components.evaluate.mmlu.scoring import load_model
+        if len(reused) < len(wanted):
+            from components.evaluate.placement import load_placed
 
-            loaded = load_model(model_path)
+            loaded = load_placed(model_path, cfg.evaluation)
             if not _has_key(mmlu_path, setup.mmlu_key):
                 settings = cfg.evaluation
                 results = evaluate(model_path, on_volume(cfg, cfg.storage.eval_data_dir), n_shot=settings.n_shot,
@@ -146,18 +182,26 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
                                     template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
                                     model_dir=model_path, batch_size=cfg.evaluation.batch_size)
                 atomic_write_text(task_path, dump_task_results(task))
+            if gen_key and not _has_key(generations_path, gen_key):
+                _generate(cfg, kfp_run_id, loaded, model_path, setup, generations_path)
         mmlu = parse_mmlu_results(mmlu_path.read_text(encoding="utf-8"), str(mmlu_path))
         task = load_task_results(task_path)
+        generations = parse_generations(generations_path.read_text(encoding="utf-8"), str(generations_path)) \
+            if gen_key else None
         values = {"mmlu_micro": mmlu.micro, "mmlu_macro": mmlu.macro, "mmlu_questions": float(mmlu.total),
                   **{category_metric(name): row.accuracy for name, row in mmlu.categories.items()},
                   "task_loss": task.loss, "task_mean_nll": task.mean_example_nll, "task_perplexity": task.perplexity,
                   "task_token_accuracy": task.token_accuracy, "task_rows": float(task.examples),
+                  **(generation_metrics(generations) if generations else {}),
                   "eval_seconds": round(time.monotonic() - started, 3)}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in values.items()],
                          tags=[RunTag("llmft.eval_reused", ",".join(reused) or "none")])
         client.log_artifact(run_id, str(mmlu_path), artifact_path="eval")
         client.log_artifact(run_id, str(task_path), artifact_path="eval")
+        if generations:
+            client.log_artifact(run_id, str(generations_path), artifact_path="eval")
+            client.log_table(run_id, data=generation_table(generations), artifact_file=GENERATIONS_TABLE)
     for key in ("mmlu_micro", "mmlu_macro", "task_loss", "task_perplexity", "task_token_accuracy"):
         metrics.log_metric(key, round(float(values[key]), 6))
     for name, row in mmlu.categories.items():
@@ -167,19 +211,68 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         shutil.copyfile(path, artifact.path)
     mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
     task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
+    scores_reused = tuple(sorted(set(reused) - {GENERATIONS_FILE}))
     print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
-          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[tuple(sorted(reused))]} of this model "
-                                                           "reused)" if reused else ""), flush=True)
+          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model "
+                                                           "reused)" if scores_reused else ""), flush=True)
+    if generations:
+        from components.evaluate.generate.generate import summary_line
+
+        print(f"[{STEP}] {role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
+              + (" (stored, reused)" if GENERATIONS_FILE in reused else ""), flush=True)
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 
+def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], model_path: Path, setup: EvalSetup,
+              path: Path) -> None:
+    """Answer the held-out rows with the loaded model and write generations.jsonl (whole, or not at all)."""
+    from components.data.split import snapshot_dir
+    from components.evaluate.generate.generate import generate_loaded
+    from components.evaluate.generate.results import dump_generations
+
+    evaluation = cfg.evaluation
+    generations = generate_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
+                                  template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
+                                  generate_rows=evaluation.generate_rows, max_new_tokens=evaluation.max_new_tokens,
+                                  model_dir=model_path, model_id=setup.tags["llmft.model_id"],
+                                  task_eval_key=setup.task_key,
+                                  batch_size=evaluation.batch_size)
+    atomic_write_text(path, dump_generations(generations))
+
+
+def generation_metrics(generations: Any) -> dict[str, float]:
+    """One model's answer scores as metrics: the mean of each score, the stop rate, the mean length."""
+    header = generations.header
+    return {**{f"gen_{name}": value for name, value in header.means.model_dump().items()},
+            "gen_stop_rate": header.stop_rate, "gen_answer_tokens": header.mean_answer_tokens,
+            "gen_rows": float(header.rows)}
+
+
+def generation_table(generations: Any) -> dict[str, list]:
+    """The answers as columns for ``log_table``: one row per held-out row."""
+    answers = generations.answers
+    columns: dict[str, list] = {"row": [answer.row for answer in answers],
+                                "prompt": [answer.prompt for answer in answers],
+                                "reference": [answer.reference for answer in answers],
+                                "answer": [answer.answer for answer in answers]}
+    for name in ("chrf", "rouge_l", "token_f1", "exact_match"):
+        columns[name] = [getattr(answer.scores, name) for answer in answers]
+    columns["answer_tokens"] = [answer.answer_tokens for answer in answers]
+    columns["stopped"] = [answer.stopped for answer in answers]
+    return columns
+
+
 def _has_key(path: Path, key: str) -> bool:
-    """Whether ``path`` holds a valid results file (MMLU or task) scored under ``key``."""
+    """Whether ``path`` holds a valid results file (MMLU, task or generations) scored under ``key``."""
     if not path.is_file():
         return False
     try:
-        results = (parse_mmlu_results(path.read_text(encoding="utf-8"), str(path)) if path.name == MMLU_RESULTS_FILE
-                   else load_task_results(path))
-    except (ValueError, OSError):
+        if path.name == MMLU_RESULTS_FILE:
+            results = parse_mmlu_results(path.read_text(encoding="utf-8"), str(path))
+        elif path.name == GENERATIONS_FILE:
+            results = parse_generations(path.read_text(encoding="utf-8"), str(path)).header
+        else:
+            results = load_task_results(path)
+    except (ValueError, OSError, GenerationResultsError):
         return False
     return results.eval_key == key

@@ -8,6 +8,8 @@
 - :mod:`.mark_challenger`: the mark-challenger step;
 - :mod:`.rules`: the promotion rules, in one place (:class:`~.rules.Comparison`, ``comparison.json``);
 - :mod:`.stats`: paired statistics (Wilcoxon, McNemar, bootstrap intervals);
+- :mod:`.generation`: the two models' generated answers, paired row by row;
+- :mod:`.judge`: the optional judge model (pairwise, both orders, sign test);
 - :mod:`.report`: the Markdown and HTML report, the loss curve;
 - :mod:`.registry`: aliases, ``pvc://`` sources, and the scores stored for a model;
 - :mod:`.served_baseline`: the baseline is what ``current`` serves, which must be the registry's champion;
@@ -17,7 +19,9 @@
 __all__ = [
     "compare",
     "find_baseline",
+    "generation",
     "held_out",
+    "judge",
     "mark_challenger",
     "promote_model",
     "register_model",

@@ -1,12 +1,16 @@
 """The compare step: apply the gate (:mod:`components.gate.rules`) to the candidate's and the baseline's results.
 
-Reads the four results files (each model's MMLU ``results.json`` and held-out ``task.json``), decides, and leaves
+Reads the four results files (each model's MMLU ``results.json`` and held-out ``task.json``) and, with generation on
+(``evaluation.generate_rows`` > 0), each model's ``generations.jsonl`` beside its ``task.json``; asks the judge when
+``evaluation.judge_endpoint`` is set (:mod:`components.gate.judge`); decides, and leaves
 ``<run dir>/compare/comparison.json`` (:class:`components.gate.rules.Comparison`, which register-model reads),
-the report as Markdown and HTML (:mod:`components.gate.report`) and the headline numbers as metrics, on the
-step's MLflow run and on the pipeline's parent run. The same comparison runs offline on four files::
+the report as Markdown and HTML (:mod:`components.gate.report`), the headline numbers as metrics (on the step's
+MLflow run and on the pipeline's parent run) and every paired answer as an MLflow table
+(``compare/side_by_side.json``, on both runs). The same comparison runs offline on the files::
 
     python -m components.gate.compare --candidate-mmlu c/results.json --candidate-task c/task.json \\
-        --baseline-mmlu b/results.json --baseline-task b/task.json --config configs/lora.yaml --report r.md
+        --baseline-mmlu b/results.json --baseline-task b/task.json --config configs/lora.yaml --report r.md \\
+        [--candidate-generations c/generations.jsonl --baseline-generations b/generations.jsonl]
 
 Exit codes (like ``diff``): 0 promote, 1 keep the champion, 2 a usage or configuration error, an unreadable or
 incomparable input, or an output that cannot be written.
@@ -24,6 +28,8 @@ from components.common.storage import StorageError, atomic_write_text, guard_out
 from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import write_model
 from components.data.split import key_position
+from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
+from components.evaluate.generate.results import GenerationResultsError, Generations, load_generations
 from components.evaluate.mmlu.results import ResultsFileError, read_mmlu_results
 from components.evaluate.task.results import TaskResults, TaskResultsError, load_task_results, totals
 from components.gate.registry import BASE_MODEL_NAME
@@ -34,6 +40,7 @@ from configs.schema import ConfigError, PipelineConfig
 
 STEP = "compare"
 COMPARISON_FILE = "comparison.json"
+SIDE_BY_SIDE_TABLE = "compare/side_by_side.json"
 
 
 class ComparisonError(ValueError):
@@ -56,6 +63,36 @@ def read_task(path: str | Path, label: str) -> TaskResults:
         raise ComparisonError(f"{label} file {path} is not readable: {exc}") from None
 
 
+def read_generations(path: str | Path, label: str) -> Generations:
+    """Read a generations.jsonl (:mod:`components.evaluate.generate.results`).
+
+    Raises:
+        ComparisonError: missing, not JSON Lines, NaN in it, or inconsistent; names the file, line and field.
+    """
+    try:
+        return load_generations(path)
+    except FileNotFoundError:
+        raise ComparisonError(f"{label} file {path} does not exist (evaluation.generate_rows > 0: the evaluate step "
+                              "writes it beside task.json)") from None
+    except GenerationResultsError as exc:
+        raise ComparisonError(f"{label}: {exc}") from None
+    except OSError as exc:
+        raise ComparisonError(f"{label} file {path} is not readable: {exc}") from None
+
+
+def beside(task_path: str | Path, cfg: PipelineConfig) -> Path | None:
+    """The generations.jsonl the evaluate step leaves beside a task.json, when generation is on."""
+    return Path(task_path).with_name(GENERATIONS_FILE) if cfg.evaluation.generate_rows else None
+
+
+def held_out_answers(generations: Generations, held_out_below: float) -> Generations:
+    """The answers to rows whose key position is below ``held_out_below`` (as :func:`task_scores` keeps rows)."""
+    if held_out_below >= 1.0:
+        return generations
+    kept = [answer for answer in generations.answers if key_position(answer.key) < held_out_below]
+    return generations.model_copy(update={"answers": kept})
+
+
 def task_scores(results: TaskResults, held_out_below: float = 1.0) -> TaskScores:
     """What the gate needs of a task results file: setup, per-row losses keyed by (dataset, row key), loss.
 
@@ -73,15 +110,19 @@ def task_scores(results: TaskResults, held_out_below: float = 1.0) -> TaskScores
 
 def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseline_mmlu: str | Path,
                   baseline_task: str | Path, cfg: PipelineConfig, *, baseline_name: str,
-                  held_out_below: float = 1.0) -> Comparison:
-    """Read the four results files and apply the gate (:func:`components.gate.rules.compare`).
+                  held_out_below: float = 1.0,
+                  generations: tuple[str | Path, str | Path] | None = None) -> Comparison:
+    """Read the results files and apply the gate (:func:`components.gate.rules.compare`).
 
     Only held-out rows whose key position is below ``held_out_below`` are compared (find-baseline's: the rows
-    neither model trained on); the comparison records how many others were left out and why. Reads ``gate``,
-    ``training.seed`` (the bootstraps) and ``dataset.test_fraction`` (for the reason).
+    neither model trained on), the generated answers included; the comparison records how many others were left
+    out and why. ``generations``: the candidate's and the baseline's generations.jsonl, or None (no generation
+    rule). Reads ``gate``, ``training.seed`` (the bootstraps), ``dataset.test_fraction`` (for the reason) and,
+    with ``evaluation.judge_endpoint``, the judge settings.
 
     Raises:
-        ComparisonError: a file is missing or inconsistent, or the two models' results are not comparable.
+        ComparisonError: a file is missing or inconsistent, the two models' results are not comparable, or the
+            judge failed.
     """
     try:
         mmlu = [read_mmlu_results(candidate_mmlu, "candidate MMLU results"),
@@ -90,19 +131,35 @@ def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseli
         raise ComparisonError(str(exc)) from None
     tasks = [read_task(candidate_task, "candidate task results"), read_task(baseline_task, "baseline task results")]
     scores = [task_scores(task, held_out_below) for task in tasks]
+    answers = None
+    if generations is not None:
+        answers = tuple(held_out_answers(read_generations(path, f"{role} generations"), held_out_below)
+                        for path, role in zip(generations, ("candidate", "baseline"), strict=True))
     try:
         comparison = compare(mmlu[0], mmlu[1], scores[0], scores[1], cfg.gate, baseline_name=baseline_name,
-                             first_model=baseline_name == BASE_MODEL_NAME, seed=cfg.training.seed)
+                             first_model=baseline_name == BASE_MODEL_NAME, seed=cfg.training.seed,
+                             generations=answers)
     except NotComparable as exc:
         raise ComparisonError(f"{exc}; evaluate the baseline again with the candidate's settings") from None
     left_out = len(tasks[0].records) - len(scores[0].losses)
-    if not left_out:
+    if left_out:
+        reason = (f"{left_out} of {len(tasks[0].records)} scored held-out rows left out: at hash positions >= "
+                  f"{held_out_below:g} (this run holds out {cfg.dataset.test_fraction:g}) they may be the "
+                  f"{baseline_name}'s training data")
+        task = comparison.task.model_copy(update={"left_out_rows": left_out, "left_out_reason": reason})
+        comparison = comparison.model_copy(update={"task": task})
+    evaluation = cfg.evaluation
+    if answers is None or not evaluation.judge_endpoint:
         return comparison
-    reason = (f"{left_out} of {len(tasks[0].records)} scored held-out rows left out: at hash positions >= "
-              f"{held_out_below:g} (this run holds out {cfg.dataset.test_fraction:g}) they may be the "
-              f"{baseline_name}'s training data")
-    task = comparison.task.model_copy(update={"left_out_rows": left_out, "left_out_reason": reason})
-    return comparison.model_copy(update={"task": task})
+    from components.gate.judge import JudgeError, judge_pairs
+
+    try:
+        judged = judge_pairs(evaluation.judge_endpoint, evaluation.judge_model, *answers,
+                             timeout_s=evaluation.judge_timeout_s)
+    except JudgeError as exc:
+        raise ComparisonError(f"{exc}; nothing was written (unset evaluation.judge_endpoint to compare without "
+                              "the judge)") from None
+    return comparison.model_copy(update={"judge": judged})
 
 
 def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
@@ -125,9 +182,12 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         TrackingUnavailable: the MLflow server does not answer.
     """
     cfg = config_from_json(config)
+    candidate_answers, baseline_answers = beside(on_volume(cfg, candidate_task), cfg), \
+        beside(on_volume(cfg, baseline_task), cfg)
     comparison = compare_files(on_volume(cfg, candidate_mmlu), on_volume(cfg, candidate_task),
                                on_volume(cfg, baseline_mmlu), on_volume(cfg, baseline_task), cfg,
-                               baseline_name=baseline_name, held_out_below=held_out_below)
+                               baseline_name=baseline_name, held_out_below=held_out_below,
+                               generations=(candidate_answers, baseline_answers) if candidate_answers else None)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id), tempfile.TemporaryDirectory() as tmp:
         curve, loss = loss_curve(client, train_run_id), train_loss(client, train_run_id)
         notes = f"Baseline: {baseline_note}" if baseline_note else ""
@@ -156,6 +216,15 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
             (folder / "training_loss.png").write_bytes(curve.png)
         client.log_artifacts(run_id, str(folder), "report")
         client.log_text(run_id, comparison.model_dump_json(indent=2), COMPARISON_FILE)
+        if candidate_answers and baseline_answers:
+            from components.gate.generation import paired_table
+
+            table = paired_table(load_generations(candidate_answers), load_generations(baseline_answers),
+                                 cfg.gate.generation_metric)
+            # On the pipeline run too: the experiment's Evaluation view lists the tables of the runs it shows, and
+            # it shows the pipeline runs (their steps are folded under them).
+            for run in (run_id, parent):
+                client.log_table(run, data=table, artifact_file=SIDE_BY_SIDE_TABLE)
         set_run_tags(client, run_id, {**decision, **{f"llmft.rule.{rule.rule}": "pass" if rule.passed else "fail"
                                                      for rule in comparison.rules}})
     print(f"[{STEP}] {comparison.headline}", flush=True)
@@ -181,6 +250,18 @@ def flat_metrics(comparison: Comparison) -> dict[str, float]:
     }
     for row in mmlu.categories:
         numbers[f"mmlu_delta_{row.name.replace(' ', '_')}"] = row.delta
+    if comparison.generation is not None:
+        generation = comparison.generation
+        gated = generation.gated()
+        numbers.update({f"gen_{generation.metric}_candidate": gated.candidate,
+                        f"gen_{generation.metric}_baseline": gated.baseline,
+                        f"gen_{generation.metric}_delta": gated.mean_difference,
+                        "gen_stop_rate_candidate": generation.candidate_stopped / generation.rows,
+                        "gen_stop_rate_baseline": generation.baseline_stopped / generation.rows})
+    if comparison.judge is not None:
+        numbers.update({"judge_candidate_wins": comparison.judge.candidate_wins,
+                        "judge_baseline_wins": comparison.judge.baseline_wins,
+                        "judge_sign_test_p": comparison.judge.sign_test_p})
     return {key: round(float(value), 6) for key, value in numbers.items()}  # 0.05, not 0.04999999999999999
 
 
@@ -208,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     for role in ("candidate", "baseline"):
         parser.add_argument(f"--{role}-mmlu", required=True, help=f"The {role}'s MMLU results.json.")
         parser.add_argument(f"--{role}-task", required=True, help=f"The {role}'s held-out task.json.")
+        parser.add_argument(f"--{role}-generations", default=None,
+                            help=f"The {role}'s generations.jsonl (both or neither: the generation rule).")
     parser.add_argument("--baseline-name", default=BASE_MODEL_NAME, help="How the report names the baseline.")
     parser.add_argument("--held-out-below", type=float, default=1.0,
                         help="Compare only held-out rows whose key position is below this (find-baseline's "
@@ -222,14 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     inputs = {f"--{name.replace('_', '-')}": getattr(args, name)
-              for name in ("candidate_mmlu", "candidate_task", "baseline_mmlu", "baseline_task")}
+              for name in ("candidate_mmlu", "candidate_task", "baseline_mmlu", "baseline_task",
+                           "candidate_generations", "baseline_generations")}
+    if bool(args.candidate_generations) != bool(args.baseline_generations):
+        parser.error("--candidate-generations and --baseline-generations go together")
     try:
         cfg = cli_config(parser, args)
         for flag, output in (("--report", args.report), ("--json", args.json_out)):
             if output:  # checked first: an output must never replace one of the results it compares
                 guard_output(output, inputs, flag=flag)
         comparison = compare_files(args.candidate_mmlu, args.candidate_task, args.baseline_mmlu, args.baseline_task,
-                                   cfg, baseline_name=args.baseline_name, held_out_below=args.held_out_below)
+                                   cfg, baseline_name=args.baseline_name, held_out_below=args.held_out_below,
+                                   generations=(args.candidate_generations, args.baseline_generations)
+                                   if args.candidate_generations else None)
         outputs = [(args.report, render_report(comparison)) if args.report else None,
                    (args.json_out, comparison.model_dump_json(indent=2)) if args.json_out else None]
         _write_all([output for output in outputs if output])

@@ -6,7 +6,8 @@
 - **Sources on the PVC**: a version's source is an opaque ``pvc://<pvc>/<path>`` URI (:func:`pvc_uri`,
   :func:`path_from_pvc_uri`), never a path that only one pod could read.
 - **Stored scores** (:func:`find_stored`): every evaluation stores its results on its MLflow run, tagged with its
-  eval keys (``llmft.eval_key`` for MMLU, ``llmft.task_eval_key`` for the held-out task). A key covers everything
+  eval keys (``llmft.eval_key`` for MMLU, ``llmft.task_eval_key`` for the held-out task,
+  ``llmft.generation_eval_key`` for the generated answers). A key covers everything
   that decides the score (the model's content, the data, the split, the template...), so a score with the same
   key is reused instead of spending GPU time again: the scores a promoted candidate got are the champion's in
   the next run. Each stored file is validated where it is found (a missing, damaged or foreign one is passed over,
@@ -46,11 +47,13 @@ LOGGED_MODEL_TAG = "llmft.logged_model_id"
 MAX_TAG_CHARS = 4000  # keeps long reason lists well inside every MLflow backend's tag limit
 EVAL_KEY_TAG = "llmft.eval_key"  # MMLU
 TASK_EVAL_KEY_TAG = "llmft.task_eval_key"
+GENERATION_EVAL_KEY_TAG = "llmft.generation_eval_key"  # generated answers (components.evaluate.generate)
 MODEL_ID_TAG = "llmft.model_id"
 # What a stored evaluation records of its setup (tags of the evaluate run), to say why a score was not reused.
 SETUP_TAGS = {"llmft.task_split_hash": "the held-out split", "llmft.task_template": "the template",
               "llmft.task_cutoff_len": "cutoff_len", "llmft.mmlu_data_hash": "the MMLU data",
-              "llmft.mmlu_n_shot": "the MMLU n-shot", "llmft.mmlu_subjects": "the MMLU subjects"}
+              "llmft.mmlu_n_shot": "the MMLU n-shot", "llmft.mmlu_subjects": "the MMLU subjects",
+              "llmft.generate_rows": "evaluation.generate_rows", "llmft.max_new_tokens": "evaluation.max_new_tokens"}
 
 
 class RegistryError(RuntimeError):
@@ -228,6 +231,8 @@ def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, 
 
     from mlflow.exceptions import MlflowException
 
+    from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
+    from components.evaluate.generate.results import GenerationResultsError, parse_generations
     from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
     from components.evaluate.mmlu.results import ResultsFileError, parse_mmlu_results
     from components.evaluate.task.results import TaskResultsError, parse_task_results
@@ -240,9 +245,13 @@ def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, 
             reason = str(exc).replace(tmp, "<download>")[:300]
             return f"{source} cannot be read: {type(exc).__name__}: {reason}", ""
     try:
-        results = parse_mmlu_results(text, source) if file_name == MMLU_RESULTS_FILE else \
-            parse_task_results(text, source)
-    except (ResultsFileError, TaskResultsError) as exc:
+        if file_name == MMLU_RESULTS_FILE:
+            results = parse_mmlu_results(text, source)
+        elif file_name == GENERATIONS_FILE:
+            results = parse_generations(text, source).header
+        else:
+            results = parse_task_results(text, source)
+    except (ResultsFileError, TaskResultsError, GenerationResultsError) as exc:
         return str(exc)[:1000], text
     if results.eval_key != key:
         return f"{source} has eval key {results.eval_key[:12]}..., not {key[:12]}...", text

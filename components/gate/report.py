@@ -3,9 +3,13 @@
 Images are never embedded in the Markdown (MLflow's viewer shows data URIs as broken images): MLflow gets the
 plot as a PNG beside ``report.md``, referenced by relative path; the Kubeflow UI gets the Markdown with the loss
 curve as a text sparkline, and an HTML artifact with the plot embedded.
+
+Text that comes from users or models (prompts, reference answers, generated answers) is escaped before it goes
+into the Markdown (:func:`escape_markdown`): it can neither break a table nor inject HTML into the page.
 """
 
 import base64
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -16,11 +20,15 @@ from components.common.tracking import find_artifact
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from components.gate.generation import GenerationComparison, SideBySide
+    from components.gate.judge import JudgeComparison
     from components.gate.rules import Comparison
 
 LOSS_HISTORY_METRICS = ("loss", "train/loss")
 MAX_PLOT_BYTES = 2_000_000  # larger plots bloat the UI's Markdown artifact; the sparkline stands in
 SPARK = "▁▂▃▄▅▆▇█"
+SHOWN_CHARS = 600  # of each prompt, reference and answer in the side-by-side rows
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~&$])")
 
 
 def train_loss(client: "MlflowClient", run_id: str | None) -> float | None:
@@ -129,6 +137,8 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
                      f"{row.candidate_only} | {row.baseline_only} | {row.p_value:.3g} |")
     lines += ["", f"{task.confidence:.0%} bootstrap interval of the micro difference: "
                   f"[{mmlu.ci_low:+.4f}, {mmlu.ci_high:+.4f}]."]
+    if comparison.generation is not None:
+        lines += ["", *generation_section(comparison.generation, comparison.judge)]
     if training_loss is not None or loss_plot:
         lines += ["", "## Training", ""]
         if training_loss is not None:
@@ -136,6 +146,63 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
         if loss_plot:
             lines.append(loss_plot)
     return "\n".join(lines) + "\n"
+
+
+def escape_markdown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """User or model text made safe for one Markdown table cell or paragraph: cut at ``limit`` characters, line
+    breaks shown as ``↵``, every character Markdown or HTML would read as syntax backslash-escaped."""
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    flat = " ↵ ".join(line.strip() for line in text.strip().splitlines()) or "(empty)"
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+
+
+def generation_section(generation: "GenerationComparison", judge: "JudgeComparison | None" = None) -> list[str]:
+    """The report's lines on the generated answers: the scores of both, the judge, the rows that differ most."""
+    from components.gate.generation import METRIC_LABELS
+
+    rows, tokens = generation.rows, generation.max_new_tokens
+    lines = [f"## Generated answers: {rows} held-out rows, greedy, at most {tokens} new tokens", "",
+             "| score (0-100 per row) | Candidate | Baseline | Mean difference | "
+             f"{generation.confidence:.0%} interval |", "|---|---:|---:|---:|---|"]
+    for metric in generation.metrics:
+        gated = " (gated)" if metric.name == generation.metric else ""
+        lines.append(f"| {METRIC_LABELS[metric.name]}{gated} | {metric.candidate:.2f} | {metric.baseline:.2f} | "
+                     f"{metric.mean_difference:+.2f} | [{metric.ci_low:+.2f}, {metric.ci_high:+.2f}] |")
+    lines += [f"| stopped before {tokens} tokens | {generation.candidate_stopped}/{rows} | "
+              f"{generation.baseline_stopped}/{rows} | | |",
+              f"| mean answer length (tokens) | {generation.candidate_answer_tokens:.1f} | "
+              f"{generation.baseline_answer_tokens:.1f} | | |"]
+    if judge is not None:
+        lines += ["", f"Judge {escape_markdown(judge.model, 200)} on {judge.rows} rows, each asked in both orders: "
+                      f"the candidate wins {judge.candidate_wins}, the baseline {judge.baseline_wins}, {judge.ties} "
+                      f"ties; two-sided sign test p={judge.sign_test_p:.3g}."]
+    label = METRIC_LABELS[generation.metric]
+    for title, pairs in ((f"Worst regressions ({label}, candidate minus baseline)", generation.regressions),
+                         (f"Best improvements ({label}, candidate minus baseline)", generation.improvements)):
+        lines += ["", f"### {title}", ""]
+        if not pairs:
+            lines.append("_None: no row scores " + ("lower" if "regressions" in title else "higher") + "._")
+        for number, pair in enumerate(pairs, 1):
+            lines += [*_side_by_side(number, pair, label, generation.metric), ""]
+    return lines
+
+
+def _side_by_side(number: int, pair: "SideBySide", label: str, metric: str) -> list[str]:
+    history = f" (after {pair.history_turns} earlier turn{'s' * (pair.history_turns != 1)})" \
+        if pair.history_turns else ""
+    cand, base = pair.candidate_scores, pair.baseline_scores
+    lines = [f"**{number}. {label} {getattr(base, metric):.2f} → {getattr(cand, metric):.2f} "
+             f"({pair.difference:+.2f})**, row `{pair.row}`", "",
+             f"- prompt{history}: {escape_markdown(pair.prompt)}", f"- reference: {escape_markdown(pair.reference)}",
+             "", "| | Candidate | Baseline |", "|---|---|---|",
+             f"| answer | {escape_markdown(pair.candidate_answer)} | {escape_markdown(pair.baseline_answer)} |"]
+    from components.gate.generation import METRIC_LABELS
+
+    for name, shown in METRIC_LABELS.items():
+        lines.append(f"| {shown} | {getattr(cand, name):.2f} | {getattr(base, name):.2f} |")
+    stopped = ("yes" if flag else "no" for flag in (pair.candidate_stopped, pair.baseline_stopped))
+    lines.append("| stopped | {} | {} |".format(*stopped))
+    return lines
 
 
 def _perplexity(loss: float) -> str:

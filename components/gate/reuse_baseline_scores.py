@@ -1,25 +1,35 @@
 """The reuse-baseline-scores step: the baseline's stored scores, fetched from MLflow instead of evaluating again.
 
-find-baseline found both of the baseline's results files stored under this run's eval keys
-(:func:`components.gate.registry.find_stored`); this step copies them to ``<run dir>/eval/baseline/``, where
-compare reads them; :func:`components.gate.registry.find_stored` checks that each validates and carries the key it
-was looked up by.
+find-baseline found the baseline's results files stored under this run's eval keys
+(:func:`components.gate.registry.find_stored`): MMLU, the held-out task and, with generation on, the generated
+answers (whose key follows from the task key and the generation settings,
+:func:`components.evaluate.evaluate.generation_key`). This step copies them to ``<run dir>/eval/baseline/``,
+where compare reads them, after checking that each validates and carries the key it was found by.
 """
 
 from __future__ import annotations
 
 from components.common.storage import atomic_write_text, run_dir
 from components.common.tracking import set_run_tags, step_run
+from components.evaluate.evaluate import generation_key
+from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
-from components.gate.registry import EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, BaselineError, find_stored
+from components.gate.registry import (
+    EVAL_KEY_TAG,
+    GENERATION_EVAL_KEY_TAG,
+    TASK_EVAL_KEY_TAG,
+    BaselineError,
+    find_stored,
+)
 from configs.loading import config_from_json
 
 STEP = "reuse-baseline-scores"
 
 
 def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tuple[str, str]:
-    """Copy the baseline's stored results.json and task.json (by eval key) to ``<run dir>/eval/baseline/``.
+    """Copy the baseline's stored results.json, task.json (and generations.jsonl) by eval key to
+    ``<run dir>/eval/baseline/``.
 
     Raises:
         ConfigError: the config parameter is invalid.
@@ -29,7 +39,10 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
     """
     cfg = config_from_json(config)
     target = run_dir(cfg, kfp_run_id) / "eval" / "baseline"
-    wanted = ((EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE))
+    wanted = [(EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
+    gen_key = generation_key(cfg, task_key)
+    if gen_key:
+        wanted.append((GENERATION_EVAL_KEY_TAG, gen_key, GENERATIONS_FILE))
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         found = {}
         for tag, key, file_name in wanted:
@@ -48,3 +61,4 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
                                       "llmft.source_run_ids": ",".join(sorted({stored.run_id
                                                                               for stored in found.values()}))})
     return str(target / MMLU_RESULTS_FILE), str(target / TASK_RESULTS_FILE)
+

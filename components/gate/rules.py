@@ -16,10 +16,21 @@ failed. The candidate is promoted only when all of them pass.
 3. **General knowledge must not get worse.** MMLU micro accuracy drops by at most
    ``gate.mmlu_max_drop`` (absolute), and
 4. no MMLU category drops by more than ``gate.max_regression``.
+5. **Generated answers must not get worse** (when ``gate.require_generation`` and ``evaluation.generate_rows``
+   > 0; :mod:`components.gate.generation`). On the same held-out rows, answered greedily by both models, the mean
+   of ``gate.generation_metric`` (chrF by default; every score is 0-100 points per row) drops by at most
+   ``gate.generation_max_drop`` points, and the share of answers that stop before ``evaluation.max_new_tokens``
+   drops by at most ``gate.generation_max_stop_drop``. Both are decided on exact integers: the sums of the stored
+   per-row scores (each rounded to 10^-4 points) and the counts of stopped rows, against the limits as written
+   in the config (read as decimals), so a drop exactly at a limit passes and one 10^-4 point beyond fails, with
+   no float rounding either way. A tie (no drop) always passes: this rule guards, it does not promote. When the
+   rule is off, the scores are still reported.
 
 Also reported, not ruled on: a paired bootstrap interval of the relative loss change and of the MMLU
 micro difference (``gate.bootstrap_samples`` resamples, seeded), and McNemar's exact test on MMLU
-per-question correctness.
+per-question correctness; for the generated answers, every score's paired bootstrap interval and the rows where
+the two models differ most; and, with a judge (``evaluation.judge_endpoint``, :mod:`components.gate.judge`), a
+pairwise verdict per row in both orders with a sign test.
 
 Two results are compared only when their eval setups agree (task: held-out split hash, template,
 cutoff, scoring version; MMLU: data hash, n-shot, subjects, limit, prompt version). Otherwise
@@ -29,18 +40,23 @@ cutoff, scoring version; MMLU: data hash, n-shot, subjects, limit, prompt versio
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from components.evaluate.generate.results import DIGITS as SCORE_DIGITS
+from components.evaluate.generate.results import Generations
 from components.evaluate.mmlu.results import MmluResults
+from components.gate.generation import METRIC_LABELS, GenerationComparison, NotPaired, compare_generations
+from components.gate.judge import JudgeComparison
 from configs.schema import GateConfig
 
 PROMOTE, KEEP = "promote", "keep-champion"
 DECISIONS = (PROMOTE, KEEP)
 CATEGORY_ORDER = ("STEM", "humanities", "social sciences", "other")
 EPSILON = 1e-12  # thresholds are inclusive: a value exactly at a limit passes
-HEADLINE_CHARS = 100
+HEADLINE_CHARS = 140
 
 
 class NotComparable(ValueError):
@@ -63,7 +79,7 @@ class _Record(BaseModel):
 class RuleResult(_Record):
     """One gate rule's outcome: ``short`` fits the one-line decision, ``detail`` is the full reason."""
 
-    rule: Literal["task", "significance", "mmlu", "categories"]
+    rule: Literal["task", "significance", "mmlu", "categories", "generation"]
     passed: bool
     short: str
     detail: str
@@ -139,6 +155,8 @@ class Comparison(_Record):
     task: TaskComparison
     mmlu: MmluComparison
     gate: dict[str, Any]
+    generation: GenerationComparison | None = None  # None: evaluation.generate_rows was 0
+    judge: JudgeComparison | None = None  # None: no evaluation.judge_endpoint
 
     @property
     def reasons(self) -> list[str]:
@@ -299,28 +317,67 @@ def _p_text(p_value: float, alpha: float) -> str:
     return repr(p_value)
 
 
-def headline(decision: str, rules: list[RuleResult]) -> str:
-    """The one-line decision: the first failed rule, or for a promotion the task gain and the MMLU change."""
+def generation_rule(generation: GenerationComparison, gate: GateConfig) -> RuleResult:
+    """Rule 5: the generated answers' gated score and stop rate may drop by at most their limits (exact integers)."""
+    label, gated = METRIC_LABELS[generation.metric], generation.gated()
+    rows = generation.rows
+    drop_units = generation.baseline_units - generation.candidate_units  # > 0: the candidate scores lower
+    score_ok = drop_units <= Decimal(str(gate.generation_max_drop)).scaleb(SCORE_DIGITS) * rows
+    stop_drop = generation.baseline_stopped - generation.candidate_stopped
+    stop_ok = stop_drop <= Decimal(str(gate.generation_max_stop_drop)) * rows
+    cand_rate, base_rate = generation.candidate_stopped / rows, generation.baseline_stopped / rows
+    detail = (f"{label} of the generated answers {gated.baseline:.2f} -> {gated.candidate:.2f} "
+              f"({gated.mean_difference:+.2f} points, interval [{gated.ci_low:+.2f}, {gated.ci_high:+.2f}]) on {rows} "
+              f"rows, may drop by at most {gate.generation_max_drop:g}; stopped before {generation.max_new_tokens} "
+              f"tokens {generation.baseline_stopped} -> {generation.candidate_stopped} of {rows}, the rate may drop by "
+              f"at most {gate.generation_max_stop_drop:g}")
+    if not gate.require_generation:
+        return RuleResult(rule="generation", passed=True, short="generated answers not ruled on",
+                          detail=f"{detail}; not required (gate.require_generation is false)")
+    if not score_ok:
+        short = f"{label} {gated.mean_difference:+.1f} (may drop <= {gate.generation_max_drop:g})"
+    elif not stop_ok:
+        short = f"answers stopping {cand_rate:.0%} vs {base_rate:.0%} (may drop <= {gate.generation_max_stop_drop:.0%})"
+    else:
+        short = f"{label} {gated.mean_difference:+.1f} (may drop <= {gate.generation_max_drop:g})"
+    return RuleResult(rule="generation", passed=score_ok and stop_ok, short=short, detail=detail)
+
+
+def headline(decision: str, rules: list[RuleResult], shown_on_promotion: tuple[str, ...] = ("task", "mmlu")) -> str:
+    """The one-line decision: the first failed rule, or for a promotion the rules ``shown_on_promotion`` (the task
+    gain, the MMLU change and, when it ruled, the generated answers' score)."""
     failed = [rule for rule in rules if not rule.passed]
-    shown = failed[:1] if failed else [rule for rule in rules if rule.rule in ("task", "mmlu")]
+    shown = failed[:1] if failed else [rule for rule in rules if rule.rule in shown_on_promotion]
     line = f"{decision}: " + ", ".join(rule.short for rule in shown)
     return line if len(line) <= HEADLINE_CHARS else line[:HEADLINE_CHARS - 1] + "…"
 
 
 def compare(candidate_mmlu: MmluResults, baseline_mmlu: MmluResults, candidate_task: TaskScores,
             baseline_task: TaskScores, gate: GateConfig, *, baseline_name: str, first_model: bool,
-            seed: int) -> Comparison:
-    """Compare the candidate with the baseline on the held-out task and on MMLU, and decide.
+            seed: int, generations: tuple[Generations, Generations] | None = None) -> Comparison:
+    """Compare the candidate with the baseline on the held-out task, on MMLU and (``generations``: the candidate's
+    and the baseline's answers) on generated answers, and decide.
 
     Raises:
         NotComparable: the two models' results were not obtained the same way (see the module docstring).
     """
     task = compare_task(candidate_task, baseline_task, gate, seed=seed)
     mmlu = compare_mmlu(candidate_mmlu, baseline_mmlu, gate, seed=seed)
+    generation = None
+    if generations is not None:
+        try:
+            generation = compare_generations(*generations, metric=gate.generation_metric,
+                                             samples=gate.bootstrap_samples, confidence=1 - gate.alpha, seed=seed)
+        except NotPaired as exc:
+            raise NotComparable(str(exc)) from None
     rules = apply_rules(task, mmlu, gate, baseline_name)
+    if generation is not None:  # no answers generated (evaluation.generate_rows 0): no rule to report
+        rules.append(generation_rule(generation, gate))
     decision = PROMOTE if all(rule.passed for rule in rules) else KEEP
     for number in (task.ci_low, task.ci_high, mmlu.ci_low, mmlu.ci_high):
         if not math.isfinite(number):
             raise NotComparable("the paired bootstrap gave a non-finite interval: the losses are degenerate")
-    return Comparison(decision=decision, headline=headline(decision, rules), baseline_name=baseline_name,
-                      first_model=first_model, rules=rules, task=task, mmlu=mmlu, gate=gate.model_dump())
+    ruled = ("task", "mmlu", "generation") if generation is not None and gate.require_generation else ("task", "mmlu")
+    return Comparison(decision=decision, headline=headline(decision, rules, ruled), baseline_name=baseline_name,
+                      first_model=first_model, rules=rules, task=task, mmlu=mmlu, gate=gate.model_dump(),
+                      generation=generation)

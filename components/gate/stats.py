@@ -39,6 +39,15 @@ def _paired(candidate: Sequence[bool], baseline: Sequence[bool]) -> None:
         raise ValueError("paired samples are empty: there is nothing to compare")
 
 
+def _resampling(candidate: Sequence[float], baseline: Sequence[float], samples: int, confidence: float) -> None:
+    """Check a paired bootstrap's inputs (raises ValueError, see the callers)."""
+    _paired(candidate, baseline)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def discordant_counts(candidate: Sequence[bool], baseline: Sequence[bool]) -> tuple[int, int]:
     """Count ``(b, c)``: questions only the candidate got right, and only the baseline got right.
 
@@ -179,11 +188,7 @@ def relative_change_ci(
         ValueError: lengths differ, the samples are empty, the baseline's mean loss is not positive,
             ``samples < 1`` or ``confidence`` is not in (0, 1).
     """
-    _paired(candidate, baseline)
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _resampling(candidate, baseline, samples, confidence)
     import numpy as np
 
     cand, base = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
@@ -201,3 +206,33 @@ def relative_change_ci(
     tail = (1.0 - confidence) / 2.0
     low, high = np.nanquantile(resampled, [tail, 1.0 - tail])
     return BootstrapInterval(estimate, float(low), float(high), confidence, samples, seed)
+
+
+def mean_difference_ci(
+    candidate: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapInterval:
+    """Paired bootstrap percentile interval for ``mean(candidate - baseline)`` (e.g. per-row answer scores).
+
+    Rows are resampled with replacement, each row's two scores together.
+
+    Raises:
+        ValueError: lengths differ, the samples are empty, ``samples < 1`` or ``confidence`` is not in (0, 1).
+    """
+    _resampling(candidate, baseline, samples, confidence)
+    import numpy as np
+
+    diffs = np.asarray(candidate, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    resampled = np.empty(samples, dtype=np.float64)
+    chunk = max(1, (1 << 20) // len(diffs))  # ~8 MB of indices at a time, whatever the row count
+    for start in range(0, samples, chunk):
+        rows = rng.integers(0, len(diffs), size=(min(chunk, samples - start), len(diffs)))
+        resampled[start:start + len(rows)] = diffs[rows].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
+    return BootstrapInterval(float(diffs.mean()), float(low), float(high), confidence, samples, seed)

@@ -9,7 +9,7 @@ configuration every later task reads:
    compiled with is applied last, so **typed parameter > overrides > config**. A typed parameter left at
    its default leaves the field to the overrides and the config.
 
-Cluster parameters (``h_*``: PVC, GPU node selector, tolerations, accelerator type and count) are also
+Cluster parameters (``h_*``: PVC, GPU node selector, tolerations, accelerator type and counts) are also
 set on the pods by the pipeline, so the config must agree with them: their value always wins, and an
 override that sets one of those fields to something else is refused (it would reserve one number of GPUs
 and train on another).
@@ -50,7 +50,7 @@ COMPILE_TIME = (
     "cluster.memory_limit", "cluster.light_cpu_request", "cluster.light_memory_request", "cluster.shm_size",
     "cluster.train_timeout_s", "cluster.eval_timeout_s", "cluster.merge_timeout_s", "cluster.light_timeout_s",
     "cluster.train_retries", "training.deepspeed_stage", "storage.mount_path", "storage.output_root",
-    "mlflow.credentials_secret",
+    "mlflow.credentials_secret", "evaluation.judge_secret",
 )
 CLUSTER_PREFIX = "h_"
 

@@ -12,6 +12,7 @@ validate-dataset code, the sample MMLU, real KFP artifact objects.
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -32,6 +33,7 @@ def cfg(storage_root, mlflow_server):
     return load_config("local", overrides=[
         f"storage.mount_path={storage_root}", f"mlflow.tracking_uri={mlflow_server.uri}",
         f"mlflow.experiment=evaluate-{uuid.uuid4().hex[:8]}", "evaluation.limit=2", "evaluation.batch_size=8",
+        "evaluation.generate_rows=4", "evaluation.max_new_tokens=8",
     ])
 
 
@@ -119,15 +121,31 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
     assert run.data.metrics["task_rows"] == task.examples and run.data.metrics["mmlu_questions"] == 10
     client = make_client(cfg)
     assert sorted(item.path for item in client.list_artifacts(run.info.run_id, "eval")) == [
-        "eval/results.json", "eval/task.json"]
+        "eval/generations.jsonl", "eval/generations_table.json", "eval/results.json", "eval/task.json"]
+    # The generated answers: beside task.json, under their own key, as metrics and as an MLflow table.
+    from components.evaluate.evaluate import generation_key
+    from components.evaluate.generate.results import load_generations
+
+    generations_path = folder / "generations.jsonl"
+    generations = load_generations(generations_path)
+    assert generations.header.eval_key == generation_key(cfg, task.eval_key) == \
+        run.data.tags["llmft.generation_eval_key"]
+    assert generations.header.rows == 4 and generations.header.max_new_tokens == 8
+    assert (run.data.tags["llmft.generate_rows"], run.data.tags["llmft.max_new_tokens"]) == ("4", "8")
+    assert run.data.metrics["gen_chrf"] == generations.header.means.chrf
+    assert run.data.metrics["gen_stop_rate"] == generations.header.stop_rate
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/generations_table.json",
+                                                      str(tmp_path / "table"))).read_text())
+    assert table["columns"][:4] == ["row", "prompt", "reference", "answer"] and len(table["data"]) == 4
 
     # A retry of the same task finds its own complete files under the same keys and scores nothing again.
-    stamps = (Path(mmlu_path).stat().st_mtime_ns, Path(task_path).stat().st_mtime_ns)
+    stamps = [path.stat().st_mtime_ns for path in (Path(mmlu_path), Path(task_path), generations_path)]
     outputs, _, _, _ = evaluate(cfg, "run-1", "models/base-model", "candidate", tmp_path / "retry")
     assert outputs == (mmlu_path, task_path, micro, loss)
-    assert (Path(mmlu_path).stat().st_mtime_ns, Path(task_path).stat().st_mtime_ns) == stamps
+    assert [path.stat().st_mtime_ns for path in (Path(mmlu_path), Path(task_path), generations_path)] == stamps
     _, retry = evaluate_runs(cfg, "run-1", "candidate")
-    assert retry.data.tags["llmft.eval_reused"] == "results.json,task.json" and retry.info.status == "FINISHED"
+    assert retry.data.tags["llmft.eval_reused"] == "results.json,task.json,generations.jsonl"
+    assert retry.info.status == "FINISHED"
     assert retry.data.tags["llmft.attempt"] == "2"
 
     with pytest.raises(ValueError, match="role must be one of candidate, baseline, got 'judge'"):
@@ -151,9 +169,21 @@ def test_a_copy_of_a_scored_model_gets_the_stored_scores_without_being_scored(cf
     assert Path(mmlu_copy).read_bytes() == Path(mmlu_path).read_bytes()
     assert Path(task_copy).read_bytes() == Path(task_path).read_bytes()
     assert f'"model": "{base}"' in Path(mmlu_copy).read_text() and str(copy) not in Path(task_copy).read_text()
+    answers = Path(task_path).with_name("generations.jsonl")
+    answers_copy = Path(task_copy).with_name("generations.jsonl")
+    assert answers_copy.read_bytes() == answers.read_bytes()  # the champion's answers: reused by their key
     (run,) = evaluate_runs(cfg, "run-2", "baseline")
-    assert run.data.tags["llmft.eval_reused"] == "results.json,task.json"
+    assert run.data.tags["llmft.eval_reused"] == "results.json,task.json,generations.jsonl"
     assert run.data.tags["llmft.eval_model_dir"] == str(copy)
+
+    # Other generation settings: another key. Only the answers are generated again; MMLU and the loss are reused.
+    longer = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"max_new_tokens": 12})})
+    snapshot(longer, "run-3")
+    evaluate(longer, "run-3", "models/champion-copy", "baseline", tmp_path / "third")
+    (run,) = evaluate_runs(cfg, "run-3", "baseline")
+    assert run.data.tags["llmft.eval_reused"] == "results.json,task.json"
+    regenerated = run_dir(cfg, "run-3") / "eval" / "baseline" / "generations.jsonl"
+    assert '"max_new_tokens": 12' in regenerated.read_text() and str(copy) in regenerated.read_text()
 
 
 def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg, tmp_path):

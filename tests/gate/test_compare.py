@@ -16,6 +16,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,10 +25,13 @@ from builders import (
     REPO_ROOT,
     base_losses,
     flags_first_right,
+    generations_results,
+    generations_text,
     mmlu_results,
     mmlu_text,
     moved,
     publish_version,
+    row_key,
     stand_in_config,
     task_results,
     task_text,
@@ -58,16 +62,23 @@ def baseline_flags() -> dict[str, list[bool]]:
 def write_pair(folder: Path, candidate_answers: dict[str, list[bool]], candidate_losses: list[float | None], *,
                baseline_answers: dict[str, list[bool]] | None = None,
                baseline_losses: list[float | None] | None = None, baseline_mmlu: dict | None = None,
-               baseline_task: dict | None = None) -> tuple[Path, Path, Path, Path]:
+               baseline_task: dict | None = None,
+               generations: tuple[Any, Any] | None = None) -> tuple[Path, Path, Path, Path]:
     """Candidate and baseline results files under ``folder``: (candidate MMLU, candidate task, baseline MMLU,
     baseline task). The baseline answers ``baseline_flags()`` and has ``base_losses()`` unless told otherwise;
-    ``baseline_mmlu`` / ``baseline_task`` are builder options for its files (another data hash, template...)."""
+    ``baseline_mmlu`` / ``baseline_task`` are builder options for its files (another data hash, template...).
+    Each model's generations.jsonl goes beside its task.json: ``generations`` (candidate, baseline), by default
+    both answering 40 rows with the same scores."""
     candidate = write_results(folder / "candidate", mmlu_results(candidate_answers, model="cand"),
                               task_results(candidate_losses, model="cand"))
     baseline = write_results(
         folder / "baseline", mmlu_results(baseline_answers or baseline_flags(), model="base", **(baseline_mmlu or {})),
         task_results(base_losses() if baseline_losses is None else baseline_losses, model="base",
                      **(baseline_task or {})))
+    same = [float(index) for index in range(40)]
+    answers = generations or (generations_results(same, model="cand"), generations_results(same, model="base"))
+    for task_path, generated in zip((candidate[1], baseline[1]), answers, strict=True):
+        task_path.with_name("generations.jsonl").write_text(generations_text(generated), encoding="utf-8")
     return (*candidate, *baseline)
 
 
@@ -263,25 +274,28 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
     ``mmlu_key``: the eval key written inside results.json (the tag keeps the real one); ``task_text_of``: turns
     task.json's text into what is stored (None from it: no task.json artifact at all)."""
     from components.common.tracking import experiment_id
-    from components.evaluate.evaluate import eval_setup
+    from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
 
     setup = eval_setup(cfg, kfp_run_id, model_dir)
+    gen_key = generation_key(cfg, setup.task_key)
     client = _client(cfg)
     run = client.create_run(experiment_id(client, cfg.mlflow.experiment),
                             tags={"llmft.eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
-                                  **setup.tags})
+                                  "llmft.generation_eval_key": gen_key, **setup.tags, **generation_tags(cfg)})
     client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or setup.mmlu_key)),
                     "eval/results.json")
     task = task_text(task_results(base_losses(), eval_key=setup.task_key))
     task = task_text_of(task) if task_text_of else task
     if task is not None:
         client.log_text(run.info.run_id, task, "eval/task.json")
+    client.log_text(run.info.run_id, generations_text(generations_results([50.0] * 40, eval_key=gen_key)),
+                    "eval/generations.jsonl")
     client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
 
 def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg):
-    from components.evaluate.evaluate import eval_setup
+    from components.evaluate.evaluate import eval_setup, generation_key
 
     config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "r1")
@@ -308,12 +322,41 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert (Path(mmlu_path), Path(task_path)) == (target / "results.json", target / "task.json")
     assert Path(mmlu_path).read_text() == mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key))
     assert Path(task_path).read_text() == task_text(task_results(base_losses(), eval_key=task_key))
+    # The generated answers come along, beside task.json where compare looks for them.
+    assert (target / "generations.jsonl").read_text() == generations_text(
+        generations_results([50.0] * 40, eval_key=generation_key(cfg, task_key)))
     (fetch,) = _runs(cfg, "reuse-baseline-scores")
     assert fetch.data.tags["llmft.source_run_ids"] == source and fetch.info.status == "FINISHED"
 
     with pytest.raises(BaselineError, match="evaluate the baseline instead"):
         run_fetch_baseline_results(config=config, kfp_run_id="r3", mmlu_key="0" * 64, task_key=task_key)
     assert not (run_dir(cfg, "r3") / "eval").exists()
+
+
+def test_stored_answers_are_reused_by_their_key_and_generated_afresh_when_the_settings_change(cfg):
+    """The champion's generated answers carry their own key (the task key plus the generation settings)."""
+    base = on_volume(cfg, cfg.storage.base_model)
+    snapshot(cfg, "r1")
+    store_eval_run(cfg, "r1", base)
+    assert run_resolve_baseline(config=cfg.model_dump_json(), kfp_run_id="r1")[0] is False
+
+    longer = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"max_new_tokens": 999})})
+    needs_eval, _, _, note, mmlu_key, task_key, _ = run_resolve_baseline(
+        config=longer.model_dump_json(), kfp_run_id="r1")
+    assert needs_eval is True  # MMLU and the held-out loss are stored; the answers for 999 tokens are not
+    assert note == (f"base model evaluated afresh: its stored scores were computed differently: "
+                    f"evaluation.max_new_tokens ({cfg.evaluation.max_new_tokens} -> 999)")
+    with pytest.raises(BaselineError, match="llmft.generation_eval_key="):
+        run_fetch_baseline_results(config=longer.model_dump_json(), kfp_run_id="r1", mmlu_key=mmlu_key,
+                                   task_key=task_key)
+    assert not (run_dir(cfg, "r1") / "eval").exists()  # nothing half-copied
+
+    # Generation off: the stored MMLU and task scores suffice, and no answers are copied.
+    off = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"generate_rows": 0})})
+    assert run_resolve_baseline(config=off.model_dump_json(), kfp_run_id="r1")[0] is False
+    run_fetch_baseline_results(config=off.model_dump_json(), kfp_run_id="r1", mmlu_key=mmlu_key, task_key=task_key)
+    assert sorted(path.name for path in (run_dir(cfg, "r1") / "eval" / "baseline").iterdir()) == [
+        "results.json", "task.json"]
 
 
 DAMAGED = {  # what is wrong with the stored scores: (store_eval_run options, what the note must say)
@@ -558,8 +601,14 @@ def image_sources(markdown: str) -> list[str]:
 
 def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg, tmp_path):
     client, config = _client(cfg), cfg.model_dump_json()
+    # Generated answers: the candidate scores 2 chrF points more on every row but row 3 (10 fewer): +1.7 on average.
+    base_chrf = [20.0 + index for index in range(40)]
+    cand_chrf = [score - 10 if index == 3 else score + 2 for index, score in enumerate(base_chrf)]
+    hostile = "<script>alert(1)</script> | **bold** [link](http://x) `code`\nsecond line"
+    answers = (generations_results(cand_chrf, model="cand", answers={3: hostile}, prompts={3: "Q | <b>?"}),
+               generations_results(base_chrf, model="base"))
     files = write_pair(run_dir(cfg, "run-7") / "eval", moved(baseline_flags(), astronomy=(4, 0), nutrition=(2, 1)),
-                       better_task())
+                       better_task(), generations=answers)
     train = train_run(cfg, [2.0, 1.5, 1.0, 0.8, 0.5], plot=True)
     report, report_html, metrics = kfp_outputs(tmp_path / "kfp")
 
@@ -572,7 +621,15 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     # comparison.json is the gate's Comparison, exactly what the four files give.
     assert Path(comparison_path) == run_dir(cfg, "run-7") / "compare" / "comparison.json"
     comparison = Comparison.model_validate_json(Path(comparison_path).read_text())
-    assert comparison == compare_files(*files, cfg, baseline_name="base model")
+    beside = (files[1].with_name("generations.jsonl"), files[3].with_name("generations.jsonl"))
+    assert comparison == compare_files(*files, cfg, baseline_name="base model", generations=beside)
+    generation = comparison.generation
+    assert generation.rows == 40 and generation.gated().mean_difference == pytest.approx(1.7)
+    assert generation.candidate_units - generation.baseline_units == 17 * 4 * 10**4  # 68 points over 40 rows
+    assert [pair.row.rsplit("/", 1)[1] for pair in generation.regressions] == [row_key(3)]
+    assert len(generation.improvements) == 5 and generation.improvements[0].difference == pytest.approx(2)
+    assert comparison.rules[-1].rule == "generation" and comparison.rules[-1].passed
+    assert headline.endswith("chrF +1.7 (may drop <= 15)")  # the demo preset's limit
     assert (decision, headline) == ("promote", comparison.headline) == (comparison.decision, comparison.headline)
     assert comparison.mmlu.delta_micro == pytest.approx(0.05)
     assert comparison.mmlu.mcnemar_p == pytest.approx(mcnemar_exact_p(6, 1))
@@ -584,11 +641,20 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert "Mean training loss of the candidate: 0.3000." in markdown
     assert "Baseline: base model evaluated afresh: no stored score" in markdown
     assert "data:" not in markdown and image_sources(markdown) == []
+    # The side-by-side rows: the one regression first, its user text escaped (no table broken, no HTML let in).
+    assert "## Generated answers: 40 held-out rows, greedy, at most 64 new tokens" in markdown
+    regressions = markdown.split("### Worst regressions")[1].split("### Best improvements")[0]
+    assert f"**1. chrF 23.00 → 13.00 (-10.00)**, row `alpaca_sample@test/{row_key(3)}`" in regressions
+    assert "- prompt: Q \\| \\<b\\>?" in regressions
+    assert ("| answer | \\<script\\>alert(1)\\</script\\> \\| \\*\\*bold\\*\\* \\[link\\](http://x) "
+            "\\`code\\` ↵ second line | base says 3 |") in regressions
     # Its HTML twin embeds the plot.
     html = Path(report_html.path).read_text()
     import base64
 
     assert f'src="data:image/png;base64,{base64.b64encode(_png()).decode()}"' in html
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; | **bold** [link](http://x) `code`" in html
+    assert "<b>" not in html
     assert 'src="training_loss.png"' not in html
     assert metrics.metadata["promote"] == 1.0 and metrics.metadata["mmlu_delta"] == pytest.approx(0.05)
     assert metrics.metadata["task_loss_change"] == pytest.approx(-0.1)
@@ -598,7 +664,13 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert step.info.status == "FINISHED" and step.data.tags["llmft.decision"] == "promote"
     assert {key: value for key, value in step.data.tags.items() if key.startswith("llmft.rule.")} == {
         "llmft.rule.task": "pass", "llmft.rule.significance": "pass", "llmft.rule.mmlu": "pass",
-        "llmft.rule.categories": "pass"}
+        "llmft.rule.categories": "pass", "llmft.rule.generation": "pass"}
+    assert step.data.metrics["gen_chrf_delta"] == pytest.approx(1.7)
+    # Every paired answer as an MLflow table (the run's Evaluation view shows it), worst difference first.
+    table = json.loads(Path(client.download_artifacts(step.info.run_id, "compare/side_by_side.json",
+                                                      str(tmp_path / "table"))).read_text())
+    assert table["columns"][:5] == ["row", "prompt", "reference", "candidate_answer", "baseline_answer"]
+    assert len(table["data"]) == 40 and table["data"][0][3] == hostile
     assert step.data.metrics["mmlu_mcnemar_p"] == pytest.approx(round(comparison.mmlu.mcnemar_p, 6))
     assert {item.path for item in client.list_artifacts(step.info.run_id, "report")} == {
         "report/report.md", "report/training_loss.png"}
@@ -619,6 +691,11 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert parent.data.tags["llmft.decision_line"] == headline
     assert parent.data.metrics["task_loss_change"] == pytest.approx(-0.1)
     assert parent.data.metrics["promote"] == 1.0
+    # ... and the side-by-side table, which the experiment's Evaluation view lists for the pipeline runs it shows.
+    assert [item.path for item in client.list_artifacts(parent.info.run_id, "compare")] == [
+        "compare/side_by_side.json"]
+    assert json.loads(parent.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "compare/side_by_side.json", "type": "table"}]
 
 
 def test_without_a_loss_plot_the_mlflow_report_shows_the_sparkline_and_bad_input_fails_the_step(cfg, tmp_path):

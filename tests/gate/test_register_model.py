@@ -51,7 +51,10 @@ BASE_RIGHT = 8
 @pytest.fixture
 def cfg(tmp_path, mlflow_server):
     """The local preset on a fresh storage root with a stand-in base model and its own experiment and model."""
-    return stand_in_config(tmp_path / "storage", mlflow_server.uri, "registry", "gate.max_regression=0.1")
+    # Generation off: the lifecycle is decided by the loss and MMLU files built here (tests/gate/test_compare.py and
+    # test_generation_rule.py cover the generated answers).
+    return stand_in_config(tmp_path / "storage", mlflow_server.uri, "registry", "gate.max_regression=0.1",
+                           "evaluation.generate_rows=0")
 
 
 def _client(cfg):

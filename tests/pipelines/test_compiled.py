@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,23 @@ def test_multi_node_training_frees_the_train_task_from_the_gpu(tmp_path):
     resolved = config_from_json(spec.root.input_definitions.parameters["z_config"].default_value.string_value)
     assert (resolved.cluster.nodes, resolved.cluster.training_engine) == (4, "trainjob")
     assert resolved.cluster.training_runtime == "torch-distributed"
+
+
+def test_the_judge_key_comes_from_its_secret_and_evaluation_takes_its_own_gpu_count(tmp_path):
+    """``--set evaluation.judge_secret=...``: only the compare task (which asks the judge) gets the Secret's api_key
+    as $JUDGE_API_KEY, by reference; the evaluate tasks reserve h_eval_accelerator_count GPUs, training its own."""
+    out = tmp_path / "judge.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--config", "lora", "--set",
+                    "evaluation.judge_secret=judge-key", "--set", "evaluation.judge_endpoint=http://judge:8000/v1",
+                    "--output", str(out)], check=True, cwd=REPO_ROOT, capture_output=True)
+    _, _, platform = _documents(out)
+    executors = _k8s_executors(platform)
+    judged = [name for name, config in executors.items()
+              if any(secret.secret_name == "judge-key" for secret in config.secret_as_env)]
+    assert judged == ["exec-compare"]
+    (secret,) = [secret for secret in executors["exec-compare"].secret_as_env if secret.secret_name == "judge-key"]
+    assert [(item.secret_key, item.env_var) for item in secret.key_to_env] == [("api_key", "JUDGE_API_KEY")]
+    text = out.read_text()
+    counts = re.findall(r"accelerator_count:\n\s+runtimeValue:\n\s+constant: '\{\{\$\.inputs\.parameters\[''"
+                        r"pipelinechannel--(h_\w*accelerator_count)''\]\}\}'", text)
+    assert sorted(counts) == ["h_accelerator_count"] * 4 + ["h_eval_accelerator_count"] * 2  # 3 train, merge; 2 eval

@@ -11,6 +11,7 @@ every file and line printed is scanned for it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,27 @@ def test_make_demo_twice_promotes_then_keeps_the_champion(two_runs):
     assert "decision          : keep-champion: held-out loss +0.0% vs champion v1" in outputs[1]
     assert first["aliases"] == ["champion"] and first["champion"] == first["registered"]
     assert second["aliases"] == ["challenger"] and second["champion"] == first["registered"]
+
+
+def test_both_models_answer_the_held_out_rows_and_the_decision_names_the_generation_rule(two_runs):
+    from components.common.storage import run_dir
+    from components.common.typed_files import read_model
+    from components.gate.rules import Comparison
+
+    _, (first, second), cfg, outputs = two_runs
+    for role in ("baseline", "candidate"):  # one console line of answer scores per model
+        assert re.search(rf"  evaluate-{role} +{role} answers on 18 held-out rows: chrF \d+\.\d, ROUGE-L \d+\.\d, "
+                         r"token F1 \d+\.\d, exact \d+\.\d, stopped \d+/18", outputs[0]), role
+    assert re.search(r"promote: held-out loss -\d+\.\d% vs base model .*, chrF [+-]\d+\.\d \(may drop <= 15\)",
+                     first["headline"])
+    assert "generated answers : chrf " in outputs[0] and "generated answers : chrf " in outputs[1]
+    assert "candidate answers on 18 held-out rows" in outputs[1] and "tokens (stored, reused)" in outputs[1]
+    # The report's side-by-side rows come from comparison.json (the rows where the two differ most).
+    comparison = read_model(run_dir(cfg, first["kfp_run_id"]) / "compare" / "comparison.json", Comparison, "c")
+    assert comparison.generation.rows == 18
+    assert comparison.generation.regressions or comparison.generation.improvements
+    tie = read_model(run_dir(cfg, second["kfp_run_id"]) / "compare" / "comparison.json", Comparison, "c")
+    assert tie.generation.gated().mean_difference == 0 and not tie.generation.regressions
 
 
 def test_the_champion_is_not_evaluated_again_after_its_promotion(two_runs):
@@ -143,7 +165,8 @@ def test_outputs_are_run_scoped_and_the_trainer_saw_no_held_out_row(two_runs):
     assert outputs == sorted(summary["kfp_run_id"] for summary in summaries)
     for summary in summaries:
         run = storage / "output" / summary["kfp_run_id"]
-        assert {"results.json", "task.json"} <= {path.name for path in (run / "eval" / "candidate").iterdir()}
+        assert {"results.json", "task.json", "generations.jsonl"} <= {
+            path.name for path in (run / "eval" / "candidate").iterdir()}
         manifest = read_manifest(run / "data")
         train_yaml = (run / "train.yaml").read_text()
         assert f"dataset_dir: {run / 'data'}" in train_yaml and "alpaca_sample@test" not in train_yaml

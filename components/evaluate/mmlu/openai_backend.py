@@ -55,18 +55,27 @@ def completions_url(endpoint: str) -> str:
     return url + ("/completions" if url.endswith("/v1") else "/v1/completions")
 
 
-def _request(url: str, payload: dict | None, timeout_s: float) -> dict:
+def request_json(url: str, payload: dict | None, timeout_s: float, *, key_env: str = API_KEY_ENV,
+                 retries: int = RETRIES) -> dict:
+    """GET (``payload`` None) or POST JSON to an OpenAI-compatible ``url``, with the bearer key from ``$key_env``.
+
+    Server errors (5xx, 429) and network failures are retried ``retries`` times with a back-off; the key never
+    appears in an error, even when the server echoes it.
+
+    Raises:
+        BackendError: the request failed, or the reply is not a JSON object (the URL named, the server quoted).
+    """
     headers = {"Content-Type": "application/json"}
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    secrets = secrets_from_env([API_KEY_ENV])
+    key = os.environ.get(key_env, "").strip()
+    secrets = secrets_from_env([key_env])
     if key:
         reason = unsafe_token(key)
         if reason:  # urllib's own error would quote the whole header, key included
-            raise BackendError(f"${API_KEY_ENV} cannot be sent as a bearer token: {reason}")
+            raise BackendError(f"${key_env} cannot be sent as a bearer token: {reason}")
         headers["Authorization"] = f"Bearer {key}"
     data = None if payload is None else json.dumps(payload).encode()
     last = ""
-    for attempt in range(RETRIES + 1):
+    for attempt in range(retries + 1):
         request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as reply:
@@ -79,9 +88,9 @@ def _request(url: str, payload: dict | None, timeout_s: float) -> dict:
             last = str(getattr(exc, "reason", exc))
         else:
             return _parse_reply(body, url, secrets)
-        if attempt < RETRIES:
+        if attempt < retries:
             time.sleep(2**attempt)  # back off before retrying a busy or restarting server
-    raise BackendError(redact(f"completions endpoint {public_uri(url)} failed: {last}", secrets))
+    raise BackendError(redact(f"endpoint {public_uri(url)} failed: {last}", secrets))
 
 
 def _parse_reply(body: bytes, url: str, secrets: list[str]) -> dict:
@@ -91,27 +100,27 @@ def _parse_reply(body: bytes, url: str, secrets: list[str]) -> dict:
         BackendError: too long, not JSON (an HTML page, say), or not an object.
     """
     if len(body) > MAX_REPLY_BYTES:
-        raise BackendError(f"completions endpoint {public_uri(url)} answered more than {MAX_REPLY_BYTES:,} bytes")
+        raise BackendError(f"endpoint {public_uri(url)} answered more than {MAX_REPLY_BYTES:,} bytes")
     try:
         data = parse_json(body, "the reply", max_bytes=MAX_REPLY_BYTES, scanner=_REPLY)
     except DocumentError as exc:  # a login page or a proxy's page, not the server: no retry
-        raise BackendError(f"completions endpoint {public_uri(url)} did not answer JSON ({exc.reason}): is it an "
+        raise BackendError(f"endpoint {public_uri(url)} did not answer JSON ({exc.reason}): is it an "
                            f"OpenAI-compatible server? It answered {describe_reply(body, secrets)} instead of JSON") \
             from None
     if not isinstance(data, dict):
-        raise BackendError(f"completions endpoint {public_uri(url)} answered a JSON {type(data).__name__}, "
+        raise BackendError(f"endpoint {public_uri(url)} answered a JSON {type(data).__name__}, "
                            "not an object")
     return data
 
 
-def served_model(endpoint: str, timeout_s: float = 30) -> str:
+def served_model(endpoint: str, timeout_s: float = 30, *, key_env: str = API_KEY_ENV) -> str:
     """The first model id the server lists at ``/v1/models`` (vLLM serves one).
 
     Raises:
         BackendError: the server does not answer or lists no model.
     """
     url = completions_url(endpoint).removesuffix("/completions") + "/models"
-    models = _request(url, None, timeout_s).get("data") or []
+    models = request_json(url, None, timeout_s, key_env=key_env).get("data") or []
     if not isinstance(models, list) or not models or not isinstance(models[0], dict) \
             or not isinstance(models[0].get("id"), str):
         raise BackendError(f"{url} lists no model")
@@ -153,7 +162,7 @@ def score_prompts(endpoint: str, prompts: list[str], *, model: str | None = None
     scores: list[list[float | None]] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        reply = _request(url, {"model": model, "prompt": batch, "max_tokens": 1, "temperature": 0,
+        reply = request_json(url, {"model": model, "prompt": batch, "max_tokens": 1, "temperature": 0,
                                "logprobs": top_logprobs}, timeout_s)
         for choice in _choices(reply, len(batch), url):
             try:
@@ -165,7 +174,7 @@ def score_prompts(endpoint: str, prompts: list[str], *, model: str | None = None
     for start in range(0, len(missing), batch_size):
         batch = missing[start:start + batch_size]
         texts = [prompts[i] + " " + LETTERS[j] for i, j in batch]
-        reply = _request(url, {"model": model, "prompt": texts, "max_tokens": 1, "temperature": 0, "logprobs": 1,
+        reply = request_json(url, {"model": model, "prompt": texts, "max_tokens": 1, "temperature": 0, "logprobs": 1,
                                "echo": True}, timeout_s)
         for (i, j), choice in zip(batch, _choices(reply, len(batch), url), strict=True):
             scores[i][j] = _continuation_logprob(choice, len(prompts[i]), len(prompts[i]) + 2, url)

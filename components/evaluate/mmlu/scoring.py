@@ -66,11 +66,12 @@ def pick_device(device: str | None = None) -> str:
 
 
 def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, device: str | None = None,
-               dtype: str = "auto") -> tuple[Any, Any]:
+               dtype: str = "auto", device_map: dict[str, int] | None = None) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer for scoring; an adapter is applied with peft, unmerged.
 
     ``dtype`` "auto" means bfloat16 on a GPU and float32 on the CPU. The tokenizer comes from the adapter
-    directory when it holds one (LLaMA-Factory saves it there), else from the model directory.
+    directory when it holds one (LLaMA-Factory saves it there), else from the model directory. A
+    ``device_map`` (module name -> GPU, :mod:`components.evaluate.placement`) splits the model across GPUs.
 
     Raises:
         OSError: the model, tokenizer or adapter cannot be loaded (the message names the directory).
@@ -90,7 +91,8 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, 
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype,
+                                                     **({"device_map": device_map} if device_map else {}))
     except SafetensorError as exc:  # a truncated or corrupt shard: name the directory, not a Rust frame
         raise OSError(f"the weights in {model_dir} cannot be read: {exc}") from None
     if adapter_dir:
@@ -100,7 +102,7 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, 
             model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         except SafetensorError as exc:
             raise OSError(f"the adapter weights in {adapter_dir} cannot be read: {exc}") from None
-    return model.to(device).eval(), tokenizer
+    return (model if device_map else model.to(device)).eval(), tokenizer
 
 
 def answer_token_ids(tokenizer: Any) -> list[int]:

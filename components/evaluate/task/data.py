@@ -68,7 +68,8 @@ class EncodedExample:
         return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
-def _raise_if(errors: list[str], what: str) -> None:
+def raise_if_errors(errors: list[str], what: str) -> None:
+    """Raise one TaskDataError listing the first errors (and how many more), when there are any."""
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]
         more = f"\n  ... and {len(errors) - len(listed)} more" if len(errors) > len(listed) else ""
@@ -101,7 +102,7 @@ def read_dataset_info(data_dir: str | Path, names: list[str]) -> dict[str, dict[
             errors.append(f"{path}: dataset {name!r}: {problem}")
         else:
             entries[name] = entry
-    _raise_if(errors, "the held-out data cannot be scored")
+    raise_if_errors(errors, "the held-out data cannot be scored")
     return entries
 
 
@@ -179,11 +180,47 @@ def read_test_rows(data_dir: str | Path, names: list[str]) -> tuple[dict[str, di
                     rows.append(TestRow(name, row_key(value, spec), str(path), line, value))
         if len(rows) == before and not errors:
             errors.append(f"dataset {name!r}: {data_dir / entry['file_name']} holds no row")
-    _raise_if(errors, "the held-out data cannot be read")
+    raise_if_errors(errors, "the held-out data cannot be read")
     return entries, rows
 
 
-class _Row(dict):
+@dataclass(frozen=True)
+class LlamaFactorySetup:
+    """LLaMA-Factory's pieces as SFT training sets them up: the fixed tokenizer (a copy), the template, the data
+    arguments (template and cutoff, the rest at LLaMA-Factory's defaults) and each entry's dataset converter."""
+
+    tokenizer: Any
+    template: Any
+    data_args: Any
+    converters: dict[str, Any]
+
+
+def llamafactory_setup(tokenizer: Any, entries: dict[str, dict[str, Any]], *, template: str,
+                       cutoff_len: int) -> LlamaFactorySetup:
+    """The template, fixed tokenizer and converters with which training encodes the rows of ``entries``.
+
+    Raises:
+        TaskDataError: the template is unknown.
+        ValueError: ``cutoff_len`` is below 1.
+    """
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.data.template import TEMPLATES, get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+
+    if cutoff_len < 1:
+        raise ValueError(f"cutoff_len must be >= 1, got {cutoff_len}")
+    if template not in TEMPLATES:
+        raise TaskDataError(f"template {template!r} is not a LLaMA-Factory template")
+    data_args = DataArguments(template=template, cutoff_len=cutoff_len)
+    tokenizer = copy.deepcopy(tokenizer)  # fixing adds pad/eos/stop tokens; the caller's stays as loaded
+    lf_template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    converters = {name: get_dataset_converter(attr.formatting, attr, data_args)
+                  for name, attr in zip(entries, get_dataset_list(list(entries), entries), strict=True)}
+    return LlamaFactorySetup(tokenizer, lf_template, data_args, converters)
+
+
+class LlamaFactoryRow(dict):
     """A row whose missing columns read as None, as in the Arrow table LLaMA-Factory's loader builds."""
 
     def __missing__(self, key: str) -> None:
@@ -199,27 +236,16 @@ def encode_rows(tokenizer: Any, entries: dict[str, dict[str, Any]], rows: list[T
             file and line: e.g. a conversation that does not alternate user/assistant).
         ValueError: ``cutoff_len`` is below 1.
     """
-    from llamafactory.data.converter import get_dataset_converter
-    from llamafactory.data.parser import get_dataset_list
     from llamafactory.data.processor import SupervisedDatasetProcessor
-    from llamafactory.data.template import TEMPLATES, get_template_and_fix_tokenizer
-    from llamafactory.hparams import DataArguments
 
-    if cutoff_len < 1:
-        raise ValueError(f"cutoff_len must be >= 1, got {cutoff_len}")
-    if template not in TEMPLATES:
-        raise TaskDataError(f"template {template!r} is not a LLaMA-Factory template")
-    data_args = DataArguments(template=template, cutoff_len=cutoff_len)
-    tokenizer = copy.deepcopy(tokenizer)  # fixing adds pad/eos/stop tokens; the caller's stays as loaded
-    lf_template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    processor = SupervisedDatasetProcessor(template=lf_template, tokenizer=tokenizer, processor=None,
-                                           data_args=data_args)
-    converters = {name: get_dataset_converter(attr.formatting, attr, data_args)
-                  for name, attr in zip(entries, get_dataset_list(list(entries), entries), strict=True)}
+    setup = llamafactory_setup(tokenizer, entries, template=template, cutoff_len=cutoff_len)
+    processor = SupervisedDatasetProcessor(template=setup.template, tokenizer=setup.tokenizer, processor=None,
+                                           data_args=setup.data_args)
+    converters = setup.converters
     examples, errors = [], []
     for row in rows:
         try:
-            aligned = converters[row.dataset](_Row(row.row))
+            aligned = converters[row.dataset](LlamaFactoryRow(row.row))
             encoded = processor.preprocess_dataset({column: [value] for column, value in aligned.items()})
         except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:  # what LF raises on bad rows
             errors.append(f"{row.file}:{row.line}: LLaMA-Factory cannot encode this row ({type(exc).__name__}: "
@@ -230,7 +256,7 @@ def encode_rows(tokenizer: Any, entries: dict[str, dict[str, Any]], rows: list[T
                           f"turns in order ending with an answer); fix it or remove it")
             continue
         examples.append(EncodedExample(row.dataset, row.key, encoded["input_ids"][0], encoded["labels"][0]))
-    _raise_if(errors, "held-out rows that training would not accept")
+    raise_if_errors(errors, "held-out rows that training would not accept")
     return examples
 
 
