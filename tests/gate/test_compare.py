@@ -516,6 +516,13 @@ def test_a_champion_that_held_out_less_is_compared_only_on_rows_held_out_for_bot
                             task_results(memorised, model="base", keys=keys))]
     unfair = compare_files(*files, wider, baseline_name=label)  # every row, as before: the champion is kept
     assert unfair.decision == "keep-champion" and unfair.task.rows == len(keys)
+    # Its answers too: as good as the candidate's on the rows held out for both, far better on the ones it trained on.
+    answered = range(40)
+    shared = [index for index in answered if key_position(row_key(index)) < 0.2]
+    (eval_dir / "candidate" / "generations.jsonl").write_text(generations_text(generations_results(
+        [50.0] * len(answered), model="cand")))
+    (eval_dir / "baseline" / "generations.jsonl").write_text(generations_text(generations_results(
+        [50.0 if index in shared else 90.0 for index in answered], model="base")))
     report, report_html, metrics = kfp_outputs(tmp_path / "kfp")
     decision, _, comparison_path = run_compare(
         config=config, kfp_run_id="r", candidate_mmlu=str(files[0]), candidate_task=str(files[1]),
@@ -529,6 +536,9 @@ def test_a_champion_that_held_out_less_is_compared_only_on_rows_held_out_for_bot
     reason = (f"{len(keys) - len(both)} of {len(keys)} scored held-out rows left out: at hash positions >= 0.2 (this "
               f"run holds out 0.35) they may be the {label}'s training data")
     assert task.left_out_reason == reason and reason in Path(report.path).read_text()
+    generation = Comparison.model_validate_json(Path(comparison_path).read_text()).generation
+    assert 0 < generation.rows == len(shared) < len(answered)  # the answers to rows it trained on are left out too
+    assert generation.candidate_units == generation.baseline_units
 
 
 def test_a_champion_whose_split_is_unknown_or_shares_too_few_rows_is_refused(cfg):
