@@ -1,11 +1,13 @@
 """Write the split snapshot in the same streaming pass that validates the rows.
 
 :func:`validate_and_split` runs :func:`components.data.validation.validate_datasets` with a :class:`SplitWriter`
-as its row sink: each valid row is keyed (:func:`components.data.split.row_key`) and written, in canonical JSON,
-to its dataset's train file or to the held-out candidates; at the end, the ``dataset.max_test_rows`` held-out rows
-with the smallest keys become the test file, and ``split.json`` (:class:`components.data.split.SplitManifest`)
-records counts and hashes. The snapshot appears in one rename, only when validation passed; memory stays bounded
-(rows stream to files, at most twice the cap of candidate keys is held per dataset).
+as its row sink: each valid row is keyed (:func:`components.data.split.row_key`), given its side
+(:func:`components.data.split.row_side`) and written, in canonical JSON, to its dataset's train file or to the
+test or validation candidates; at the end, the ``dataset.max_test_rows`` test rows (``dataset.max_val_rows``
+validation rows) with the smallest keys become the test (validation) file, and ``split.json``
+(:class:`components.data.split.SplitManifest`) records counts and hashes. The snapshot appears in one rename,
+only when validation passed; memory stays bounded (rows stream to files, at most twice the cap of candidate keys
+is held per dataset and side).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from components.data.split import (
     SplitManifest,
     canonical_key,
     combined_test_hash,
+    combined_val_hash,
     heldout_entry_name,
-    is_test_row,
+    row_side,
     split_hash,
+    validation_entry_name,
 )
 from components.data.validation import validate_datasets
 
@@ -48,11 +52,14 @@ class _Dataset:
     spec: DatasetSpec
     train: IO[bytes]
     held: IO[bytes]  # every held-out row as "<key> <json>\n", filtered to the scored ones at the end
+    val: IO[bytes] | None  # the same for the validation side (None without one)
     train_digest: Any = field(default_factory=hashlib.sha256)
     rows: int = 0
     train_rows: int = 0
     held_out_rows: int = 0
+    val_rows: int = 0
     candidates: set[str] = field(default_factory=set)  # the smallest held-out keys seen (at most 2 x the cap)
+    val_candidates: set[str] = field(default_factory=set)  # the same for the validation side
 
 
 def _json_line(value: Any) -> tuple[bytes, str]:
@@ -81,10 +88,11 @@ class SplitWriter:
     """
 
     def __init__(self, open_directory: Callable[[], Path], *, test_fraction: float, min_test_rows: int,
-                 max_test_rows: int):
+                 max_test_rows: int, val_fraction: float = 0.0, min_val_rows: int = 1, max_val_rows: int = 1):
         self._open_directory = open_directory
         self._directory: Path | None = None
         self.test_fraction, self.min_test_rows, self.max_test_rows = test_fraction, min_test_rows, max_test_rows
+        self.val_fraction, self.min_val_rows, self.max_val_rows = val_fraction, min_val_rows, max_val_rows
         self._datasets: dict[str, _Dataset] = {}
         self._current: _Dataset | None = None
 
@@ -96,12 +104,15 @@ class SplitWriter:
             return "holds NaN or Infinity, which JSON Lines cannot carry; use null or a string"
         state = self._dataset(spec)
         state.rows += 1
-        if is_test_row(key, self.test_fraction):
+        side = row_side(key, self.test_fraction, self.val_fraction)
+        if side == "test":
             state.held_out_rows += 1
             self._write(state.held, key.encode() + b" " + data)
-            state.candidates.add(key)
-            if len(state.candidates) > 2 * self.max_test_rows:
-                state.candidates = set(sorted(state.candidates)[:self.max_test_rows])
+            state.candidates = _keep_smallest(state.candidates, key, self.max_test_rows)
+        elif side == "val":
+            state.val_rows += 1
+            self._write(state.val, key.encode() + b" " + data)
+            state.val_candidates = _keep_smallest(state.val_candidates, key, self.max_val_rows)
         else:
             state.train_rows += 1
             state.train_digest.update(data)
@@ -114,12 +125,18 @@ class SplitWriter:
             state = self._datasets.get(version.name)
             if state is None or version.invalid_rows or state.rows != version.rows:
                 continue  # its rows have problems already; the split of what is left would mislead
-            held = len(self._scored(state))
+            held = len(_smallest(state.candidates, self.max_test_rows))
             where = f"dataset '{version.name}' ({version.rows} rows, dataset.test_fraction {self.test_fraction})"
             if held < self.min_test_rows:
                 result.add_problem(Problem(version.file_name, None, None, (
                     f"{where} holds out only {held} distinct row(s) for testing; at least {self.min_test_rows} "
                     "are needed (dataset.min_test_rows): raise dataset.test_fraction or add rows")))
+            held = len(_smallest(state.val_candidates, self.max_val_rows))
+            if self.val_fraction > 0 and held < self.min_val_rows:
+                result.add_problem(Problem(version.file_name, None, None, (
+                    f"dataset '{version.name}' ({version.rows} rows, dataset.val_fraction {self.val_fraction}) holds "
+                    f"out only {held} distinct row(s) for validation; at least {self.min_val_rows} are needed "
+                    "(dataset.min_val_rows): raise dataset.val_fraction or add rows")))
             if state.train_rows == 0:
                 result.add_problem(Problem(version.file_name, None, None, (
                     f"{where} leaves no row for training: lower dataset.test_fraction or add rows")))
@@ -136,21 +153,33 @@ class SplitWriter:
         for version in result.datasets:
             state = self._datasets[version.name]
             train_file, test_file = f"train/{version.name}.jsonl", f"test/{version.name}.jsonl"
-            keys, test_sha256 = self._write_test_file(state, directory / test_file)
+            keys, test_sha256 = self._write_scored(state.held, _smallest(state.candidates, self.max_test_rows),
+                                                   directory / test_file)
+            validation: dict[str, Any] = {}
+            if state.val is not None:
+                val_file = f"val/{version.name}.jsonl"
+                val_keys, val_sha256 = self._write_scored(
+                    state.val, _smallest(state.val_candidates, self.max_val_rows), directory / val_file)
+                validation = dict(scored_val_rows=len(val_keys), val_file=val_file, val_sha256=val_sha256,
+                                  val_split_hash=split_hash(val_keys), val_keys=val_keys)
             splits.append(DatasetSplit(
                 name=version.name, source_sha256=version.sha256, rows=state.rows, train_rows=state.train_rows,
                 held_out_rows=state.held_out_rows, scored_rows=len(keys), train_file=train_file,
                 train_sha256=state.train_digest.hexdigest(), test_file=test_file, test_sha256=test_sha256,
-                test_split_hash=split_hash(keys), test_keys=keys))
+                test_split_hash=split_hash(keys), test_keys=keys, val_rows=state.val_rows, **validation))
             kept = {key: value for key, value in state.spec.entry.items() if key not in SOURCE_ONLY_KEYS}
             info[version.name] = {"file_name": train_file, **kept}
             kept.pop("num_samples", None)  # a sample size for training; every scored row is evaluated
             info[heldout_entry_name(version.name)] = {"file_name": test_file, **kept}
+            if validation:
+                info[validation_entry_name(version.name)] = {"file_name": validation["val_file"], **kept}
         info_bytes = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
         manifest = SplitManifest(
             test_fraction=self.test_fraction, min_test_rows=self.min_test_rows, max_test_rows=self.max_test_rows,
+            val_fraction=self.val_fraction, min_val_rows=self.min_val_rows if self.val_fraction else 0,
+            max_val_rows=self.max_val_rows if self.val_fraction else 0,
             dataset_hash=result.combined_sha256, dataset_info_sha256=hashlib.sha256(info_bytes).hexdigest(),
-            test_split_hash=combined_test_hash(splits), datasets=splits)
+            test_split_hash=combined_test_hash(splits), val_split_hash=combined_val_hash(splits), datasets=splits)
         self._write_file(directory / DATA_CONFIG, info_bytes)
         self._write_file(directory / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
         return manifest
@@ -164,13 +193,10 @@ class SplitWriter:
         for state in self._datasets.values():
             self._close(state)
 
-    def _scored(self, state: _Dataset) -> list[str]:
-        return sorted(state.candidates)[:self.max_test_rows]
-
     def _open(self) -> Path:
         if self._directory is None:
             self._directory = self._open_directory()
-            for side in ("train", "test"):
+            for side in ("train", "test", "val") if self.val_fraction else ("train", "test"):
                 (self._directory / side).mkdir()
         return self._directory
 
@@ -184,14 +210,17 @@ class SplitWriter:
         try:
             train = open(directory / "train" / f"{spec.name}.jsonl", "wb")  # noqa: SIM115 - closed in close()
             held = open(directory / "test" / f".{spec.name}.held", "wb")  # noqa: SIM115 - closed in close()
+            val = open(directory / "val" / f".{spec.name}.held", "wb") if self.val_fraction else None  # noqa: SIM115
         except OSError as exc:
             raise StorageError(describe_os_error(exc, directory)) from exc
-        self._current = self._datasets[spec.name] = _Dataset(spec, train, held)
+        self._current = self._datasets[spec.name] = _Dataset(spec, train, held, val)
         return self._current
 
     @staticmethod
     def _close(state: _Dataset) -> None:
-        for handle in (state.train, state.held):
+        for handle in (state.train, state.held, state.val):
+            if handle is None:
+                continue
             try:
                 handle.close()  # flushes the buffer: the last write can fail here
             except OSError as exc:
@@ -212,12 +241,14 @@ class SplitWriter:
         except OSError as exc:
             raise StorageError(describe_os_error(exc, path)) from exc
 
-    def _write_test_file(self, state: _Dataset, path: Path) -> tuple[list[str], str]:
-        """Keep the scored held-out rows, first copy of each, in source order; returns their keys and the hash."""
-        scored = set(self._scored(state))
+    @staticmethod
+    def _write_scored(candidates: IO[bytes], chosen: list[str], path: Path) -> tuple[list[str], str]:
+        """Keep the ``chosen`` held-out rows of a candidates file, first copy of each, in source order; returns
+        their keys and the file's hash."""
+        scored = set(chosen)
         keys: list[str] = []
         digest = hashlib.sha256()
-        held = Path(state.held.name)
+        held = Path(candidates.name)
         try:
             with open(held, "rb") as source, open(path, "wb") as target:
                 for line in source:
@@ -233,12 +264,24 @@ class SplitWriter:
         return keys, digest.hexdigest()
 
 
+def _keep_smallest(candidates: set[str], key: str, cap: int) -> set[str]:
+    """``candidates`` with ``key`` added, trimmed to the ``cap`` smallest once it holds more than twice the cap."""
+    candidates.add(key)
+    return set(sorted(candidates)[:cap]) if len(candidates) > 2 * cap else candidates
+
+
+def _smallest(candidates: set[str], cap: int) -> list[str]:
+    """The keys that are scored: the ``cap`` smallest (stable when rows are appended)."""
+    return sorted(candidates)[:cap]
+
+
 class _Invalid(Exception):
     """Validation found problems: unwinds the snapshot directory before anything is published."""
 
 
 def validate_and_split(dataset_dir: str | Path, names: list[str], destination: str | Path, *, test_fraction: float,
-                       min_test_rows: int, max_test_rows: int, replace: bool = False,
+                       min_test_rows: int, max_test_rows: int, val_fraction: float = 0.0, min_val_rows: int = 1,
+                       max_val_rows: int = 1000, replace: bool = False,
                        **checks: Any) -> tuple[ValidationResult, SplitManifest | None]:
     """Validate the named datasets and, when they pass, publish their split snapshot at ``destination``.
 
@@ -253,6 +296,10 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
         test_fraction: Share of rows held out (``dataset.test_fraction``).
         min_test_rows: Fewer distinct held-out rows in a dataset is a problem (``dataset.min_test_rows``).
         max_test_rows: Held-out rows scored per dataset, the smallest keys (``dataset.max_test_rows``).
+        val_fraction: Share of rows in the validation band after the test band (``dataset.val_fraction``; 0: no
+            validation side).
+        min_val_rows: Fewer distinct validation rows in a dataset is a problem (``dataset.min_val_rows``).
+        max_val_rows: Validation rows scored per dataset, the smallest keys (``dataset.max_val_rows``).
         replace: Replace an existing snapshot (a retried validate step) instead of failing.
         **checks: The keyword arguments of :func:`components.data.validation.validate_datasets`
             (``cutoff_len`` is required).
@@ -268,7 +315,8 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
         with contextlib.ExitStack() as stack:
             writer = SplitWriter(lambda: stack.enter_context(atomic_directory(destination, replace=replace)),
                                  test_fraction=test_fraction, min_test_rows=min_test_rows,
-                                 max_test_rows=max_test_rows)
+                                 max_test_rows=max_test_rows, val_fraction=val_fraction, min_val_rows=min_val_rows,
+                                 max_val_rows=max_val_rows)
             try:
                 result = validate_datasets(dataset_dir, names, row_sink=writer, **checks)
                 writer.check_sizes(result)

@@ -42,7 +42,7 @@ COMPILE_TIME = (
     "cluster.memory_limit", "cluster.light_cpu_request", "cluster.light_memory_request", "cluster.shm_size",
     "cluster.train_timeout_s", "cluster.eval_timeout_s", "cluster.merge_timeout_s", "cluster.light_timeout_s",
     "cluster.train_retries", "training.deepspeed_stage", "storage.mount_path", "storage.output_root",
-    "mlflow.credentials_secret",
+    "mlflow.credentials_secret", "sweep.parallelism",
 )
 CLUSTER_PREFIX = "h_"
 
@@ -157,7 +157,8 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
     the run's name (:func:`components.common.tracking.write_run_name`) to the run directory, return the config.
 
     Returns:
-        ``(resolved config JSON, training method)``.
+        ``(resolved config JSON, training method, the sweep's trial indices)``: ``[0]`` without a sweep; the
+        pipeline's trials loop runs one train task per index.
 
     Raises:
         ConfigError: as :func:`resolve`.
@@ -170,9 +171,10 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
     changed = {field.path: field_value(cfg, field.path) for field in form_fields()
                if canonical(field_value(cfg, field.path)) != canonical(form_values(config_from_json(compiled_config))
                                                                        [field.name])}
+    trials = list(range(len(cfg.sweep.trials())))
     print(json.dumps({"resolved_config": str(path), "method": cfg.training.method, "config_hash": cfg.config_hash(),
-                      "changed_from_compiled": changed}))
-    return text, cfg.training.method
+                      "changed_from_compiled": changed, "trials": len(trials)}))
+    return text, cfg.training.method, trials
 
 
 def read_resolved(compiled: PipelineConfig, kfp_run_id: str) -> PipelineConfig | None:

@@ -9,6 +9,8 @@
 - :mod:`.worker`: the trainer process itself (LLaMA-Factory's ``run_exp``);
 - :mod:`.metrics`: the train run's metrics: the trainer's callback, collect, backfill, plot;
 - :mod:`.outputs`: the published weights, ``train_summary.json`` and ``model.json``;
+- :mod:`.trials`: a sweep's trials: their settings, directories and names;
+- :mod:`.select_trial`: the select-trial step: the sweep's winner on the validation rows;
 - :mod:`.multinode`: a TrainJob or PyTorchJob when ``cluster.nodes > 1``.
 """
 
@@ -21,6 +23,8 @@ __all__ = [
     "multinode",
     "outputs",
     "render",
+    "select_trial",
     "train",
+    "trials",
     "worker",
 ]
