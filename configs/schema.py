@@ -571,6 +571,14 @@ class SweepConfig(_Section):
             raise ValueError(f"sweep.{key}: not a sweep field; a sweep varies {', '.join(SWEEP_AXES)}")
         return data
 
+    @field_validator(*SWEEP_AXES, mode="before")
+    @classmethod
+    def _numbers_only(cls, values: Any) -> Any:
+        # pydantic reads true as 1 and 1.0 inside a list too: a typo, never a learning rate of 1.
+        if isinstance(values, list) and any(isinstance(value, bool) for value in values):
+            raise ValueError(f"must hold numbers, not booleans, got {values}")
+        return values
+
     @field_validator(*SWEEP_AXES)
     @classmethod
     def _distinct_values(cls, values: list[float], info: ValidationInfo) -> list[float]:

@@ -10,6 +10,7 @@
 - :mod:`.metrics`: the train run's metrics: the trainer's callback, collect, backfill, plot;
 - :mod:`.outputs`: the published weights, ``train_summary.json`` and ``model.json``;
 - :mod:`.trials`: a sweep's trials: their settings, directories and names;
+- :mod:`.tokenized`: the tokenized data, built once per run and shared by its trials;
 - :mod:`.select_trial`: the select-trial step: the sweep's winner on the validation rows;
 - :mod:`.multinode`: a TrainJob or PyTorchJob when ``cluster.nodes > 1``.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "outputs",
     "render",
     "select_trial",
+    "tokenized",
     "train",
     "trials",
     "worker",

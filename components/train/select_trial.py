@@ -190,6 +190,16 @@ def select(cfg: PipelineConfig, kfp_run_id: str, model_dirs: list[str | Path]) -
     return selection
 
 
+def read_selection(cfg: PipelineConfig, kfp_run_id: str) -> Selection | None:
+    """The run's ``selection.json``, or None when select-trial has not written one.
+
+    Raises:
+        TypedFileError: the file exists but does not validate (the file and fields are named).
+    """
+    path = run_dir(cfg, kfp_run_id) / SELECTION_FILE
+    return read_model(path, Selection, "the trial selection") if path.is_file() else None
+
+
 def log_selection(client: Any, run_id: str, parent: str, selection: Selection) -> None:
     """The step's run: ``selection.json``; the pipeline's parent run: the winner and the table of all trials."""
     winner = selection.winning()

@@ -20,6 +20,9 @@ Features, with the settings that control each and what it costs:
 - **One GPU, several, or several nodes** (``cluster.accelerator_count``, ``cluster.nodes``,
   ``cluster.training_engine``): one trainer process, torchrun with one per GPU (:mod:`components.train.launch`),
   or a TrainJob or PyTorchJob whose nodes run the same worker (:mod:`components.train.multinode`).
+- **A sweep's trials** (``sweep.*``, :mod:`components.train.trials`): trial N trains its own settings in
+  ``trials/trial-N/`` and its own MLflow run ``train · trial-N · <run>``; the trials of a run tokenize their
+  data once (:mod:`components.train.tokenized`, ``<run dir>/tokenized/<key>``, about the size of the data).
 - **MLflow** (``mlflow.*``): the child run ``train`` holds the rendered settings, every logged step, the system
   metrics, the YAML, the log and the loss plot (:mod:`components.train.metrics`); a tracking-server outage loses
   no point (:mod:`components.common.tracking`).
@@ -74,6 +77,7 @@ from components.common.tracking import (
     system_metrics_env,
 )
 from components.common.typed_files import write_model
+from components.data.checks import DATA_CONFIG
 from components.data.split import validation_entry_name
 from components.train.checkpoints import (
     FINGERPRINT_FILE,
@@ -99,6 +103,7 @@ from components.train.launch import (
 from components.train.metrics import BACKFILL_TAG, backfill_metrics, collect_metrics, loss_plot_html, plot_loss
 from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_model, read_summary
 from components.train.render import render_params, render_sections, render_yaml
+from components.train.tokenized import TOKENIZED_DIR, tokenization_key
 from components.train.trials import describe_settings, is_sweep, trial_config, trial_label, trial_settings
 from configs.schema import ConfigError, PipelineConfig
 
@@ -243,9 +248,13 @@ class TrainRecipe:
         return resume
 
     def _render(self, client: Any, run_id: str, resume: ResumePoint | None) -> None:
-        """Write ``train.yaml`` (resuming from ``resume``) and log it."""
+        """Write ``train.yaml`` (resuming from ``resume``, tokenized data shared by the run's trials) and log it."""
         # The trainer's MLflow callback renames the run it attaches to after run_name: keep the step's name.
         sections = self._sections(client.get_run(run_id).info.run_name, resume.path if resume else None)
+        files = {**self.train_hashes, **self.val_hashes, DATA_CONFIG: self.split.dataset_info_sha256}
+        key = tokenization_key(sections["dataset"], sections.get("eval", {}).get("eval_dataset", ""),
+                               self.cfg.training.seed, files, self.fingerprint["base_model.sha256"])
+        sections["dataset"]["tokenized_path"] = str(self.paths.dataset_dir.parent / TOKENIZED_DIR / key)
         header = (f"LLaMA-Factory training config rendered by components.train for KFP run {self.kfp_run_id}\n"
                   f"method {self.cfg.training.method}, config hash {self.cfg.config_hash()}\n"
                   f"run by hand: llamafactory-cli train {self.paths.train_yaml}")

@@ -209,8 +209,8 @@ def test_ir_task_graph_matches_the_design(compiled):
     assert {"resolve-config", "validate-dataset"} <= deps["condition-branches-2"]  # the method branches: train
     assert "condition-branches-2" in deps["merge-lora"]
     assert "merge-lora" in deps["evaluate-candidate"]
-    baseline_branches = next(name for name, upstream in deps.items()
-                             if name.startswith("condition-branches") and upstream == {"find-baseline", "resolve-config"})
+    baseline_branches = next(name for name, upstream in deps.items() if name.startswith("condition-branches")
+                             and upstream == {"find-baseline", "resolve-config"})
     assert {"evaluate-candidate", baseline_branches, "find-baseline"} <= deps["compare"]
     assert {"compare", "merge-lora"} <= deps["register-model"]
     assert spec.root.dag.tasks["finalize-runs"].trigger_policy.strategy == (
