@@ -182,7 +182,7 @@ def test_the_readme_shows_the_form_as_the_schema_declares_it():
 
 # Installed in every Python process of the run below (kfp.local's tasks, the trainer) through PYTHONPATH: it records
 # each file opened under the split snapshot's test/ and val/ folders, and by which task function or program.
-AUDIT_HOOK = """
+AUDIT_HOOK = r"""
 import os, sys
 _ROOT, _LOG = os.environ.get("LLMFT_AUDIT_ROOT"), os.environ.get("LLMFT_AUDIT_LOG")
 
