@@ -24,8 +24,8 @@ import pytest
 from fake_kubernetes import NAMESPACE, TRAINJOB, FakeKubernetes, expected_lines, lead_lines, serve
 
 from components.train.multinode.engine import TrainingJobError, TrainingJobFailed
-from components.train.multinode.launch import LaunchEnvError, launch_command, map_operator_env
 from components.train.multinode.job_spec import job_name
+from components.train.multinode.launch import LaunchEnvError, launch_command, map_operator_env
 from components.train.multinode.launch import main as launch_main
 from components.train.multinode.training_job import delete_training_job, run_training_job
 from components.train.multinode.trainjob import PATCH_MANAGER, build_trainjob_manifest
