@@ -10,7 +10,7 @@ and logs the trainer's points through :func:`components.train.metrics.metrics_ca
 loaded from the run's shared ``tokenized_path`` when another trial (or attempt) built it, or built there once
 (:mod:`components.train.tokenized`). Hugging Face's own
 MLflow callback ends a run it opened itself when training ends, and LLaMA-Factory's evaluation after training
-(on whenever ``val_size`` > 0) then logs into a new, stray run; a run opened here first stays open for that
+(on whenever there are validation rows) then logs into a new, stray run; a run opened here first stays open for that
 evaluation and ends when the process exits. The step sets the run's final status.
 
 Exit codes: 0 trained, 1 training raised (the traceback is the trainer's log), 2 a usage error.
