@@ -172,9 +172,8 @@ class TrainRecipe:
                     client.log_artifact(run_id, str(self.paths.model_dir / name), "train")
             client.set_tag(run_id, "llmft.model_dir", str(self.paths.model_dir))
         if "best_step" in metrics:
-            which = f"{self.label} ({describe_settings(self.settings)}): " if self.label else ""
-            print(f"[train] {which}best checkpoint: step {metrics['best_step']:.0f} of {metrics['global_step']:.0f}, "
-                  f"validation loss {metrics['best_val_loss']:.4f}; its weights are published", flush=True)
+            self._say(f"best checkpoint: step {metrics['best_step']:.0f} of {metrics['global_step']:.0f}, "
+                      f"validation loss {metrics['best_val_loss']:.4f}; its weights are published")
         return TrainResult(self.paths.model_dir, metrics.get("train_loss", float("nan")), run_id, metrics,
                            self.paths.model_dir / LOSS_PLOT, reused is not None)
 
@@ -214,7 +213,7 @@ class TrainRecipe:
         summary = read_summary(self.paths.model_dir)
         if summary is None or summary.config_hash != self.cfg.config_hash():
             return None  # nothing published yet, or by another configuration (a rerun by hand)
-        print(f"[train] {self.paths.model_dir} is complete from an earlier attempt; reusing it", flush=True)
+        self._say(f"{self.paths.model_dir} is complete from an earlier attempt; reusing it")
         client.set_tag(run_id, "llmft.reused_from_run", summary.mlflow_run_id)
         return summary
 
@@ -244,7 +243,8 @@ class TrainRecipe:
             logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
         trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
         client.set_tag(run_id, "llmft.resumed_from", resume.path.name if resume else "")
-        print(f"[train] {'resuming from ' + str(resume.path) if resume else 'starting from scratch'}", flush=True)
+        settings = f"{describe_settings(self.settings)}, " if self.label else ""
+        self._say(f"{settings}{'resuming from ' + str(resume.path) if resume else 'starting from scratch'}")
         return resume
 
     def _render(self, client: Any, run_id: str, resume: ResumePoint | None) -> None:
@@ -268,8 +268,8 @@ class TrainRecipe:
             if resume and resume.step == self._last_step():
                 # An earlier attempt died after its last checkpoint; resumed there, the Trainer would train a step more.
                 finish_from_checkpoint(resume.path, self.paths.output_dir)
-                print(f"[train] {resume.path.name} is the last step (training.max_steps); its weights are the "
-                      "result", flush=True)
+                self._say(f"{resume.path.name} is the last step (training.max_steps); the best checkpoint's "
+                          "weights are the result")
             elif self.cfg.cluster.nodes > 1:
                 from components.train.multinode.training_job import run_training_job
 
@@ -295,7 +295,7 @@ class TrainRecipe:
         backfilled = backfill_metrics(client, run_id, history, after_step=resume.step if resume else 0)
         client.set_tag(run_id, BACKFILL_TAG, str(backfilled))
         if backfilled:
-            print(f"[train] re-logged {backfilled} metric points the tracking server missed", flush=True)
+            self._say(f"re-logged {backfilled} metric points the tracking server missed")
         title = f"{self.cfg.name} {self.kfp_run_id} ({self.cfg.training.method})"
         return metrics, plot_loss(history, self.paths.run_dir / LOSS_PLOT, title)
 
@@ -320,6 +320,10 @@ class TrainRecipe:
         return render_sections(self.cfg, model_dir=self.paths.base_model, dataset_dir=self.paths.dataset_dir,
                                output_dir=self.paths.output_dir, run_name=run_name, gpu=self.gpu,
                                resume_from=resume_from)
+
+    def _say(self, message: str) -> None:
+        """One line for the step's log and the local console: ``[train] [trial-N: ]message``."""
+        print(f"[{STEP}] {self.label + ': ' if self.label else ''}{message}", flush=True)
 
     def _last_step(self) -> int | None:
         return self.cfg.training.max_steps if self.cfg.training.max_steps > 0 else None
