@@ -40,6 +40,7 @@ from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, atomic_write_text, on_volume, run_dir
 from components.common.tracking import TrackingUnavailable, log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import TypedFileError, read_model, write_model
+from components.data.split import SplitError, read_manifest, snapshot_dir
 from components.train.checkpoints import RESUME_ONLY, list_checkpoints
 from components.train.inputs import resolve_paths
 from components.train.outputs import SUMMARY_FILE, TrainSummary
@@ -174,10 +175,9 @@ def select(cfg: PipelineConfig, kfp_run_id: str, model_dirs: list[str | Path]) -
 
     Raises:
         SelectionError: as :func:`score_trials` and :func:`choose`, or the trials are not this run's sweep.
+        SplitError: the run's split snapshot has no readable manifest.
         StorageError: the volume refused the write.
     """
-    from components.data.split import read_manifest, snapshot_dir
-
     scores = score_trials(model_dirs)
     expected = trial_count(cfg)
     if [score.trial for score in scores] != list(range(expected)):
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = select(cfg, args.kfp_run_id, dirs)
     except ConfigError as exc:
         return fail(parser, exc, 2)
-    except (SelectionError, StorageError, TrackingUnavailable, OSError) as exc:
+    except (SelectionError, SplitError, StorageError, TrackingUnavailable, OSError) as exc:
         return fail(parser, exc)
     print(trials_table(chosen), end="")
     print(json.dumps({"winner": chosen.winner, "model_dir": chosen.winning().model_dir}))

@@ -147,12 +147,7 @@ def test_trials_are_scored_from_their_published_summaries(tmp_path):
     for trial, loss in ((1, 0.9), (0, 1.1)):
         model_dir = tmp_path / f"trial-{trial}" / "adapter"
         model_dir.mkdir(parents=True)
-        summary = TrainSummary(metrics={"best_val_loss": loss, "best_step": 6, "global_step": 8, "train_loss": 2.0},
-                               mlflow_run_id=f"r{trial}", kfp_run_id="k", method="lora", base_model="/b",
-                               resumed_from=None, dataset_hash="d", dataset_hashes={}, config_hash="c",
-                               training_fingerprint="f", finished_at="t", trial=trial,
-                               settings={"learning_rate": 0.001 * (trial + 1)})
-        (model_dir / SUMMARY_FILE).write_text(summary.model_dump_json())
+        (model_dir / SUMMARY_FILE).write_text(_summary(trial, loss, {"learning_rate": 0.001 * (trial + 1)}))
         dirs.append(model_dir)
     scores = score_trials(dirs)
     assert [(s.trial, s.val_loss, s.best_step) for s in scores] == [(0, 1.1, 6), (1, 0.9, 6)]
@@ -163,6 +158,36 @@ def test_trials_are_scored_from_their_published_summaries(tmp_path):
     (dirs[0] / SUMMARY_FILE).unlink()
     with pytest.raises(SelectionError, match=r"cannot score a trial: the train summary .*trial-1/adapter"):
         score_trials(dirs)
+
+
+def _summary(trial: int, loss: float, settings: dict) -> str:
+    return TrainSummary(metrics={"best_val_loss": loss, "best_step": 6, "global_step": 8, "train_loss": 2.0},
+                        mlflow_run_id=f"r{trial}", kfp_run_id="k", method="lora", base_model="/b", resumed_from=None,
+                        dataset_hash="d", dataset_hashes={}, config_hash="c", training_fingerprint="f",
+                        finished_at="t", trial=trial, settings=settings).model_dump_json()
+
+
+def test_select_trial_by_hand_chooses_among_the_trials_a_run_trained(storage_root, capsys):
+    """``python -m components.train.select_trial`` after ``components.train.train --trial N`` for each trial:
+    selection.json in the run directory names the winner; the trials' files on the volume are the input."""
+    from components.data.validate_dataset import validate_config_data
+    from components.train.select_trial import SELECTION_FILE, main
+
+    overrides = ["--config", "local", "--kfp-run-id", "hand", "--set", f"storage.mount_path={storage_root}",
+                 "--set", "sweep.learning_rate=[0.001,0.002,0.004]"]
+    cfg = _sweep("sweep.learning_rate=[0.001,0.002,0.004]", root=str(storage_root))
+    assert main(overrides) == 1  # nothing trained yet: named, not a traceback
+    assert "the train summary" in capsys.readouterr().err
+    validate_config_data(cfg, "hand")
+    for trial, loss in enumerate((1.2, 0.8, 0.8)):  # a tie between trials 1 and 2: the lower wins
+        model_dir = resolve_paths(cfg, "hand", check=False, trial=trial).model_dir
+        model_dir.mkdir(parents=True)
+        (model_dir / SUMMARY_FILE).write_text(_summary(trial, loss, trial_settings(cfg, trial)))
+    assert main(overrides) == 0
+    out = capsys.readouterr().out
+    assert "| trial-1 (winner) | 0.002 | 0.8000 |" in out and '"winner": 1' in out
+    selection = Selection.model_validate_json((storage_root / "output" / "hand" / SELECTION_FILE).read_text())
+    assert selection.winner == 1 and selection.val_split_hash and len(selection.trials) == 3
 
 
 def test_a_loser_keeps_its_weights_and_loses_what_only_resuming_needs(tmp_path):
