@@ -247,7 +247,8 @@ def test_a_two_trial_sweep_from_the_form_trains_both_picks_on_validation_and_gat
         assert rendered["eval_dataset"] == "alpaca_sample@val" and rendered["load_best_model_at_end"] is True
         assert rendered["tokenized_path"].startswith(str(run / "tokenized"))
     assert [path.name for path in (run / "tokenized").iterdir()] == [Path(rendered["tokenized_path"]).name]
-    logs = ["".join(path.read_text() for path in (run / "trials" / f"trial-{n}" / "logs").glob("*.log")) for n in (0, 1)]
+    logs = ["".join(path.read_text() for path in (run / "trials" / f"trial-{n}" / "logs").glob("*.log"))
+            for n in (0, 1)]
     assert "Tokenized dataset is saved" in logs[0] and "Loaded tokenized dataset from" in logs[1]  # tokenized once
 
     selection = Selection.model_validate_json((run / "selection.json").read_text())
