@@ -76,7 +76,7 @@ class Claim:
         self.final, self.build_into, self.lock = final, build_into, lock
         self._stop = threading.Event()
         if lock is not None:
-            threading.Thread(target=self._heartbeat, daemon=True).start()
+            threading.Thread(target=self._heartbeat, args=(lock,), daemon=True).start()
 
     @property
     def path(self) -> Path | None:
@@ -101,10 +101,10 @@ class Claim:
                 self.lock.unlink()
             self.lock = None
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, lock: Path) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             with contextlib.suppress(OSError):
-                os.utime(self.lock)
+                os.utime(lock)
 
 
 def _take_lock(lock: Path) -> bool:
