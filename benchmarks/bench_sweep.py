@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     trials = len(TRIAL_RATES)
     ratio = sweep / (trials * one)
     print(f"{args.rows} rows, {args.steps} steps per trial, tiny model on the CPU")
-    print(f"one trial alone                : {one:7.1f} s")
-    print(f"{trials}-trial sweep, one at a time : {sweep:7.1f} s  ({sweep / trials:.1f} s per trial)")
-    print(f"ratio sweep / ({trials} x one trial)  : {ratio:.3f}  (target <= 1.0: the trials tokenize once)")
+    print(f"{'one trial alone':<32}: {one:7.1f} s")
+    print(f"{f'{trials}-trial sweep, one at a time':<32}: {sweep:7.1f} s  ({sweep / trials:.1f} s per trial)")
+    print(f"{f'ratio sweep / ({trials} x one trial)':<32}: {ratio:7.3f}  (target <= 1.0: the trials tokenize once)")
     return 0 if ratio <= 1.0 else 1
 
 
