@@ -125,7 +125,8 @@ def refuse_compile_time_changes(cfg: PipelineConfig, compiled: PipelineConfig) -
 def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split ``section.field=value`` overrides into typed form values and the rest (for submit).
 
-    Typed values get their parameter's type (YAML reads ``5e-5`` as text; the KFP API wants a number).
+    Typed values get their field's type (YAML reads ``5e-5`` as text, also inside a list; the KFP API wants a
+    number).
 
     Raises:
         ConfigError: an override is malformed, or its value does not fit its parameter's type.
@@ -145,7 +146,8 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
         if isinstance(value, bool) and field.kind is not bool:  # pydantic would read true as 1 or 1.0
             raise ConfigError(f"{field.path}: must not be a boolean, got {str(value).lower()} (from --set {text!r})")
         try:
-            typed[field.name] = TypeAdapter(field.kind).validate_python(value)
+            adapter = TypeAdapter(field.annotation or field.kind)
+            typed[field.name] = adapter.dump_python(adapter.validate_python(value), mode="json", exclude_none=True)
         except ValidationError as exc:
             raise ConfigError(f"{field.path}: {exc.errors()[0]['msg']} (from --set {text!r})") from None
     return typed, rest

@@ -63,7 +63,13 @@ def test_a_bad_sweep_is_refused_at_load_naming_the_field(overrides, words):
 
 
 def test_a_compile_time_sweep_setting_cannot_change_at_run_time():
-    from components.run.resolve_config import resolve
+    from components.run.resolve_config import form_from_overrides, resolve
+
+    # submit sends a --set of a sweep list as its typed parameter, with numbers (YAML reads 1e-4 as text)
+    assert form_from_overrides(["sweep.learning_rate=[1e-4,2e-4]", "sweep.lora_rank=[8,16]"]) == (
+        {"b_learning_rate_sweep": [1e-4, 2e-4], "d_lora_rank_sweep": [8, 16]}, [])
+    with pytest.raises(ConfigError, match=r"sweep\.lora_rank: "):
+        form_from_overrides(["sweep.lora_rank=[8,x]"])
 
     compiled = load_config("lora")
     with pytest.raises(ConfigError, match=r"sweep\.parallelism: compiled as 2, requested 5"):
