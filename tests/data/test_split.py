@@ -467,10 +467,14 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     def text(example: dict) -> str:
         return json.dumps([example["_prompt"], example["_response"], example["_system"]])
 
-    train = [text(convert(row)) for row in source if not is_test_row(row_key(row), cfg.dataset.test_fraction)]
-    held_out = {text(convert(row)) for row in source if is_test_row(row_key(row), cfg.dataset.test_fraction)}
+    data = cfg.dataset
+    sides = [row_side(row_key(row), data.test_fraction, data.val_fraction) for row in source]
+    train = [text(convert(row)) for row, side in zip(source, sides, strict=True) if side == "train"]
+    held_out = {text(convert(row)) for row, side in zip(source, sides, strict=True) if side == "test"}
+    validation = {text(convert(row)) for row, side in zip(source, sides, strict=True) if side == "val"}
     assert [text(example) for example in seen] == train and len(train) == split.train_rows
     assert not held_out & {text(example) for example in seen} and len(held_out) == split.held_out_rows
+    assert not validation & {text(example) for example in seen} and len(validation) == split.val_rows
 
 
 def test_the_split_is_the_same_for_every_run_and_each_run_keeps_its_own(local_config):

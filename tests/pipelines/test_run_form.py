@@ -51,7 +51,8 @@ def test_the_ir_root_parameters_are_the_schema_marked_fields(lora_ir):
 
 def test_the_alphabetical_form_reads_in_pipeline_order_most_changed_first():
     names = sorted(field.name for field in form_fields())
-    assert names[:5] == ["a_base_model", "a_chat_template", "a_datasets", "b_learning_rate", "b_method"]
+    assert names[:6] == ["a_base_model", "a_chat_template", "a_datasets", "b_learning_rate", "b_learning_rate_sweep",
+                         "b_method"]  # a sweep's list sits right below its field
     assert names[-1].startswith("h_") and sorted([*names, CONFIG_PARAM, OVERRIDES_PARAM])[-2:] == [
         CONFIG_PARAM, OVERRIDES_PARAM]
     wanted = {"storage.base_model", "training.template", "dataset.names", "training.method",

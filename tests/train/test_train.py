@@ -179,7 +179,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 22})})
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "longer")
     model_dir_again, _, _ = train.python_func(config=longer.model_dump_json(), kfp_run_id=kfp_run_id,
-                                              dataset_hash=data_hash, adapter=adapter, metrics=metrics,
+                                              dataset_hash=data_hash, trial=0, adapter=adapter, metrics=metrics,
                                               loss_plot=loss_plot)
     assert model_dir_again == model_dir
     assert metrics.metadata["resumed_from_step"] == 20 and metrics.metadata["global_step"] == 22
@@ -552,15 +552,16 @@ def test_metrics_cover_the_whole_run_after_a_resume_whose_checkpoint_was_rotated
     _checkpoint(output, 4)
     resumed_from, _ = prepare_resume(output, tmp_path / "discarded")
     shutil.rmtree(resumed_from.path)  # what save_total_limit does once newer checkpoints exist
-    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 2.0}, {"step": 6, "loss": 1.0}, {"step": 8, "loss": 1.0},
-               {"step": 8, "eval_loss": 1.5}]
+    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 2.0}, {"step": 4, "eval_loss": 1.25},
+               {"step": 6, "loss": 1.0}, {"step": 8, "loss": 1.0}, {"step": 8, "eval_loss": 1.5}]
     (output / "trainer_state.json").write_text(json.dumps({"global_step": 8, "num_input_tokens_seen": 120,
+                                                           "best_global_step": 4, "best_metric": 1.25,
                                                            "log_history": history}))
     (output / "all_results.json").write_text(json.dumps({"train_runtime": 2.0, "train_loss": 0.5}))
     metrics, _ = collect_metrics(output, resumed_from)
     assert metrics["train_loss"] == pytest.approx((4 + 2 + 1 + 1) * 2 / 8)  # not the last attempt's 0.5
     assert "final_loss" not in metrics  # the last point of the per-step "loss": one name per metric
-    assert metrics["eval_loss"] == 1.5 and metrics["global_step"] == 8
+    assert (metrics["best_step"], metrics["best_val_loss"], metrics["global_step"]) == (4, 1.25, 8)  # not the last
     assert metrics["tokens_per_second"] == pytest.approx((120 - 40) / 2.0)  # this attempt's tokens only
     assert metrics["resumed_from_step"] == 4
 
@@ -804,6 +805,6 @@ def test_train_refuses_a_snapshot_changed_after_validation_and_ignores_later_sou
 
     other = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}", "dataset.test_fraction=0.3")
     manifest.write_text(validated.model_dump_json())
-    with pytest.raises(TrainError, match=r"split with .* = \(0\.2, 10, 2000\); this config asks for "
-                                         r"\['alpaca_sample'\] with \(0\.3, 10, 2000\)"):
+    with pytest.raises(TrainError, match=r"split with .* = \(0\.2, 10, 2000, 0\.15, 8, 1000\); this config asks "
+                                         r"for \['alpaca_sample'\] with \(0\.3, 10, 2000, 0\.15, 8, 1000\)"):
         train_model(other, "r1")
