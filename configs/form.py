@@ -28,6 +28,7 @@ class FormField(NamedTuple):
     path: str
     kind: type  # str, int, float, bool, list or dict: what KFP shows as the parameter's type
     description: str
+    annotation: Any = None  # the field's own type (list[float]...): what a value is converted to
 
 
 def _kind(annotation: Any) -> type:
@@ -53,7 +54,8 @@ def form_fields(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> li
             continue
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if FORM_KEY in extra:
-            found.append(FormField(str(extra[FORM_KEY]), prefix + key, _kind(annotation), info.description or ""))
+            found.append(FormField(str(extra[FORM_KEY]), prefix + key, _kind(annotation), info.description or "",
+                                   annotation))
     return sorted(found)
 
 

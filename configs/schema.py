@@ -17,7 +17,9 @@ in :meth:`PipelineConfig._cross_section_rules`. Every error names the field path
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 import types
 import typing
@@ -63,6 +65,7 @@ NAME_MAX = 63 - len("-12345678")
 MAX_STEPS = 10_000_000  # optimizer steps (max_steps, save_steps, logging_steps)
 MAX_TIMEOUT_S = 30 * 86400  # a task's timeout: 30 days
 MAX_ROWS = 1_000_000_000  # rows or questions
+MAX_HELD_OUT = 0.5  # dataset.test_fraction + dataset.val_fraction: most rows stay for training
 
 
 class ConfigError(ValueError):
@@ -81,7 +84,9 @@ def form_field(name: str) -> dict[str, str]:
     The Kubeflow UI lists run parameters alphabetically, showing only ``name - type``; each name starts with
     its group's letter so that the form reads in pipeline order, the fields users change most first:
     a what to train (model, data, template), b method and learning rate, c the schedule, d LoRA, e evaluation,
-    f the gate, g MLflow, h the cluster; ``z_config`` and ``z_overrides``, the advanced path, come last.
+    f the gate, g MLflow, h the cluster; ``z_config`` and ``z_overrides``, the advanced path, come last. A sweep's
+    list of values for a field is named after the field with ``_sweep`` (``b_learning_rate_sweep``), so it
+    sorts right below it.
     See :mod:`configs.form`.
     """
     return {FORM_KEY: name}
@@ -413,6 +418,16 @@ class DatasetConfig(_Section):
     max_test_rows: int = Field(
         2000, ge=1, le=1_000_000, description="Most held-out rows scored per dataset (those with the smallest "
         "content hashes); the rest of the test side stays out of training too.")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of each dataset's rows held out for validation, by the same content hash "
+        "(the band after the test side): the best checkpoint and the sweep's winner are chosen on these rows, never "
+        "on the test rows. 0: no validation side (the last checkpoint is published, no sweep).")
+    min_val_rows: int = Field(
+        20, ge=1, le=1_000_000, description="Fewest validation rows a dataset may have when val_fraction > 0; fewer "
+        "fails validation (raise val_fraction or add rows).")
+    max_val_rows: int = Field(
+        1000, ge=1, le=1_000_000, description="Most validation rows scored per dataset (the smallest content hashes; "
+        "each checkpoint is evaluated on them); the rest stays out of training too.")
 
     @field_validator("names")
     @classmethod
@@ -427,6 +442,11 @@ class DatasetConfig(_Section):
         if self.min_test_rows > self.max_test_rows:
             raise ValueError(f"min_test_rows ({self.min_test_rows}) must not exceed max_test_rows "
                              f"({self.max_test_rows})")
+        if self.min_val_rows > self.max_val_rows:
+            raise ValueError(f"min_val_rows ({self.min_val_rows}) must not exceed max_val_rows ({self.max_val_rows})")
+        if self.test_fraction + self.val_fraction > MAX_HELD_OUT:
+            raise ValueError(f"test_fraction + val_fraction ({self.test_fraction} + {self.val_fraction}) must be at "
+                             f"most {MAX_HELD_OUT}: most rows stay for training")
         return self
 
 
@@ -481,7 +501,6 @@ class TrainingConfig(_Section):
     save_steps: int = Field(500, ge=1, le=MAX_STEPS, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(3, ge=1, le=100, description="Checkpoints kept on the PVC.")
     logging_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Log loss every N steps.")
-    val_size: float = Field(0.0, ge=0, lt=1, description="Share held out for eval loss (0: none).")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on GPU, fp32 on CPU.")
     flash_attn: Literal["auto", "disabled", "sdpa", "fa2"] = Field("auto", description="Attention kernel.")
@@ -506,6 +525,14 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _no_random_validation_split(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "val_size" in data:
+            raise ValueError("training.val_size was removed: validation rows are split off by their content hash, "
+                             "disjoint from the test rows and stable across runs; set dataset.val_fraction instead")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _qlora_bits_default(cls, data: Any) -> Any:
         # QLoRA without bits means LLaMA-Factory's usual 4-bit NF4; other methods have none (see _method_rules).
         if isinstance(data, dict) and data.get("method") == "qlora" and data.get("quantization_bit") is None:
@@ -518,6 +545,98 @@ class TrainingConfig(_Section):
             raise ValueError(f"training.quantization_bit is only for method 'qlora', not {self.method!r}: set "
                              "training.method=qlora (run form: b_method), or leave training.quantization_bit unset")
         return self
+
+
+# The training fields a sweep may vary (components/train/select_trial.py picks the winner), in the order trials
+# enumerate them. Others stay fixed for all trials: the method picks the run's train task, the template and cutoff
+# decide the one shared tokenization and the gate's scoring, DeepSpeed and the cluster are compiled in.
+SWEEP_AXES = ("learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "num_train_epochs", "max_steps",
+              "warmup_ratio", "weight_decay")
+LORA_AXES = frozenset({"lora_rank", "lora_alpha", "lora_dropout"})
+
+
+class SweepConfig(_Section):
+    """A grid of training settings, trained side by side as trials; the lowest validation loss wins.
+
+    Each list holds the values of one ``training`` field; the trials are every combination, in the order of
+    :data:`SWEEP_AXES` (the last axis varies fastest). An empty list leaves the field at its ``training`` value;
+    all empty: one trial, the plain training.
+    """
+
+    learning_rate: list[float] = Field(
+        default_factory=list, description="Learning rates to try (empty: training.learning_rate only).",
+        json_schema_extra=form_field("b_learning_rate_sweep"))
+    lora_rank: list[int] = Field(
+        default_factory=list, description="LoRA ranks to try (empty: training.lora_rank only).",
+        json_schema_extra=form_field("d_lora_rank_sweep"))
+    lora_alpha: list[int] = Field(
+        default_factory=list, description="LoRA alphas to try (empty: training.lora_alpha only).",
+        json_schema_extra=form_field("d_lora_alpha_sweep"))
+    lora_dropout: list[float] = Field(
+        default_factory=list, description="LoRA dropouts to try (empty: training.lora_dropout only).",
+        json_schema_extra=form_field("d_lora_dropout_sweep"))
+    num_train_epochs: list[float] = Field(
+        default_factory=list, description="Epoch counts to try (empty: training.num_train_epochs only).",
+        json_schema_extra=form_field("c_epochs_sweep"))
+    max_steps: list[int] = Field(default_factory=list, description="Step limits to try (empty: training.max_steps).")
+    warmup_ratio: list[float] = Field(
+        default_factory=list, description="Warm-up shares to try (empty: training.warmup_ratio only).",
+        json_schema_extra=form_field("c_warmup_ratio_sweep"))
+    weight_decay: list[float] = Field(default_factory=list, description="Weight decays to try (empty: "
+                                      "training.weight_decay).")
+    max_trials: int = Field(16, ge=1, le=256, description="Most trials a sweep may have: a grid larger than this is "
+                            "refused at load (each trial costs a training).")
+    parallelism: int = Field(2, ge=1, le=64, description="Trials that train at the same time, each on its own GPU "
+                             "task (or multi-node job); fixed when the pipeline is compiled.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_axes(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key in data:
+            if key in cls.model_fields:
+                continue
+            if key in TrainingConfig.model_fields:
+                raise ValueError(f"sweep.{key}: training.{key} cannot vary between trials (a sweep varies "
+                                 f"{', '.join(SWEEP_AXES)}; the method, template, cutoff, DeepSpeed stage and the "
+                                 "cluster are one per run, several of them fixed when the pipeline is compiled)")
+            raise ValueError(f"sweep.{key}: not a sweep field; a sweep varies {', '.join(SWEEP_AXES)}")
+        return data
+
+    @field_validator(*SWEEP_AXES, mode="before")
+    @classmethod
+    def _numbers_only(cls, values: Any) -> Any:
+        # pydantic reads true as 1 and 1.0 inside a list too: a typo, never a learning rate of 1.
+        if isinstance(values, list) and any(isinstance(value, bool) for value in values):
+            raise ValueError(f"must hold numbers, not booleans, got {values}")
+        return values
+
+    @field_validator(*SWEEP_AXES)
+    @classmethod
+    def _distinct_values(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(map(str, repeated))} more than once: each trial must differ")
+        return values
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SweepConfig:
+        sizes = {axis: len(values) for axis, values in self.axes().items()}
+        if math.prod(sizes.values()) > self.max_trials:
+            shown = " x ".join(f"{size} {axis}" for axis, size in sizes.items())
+            raise ValueError(f"{shown} make {math.prod(sizes.values())} trials, more than max_trials "
+                             f"({self.max_trials}): shorten a list or raise sweep.max_trials")
+        return self
+
+    def axes(self) -> dict[str, list[float]]:
+        """The swept fields and their values, in :data:`SWEEP_AXES` order (the fields with a non-empty list)."""
+        return {axis: list(getattr(self, axis)) for axis in SWEEP_AXES if getattr(self, axis)}
+
+    def trials(self) -> list[dict[str, float]]:
+        """Every trial's settings (``{training field: value}``), trial 0 first; ``[{}]`` without a sweep."""
+        axes = self.axes()
+        return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
 class EvaluationConfig(_Section):
@@ -693,6 +812,7 @@ class PipelineConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @field_validator("name")
     @classmethod
@@ -712,6 +832,7 @@ class PipelineConfig(_Section):
         if self.cluster.nodes > 1 and self.cluster.accelerator_count == 0:
             raise ValueError("cluster.nodes > 1 needs cluster.accelerator_count >= 1")
         self._publish_outside_the_base()
+        self._sweep_rules()
         return self
 
     def _publish_outside_the_base(self) -> None:
@@ -726,6 +847,24 @@ class PipelineConfig(_Section):
                              f"versions into {published}, which {relation} storage.base_model ({base}); choose "
                              "another registered_model_name")
 
+    def _sweep_rules(self) -> None:
+        """Each swept value must be a valid value of its training field; LoRA axes need a LoRA method; more than one
+        trial needs validation rows to choose by."""
+        axes = self.sweep.axes()
+        if self.training.method == "full" and LORA_AXES & set(axes):
+            raise ValueError(f"sweep.{min(LORA_AXES & set(axes))}: training.method 'full' has no LoRA settings to vary")
+        if len(self.sweep.trials()) > 1 and self.dataset.val_fraction == 0:
+            raise ValueError("sweep: the trials are compared on the validation rows; set dataset.val_fraction > 0")
+        base = self.training.model_dump()
+        for axis, values in axes.items():
+            for value in values:
+                try:
+                    TrainingConfig.model_validate({**base, axis: value})
+                except ValueError as exc:  # pydantic's ValidationError
+                    errors = exc.errors() if hasattr(exc, "errors") else [{"msg": str(exc)}]
+                    raise ValueError(f"sweep.{axis}: the value {value} is not a valid training.{axis}: "
+                                     f"{errors[0]['msg']}") from None
+
     def dump_public(self) -> dict[str, Any]:
         """A JSON-ready dict for logs and MLflow params (the config holds no secret values by design:
         credentials reach the tasks only as environment variables from a Kubernetes Secret)."""
@@ -739,6 +878,7 @@ class PipelineConfig(_Section):
 
 __all__ = [
     "NAME_MAX",
+    "SWEEP_AXES",
     "ConfigError",
     "PipelineConfig",
     "form_field",

@@ -30,7 +30,8 @@ FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # A Hugging Face Trainer log record, as the trainer prints it: {'loss': '6.921', ..., 'epoch': '0.07692', ...}
 TRAINER_RECORD = re.compile(r"^\s*(\{'loss': .*\})\s*$")
 # The one-line summaries the steps print themselves ("[train] resuming from checkpoint-16", ...).
-STEP_SUMMARIES = ("[validate-dataset] ", "[train] ", "[find-baseline] ", "[evaluate] ", "[compare] ")
+STEP_SUMMARIES = ("[validate-dataset] ", "[train] ", "[select-trial] ", "[find-baseline] ", "[evaluate] ",
+                  "[compare] ")
 TAIL_LINES = 30
 WIDTH = 24  # the longest task name, so that the status columns line up
 

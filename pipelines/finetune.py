@@ -4,19 +4,23 @@ The same function is compiled for the cluster (``python -m pipelines.compile``) 
 ``kfp.local`` (``python -m pipelines.run_local``). The DAG::
 
     exit handler: finalize-runs (no MLflow run left RUNNING; a multi-node training job deleted)
-    └── resolve-config ─> validate-dataset ─> train (LoRA | QLoRA | full) ─> merge-lora ─> evaluate-candidate ─┐
+    └── resolve-config ─> validate-dataset ─> for each trial, sweep.parallelism at once: train (LoRA | QLoRA | full)
+                          │   └─> select-trial (lowest validation loss) ─> merge-lora ─> evaluate-candidate ─┐
                           └─> find-baseline ─> if needs evaluation: evaluate-baseline ──────────────────────┤
                                                else:                reuse-baseline-scores ──────────────────┤
                                                                                                             v
         register-model <─ compare ─> if promote: promote-model  else: mark-challenger   (after register-model)
+
+A run without a sweep is the same loop with one trial (one DAG shape for both): select-trial passes it on.
 
 What is decided when:
 - At run time, through the run form (:mod:`pipelines.run_form`): the typed parameters marked in
   :mod:`configs.schema`, ``z_config`` and ``z_overrides``. resolve-config turns them into the one resolved
   config every later task reads (precedence: typed parameter > overrides > config).
 - At compile time, from the config: the image, GPUs or not, resources, timeouts, retries, caching, the
-  storage mount and the MLflow credentials Secret (:data:`TASKS` holds each task's settings). resolve-config
-  refuses a run that tries to change them.
+  storage mount, the MLflow credentials Secret (:data:`TASKS` holds each task's settings) and how many trials
+  train at once (``sweep.parallelism``, the loop's parallelism). resolve-config refuses a run that tries to
+  change them; the trials themselves (``sweep.*`` lists, typed parameters ``*_sweep``) are decided at run time.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
@@ -57,6 +61,7 @@ TASKS = {
     "resolve-config": TaskSettings(cache=False, gpu=False, timeout="light_timeout_s"),
     "validate-dataset": TaskSettings(False, False, "light_timeout_s"),
     "train": TaskSettings(True, True, "train_timeout_s"),
+    "select-trial": TaskSettings(False, False, "light_timeout_s"),
     "merge-lora": TaskSettings(True, True, "merge_timeout_s"),
     "evaluate-candidate": TaskSettings(True, True, "eval_timeout_s", "h_eval_accelerator_count"),
     "find-baseline": TaskSettings(False, False, "light_timeout_s"),
@@ -146,17 +151,21 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
         config = resolved.outputs["config"]
         validated = p.task("validate-dataset", steps.validate_dataset(config=config, kfp_run_id=run_id))
 
-        trained = []
+        chosen = []
         branches = ((dsl.If, "lora"), (dsl.Elif, "qlora"), (dsl.Else, "full"))
         for branch, method in branches:
             condition = () if branch is dsl.Else else (resolved.outputs["method"] == method,)
             with branch(*condition, name=f"method-{method}"):
-                task = steps.train(config=config, kfp_run_id=run_id, dataset_hash=validated.outputs["dataset_hash"])
-                p.task("train", task, method=METHOD_NAMES[method])
-                task.set_retry(num_retries=cfg.cluster.train_retries, backoff_duration="60s", backoff_factor=2)
-                trained.append(task)
-        model_dir = dsl.OneOf(*(task.outputs["model_dir"] for task in trained))
-        train_run_id = dsl.OneOf(*(task.outputs["mlflow_run_id"] for task in trained))
+                with dsl.ParallelFor(items=resolved.outputs["trials"], parallelism=cfg.sweep.parallelism,
+                                     name=f"trials-{method}") as trial:
+                    task = steps.train(config=config, kfp_run_id=run_id, dataset_hash=validated.outputs["dataset_hash"],
+                                       trial=trial)
+                    p.task("train", task, method=METHOD_NAMES[method])
+                    task.set_retry(num_retries=cfg.cluster.train_retries, backoff_duration="60s", backoff_factor=2)
+                chosen.append(p.task("select-trial", steps.select_trial(
+                    config=config, kfp_run_id=run_id, model_dirs=dsl.Collected(task.outputs["model_dir"]))))
+        model_dir = dsl.OneOf(*(selected.outputs["model_dir"] for selected in chosen))
+        train_run_id = dsl.OneOf(*(selected.outputs["mlflow_run_id"] for selected in chosen))
 
         merged = p.task("merge-lora", steps.merge_lora(config=config, kfp_run_id=run_id, adapter_dir=model_dir))
         candidate = p.task("evaluate-candidate", steps.evaluate_candidate(

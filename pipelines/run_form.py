@@ -65,12 +65,14 @@ def _resolver_source() -> str:
             "compiled_config": "The config this pipeline was compiled from (compile-time settings are checked "
                                "against it).", **parameter_docs()}
     return (
-        f"def {RESOLVER_NAME}({signature}) -> NamedTuple(\"Outputs\", [(\"config\", str), (\"method\", str)]):\n"
+        f"def {RESOLVER_NAME}({signature}) -> NamedTuple(\"Outputs\", [(\"config\", str), (\"method\", str), "
+        f"(\"trials\", list)]):\n"
         f'    """Resolve the run\'s configuration: z_config, then z_overrides, then the typed parameters.\n\n'
         f"{textwrap.indent(google_args(docs), '    ')}\n\n"
         "    Returns:\n"
         "        config: The resolved, validated configuration (JSON) every later task reads.\n"
         "        method: The fine-tuning method of the resolved configuration.\n"
+        "        trials: The sweep's trial indices ([0] without a sweep), one train task each.\n"
         '    """\n'
         "    from components.run.resolve_config import run_step\n\n"
         f"    return run_step(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, compiled_config=compiled_config,\n"

@@ -238,8 +238,12 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     summary: dict[str, Any] = {"kfp_run_id": kfp_run_id, "parent_run": parent.info.run_id,
                                "parent_status": parent.info.status, "steps": sorted(k for k in children if k)}
     summary["dataset_hash"] = _first_tag(children, "llmft.dataset_hash")
-    train = children.get("train")
+    winner = parent.data.tags.get("llmft.winner_run")  # a sweep's winning trial (select-trial tags the parent)
+    train = client.get_run(winner) if winner else children.get("train")
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
+    summary["best_val_loss"] = train.data.metrics.get("best_val_loss") if train else None
+    summary["winner"] = parent.data.tags.get("llmft.winner_trial")
+    summary["trials"] = int(parent.data.tags.get("llmft.trials", "1"))
     comparison_file = run_dir(cfg, kfp_run_id) / COMPARE / COMPARISON_FILE
     if comparison_file.exists():
         comparison = read_model(comparison_file, Comparison, "comparison file")
@@ -288,6 +292,8 @@ def format_summary(summary: dict[str, Any], seconds: float) -> str:
         f"== Pipeline run {summary['kfp_run_id']} finished in {seconds:.0f} s ==",
         f"dataset hash      : {fmt(summary.get('dataset_hash'))}",
         f"train loss        : {fmt(summary.get('train_loss'))}",
+        f"validation loss   : {fmt(summary.get('best_val_loss'))} (best checkpoint)"
+        + (f"; {summary['winner']} of {summary['trials']} trials won" if summary.get("trials", 1) > 1 else ""),
         f"held-out loss     : {fmt(summary.get('task_candidate'))} candidate, {fmt(summary.get('task_baseline'))} "
         f"{fmt(summary.get('baseline'))}",
         f"MMLU              : {fmt(summary.get('mmlu_candidate'))} candidate, {fmt(summary.get('mmlu_baseline'))} "

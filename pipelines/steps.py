@@ -42,28 +42,54 @@ def validate_dataset(config: str, kfp_run_id: str, metrics: Output[Metrics], rep
 
 
 @component
-def train(config: str, kfp_run_id: str, dataset_hash: str, adapter: Output[Model], metrics: Output[Metrics],
-          loss_plot: Output[HTML]) -> NamedTuple("Outputs", [("model_dir", str), ("train_loss", float),
-                                                             ("mlflow_run_id", str)]):
-    """Fine-tune the base model on the train rows with LLaMA-Factory; a retry resumes from the last checkpoint.
+def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: Output[Model],
+          metrics: Output[Metrics], loss_plot: Output[HTML]) -> NamedTuple(
+        "Outputs", [("model_dir", str), ("train_loss", float), ("mlflow_run_id", str)]):
+    """Fine-tune the base model on the train rows with LLaMA-Factory and publish its best checkpoint (lowest
+    validation loss); a retry resumes from the trial's last checkpoint.
 
     Args:
         config: The resolved configuration (JSON).
         kfp_run_id: The KFP run id: names output/<run id>/ on the PVC and tags the MLflow runs.
         dataset_hash: The data version from validate-dataset (checked against the snapshot trained on).
+        trial: The sweep trial (its settings; 0 without a sweep), one iteration of the trials loop.
         adapter: Points at the trained weights on the PVC (model.json).
-        metrics: train_loss, eval_loss (when training.val_size > 0), runtime, tokens/s, global_step.
+        metrics: train_loss, best_step and best_val_loss (with a validation side), runtime, tokens/s, global_step.
         loss_plot: The training loss curve (HTML).
 
     Returns:
-        model_dir: The adapter (LoRA, QLoRA) or full weights directory, output/<run id>/adapter or /full.
+        model_dir: The adapter (LoRA, QLoRA) or full weights directory, output/<run id>/adapter or /full (a
+            sweep's trial N: output/<run id>/trials/trial-N/adapter).
         train_loss: The mean training loss over all steps.
         mlflow_run_id: The MLflow run of this step.
     """
     from components.train.train import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, adapter=adapter,
+    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, trial=trial, adapter=adapter,
                     metrics=metrics, loss_plot=loss_plot)
+
+
+@component
+def select_trial(config: str, kfp_run_id: str, model_dirs: list, selection: Output[Artifact],
+                 trials: Output[Markdown]) -> NamedTuple("Outputs", [("model_dir", str), ("mlflow_run_id", str),
+                                                                     ("trial", int)]):
+    """Pick the sweep's trial with the lowest validation loss (ties: the lower trial); only it is merged and gated.
+
+    Args:
+        config: The resolved configuration (JSON).
+        kfp_run_id: The KFP run id; selection.json goes to output/<run id>/.
+        model_dirs: Every trial's published weights (the train tasks' model_dir, collected from the trials loop).
+        selection: selection.json: every trial's settings, validation loss, best step and MLflow run; the winner.
+        trials: The trials as a table, the winner marked.
+
+    Returns:
+        model_dir: The winning trial's weights directory.
+        mlflow_run_id: The winning trial's train run.
+        trial: The winning trial's index.
+    """
+    from components.train.select_trial import run_step
+
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_dirs=model_dirs, selection=selection, report=trials)
 
 
 @component
@@ -315,6 +341,7 @@ __all__ = [
     "promote_model",
     "register_model",
     "reuse_baseline_scores",
+    "select_trial",
     "train",
     "validate_dataset",
 ]

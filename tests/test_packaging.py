@@ -59,7 +59,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 CLIS = ["pipelines.compile", "pipelines.run_local", "pipelines.submit", "components.demo.tiny_model",
         "components.run.finalize_runs", "components.data.validate_dataset", "components.train.train",
         "components.evaluate.mmlu.evaluate_mmlu", "components.merge.merge_lora", "components.gate.compare",
-        "components.gate.register_model", "components.train.multinode.launch"]
+        "components.gate.register_model", "components.train.multinode.launch", "components.train.select_trial"]
 
 
 @pytest.mark.parametrize("module", CLIS)

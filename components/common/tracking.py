@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 KFP_RUN_TAG = "kfp.run_id"
 ROLE_TAG = "llmft.role"
 STEP_TAG = "llmft.step"
+TRIAL_TAG = "llmft.trial"  # a sweep's trial (trial-N) of a step that runs once per trial
 PARENT_ROLE = "pipeline"
 # Environment variables the tasks read from the MLflow credentials Secret (all optional: an open server needs none).
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -322,12 +323,15 @@ def set_run_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> Non
 
 
 def close_stale_runs(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str, step: str | None = None,
-                     status: str = "KILLED") -> list[str]:
-    """End RUNNING runs of this pipeline run (of one step, or all) with ``status``; return their ids."""
+                     status: str = "KILLED", trial: str = "") -> list[str]:
+    """End RUNNING runs of this pipeline run (of one step, or all; of one trial of it when ``trial`` names one, so
+    that trials running side by side never close each other's runs) with ``status``; return their ids."""
     exp_id = experiment_id(client, cfg.mlflow.experiment)
     tags = {KFP_RUN_TAG: kfp_run_id}
     if step:
         tags[STEP_TAG] = step
+    if trial:
+        tags[TRIAL_TAG] = trial
     closed = []
     for run in _runs_with_tags(client, exp_id, tags):
         if run.info.status == "RUNNING" and (step is None or run.data.tags.get(ROLE_TAG) != PARENT_ROLE):
@@ -338,25 +342,27 @@ def close_stale_runs(client: MlflowClient, cfg: PipelineConfig, kfp_run_id: str,
 
 
 @contextlib.contextmanager
-def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *,
-             system_metrics: bool = False) -> Iterator[tuple[MlflowClient, str]]:
+def step_run(cfg: PipelineConfig, kfp_run_id: str, step: str, *, system_metrics: bool = False,
+             trial: str = "") -> Iterator[tuple[MlflowClient, str]]:
     """Open this step's child run under the pipeline's parent run; yield ``(client, run_id)``.
 
-    Earlier attempts of the same step left RUNNING (a killed pod) are ended KILLED first. The child
-    ends FINISHED when the block completes, FAILED (with the error as a tag) when it raises, and KILLED when it is
-    interrupted (Ctrl-C, or a SIGTERM raised as KeyboardInterrupt). With
-    ``system_metrics`` (the GPU steps), MLflow's monitor samples CPU, memory and GPU into the run meanwhile.
+    Earlier attempts of the same step (and ``trial``: a sweep's ``trial-N``, in the run's name and the tag
+    ``llmft.trial``) left RUNNING (a killed pod) are ended KILLED first. The child ends FINISHED when the block
+    completes, FAILED (with the error as a tag) when it raises, and KILLED when it is interrupted (Ctrl-C, or a
+    SIGTERM raised as KeyboardInterrupt). With ``system_metrics`` (the GPU steps), MLflow's monitor samples CPU,
+    memory and GPU into the run meanwhile.
     """
     client = make_client(cfg)
     parent = parent_run_id(client, cfg, kfp_run_id)
-    close_stale_runs(client, cfg, kfp_run_id, step=step)
+    close_stale_runs(client, cfg, kfp_run_id, step=step, trial=trial)
     exp_id = experiment_id(client, cfg.mlflow.experiment)
-    attempt = len(_runs_with_tags(client, exp_id, {KFP_RUN_TAG: kfp_run_id, STEP_TAG: step})) + 1
+    which = {KFP_RUN_TAG: kfp_run_id, STEP_TAG: step, **({TRIAL_TAG: trial} if trial else {})}
+    attempt = len(_runs_with_tags(client, exp_id, which)) + 1
+    label = f"{step} · {trial}" if trial else step
     run = client.create_run(
         exp_id,
-        run_name=f"{step} · {run_name(cfg, kfp_run_id)}" + ("" if attempt == 1 else f" (attempt {attempt})"),
-        tags={"mlflow.parentRunId": parent, KFP_RUN_TAG: kfp_run_id, STEP_TAG: step, ROLE_TAG: step,
-              "llmft.attempt": str(attempt)},
+        run_name=f"{label} · {run_name(cfg, kfp_run_id)}" + ("" if attempt == 1 else f" (attempt {attempt})"),
+        tags={"mlflow.parentRunId": parent, **which, ROLE_TAG: step, "llmft.attempt": str(attempt)},
     )
     run_id = run.info.run_id
     monitor = _system_metrics_monitor(run_id, cfg) if system_metrics else None

@@ -150,16 +150,25 @@ def render_report(result: ValidationResult, split: SplitManifest | None = None) 
               f"- empty system prompts: {result.empty_system_prompts}",
               f"- MMLU contamination: {contamination}"]
     if split is not None:
-        lines += ["", "## Held-out test split", "",
+        lines += ["", "## Held-out test and validation split", "",
                   f"Rows go to the test side by a hash of their example (first user turn and its answer; "
                   f"dataset.test_fraction "
                   f"{split.test_fraction}); at most {split.max_test_rows} are scored per dataset. "
-                  f"Test split hash `{split.test_split_hash}`.", ""]
-        lines += [f"- {item.name}: {item.train_rows} train rows; {item.held_out_rows} held out, "
-                  f"{item.scored_rows} scored (test split `{item.test_split_hash[:16]}`)" for item in split.datasets]
+                  f"Test split hash `{split.test_split_hash}`."]
+        if split.val_split_hash:
+            lines += ["", f"The next band of the same hash is the validation side (dataset.val_fraction "
+                          f"{split.val_fraction}), which picks the best checkpoint and the sweep's winner; at most "
+                          f"{split.max_val_rows} are scored per dataset. Validation split hash "
+                          f"`{split.val_split_hash}`."]
+        lines.append("")
+        for item in split.datasets:
+            validation = (f"; {item.val_rows} for validation, {item.scored_val_rows} scored (validation split "
+                          f"`{item.val_split_hash[:16]}`)" if item.val_split_hash else "")
+            lines.append(f"- {item.name}: {item.train_rows} train rows; {item.held_out_rows} held out, "
+                         f"{item.scored_rows} scored (test split `{item.test_split_hash[:16]}`){validation}")
         allowed = "warn only" if result.max_leaked < 0 else f"allowed: {result.max_leaked}"
-        lines += [f"- near-duplicates across the split: {result.leaked_rows} of {result.leak_checked_rows} scored test "
-                  f"rows have an answer that a train row shares ({allowed})"]
+        lines += [f"- near-duplicates across the split: {result.leaked_rows} of {result.leak_checked_rows} scored "
+                  f"held-out rows have an answer that a train row shares ({allowed})"]
     for title, items, count in (("Problems", result.problems, result.problem_count),
                                 ("Warnings", result.warnings, result.warning_count)):
         if count:

@@ -2,13 +2,13 @@
 
 :func:`validate_and_split` runs :func:`components.data.validation.validate_datasets` with a :class:`SplitWriter`
 as its row sink: each valid row is keyed (:func:`components.data.row_keys.row_key`: its example, then its
-content, as the trainer sees them) and written, in canonical JSON, to its dataset's train file or to the
-held-out candidates by its example's position (:func:`components.data.split.is_test_row`); at the end, the
-``dataset.max_test_rows`` held-out rows with the smallest keys become the test file, ``split.json``
-(:class:`components.data.split.SplitManifest`) records counts and hashes, and the leak check
-(:func:`components.data.leakage.find_leaks`) looks for the scored test rows' answers on the train side. The
-snapshot appears in one rename, only when validation passed; memory stays bounded (rows stream to files, at most
-twice the cap of candidate keys is held per dataset).
+content, as the trainer sees them), given its side by its example's position (:func:`components.data.split.row_side`)
+and written, in canonical JSON, to its dataset's train file or to the test or validation candidates; at the end,
+the ``dataset.max_test_rows`` test rows (``dataset.max_val_rows`` validation rows) with the smallest keys become
+the test (validation) file, ``split.json`` (:class:`components.data.split.SplitManifest`) records counts and
+hashes, and the leak check (:func:`components.data.leakage.find_leaks`) looks for the scored held-out rows'
+answers (both sides) on the train side. The snapshot appears in one rename, only when validation passed; memory
+stays bounded (rows stream to files, at most twice the cap of candidate keys is held per dataset and side).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from components.data.split import (
     DatasetSplit,
     SplitManifest,
     combined_test_hash,
+    combined_val_hash,
     heldout_entry_name,
-    is_test_row,
+    row_side,
     split_hash,
+    validation_entry_name,
 )
 from components.data.validation import validate_datasets
 
@@ -53,12 +55,15 @@ class _Dataset:
     train: IO[bytes]
     held: IO[bytes]  # every held-out row as "<key> <json>\n", filtered to the scored ones at the end
     train_refs: IO[bytes]  # each train row's origin ("file:row") and answers, JSON per line, for the leak check
+    val: IO[bytes] | None  # the validation side's rows as "<key> <json>\n" (None without one)
     train_digest: Any = field(default_factory=hashlib.sha256)
     rows: int = 0
     train_rows: int = 0
     held_out_rows: int = 0
-    candidates: dict[str, str] = field(default_factory=dict)  # the smallest held-out keys seen (at most 2 x the
-    # cap) -> where the first row with that key came from
+    val_rows: int = 0
+    # The smallest held-out keys seen (at most 2 x the cap) -> where the first row with that key came from.
+    candidates: dict[str, str] = field(default_factory=dict)
+    val_candidates: dict[str, str] = field(default_factory=dict)  # the same for the validation side
 
 
 def _json_line(value: Any) -> bytes:
@@ -87,10 +92,11 @@ class SplitWriter:
     """
 
     def __init__(self, open_directory: Callable[[], Path], *, test_fraction: float, min_test_rows: int,
-                 max_test_rows: int):
+                 max_test_rows: int, val_fraction: float = 0.0, min_val_rows: int = 1, max_val_rows: int = 1):
         self._open_directory = open_directory
         self._directory: Path | None = None
         self.test_fraction, self.min_test_rows, self.max_test_rows = test_fraction, min_test_rows, max_test_rows
+        self.val_fraction, self.min_val_rows, self.max_val_rows = val_fraction, min_val_rows, max_val_rows
         self._datasets: dict[str, _Dataset] = {}
         self._current: _Dataset | None = None
 
@@ -104,13 +110,15 @@ class SplitWriter:
         key = key_of(seen)
         state = self._dataset(spec)
         state.rows += 1
-        if is_test_row(key, self.test_fraction):
+        side = row_side(key, self.test_fraction, self.val_fraction)
+        if side == "test":
             state.held_out_rows += 1
             self._write(state.held, key.encode() + b" " + data)
-            state.candidates.setdefault(key, f"{display}:{row}")
-            if len(state.candidates) > 2 * self.max_test_rows:
-                kept = sorted(state.candidates)[:self.max_test_rows]
-                state.candidates = {key: state.candidates[key] for key in kept}
+            state.candidates = _keep_smallest(state.candidates, key, f"{display}:{row}", self.max_test_rows)
+        elif side == "val":
+            state.val_rows += 1
+            self._write(state.val, key.encode() + b" " + data)
+            state.val_candidates = _keep_smallest(state.val_candidates, key, f"{display}:{row}", self.max_val_rows)
         else:
             state.train_rows += 1
             state.train_digest.update(data)
@@ -124,18 +132,25 @@ class SplitWriter:
             state = self._datasets.get(version.name)
             if state is None or version.invalid_rows or state.rows != version.rows:
                 continue  # its rows have problems already; the split of what is left would mislead
-            held = len(self._scored(state))
+            held = len(_smallest(state.candidates, self.max_test_rows))
             where = f"dataset '{version.name}' ({version.rows} rows, dataset.test_fraction {self.test_fraction})"
             if held < self.min_test_rows:
                 result.add_problem(Problem(version.file_name, None, None, (
                     f"{where} holds out only {held} distinct row(s) for testing; at least {self.min_test_rows} "
                     "are needed (dataset.min_test_rows): raise dataset.test_fraction or add rows")))
+            held = len(_smallest(state.val_candidates, self.max_val_rows))
+            if self.val_fraction > 0 and held < self.min_val_rows:
+                result.add_problem(Problem(version.file_name, None, None, (
+                    f"dataset '{version.name}' ({version.rows} rows, dataset.val_fraction {self.val_fraction}) holds "
+                    f"out only {held} distinct row(s) for validation; at least {self.min_val_rows} are needed "
+                    "(dataset.min_val_rows): raise dataset.val_fraction or add rows")))
             if state.train_rows == 0:
                 result.add_problem(Problem(version.file_name, None, None, (
                     f"{where} leaves no row for training: lower dataset.test_fraction or add rows")))
 
     def check_leaks(self, result: ValidationResult, manifest: SplitManifest, *, ngram: int, max_leaked: int) -> None:
-        """Record the scored test rows with a near-duplicate answer on the train side (:func:`find_leaks`): a
+        """Record the scored held-out rows (test and validation) with a near-duplicate answer on the train side
+        (:func:`find_leaks`): a
         problem each when there are more than ``max_leaked`` (-1: never), else a warning each. Call after
         :meth:`finish`; removes the files of train-row origins either way.
 
@@ -156,16 +171,20 @@ class SplitWriter:
         result.leaks = [Problem(leak.held_out, None, None, f"held out, but its answer {leak.answer!r} has a "
                                 f"near-duplicate on the train side: {leak.trained}") for leak in report.leaks]
         result.settle(result.leaks, result.leaked_rows, max_leaked, (
-            f"{result.leaked_rows} held-out test row(s) have a near-duplicate answer on the train side (a run of "
+            f"{result.leaked_rows} held-out row(s) have a near-duplicate answer on the train side (a run of "
             f"{ngram} words, or the whole answer); at most {max_leaked} allowed (dataset.max_leaked_rows): remove or "
             "rewrite the copies, or raise dataset.max_leaked_rows"))
 
     def _scored_rows(self, directory: Path, manifest: SplitManifest) -> Iterator[SideRow]:
         for split in manifest.datasets:
             state = self._datasets[split.name]
-            with open(directory / split.test_file, encoding="utf-8") as handle:
-                for key, line in zip(split.test_keys, handle, strict=True):
-                    yield state.candidates[key], answers(json.loads(line), state.spec)
+            sides = [(split.test_file, split.test_keys, state.candidates)]
+            if split.val_file:
+                sides.append((split.val_file, split.val_keys, state.val_candidates))
+            for file_name, keys, origins in sides:
+                with open(directory / file_name, encoding="utf-8") as handle:
+                    for key, line in zip(keys, handle, strict=True):
+                        yield origins[key], answers(json.loads(line), state.spec)
 
     def _train_rows(self) -> Iterator[SideRow]:
         for state in self._datasets.values():
@@ -186,21 +205,33 @@ class SplitWriter:
         for version in result.datasets:
             state = self._datasets[version.name]
             train_file, test_file = f"train/{version.name}.jsonl", f"test/{version.name}.jsonl"
-            keys, test_sha256 = self._write_test_file(state, directory / test_file)
+            keys, test_sha256 = self._write_scored(state.held, _smallest(state.candidates, self.max_test_rows),
+                                                   directory / test_file)
+            validation: dict[str, Any] = {}
+            if state.val is not None:
+                val_file = f"val/{version.name}.jsonl"
+                val_keys, val_sha256 = self._write_scored(
+                    state.val, _smallest(state.val_candidates, self.max_val_rows), directory / val_file)
+                validation = dict(scored_val_rows=len(val_keys), val_file=val_file, val_sha256=val_sha256,
+                                  val_split_hash=split_hash(val_keys), val_keys=val_keys)
             splits.append(DatasetSplit(
                 name=version.name, source_sha256=version.sha256, rows=state.rows, train_rows=state.train_rows,
                 held_out_rows=state.held_out_rows, scored_rows=len(keys), train_file=train_file,
                 train_sha256=state.train_digest.hexdigest(), test_file=test_file, test_sha256=test_sha256,
-                test_split_hash=split_hash(keys), test_keys=keys))
+                test_split_hash=split_hash(keys), test_keys=keys, val_rows=state.val_rows, **validation))
             kept = {key: value for key, value in state.spec.entry.items() if key not in SOURCE_ONLY_KEYS}
             info[version.name] = {"file_name": train_file, **kept}
             kept.pop("num_samples", None)  # a sample size for training; every scored row is evaluated
             info[heldout_entry_name(version.name)] = {"file_name": test_file, **kept}
+            if validation:
+                info[validation_entry_name(version.name)] = {"file_name": validation["val_file"], **kept}
         info_bytes = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
         manifest = SplitManifest(
             test_fraction=self.test_fraction, min_test_rows=self.min_test_rows, max_test_rows=self.max_test_rows,
+            val_fraction=self.val_fraction, min_val_rows=self.min_val_rows if self.val_fraction else 0,
+            max_val_rows=self.max_val_rows if self.val_fraction else 0,
             dataset_hash=result.combined_sha256, dataset_info_sha256=hashlib.sha256(info_bytes).hexdigest(),
-            test_split_hash=combined_test_hash(splits), datasets=splits)
+            test_split_hash=combined_test_hash(splits), val_split_hash=combined_val_hash(splits), datasets=splits)
         self._write_file(directory / DATA_CONFIG, info_bytes)
         self._write_file(directory / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
         return manifest
@@ -214,13 +245,10 @@ class SplitWriter:
         for state in self._datasets.values():
             self._close(state)
 
-    def _scored(self, state: _Dataset) -> list[str]:
-        return sorted(state.candidates)[:self.max_test_rows]
-
     def _open(self) -> Path:
         if self._directory is None:
             self._directory = self._open_directory()
-            for side in ("train", "test"):
+            for side in ("train", "test", "val") if self.val_fraction else ("train", "test"):
                 (self._directory / side).mkdir()
         return self._directory
 
@@ -235,14 +263,17 @@ class SplitWriter:
             train = open(directory / "train" / f"{spec.name}.jsonl", "wb")  # noqa: SIM115 - closed in close()
             held = open(directory / "test" / f".{spec.name}.held", "wb")  # noqa: SIM115 - closed in close()
             refs = open(directory / "train" / f".{spec.name}.refs", "wb")  # noqa: SIM115 - closed in close()
+            val = open(directory / "val" / f".{spec.name}.held", "wb") if self.val_fraction else None  # noqa: SIM115
         except OSError as exc:
             raise StorageError(describe_os_error(exc, directory)) from exc
-        self._current = self._datasets[spec.name] = _Dataset(spec, train, held, refs)
+        self._current = self._datasets[spec.name] = _Dataset(spec, train, held, refs, val)
         return self._current
 
     @staticmethod
     def _close(state: _Dataset) -> None:
-        for handle in (state.train, state.held, state.train_refs):
+        for handle in (state.train, state.held, state.train_refs, state.val):
+            if handle is None:
+                continue
             try:
                 handle.close()  # flushes the buffer: the last write can fail here
             except OSError as exc:
@@ -263,12 +294,14 @@ class SplitWriter:
         except OSError as exc:
             raise StorageError(describe_os_error(exc, path)) from exc
 
-    def _write_test_file(self, state: _Dataset, path: Path) -> tuple[list[str], str]:
-        """Keep the scored held-out rows, first copy of each, in source order; returns their keys and the hash."""
-        scored = set(self._scored(state))
+    @staticmethod
+    def _write_scored(candidates: IO[bytes], chosen: list[str], path: Path) -> tuple[list[str], str]:
+        """Keep the ``chosen`` held-out rows of a candidates file, first copy of each, in source order; returns
+        their keys and the file's hash."""
+        scored = set(chosen)
         keys: list[str] = []
         digest = hashlib.sha256()
-        held = Path(state.held.name)
+        held = Path(candidates.name)
         try:
             with open(held, "rb") as source, open(path, "wb") as target:
                 for line in source:
@@ -284,12 +317,27 @@ class SplitWriter:
         return keys, digest.hexdigest()
 
 
+def _keep_smallest(candidates: dict[str, str], key: str, origin: str, cap: int) -> dict[str, str]:
+    """``candidates`` with ``key`` (first seen at ``origin``) added, trimmed to the ``cap`` smallest keys once it holds
+    more than twice the cap."""
+    candidates.setdefault(key, origin)
+    if len(candidates) <= 2 * cap:
+        return candidates
+    return {kept: candidates[kept] for kept in sorted(candidates)[:cap]}
+
+
+def _smallest(candidates: dict[str, str], cap: int) -> list[str]:
+    """The keys that are scored: the ``cap`` smallest (stable when rows are appended)."""
+    return sorted(candidates)[:cap]
+
+
 class _Invalid(Exception):
     """Validation found problems: unwinds the snapshot directory before anything is published."""
 
 
 def validate_and_split(dataset_dir: str | Path, names: list[str], destination: str | Path, *, test_fraction: float,
-                       min_test_rows: int, max_test_rows: int, max_leaked: int = 0, replace: bool = False,
+                       min_test_rows: int, max_test_rows: int, val_fraction: float = 0.0, min_val_rows: int = 1,
+                       max_val_rows: int = 1000, max_leaked: int = 0, replace: bool = False,
                        **checks: Any) -> tuple[ValidationResult, SplitManifest | None]:
     """Validate the named datasets and, when they pass, publish their split snapshot at ``destination``.
 
@@ -304,7 +352,11 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
         test_fraction: Share of rows held out (``dataset.test_fraction``).
         min_test_rows: Fewer distinct held-out rows in a dataset is a problem (``dataset.min_test_rows``).
         max_test_rows: Held-out rows scored per dataset, the smallest keys (``dataset.max_test_rows``).
-        max_leaked: More scored test rows with a near-duplicate answer on the train side is a problem
+        val_fraction: Share of rows in the validation band after the test band (``dataset.val_fraction``; 0: no
+            validation side).
+        min_val_rows: Fewer distinct validation rows in a dataset is a problem (``dataset.min_val_rows``).
+        max_val_rows: Validation rows scored per dataset, the smallest keys (``dataset.max_val_rows``).
+        max_leaked: More scored held-out rows with a near-duplicate answer on the train side is a problem
             (``dataset.max_leaked_rows``; -1: warn only). The n-gram is ``checks["ngram"]``.
         replace: Replace an existing snapshot (a retried validate step) instead of failing.
         **checks: The keyword arguments of :func:`components.data.validation.validate_datasets`
@@ -321,7 +373,8 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
         with contextlib.ExitStack() as stack:
             writer = SplitWriter(lambda: stack.enter_context(atomic_directory(destination, replace=replace)),
                                  test_fraction=test_fraction, min_test_rows=min_test_rows,
-                                 max_test_rows=max_test_rows)
+                                 max_test_rows=max_test_rows, val_fraction=val_fraction, min_val_rows=min_val_rows,
+                                 max_val_rows=max_val_rows)
             try:
                 result = validate_datasets(dataset_dir, names, row_sink=writer, **checks)
                 writer.check_sizes(result)

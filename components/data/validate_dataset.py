@@ -12,13 +12,15 @@ Exit status: 0 valid, 1 invalid (every problem printed as ``FILE:ROW: field 'NAM
 The checks live in :func:`components.data.validation.validate_datasets` (shared by the CLI and
 :func:`run_step`). The step also splits the rows into train and held-out test sides in the same pass
 and publishes the split snapshot in the run directory, ``<output_root>/<run slug>/data``
-(:func:`components.data.split_writer.validate_and_split`); training reads only that snapshot. A dataset
-with fewer than ``dataset.min_test_rows`` held-out rows is a problem. The step adds the outputs: a
-Markdown report (:func:`components.data.result.render_report`) and Metrics for the Kubeflow UI, MLflow dataset
-inputs on the step's run and the pipeline's parent run (context ``training``: the source data, digest = the first
-16 hex digits of its sha256, the full hash as a tag; context ``test``: each dataset's scored test rows, digest =
-the first 16 hex digits of its test split hash), the combined hash as the ``dataset_hash`` output, part
-of the downstream cache key, and the test side's identity as ``test_split_hash``. Invalid data
+(:func:`components.data.split_writer.validate_and_split`), with a validation side in the band after the test side
+(``dataset.val_fraction``); training reads only that snapshot's train and validation files. A dataset
+with fewer than ``dataset.min_test_rows`` held-out rows (``dataset.min_val_rows`` validation rows) is a problem.
+The step adds the outputs: a Markdown report (:func:`components.data.result.render_report`) and Metrics for
+the Kubeflow UI, MLflow dataset inputs on the step's run and the pipeline's parent run (context ``training``: the
+source data, digest = the first 16 hex digits of its sha256, the full hash as a tag; context ``test``: each
+dataset's scored test rows, digest = the first 16 hex digits of its test split hash; context ``validation``: its
+scored validation rows, likewise), the combined hash as the ``dataset_hash`` output, part of the downstream cache
+key, and the test side's identity as ``test_split_hash``. Invalid data
 raises :class:`DatasetValidationError`, which fails the task and stops the pipeline.
 """
 
@@ -54,9 +56,10 @@ def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
 
     Shared by :func:`run_step` and a training run by hand (:mod:`components.train.train`). Reads ``storage``
     (mount_path, data_dir, eval_data_dir, output_root), ``dataset`` (names, max_reported_errors,
-    contamination_ngram, max_contaminated_rows, max_leaked_rows, test_fraction, min_test_rows, max_test_rows) and
+    contamination_ngram, max_contaminated_rows, max_leaked_rows, test_fraction, min_test_rows, max_test_rows,
+    val_fraction, min_val_rows, max_val_rows) and
     ``training.cutoff_len``. The MMLU contamination check runs over every row (both sides) when
-    ``<eval_data_dir>/test`` exists; the leak check over the scored test rows against the train side.
+    ``<eval_data_dir>/test`` exists; the leak check over the scored held-out rows (both sides) against the train side.
 
     Returns:
         The validation result and the :class:`~components.data.split.SplitManifest` (None when invalid:
@@ -75,6 +78,7 @@ def validate_config_data(cfg: PipelineConfig, kfp_run_id: str, *,
     return validate_and_split(
         source, data.names, destination, replace=replace,
         test_fraction=data.test_fraction, min_test_rows=data.min_test_rows, max_test_rows=data.max_test_rows,
+        val_fraction=data.val_fraction, min_val_rows=data.min_val_rows, max_val_rows=data.max_val_rows,
         max_leaked=data.max_leaked_rows, cutoff_len=cfg.training.cutoff_len,
         eval_data_dir=mmlu if (mmlu / "test").is_dir() else None,
         ngram=data.contamination_ngram, max_contaminated=data.max_contaminated_rows,
@@ -113,7 +117,8 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
             raise DatasetValidationError(result.failure_message())
     held = _split_metrics(split)
     print(f"[{STEP}] {result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out "
-          f"for the task evaluation, {held.get('train_rows', 0)} to train on", flush=True)
+          f"for the task evaluation, {held.get('val_rows', 0)} for validation, {held.get('train_rows', 0)} to train "
+          "on", flush=True)
     return result.combined_sha256, test_split_hash, result.rows
 
 
@@ -122,7 +127,9 @@ def _split_metrics(split: SplitManifest | None) -> dict[str, int]:
         return {}
     return {"train_rows": sum(item.train_rows for item in split.datasets),
             "held_out_rows": sum(item.held_out_rows for item in split.datasets),
-            "scored_test_rows": sum(item.scored_rows for item in split.datasets)}
+            "scored_test_rows": sum(item.scored_rows for item in split.datasets),
+            "val_rows": sum(item.val_rows for item in split.datasets),
+            "scored_val_rows": sum(item.scored_val_rows for item in split.datasets)}
 
 
 def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: ValidationResult,
@@ -132,7 +139,8 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
 
     Each dataset is a ``training`` input (the source data); with ``split`` each also gets a ``test`` input:
     its scored test rows, digest the first 16 hex digits of the test split hash (MLflow digests are short),
-    the full hash as the tag ``llmft.test_split_hash``.
+    the full hash as the tag ``llmft.test_split_hash``; and, with a validation side, a ``validation`` input
+    likewise (tag ``llmft.val_split_hash``).
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
@@ -164,9 +172,23 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
             numbers.update({f"train_rows.{item.name}": item.train_rows,
                             f"held_out_rows.{item.name}": item.held_out_rows,
                             f"scored_test_rows.{item.name}": item.scored_rows})
+            if item.val_file and item.val_split_hash and item.val_sha256:
+                profile = {"num_rows": item.scored_val_rows, "val_rows": item.val_rows,
+                           "train_rows": item.train_rows, "val_fraction": split.val_fraction}
+                dataset = Dataset(name=item.name, digest=item.val_split_hash[:16], source_type="local",
+                                  source=json.dumps({"uri": str(snapshot / item.val_file)}),
+                                  profile=json.dumps(profile))
+                inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "validation"),
+                                                          InputTag("llmft.val_split_hash", item.val_split_hash),
+                                                          InputTag("llmft.sha256", item.val_sha256)]))
+                numbers.update({f"val_rows.{item.name}": item.val_rows,
+                                f"scored_val_rows.{item.name}": item.scored_val_rows})
         params += [Param("dataset.test_fraction", str(split.test_fraction)),
+                   Param("dataset.val_fraction", str(split.val_fraction)),
                    Param("dataset.snapshot", str(snapshot))]
         tags.append(RunTag("llmft.test_split_hash", split.test_split_hash))
+        if split.val_split_hash:
+            tags.append(RunTag("llmft.val_split_hash", split.val_split_hash))
     client.log_batch(run_id, metrics=[Metric(key, float(value), now_ms, 0) for key, value in numbers.items()],
                      params=params, tags=tags)
     if inputs:

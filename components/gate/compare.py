@@ -35,6 +35,7 @@ from components.evaluate.task.results import TaskResults, TaskResultsError, load
 from components.gate.registry import BASE_MODEL_NAME
 from components.gate.report import loss_curve, render_html, render_report, train_loss
 from components.gate.rules import Comparison, NotComparable, TaskScores, compare
+from components.train.select_trial import read_selection, trials_table
 from configs.loading import config_from_json
 from configs.schema import ConfigError, PipelineConfig
 
@@ -191,8 +192,10 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id), tempfile.TemporaryDirectory() as tmp:
         curve, loss = loss_curve(client, train_run_id), train_loss(client, train_run_id)
         notes = f"Baseline: {baseline_note}" if baseline_note else ""
-        markdown = render_report(comparison, training_loss=loss, loss_plot=curve.text, note=notes)
-        with_plot = render_report(comparison, training_loss=loss, note=notes,
+        selection = read_selection(cfg, kfp_run_id)
+        trials = trials_table(selection) if selection and len(selection.trials) > 1 else ""
+        markdown = render_report(comparison, training_loss=loss, loss_plot=curve.text, note=notes, trials=trials)
+        with_plot = render_report(comparison, training_loss=loss, note=notes, trials=trials,
                                   loss_plot="![training loss](training_loss.png)" if curve.png else curve.text)
         path = write_model(run_dir(cfg, kfp_run_id) / STEP / COMPARISON_FILE, comparison)
         atomic_write_text(report.path, markdown)

@@ -91,12 +91,13 @@ def _number(value: Any, digits: int = 4) -> str:
 
 
 def render_report(comparison: "Comparison", *, training_loss: float | None = None, loss_plot: str = "",
-                  note: str = "") -> str:
+                  note: str = "", trials: str = "") -> str:
     """The Markdown report: the decision, every rule, the held-out task table, the MMLU table, training.
 
     ``loss_plot`` is how the report shows the training loss curve: a relative image path (MLflow shows the PNG
     logged beside the report), a sparkline, or a note; "" leaves the section out. ``note`` is plain text (it may
     quote paths, run ids or errors): it is escaped, so that it reads as written and never renders as markup.
+    ``trials`` is a sweep's table of trials (:func:`components.train.select_trial.trials_table`); "" without a sweep.
     """
     decision, baseline, task, mmlu = comparison.decision, comparison.baseline_name, comparison.task, comparison.mmlu
     title = "✅ Promote" if decision == "promote" else "⏸️ Keep the champion"
@@ -139,6 +140,11 @@ def render_report(comparison: "Comparison", *, training_loss: float | None = Non
                   f"[{mmlu.ci_low:+.4f}, {mmlu.ci_high:+.4f}]."]
     if comparison.generation is not None:
         lines += ["", *generation_section(comparison.generation, comparison.judge)]
+    if trials:
+        lines += ["", "## Trials: the candidate won on the validation rows", "",
+                  "Each trial trained on the same rows; the lowest validation loss won (ties: the lower trial). The "
+                  "held-out rows above were read only now, for the winner: no choice was made on them.", "",
+                  trials.rstrip("\n")]
     if training_loss is not None or loss_plot:
         lines += ["", "## Training", ""]
         if training_loss is not None:

@@ -50,7 +50,7 @@ COMPILE_TIME = (
     "cluster.memory_limit", "cluster.light_cpu_request", "cluster.light_memory_request", "cluster.shm_size",
     "cluster.train_timeout_s", "cluster.eval_timeout_s", "cluster.merge_timeout_s", "cluster.light_timeout_s",
     "cluster.train_retries", "training.deepspeed_stage", "storage.mount_path", "storage.output_root",
-    "mlflow.credentials_secret", "evaluation.judge_secret",
+    "mlflow.credentials_secret", "evaluation.judge_secret", "sweep.parallelism",
 )
 CLUSTER_PREFIX = "h_"
 
@@ -120,7 +120,8 @@ def refuse_compile_time_changes(cfg: PipelineConfig, compiled: PipelineConfig) -
 def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split ``section.field=value`` overrides into typed form values and the rest (for submit).
 
-    Typed values get their parameter's type (YAML reads ``5e-5`` as text; the KFP API wants a number).
+    Typed values get their field's type (YAML reads ``5e-5`` as text, also inside a list; the KFP API wants a
+    number).
 
     Raises:
         ConfigError: an override is malformed, or its value does not fit its parameter's type.
@@ -140,7 +141,8 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
         if isinstance(value, bool) and field.kind is not bool:  # pydantic would read true as 1 or 1.0
             raise ConfigError(f"{field.path}: must not be a boolean, got {str(value).lower()} (from --set {text!r})")
         try:
-            typed[field.name] = TypeAdapter(field.kind).validate_python(value)
+            adapter = TypeAdapter(field.annotation or field.kind)
+            typed[field.name] = adapter.dump_python(adapter.validate_python(value), mode="json", exclude_none=True)
         except ValidationError as exc:
             raise ConfigError(f"{field.path}: {exc.errors()[0]['msg']} (from --set {text!r})") from None
     return typed, rest
@@ -152,7 +154,8 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
     the run's name (:func:`components.common.tracking.write_run_name`) to the run directory, return the config.
 
     Returns:
-        ``(resolved config JSON, training method)``.
+        ``(resolved config JSON, training method, the sweep's trial indices)``: ``[0]`` without a sweep; the
+        pipeline's trials loop runs one train task per index.
 
     Raises:
         ConfigError: as :func:`resolve`.
@@ -165,9 +168,10 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
     changed = {field.path: field_value(cfg, field.path) for field in form_fields()
                if canonical(field_value(cfg, field.path)) != canonical(form_values(config_from_json(compiled_config))
                                                                        [field.name])}
+    trials = list(range(len(cfg.sweep.trials())))
     print(json.dumps({"resolved_config": str(path), "method": cfg.training.method, "config_hash": cfg.config_hash(),
-                      "changed_from_compiled": changed}))
-    return text, cfg.training.method
+                      "changed_from_compiled": changed, "trials": len(trials)}))
+    return text, cfg.training.method, trials
 
 
 def read_resolved(compiled: PipelineConfig, kfp_run_id: str) -> PipelineConfig | None:

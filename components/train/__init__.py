@@ -9,6 +9,9 @@
 - :mod:`.worker`: the trainer process itself (LLaMA-Factory's ``run_exp``);
 - :mod:`.metrics`: the train run's metrics: the trainer's callback, collect, backfill, plot;
 - :mod:`.outputs`: the published weights, ``train_summary.json`` and ``model.json``;
+- :mod:`.trials`: a sweep's trials: their settings, directories and names;
+- :mod:`.tokenized`: the tokenized data, built once per run and shared by its trials;
+- :mod:`.select_trial`: the select-trial step: the sweep's winner on the validation rows;
 - :mod:`.multinode`: a TrainJob or PyTorchJob when ``cluster.nodes > 1``.
 """
 
@@ -21,6 +24,9 @@ __all__ = [
     "multinode",
     "outputs",
     "render",
+    "select_trial",
+    "tokenized",
     "train",
+    "trials",
     "worker",
 ]

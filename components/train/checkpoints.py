@@ -18,6 +18,9 @@ What the step's metrics need from the chosen checkpoint (its step, the tokens se
 into a :class:`ResumePoint`: the Trainer's checkpoint rotation (``save_total_limit``) may delete that
 very directory during training.
 
+With a validation side the trainer state names the best checkpoint (``best_global_step``, lowest validation
+loss); the Trainer's rotation never deletes it, and :func:`finish_from_checkpoint` publishes its weights.
+
 Checkpoints are resumed only by the training that made them. :func:`keep_only_same_training` compares
 the fingerprint recorded next to them (``training_fingerprint.json``, see
 :mod:`components.train.fingerprint`) with the current one and moves the whole output directory to the
@@ -213,26 +216,56 @@ RESUME_ONLY = re.compile(r"^(optimizer\.pt|optimizer\.bin|scheduler\.pt|scaler\.
                          r"zero_to_fp32\.py)$")
 
 
+def best_checkpoint(output_dir: Path, state_dir: Path | None = None) -> Path | None:
+    """The checkpoint with the lowest validation loss, as the trainer state in ``state_dir`` (default
+    ``output_dir``) names it (``best_global_step``), or None when the training has no validation side.
+
+    Raises:
+        TrainError: the state names a best checkpoint whose weights are not whole in ``output_dir`` (publishing
+            the last one's instead would publish the wrong weights).
+    """
+    from components.train.inputs import TrainError
+
+    try:
+        step = read_json((state_dir or output_dir) / TRAINER_STATE).get("best_global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    best = output_dir / f"checkpoint-{step}"
+    problem = _weights_problem(best) if best.is_dir() else "it is gone"
+    if problem:
+        raise TrainError(f"the best checkpoint (lowest validation loss) is {best}, but {problem}; rotation keeps it, "
+                         "so something else removed it: rerun with a new run id")
+    return best
+
+
 def finish_from_checkpoint(checkpoint: Path, output_dir: Path) -> list[str]:
     """Copy a checkpoint of the last step into ``output_dir`` as the trainer's final save would have left it.
 
     For a retry whose newest complete checkpoint is already the last step (the previous attempt died after
     it: in the final save, or while the step published): the Trainer, resumed there, would train one step
     past ``max_steps`` (transformers 5.6 checks the limit only after a step). The checkpoint holds the final
-    weights, config, tokenizer and ``trainer_state.json``; copies, not links, since a later trainer may
-    rewrite a checkpoint file in place. Returns the names copied.
+    config, tokenizer and ``trainer_state.json``; the weights are the best checkpoint's (:func:`best_checkpoint`)
+    when the training has a validation side, as the Trainer's ``load_best_model_at_end`` would have saved them,
+    else its own. Copies, not links, since a later trainer may rewrite a checkpoint file in place. Returns the
+    names copied, each as ``<checkpoint>/<file>``.
 
     Raises:
         StorageError: the volume refused a write.
+        TrainError: the best checkpoint the state names is not whole.
     """
+    best = best_checkpoint(checkpoint.parent, checkpoint) or checkpoint
     copied = []
-    for source in sorted(checkpoint.iterdir()):
-        if source.is_file() and not RESUME_ONLY.match(source.name):
-            try:
-                shutil.copy2(source, output_dir / source.name)
-            except OSError as exc:
-                raise StorageError(describe_os_error(exc, output_dir / source.name)) from exc
-            copied.append(source.name)
+    for origin in dict.fromkeys((checkpoint, best)):  # the best one's weights last, over the last one's
+        for source in sorted(origin.iterdir()):
+            if source.is_file() and not RESUME_ONLY.match(source.name) and (
+                    origin == checkpoint or source.name != TRAINER_STATE):
+                try:
+                    shutil.copy2(source, output_dir / source.name)
+                except OSError as exc:
+                    raise StorageError(describe_os_error(exc, output_dir / source.name)) from exc
+                copied.append(f"{origin.name}/{source.name}")
     return copied
 
 

@@ -1,8 +1,11 @@
 """What the train step reads and where it writes: the run's paths, and the validated data it trains on.
 
-Every path is run-scoped (``<output_root>/<run slug>/``), so concurrent runs never share one:
+Every path is run-scoped (``<output_root>/<run slug>/``), so concurrent runs never share one; a sweep's trial
+writes its own under ``<run dir>/trials/trial-N/`` (:func:`components.train.trials.trial_dir`), all but the
+snapshot, which the trials share:
 
-``data/``                   the split snapshot validate-dataset wrote; the trainer reads its train entries only
+``data/``                   the split snapshot validate-dataset wrote; the trainer reads its train and validation
+                            entries only (never a test file: no test row is read before the gate)
 ``checkpoints/``            the trainer's ``output_dir`` (checkpoints, trainer log, final weights)
 ``checkpoints-discarded/``  checkpoints that cannot or must not be resumed (:mod:`components.train.checkpoints`)
 ``training_fingerprint.json``  which training wrote ``checkpoints/`` (:mod:`components.train.fingerprint`)
@@ -18,7 +21,10 @@ from typing import NamedTuple
 
 from components.common.storage import on_volume, run_dir
 from components.data.split import SNAPSHOT_DIR, SplitError, SplitManifest, verify_snapshot
+from components.train.trials import trial_dir
 from configs.schema import PipelineConfig
+
+TRAIN_SIDES = ("train", "val")  # what the train step reads of the snapshot (the test side is the gate's)
 
 TRAIN_YAML = "train.yaml"
 
@@ -32,7 +38,7 @@ class TrainPaths(NamedTuple):
     """Where one run's training reads and writes (all absolute, on the storage volume)."""
 
     base_model: Path
-    dataset_dir: Path  # data/: the validated split snapshot (the trainer reads its train entries only)
+    dataset_dir: Path  # data/: the validated split snapshot (the trainer reads its train and val entries only)
     run_dir: Path
     output_dir: Path  # checkpoints/: the trainer's output_dir
     discard_dir: Path  # checkpoints-discarded/: incomplete checkpoints moved out of the way
@@ -41,21 +47,22 @@ class TrainPaths(NamedTuple):
     log_dir: Path
 
 
-def resolve_paths(cfg: PipelineConfig, kfp_run_id: str, *, check: bool = True) -> TrainPaths:
-    """The paths of this run's training, checking the inputs exist unless ``check`` is False.
+def resolve_paths(cfg: PipelineConfig, kfp_run_id: str, *, check: bool = True, trial: int = 0) -> TrainPaths:
+    """The paths of this run's training (of sweep trial ``trial``), checking the inputs exist unless ``check`` is
+    False.
 
-    Reads ``storage`` (mount_path, base_model, data_dir, output_root) and ``training.method``.
+    Reads ``storage`` (mount_path, base_model, data_dir, output_root), ``training.method`` and ``sweep``.
 
     Raises:
         TrainError: the base model has no ``config.json``, or there is no split snapshot yet and the data
             directory has no ``dataset_info.json`` to build it from.
         StorageError: a path resolves outside the storage root.
     """
-    base = run_dir(cfg, kfp_run_id)
+    base = trial_dir(cfg, kfp_run_id, trial)
     source = on_volume(cfg, cfg.storage.data_dir)
     paths = TrainPaths(
         base_model=on_volume(cfg, cfg.storage.base_model),
-        dataset_dir=base / SNAPSHOT_DIR,
+        dataset_dir=run_dir(cfg, kfp_run_id) / SNAPSHOT_DIR,
         run_dir=base,
         output_dir=base / "checkpoints",
         discard_dir=base / "checkpoints-discarded",
@@ -76,7 +83,9 @@ def prepare_data(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths) -> Spl
     """The split snapshot this run trains on, verified against its manifest.
 
     The validate step wrote it; a run by hand without that step builds it here, validating the data first.
-    Reads ``dataset`` (names, test_fraction, min_test_rows, max_test_rows; all of it when it builds).
+    Reads ``dataset`` (names, test_fraction, min_test_rows, max_test_rows, val_fraction, min_val_rows,
+    max_val_rows; all of it when it builds). Only the train and validation files are verified: the test files
+    are the gate's, and the train step never opens them.
 
     Raises:
         TrainError: the data is invalid (the problems are listed); a snapshot file changed after validation
@@ -96,14 +105,18 @@ def prepare_data(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths) -> Spl
         print(f"[train] validated the data and wrote its split snapshot to {paths.dataset_dir}", flush=True)
     else:  # written by the validate step: re-hash it (one just written here needs no second read)
         try:
-            split = verify_snapshot(paths.dataset_dir)
+            split = verify_snapshot(paths.dataset_dir, sides=TRAIN_SIDES)
         except SplitError as exc:
             raise TrainError(f"the validated training data cannot be used: {exc}") from None
-    wanted = (cfg.dataset.test_fraction, cfg.dataset.min_test_rows, cfg.dataset.max_test_rows)
-    made = (split.test_fraction, split.min_test_rows, split.max_test_rows)
+    data = cfg.dataset
+    validation = (data.min_val_rows, data.max_val_rows) if data.val_fraction else (0, 0)
+    wanted = (data.test_fraction, data.min_test_rows, data.max_test_rows, data.val_fraction, *validation)
+    made = (split.test_fraction, split.min_test_rows, split.max_test_rows, split.val_fraction, split.min_val_rows,
+            split.max_val_rows)
     has = [item.name for item in split.datasets]
     if made != wanted or not set(names) <= set(has):
         raise TrainError(f"the split snapshot {paths.dataset_dir} holds {has} split with (test_fraction, "
-                         f"min_test_rows, max_test_rows) = {made}; this config asks for {names} with {wanted}: "
-                         "validate again (a new pipeline run, or a new --run-id by hand)")
+                         f"min_test_rows, max_test_rows, val_fraction, min_val_rows, max_val_rows) = {made}; this "
+                         f"config asks for {names} with {wanted}: validate again (a new pipeline run, or a new "
+                         "--run-id by hand)")
     return split

@@ -7,12 +7,15 @@ Hugging Face's MLflow callback (which logs ~270 TrainingArguments and model-conf
 end-of-training summary under second names); it logs through :func:`metrics_callback`:
 
 - per step: :data:`STEP_METRICS` (``loss``, ``grad_norm``, ``learning_rate``, ``epoch``,
-  ``num_input_tokens_seen``) and every ``eval_*`` number, at the trainer's global step, without waiting on the
-  server (see "When the tracking server is down" in :mod:`components.common.tracking`);
+  ``num_input_tokens_seen``) and every number of an evaluation on the validation rows under ``val_*``
+  (``val_loss`` at each checkpoint: the curve the best checkpoint is chosen from), at the trainer's global step,
+  without waiting on the server (see "When the tracking server is down" in :mod:`components.common.tracking`).
+  The evaluation LLaMA-Factory runs after training (of the best weights, already loaded) is not a point of the
+  curve and is left out;
 - after training the step reads the trainer's final state (:func:`collect_metrics`: ``train_loss`` over all
-  steps, resumes included, ``eval_loss``, ``train_runtime_s``, ``tokens_per_second``...), re-logs any point the
-  server missed (:func:`backfill_metrics`: :func:`step_points` is the one definition of a point, so the backfill
-  logs exactly what the callback would have) and draws the loss plot (:func:`plot_loss`).
+  steps, resumes included, ``best_step`` and ``best_val_loss``, ``train_runtime_s``, ``tokens_per_second``...),
+  re-logs any point the server missed (:func:`backfill_metrics`: :func:`step_points` is the one definition of a
+  point, so the backfill logs exactly what the callback would have) and draws the loss plot (:func:`plot_loss`).
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from components.train.inputs import TrainError
 STEP_METRICS = ("loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen")
 _MLFLOW_UNSAFE = re.compile(r"[^0-9A-Za-z_\-\. :/]")
 BACKFILL_TAG = "llmft.backfilled_metric_points"
+EVAL_PREFIX, VAL_PREFIX = "eval_", "val_"  # the Trainer evaluates the validation rows; the run calls them so
 
 
 def step_points(entry: dict[str, Any]) -> dict[str, float]:
-    """The metric points one trainer log entry gives the run: :data:`STEP_METRICS` and ``eval_*`` numbers."""
-    return {_MLFLOW_UNSAFE.sub("_", key): float(value) for key, value in entry.items()
-            if (key in STEP_METRICS or key.startswith("eval_"))
+    """The metric points one trainer log entry gives the run: :data:`STEP_METRICS`, and the trainer's ``eval_*``
+    numbers (of the validation rows) as ``val_*``."""
+    return {_MLFLOW_UNSAFE.sub("_", VAL_PREFIX + key.removeprefix(EVAL_PREFIX)
+                               if key.startswith(EVAL_PREFIX) else key): float(value)
+            for key, value in entry.items()
+            if (key in STEP_METRICS or key.startswith(EVAL_PREFIX))
             and isinstance(value, int | float) and not isinstance(value, bool)}
 
 
@@ -45,11 +52,19 @@ def metrics_callback() -> Any:
     from transformers import TrainerCallback
 
     class MlflowStepMetrics(TrainerCallback):
-        """Logs each trainer log's step metrics to the active MLflow run (rank 0 only), without waiting."""
+        """Logs each trainer log's step metrics to the active MLflow run (rank 0 only), without waiting; nothing
+        after training ended (LLaMA-Factory's evaluation of the best weights would add a second point at the last
+        step)."""
+
+        def __init__(self) -> None:
+            self.ended = False
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.ended = True
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             points = step_points(logs or {})
-            if state.is_world_process_zero and points and mlflow.active_run() is not None:
+            if state.is_world_process_zero and points and not self.ended and mlflow.active_run() is not None:
                 mlflow.log_metrics(points, step=state.global_step, synchronous=False)
 
     return MlflowStepMetrics()
@@ -60,7 +75,9 @@ def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict
 
     ``train_loss`` is the step-weighted mean of the logged losses over the whole run, so a resumed run
     reports its full history (the Trainer's own figure only covers the last attempt); the last logged loss is
-    the last point of the per-step ``loss`` metric. ``tokens_per_second`` counts this attempt's tokens over its
+    the last point of the per-step ``loss`` metric. ``best_step`` and ``best_val_loss`` are the checkpoint with the
+    lowest validation loss (the trainer state's best, tracked across resumes), when there is a validation side.
+    ``tokens_per_second`` counts this attempt's tokens over its
     runtime; it is left out when this attempt trained nothing (it resumed from the last step). ``resumed`` was
     read before training: the checkpoint it names may be gone by now (rotation), and nothing here reads it.
 
@@ -85,9 +102,9 @@ def collect_metrics(output_dir: Path, resumed: ResumePoint | None) -> tuple[dict
         metrics["train_loss"] = total / previous if previous else losses[-1][1]
     elif "train_loss" in results:
         metrics["train_loss"] = float(results["train_loss"])
-    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-    if eval_losses or "eval_loss" in results:
-        metrics["eval_loss"] = float(eval_losses[-1] if eval_losses else results["eval_loss"])
+    best_step, best_loss = state.get("best_global_step"), state.get("best_metric")
+    if isinstance(best_step, int) and isinstance(best_loss, int | float) and not isinstance(best_step, bool):
+        metrics["best_step"], metrics["best_val_loss"] = float(best_step), float(best_loss)
     runtime = float(results.get("train_runtime", 0.0))
     tokens = int(state.get("num_input_tokens_seen") or 0) - (resumed.tokens_seen if resumed else 0)
     metrics["train_runtime_s"] = runtime
@@ -142,7 +159,7 @@ def plot_loss(history: list[dict], png_path: Path, title: str) -> Path:
 
     figure = Figure(figsize=(7, 4), dpi=100)
     axes = figure.add_subplot()
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+    for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
         points = [(entry["step"], entry[key]) for entry in history if key in entry and "step" in entry]
         if points:
             axes.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else "", label=label)

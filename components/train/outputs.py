@@ -29,7 +29,8 @@ class TrainSummary(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metrics: dict[str, float] = Field(description="train_loss, eval_loss, train_runtime_s, tokens_per_second, ...")
+    metrics: dict[str, float] = Field(description="train_loss, best_step, best_val_loss, train_runtime_s, "
+                                      "tokens_per_second, ...")
     mlflow_run_id: str = Field(min_length=1, description="The train step's MLflow run.")
     kfp_run_id: str = Field(min_length=1, description="The pipeline run that trained.")
     method: str = Field(description="training.method.")
@@ -40,6 +41,9 @@ class TrainSummary(BaseModel):
     config_hash: str = Field(min_length=1, description="PipelineConfig.config_hash() of the training's config.")
     training_fingerprint: str = Field(description="sha256 of what defines the training (components.train.fingerprint).")
     finished_at: str = Field(description="UTC time the weights were published.")
+    trial: int = Field(0, ge=0, description="The sweep trial this is (0 without a sweep).")
+    settings: dict[str, int | float] = Field(default_factory=dict,
+                                             description="The training settings the trial varies.")
 
 
 class ModelPointer(BaseModel):

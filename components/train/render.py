@@ -9,7 +9,15 @@ Method presets (``training.method``):
   unless ``training.deepspeed_stage`` names another stage.
 
 Precision: ``training.precision`` ``auto`` is bf16 on a GPU and fp32 on the CPU; a CPU run never gets a
-bf16/fp16 key (the Trainer refuses them without a GPU). ``report_to: none`` is always set: the trainer logs
+bf16/fp16 key (the Trainer refuses them without a GPU).
+
+The best checkpoint: with a validation side (``dataset.val_fraction`` > 0) the trainer evaluates the loss on the
+snapshot's ``N@val`` entries at every save (``eval_dataset``, ``eval_strategy`` = the save strategy, ``eval_steps``
+= ``save_steps``), keeps the best checkpoint out of the rotation and loads it at the end
+(``load_best_model_at_end``, ``metric_for_best_model: eval_loss``), so the weights it saves last, which the step
+publishes, are the best checkpoint's, not the last one's.
+
+``report_to: none`` is always set: the trainer logs
 to the step's MLflow run (``MLFLOW_RUN_ID``) through its own callback (:mod:`components.train.metrics`);
 :func:`render_params` gives the same settings as the train run's params.
 """
@@ -22,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from components.data.split import validation_entry_name
 from configs.schema import PipelineConfig
 
 DEEPSPEED_DIR = Path(__file__).resolve().parent / "deepspeed"
@@ -58,7 +67,8 @@ def render_sections(cfg: PipelineConfig, *, model_dir: Path, dataset_dir: Path, 
                     gpu: bool, resume_from: Path | None = None) -> dict[str, dict[str, Any]]:
     """LLaMA-Factory's training arguments, grouped as in its example YAMLs (model, method, dataset, ...).
 
-    Reads ``training`` (every field), ``dataset.names`` and ``cluster`` only through ``gpu``.
+    Reads ``training`` (every field), ``dataset.names``, ``dataset.val_fraction`` and ``cluster`` only through
+    ``gpu``.
 
     Args:
         cfg: The resolved pipeline configuration.
@@ -134,11 +144,15 @@ def render_sections(cfg: PipelineConfig, *, model_dir: Path, dataset_dir: Path, 
         train[precision] = True
 
     sections = {"model": model, "method": method, "dataset": dataset, "output": output, "train": train}
-    if t.val_size > 0:
-        # Step-based evaluation also runs at the last step, while the trainer's MLflow run is still open
-        # (a separate do_eval pass after training would log into a stray new run).
-        sections["eval"] = {"val_size": t.val_size, "per_device_eval_batch_size": t.per_device_train_batch_size,
-                            "eval_strategy": "steps", "eval_steps": t.save_steps}
+    if cfg.dataset.val_fraction > 0:
+        # Evaluated at every save (the Trainer also evaluates and saves the last step), so each checkpoint has its
+        # validation loss and the best one is known; rotation never deletes it (transformers protects it).
+        sections["eval"] = {
+            "eval_dataset": ",".join(validation_entry_name(name) for name in cfg.dataset.names),
+            "per_device_eval_batch_size": t.per_device_train_batch_size,
+            "eval_strategy": "steps", "eval_steps": t.save_steps,
+            "load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False,
+        }
     return sections
 
 

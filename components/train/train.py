@@ -8,6 +8,11 @@ Features, with the settings that control each and what it costs:
 - **Validated data only** (``dataset.*``): the trainer reads the train side of the split snapshot validate-dataset
   wrote, checked against its hashes first (:mod:`components.train.inputs`), so data changed after validation is
   never trained on. Run by hand without that step, the snapshot is built here, validating first.
+- **The best checkpoint, not the last** (``dataset.val_fraction`` > 0): the trainer evaluates the validation rows
+  of the snapshot at every save and the step publishes the weights of the checkpoint with the lowest validation
+  loss (:mod:`components.train.render`); the run has ``val_loss`` per checkpoint, ``best_step`` and
+  ``best_val_loss``, and the step's last line says which step won. An evaluation pass per save costs
+  ``dataset.max_val_rows`` forward passes at most.
 - **Resume after a lost pod** (``training.save_steps``, ``training.save_total_limit``; a save costs a few seconds
   to minutes): a retried task resumes from the newest complete checkpoint (:mod:`components.train.checkpoints`),
   but only one the same training wrote (:mod:`components.train.fingerprint`); others move to
@@ -15,6 +20,9 @@ Features, with the settings that control each and what it costs:
 - **One GPU, several, or several nodes** (``cluster.accelerator_count``, ``cluster.nodes``,
   ``cluster.training_engine``): one trainer process, torchrun with one per GPU (:mod:`components.train.launch`),
   or a TrainJob or PyTorchJob whose nodes run the same worker (:mod:`components.train.multinode`).
+- **A sweep's trials** (``sweep.*``, :mod:`components.train.trials`): trial N trains its own settings in
+  ``trials/trial-N/`` and its own MLflow run ``train · trial-N · <run>``; the trials of a run tokenize their
+  data once (:mod:`components.train.tokenized`, ``<run dir>/tokenized/<key>``, about the size of the data).
 - **MLflow** (``mlflow.*``): the child run ``train`` holds the rendered settings, every logged step, the system
   metrics, the YAML, the log and the loss plot (:mod:`components.train.metrics`); a tracking-server outage loses
   no point (:mod:`components.common.tracking`).
@@ -30,6 +38,7 @@ Usage::
     python -m components.train.train --config configs/local.yaml --run-id demo
     python -m components.train.train --config local --run-id demo --set training.max_steps=8
     python -m components.train.train --config lora --render-only     # print the LLaMA-Factory YAML
+    python -m components.train.train --config local --run-id demo --trial 1 --set "sweep.learning_rate=[1e-3,5e-3]"
 
 Rerunning with the same ``--run-id`` resumes from its checkpoints. Exit codes: 0 trained, 1 the training failed
 (the message says why), 2 a usage or configuration error.
@@ -68,9 +77,12 @@ from components.common.tracking import (
     system_metrics_env,
 )
 from components.common.typed_files import write_model
+from components.data.checks import DATA_CONFIG
+from components.data.split import validation_entry_name
 from components.train.checkpoints import (
     FINGERPRINT_FILE,
     ResumePoint,
+    best_checkpoint,
     fingerprint_digest,
     finish_from_checkpoint,
     keep_only_same_training,
@@ -91,6 +103,8 @@ from components.train.launch import (
 from components.train.metrics import BACKFILL_TAG, backfill_metrics, collect_metrics, loss_plot_html, plot_loss
 from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_model, read_summary
 from components.train.render import render_params, render_sections, render_yaml
+from components.train.tokenized import TOKENIZED_DIR, tokenization_key
+from components.train.trials import describe_settings, is_sweep, trial_config, trial_label, trial_settings
 from configs.schema import ConfigError, PipelineConfig
 
 STEP = "train"
@@ -98,7 +112,8 @@ PARAM_PREFIX = "llmft."
 TRAINER_LOG = "trainer_log.jsonl"
 LOSS_PLOT = "training_loss.png"
 PACKAGES = ("llamafactory", "transformers", "torch", "peft", "deepspeed", "bitsandbytes")
-KFP_METRICS = ("train_loss", "eval_loss", "train_runtime_s", "tokens_per_second", "global_step", "resumed_from_step")
+KFP_METRICS = ("train_loss", "best_val_loss", "best_step", "train_runtime_s", "tokens_per_second", "global_step",
+               "resumed_from_step")
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +136,12 @@ class TrainRecipe:
     ``cluster`` (accelerator_count, nodes, training_engine; image: logged) and ``mlflow``.
     """
 
-    def __init__(self, cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = ""):
-        self.cfg, self.kfp_run_id, self.dataset_hash = cfg, kfp_run_id, dataset_hash
-        self.paths = resolve_paths(cfg, kfp_run_id)  # fails fast: no base model, no data directory
+    def __init__(self, cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "", trial: int = 0):
+        self.kfp_run_id, self.dataset_hash, self.trial = kfp_run_id, dataset_hash, trial
+        self.label = trial_label(trial) if is_sweep(cfg) else ""  # "" without a sweep: names stay as they were
+        self.settings = trial_settings(cfg, trial)
+        self.paths = resolve_paths(cfg, kfp_run_id, trial=trial)  # fails fast: no base model, no data directory
+        self.cfg = trial_config(cfg, trial)  # from here on, the trial's own settings
         if cfg.training.trust_remote_code:
             logger.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
                            self.paths.base_model)
@@ -133,13 +151,17 @@ class TrainRecipe:
         self.split = prepare_data(self.cfg, self.kfp_run_id, self.paths)
         self.dataset_hash = self.dataset_hash or self.split.dataset_hash
         self.train_hashes = {item.name: item.train_sha256 for item in self.split.datasets}  # the train sides
+        # The validation sides choose the best checkpoint: another validation side is another training's result.
+        self.val_hashes = {validation_entry_name(item.name): item.val_sha256 for item in self.split.datasets
+                           if item.val_sha256}
         self.gpu = gpu_available(self.cfg)
-        close_stale_runs(make_client(self.cfg), self.cfg, self.kfp_run_id, step=STEP, status="FAILED")
+        close_stale_runs(make_client(self.cfg), self.cfg, self.kfp_run_id, step=STEP, status="FAILED",
+                         trial=self.label)
 
     def train(self) -> TrainResult:
         """In the step's MLflow run: log the params, reuse what an earlier attempt published or train, log the
         summary."""
-        with step_run(self.cfg, self.kfp_run_id, STEP) as (client, run_id):
+        with step_run(self.cfg, self.kfp_run_id, STEP, trial=self.label) as (client, run_id):
             log_params(client, run_id, self._params(client.get_run(run_id).info.run_name))
             reused = self._reusable(client, run_id)
             summary = reused or self._fit(client, run_id)
@@ -149,6 +171,9 @@ class TrainRecipe:
                 if (self.paths.model_dir / name).is_file():
                     client.log_artifact(run_id, str(self.paths.model_dir / name), "train")
             client.set_tag(run_id, "llmft.model_dir", str(self.paths.model_dir))
+        if "best_step" in metrics:
+            self._say(f"best checkpoint: step {metrics['best_step']:.0f} of {metrics['global_step']:.0f}, "
+                      f"validation loss {metrics['best_val_loss']:.4f}; its weights are published")
         return TrainResult(self.paths.model_dir, metrics.get("train_loss", float("nan")), run_id, metrics,
                            self.paths.model_dir / LOSS_PLOT, reused is not None)
 
@@ -166,6 +191,11 @@ class TrainRecipe:
         params = render_params(self._sections(run_name, resume_from=None))
         params[f"{PARAM_PREFIX}dataset_hash"] = self.dataset_hash
         params[f"{PARAM_PREFIX}test_split_hash"] = self.split.test_split_hash
+        if self.split.val_split_hash:
+            params[f"{PARAM_PREFIX}val_split_hash"] = self.split.val_split_hash
+        if self.label:  # the trial and, as numbers, the settings it varies (MLflow plots them against val_loss)
+            params[f"{PARAM_PREFIX}trial"] = str(self.trial)
+            params.update({f"sweep.{key}": json.dumps(value) for key, value in self.settings.items()})
         for item in self.split.datasets:
             params[f"{PARAM_PREFIX}train_sha256.{item.name}"] = item.train_sha256
             params[f"{PARAM_PREFIX}train_rows.{item.name}"] = str(item.train_rows)
@@ -183,7 +213,7 @@ class TrainRecipe:
         summary = read_summary(self.paths.model_dir)
         if summary is None or summary.config_hash != self.cfg.config_hash():
             return None  # nothing published yet, or by another configuration (a rerun by hand)
-        print(f"[train] {self.paths.model_dir} is complete from an earlier attempt; reusing it", flush=True)
+        self._say(f"{self.paths.model_dir} is complete from an earlier attempt; reusing it")
         client.set_tag(run_id, "llmft.reused_from_run", summary.mlflow_run_id)
         return summary
 
@@ -200,7 +230,7 @@ class TrainRecipe:
         it while training)."""
         paths = self.paths
         self.fingerprint = training_fingerprint(self.cfg, base_model=paths.base_model,
-                                                dataset_hashes=self.train_hashes, gpu=self.gpu)
+                                                dataset_hashes={**self.train_hashes, **self.val_hashes}, gpu=self.gpu)
         other_training = keep_only_same_training(paths.output_dir, paths.discard_dir,
                                                  paths.run_dir / FINGERPRINT_FILE, self.fingerprint)
         if other_training:
@@ -213,13 +243,18 @@ class TrainRecipe:
             logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
         trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
         client.set_tag(run_id, "llmft.resumed_from", resume.path.name if resume else "")
-        print(f"[train] {'resuming from ' + str(resume.path) if resume else 'starting from scratch'}", flush=True)
+        settings = f"{describe_settings(self.settings)}, " if self.label else ""
+        self._say(f"{settings}{'resuming from ' + str(resume.path) if resume else 'starting from scratch'}")
         return resume
 
     def _render(self, client: Any, run_id: str, resume: ResumePoint | None) -> None:
-        """Write ``train.yaml`` (resuming from ``resume``) and log it."""
+        """Write ``train.yaml`` (resuming from ``resume``, tokenized data shared by the run's trials) and log it."""
         # The trainer's MLflow callback renames the run it attaches to after run_name: keep the step's name.
         sections = self._sections(client.get_run(run_id).info.run_name, resume.path if resume else None)
+        files = {**self.train_hashes, **self.val_hashes, DATA_CONFIG: self.split.dataset_info_sha256}
+        key = tokenization_key(sections["dataset"], sections.get("eval", {}).get("eval_dataset", ""),
+                               self.cfg.training.seed, files, self.fingerprint["base_model.sha256"])
+        sections["dataset"]["tokenized_path"] = str(self.paths.dataset_dir.parent / TOKENIZED_DIR / key)
         header = (f"LLaMA-Factory training config rendered by components.train for KFP run {self.kfp_run_id}\n"
                   f"method {self.cfg.training.method}, config hash {self.cfg.config_hash()}\n"
                   f"run by hand: llamafactory-cli train {self.paths.train_yaml}")
@@ -233,14 +268,14 @@ class TrainRecipe:
             if resume and resume.step == self._last_step():
                 # An earlier attempt died after its last checkpoint; resumed there, the Trainer would train a step more.
                 finish_from_checkpoint(resume.path, self.paths.output_dir)
-                print(f"[train] {resume.path.name} is the last step (training.max_steps); its weights are the "
-                      "result", flush=True)
+                self._say(f"{resume.path.name} is the last step (training.max_steps); the best checkpoint's "
+                          "weights are the result")
             elif self.cfg.cluster.nodes > 1:
                 from components.train.multinode.training_job import run_training_job
 
                 run_training_job(self.cfg, self.kfp_run_id, self.paths.train_yaml, {
                     "MLFLOW_RUN_ID": run_id, **system_metrics_env(), "DISABLE_VERSION_CHECK": "1",
-                    "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP})
+                    "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP}, trial=self.label)
             else:
                 check_shm(self.cfg)
                 launch_trainer(trainer_command(self.cfg, self.gpu, self.paths.train_yaml),
@@ -260,17 +295,20 @@ class TrainRecipe:
         backfilled = backfill_metrics(client, run_id, history, after_step=resume.step if resume else 0)
         client.set_tag(run_id, BACKFILL_TAG, str(backfilled))
         if backfilled:
-            print(f"[train] re-logged {backfilled} metric points the tracking server missed", flush=True)
+            self._say(f"re-logged {backfilled} metric points the tracking server missed")
         title = f"{self.cfg.name} {self.kfp_run_id} ({self.cfg.training.method})"
         return metrics, plot_loss(history, self.paths.run_dir / LOSS_PLOT, title)
 
     def _publish(self, run_id: str, resume: ResumePoint | None, metrics: dict[str, float],
                  png: Path) -> TrainSummary:
-        """Publish the weights with their summary, the YAML and the plot in ``adapter/`` (or ``full/``)."""
+        """Publish the weights with their summary, the YAML and the plot in ``adapter/`` (or ``full/``); with a
+        validation side they are the best checkpoint's, which must still be there (:func:`best_checkpoint`)."""
+        best_checkpoint(self.paths.output_dir)
         summary = TrainSummary(
             metrics=metrics, mlflow_run_id=run_id, kfp_run_id=self.kfp_run_id, method=self.cfg.training.method,
             base_model=str(self.paths.base_model), resumed_from=resume.path.name if resume else None,
             dataset_hash=self.dataset_hash, dataset_hashes=self.train_hashes, config_hash=self.cfg.config_hash(),
+            trial=self.trial, settings=self.settings,
             training_fingerprint=fingerprint_digest(self.fingerprint),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         publish_model(self.paths.output_dir, self.paths.model_dir, {
@@ -283,22 +321,27 @@ class TrainRecipe:
                                output_dir=self.paths.output_dir, run_name=run_name, gpu=self.gpu,
                                resume_from=resume_from)
 
+    def _say(self, message: str) -> None:
+        """One line for the step's log and the local console: ``[train] [trial-N: ]message``."""
+        print(f"[{STEP}] {self.label + ': ' if self.label else ''}{message}", flush=True)
+
     def _last_step(self) -> int | None:
         return self.cfg.training.max_steps if self.cfg.training.max_steps > 0 else None
 
 
-def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") -> TrainResult:
+def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "", trial: int = 0) -> TrainResult:
     """Fine-tune and publish the weights for ``kfp_run_id`` (the recipe: setup, train, cleanup).
 
     Args:
         cfg: The resolved pipeline configuration.
         kfp_run_id: The KFP run id: names the run directory and tags the MLflow runs.
         dataset_hash: The data version from validate-dataset ("" when run by hand: the snapshot's is recorded).
+        trial: The sweep trial to train (:mod:`components.train.trials`; 0 without a sweep).
 
     Raises:
-        As the module docstring lists.
+        As the module docstring lists; ConfigError for a trial the sweep does not have.
     """
-    recipe = TrainRecipe(cfg, kfp_run_id, dataset_hash)
+    recipe = TrainRecipe(cfg, kfp_run_id, dataset_hash, trial)
     recipe.setup()
     try:
         return recipe.train()
@@ -306,9 +349,9 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "") ->
         recipe.cleanup()
 
 
-def run_step(config: str, kfp_run_id: str, dataset_hash: str, adapter: Any, metrics: Any,
+def run_step(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: Any, metrics: Any,
              loss_plot: Any) -> tuple[str, float, str]:
-    """The train pipeline step: train (:func:`train_model`), then write the KFP outputs.
+    """The train pipeline step: train sweep trial ``trial`` (:func:`train_model`), then write the KFP outputs.
 
     Writes ``adapter`` (a directory with ``model.json``, a :class:`components.train.outputs.ModelPointer`),
     ``metrics`` (:data:`KFP_METRICS`, as far as the run has them) and ``loss_plot`` (HTML, the plot embedded).
@@ -322,7 +365,7 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, adapter: Any, metr
     from configs.loading import config_from_json
 
     cfg = config_from_json(config)
-    result = train_model(cfg, kfp_run_id, dataset_hash)
+    result = train_model(cfg, kfp_run_id, dataset_hash, int(trial))  # kfp.local may hand an int back as a float
     for key in KFP_METRICS:
         if key in result.metrics:
             metrics.log_metric(key, round(result.metrics[key], 6))
@@ -336,9 +379,14 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, adapter: Any, metr
     return str(result.model_dir), result.train_loss, result.mlflow_run_id
 
 
-def render_only(cfg: PipelineConfig, run_id: str) -> str:
-    """The LLaMA-Factory YAML this config gives (GPU settings when it asks for GPUs), without checking inputs."""
-    paths = resolve_paths(cfg, run_id, check=False)
+def render_only(cfg: PipelineConfig, run_id: str, trial: int = 0) -> str:
+    """The LLaMA-Factory YAML this config gives (GPU settings when it asks for GPUs), without checking inputs.
+
+    Raises:
+        ConfigError: the sweep has no trial ``trial``.
+    """
+    paths = resolve_paths(cfg, run_id, check=False, trial=trial)
+    cfg = trial_config(cfg, trial)
     gpu = cfg.cluster.accelerator_count > 0
     sections = render_sections(cfg, model_dir=paths.base_model, dataset_dir=paths.dataset_dir,
                                output_dir=paths.output_dir, run_name=STEP, gpu=gpu)
@@ -351,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", default=None, help="Run id (output/<run id>/); rerun with the same id to resume. "
                         "Default: cli-<UTC time>.")
     parser.add_argument("--dataset-hash", default="", help="The data version to record (from validate_dataset).")
+    parser.add_argument("--trial", type=int, default=0, help="The sweep trial to train (0 to trials - 1; default 0, "
+                        "the only one without a sweep).")
     parser.add_argument("--render-only", action="store_true",
                         help="Print the LLaMA-Factory YAML for this config and exit (no training, no MLflow).")
     return parser
@@ -364,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         if args.render_only:
-            print(render_only(cfg, run_id))
+            print(render_only(cfg, run_id, args.trial))
             return 0
-        result = train_model(cfg, run_id, args.dataset_hash)
+        result = train_model(cfg, run_id, args.dataset_hash, args.trial)
     except ConfigError as exc:
         return fail(parser, exc, 2)
     except (TrainError, TrainerFailed, TrackingUnavailable, StorageError) as exc:

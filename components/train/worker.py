@@ -6,9 +6,11 @@ torchrun) and by every node of a multi-node job (:mod:`components.train.multinod
     python -m components.train.worker /storage/output/RUN/train.yaml
 
 Rank 0 attaches to the step's run (``MLFLOW_RUN_ID``) with MLflow's system metrics monitor sampling meanwhile,
-and logs the trainer's points through :func:`components.train.metrics.metrics_callback`. Hugging Face's own
+and logs the trainer's points through :func:`components.train.metrics.metrics_callback`. The tokenized data is
+loaded from the run's shared ``tokenized_path`` when another trial (or attempt) built it, or built there once
+(:mod:`components.train.tokenized`). Hugging Face's own
 MLflow callback ends a run it opened itself when training ends, and LLaMA-Factory's evaluation after training
-(on whenever ``val_size`` > 0) then logs into a new, stray run; a run opened here first stays open for that
+(on whenever there are validation rows) then logs into a new, stray run; a run opened here first stays open for that
 evaluation and ends when the process exits. The step sets the run's final status.
 
 Exit codes: 0 trained, 1 training raised (the traceback is the trainer's log), 2 a usage error.
@@ -58,13 +60,27 @@ def run_trainer(train_yaml: Path) -> int:
     from llamafactory.train.tuner import run_exp
 
     from components.train.metrics import metrics_callback
+    from components.train.tokenized import claim, publish_callback
 
+    args = yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8"))
+    callbacks = [metrics_callback()]
+    held = None
+    if args.get("tokenized_path"):
+        held = claim(Path(args["tokenized_path"]), rank=int(os.environ.get("RANK", "0")))
+        if held.path is None:
+            args.pop("tokenized_path")  # tokenize as usual, without saving
+        else:
+            args["tokenized_path"] = str(held.path)
+        if held.build_into is not None:
+            callbacks.append(publish_callback(held))
     run_id = os.environ.pop("MLFLOW_RUN_ID", "")
     if run_id and os.environ.get("RANK", "0") == "0":
         mlflow.start_run(run_id=run_id, log_system_metrics=True)
     try:
-        run_exp(yaml.safe_load(Path(train_yaml).read_text(encoding="utf-8")), callbacks=[metrics_callback()])
+        run_exp(args, callbacks=callbacks)
     finally:
+        if held is not None:
+            held.release()
         # Ends the system metrics monitor (its last samples flushed) and the async metric queue; the step sets
         # the run's final status itself.
         if mlflow.active_run() is not None:

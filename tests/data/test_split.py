@@ -24,8 +24,10 @@ from components.data.split import (
     is_test_row,
     read_manifest,
     read_test_rows,
+    row_side,
     snapshot_dir,
     split_hash,
+    validation_entry_name,
     verify_snapshot,
 )
 from components.data.split_writer import validate_and_split
@@ -50,6 +52,12 @@ def _split(source: Path, names: list[str], destination: Path, *, fraction: float
                               max_test_rows=cap, cutoff_len=1024, **checks)
 
 
+def _three_way(source: Path, names: list[str], destination: Path, **options: Any):
+    """A split with a validation side: 20 % test, the next 20 % validation."""
+    return _split(source, names, destination, fraction=0.2, val_fraction=0.2, min_val_rows=1, max_val_rows=10_000,
+                  **options)
+
+
 def _lines(path: Path) -> list[Any]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -60,10 +68,13 @@ def _set(example: dict) -> dict:
 
 
 def _sides(snapshot: Path, name: str) -> dict[str, str]:
-    """key -> 'train' or 'test' for every row in the snapshot's files of dataset ``name``."""
+    """key -> 'train', 'test' or 'val' for every row in the snapshot's files of dataset ``name`` (each row in
+    exactly one file)."""
     split = read_manifest(snapshot).dataset(name)
-    sides = {_key(row): "train" for row in _lines(snapshot / split.train_file)}
-    sides.update({_key(row): "test" for row in _lines(snapshot / split.test_file)})
+    sides: dict[str, str] = {}
+    for side, (file, _) in split.side_files().items():
+        for row in _lines(snapshot / file):
+            assert sides.setdefault(_key(row), side) == side, f"{row} is on two sides"
     return sides
 
 
@@ -156,15 +167,94 @@ def test_a_dataset_too_small_to_hold_out_the_minimum_fails_naming_it(tmp_path):
 
 def test_split_settings_are_bounded_and_described():
     fields = DatasetConfig.model_fields
-    assert all(fields[name].description for name in ("test_fraction", "min_test_rows", "max_test_rows"))
+    assert all(fields[name].description for name in ("test_fraction", "min_test_rows", "max_test_rows",
+                                                     "val_fraction", "min_val_rows", "max_val_rows"))
     assert (DatasetConfig().test_fraction, DatasetConfig().min_test_rows, DatasetConfig().max_test_rows) == (
         0.05, 20, 2000)
+    assert (DatasetConfig().val_fraction, DatasetConfig().min_val_rows, DatasetConfig().max_val_rows) == (
+        0.05, 20, 1000)
     for override, words in (("dataset.test_fraction=0", "dataset.test_fraction"),
                             ("dataset.test_fraction=1", "dataset.test_fraction"),
                             ("dataset.min_test_rows=0", "dataset.min_test_rows"),
-                            ("dataset.max_test_rows=10", "min_test_rows (20) must not exceed max_test_rows (10)")):
+                            ("dataset.max_test_rows=10", "min_test_rows (20) must not exceed max_test_rows (10)"),
+                            ("dataset.val_fraction=-0.1", "dataset.val_fraction"),
+                            ("dataset.min_val_rows=0", "dataset.min_val_rows"),
+                            ("dataset.max_val_rows=10", "min_val_rows (20) must not exceed max_val_rows (10)"),
+                            ("dataset.val_fraction=0.46", r"dataset: test_fraction \+ val_fraction (0.05 \+ 0.46) "
+                                                          "must be at most 0.5"),
+                            ("training.val_size=0.1", "training: training.val_size was removed: .* set "
+                                                      "dataset.val_fraction instead")):
         with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
             load_config("lora", overrides=[override])
+    assert load_config("lora", overrides=["dataset.val_fraction=0.45"]).dataset.val_fraction == 0.45
+    assert load_config("lora", overrides=["dataset.val_fraction=0"]).dataset.val_fraction == 0  # no validation side
+
+
+# -- the validation side -------------------------------------------------------------------------------------
+
+
+def test_validation_rows_are_the_next_band_of_the_same_hash_disjoint_and_stable_under_appends(tmp_path):
+    """The validation side is ``[test_fraction, test_fraction + val_fraction)`` of the one position that decides
+    the test side: disjoint from test and train by construction, the test side exactly what it is without a
+    validation side, stable when rows are appended, and a duplicate on one side as a whole."""
+    rows = [_row(i) for i in range(400)]
+    rows[300] = rows[7]  # a duplicate inside the dataset
+    info = {"ds": {"file_name": "ds.jsonl", "num_samples": 200}}
+    source = write_dataset(tmp_path / "data", info, {"ds.jsonl": rows})
+    result, manifest = _three_way(source, ["ds"], tmp_path / "before")
+    assert result.ok and manifest is not None, result.failure_message()
+    _, without = _split(source, ["ds"], tmp_path / "no-validation", fraction=0.2)
+
+    split = manifest.dataset("ds")
+    sides = _sides(tmp_path / "before", "ds")
+    assert all(side == row_side(key, 0.2, 0.2) for key, side in sides.items())
+    assert set(split.val_keys) == {key for key, side in sides.items() if side == "val"}
+    assert split.val_rows == sum(row_side(_key(row), 0.2, 0.2) == "val" for row in rows) > 40
+    assert split.train_rows + split.held_out_rows + split.val_rows == 400
+    assert 0.12 < split.val_rows / 400 < 0.28
+    # Adding a validation side moves no test row: the gate's rows are the same with or without it.
+    assert split.test_keys == without.dataset("ds").test_keys and split.test_sha256 == without.dataset("ds").test_sha256
+    assert split.val_split_hash == split_hash(split.val_keys) and manifest.val_split_hash
+    assert manifest.validation_entries() == [validation_entry_name("ds")] == ["ds@val"]
+    written = json.loads((tmp_path / "before" / "dataset_info.json").read_text())
+    assert written["ds@val"] == {"file_name": "val/ds.jsonl"}  # every scored validation row is evaluated
+    assert written["ds"] == {"file_name": "train/ds.jsonl", "num_samples": 200}
+    assert verify_snapshot(tmp_path / "before") == manifest
+
+    with open(source / "ds.jsonl", "a", encoding="utf-8") as handle:  # append 200 rows
+        handle.writelines(json.dumps(_row(i, "colour")) + "\n" for i in range(200))
+    _, appended = _three_way(source, ["ds"], tmp_path / "after")
+    after = _sides(tmp_path / "after", "ds")
+    assert {key: after[key] for key in sides} == sides  # no earlier row changed side
+    for side in ("train", "test", "val"):  # the files only grew
+        assert (tmp_path / "after" / side / "ds.jsonl").read_bytes().startswith(
+            (tmp_path / "before" / side / "ds.jsonl").read_bytes())
+    duplicate = _key(rows[7])
+    assert appended.dataset("ds").val_keys.count(duplicate) == (1 if after[duplicate] == "val" else 0)
+
+
+def test_the_validation_cap_scores_the_smallest_keys_and_a_small_side_fails_naming_the_dataset(tmp_path):
+    source = write_dataset(tmp_path / "data", {"big": {"file_name": "big.jsonl"}, "small": {"file_name": "s.jsonl"}},
+                           {"big.jsonl": [_row(i) for i in range(400)],
+                            "s.jsonl": [_row(i, "word") for i in range(30)]})
+    _, manifest = _three_way(source, ["big"], tmp_path / "capped")
+    uncapped = manifest.dataset("big").val_keys
+    _, capped = _split(source, ["big"], tmp_path / "cap", fraction=0.2, val_fraction=0.2, min_val_rows=1,
+                       max_val_rows=10)
+    split = capped.dataset("big")
+    assert sorted(split.val_keys) == sorted(uncapped)[:10] and split.scored_val_rows == 10
+    assert split.val_rows == len(uncapped)  # the rest of the band: never trained on, never scored
+    train = {_key(row) for row in _lines(tmp_path / "cap" / split.train_file)}
+    assert not train & set(uncapped)
+
+    destination = tmp_path / "out" / "data"
+    result, refused = _split(source, ["big", "small"], destination, fraction=0.2, val_fraction=0.1, min_val_rows=10,
+                             max_val_rows=100)
+    assert refused is None and not destination.exists()
+    (problem,) = result.problems
+    assert problem.file == "s.jsonl"
+    assert "dataset 'small' (30 rows, dataset.val_fraction 0.1) holds out only" in problem.message
+    assert "validation; at least 10 are needed (dataset.min_val_rows): raise dataset.val_fraction" in problem.message
 
 
 def _chat(*texts: str, system: str | None = None) -> dict:
@@ -286,7 +376,7 @@ def test_near_duplicate_answers_across_the_split_fail_validation_naming_the_rows
     result, manifest = _split(source, ["ds"], tmp_path / "kept", max_leaked=-1)
     assert result.ok and manifest is not None and result.leaked_rows == expected
     assert len(result.warnings) == expected and result.metrics()["leaked_rows"] == expected
-    assert f"near-duplicates across the split: {expected} of {result.leak_checked_rows} scored test rows" in \
+    assert f"near-duplicates across the split: {expected} of {result.leak_checked_rows} scored held-out rows" in \
         render_report(result, manifest)
     assert sorted(path.name for path in (tmp_path / "kept" / "train").iterdir()) == ["ds.jsonl"]  # no side files
     assert _split(source, ["ds"], tmp_path / "allowed", max_leaked=expected)[1] is not None
@@ -511,10 +601,14 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     def text(example: dict) -> str:
         return json.dumps([example["_prompt"], example["_response"], example["_system"]])
 
-    train = [text(convert(row)) for row in source if not is_test_row(_key(row), cfg.dataset.test_fraction)]
-    held_out = {text(convert(row)) for row in source if is_test_row(_key(row), cfg.dataset.test_fraction)}
+    data = cfg.dataset
+    sides = [row_side(_key(row), data.test_fraction, data.val_fraction) for row in source]
+    train = [text(convert(row)) for row, side in zip(source, sides, strict=True) if side == "train"]
+    held_out = {text(convert(row)) for row, side in zip(source, sides, strict=True) if side == "test"}
+    validation = {text(convert(row)) for row, side in zip(source, sides, strict=True) if side == "val"}
     assert [text(example) for example in seen] == train and len(train) == split.train_rows
     assert not held_out & {text(example) for example in seen} and len(held_out) == split.held_out_rows
+    assert not validation & {text(example) for example in seen} and len(validation) == split.val_rows
 
 
 def test_the_split_is_the_same_for_every_run_and_each_run_keeps_its_own(local_config):

@@ -465,11 +465,12 @@ def test_step_versions_the_data_and_logs_it_to_mlflow(step_config, tmp_path):
     # The split snapshot of this run, whose identity is the test_split_hash output.
     split = read_manifest(snapshot_dir(step_config, "run-1"))
     assert split.test_split_hash == test_split_hash and split.dataset_hash == dataset_hash
-    assert [(s.name, s.rows, s.train_rows + s.held_out_rows) for s in split.datasets] == [
+    assert [(s.name, s.rows, s.train_rows + s.held_out_rows + s.val_rows) for s in split.datasets] == [
         ("alpaca_sample", 120, 120), ("sharegpt_sample", 60, 60)]
     scored = sum(s.scored_rows for s in split.datasets)
     assert scored >= 20 and metrics.metadata["scored_test_rows"] == scored
-    assert metrics.metadata["train_rows"] + metrics.metadata["held_out_rows"] == 180
+    assert metrics.metadata["scored_val_rows"] == sum(s.scored_val_rows for s in split.datasets) >= 16
+    assert metrics.metadata["train_rows"] + metrics.metadata["held_out_rows"] + metrics.metadata["val_rows"] == 180
     assert {"duplicate_rows", "contaminated_rows", "warnings"} <= set(metrics.metadata)
     markdown = Path(report.path).read_text()
     assert markdown.startswith("# Dataset validation: PASSED") and dataset_hash in markdown
@@ -477,6 +478,8 @@ def test_step_versions_the_data_and_logs_it_to_mlflow(step_config, tmp_path):
     alpaca = split.dataset("alpaca_sample")
     assert (f"- alpaca_sample: {alpaca.train_rows} train rows; {alpaca.held_out_rows} held out, "
             f"{alpaca.scored_rows} scored") in markdown and test_split_hash in markdown
+    assert f"; {alpaca.val_rows} for validation, {alpaca.scored_val_rows} scored" in markdown
+    assert split.val_split_hash in markdown
 
     client = MlflowClient(step_config.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(step_config.mlflow.experiment)
@@ -495,7 +498,10 @@ def test_step_versions_the_data_and_logs_it_to_mlflow(step_config, tmp_path):
 
     inputs = by_context(child)
     assert set(inputs) == {(name, context) for name in ("alpaca_sample", "sharegpt_sample")
-                           for context in ("training", "test")}
+                           for context in ("training", "test", "validation")}
+    dataset, tags = inputs["alpaca_sample", "validation"]
+    assert tags["llmft.val_split_hash"] == alpaca.val_split_hash and dataset.digest == alpaca.val_split_hash[:16]
+    assert json.loads(dataset.source)["uri"].endswith("/output/run-1/data/val/alpaca_sample.jsonl")
     dataset, tags = inputs["alpaca_sample", "training"]
     assert tags["llmft.sha256"] == expected.datasets[0].sha256
     assert dataset.digest == expected.datasets[0].sha256[:16]

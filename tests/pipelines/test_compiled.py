@@ -210,11 +210,46 @@ def test_ir_task_graph_matches_the_design(compiled):
     assert {"resolve-config", "validate-dataset"} <= deps["condition-branches-2"]  # the method branches: train
     assert "condition-branches-2" in deps["merge-lora"]
     assert "merge-lora" in deps["evaluate-candidate"]
-    assert {"evaluate-candidate", "condition-branches-6", "find-baseline"} <= deps["compare"]
+    baseline_branches = next(name for name, upstream in deps.items() if name.startswith("condition-branches")
+                             and upstream == {"find-baseline", "resolve-config"})
+    assert {"evaluate-candidate", baseline_branches, "find-baseline"} <= deps["compare"]
     assert {"compare", "merge-lora"} <= deps["register-model"]
     assert spec.root.dag.tasks["finalize-runs"].trigger_policy.strategy == (
         pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
     )
+
+
+def test_each_method_trains_its_trials_in_a_parallel_for_and_select_trial_collects_them(compiled, tmp_path):
+    """One DAG shape with or without a sweep: per method branch, a ParallelFor over resolve-config's ``trials``
+    output, ``sweep.parallelism`` at a time, one train task per trial; select-trial fans the trials' model_dir in
+    (``dsl.Collected``) and merge-lora takes the winner's."""
+    spec, _, _ = _documents(compiled["lora"])
+    tasks = _all_tasks(spec)
+    loops = {task.task_info.name: task for task in tasks.values() if task.HasField("iterator_policy")}
+    assert sorted(loops) == ["trials-full", "trials-lora", "trials-qlora"]
+    names = {id(task): name for name, task in tasks.items()}
+    for loop in loops.values():
+        assert loop.iterator_policy.parallelism_limit == load_config("lora").sweep.parallelism == 2
+        # The items: resolve-config's trials output, passed down through the method's branch.
+        assert loop.parameter_iterator.items.input_parameter == "pipelinechannel--resolve-config-trials"
+        body = spec.components[loop.component_ref.name].dag.tasks
+        ((train_name, train),) = [(name, task) for name, task in body.items()
+                                  if task.component_ref.name.startswith("comp-train")]
+        assert train.task_info.name.startswith("Train (") and train.retry_policy.max_retry_count == 2
+        assert train.inputs.parameters["trial"].component_input_parameter == loop.parameter_iterator.item_input
+        (select,) = [task for task in tasks.values() if list(task.dependent_tasks) == [names[id(loop)]]]
+        assert select.component_ref.name.startswith("comp-select-trial")
+        collected = select.inputs.parameters["model_dirs"].task_output_parameter
+        assert (collected.producer_task, collected.output_parameter_key) == (
+            names[id(loop)], f"pipelinechannel--{train_name}-model_dir")
+    deps = {name: set(task.dependent_tasks) for name, task in tasks.items()}
+    assert "condition-branches-2" in deps["merge-lora"]  # the winner of whichever branch ran
+    out = tmp_path / "wide.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--config", "lora", "--set", "sweep.parallelism=6",
+                    "--output", str(out)], check=True, cwd=REPO_ROOT, capture_output=True)
+    wide = [task.iterator_policy.parallelism_limit for task in _all_tasks(_documents(out)[0]).values()
+            if task.HasField("iterator_policy")]
+    assert wide == [6, 6, 6]
 
 
 def test_multi_node_training_frees_the_train_task_from_the_gpu(tmp_path):

@@ -51,7 +51,8 @@ def test_the_ir_root_parameters_are_the_schema_marked_fields(lora_ir):
 
 def test_the_alphabetical_form_reads_in_pipeline_order_most_changed_first():
     names = sorted(field.name for field in form_fields())
-    assert names[:5] == ["a_base_model", "a_chat_template", "a_datasets", "b_learning_rate", "b_method"]
+    assert names[:6] == ["a_base_model", "a_chat_template", "a_datasets", "b_learning_rate", "b_learning_rate_sweep",
+                         "b_method"]  # a sweep's list sits right below its field
     assert names[-1].startswith("h_") and sorted([*names, CONFIG_PARAM, OVERRIDES_PARAM])[-2:] == [
         CONFIG_PARAM, OVERRIDES_PARAM]
     wanted = {"storage.base_model", "training.template", "dataset.names", "training.method",
@@ -180,9 +181,39 @@ def test_the_readme_shows_the_form_as_the_schema_declares_it():
     assert shown == markdown_table(load_config("lora")), "run: python -m configs.form, and paste it into the README"
 
 
-def test_typed_parameters_reach_the_trainer_and_mlflow(tmp_path, tiny_model_dir):
-    """The whole pipeline through kfp.local, started as the Kubeflow UI's form starts it: typed parameters changed,
-    z_config left at the compiled preset. The rendered LLaMA-Factory YAML and the MLflow runs carry the new values."""
+# Installed in every Python process of the run below (kfp.local's tasks, the trainer) through PYTHONPATH: it records
+# each file opened under the split snapshot's test/ and val/ folders, and by which task function or program.
+AUDIT_HOOK = r"""
+import os, sys
+_ROOT, _LOG = os.environ.get("LLMFT_AUDIT_ROOT"), os.environ.get("LLMFT_AUDIT_LOG")
+
+def _who():
+    if "--function_to_execute" in sys.argv:
+        return sys.argv[sys.argv.index("--function_to_execute") + 1]
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+
+def _opened(event, args):
+    if event != "open" or not _ROOT or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path = os.fsdecode(args[0])
+    if path.startswith(_ROOT) and ("/data/test/" in path or "/data/val/" in path):
+        with open(_LOG, "a") as log:
+            log.write(f"{_who()}\t{path}\t{args[1]}\n")
+
+sys.addaudithook(_opened)
+"""
+
+
+def test_a_two_trial_sweep_from_the_form_trains_both_picks_on_validation_and_gates_only_the_winner(tmp_path,
+                                                                                                  tiny_model_dir):
+    """The whole pipeline through kfp.local, started as the Kubeflow UI's form starts it: typed parameters changed
+    (a learning-rate sweep of two values, a LoRA rank, a step limit), z_config left at the compiled preset.
+
+    Each trial trains its own settings in its own directory and MLflow run; the data is tokenized once; select-trial
+    picks the lower validation loss and frees the loser's optimizer states; only the winner is merged and gated, and
+    the report lists both trials. Every file opened under the snapshot's test/ and val/ folders is recorded (a
+    Python audit hook in every process of the run): the tasks that train and choose never open a test file, and
+    the gate's tasks never open a validation file."""
     import os
     import shutil
     import subprocess
@@ -190,31 +221,80 @@ def test_typed_parameters_reach_the_trainer_and_mlflow(tmp_path, tiny_model_dir)
 
     from mlflow.tracking import MlflowClient
 
+    from components.train.select_trial import Selection
     from pipelines import run_local
 
     storage = tmp_path / "storage"
     shutil.copytree(tiny_model_dir, storage / "models" / "base-model")
-    arguments = {"b_learning_rate": 0.002, "d_lora_rank": 4, "c_max_steps": 4}
+    hook = tmp_path / "audit"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
+    audit = tmp_path / "opened.tsv"
+    arguments = {"b_learning_rate_sweep": [0.002, 0.05], "d_lora_rank": 4, "c_max_steps": 4}
     code = ("import sys, json; from pipelines import run_local as r;"
             "cfg = r.localise(r.load_config('local'), __import__('pathlib').Path(sys.argv[1]));"
             "r.prepare_storage(cfg); r.run_pipeline(cfg, json.loads(sys.argv[2]))")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LLMFT_AUDIT_ROOT=str(storage / "output"), LLMFT_AUDIT_LOG=str(audit),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(hook), str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", code, str(storage), json.dumps(arguments)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run,) = (storage / "output").iterdir()
-    rendered = yaml.safe_load((run / "train.yaml").read_text())
-    assert (rendered["learning_rate"], rendered["lora_rank"], rendered["max_steps"]) == (0.002, 4, 4)
     resolved = json.loads((run / "resolved_config.json").read_text())
-    assert resolved["training"]["learning_rate"] == 0.002 and resolved["training"]["lora_rank"] == 4
+    assert resolved["sweep"]["learning_rate"] == [0.002, 0.05] and resolved["training"]["lora_rank"] == 4
+    for trial, rate in enumerate((0.002, 0.05)):  # each trial its own settings and directory
+        rendered = yaml.safe_load((run / "trials" / f"trial-{trial}" / "train.yaml").read_text())
+        assert (rendered["learning_rate"], rendered["lora_rank"], rendered["max_steps"]) == (rate, 4, 4)
+        assert rendered["eval_dataset"] == "alpaca_sample@val" and rendered["load_best_model_at_end"] is True
+        assert rendered["tokenized_path"].startswith(str(run / "tokenized"))
+    assert [path.name for path in (run / "tokenized").iterdir()] == [Path(rendered["tokenized_path"]).name]
+    logs = ["".join(path.read_text() for path in (run / "trials" / f"trial-{n}" / "logs").glob("*.log"))
+            for n in (0, 1)]
+    assert "Tokenized dataset is saved" in logs[0] and "Loaded tokenized dataset from" in logs[1]  # tokenized once
+
+    selection = Selection.model_validate_json((run / "selection.json").read_text())
+    assert [trial.settings for trial in selection.trials] == [{"learning_rate": 0.002}, {"learning_rate": 0.05}]
+    losses = [trial.val_loss for trial in selection.trials]
+    assert selection.winner == min(range(2), key=lambda index: (losses[index], index))  # lowest, ties to the lower
+    winner, loser = selection.winning(), selection.trials[1 - selection.winner]
+    winner_dir, loser_dir = Path(winner.model_dir).parent, Path(loser.model_dir).parent
+    assert list(winner_dir.glob("checkpoints/checkpoint-*/optimizer.pt"))  # the winner may still be retried
+    assert not list(loser_dir.glob("checkpoints/checkpoint-*/optimizer.pt"))  # the loser's states are freed
+    assert list(loser_dir.glob("checkpoints/checkpoint-*/adapter_model.safetensors"))  # its weights stay
+    (merged,) = (storage / "models" / "tiny-llama-demo").glob("2*")
+    assert json.loads((merged / "merge_info.json").read_text())["adapter"] == winner.model_dir  # only the winner
 
     cfg = run_local.localise(run_local.load_config("local"), storage)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     runs = client.search_runs([experiment.experiment_id])
-    train = next(r for r in runs if r.data.tags.get("llmft.step") == "train")
     parent = next(r for r in runs if r.data.tags.get("llmft.role") == "pipeline")
-    assert (train.data.params["learning_rate"], train.data.params["lora_rank"]) == ("0.002", "4")
-    assert parent.data.params["training.learning_rate"] == "0.002" and parent.data.params["training.lora_rank"] == "4"
+    trains = sorted((r for r in runs if r.data.tags.get("llmft.step") == "train"),
+                    key=lambda r: r.data.tags["llmft.trial"])
+    assert [r.info.run_name.split(" · ")[:2] for r in trains] == [["train", "trial-0"], ["train", "trial-1"]]
+    assert [r.data.params["learning_rate"] for r in trains] == ["0.002", "0.05"]  # numbers MLflow can plot
+    assert [r.data.params["sweep.learning_rate"] for r in trains] == ["0.002", "0.05"]
+    assert [r.data.metrics["best_val_loss"] for r in trains] == pytest.approx(losses)
+    assert parent.data.tags["llmft.winner_trial"] == f"trial-{selection.winner}"
+    assert parent.data.params["sweep.learning_rate"] == "[0.002, 0.05]"
+    assert parent.data.params["training.lora_rank"] == "4"
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "trials.json", str(tmp_path))).read_text())
+    assert table["columns"][:2] == ["trial", "learning_rate"] and len(table["data"]) == 2
+    compare = next(r for r in runs if r.data.tags.get("llmft.step") == "compare")
+    report = Path(client.download_artifacts(compare.info.run_id, "report/report.md", str(tmp_path))).read_text()
+    assert "## Trials: the candidate won on the validation rows" in report
+    assert f"trial-{selection.winner} (winner)" in report
+
+    # Honest statistics: which process opened which snapshot file.
+    opened = [line.split("\t") for line in audit.read_text().splitlines()]
+    readers = {side: {who for who, path, mode in opened if f"/data/{side}/" in path and "r" in mode}
+               for side in ("test", "val")}
+    choosers = {"train", "worker.py", "select_trial"}  # the train task, the trainer process, select-trial
+    assert {"worker.py"} <= readers["val"] and "evaluate_candidate" in readers["test"]
+    assert not readers["test"] & choosers, readers  # no test row before the gate: training and choosing never
+    assert not readers["val"] & {"evaluate_candidate", "evaluate_baseline", "compare"}, readers  # nor validation
+    assert readers["test"] <= {"validate_dataset", "find_baseline", "evaluate_baseline", "evaluate_candidate"}
+    assert readers["val"] <= {"validate_dataset", "train", "worker.py"}  # train checks the hashes it trains on
 
 
 @pytest.mark.parametrize(("preset", "form", "overrides", "method", "bits"), [

@@ -86,14 +86,13 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("GIT_COMMIT", "0123abc")
-    cfg = _config(storage_root, mlflow_server.uri, "training.max_steps=20", "training.save_steps=10",
-                  "training.val_size=0.1")
+    cfg = _config(storage_root, mlflow_server.uri, "training.max_steps=20", "training.save_steps=10")
     kfp_run_id, data_hash = f"run-{uuid.uuid4().hex[:8]}", "f" * 64
     started_ms = int(time.time() * 1000)
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "kfp")
 
     model_dir, train_loss, mlflow_run_id = train.python_func(
-        config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, adapter=adapter,
+        config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, trial=0, adapter=adapter,
         metrics=metrics, loss_plot=loss_plot)
 
     # The adapter, published atomically in the run-scoped directory.
@@ -114,7 +113,8 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     # KFP outputs.
     assert metrics.metadata["train_loss"] == pytest.approx(train_loss, abs=1e-6)
     assert metrics.metadata["global_step"] == 20
-    assert metrics.metadata["eval_loss"] > 0 and metrics.metadata["tokens_per_second"] > 0
+    assert metrics.metadata["best_val_loss"] > 0 and metrics.metadata["tokens_per_second"] > 0
+    assert metrics.metadata["best_step"] in (10, 20)  # a checkpoint chosen on the validation rows
     assert metrics.metadata["train_runtime_s"] > 0
     assert adapter.metadata["model_dir"] == model_dir and adapter.metadata["method"] == "lora"
     pointer = read_model(Path(adapter.path) / "model.json", ModelPointer, "the adapter pointer")
@@ -147,7 +147,10 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     assert len(loss_steps) == 10 and max(loss_steps) == 20  # logged by the trainer's own callback, live
     metrics_logged = run.data.metrics
     assert metrics_logged["train_loss"] == pytest.approx(train_loss)
-    assert "eval_loss" in metrics_logged and "tokens_per_second" in metrics_logged
+    assert "best_val_loss" in metrics_logged and "tokens_per_second" in metrics_logged
+    val_curve = {m.step: m.value for m in client.get_metric_history(mlflow_run_id, "val_loss")}
+    assert sorted(val_curve) == [10, 20]  # one point per checkpoint, none for the evaluation after training
+    assert metrics_logged["best_val_loss"] == pytest.approx(min(val_curve.values()), abs=1e-4)
     for duplicate in ("final_loss", "train_runtime", "train_tokens_per_second", "total_flos"):
         assert duplicate not in metrics_logged, duplicate
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics_logged)
@@ -164,7 +167,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     assert {r.data.tags.get("kfp.run_id") for r in recent} == {kfp_run_id} and len(recent) == 2
 
     # A retry after the model was published reuses it instead of training again.
-    again = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash,
+    again = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, trial=0,
                               adapter=adapter, metrics=metrics, loss_plot=loss_plot)
     assert again[:2] == (model_dir, train_loss)
     retry = client.get_run(again[2])
@@ -176,7 +179,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 22})})
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "longer")
     model_dir_again, _, _ = train.python_func(config=longer.model_dump_json(), kfp_run_id=kfp_run_id,
-                                              dataset_hash=data_hash, adapter=adapter, metrics=metrics,
+                                              dataset_hash=data_hash, trial=0, adapter=adapter, metrics=metrics,
                                               loss_plot=loss_plot)
     assert model_dir_again == model_dir
     assert metrics.metadata["resumed_from_step"] == 20 and metrics.metadata["global_step"] == 22
@@ -226,8 +229,8 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
     killer.start()
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "first")
     with pytest.raises(TrainerFailed, match="killed by SIGKILL"):
-        train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h", adapter=adapter,
-                          metrics=metrics, loss_plot=loss_plot)
+        train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h", trial=0,
+                          adapter=adapter, metrics=metrics, loss_plot=loss_plot)
     killer.join()
     assert killed, "the trainer was not found to kill"
     newest = max(_complete_on_disk(output))
@@ -243,7 +246,7 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
 
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "second")
     model_dir, _, second_run = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id,
-                                                 dataset_hash="h", adapter=adapter, metrics=metrics,
+                                                 dataset_hash="h", trial=0, adapter=adapter, metrics=metrics,
                                                  loss_plot=loss_plot)
     assert metrics.metadata["resumed_from_step"] == newest and metrics.metadata["global_step"] == 12
     assert [checkpoint_step(path) for path in list_checkpoints(output)] == [12]  # checkpoint-<newest> rotated away
@@ -260,6 +263,66 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
     assert second.data.tags["llmft.resumed_from"] == f"checkpoint-{newest}"
     resumed_steps = [m.step for m in client.get_metric_history(second_run, "loss")]
     assert min(resumed_steps) == newest + 1 and max(resumed_steps) == 12  # resumed, not started over
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_the_best_checkpoint_is_published_kept_by_the_rotation_and_tracked_across_a_kill(storage_root, mlflow_server,
+                                                                                          tmp_path, capsys):
+    """A learning rate far too high for the tiny model: the validation loss drops at step 2, then rises and stays
+    above it. One checkpoint kept (the rotation must spare the best), the trainer SIGKILLed after checkpoint-4 and
+    retried: the published weights are step 2's, the run has the validation curve and best_step 2."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    cfg = _config(storage_root, mlflow_server.uri, "training.learning_rate=0.15", "training.max_steps=8",
+                  "training.save_steps=2", "training.save_total_limit=1")
+    kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
+    output = run_dir(cfg, kfp_run_id) / "checkpoints"
+    killed: list[int] = []
+
+    def kill_after_checkpoint_4() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if any(step >= 4 for step in _complete_on_disk(output)):
+                for child in psutil.Process().children(recursive=True):
+                    try:
+                        if WORKER_MODULE in child.cmdline():
+                            child.send_signal(signal.SIGKILL)
+                            killed.append(child.pid)
+                    except psutil.Error:
+                        continue
+            time.sleep(0.05)  # polling the checkpoint directory, not waiting for an event
+
+    killer = threading.Thread(target=kill_after_checkpoint_4, daemon=True)
+    killer.start()
+    with pytest.raises(TrainerFailed, match="killed by SIGKILL"):
+        adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "first")
+        train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h", trial=0,
+                          adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+    killer.join()
+    assert killed and 2 in _complete_on_disk(output)  # the rotation kept the best beside the newest
+    best_weights = _tensors(output / "checkpoint-2" / "adapter_model.safetensors")
+
+    adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "second")
+    model_dir, _, run_id = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h",
+                                             trial=0, adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+    assert metrics.metadata["resumed_from_step"] >= 4 and metrics.metadata["global_step"] == 8
+    curve = {m.step: m.value for m in MlflowClient(mlflow_server.uri).get_metric_history(run_id, "val_loss")}
+    assert set(curve) >= {step for step in (6, 8) if step > metrics.metadata["resumed_from_step"]}
+    assert read_summary(Path(model_dir)).metrics["best_step"] == 2 == metrics.metadata["best_step"]
+    history = json.loads((Path(model_dir) / "trainer_state.json").read_text())["log_history"]
+    later = [entry["eval_loss"] for entry in history if "eval_loss" in entry and entry["step"] > 2]
+    assert later and min(later) > metrics.metadata["best_val_loss"]  # the loss rose after step 2 and stayed up
+    published = _tensors(Path(model_dir) / "adapter_model.safetensors")
+    assert published.keys() == best_weights.keys()
+    assert all(torch.equal(published[key], best_weights[key]) for key in published)  # step 2's weights
+    assert [checkpoint_step(path) for path in list_checkpoints(output)] == [2]  # the best outlived the rotation
+    assert "[train] best checkpoint: step 2 of 8, validation loss" in capsys.readouterr().out
 
 
 def test_a_longer_rerun_of_a_run_id_resumes_past_the_rotation_of_its_checkpoint(storage_root, mlflow_server,
@@ -337,8 +400,13 @@ def test_precision_follows_the_device(tmp_path):
     assert _render(asked_fp16, tmp_path, gpu=True)["fp16"] is True
     full_on_cpu = load_config("local", overrides=["training.method=full"])
     assert "deepspeed" not in _render(full_on_cpu, tmp_path, gpu=False)
-    assert _render(load_config("local", overrides=["training.val_size=0.2"]), tmp_path, gpu=False)[
-        "eval_strategy"] == "steps"
+    validated = _render(load_config("local"), tmp_path, gpu=False)
+    assert (validated["eval_dataset"], validated["eval_strategy"], validated["eval_steps"]) == (
+        "alpaca_sample@val", "steps", validated["save_steps"])
+    assert validated["load_best_model_at_end"] is True and validated["metric_for_best_model"] == "eval_loss"
+    assert "val_size" not in validated  # LLaMA-Factory's random split of the train rows is never used
+    unvalidated = _render(load_config("local", overrides=["dataset.val_fraction=0"]), tmp_path, gpu=False)
+    assert not {"eval_dataset", "eval_strategy", "load_best_model_at_end"} & set(unvalidated)
     trusted = load_config("local", overrides=["training.trust_remote_code=true"])
     assert _render(trusted, tmp_path, gpu=False)["trust_remote_code"] is True
 
@@ -368,12 +436,14 @@ def test_llamafactory_argument_parser_accepts_the_rendered_yaml(tmp_path, tiny_m
         assert training.bf16 is True and training.report_to == []
 
     # The CPU demo config goes through LLaMA-Factory's full validation untouched.
-    cfg = load_config("local", overrides=["training.val_size=0.1"])
+    cfg = load_config("local")
     sections = render_sections(cfg, model_dir=tiny_model_dir, dataset_dir=REPO_ROOT / "components/demo/sample_data",
                                output_dir=tmp_path / "out", run_name="train", gpu=False,
                                resume_from=tmp_path / "out" / "checkpoint-8")
     model, data, training, finetuning, _ = get_train_args(yaml.safe_load(render_yaml(sections)))
     assert training.max_steps == 24 and training.save_steps == 8 and training.do_eval is True
+    assert training.load_best_model_at_end and training.metric_for_best_model == "eval_loss"
+    assert data.eval_dataset == ["alpaca_sample@val"] and data.val_size == 0
     assert training.resume_from_checkpoint == str(tmp_path / "out" / "checkpoint-8")
     assert finetuning.lora_rank == 8 and data.template == "default" and not training.bf16
 
@@ -482,15 +552,16 @@ def test_metrics_cover_the_whole_run_after_a_resume_whose_checkpoint_was_rotated
     _checkpoint(output, 4)
     resumed_from, _ = prepare_resume(output, tmp_path / "discarded")
     shutil.rmtree(resumed_from.path)  # what save_total_limit does once newer checkpoints exist
-    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 2.0}, {"step": 6, "loss": 1.0}, {"step": 8, "loss": 1.0},
-               {"step": 8, "eval_loss": 1.5}]
+    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 2.0}, {"step": 4, "eval_loss": 1.25},
+               {"step": 6, "loss": 1.0}, {"step": 8, "loss": 1.0}, {"step": 8, "eval_loss": 1.5}]
     (output / "trainer_state.json").write_text(json.dumps({"global_step": 8, "num_input_tokens_seen": 120,
+                                                           "best_global_step": 4, "best_metric": 1.25,
                                                            "log_history": history}))
     (output / "all_results.json").write_text(json.dumps({"train_runtime": 2.0, "train_loss": 0.5}))
     metrics, _ = collect_metrics(output, resumed_from)
     assert metrics["train_loss"] == pytest.approx((4 + 2 + 1 + 1) * 2 / 8)  # not the last attempt's 0.5
     assert "final_loss" not in metrics  # the last point of the per-step "loss": one name per metric
-    assert metrics["eval_loss"] == 1.5 and metrics["global_step"] == 8
+    assert (metrics["best_step"], metrics["best_val_loss"], metrics["global_step"]) == (4, 1.25, 8)  # not the last
     assert metrics["tokens_per_second"] == pytest.approx((120 - 40) / 2.0)  # this attempt's tokens only
     assert metrics["resumed_from_step"] == 4
 
@@ -506,10 +577,34 @@ def test_a_retry_at_the_last_step_publishes_the_checkpoint_without_the_resume_st
         (last / name).write_text("{}")
     (output / "adapter_model.safetensors").write_bytes(b"half")  # the killed final save
     copied = finish_from_checkpoint(last, output)
-    assert copied == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "trainer_state.json"]
+    assert copied == ["checkpoint-8/adapter_config.json", "checkpoint-8/adapter_model.safetensors",
+                      "checkpoint-8/tokenizer.json", "checkpoint-8/trainer_state.json"]
     assert safetensors_problem(output / "adapter_model.safetensors") is None
     assert not (output / "optimizer.pt").exists() and not (output / "rng_state.pth").exists()
     assert (last / "optimizer.pt").exists()  # the checkpoint itself is untouched
+
+
+def test_a_retry_at_the_last_step_publishes_the_best_checkpoints_weights(tmp_path):
+    """With a validation side the trainer state names the best checkpoint: its weights are the result, the last
+    one's trainer state (the whole history) stays; a best checkpoint that is gone fails instead of publishing the
+    last one's weights."""
+    from safetensors.torch import load_file, save_file
+
+    output = tmp_path / "checkpoints"
+    best = _checkpoint(output, 4)
+    import torch
+
+    save_file({"lora_A": torch.full((8, 64), 4.0), "lora_B": torch.zeros(64, 8)}, best / "adapter_model.safetensors")
+    last = _checkpoint(output, 8)
+    state = {"global_step": 8, "best_global_step": 4, "best_metric": 1.5, "log_history": [{"step": 8}]}
+    (last / "trainer_state.json").write_text(json.dumps(state))
+    copied = finish_from_checkpoint(last, output)
+    assert copied[-1] == "checkpoint-4/adapter_model.safetensors" and "checkpoint-4/trainer_state.json" not in copied
+    assert torch.equal(load_file(output / "adapter_model.safetensors")["lora_A"], torch.full((8, 64), 4.0))
+    assert json.loads((output / "trainer_state.json").read_text()) == state
+    shutil.rmtree(best)
+    with pytest.raises(TrainError, match=r"the best checkpoint .*checkpoint-4, but it is gone"):
+        finish_from_checkpoint(last, output)
 
 
 # -- which training made the checkpoints (issue 19) ----------------------------------------------------------
@@ -710,6 +805,6 @@ def test_train_refuses_a_snapshot_changed_after_validation_and_ignores_later_sou
 
     other = _config(storage_root, f"sqlite:///{tmp_path / 'mlflow.db'}", "dataset.test_fraction=0.3")
     manifest.write_text(validated.model_dump_json())
-    with pytest.raises(TrainError, match=r"split with .* = \(0\.25, 10, 2000\); this config asks for "
-                                         r"\['alpaca_sample'\] with \(0\.3, 10, 2000\)"):
+    with pytest.raises(TrainError, match=r"split with .* = \(0\.25, 10, 2000, 0\.15, 8, 1000\); this config asks "
+                                         r"for \['alpaca_sample'\] with \(0\.3, 10, 2000, 0\.15, 8, 1000\)"):
         train_model(other, "r1")

@@ -40,10 +40,12 @@ _RESERVED_ENV = {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NNODES", "
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def job_name(kfp_run_id: str) -> str:
+def job_name(kfp_run_id: str, trial: str = "") -> str:
     """The job name of a pipeline run: ``train-<run slug>`` (:func:`components.common.storage.run_slug`), a
-    DNS-1035 label of at most :data:`JOB_NAME_MAX` characters that no other run shares."""
-    return f"train-{run_slug(kfp_run_id, JOB_NAME_MAX - len('train-'))}"
+    DNS-1035 label of at most :data:`JOB_NAME_MAX` characters that no other run shares; a trial of a sweep
+    (``trial-N``) adds its label, so the trials' jobs run side by side."""
+    suffix = f"-{trial}" if trial else ""
+    return f"train-{run_slug(kfp_run_id, JOB_NAME_MAX - len('train-') - len(suffix))}{suffix}"
 
 
 def run_label(kfp_run_id: str) -> str:

@@ -53,7 +53,7 @@ from components.train.multinode.engine import (
     wait_for_change,
     wait_gone,
 )
-from components.train.multinode.job_spec import RUN_LABEL, run_label
+from components.train.multinode.job_spec import RUN_LABEL, job_name, run_label
 from components.train.multinode.pods import container_state, failure_message, lead_pod, pending_note, stream_lead_log
 from configs.schema import PipelineConfig
 
@@ -151,7 +151,8 @@ def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str, out: T
         wait_for_change(engine, custom, namespace, name, job["metadata"].get("resourceVersion"))
 
 
-def run_training_job(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env: dict[str, str]) -> None:
+def run_training_job(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env: dict[str, str],
+                     trial: str = "") -> None:
     """Train on ``cluster.nodes`` nodes through the ``cluster.training_engine`` job; return when it succeeded.
 
     Builds the job (the engine's ``build``; see :func:`.trainjob.build_trainjob_manifest` and
@@ -163,6 +164,7 @@ def run_training_job(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env
     Args:
         cfg: The resolved pipeline configuration.
         kfp_run_id: The KFP run id (job name and ``kfp.run_id`` label).
+        trial: The sweep trial's label (``trial-N``: a job of its own, :func:`.job_spec.job_name`), or "".
         train_yaml: The LLaMA-Factory YAML, an absolute path under ``storage.mount_path``.
         env: Extra variables for every node (e.g. ``MLFLOW_RUN_ID``).
 
@@ -176,6 +178,8 @@ def run_training_job(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env
     """
     engine = engine_for(cfg)
     manifest = engine.build(cfg, kfp_run_id, train_yaml, env)
+    if trial:  # each trial is a job of its own; the run label still finds them all (delete_training_job)
+        manifest["metadata"]["name"] = job_name(kfp_run_id, trial)
     namespace, name = current_namespace(), manifest["metadata"]["name"]
     out = sys.stdout
     with api_client() as api, sigterm_raises(lambda signum: KeyboardInterrupt(f"signal {signum}")):

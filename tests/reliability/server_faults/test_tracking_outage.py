@@ -35,7 +35,7 @@ from conftest import MlflowServer
 from components.common.storage import run_dir
 from components.common.tracking import finalize_pipeline_runs
 from components.train import train as train_module
-from components.train.metrics import BACKFILL_TAG, backfill_metrics
+from components.train.metrics import BACKFILL_TAG, backfill_metrics, step_points
 from components.train.train import train_model
 from configs.loading import load_config
 
@@ -169,12 +169,12 @@ def test_backfill_relogs_only_the_missing_points(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("backfill", artifact_location=str(tmp_path / "artifacts"))
 
-    # What reached the server before and after an outage: the per-step batches of steps 1, 2, 5 and 6.
+    # What reached the server before and after an outage: the per-step batches of steps 1, 2, 5 and 6, as the
+    # trainer's callback logs them (its names: the validation loss as val_loss).
     run_id = client.create_run(experiment).info.run_id
     delivered = [entry for entry in history if entry["step"] in (1, 2, 5, 6)]
-    client.log_batch(run_id, metrics=[Metric(key.replace("(", "_").replace(")", "_"), value, 0, entry["step"])
-                                      for entry in delivered for key, value in entry.items()
-                                      if key not in ("step", "note")])
+    client.log_batch(run_id, metrics=[Metric(key, value, 0, entry["step"])
+                                      for entry in delivered for key, value in step_points(entry).items()])
     assert backfill_metrics(client, run_id, history) == 8  # steps 3 and 4: loss, grad_norm, learning_rate, epoch
     for key in ("loss", "grad_norm", "learning_rate", "epoch"):
         points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
@@ -188,6 +188,7 @@ def test_backfill_relogs_only_the_missing_points(tmp_path):
     # train_loss and train_runtime_s once, under one name each).
     assert backfill_metrics(client, resumed, history, after_step=4) == 2 * 4 + 2
     assert "train_runtime" not in client.get_run(resumed).data.metrics
+    assert {"val_loss", "val_acc_top1_"} <= set(client.get_run(resumed).data.metrics)
     assert {m.step for m in client.get_metric_history(resumed, "loss")} == {5, 6}
-    assert client.get_metric_history(resumed, "eval_acc_top1_")[0].value == 0.25
+    assert client.get_metric_history(resumed, "val_acc_top1_")[0].value == 0.25
     assert "train_loss" not in client.get_run(resumed).data.metrics

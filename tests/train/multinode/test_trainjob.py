@@ -24,6 +24,7 @@ import pytest
 from fake_kubernetes import NAMESPACE, TRAINJOB, FakeKubernetes, expected_lines, lead_lines, serve
 
 from components.train.multinode.engine import TrainingJobError, TrainingJobFailed
+from components.train.multinode.job_spec import job_name
 from components.train.multinode.launch import LaunchEnvError, launch_command, map_operator_env
 from components.train.multinode.launch import main as launch_main
 from components.train.multinode.training_job import delete_training_job, run_training_job
@@ -484,6 +485,19 @@ def test_a_trainer_older_than_v2_2_is_caught_and_its_job_deleted(fake_k8s):
             "API dropped spec.runtimePatches, so its CRD is older than Kubeflow Trainer v2.2")):
         run_training_job(cluster_config(nodes=2), RUN_ID, TRAIN_YAML, {})
     assert fake_k8s.deleted == [NAME]
+
+
+def test_each_trial_of_a_sweep_is_its_own_job_and_all_are_deleted_with_the_run(fake_k8s, capsys):
+    cfg = cluster_config(nodes=2)
+    run_training_job(cfg, RUN_ID, TRAIN_YAML, {}, trial="trial-1")
+    trial_job = job_name(RUN_ID, "trial-1")
+    assert [job["metadata"]["name"] for job in fake_k8s.created] == [trial_job] and trial_job != NAME
+    assert fake_k8s.created[0]["metadata"]["labels"]["kfp.run_id"] == RUN_ID  # found by the run's label
+    assert f"[trainjob] {NAMESPACE}/{trial_job} succeeded" in capsys.readouterr().out
+    with fake_k8s.lock:
+        fake_k8s.add_job(manifest_for(cfg))  # another trial's job of the same run
+    assert delete_training_job(cfg, RUN_ID) is True
+    assert sorted(fake_k8s.deleted) == sorted([NAME, trial_job])
 
 
 def test_delete_finds_the_run_by_label_and_leaves_other_runs(fake_k8s, capsys):
