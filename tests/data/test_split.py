@@ -367,7 +367,7 @@ def test_near_duplicate_answers_across_the_split_fail_validation_naming_the_rows
     assert manifest is None and not (tmp_path / "refused").exists()
     assert result.leaked_rows == expected and result.leak_checked_rows > 0
     message = result.failure_message()
-    assert (f"{expected} held-out test row(s) have a near-duplicate answer on the train side (a run of 13 words, or "
+    assert (f"{expected} held-out row(s) have a near-duplicate answer on the train side (a run of 13 words, or "
             "the whole answer); at most 0 allowed (dataset.max_leaked_rows)") in message
     first_leak = next(2 * i + (0 if one else 1) + 1 for i, (one, other) in enumerate(pairs) if one != other)
     assert f"ds.jsonl:{first_leak}: held out, but its answer 'w" in message  # named by source file and row
@@ -380,6 +380,15 @@ def test_near_duplicate_answers_across_the_split_fail_validation_naming_the_rows
         render_report(result, manifest)
     assert sorted(path.name for path in (tmp_path / "kept" / "train").iterdir()) == ["ds.jsonl"]  # no side files
     assert _split(source, ["ds"], tmp_path / "allowed", max_leaked=expected)[1] is not None
+
+    # The validation side is checked too: a validation row whose twin is trained on leaks (a twin on the test side
+    # does not: neither is trained on).
+    sides = [(row_side(_key(rows[2 * i]), 0.2, 0.2), row_side(_key(rows[2 * i + 1]), 0.2, 0.2)) for i in range(40)]
+    both_sides = sum((one == "train") != (other == "train") for one, other in sides)
+    from_val = sum("val" in pair and "train" in pair for pair in sides)
+    assert from_val >= 3
+    result, manifest = _three_way(source, ["ds"], tmp_path / "three", max_leaked=-1)
+    assert result.ok and result.leaked_rows == both_sides
 
 
 # -- the snapshot --------------------------------------------------------------------------------------------
@@ -584,7 +593,7 @@ def test_a_training_run_by_hand_splits_first_and_the_trainer_never_sees_a_test_r
     snapshot = snapshot_dir(cfg, "by-hand")
     manifest = verify_snapshot(snapshot)
     split = manifest.dataset("alpaca_sample")
-    assert split.scored_rows >= 10 and split.train_rows >= 3 * split.scored_rows  # the demo's split: 25 %
+    assert split.scored_rows >= 10 and split.train_rows >= 2 * split.scored_rows  # the demo: 25 % test, 15 % validation
 
     rendered = yaml.safe_load((run_dir(cfg, "by-hand") / "train.yaml").read_text())
     assert rendered["dataset"] == "alpaca_sample" and rendered["dataset_dir"] == str(snapshot)
