@@ -20,17 +20,25 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 WORKDIR /src
-COPY setup.cfg pyproject.toml README.md ./
-COPY configs/ configs/
-COPY components/ components/
-COPY pipelines/ pipelines/
-# Not editable: the package lands in the venv, so the final image needs no source tree. The pip cache is a
+# Dependencies first, from setup.cfg alone: this layer is rebuilt only when the pins change. The pip cache is a
 # build cache (never in a layer); every pinned package is a wheel or, like deepspeed, builds without a compiler.
 # Behind a TLS-inspecting proxy, pass its CA bundle as the secret pip_ca (make image does when PIP_CERT is set):
-# pip uses it for this step only, nothing of it stays in the image.
+# pip uses it during the build only, nothing of it stays in the image.
+COPY setup.cfg ./
+RUN python3 -c 'import configparser; cfg = configparser.ConfigParser(); cfg.read("setup.cfg"); \
+extras = cfg["options.extras_require"]; print(cfg["options"]["install_requires"], extras["train"], extras["gpu"], sep="\n")' \
+    > requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && pip install --upgrade pip \
+ && pip install -r requirements.txt
+# Then the package itself, not editable: it lands in the venv, so the image needs no source tree.
+COPY pyproject.toml README.md ./
+COPY configs/ configs/
+COPY components/ components/
+COPY pipelines/ pipelines/
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && pip install ".[train,gpu]" \
  && pip check \
  && python -c "import kfp, llamafactory, mlflow, peft, transformers, gradio; print('venv ok')"
