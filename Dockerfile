@@ -7,7 +7,7 @@
 #
 # The base is plain Ubuntu: CUDA comes once, from torch's wheels (the nvidia-* packages pinned by torch 2.9.1:
 # CUDA 12.8 runtime, cuDNN 9, NCCL, cuBLAS...), and the driver from the node (the NVIDIA container toolkit
-# mounts it). A CUDA base image would bring the same libraries a second time (~3 GB).
+# mounts it). A CUDA base image would bring the same libraries a second time.
 ARG BASE_IMAGE=ubuntu:24.04
 
 # ---- build: the virtual environment, with the package and its pinned extras ----

@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-,      := ,
 
 .PHONY: venv browser demo test lint compile check-compiled reliability bench image image-smoke clean
 
@@ -13,8 +12,10 @@ VERSION    := $(shell sed -n 's/^version *= *//p' setup.cfg)
 IMAGE      ?= ghcr.io/llm-finetune-pipelines/llm-finetune:$(VERSION)
 BASE_IMAGE ?= ubuntu:24.04
 ENGINE     ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null || echo docker)
-# The CA bundle pip trusts here (a TLS-inspecting proxy's), handed to the build as a secret, never baked in.
+# The CA bundle pip trusts here (a TLS-inspecting proxy's), handed to the build as a secret, never baked in
+# (`,` is a literal comma for the $(if ...) below).
 PIP_CA     ?= $(PIP_CERT)
+,          := ,
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
