@@ -125,6 +125,7 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
     from mlflow.tracking import MlflowClient
 
     from components.common.storage import on_volume
+    from components.common.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
     database = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,8 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
         client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
         if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
             artifacts = on_volume(cfg, "mlflow") / "artifacts"
-            client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
+            client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri(),
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 
 
 def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -> None:
@@ -270,7 +272,14 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     current = models_dir / "current"
     summary["served_model"] = str(current.resolve()) if current.exists() else None
     summary["mlflow_ui"] = f"mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri} --port 5000"
+    summary["mlflow_page"] = runs_page("http://127.0.0.1:5000", experiment.experiment_id)
     return summary
+
+
+def runs_page(mlflow_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI, in its model-training view: MLflow 3.17 picks the view with its
+    GenAI / Model training switch (GenAI until a browser switches once), not from the experiment's kind tag."""
+    return f"{mlflow_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _first_tag(runs: dict[str, Any], key: str) -> str | None:
@@ -305,6 +314,7 @@ def format_summary(summary: dict[str, Any], seconds: float) -> str:
         f"champion          : {fmt(summary.get('champion'))}",
         f"served model      : {fmt(summary.get('served_model'))}",
         f"MLflow UI         : {summary['mlflow_ui']}",
+        f"                    then open {summary['mlflow_page']}",
     ]
     return "\n".join(lines)
 

@@ -51,6 +51,9 @@ ROLE_TAG = "llmft.role"
 STEP_TAG = "llmft.step"
 TRIAL_TAG = "llmft.trial"  # a sweep's trial (trial-N) of a step that runs once per trial
 PARENT_ROLE = "pipeline"
+# MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) unless this tag says it holds model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 # Environment variables the tasks read from the MLflow credentials Secret (all optional: an open server needs none).
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 PREFLIGHT_TIMEOUT_S = 20
@@ -201,12 +204,15 @@ def make_client(cfg: PipelineConfig) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """Id of the named experiment, created when missing (race-safe)."""
+    """Id of the named experiment, created when missing (race-safe); marked as model training for MLflow's UI
+    unless it already has a kind."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except Exception:  # created concurrently by another step
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -173,3 +173,19 @@ def test_the_parent_is_named_after_the_run_with_its_params_and_children_after_th
         pass
     assert client.get_run(first).info.run_name == "train · lr-sweep-3"
     assert client.get_run(second).info.run_name == "train · lr-sweep-3 (attempt 2)"
+
+
+def test_experiments_open_in_mlflows_model_training_view(cfg):
+    """MLflow 3's UI reads an experiment's kind from the tag ``mlflow.experimentKind`` and, without it, opens the
+    GenAI view (traces, prompts). An experiment the pipeline creates says it holds model training; one made
+    before (or by hand without a kind) gets the tag when a step uses it; a kind somebody chose stays."""
+    client = tracking.make_client(cfg)
+    created = tracking.experiment_id(client, cfg.mlflow.experiment)
+    assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment(f"{cfg.mlflow.experiment}-older")
+    assert tracking.experiment_id(client, f"{cfg.mlflow.experiment}-older") == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = client.create_experiment(f"{cfg.mlflow.experiment}-genai",
+                                      tags={"mlflow.experimentKind": "genai_development"})
+    tracking.experiment_id(client, f"{cfg.mlflow.experiment}-genai")
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"

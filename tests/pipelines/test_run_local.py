@@ -120,6 +120,7 @@ def test_mlflow_compares_pipeline_runs_from_their_parent_runs(two_runs):
     _, summaries, cfg, _ = two_runs
     client = MlflowClient(cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow opens model training
     parents = client.search_runs([experiment.experiment_id], filter_string="tags.`llmft.role` = 'pipeline'",
                                  order_by=["attributes.start_time ASC"])
     assert len(parents) == 2 and all(run.info.status == "FINISHED" for run in parents)
