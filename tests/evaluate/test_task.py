@@ -254,8 +254,9 @@ def trained_adapter(tiny_model_dir, split_dir, tmp_path_factory) -> Path:
                                             output_dir=work / "adapter", run_name="task-eval-test", gpu=False))
     args.update(dataset="alpaca_sample,sharegpt_sample", max_steps=60, report_to="none", save_strategy="no",
                 logging_steps=10)
-    for key in ("save_steps", "save_total_limit"):
-        args.pop(key, None)
+    for key in ("save_steps", "save_total_limit", "eval_dataset", "per_device_eval_batch_size", "eval_strategy",
+                "eval_steps", "load_best_model_at_end", "metric_for_best_model", "greater_is_better"):
+        args.pop(key, None)  # no checkpoints: nothing to evaluate or pick
     (work / "train.yaml").write_text(yaml.safe_dump(args))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("MLFLOW_RUN_ID", None)

@@ -70,19 +70,22 @@ def test_make_demo_twice_promotes_then_keeps_the_champion(two_runs):
 def test_both_models_answer_the_held_out_rows_and_the_decision_names_the_generation_rule(two_runs):
     from components.common.storage import run_dir
     from components.common.typed_files import read_model
+    from components.data.split import read_manifest, snapshot_dir
     from components.gate.rules import Comparison
 
     _, (first, second), cfg, outputs = two_runs
+    rows = sum(split.scored_rows for split in read_manifest(snapshot_dir(cfg, first["kfp_run_id"])).datasets)
+    assert 10 <= rows <= cfg.evaluation.generate_rows
     for role in ("baseline", "candidate"):  # one console line of answer scores per model
-        assert re.search(rf"  evaluate-{role} +{role} answers on 18 held-out rows: chrF \d+\.\d, ROUGE-L \d+\.\d, "
-                         r"token F1 \d+\.\d, exact \d+\.\d, stopped \d+/18", outputs[0]), role
+        assert re.search(rf"  evaluate-{role} +{role} answers on {rows} held-out rows: chrF \d+\.\d, ROUGE-L "
+                         rf"\d+\.\d, token F1 \d+\.\d, exact \d+\.\d, stopped \d+/{rows}", outputs[0]), role
     assert re.search(r"promote: held-out loss -\d+\.\d% vs base model .*, chrF [+-]\d+\.\d \(may drop <= 15\)",
                      first["headline"])
     assert "generated answers : chrf " in outputs[0] and "generated answers : chrf " in outputs[1]
-    assert "candidate answers on 18 held-out rows" in outputs[1] and "tokens (stored, reused)" in outputs[1]
+    assert f"candidate answers on {rows} held-out rows" in outputs[1] and "tokens (stored, reused)" in outputs[1]
     # The report's side-by-side rows come from comparison.json (the rows where the two differ most).
     comparison = read_model(run_dir(cfg, first["kfp_run_id"]) / "compare" / "comparison.json", Comparison, "c")
-    assert comparison.generation.rows == 18
+    assert comparison.generation.rows == rows
     assert comparison.generation.regressions or comparison.generation.improvements
     tie = read_model(run_dir(cfg, second["kfp_run_id"]) / "compare" / "comparison.json", Comparison, "c")
     assert tie.generation.gated().mean_difference == 0 and not tie.generation.regressions
