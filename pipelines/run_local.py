@@ -125,7 +125,7 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
     from mlflow.tracking import MlflowClient
 
     from components.common.storage import on_volume
-    from components.common.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+    from components.common.tags import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
     database = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
     gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would); raises when a task fails."""
     from kfp import local
 
-    from components.common.local_runs import local_launcher_env
+    from components.common.local_launcher import local_launcher_env
     from components.common.storage import on_volume
     from pipelines.finetune import build_pipeline
 
@@ -196,7 +196,7 @@ def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
         TrackingUnavailable: the tracking server does not answer.
     """
     from components.common.local_runs import close_orphaned_local_runs
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     return close_orphaned_local_runs(make_client(cfg), cfg)
 
@@ -207,9 +207,8 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     two local runs side by side each report their own."""
     from mlflow.tracking import MlflowClient
 
-    from components.common.local_runs import LAUNCHER_START_TAG
     from components.common.storage import on_volume, run_dir
-    from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+    from components.common.tags import KFP_RUN_TAG, LAUNCHER_START_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
     from components.common.typed_files import read_model
     from components.gate.compare import COMPARISON_FILE
     from components.gate.compare import STEP as COMPARE
@@ -340,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from components.common.local_runs import this_launcher_tags
+    from components.common.local_launcher import this_launcher_tags
+    from components.common.mlflow_client import TrackingUnavailable
     from components.common.storage import StorageError
-    from components.common.tracking import TrackingUnavailable
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
@@ -389,7 +388,7 @@ def interrupted(cfg: PipelineConfig, log_dir: Path | None, grace_s: float = 60.0
     import psutil
 
     from components.common.local_runs import close_interrupted_local_runs
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tasks = psutil.Process().children(recursive=True)

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.pipeline_runs import parent_run_id, step_run
 from components.common.storage import OutputPathError, StorageError, atomic_write_text, guard_output, on_volume
-from components.common.tracking import parent_run_id, step_run
 from components.data.result import ValidationResult, render_report
 from components.data.split import SplitManifest, snapshot_dir
 from components.data.split_writer import validate_and_split

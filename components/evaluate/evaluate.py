@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.common.pipeline_runs import step_run
 from components.common.storage import atomic_write_text, on_volume, run_dir
-from components.common.tracking import step_run
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.generate.results import (
     GenerationResultsError,

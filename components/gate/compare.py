@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import parent_run_id, step_run
+from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume, run_dir
-from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import write_model
 from components.data.split import key_position
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE

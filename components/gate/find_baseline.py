@@ -16,7 +16,8 @@ answers must be stored under their key too.
 
 from __future__ import annotations
 
-from components.common.tracking import set_run_tags, step_run
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
 from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE

@@ -15,7 +15,8 @@ import argparse
 import json
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.tracking import set_run_tags, step_run
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
 from components.gate.registry import CHALLENGER, RegistryError, mark_challenger
 from configs.loading import config_from_json
 from configs.schema import ConfigError

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
 from components.common.storage import StorageError, on_volume
-from components.common.tracking import set_run_tags, step_run
 from components.gate.registry import (
     CHALLENGER,
     CHAMPION,

@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from components.common import markdown
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import experiment_id, parent_run_id, step_run
+from components.common.run_data import set_run_tags
 from components.common.storage import StorageError, on_volume
-from components.common.tracking import KFP_RUN_TAG, experiment_id, parent_run_id, set_run_tags, step_run
+from components.common.tags import KFP_RUN_TAG
 from components.common.typed_files import read_model
 from components.data.split import SplitError, SplitManifest, read_manifest, snapshot_dir
 from components.gate.held_out import training_split_tags

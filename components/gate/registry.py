@@ -27,8 +27,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.mlflow_artifacts import find_artifact
+from components.common.mlflow_client import TrackingUnavailable, make_client
+from components.common.pipeline_runs import experiment_id
 from components.common.storage import StorageError, on_volume, storage_root
-from components.common.tracking import KFP_RUN_TAG, TrackingUnavailable, experiment_id, find_artifact, make_client
+from components.common.tags import KFP_RUN_TAG
 from configs.schema import ConfigError, PipelineConfig
 
 if TYPE_CHECKING:

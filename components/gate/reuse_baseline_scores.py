@@ -9,8 +9,9 @@ where compare reads them, after checking that each validates and carries the key
 
 from __future__ import annotations
 
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
 from components.common.storage import atomic_write_text, run_dir
-from components.common.tracking import set_run_tags, step_run
 from components.evaluate.evaluate import generation_key
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE

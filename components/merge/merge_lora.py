@@ -53,6 +53,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.pipeline_runs import step_run
+from components.common.run_data import log_metrics, set_run_tags
 from components.common.safe_json import DocumentError, read_json
 from components.common.storage import (
     StorageError,
@@ -63,7 +65,6 @@ from components.common.storage import (
     on_volume,
     run_slug,
 )
-from components.common.tracking import log_metrics, set_run_tags, step_run
 from components.common.typed_files import read_model, write_model
 from components.merge.adapter import load_adapter, orient_deltas
 from components.merge.inputs import MAX_CONFIG_BYTES, MergeError

@@ -22,8 +22,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.common.mlflow_client import TRAINER_MLFLOW_HTTP
 from components.common.signals import sigterm_raises
-from components.common.tracking import TRAINER_MLFLOW_HTTP, system_metrics_env
+from components.common.system_metrics import system_metrics_env
 from components.train.render import deepspeed_stage
 from configs.schema import PipelineConfig
 
@@ -90,7 +91,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
     env.update(
         MLFLOW_RUN_ID=mlflow_run_id,
         MLFLOW_TRACKING_URI=cfg.mlflow.tracking_uri,
-        **system_metrics_env(),
+        **system_metrics_env(env),
         DISABLE_VERSION_CHECK="1",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",

@@ -37,8 +37,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.mlflow_client import TrackingUnavailable
+from components.common.pipeline_runs import parent_run_id, step_run
+from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import StorageError, atomic_write_text, on_volume, run_dir
-from components.common.tracking import TrackingUnavailable, log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import TypedFileError, read_model, write_model
 from components.data.split import SplitError, read_manifest, snapshot_dir
 from components.train.checkpoints import RESUME_ONLY, list_checkpoints

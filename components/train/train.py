@@ -25,7 +25,7 @@ Features, with the settings that control each and what it costs:
   data once (:mod:`components.train.tokenized`, ``<run dir>/tokenized/<key>``, about the size of the data).
 - **MLflow** (``mlflow.*``): the child run ``train`` holds the rendered settings, every logged step, the system
   metrics, the YAML, the log and the loss plot (:mod:`components.train.metrics`); a tracking-server outage loses
-  no point (:mod:`components.common.tracking`).
+  no point (:mod:`components.common.mlflow_client`).
 - **Atomic outputs**: the weights appear whole in ``adapter/`` (or ``full/``) with ``train_summary.json``
   (:mod:`components.train.outputs`); a retry after they were published trains nothing.
 
@@ -65,17 +65,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.mlflow_client import TRAINER_MLFLOW_HTTP, TrackingUnavailable, make_client
+from components.common.pipeline_runs import close_stale_runs, step_run
+from components.common.run_data import log_metrics, log_params
 from components.common.storage import StorageError, atomic_write_text, on_volume
-from components.common.tracking import (
-    TRAINER_MLFLOW_HTTP,
-    TrackingUnavailable,
-    close_stale_runs,
-    log_metrics,
-    log_params,
-    make_client,
-    step_run,
-    system_metrics_env,
-)
+from components.common.system_metrics import system_metrics_env
 from components.common.typed_files import write_model
 from components.data.checks import DATA_CONFIG
 from components.data.split import validation_entry_name
@@ -274,7 +268,7 @@ class TrainRecipe:
                 from components.train.multinode.training_job import run_training_job
 
                 run_training_job(self.cfg, self.kfp_run_id, self.paths.train_yaml, {
-                    "MLFLOW_RUN_ID": run_id, **system_metrics_env(), "DISABLE_VERSION_CHECK": "1",
+                    "MLFLOW_RUN_ID": run_id, **system_metrics_env(os.environ), "DISABLE_VERSION_CHECK": "1",
                     "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP}, trial=self.label)
             else:
                 check_shm(self.cfg)

@@ -58,7 +58,7 @@ def evaluate(cfg, kfp_run_id: str, model_dir: str, role: str, out: Path):
 
 
 def evaluate_runs(cfg, kfp_run_id: str, role: str) -> list:
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     client = make_client(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -68,7 +68,7 @@ def evaluate_runs(cfg, kfp_run_id: str, role: str) -> list:
 
 
 def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_the_setup(cfg, tmp_path):
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
     from components.data.split import snapshot_dir
     from components.evaluate.mmlu.data import eval_config_key, model_identity
     from components.evaluate.mmlu.evaluate_mmlu import evaluate as evaluate_mmlu

@@ -255,7 +255,7 @@ def snapshot(cfg, kfp_run_id: str) -> None:
 
 
 def _client(cfg):
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     return make_client(cfg)
 
@@ -273,7 +273,7 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
 
     ``mmlu_key``: the eval key written inside results.json (the tag keeps the real one); ``task_text_of``: turns
     task.json's text into what is stored (None from it: no task.json artifact at all)."""
-    from components.common.tracking import experiment_id
+    from components.common.pipeline_runs import experiment_id
     from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
 
     setup = eval_setup(cfg, kfp_run_id, model_dir)
@@ -575,7 +575,7 @@ def train_run(cfg, losses: list[float], *, plot: bool) -> str:
     """What the train step leaves: the loss history, train_loss and (optionally) training_loss.png."""
     from mlflow.entities import Metric
 
-    from components.common.tracking import experiment_id
+    from components.common.pipeline_runs import experiment_id
 
     client = _client(cfg)
     run_id = client.create_run(experiment_id(client, cfg.mlflow.experiment), tags={"llmft.step": "train"}).info.run_id

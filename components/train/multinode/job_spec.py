@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.common.mlflow_client import MLFLOW_SECRET_KEYS
 from components.common.storage import hashed_name, run_slug
-from components.common.tracking import MLFLOW_SECRET_KEYS
 from configs.schema import PipelineConfig
 
 RUN_LABEL = "kfp.run_id"
