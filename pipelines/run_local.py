@@ -208,7 +208,17 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     from mlflow.tracking import MlflowClient
 
     from components.common.storage import on_volume, run_dir
-    from components.common.tags import KFP_RUN_TAG, LAUNCHER_START_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
+    from components.common.tags import (
+        DATASET_HASH_TAG,
+        KFP_RUN_TAG,
+        LAUNCHER_START_TAG,
+        PARENT_ROLE,
+        ROLE_TAG,
+        STEP_TAG,
+        TRIALS_TAG,
+        WINNER_RUN_TAG,
+        WINNER_TRIAL_TAG,
+    )
     from components.common.typed_files import read_model
     from components.gate.compare import COMPARISON_FILE
     from components.gate.compare import STEP as COMPARE
@@ -238,13 +248,13 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     }
     summary: dict[str, Any] = {"kfp_run_id": kfp_run_id, "parent_run": parent.info.run_id,
                                "parent_status": parent.info.status, "steps": sorted(k for k in children if k)}
-    summary["dataset_hash"] = _first_tag(children, "llmft.dataset_hash")
-    winner = parent.data.tags.get("llmft.winner_run")  # a sweep's winning trial (select-trial tags the parent)
+    summary["dataset_hash"] = _first_tag(children, DATASET_HASH_TAG)
+    winner = parent.data.tags.get(WINNER_RUN_TAG)  # a sweep's winning trial (select-trial tags the parent)
     train = client.get_run(winner) if winner else children.get("train")
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
     summary["best_val_loss"] = train.data.metrics.get("best_val_loss") if train else None
-    summary["winner"] = parent.data.tags.get("llmft.winner_trial")
-    summary["trials"] = int(parent.data.tags.get("llmft.trials", "1"))
+    summary["winner"] = parent.data.tags.get(WINNER_TRIAL_TAG)
+    summary["trials"] = int(parent.data.tags.get(TRIALS_TAG, "1"))
     comparison_file = run_dir(cfg, kfp_run_id) / COMPARE / COMPARISON_FILE
     if comparison_file.exists():
         comparison = read_model(comparison_file, Comparison, "comparison file")

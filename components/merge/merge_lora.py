@@ -65,6 +65,7 @@ from components.common.storage import (
     on_volume,
     run_slug,
 )
+from components.common.tags import MODEL_DIR_TAG, REUSED_VERSION_TAG
 from components.common.typed_files import read_model, write_model
 from components.merge.adapter import load_adapter, orient_deltas
 from components.merge.inputs import MAX_CONFIG_BYTES, MergeError
@@ -251,7 +252,7 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
                   "model_dir": str(published)}
         for key in ("base", "adapter", "dtype", "version", "checksum"):
             client.log_param(run_id, key, record[key])
-        set_run_tags(client, run_id, {"llmft.model_dir": str(published), "llmft.reused_version": str(reused).lower()})
+        set_run_tags(client, run_id, {MODEL_DIR_TAG: str(published), REUSED_VERSION_TAG: str(reused).lower()})
         log_metrics(client, run_id, {"merge_seconds": time.monotonic() - started, "model_bytes": details.bytes,
                                      "merged_tensors": details.merged})
     merged.metadata.update(record)

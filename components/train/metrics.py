@@ -32,7 +32,6 @@ from components.train.inputs import TrainError
 
 STEP_METRICS = ("loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen")
 _MLFLOW_UNSAFE = re.compile(r"[^0-9A-Za-z_\-\. :/]")
-BACKFILL_TAG = "llmft.backfilled_metric_points"
 EVAL_PREFIX, VAL_PREFIX = "eval_", "val_"  # the Trainer evaluates the validation rows; the run calls them so
 
 

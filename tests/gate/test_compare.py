@@ -280,7 +280,7 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
     gen_key = generation_key(cfg, setup.task_key)
     client = _client(cfg)
     run = client.create_run(experiment_id(client, cfg.mlflow.experiment),
-                            tags={"llmft.eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
+                            tags={"llmft.mmlu_eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
                                   "llmft.generation_eval_key": gen_key, **setup.tags, **generation_tags(cfg)})
     client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or setup.mmlu_key)),
                     "eval/results.json")
@@ -306,7 +306,8 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert (mmlu_key, task_key) == (setup.mmlu_key, setup.task_key)
     assert note == "base model evaluated afresh: this model has no stored score yet"
     (resolve,) = _runs(cfg, "find-baseline")
-    assert resolve.data.tags["llmft.baseline_note"] == note and resolve.data.tags["llmft.baseline_eval_key"] == mmlu_key
+    assert resolve.data.tags["llmft.baseline_note"] == note
+    assert resolve.data.tags["llmft.baseline_mmlu_eval_key"] == mmlu_key
 
     store_eval_run(cfg, "r1", base, status="FAILED")  # a failed evaluation is not a stored score
     assert run_resolve_baseline(config=config, kfp_run_id="r1")[0] is True

@@ -226,7 +226,8 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
     model_id = registered.tags["llmft.logged_model_id"]
     assert registered.tags == {
         "kfp.run_id": "run-a", "llmft.decision": "promote", "llmft.dataset_hash": "ds-123",
-        "llmft.eval_key": comparison.mmlu.candidate_eval_key, "llmft.task_eval_key": comparison.task.candidate_eval_key,
+        "llmft.mmlu_eval_key": comparison.mmlu.candidate_eval_key,
+        "llmft.task_eval_key": comparison.task.candidate_eval_key,
         "llmft.published_version": "v1", "llmft.local_path": str(model_dir), "llmft.logged_model_id": model_id,
         "llmft.split_scheme": "llmft-split-v2", "llmft.test_fraction": repr(cfg.dataset.test_fraction)}
     assert len(registered.tags) <= 10 and all(value.strip() for value in registered.tags.values())
