@@ -28,7 +28,6 @@ __all__ = [
     "pipeline_runs",
     "run_data",
     "run_name",
-    "safe_json",
     "signals",
     "storage",
     "system_metrics",

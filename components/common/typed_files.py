@@ -29,8 +29,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from components.common.safe_json import DocumentError, read_json
 from components.common.storage import atomic_write_text
+from configs.safe_json import DocumentError, read_json
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -55,7 +55,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.common.cli import cli_config, fail, field_flag, new_parser
 from components.common.pipeline_runs import step_run
 from components.common.run_data import log_metrics, set_run_tags
-from components.common.safe_json import DocumentError, read_json
 from components.common.storage import (
     StorageError,
     atomic_directory,
@@ -87,6 +86,7 @@ from components.merge.write import (
     write_weights,
 )
 from configs.loading import config_from_json
+from configs.safe_json import DocumentError, read_json
 from configs.schema import ConfigError
 
 STEP = "merge-lora"

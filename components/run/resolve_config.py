@@ -63,7 +63,7 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
         ConfigError: a value is invalid (the field is named), an unknown form parameter was given, an override
             disagrees with a cluster parameter, or a compile-time field was changed.
     """
-    from components.common.safe_json import DocumentError, parse_json
+    from configs.safe_json import DocumentError, parse_json
 
     try:
         data = parse_json(config, "z_config") if config.strip() else compiled.model_dump(mode="json")
