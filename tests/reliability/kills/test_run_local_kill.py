@@ -28,7 +28,7 @@ from components.common.tags import LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG, STEP
 from components.merge.publish import current_version, published_versions
 from components.merge.verify import verify_model_dir
 from components.train.checkpoints import checkpoint_problem
-from components.train.launch import WORKER_MODULE
+from components.train.multinode.torchrun import WORKER_MODULE
 from pipelines import run_local
 
 from .processes import processes_of
