@@ -17,11 +17,18 @@ import pytest
 from builders import REPO_ROOT
 
 from components.common import local_runs
-from components.common.local_launcher import LAUNCHER_ENV, local_launcher_env, process_start
-from components.common.mlflow_client import TrackingUnavailable, make_client
+from components.common.local_launcher import LAUNCHER_ENV, launcher_tags, local_launcher_env, process_start
+from components.common.mlflow_client import (
+    TrackingUnavailable,
+    check_credentials,
+    client_environment,
+    make_client,
+    tracking_secrets,
+)
 from components.common.pipeline_runs import experiment_id, finalize_pipeline_runs, parent_run_id, step_run
 from components.common.run_data import public_params
 from components.common.run_name import run_name, write_run_name
+from components.common.system_metrics import system_metrics_env
 from components.common.tags import KFP_RUN_TAG, LAUNCHER_PID_TAG, ROLE_TAG, STEP_TAG
 from configs.loading import load_config
 
@@ -80,6 +87,36 @@ def test_finalize_marks_a_failed_pipeline(cfg):
     assert client.get_run(parent).data.tags["llmft.error"] == "train failed"
     finalize_pipeline_runs(cfg, "kfp-6", "SUCCEEDED")
     assert client.get_run(parent_run_id(client, cfg, "kfp-6")).info.status == "FINISHED"
+
+
+def test_settings_are_returned_and_only_make_client_changes_the_environment(monkeypatch, mlflow_server):
+    """The MLflow settings, credentials check, monitor settings and launcher tags read the environment they are
+    given and return what they decide; make_client alone applies the client's settings to this process (MLflow's
+    HTTP layer reads them there), and drops an experiment name that would start a second run."""
+    cfg = load_config("local", overrides=[f"mlflow.tracking_uri={mlflow_server.uri}", "mlflow.request_timeout_s=7",
+                                           "mlflow.request_max_retries=2"])
+    settings = client_environment(cfg)
+    for key in (*settings, "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    before = dict(os.environ)
+    assert settings == {"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "MLFLOW_HTTP_REQUEST_TIMEOUT": "7",
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+    check_credentials({"MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "two words"})
+    with pytest.raises(TrackingUnavailable, match=r"\$MLFLOW_TRACKING_TOKEN cannot be sent") as refused:
+        check_credentials({"MLFLOW_TRACKING_TOKEN": "tok\nen"})
+    assert "tok" not in str(refused.value)
+    assert tracking_secrets({"MLFLOW_TRACKING_PASSWORD": " pw ", "OTHER": "x"}) == ["pw"]
+    assert system_metrics_env({"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}) == {
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}
+    assert launcher_tags({}) == {} and launcher_tags({LAUNCHER_ENV: "not json"}) == {}
+    assert launcher_tags({LAUNCHER_ENV: json.dumps({"host": "h", "pid": 7, "start": "s"})})[LAUNCHER_PID_TAG] == "7"
+    assert dict(os.environ) == before  # nothing above wrote to the process environment
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "somewhere-else")
+    make_client(cfg)
+    assert {key: os.environ[key] for key in settings} == settings
+    assert "MLFLOW_EXPERIMENT_NAME" not in os.environ
 
 
 def test_unreachable_server_fails_fast_naming_the_uri():
