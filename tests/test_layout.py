@@ -15,10 +15,11 @@ from builders import REPO_ROOT
 
 RUNTIME = REPO_ROOT / "components"
 MAPPED = ("components", "pipelines", "configs")
-# The packages from the bottom up: a module imports only from its own package or from a lower layer (a package of
-# one layer never imports another of the same layer). configs reads and checks input; common is what every step
-# shares; evaluation sits below training and the gate (which compares what they made); run's exit handler closes
-# a multi-node job; pipelines (KFP) sits on top of everything.
+# The packages from the bottom up: a module imports only from its own package or from a lower layer, never from
+# another package of its own layer. configs reads and checks input; common is what every step shares; a step's
+# package uses its sub-packages and lower steps (a model's identity for MMLU reads merge's checksums; train knows nothing of
+# evaluation); the gate compares what train and evaluate made; run's exit handler deletes a multi-node job;
+# pipelines (KFP) is on top.
 LAYERS = (
     ("configs",),
     ("components.common",),
@@ -102,8 +103,7 @@ def _import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def _package(module: str) -> str:
-    files = _module_files()
+def _package(module: str, files: dict[str, Path]) -> str:
     return module if files[module].name == "__init__.py" else module.rsplit(".", 1)[0]
 
 
@@ -134,11 +134,12 @@ def test_packages_import_only_downward_and_never_in_a_loop():
     """The import graph between packages, read from the source (imports inside functions count), has no cycle and
     no edge from a lower layer to a higher one (:data:`LAYERS`)."""
     layer = {package: level for level, packages in enumerate(LAYERS) for package in packages}
+    files = _module_files()
     edges: dict[tuple[str, str], str] = {}
     for module, targets in _import_graph().items():
         for target in targets:
-            if _package(module) != _package(target):
-                edges.setdefault((_package(module), _package(target)), f"{module} imports {target}")
+            if _package(module, files) != _package(target, files):
+                edges.setdefault((_package(module, files), _package(target, files)), f"{module} imports {target}")
     assert len(edges) >= 30
     packages = {package: set() for pair in edges for package in pair}
     for source, target in edges:
