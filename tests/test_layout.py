@@ -17,9 +17,9 @@ RUNTIME = REPO_ROOT / "components"
 MAPPED = ("components", "pipelines", "configs")
 # The packages from the bottom up: a module imports only from its own package or from a lower layer, never from
 # another package of its own layer. configs reads and checks input; common is what every step shares; a step's
-# package uses its sub-packages and lower steps (a model's identity for MMLU reads merge's checksums; train knows nothing of
-# evaluation); the gate compares what train and evaluate made; run's exit handler deletes a multi-node job;
-# pipelines (KFP) is on top.
+# package uses its sub-packages and lower steps (a model's identity for MMLU reads merge's checksums; train knows
+# nothing of evaluation); the gate compares what train and evaluate made; run's exit handler deletes a multi-node
+# job; pipelines (KFP) is on top.
 LAYERS = (
     ("configs",),
     ("components.common",),
