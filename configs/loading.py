@@ -1,7 +1,7 @@
 """Loading a :class:`~configs.schema.PipelineConfig`: from a preset or a YAML file, from the JSON a task
 receives, or from a dict, with ``--set section.field=value`` overrides applied first.
 
-Every document is read through the one safe reader (:mod:`components.common.safe_json`) and checked for
+Every document is read through the one safe reader (:mod:`configs.safe_json`) and checked for
 depth and size before pydantic sees it; every error is a :class:`~configs.schema.ConfigError` naming the
 source and each offending field path.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from components.common.safe_json import DocumentError, parse_yaml, read_yaml
+from configs.safe_json import DocumentError, parse_yaml, read_yaml
 from configs.schema import ConfigError, PipelineConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent  # the presets: configs/<name>.yaml

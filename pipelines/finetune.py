@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.common.tracking import MLFLOW_SECRET_KEYS
+from components.common.mlflow_client import MLFLOW_SECRET_KEYS
 from components.gate.judge import KEY_ENV as JUDGE_KEY_ENV
 from components.gate.judge import SECRET_KEY as JUDGE_SECRET_KEY
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM

@@ -125,7 +125,7 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
     from mlflow.tracking import MlflowClient
 
     from components.common.storage import on_volume
-    from components.common.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+    from components.common.tags import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
     database = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
     gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would); raises when a task fails."""
     from kfp import local
 
-    from components.common.local_runs import local_launcher_env
+    from components.common.local_launcher import local_launcher_env
     from components.common.storage import on_volume
     from pipelines.finetune import build_pipeline
 
@@ -196,20 +196,19 @@ def close_orphaned_runs(cfg: PipelineConfig) -> list[str]:
         TrackingUnavailable: the tracking server does not answer.
     """
     from components.common.local_runs import close_orphaned_local_runs
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     return close_orphaned_local_runs(make_client(cfg), cfg)
 
 
 def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | None = None) -> dict[str, Any]:
     """Collect what the run produced from MLflow and the storage root: the newest parent run since ``since_ms``,
-    of the launcher ``launcher`` names (its launcher tags, e.g. ``local_runs.this_launcher_tags()``; None: any), so that
-    two local runs side by side each report their own."""
+    of the launcher ``launcher`` names (its launcher tags, e.g. ``local_launcher.this_launcher_tags()``; None:
+    any), so that two local runs side by side each report their own."""
     from mlflow.tracking import MlflowClient
 
-    from components.common.local_runs import LAUNCHER_START_TAG
+    from components.common import tags
     from components.common.storage import on_volume, run_dir
-    from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
     from components.common.typed_files import read_model
     from components.gate.compare import COMPARISON_FILE
     from components.gate.compare import STEP as COMPARE
@@ -220,32 +219,32 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     # With the run started after since_ms, host and pid name the launcher (the process start may be empty).
     ours = "".join(f" and tags.`{key}` = '{value}'" for key, value in (launcher or {}).items()
-                   if key != LAUNCHER_START_TAG)
+                   if key != tags.LAUNCHER_START_TAG)
     parents = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'{ours}",
+        [experiment.experiment_id], filter_string=f"tags.`{tags.ROLE_TAG}` = '{tags.PARENT_ROLE}'{ours}",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not parents or parents[0].info.start_time < since_ms:
         raise RuntimeError("no pipeline run was recorded in MLflow")
     parent = parents[0]
-    kfp_run_id = parent.data.tags[KFP_RUN_TAG]
+    kfp_run_id = parent.data.tags[tags.KFP_RUN_TAG]
     children = {
-        run.data.tags.get(STEP_TAG): run
+        run.data.tags.get(tags.STEP_TAG): run
         for run in client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}'",
+            [experiment.experiment_id], filter_string=f"tags.`{tags.KFP_RUN_TAG}` = '{kfp_run_id}'",
             order_by=["attributes.start_time ASC"],
         )
-        if run.data.tags.get(ROLE_TAG) != PARENT_ROLE
+        if run.data.tags.get(tags.ROLE_TAG) != tags.PARENT_ROLE
     }
     summary: dict[str, Any] = {"kfp_run_id": kfp_run_id, "parent_run": parent.info.run_id,
                                "parent_status": parent.info.status, "steps": sorted(k for k in children if k)}
-    summary["dataset_hash"] = _first_tag(children, "llmft.dataset_hash")
-    winner = parent.data.tags.get("llmft.winner_run")  # a sweep's winning trial (select-trial tags the parent)
+    summary["dataset_hash"] = _first_tag(children, tags.DATASET_HASH_TAG)
+    winner = parent.data.tags.get(tags.WINNER_RUN_TAG)  # a sweep's winning trial (select-trial tags the parent)
     train = client.get_run(winner) if winner else children.get("train")
     summary["train_loss"] = train.data.metrics.get("train_loss") if train else None
     summary["best_val_loss"] = train.data.metrics.get("best_val_loss") if train else None
-    summary["winner"] = parent.data.tags.get("llmft.winner_trial")
-    summary["trials"] = int(parent.data.tags.get("llmft.trials", "1"))
+    summary["winner"] = parent.data.tags.get(tags.WINNER_TRIAL_TAG)
+    summary["trials"] = int(parent.data.tags.get(tags.TRIALS_TAG, "1"))
     comparison_file = run_dir(cfg, kfp_run_id) / COMPARE / COMPARISON_FILE
     if comparison_file.exists():
         comparison = read_model(comparison_file, Comparison, "comparison file")
@@ -261,7 +260,7 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
                                       f"{generation.candidate_stopped}/{generation.rows} candidate, "
                                       f"{generation.baseline_stopped}/{generation.rows} {comparison.baseline_name}")
     name = cfg.mlflow.registered_model_name
-    versions = client.search_model_versions(f"name = '{name}' and tag.`{KFP_RUN_TAG}` = '{kfp_run_id}'")
+    versions = client.search_model_versions(f"name = '{name}' and tag.`{tags.KFP_RUN_TAG}` = '{kfp_run_id}'")
     aliases = registered_aliases(client, name)
     if versions:
         number = str(versions[0].version)
@@ -340,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from components.common.local_runs import this_launcher_tags
+    from components.common.local_launcher import this_launcher_tags
+    from components.common.mlflow_client import TrackingUnavailable
     from components.common.storage import StorageError
-    from components.common.tracking import TrackingUnavailable
 
     started = time.time()
     name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
@@ -389,7 +388,7 @@ def interrupted(cfg: PipelineConfig, log_dir: Path | None, grace_s: float = 60.0
     import psutil
 
     from components.common.local_runs import close_interrupted_local_runs
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tasks = psutil.Process().children(recursive=True)

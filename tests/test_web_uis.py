@@ -21,7 +21,9 @@ import pytest
 import yaml
 from conftest import _free_port, make_storage, wait_for_http
 
-from components.common import tracking
+from components.common.mlflow_client import make_client
+from components.common.pipeline_runs import parent_run_id
+from components.common.tags import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from configs.loading import load_config
 from pipelines import run_local
 
@@ -117,10 +119,10 @@ def test_mlflow_opens_the_pipelines_runs_in_its_model_training_view(mlflow_serve
 
     cfg = load_config("local", overrides=[f"mlflow.tracking_uri={mlflow_server.uri}",
                                           "mlflow.experiment=opened-in-the-browser"])
-    client = tracking.make_client(cfg)
-    parent = client.get_run(tracking.parent_run_id(client, cfg, "kfp-browser"))
+    client = make_client(cfg)
+    parent = client.get_run(parent_run_id(client, cfg, "kfp-browser"))
     experiment = client.get_experiment(parent.info.experiment_id)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_TRAINING_KIND
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
 
     page.goto(run_local.runs_page(mlflow_server.uri, experiment.experiment_id))
     expect(page.get_by_role("link", name=parent.info.run_name)).to_be_visible()

@@ -2,9 +2,16 @@
 
 - :mod:`.storage`: paths on the volume (:func:`~.storage.on_volume`, the one resolver; :func:`~.storage.run_slug`,
   the one run-id slug), atomic writes, the output-path guard;
-- :mod:`.tracking`: the parent and step runs in MLflow, fail-fast client, what happens when the server is down;
-- :mod:`.local_runs`: closing what a killed local run left RUNNING;
-- :mod:`.safe_json`: the one reader for untrusted JSON and YAML;
+- :mod:`.mlflow_client`: the fail-fast MLflow client (settings, credentials, reachability) and what happens when
+  the server is down;
+- :mod:`.pipeline_runs`: the parent run and each step's run (:func:`~.pipeline_runs.step_run`), stale runs,
+  the exit handler's closing;
+- :mod:`.run_name`: what a pipeline run's MLflow runs are called (``run_name.json``);
+- :mod:`.run_data`: params, metrics and tags, in batches;
+- :mod:`.system_metrics`: MLflow's CPU/GPU monitor for the GPU steps and the trainer;
+- :mod:`.mlflow_artifacts`: finding a file among a run's artifacts;
+- :mod:`.tags`: every MLflow tag name, once;
+- :mod:`.local_launcher`: who launched a local run; :mod:`.local_runs`: closing what a killed one left RUNNING;
 - :mod:`.typed_files`: the files passed between steps, as pydantic models;
 - :mod:`.cli`: ``--config``/``--set`` and flags whose defaults come from the schema;
 - :mod:`.signals`: SIGTERM as an exception, so that a step cleans up;
@@ -13,11 +20,17 @@
 
 __all__ = [
     "cli",
+    "local_launcher",
     "local_runs",
     "markdown",
-    "safe_json",
+    "mlflow_artifacts",
+    "mlflow_client",
+    "pipeline_runs",
+    "run_data",
+    "run_name",
     "signals",
     "storage",
-    "tracking",
+    "system_metrics",
+    "tags",
     "typed_files",
 ]

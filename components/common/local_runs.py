@@ -1,83 +1,35 @@
-"""Local pipeline runs that were killed: who ran them, and closing the MLflow runs they left RUNNING.
+"""Local pipeline runs that were killed: closing the MLflow runs they left RUNNING.
 
-A pipeline run on the cluster is closed by its exit handler (:func:`components.common.tracking.finalize_pipeline_runs`).
-A local run (``pipelines.run_local``) that is SIGKILLed runs no exit handler, so its launcher puts its identity
-in the tasks' environment (:func:`local_launcher_env`); the parent run records it as tags (host, pid, process
-start: :func:`launcher_tags`), and the next local run closes the runs of launchers that are gone
-(:func:`close_orphaned_local_runs`). A local run stopped by Ctrl-C closes its own
+A pipeline run on the cluster is closed by its exit handler
+(:func:`components.common.pipeline_runs.finalize_pipeline_runs`). A local run (``pipelines.run_local``) that is
+SIGKILLed runs no exit handler, so its launcher puts its identity in the tasks' environment
+(:func:`components.common.local_launcher.local_launcher_env`); the parent run records it as tags (host, pid,
+process start: :func:`components.common.local_launcher.launcher_tags`), and the next local run closes the runs of
+launchers that are gone (:func:`close_orphaned_local_runs`). A local run stopped by Ctrl-C closes its own
 (:func:`close_interrupted_local_runs`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG, close_stale_runs, experiment_id
+from components.common.local_launcher import process_start, this_launcher_tags
+from components.common.pipeline_runs import close_stale_runs, experiment_id
+from components.common.tags import (
+    ERROR_TAG,
+    KFP_RUN_TAG,
+    LAUNCHER_HOST_TAG,
+    LAUNCHER_PID_TAG,
+    LAUNCHER_START_TAG,
+    PARENT_ROLE,
+    ROLE_TAG,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from configs.schema import PipelineConfig
-
-LAUNCHER_ENV = "LLMFT_LOCAL_LAUNCHER"  # set by run_local for its tasks: {"host", "pid", "start"}
-LAUNCHER_HOST_TAG = "llmft.launcher.host"
-LAUNCHER_PID_TAG = "llmft.launcher.pid"
-LAUNCHER_START_TAG = "llmft.launcher.process_start"
-
-
-def process_start(pid: int) -> str | None:
-    """An identity of the live process ``pid`` that a reused pid does not share, or None when it is gone.
-
-    On Linux: the boot id and the process's start time in clock ticks (``/proc``). Elsewhere only whether the
-    pid exists ("" when it does).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None  # Linux, and no such process
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # it exists, as another user's process
-        return ""
-    except OSError:
-        return None
-    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (the name may hold spaces)
-
-
-def _this_launcher() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()) or ""}
-
-
-def _as_tags(identity: dict[str, Any]) -> dict[str, str]:
-    return {LAUNCHER_HOST_TAG: str(identity["host"]), LAUNCHER_PID_TAG: str(int(identity["pid"])),
-            LAUNCHER_START_TAG: str(identity["start"])}
-
-
-def local_launcher_env() -> dict[str, str]:
-    """The environment a local launcher (``pipelines.run_local``) gives its tasks: who to check for liveness."""
-    return {LAUNCHER_ENV: json.dumps(_this_launcher())}
-
-
-def this_launcher_tags() -> dict[str, str]:
-    """The launcher tags on the parent run of a pipeline run that this process launched locally."""
-    return _as_tags(_this_launcher())
-
-
-def launcher_tags() -> dict[str, str]:
-    """Tags naming the local launcher of this pipeline run (none on the cluster, or when the variable is bad)."""
-    try:
-        return _as_tags(json.loads(os.environ.get(LAUNCHER_ENV, "")))
-    except (ValueError, TypeError, KeyError):
-        return {}
 
 
 def close_orphaned_local_runs(client: MlflowClient, cfg: PipelineConfig) -> list[str]:
@@ -136,5 +88,5 @@ def close_interrupted_local_runs(client: MlflowClient, cfg: PipelineConfig) -> l
 
 def _kill_pipeline_run(client: MlflowClient, cfg: PipelineConfig, parent: Any, reason: str) -> list[str]:
     """End KILLED every RUNNING run of the pipeline run whose parent run is ``parent``, the reason on the parent."""
-    client.set_tag(parent.info.run_id, "llmft.error", reason)
+    client.set_tag(parent.info.run_id, ERROR_TAG, reason)
     return close_stale_runs(client, cfg, parent.data.tags[KFP_RUN_TAG], status="KILLED")

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only for annotations: configs.schema imports components.common.safe_json, never this module
+if TYPE_CHECKING:  # only for annotations: configs.schema imports configs.safe_json, never this module
     from configs.schema import PipelineConfig
 
 # The manifest every merged or published model directory holds (components.merge.verify writes it).

@@ -6,7 +6,7 @@ Every file one step leaves for another has a pydantic model next to the code tha
 file                          model                                        written by
 ============================  ===========================================  ==========================
 ``resolved_config.json``      :class:`configs.schema.PipelineConfig`       resolve-config
-``run_name.json``             :class:`components.common.tracking.RunName`  resolve-config
+``run_name.json``             :class:`components.common.run_name.RunName`  resolve-config
 ``data/split.json``           :class:`components.data.split.SplitManifest` validate-dataset
 ``model.json``                :class:`components.train.outputs.ModelPointer`   train
 ``train_summary.json``        :class:`components.train.outputs.TrainSummary`   train
@@ -29,8 +29,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from components.common.safe_json import DocumentError, read_json
 from components.common.storage import atomic_write_text
+from configs.safe_json import DocumentError, read_json
 
 Model = TypeVar("Model", bound=BaseModel)
 

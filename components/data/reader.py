@@ -13,10 +13,10 @@ backend is slower than the C scanner that ``raw_decode`` uses). Memory stays at 
 the largest single row, and a row may not exceed :data:`MAX_ROW_BYTES`: a longer JSON line is reported
 and skipped without holding it.
 
-Rows are decoded with the limits of :class:`components.common.safe_json.JsonScanner`, which refuses what the
+Rows are decoded with the limits of :class:`configs.safe_json.JsonScanner`, which refuses what the
 ``datasets`` JSON loader (Arrow) refuses or silently changes: duplicate keys in an object, lone
-surrogate escapes, nesting deeper than :data:`components.common.safe_json.MAX_DEPTH` levels and integers over
-:data:`components.common.safe_json.MAX_INT_DIGITS` digits. ``NaN`` and ``Infinity`` are read, for the
+surrogate escapes, nesting deeper than :data:`configs.safe_json.MAX_DEPTH` levels and integers over
+:data:`configs.safe_json.MAX_INT_DIGITS` digits. ``NaN`` and ``Infinity`` are read, for the
 validator to name their field. A UTF-8 byte-order mark is skipped before JSON
 Lines and CSV (the loader reads both), and refused before a JSON array (the loader fails on it).
 """
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.common.safe_json import DocumentError, JsonScanner
+from configs.safe_json import DocumentError, JsonScanner
 
 CHUNK_BYTES = 1 << 20
 # 4x the characters of the largest cutoff_len (2^20 tokens at ~4 characters each): a longer row is no example.

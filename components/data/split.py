@@ -48,10 +48,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.common.safe_json import DocumentError, JsonScanner, read_json
 from components.common.storage import run_dir
 from components.data.checks import DATA_CONFIG
 from components.data.row_keys import EXAMPLE_HEX_CHARS, KEY_HEX_CHARS, KEY_SCHEME, entry_spec, row_key
+from configs.safe_json import DocumentError, JsonScanner, read_json
 
 SPLIT_VERSION = KEY_SCHEME  # part of every key and split hash
 SNAPSHOT_DIR = "data"  # <run dir>/data

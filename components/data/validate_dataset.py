@@ -34,8 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.pipeline_runs import parent_run_id, step_run
 from components.common.storage import OutputPathError, StorageError, atomic_write_text, guard_output, on_volume
-from components.common.tracking import parent_run_id, step_run
+from components.common.tags import (
+    DATA_CONTEXT_TAG,
+    DATASET_HASH_TAG,
+    DATASET_OK_TAG,
+    SHA256_TAG,
+    TEST_SPLIT_HASH_TAG,
+    VAL_SPLIT_HASH_TAG,
+)
 from components.data.result import ValidationResult, render_report
 from components.data.split import SplitManifest, snapshot_dir
 from components.data.split_writer import validate_and_split
@@ -152,13 +160,13 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
         source = {"uri": str(Path(result.dataset_dir) / version.file_name)}
         dataset = Dataset(name=version.name, digest=version.sha256[:16] or "invalid", source_type="local",
                           source=json.dumps(source), profile=json.dumps(profile))
-        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training"),
-                                                  InputTag("llmft.sha256", version.sha256)]))
+        inputs.append(DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT_TAG, "training"),
+                                                  InputTag(SHA256_TAG, version.sha256)]))
     numbers = dict(result.metrics(), **_split_metrics(split),
                    **{f"rows.{version.name}": version.rows for version in result.datasets})
     params = [Param("dataset.names", ",".join(result.names)), Param("dataset.dir", result.dataset_dir),
               Param("training.cutoff_len", str(result.cutoff_len))]
-    tags = [RunTag("llmft.dataset_hash", result.combined_sha256), RunTag("llmft.dataset_ok", str(result.ok))]
+    tags = [RunTag(DATASET_HASH_TAG, result.combined_sha256), RunTag(DATASET_OK_TAG, str(result.ok))]
     if split is not None:
         snapshot = snapshot_dir(cfg, kfp_run_id)
         for item in split.datasets:
@@ -166,9 +174,9 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
                        "train_rows": item.train_rows, "test_fraction": split.test_fraction}
             dataset = Dataset(name=item.name, digest=item.test_split_hash[:16], source_type="local",
                               source=json.dumps({"uri": str(snapshot / item.test_file)}), profile=json.dumps(profile))
-            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "test"),
-                                                      InputTag("llmft.test_split_hash", item.test_split_hash),
-                                                      InputTag("llmft.sha256", item.test_sha256)]))
+            inputs.append(DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT_TAG, "test"),
+                                                      InputTag(TEST_SPLIT_HASH_TAG, item.test_split_hash),
+                                                      InputTag(SHA256_TAG, item.test_sha256)]))
             numbers.update({f"train_rows.{item.name}": item.train_rows,
                             f"held_out_rows.{item.name}": item.held_out_rows,
                             f"scored_test_rows.{item.name}": item.scored_rows})
@@ -178,17 +186,17 @@ def log_to_mlflow(client: Any, run_id: str, cfg: Any, kfp_run_id: str, result: V
                 dataset = Dataset(name=item.name, digest=item.val_split_hash[:16], source_type="local",
                                   source=json.dumps({"uri": str(snapshot / item.val_file)}),
                                   profile=json.dumps(profile))
-                inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "validation"),
-                                                          InputTag("llmft.val_split_hash", item.val_split_hash),
-                                                          InputTag("llmft.sha256", item.val_sha256)]))
+                inputs.append(DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT_TAG, "validation"),
+                                                          InputTag(VAL_SPLIT_HASH_TAG, item.val_split_hash),
+                                                          InputTag(SHA256_TAG, item.val_sha256)]))
                 numbers.update({f"val_rows.{item.name}": item.val_rows,
                                 f"scored_val_rows.{item.name}": item.scored_val_rows})
         params += [Param("dataset.test_fraction", str(split.test_fraction)),
                    Param("dataset.val_fraction", str(split.val_fraction)),
                    Param("dataset.snapshot", str(snapshot))]
-        tags.append(RunTag("llmft.test_split_hash", split.test_split_hash))
+        tags.append(RunTag(TEST_SPLIT_HASH_TAG, split.test_split_hash))
         if split.val_split_hash:
-            tags.append(RunTag("llmft.val_split_hash", split.val_split_hash))
+            tags.append(RunTag(VAL_SPLIT_HASH_TAG, split.val_split_hash))
     client.log_batch(run_id, metrics=[Metric(key, float(value), now_ms, 0) for key, value in numbers.items()],
                      params=params, tags=tags)
     if inputs:

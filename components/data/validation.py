@@ -31,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from components.common.safe_json import DocumentError, read_json
 from components.data.checks import DATA_CONFIG, DatasetSpec, Problem, describe_entry, make_row_checker
 from components.data.column_types import ColumnTypes
 from components.data.contamination import ContaminationIndex, load_mmlu_questions
 from components.data.reader import READERS_BY_EXTENSION, iter_rows
 from components.data.result import CHARS_PER_TOKEN, DatasetVersion, FileVersion, ValidationResult
+from configs.safe_json import DocumentError, read_json
 
 DUPLICATE_FILTER_BITS = 1 << 27  # 16 MiB; at 10^6 rows and 6 hashes the false-duplicate rate is ~1e-8
 DUPLICATE_FILTER_HASHES = 6

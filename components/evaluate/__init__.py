@@ -4,7 +4,8 @@
 - :mod:`.mmlu`: MMLU (data, scoring, results file, OpenAI-compatible backend, command line);
 - :mod:`.task`: the held-out loss (data, scoring, results file, command line);
 - :mod:`.generate`: greedy answers on held-out rows, scored against the references (``generations.jsonl``);
-- :mod:`.placement`: where the model's weights go (one GPU, split across GPUs, or a clear error).
+- :mod:`.placement`: where the model's weights go (one GPU, split across GPUs, or a clear error);
+- :mod:`.store`: scores stored in MLflow, found again by eval key (the evaluate step and the gate's baseline).
 """
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "generate",
     "mmlu",
     "placement",
+    "store",
     "task",
 ]

@@ -14,9 +14,9 @@ MLflow: the child run ``evaluate-<role>`` holds the results files (``eval/result
 ``eval/generations.jsonl``), the per-row answers as a table (``eval/generations_table.json``, logged with
 ``log_table``: the run's Evaluation view shows it), the metrics ``mmlu_micro``, ``mmlu_macro``,
 ``mmlu_<category>``, ``task_loss``, ``task_mean_nll``, ``task_perplexity``, ``task_token_accuracy``,
-``gen_<score>`` and ``gen_stop_rate``, and the tags ``llmft.eval_key``, ``llmft.task_eval_key``,
+``gen_<score>`` and ``gen_stop_rate``, and the tags ``llmft.mmlu_eval_key``, ``llmft.task_eval_key``,
 ``llmft.generation_eval_key`` and the setup (``llmft.model_id``, split hash, template, cutoff, MMLU data,
-generation settings) that :func:`components.gate.registry.why_not_stored` reads.
+generation settings) that :func:`components.evaluate.store.why_not_stored` reads.
 """
 
 from __future__ import annotations
@@ -26,8 +26,25 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.common.pipeline_runs import step_run
 from components.common.storage import atomic_write_text, on_volume, run_dir
-from components.common.tracking import step_run
+from components.common.tags import (
+    EVAL_MODEL_DIR_TAG,
+    EVAL_REUSED_TAG,
+    EVAL_ROLE_TAG,
+    GENERATE_ROWS_TAG,
+    GENERATION_EVAL_KEY_TAG,
+    MAX_NEW_TOKENS_TAG,
+    MMLU_DATA_HASH_TAG,
+    MMLU_EVAL_KEY_TAG,
+    MMLU_N_SHOT_TAG,
+    MMLU_SUBJECTS_TAG,
+    MODEL_ID_TAG,
+    TASK_CUTOFF_LEN_TAG,
+    TASK_EVAL_KEY_TAG,
+    TASK_SPLIT_HASH_TAG,
+    TASK_TEMPLATE_TAG,
+)
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.generate.results import (
     GenerationResultsError,
@@ -36,9 +53,9 @@ from components.evaluate.generate.results import (
 )
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.mmlu.results import parse_mmlu_results
+from components.evaluate.store import find_stored
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
 from components.evaluate.task.results import dump_task_results, load_task_results
-from components.gate.registry import EVAL_KEY_TAG, GENERATION_EVAL_KEY_TAG, TASK_EVAL_KEY_TAG, find_stored
 from configs.loading import config_from_json
 from configs.schema import PipelineConfig
 
@@ -78,10 +95,10 @@ def eval_setup(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> EvalSet
     entries, rows = read_test_rows(snapshot_dir(cfg, kfp_run_id), heldout_names(cfg))
     test_hash = split_hash([row.key for row in rows])
     task_key = task_eval_key(model_id, test_hash, training.template, training.cutoff_len, entries_digest(entries))
-    tags = {"llmft.model_id": model_id, "llmft.task_split_hash": test_hash, "llmft.task_template": training.template,
-            "llmft.task_cutoff_len": str(training.cutoff_len),
-            "llmft.mmlu_data_hash": data_hash(mmlu_dir, list(evaluation.subjects)),
-            "llmft.mmlu_n_shot": str(evaluation.n_shot), "llmft.mmlu_subjects": ",".join(evaluation.subjects) or "all"}
+    tags = {MODEL_ID_TAG: model_id, TASK_SPLIT_HASH_TAG: test_hash, TASK_TEMPLATE_TAG: training.template,
+            TASK_CUTOFF_LEN_TAG: str(training.cutoff_len),
+            MMLU_DATA_HASH_TAG: data_hash(mmlu_dir, list(evaluation.subjects)),
+            MMLU_N_SHOT_TAG: str(evaluation.n_shot), MMLU_SUBJECTS_TAG: ",".join(evaluation.subjects) or "all"}
     return EvalSetup(mmlu_key, task_key, tags)
 
 
@@ -96,8 +113,8 @@ def generation_key(cfg: PipelineConfig, task_key: str) -> str:
 
 def generation_tags(cfg: PipelineConfig) -> dict[str, str]:
     """The generation settings as evaluate-run tags (why_not_stored names them when they changed)."""
-    return {"llmft.generate_rows": str(cfg.evaluation.generate_rows),
-            "llmft.max_new_tokens": str(cfg.evaluation.max_new_tokens)}
+    return {GENERATE_ROWS_TAG: str(cfg.evaluation.generate_rows),
+            MAX_NEW_TOKENS_TAG: str(cfg.evaluation.max_new_tokens)}
 
 
 def heldout_names(cfg: PipelineConfig) -> list[str]:
@@ -153,10 +170,10 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         setup = eval_setup(cfg, kfp_run_id, model_path)
         gen_key = generation_key(cfg, setup.task_key)
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in {
-            EVAL_KEY_TAG: setup.mmlu_key, TASK_EVAL_KEY_TAG: setup.task_key, "llmft.eval_role": role,
-            "llmft.eval_model_dir": str(model_path), **setup.tags,
+            MMLU_EVAL_KEY_TAG: setup.mmlu_key, TASK_EVAL_KEY_TAG: setup.task_key, EVAL_ROLE_TAG: role,
+            EVAL_MODEL_DIR_TAG: str(model_path), **setup.tags,
             **({GENERATION_EVAL_KEY_TAG: gen_key, **generation_tags(cfg)} if gen_key else {})}.items()])
-        wanted = [(mmlu_path, EVAL_KEY_TAG, setup.mmlu_key), (task_path, TASK_EVAL_KEY_TAG, setup.task_key)]
+        wanted = [(mmlu_path, MMLU_EVAL_KEY_TAG, setup.mmlu_key), (task_path, TASK_EVAL_KEY_TAG, setup.task_key)]
         if gen_key:
             wanted.append((generations_path, GENERATION_EVAL_KEY_TAG, gen_key))
         reused = []
@@ -196,7 +213,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
                   "eval_seconds": round(time.monotonic() - started, 3)}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in values.items()],
-                         tags=[RunTag("llmft.eval_reused", ",".join(reused) or "none")])
+                         tags=[RunTag(EVAL_REUSED_TAG, ",".join(reused) or "none")])
         client.log_artifact(run_id, str(mmlu_path), artifact_path="eval")
         client.log_artifact(run_id, str(task_path), artifact_path="eval")
         if generations:
@@ -234,7 +251,7 @@ def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], mod
     generations = generate_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
                                   template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
                                   generate_rows=evaluation.generate_rows, max_new_tokens=evaluation.max_new_tokens,
-                                  model_dir=model_path, model_id=setup.tags["llmft.model_id"],
+                                  model_dir=model_path, model_id=setup.tags[MODEL_ID_TAG],
                                   task_eval_key=setup.task_key,
                                   batch_size=evaluation.batch_size)
     atomic_write_text(path, dump_generations(generations))

@@ -11,7 +11,7 @@
 - :mod:`.generation`: the two models' generated answers, paired row by row;
 - :mod:`.judge`: the optional judge model (pairwise, both orders, sign test);
 - :mod:`.report`: the Markdown and HTML report, the loss curve;
-- :mod:`.registry`: aliases, ``pvc://`` sources, and the scores stored for a model;
+- :mod:`.registry`: aliases and ``pvc://`` sources;
 - :mod:`.served_baseline`: the baseline is what ``current`` serves, which must be the registry's champion;
 - :mod:`.held_out`: the held-out rows neither the candidate nor the baseline trained on.
 """

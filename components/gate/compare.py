@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import parent_run_id, step_run
+from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume, run_dir
-from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
+from components.common.tags import BASELINE_TAG, DECISION_LINE_TAG, DECISION_TAG, RUN_NOTE_TAG, rule_tag
 from components.common.typed_files import write_model
 from components.data.split import key_position
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
@@ -209,9 +211,9 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         # pipeline runs compare at a glance in the experiment's table and charts.
         parent = parent_run_id(client, cfg, kfp_run_id)
         log_metrics(client, parent, numbers)
-        decision = {"llmft.decision": comparison.decision, "llmft.baseline": baseline_name,
-                    "llmft.decision_line": comparison.headline}
-        set_run_tags(client, parent, {**decision, "mlflow.note.content": _run_description(comparison)})
+        decision = {DECISION_TAG: comparison.decision, BASELINE_TAG: baseline_name,
+                    DECISION_LINE_TAG: comparison.headline}
+        set_run_tags(client, parent, {**decision, RUN_NOTE_TAG: _run_description(comparison)})
         folder = Path(tmp) / "report"
         folder.mkdir()
         (folder / "report.md").write_text(with_plot, encoding="utf-8")
@@ -228,7 +230,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
             # it shows the pipeline runs (their steps are folded under them).
             for run in (run_id, parent):
                 client.log_table(run, data=table, artifact_file=SIDE_BY_SIDE_TABLE)
-        set_run_tags(client, run_id, {**decision, **{f"llmft.rule.{rule.rule}": "pass" if rule.passed else "fail"
+        set_run_tags(client, run_id, {**decision, **{rule_tag(rule.rule): "pass" if rule.passed else "fail"
                                                      for rule in comparison.rules}})
     print(f"[{STEP}] {comparison.headline}", flush=True)
     return comparison.decision, comparison.headline, str(path)

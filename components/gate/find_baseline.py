@@ -16,21 +16,27 @@ answers must be stored under their key too.
 
 from __future__ import annotations
 
-from components.common.tracking import set_run_tags, step_run
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
+from components.common.tags import (
+    BASELINE_MMLU_EVAL_KEY_TAG,
+    BASELINE_NOTE_TAG,
+    BASELINE_TAG,
+    BASELINE_TASK_EVAL_KEY_TAG,
+    GENERATION_EVAL_KEY_TAG,
+    HELD_OUT_BELOW_TAG,
+    HELD_OUT_ROWS_TAG,
+    LOCAL_PATH_TAG,
+    MMLU_EVAL_KEY_TAG,
+    MODEL_ID_TAG,
+    TASK_EVAL_KEY_TAG,
+)
 from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
+from components.evaluate.store import find_stored, why_not_stored
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
 from components.gate.held_out import held_out_bound
-from components.gate.registry import (
-    EVAL_KEY_TAG,
-    GENERATION_EVAL_KEY_TAG,
-    LOCAL_PATH_TAG,
-    MODEL_ID_TAG,
-    TASK_EVAL_KEY_TAG,
-    find_stored,
-    why_not_stored,
-)
 from components.gate.served_baseline import served_baseline
 from configs.loading import config_from_json
 
@@ -69,7 +75,7 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
                               champion.tags if champion is not None else None)
         mmlu_key, task_key, setup = eval_setup(cfg, kfp_run_id, model_dir)
         gen_key = generation_key(cfg, task_key)
-        lookups = [find_stored(client, cfg, EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE),
+        lookups = [find_stored(client, cfg, MMLU_EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE),
                    find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
         if gen_key:
             lookups.append(find_stored(client, cfg, GENERATION_EVAL_KEY_TAG, gen_key, GENERATIONS_FILE))
@@ -86,9 +92,9 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
             note = f"{label}: stored scores reused (evaluate run{'s' * (len(runs) > 1)} {', '.join(runs)})"
         if rows.note:
             note += f"; {rows.note}"
-        set_run_tags(client, run_id, {"llmft.baseline": label, "llmft.baseline_eval_key": mmlu_key,
-                                      "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000],
-                                      "llmft.held_out_below": repr(rows.below),
-                                      "llmft.held_out_rows": f"{rows.rows} of {rows.scored}"})
+        set_run_tags(client, run_id, {BASELINE_TAG: label, BASELINE_MMLU_EVAL_KEY_TAG: mmlu_key,
+                                      BASELINE_TASK_EVAL_KEY_TAG: task_key, BASELINE_NOTE_TAG: note[:4000],
+                                      HELD_OUT_BELOW_TAG: repr(rows.below),
+                                      HELD_OUT_ROWS_TAG: f"{rows.rows} of {rows.scored}"})
     print(f"[{STEP}] {note}", flush=True)
     return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below

@@ -16,12 +16,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from components.common.tags import SPLIT_SCHEME_TAG, TEST_FRACTION_TAG
 from components.data.split import SPLIT_VERSION, SplitManifest, key_position
 from components.gate.registry import BaselineError
 from configs.schema import PipelineConfig
-
-SPLIT_SCHEME_TAG = "llmft.split_scheme"
-TEST_FRACTION_TAG = "llmft.test_fraction"
 
 
 class HeldOutRows(NamedTuple):

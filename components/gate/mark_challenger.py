@@ -15,7 +15,9 @@ import argparse
 import json
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.tracking import set_run_tags, step_run
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
+from components.common.tags import MODEL_VERSION_TAG, REJECTED_REASON_TAG
 from components.gate.registry import CHALLENGER, RegistryError, mark_challenger
 from configs.loading import config_from_json
 from configs.schema import ConfigError
@@ -39,7 +41,7 @@ def run_step(config: str, kfp_run_id: str, model_version: str, reasons: str) -> 
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         mark_challenger(client, cfg.mlflow.registered_model_name, model_version, reasons)
-        set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.rejected_reason": reasons})
+        set_run_tags(client, run_id, {MODEL_VERSION_TAG: str(model_version), REJECTED_REASON_TAG: reasons})
     print(json.dumps({"registered_model": cfg.mlflow.registered_model_name, "challenger": str(model_version),
                       "reasons": reasons}))
     return (CHALLENGER,)

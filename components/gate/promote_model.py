@@ -23,15 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
 from components.common.storage import StorageError, on_volume
-from components.common.tracking import set_run_tags, step_run
+from components.common.tags import MODEL_VERSION_TAG, PREVIOUS_CHAMPION_TAG, PUBLISHED_VERSION_TAG, REJECTED_REASON_TAG
 from components.gate.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
-    PREVIOUS_CHAMPION_TAG,
-    PUBLISHED_VERSION_TAG,
-    REJECTED_REASON_TAG,
     RegistryError,
     is_missing,
     mark_challenger,
@@ -99,7 +98,7 @@ def run_step(config: str, kfp_run_id: str, model_version: str, version: str,
             reason = (f"not promoted: the champion is now v{old}, promoted by another run after this one compared "
                       f"with the {baseline_name}; run the pipeline again to compare with v{old}")
             mark_challenger(client, name, model_version, reason)
-            set_run_tags(client, run_id, {"llmft.model_version": str(model_version), "llmft.rejected_reason": reason})
+            set_run_tags(client, run_id, {MODEL_VERSION_TAG: str(model_version), REJECTED_REASON_TAG: reason})
             print(json.dumps({"registered_model": name, "challenger": str(model_version), "reason": reason}))
             return CHALLENGER, old
         if old == str(model_version):
@@ -114,8 +113,8 @@ def run_step(config: str, kfp_run_id: str, model_version: str, version: str,
             client.delete_registered_model_alias(name, CHALLENGER)
         client.delete_model_version_tag(name, model_version, REJECTED_REASON_TAG)
         set_current(models_dir, version)
-        set_run_tags(client, run_id, {"llmft.model_version": str(model_version),
-                                      "llmft.previous_champion": previous or "none"})
+        set_run_tags(client, run_id, {MODEL_VERSION_TAG: str(model_version),
+                                      PREVIOUS_CHAMPION_TAG: previous or "none"})
     print(json.dumps({"registered_model": name, "champion": str(model_version), "previous": previous,
                       "current": version}))
     return CHAMPION, previous

@@ -30,15 +30,29 @@ from typing import TYPE_CHECKING, Any
 
 from components.common import markdown
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import experiment_id, parent_run_id, step_run
+from components.common.run_data import set_run_tags
 from components.common.storage import StorageError, on_volume
-from components.common.tracking import KFP_RUN_TAG, experiment_id, parent_run_id, set_run_tags, step_run
+from components.common.tags import (
+    DATASET_HASH_TAG,
+    DECISION_TAG,
+    KFP_RUN_TAG,
+    LOCAL_PATH_TAG,
+    LOGGED_MODEL_TAG,
+    MMLU_EVAL_KEY_TAG,
+    MODEL_VERSION_TAG,
+    MODEL_VERSIONS_TAG,
+    PUBLISHED_VERSION_TAG,
+    REGISTERED_TAG,
+    REUSED_TAG,
+    SOURCE_NAME_TAG,
+    SOURCE_TAG,
+    TASK_EVAL_KEY_TAG,
+)
 from components.common.typed_files import read_model
 from components.data.split import SplitError, SplitManifest, read_manifest, snapshot_dir
 from components.gate.held_out import training_split_tags
 from components.gate.registry import (
-    LOCAL_PATH_TAG,
-    LOGGED_MODEL_TAG,
-    PUBLISHED_VERSION_TAG,
     RegistryError,
     ensure_registered_model,
     pvc_uri,
@@ -84,10 +98,10 @@ def version_tags(kfp_run_id: str, comparison: Comparison, *, model_dir: Path, ve
     tags = {
         **(training_split_tags(split) if split is not None else {}),
         KFP_RUN_TAG: kfp_run_id,
-        "llmft.decision": comparison.decision,
-        "llmft.dataset_hash": dataset_hash,
-        "llmft.eval_key": comparison.mmlu.candidate_eval_key,
-        "llmft.task_eval_key": comparison.task.candidate_eval_key,
+        DECISION_TAG: comparison.decision,
+        DATASET_HASH_TAG: dataset_hash,
+        MMLU_EVAL_KEY_TAG: comparison.mmlu.candidate_eval_key,
+        TASK_EVAL_KEY_TAG: comparison.task.candidate_eval_key,
         PUBLISHED_VERSION_TAG: version,
         LOCAL_PATH_TAG: str(model_dir),
     }
@@ -124,8 +138,8 @@ def _register_external_model(client: MlflowClient, cfg: PipelineConfig, parent: 
     model = mlflow.create_external_model(
         name=f"{cfg.mlflow.registered_model_name}-{version}", source_run_id=parent, model_type="merged-llm",
         experiment_id=experiment_id(client, cfg.mlflow.experiment),
-        tags={"llmft.source": source, "llmft.decision": comparison.decision,
-              "mlflow.source.name": f"llm-finetune pipeline: {STEP}"},
+        tags={SOURCE_TAG: source, DECISION_TAG: comparison.decision,
+              SOURCE_NAME_TAG: f"llm-finetune pipeline: {STEP}"},
         params={"method": cfg.training.method, "base_model": cfg.storage.base_model,
                 "datasets": ",".join(cfg.dataset.names), "template": cfg.training.template})
     from mlflow.entities import LoggedModelOutput
@@ -199,15 +213,15 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, version: str, decisio
                 name, source=source, run_id=parent, tags={**tags, LOGGED_MODEL_TAG: model_id}, model_id=model_id,
                 description=version_description(cfg, comparison, version=version, dataset_hash=dataset_hash,
                                                  kfp_run_id=kfp_run_id))
-            client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(
+            client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(
                 [{"name": name, "version": str(registered.version)}])})
         else:
             registered = existing
             for key, value in tags.items():  # an earlier attempt may have died before finishing its tags
                 client.set_model_version_tag(name, registered.version, key, value)
-        set_run_tags(client, run_id, {"llmft.model_version": registered.version,
-                                      "llmft.reused": str(existing is not None), "llmft.decision": decision})
-        set_run_tags(client, parent, {"llmft.registered": f"{name} v{registered.version}"})
+        set_run_tags(client, run_id, {MODEL_VERSION_TAG: registered.version,
+                                      REUSED_TAG: str(existing is not None), DECISION_TAG: decision})
+        set_run_tags(client, parent, {REGISTERED_TAG: f"{name} v{registered.version}"})
     print(json.dumps({"registered_model": name, "version": registered.version, "source": source,
                       "decision": decision, "reused": existing is not None}))
     return (str(registered.version),)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from components.common import markdown
-from components.common.tracking import find_artifact
+from components.common.mlflow_artifacts import find_artifact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -1,7 +1,7 @@
 """The reuse-baseline-scores step: the baseline's stored scores, fetched from MLflow instead of evaluating again.
 
 find-baseline found the baseline's results files stored under this run's eval keys
-(:func:`components.gate.registry.find_stored`): MMLU, the held-out task and, with generation on, the generated
+(:func:`components.evaluate.store.find_stored`): MMLU, the held-out task and, with generation on, the generated
 answers (whose key follows from the task key and the generation settings,
 :func:`components.evaluate.evaluate.generation_key`). This step copies them to ``<run dir>/eval/baseline/``,
 where compare reads them, after checking that each validates and carries the key it was found by.
@@ -9,19 +9,23 @@ where compare reads them, after checking that each validates and carries the key
 
 from __future__ import annotations
 
+from components.common.pipeline_runs import step_run
+from components.common.run_data import set_run_tags
 from components.common.storage import atomic_write_text, run_dir
-from components.common.tracking import set_run_tags, step_run
+from components.common.tags import (
+    BASELINE_MMLU_EVAL_KEY_TAG,
+    BASELINE_TASK_EVAL_KEY_TAG,
+    GENERATION_EVAL_KEY_TAG,
+    MMLU_EVAL_KEY_TAG,
+    SOURCE_RUN_IDS_TAG,
+    TASK_EVAL_KEY_TAG,
+)
 from components.evaluate.evaluate import generation_key
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
+from components.evaluate.store import find_stored
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
-from components.gate.registry import (
-    EVAL_KEY_TAG,
-    GENERATION_EVAL_KEY_TAG,
-    TASK_EVAL_KEY_TAG,
-    BaselineError,
-    find_stored,
-)
+from components.gate.registry import BaselineError
 from configs.loading import config_from_json
 
 STEP = "reuse-baseline-scores"
@@ -39,7 +43,7 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
     """
     cfg = config_from_json(config)
     target = run_dir(cfg, kfp_run_id) / "eval" / "baseline"
-    wanted = [(EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
+    wanted = [(MMLU_EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
     gen_key = generation_key(cfg, task_key)
     if gen_key:
         wanted.append((GENERATION_EVAL_KEY_TAG, gen_key, GENERATIONS_FILE))
@@ -57,8 +61,8 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
             found[file_name] = lookup.found
         for file_name, stored in found.items():
             atomic_write_text(target / file_name, stored.text)
-        set_run_tags(client, run_id, {"llmft.baseline_eval_key": mmlu_key, "llmft.baseline_task_eval_key": task_key,
-                                      "llmft.source_run_ids": ",".join(sorted({stored.run_id
+        set_run_tags(client, run_id, {BASELINE_MMLU_EVAL_KEY_TAG: mmlu_key, BASELINE_TASK_EVAL_KEY_TAG: task_key,
+                                      SOURCE_RUN_IDS_TAG: ",".join(sorted({stored.run_id
                                                                               for stored in found.values()}))})
     return str(target / MMLU_RESULTS_FILE), str(target / TASK_RESULTS_FILE)
 

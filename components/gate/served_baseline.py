@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from components.common.storage import on_volume
+from components.common.tags import PUBLISHED_VERSION_TAG
 from components.gate.registry import (
     CHAMPION,
-    PUBLISHED_VERSION_TAG,
     BaselineError,
     RegistryError,
     alias_version,

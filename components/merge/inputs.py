@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.common.safe_json import DocumentError, read_json
 from components.merge.safetensors import (
     TORCH_DTYPES,
     SafetensorsFormatError,
     SafetensorsHeader,
     read_safetensors_header,
 )
+from configs.safe_json import DocumentError, read_json
 
 if TYPE_CHECKING:
     import torch

@@ -53,7 +53,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
-from components.common.safe_json import DocumentError, read_json
+from components.common.pipeline_runs import step_run
+from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import (
     StorageError,
     atomic_directory,
@@ -63,7 +64,7 @@ from components.common.storage import (
     on_volume,
     run_slug,
 )
-from components.common.tracking import log_metrics, set_run_tags, step_run
+from components.common.tags import MODEL_DIR_TAG, REUSED_VERSION_TAG
 from components.common.typed_files import read_model, write_model
 from components.merge.adapter import load_adapter, orient_deltas
 from components.merge.inputs import MAX_CONFIG_BYTES, MergeError
@@ -85,6 +86,7 @@ from components.merge.write import (
     write_weights,
 )
 from configs.loading import config_from_json
+from configs.safe_json import DocumentError, read_json
 from configs.schema import ConfigError
 
 STEP = "merge-lora"
@@ -250,7 +252,7 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
                   "model_dir": str(published)}
         for key in ("base", "adapter", "dtype", "version", "checksum"):
             client.log_param(run_id, key, record[key])
-        set_run_tags(client, run_id, {"llmft.model_dir": str(published), "llmft.reused_version": str(reused).lower()})
+        set_run_tags(client, run_id, {MODEL_DIR_TAG: str(published), REUSED_VERSION_TAG: str(reused).lower()})
         log_metrics(client, run_id, {"merge_seconds": time.monotonic() - started, "model_bytes": details.bytes,
                                      "merged_tensors": details.merged})
     merged.metadata.update(record)

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from components.common.safe_json import DocumentError, parse_json
+from configs.safe_json import DocumentError, parse_json
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 

@@ -15,9 +15,9 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from components.common.safe_json import DocumentError, read_json
 from components.common.storage import MODEL_MANIFEST, StorageError, atomic_write_text
 from components.merge.safetensors import SafetensorsFormatError, read_safetensors_header
+from configs.safe_json import DocumentError, read_json
 
 # The two records every merged model directory holds: the checksums, and what it was merged from
 # (components.merge.merge_lora.MergeInfo).

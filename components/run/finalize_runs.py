@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.pipeline_runs import finalize_pipeline_runs
 from components.common.storage import run_dir
-from components.common.tracking import finalize_pipeline_runs
 from components.run.resolve_config import RESOLVED_FILE, read_resolved
 from configs.loading import config_from_json
 from configs.schema import ConfigError, MlflowConfig, PipelineConfig

@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from components.common.run_name import write_run_name
 from components.common.storage import run_dir
-from components.common.tracking import write_run_name
 from components.common.typed_files import write_model
 from configs.form import by_path, canonical, field_value, form_fields, form_values
 from configs.loading import (
@@ -63,7 +63,7 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
         ConfigError: a value is invalid (the field is named), an unknown form parameter was given, an override
             disagrees with a cluster parameter, or a compile-time field was changed.
     """
-    from components.common.safe_json import DocumentError, parse_json
+    from configs.safe_json import DocumentError, parse_json
 
     try:
         data = parse_json(config, "z_config") if config.strip() else compiled.model_dump(mode="json")
@@ -151,7 +151,7 @@ def form_from_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]
 def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: str, overrides: list,
              form: dict[str, Any]) -> tuple:
     """The resolve-config pipeline step: resolve, write ``resolved_config.json`` (a :class:`PipelineConfig`) and
-    the run's name (:func:`components.common.tracking.write_run_name`) to the run directory, return the config.
+    the run's name (:func:`components.common.run_name.write_run_name`) to the run directory, return the config.
 
     Returns:
         ``(resolved config JSON, training method, the sweep's trial indices)``: ``[0]`` without a sweep; the

@@ -42,8 +42,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from components.common.safe_json import parse_json, read_json
 from components.common.storage import StorageError, atomic_write_text, describe_os_error
+from configs.safe_json import parse_json, read_json
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"

@@ -19,23 +19,19 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
+from components.common.mlflow_client import TRAINER_MLFLOW_HTTP
 from components.common.signals import sigterm_raises
-from components.common.tracking import TRAINER_MLFLOW_HTTP, system_metrics_env
+from components.common.system_metrics import system_metrics_env
+from components.train.multinode.torchrun import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
 from components.train.render import deepspeed_stage
 from configs.schema import PipelineConfig
 
-WORKER_MODULE = "components.train.worker"
-# The directory that holds the components package: the trainer and every node import it from there.
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 TRAINER_PARENT_ENV = "LLMFT_TRAINER_PARENT"  # the step's pid: the trainer dies with it (worker.die_with_parent)
 TAIL_LINES = 400  # trainer output kept in memory for the error message (the whole log goes to the PVC)
 STOP_GRACE_S = 30  # SIGTERM -> SIGKILL for a trainer we stop
 MIN_SHM_BYTES = 1 << 30
-# What LLaMA-Factory's own torchrun launcher sets (OPTIM_TORCH): less fragmentation, fewer NCCL stalls.
-TORCHRUN_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1"}
 # The launcher's own wrappers around a worker's real error; the error we report is the one before them.
 _WRAPPER_ERRORS = ("ChildFailedError", "CalledProcessError")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt))(?::\s?(.*))?$")
@@ -76,12 +72,6 @@ def trainer_command(cfg: PipelineConfig, gpu: bool, train_yaml: Path) -> list[st
             *worker]
 
 
-def importable_pythonpath(environ: Mapping[str, str]) -> str:
-    """``PYTHONPATH`` under which ``python -m components...`` imports this very package, whatever the working
-    directory (the trainer on this node, every node of a multi-node job)."""
-    return os.pathsep.join(filter(None, [str(PACKAGE_ROOT), environ.get("PYTHONPATH")]))
-
-
 def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str, str]:
     """The trainer's environment: our MLflow run, offline hubs, and LLaMA-Factory's torchrun settings."""
     env = dict(os.environ)
@@ -90,7 +80,7 @@ def trainer_env(cfg: PipelineConfig, mlflow_run_id: str, gpu: bool) -> dict[str,
     env.update(
         MLFLOW_RUN_ID=mlflow_run_id,
         MLFLOW_TRACKING_URI=cfg.mlflow.tracking_uri,
-        **system_metrics_env(),
+        **system_metrics_env(env),
         DISABLE_VERSION_CHECK="1",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",

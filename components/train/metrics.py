@@ -9,7 +9,7 @@ end-of-training summary under second names); it logs through :func:`metrics_call
 - per step: :data:`STEP_METRICS` (``loss``, ``grad_norm``, ``learning_rate``, ``epoch``,
   ``num_input_tokens_seen``) and every number of an evaluation on the validation rows under ``val_*``
   (``val_loss`` at each checkpoint: the curve the best checkpoint is chosen from), at the trainer's global step,
-  without waiting on the server (see "When the tracking server is down" in :mod:`components.common.tracking`).
+  without waiting on the server (see "When the tracking server is down" in :mod:`components.common.mlflow_client`).
   The evaluation LLaMA-Factory runs after training (of the best weights, already loaded) is not a point of the
   curve and is left out;
 - after training the step reads the trainer's final state (:func:`collect_metrics`: ``train_loss`` over all
@@ -32,7 +32,6 @@ from components.train.inputs import TrainError
 
 STEP_METRICS = ("loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen")
 _MLFLOW_UNSAFE = re.compile(r"[^0-9A-Za-z_\-\. :/]")
-BACKFILL_TAG = "llmft.backfilled_metric_points"
 EVAL_PREFIX, VAL_PREFIX = "eval_", "val_"  # the Trainer evaluates the validation rows; the run calls them so
 
 

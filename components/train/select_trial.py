@@ -37,8 +37,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.mlflow_client import TrackingUnavailable
+from components.common.pipeline_runs import parent_run_id, step_run
+from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import StorageError, atomic_write_text, on_volume, run_dir
-from components.common.tracking import TrackingUnavailable, log_metrics, parent_run_id, set_run_tags, step_run
+from components.common.tags import TRIALS_TAG, WINNER_RUN_TAG, WINNER_TRIAL_TAG
 from components.common.typed_files import TypedFileError, read_model, write_model
 from components.data.split import SplitError, read_manifest, snapshot_dir
 from components.train.checkpoints import RESUME_ONLY, list_checkpoints
@@ -204,8 +207,8 @@ def log_selection(client: Any, run_id: str, parent: str, selection: Selection) -
     """The step's run: ``selection.json``; the pipeline's parent run: the winner and the table of all trials."""
     winner = selection.winning()
     client.log_text(run_id, selection.model_dump_json(indent=2), SELECTION_FILE)
-    tags = {"llmft.winner_trial": trial_label(winner.trial), "llmft.winner_run": winner.mlflow_run_id,
-            "llmft.trials": str(len(selection.trials))}
+    tags = {WINNER_TRIAL_TAG: trial_label(winner.trial), WINNER_RUN_TAG: winner.mlflow_run_id,
+            TRIALS_TAG: str(len(selection.trials))}
     for target in (run_id, parent):
         set_run_tags(client, target, tags)
         if winner.val_loss is not None:

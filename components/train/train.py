@@ -25,7 +25,7 @@ Features, with the settings that control each and what it costs:
   data once (:mod:`components.train.tokenized`, ``<run dir>/tokenized/<key>``, about the size of the data).
 - **MLflow** (``mlflow.*``): the child run ``train`` holds the rendered settings, every logged step, the system
   metrics, the YAML, the log and the loss plot (:mod:`components.train.metrics`); a tracking-server outage loses
-  no point (:mod:`components.common.tracking`).
+  no point (:mod:`components.common.mlflow_client`).
 - **Atomic outputs**: the weights appear whole in ``adapter/`` (or ``full/``) with ``train_summary.json``
   (:mod:`components.train.outputs`); a retry after they were published trains nothing.
 
@@ -65,16 +65,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.mlflow_client import TRAINER_MLFLOW_HTTP, TrackingUnavailable, make_client
+from components.common.pipeline_runs import close_stale_runs, step_run
+from components.common.run_data import log_metrics, log_params
 from components.common.storage import StorageError, atomic_write_text, on_volume
-from components.common.tracking import (
-    TRAINER_MLFLOW_HTTP,
-    TrackingUnavailable,
-    close_stale_runs,
-    log_metrics,
-    log_params,
-    make_client,
-    step_run,
-    system_metrics_env,
+from components.common.system_metrics import system_metrics_env
+from components.common.tags import (
+    BACKFILL_TAG,
+    DISCARDED_CHECKPOINTS_TAG,
+    LINEAGE_PARAM_PREFIX,
+    MODEL_DIR_TAG,
+    RESUMED_FROM_TAG,
+    REUSED_FROM_RUN_TAG,
+    TRAINING_FINGERPRINT_TAG,
 )
 from components.common.typed_files import write_model
 from components.data.checks import DATA_CONFIG
@@ -100,7 +103,7 @@ from components.train.launch import (
     trainer_command,
     trainer_env,
 )
-from components.train.metrics import BACKFILL_TAG, backfill_metrics, collect_metrics, loss_plot_html, plot_loss
+from components.train.metrics import backfill_metrics, collect_metrics, loss_plot_html, plot_loss
 from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_model, read_summary
 from components.train.render import render_params, render_sections, render_yaml
 from components.train.tokenized import TOKENIZED_DIR, tokenization_key
@@ -108,7 +111,6 @@ from components.train.trials import describe_settings, is_sweep, trial_config, t
 from configs.schema import ConfigError, PipelineConfig
 
 STEP = "train"
-PARAM_PREFIX = "llmft."
 TRAINER_LOG = "trainer_log.jsonl"
 LOSS_PLOT = "training_loss.png"
 PACKAGES = ("llamafactory", "transformers", "torch", "peft", "deepspeed", "bitsandbytes")
@@ -170,7 +172,7 @@ class TrainRecipe:
             for name in (LOSS_PLOT, TRAINER_LOG, SUMMARY_FILE):
                 if (self.paths.model_dir / name).is_file():
                     client.log_artifact(run_id, str(self.paths.model_dir / name), "train")
-            client.set_tag(run_id, "llmft.model_dir", str(self.paths.model_dir))
+            client.set_tag(run_id, MODEL_DIR_TAG, str(self.paths.model_dir))
         if "best_step" in metrics:
             self._say(f"best checkpoint: step {metrics['best_step']:.0f} of {metrics['global_step']:.0f}, "
                       f"validation loss {metrics['best_val_loss']:.4f}; its weights are published")
@@ -189,23 +191,23 @@ class TrainRecipe:
         """The LLaMA-Factory settings as rendered, and the lineage under ``llmft.``: the data's hashes and rows, the
         image, the launcher, the libraries' versions and ``GIT_COMMIT`` (the whole config is on the parent run)."""
         params = render_params(self._sections(run_name, resume_from=None))
-        params[f"{PARAM_PREFIX}dataset_hash"] = self.dataset_hash
-        params[f"{PARAM_PREFIX}test_split_hash"] = self.split.test_split_hash
+        params[f"{LINEAGE_PARAM_PREFIX}dataset_hash"] = self.dataset_hash
+        params[f"{LINEAGE_PARAM_PREFIX}test_split_hash"] = self.split.test_split_hash
         if self.split.val_split_hash:
-            params[f"{PARAM_PREFIX}val_split_hash"] = self.split.val_split_hash
+            params[f"{LINEAGE_PARAM_PREFIX}val_split_hash"] = self.split.val_split_hash
         if self.label:  # the trial and, as numbers, the settings it varies (MLflow plots them against val_loss)
-            params[f"{PARAM_PREFIX}trial"] = str(self.trial)
+            params[f"{LINEAGE_PARAM_PREFIX}trial"] = str(self.trial)
             params.update({f"sweep.{key}": json.dumps(value) for key, value in self.settings.items()})
         for item in self.split.datasets:
-            params[f"{PARAM_PREFIX}train_sha256.{item.name}"] = item.train_sha256
-            params[f"{PARAM_PREFIX}train_rows.{item.name}"] = str(item.train_rows)
-        params[f"{PARAM_PREFIX}image"] = self.cfg.cluster.image
-        params[f"{PARAM_PREFIX}launcher"] = launcher(self.cfg, self.gpu)
+            params[f"{LINEAGE_PARAM_PREFIX}train_sha256.{item.name}"] = item.train_sha256
+            params[f"{LINEAGE_PARAM_PREFIX}train_rows.{item.name}"] = str(item.train_rows)
+        params[f"{LINEAGE_PARAM_PREFIX}image"] = self.cfg.cluster.image
+        params[f"{LINEAGE_PARAM_PREFIX}launcher"] = launcher(self.cfg, self.gpu)
         for package in PACKAGES:
             with contextlib.suppress(metadata.PackageNotFoundError):
-                params[f"{PARAM_PREFIX}version.{package}"] = metadata.version(package)
+                params[f"{LINEAGE_PARAM_PREFIX}version.{package}"] = metadata.version(package)
         if os.environ.get("GIT_COMMIT"):
-            params[f"{PARAM_PREFIX}git_commit"] = os.environ["GIT_COMMIT"]
+            params[f"{LINEAGE_PARAM_PREFIX}git_commit"] = os.environ["GIT_COMMIT"]
         return params
 
     def _reusable(self, client: Any, run_id: str) -> TrainSummary | None:
@@ -214,7 +216,7 @@ class TrainRecipe:
         if summary is None or summary.config_hash != self.cfg.config_hash():
             return None  # nothing published yet, or by another configuration (a rerun by hand)
         self._say(f"{self.paths.model_dir} is complete from an earlier attempt; reusing it")
-        client.set_tag(run_id, "llmft.reused_from_run", summary.mlflow_run_id)
+        client.set_tag(run_id, REUSED_FROM_RUN_TAG, summary.mlflow_run_id)
         return summary
 
     def _fit(self, client: Any, run_id: str) -> TrainSummary:
@@ -236,13 +238,13 @@ class TrainRecipe:
         if other_training:
             logger.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
                            other_training, paths.discard_dir)
-            client.set_tag(run_id, "llmft.discarded_checkpoints", other_training[:5000])
-        client.set_tag(run_id, "llmft.training_fingerprint", fingerprint_digest(self.fingerprint))
+            client.set_tag(run_id, DISCARDED_CHECKPOINTS_TAG, other_training[:5000])
+        client.set_tag(run_id, TRAINING_FINGERPRINT_TAG, fingerprint_digest(self.fingerprint))
         resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir, self._last_step())
         for name, why in discarded:
             logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
         trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
-        client.set_tag(run_id, "llmft.resumed_from", resume.path.name if resume else "")
+        client.set_tag(run_id, RESUMED_FROM_TAG, resume.path.name if resume else "")
         settings = f"{describe_settings(self.settings)}, " if self.label else ""
         self._say(f"{settings}{'resuming from ' + str(resume.path) if resume else 'starting from scratch'}")
         return resume
@@ -274,7 +276,7 @@ class TrainRecipe:
                 from components.train.multinode.training_job import run_training_job
 
                 run_training_job(self.cfg, self.kfp_run_id, self.paths.train_yaml, {
-                    "MLFLOW_RUN_ID": run_id, **system_metrics_env(), "DISABLE_VERSION_CHECK": "1",
+                    "MLFLOW_RUN_ID": run_id, **system_metrics_env(os.environ), "DISABLE_VERSION_CHECK": "1",
                     "PYTHONUNBUFFERED": "1", **TRAINER_MLFLOW_HTTP}, trial=self.label)
             else:
                 check_shm(self.cfg)

@@ -25,7 +25,8 @@ import signal
 import sys
 from pathlib import Path
 
-from components.train.launch import TRAINER_PARENT_ENV, WORKER_MODULE
+from components.train.launch import TRAINER_PARENT_ENV
+from components.train.multinode.torchrun import WORKER_MODULE
 
 
 def die_with_parent() -> None:

@@ -58,7 +58,7 @@ def evaluate(cfg, kfp_run_id: str, model_dir: str, role: str, out: Path):
 
 
 def evaluate_runs(cfg, kfp_run_id: str, role: str) -> list:
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     client = make_client(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -68,7 +68,7 @@ def evaluate_runs(cfg, kfp_run_id: str, role: str) -> list:
 
 
 def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_the_setup(cfg, tmp_path):
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
     from components.data.split import snapshot_dir
     from components.evaluate.mmlu.data import eval_config_key, model_identity
     from components.evaluate.mmlu.evaluate_mmlu import evaluate as evaluate_mmlu
@@ -112,9 +112,9 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
     (run,) = evaluate_runs(cfg, "run-1", "candidate")
     setup = eval_setup(cfg, "run-1", base)
     assert run.info.status == "FINISHED" and run.info.run_name == f"evaluate-candidate · {cfg.name}-run-1"
-    assert {key: run.data.tags.get(key) for key in ("llmft.eval_key", "llmft.task_eval_key", "llmft.eval_role",
+    assert {key: run.data.tags.get(key) for key in ("llmft.mmlu_eval_key", "llmft.task_eval_key", "llmft.eval_role",
                                                     "llmft.eval_model_dir", "llmft.eval_reused", *setup.tags)} == {
-        "llmft.eval_key": mmlu.eval_key, "llmft.task_eval_key": task.eval_key, "llmft.eval_role": "candidate",
+        "llmft.mmlu_eval_key": mmlu.eval_key, "llmft.task_eval_key": task.eval_key, "llmft.eval_role": "candidate",
         "llmft.eval_model_dir": str(base), "llmft.eval_reused": "none", **setup.tags}
     assert setup.tags["llmft.task_split_hash"] == task.test_split_hash and setup.tags["llmft.mmlu_n_shot"] == "5"
     assert run.data.metrics["mmlu_micro"] == mmlu.micro and run.data.metrics["task_loss"] == task.loss
@@ -196,7 +196,7 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
     needs_eval, _, name, note, mmlu_key, task_key, _ = run_resolve_baseline(config=cfg.model_dump_json(),
                                                                          kfp_run_id="run-2")
     assert (needs_eval, name) == (False, "base model")
-    assert (mmlu_key, task_key) == (scored.data.tags["llmft.eval_key"], scored.data.tags["llmft.task_eval_key"])
+    assert (mmlu_key, task_key) == (scored.data.tags["llmft.mmlu_eval_key"], scored.data.tags["llmft.task_eval_key"])
     assert note == f"base model: stored scores reused (evaluate run {scored.info.run_id})"
 
     # Another held-out share: other held-out rows, another task key; the note names what changed.

@@ -255,7 +255,7 @@ def snapshot(cfg, kfp_run_id: str) -> None:
 
 
 def _client(cfg):
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     return make_client(cfg)
 
@@ -273,14 +273,14 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
 
     ``mmlu_key``: the eval key written inside results.json (the tag keeps the real one); ``task_text_of``: turns
     task.json's text into what is stored (None from it: no task.json artifact at all)."""
-    from components.common.tracking import experiment_id
+    from components.common.pipeline_runs import experiment_id
     from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
 
     setup = eval_setup(cfg, kfp_run_id, model_dir)
     gen_key = generation_key(cfg, setup.task_key)
     client = _client(cfg)
     run = client.create_run(experiment_id(client, cfg.mlflow.experiment),
-                            tags={"llmft.eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
+                            tags={"llmft.mmlu_eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
                                   "llmft.generation_eval_key": gen_key, **setup.tags, **generation_tags(cfg)})
     client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or setup.mmlu_key)),
                     "eval/results.json")
@@ -306,7 +306,8 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert (mmlu_key, task_key) == (setup.mmlu_key, setup.task_key)
     assert note == "base model evaluated afresh: this model has no stored score yet"
     (resolve,) = _runs(cfg, "find-baseline")
-    assert resolve.data.tags["llmft.baseline_note"] == note and resolve.data.tags["llmft.baseline_eval_key"] == mmlu_key
+    assert resolve.data.tags["llmft.baseline_note"] == note
+    assert resolve.data.tags["llmft.baseline_mmlu_eval_key"] == mmlu_key
 
     store_eval_run(cfg, "r1", base, status="FAILED")  # a failed evaluation is not a stored score
     assert run_resolve_baseline(config=config, kfp_run_id="r1")[0] is True
@@ -575,7 +576,7 @@ def train_run(cfg, losses: list[float], *, plot: bool) -> str:
     """What the train step leaves: the loss history, train_loss and (optionally) training_loss.png."""
     from mlflow.entities import Metric
 
-    from components.common.tracking import experiment_id
+    from components.common.pipeline_runs import experiment_id
 
     client = _client(cfg)
     run_id = client.create_run(experiment_id(client, cfg.mlflow.experiment), tags={"llmft.step": "train"}).info.run_id

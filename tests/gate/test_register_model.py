@@ -58,7 +58,7 @@ def cfg(tmp_path, mlflow_server):
 
 
 def _client(cfg):
-    from components.common.tracking import make_client
+    from components.common.mlflow_client import make_client
 
     return make_client(cfg)
 
@@ -86,7 +86,7 @@ def scores(folder: Path, role: str, answers: dict[str, list[bool]], losses: list
 
 def train_run(cfg, kfp_run_id: str, train_loss: float) -> str:
     """A finished training run with its mean loss (what the train step logs)."""
-    from components.common.tracking import experiment_id
+    from components.common.pipeline_runs import experiment_id
 
     client = _client(cfg)
     run_id = client.create_run(experiment_id(client, cfg.mlflow.experiment),
@@ -208,7 +208,7 @@ def register(cfg, kfp_run_id: str, model_dir: Path, decision: str = "promote", c
 
 
 def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg, tmp_path):
-    from components.common.tracking import parent_run_id
+    from components.common.pipeline_runs import parent_run_id
     from components.data.validate_dataset import validate_config_data
 
     client, name = _client(cfg), cfg.mlflow.registered_model_name
@@ -226,7 +226,8 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
     model_id = registered.tags["llmft.logged_model_id"]
     assert registered.tags == {
         "kfp.run_id": "run-a", "llmft.decision": "promote", "llmft.dataset_hash": "ds-123",
-        "llmft.eval_key": comparison.mmlu.candidate_eval_key, "llmft.task_eval_key": comparison.task.candidate_eval_key,
+        "llmft.mmlu_eval_key": comparison.mmlu.candidate_eval_key,
+        "llmft.task_eval_key": comparison.task.candidate_eval_key,
         "llmft.published_version": "v1", "llmft.local_path": str(model_dir), "llmft.logged_model_id": model_id,
         "llmft.split_scheme": "llmft-split-v2", "llmft.test_fraction": repr(cfg.dataset.test_fraction)}
     assert len(registered.tags) <= 10 and all(value.strip() for value in registered.tags.values())

@@ -8,8 +8,8 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from components.common.local_runs import LAUNCHER_PID_TAG, this_launcher_tags
-from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG
+from components.common.local_launcher import this_launcher_tags
+from components.common.tags import KFP_RUN_TAG, LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG
 from pipelines import run_local
 
 

@@ -45,8 +45,9 @@ from components.train.checkpoints import (
 )
 from components.train.fingerprint import SCHEDULE_FIELDS, model_digest, training_fingerprint
 from components.train.inputs import TrainError
-from components.train.launch import WORKER_MODULE, TrainerFailed, trainer_command, trainer_env, trainer_error
+from components.train.launch import TrainerFailed, trainer_command, trainer_env, trainer_error
 from components.train.metrics import collect_metrics
+from components.train.multinode.torchrun import WORKER_MODULE
 from components.train.outputs import ModelPointer, read_summary
 from components.train.render import DEEPSPEED_CONFIGS, flatten_sections, render_sections, render_yaml
 from components.train.train import main, train_model

@@ -24,8 +24,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.common.safe_json import DocumentError, parse_json
 from components.common.typed_files import describe_validation_error
+from configs.safe_json import DocumentError, parse_json
 
 GENERATION_VERSION = "generate-v1"  # prompt building, decoding and scoring: bump when any of them changes
 RESULTS_FILE = "generations.jsonl"

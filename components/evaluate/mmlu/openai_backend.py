@@ -9,7 +9,7 @@ A bearer token is read from ``OPENAI_API_KEY`` when set; credentials inside the 
 would be printed with every error), and every error names the URL and quotes the server through
 :func:`configs.redaction.redact`. Only the standard library is used.
 
-A reply is read through :mod:`components.common.safe_json` (at most :data:`MAX_REPLY_BYTES`), and every
+A reply is read through :mod:`configs.safe_json` (at most :data:`MAX_REPLY_BYTES`), and every
 log-probability must be a finite number: a served model with broken weights answers ``NaN``, which would
 otherwise score as a guess.
 """
@@ -24,9 +24,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from components.common.safe_json import DocumentError, JsonScanner, parse_json
 from components.evaluate.mmlu.data import LETTERS
 from configs.redaction import describe_reply, has_credentials, public_uri, redact, secrets_from_env, unsafe_token
+from configs.safe_json import DocumentError, JsonScanner, parse_json
 
 RETRIES = 2
 API_KEY_ENV = "OPENAI_API_KEY"

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.common.safe_json import DocumentError, parse_json
 from components.common.typed_files import describe_validation_error
+from configs.safe_json import DocumentError, parse_json
 
 Letter = Literal["A", "B", "C", "D"]
 # Summary numbers are written rounded to 6 digits; anything further off was not computed from the records.

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.safe_json import DocumentError, read_json
 from components.data.row_keys import entry_spec, row_key
 from components.data.validation import MAX_DATASET_INFO_BYTES
+from configs.safe_json import DocumentError, read_json
 
 IGNORE_INDEX = -100  # llamafactory.extras.constants.IGNORE_INDEX (and the Trainer's ignore index)
 DATA_CONFIG = "dataset_info.json"

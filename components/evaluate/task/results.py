@@ -24,9 +24,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.common.safe_json import DocumentError, parse_json, read_json
 from components.common.typed_files import describe_validation_error
 from components.data.split import split_hash
+from configs.safe_json import DocumentError, parse_json, read_json
 
 # Bump whenever reading, encoding or scoring changes: stored scores then stop matching their eval key.
 SCORING_VERSION = "task-nll-v1"

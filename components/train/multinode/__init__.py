@@ -6,7 +6,8 @@
 - :mod:`.job_spec`: what every node gets (command, image, env, resources, volumes, scheduling);
 - :mod:`.trainjob`: the Kubeflow Trainer v2 engine (the default);
 - :mod:`.pytorchjob`: the Training Operator v1 engine;
-- :mod:`.launch`: what each node runs: the engine's variables mapped to torchrun.
+- :mod:`.launch`: what each node runs: the engine's variables mapped to torchrun;
+- :mod:`.torchrun`: how the trainer worker starts under torchrun (shared with the single-node launcher).
 """
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "launch",
     "pods",
     "pytorchjob",
+    "torchrun",
     "training_job",
     "trainjob",
 ]

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.common.mlflow_client import MLFLOW_SECRET_KEYS
 from components.common.storage import hashed_name, run_slug
-from components.common.tracking import MLFLOW_SECRET_KEYS
+from components.common.tags import CONFIG_HASH_TAG, KFP_RUN_TAG
 from configs.schema import PipelineConfig
 
-RUN_LABEL = "kfp.run_id"
+RUN_LABEL = KFP_RUN_TAG  # the pipeline run's id as the job's label, named like the MLflow tag
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 # The Training Operator names Services <job>-worker-<i>, and Service names are DNS-1035 labels of at most 63 chars.
@@ -74,7 +75,7 @@ def job_metadata(cfg: PipelineConfig, kfp_run_id: str) -> dict[str, Any]:
     if cfg.cluster.kueue_priority_class:
         labels[PRIORITY_LABEL] = cfg.cluster.kueue_priority_class
     return {"name": job_name(kfp_run_id), "labels": labels,
-            "annotations": {"llmft.config_hash": cfg.config_hash(), RUN_LABEL: kfp_run_id}}
+            "annotations": {CONFIG_HASH_TAG: cfg.config_hash(), RUN_LABEL: kfp_run_id}}
 
 
 def _yaml_on_storage(cfg: PipelineConfig, train_yaml: Path) -> Path:

@@ -38,7 +38,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from components.train.launch import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
+from components.train.multinode.torchrun import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
 
 
 class LaunchEnvError(ValueError):

@@ -20,8 +20,8 @@ import os
 import pytest
 import yaml
 
-from components.common.safe_json import MAX_YAML_BYTES
 from configs.loading import config_from_dict, config_from_json, load_config
+from configs.safe_json import MAX_YAML_BYTES
 from configs.schema import NAME_MAX, ConfigError, PipelineConfig, parse_quantity
 
 PASSWORD = "hunter2-planted-password"

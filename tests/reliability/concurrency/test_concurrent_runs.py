@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.tracking import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG
+from components.common.tags import KFP_RUN_TAG, PARENT_ROLE, ROLE_TAG
 from components.gate.registry import path_from_pvc_uri
 from pipelines import run_local
 

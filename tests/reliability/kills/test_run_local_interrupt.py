@@ -18,7 +18,7 @@ import time
 
 from builders import REPO_ROOT
 
-from components.common.tracking import PARENT_ROLE, ROLE_TAG
+from components.common.tags import PARENT_ROLE, ROLE_TAG
 from pipelines import run_local
 
 from .processes import processes_of

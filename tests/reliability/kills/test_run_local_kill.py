@@ -24,12 +24,11 @@ import psutil
 import pytest
 from builders import REPO_ROOT
 
-from components.common.local_runs import LAUNCHER_PID_TAG
-from components.common.tracking import PARENT_ROLE, ROLE_TAG, STEP_TAG
+from components.common.tags import LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG, STEP_TAG
 from components.merge.publish import current_version, published_versions
 from components.merge.verify import verify_model_dir
 from components.train.checkpoints import checkpoint_problem
-from components.train.launch import WORKER_MODULE
+from components.train.multinode.torchrun import WORKER_MODULE
 from pipelines import run_local
 
 from .processes import processes_of

@@ -32,7 +32,8 @@ from builders import REPO_ROOT
 from components.common.storage import run_dir
 from components.demo.samples import SAMPLES
 from components.train.checkpoints import checkpoint_problem, checkpoint_step, list_checkpoints, safetensors_problem
-from components.train.launch import WORKER_MODULE, TrainerFailed
+from components.train.launch import TrainerFailed
+from components.train.multinode.torchrun import WORKER_MODULE
 from components.train.train import TrainResult, train_model
 from configs.loading import load_config
 

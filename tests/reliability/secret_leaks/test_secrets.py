@@ -23,7 +23,8 @@ import kfp
 import pytest
 from fake_kfp_server import API, FakeKfpServer
 
-from components.common import tracking
+from components.common.mlflow_client import TrackingUnavailable, make_client
+from components.common.pipeline_runs import finalize_pipeline_runs, step_run
 from components.demo.samples import SAMPLES
 from components.evaluate.mmlu import evaluate_mmlu
 from components.evaluate.mmlu.openai_backend import BackendError, completions_url, served_model
@@ -196,9 +197,9 @@ def sqlite_cfg(tmp_path):
 def test_error_tags_in_mlflow_are_redacted(sqlite_cfg, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", TOKEN)
     error = f"cannot reach https://ci-bot:{PASSWORD}@registry.example.com with Bearer {TOKEN}"
-    with pytest.raises(RuntimeError), tracking.step_run(sqlite_cfg, "kfp-secret", "train") as (client, run_id):
+    with pytest.raises(RuntimeError), step_run(sqlite_cfg, "kfp-secret", "train") as (client, run_id):
         raise RuntimeError(error)
-    summary = tracking.finalize_pipeline_runs(sqlite_cfg, "kfp-secret", "FAILED", error)
+    summary = finalize_pipeline_runs(sqlite_cfg, "kfp-secret", "FAILED", error)
     tags = [client.get_run(run_id).data.tags["llmft.error"], client.get_run(summary["parent"]).data.tags["llmft.error"]]
     for tag in tags:
         assert "https://****@registry.example.com" in tag
@@ -209,8 +210,8 @@ def test_error_tags_in_mlflow_are_redacted(sqlite_cfg, monkeypatch):
 @pytest.mark.parametrize("name", ["MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"])
 def test_an_mlflow_credential_with_a_newline_is_refused_by_name(name, sqlite_cfg, monkeypatch):
     monkeypatch.setenv(name, f"{PASSWORD}\n")  # `kubectl create secret --from-file` keeps the file's last newline
-    with pytest.raises(tracking.TrackingUnavailable) as info:
-        tracking.make_client(sqlite_cfg)
+    with pytest.raises(TrackingUnavailable) as info:
+        make_client(sqlite_cfg)
     assert f"${name} cannot be sent" in str(info.value) and "mlflow.credentials_secret" in str(info.value)
     _no_secret(str(info.value))
 

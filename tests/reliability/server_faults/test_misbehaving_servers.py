@@ -6,7 +6,7 @@ time, and never reports success.
   Kubernetes, Argo and MySQL). The fake answers an HTML login page with 200 (an authenticating proxy in front of
   the API), a 500 with an HTML page, ``{}`` without the id the client needs, or hangs. The real ``kfp.Client``
   sends the requests.
-- MLflow: ``components.common.tracking.preflight`` and ``make_client`` against a stand-in for a proxy in front of MLflow
+- MLflow: ``components.common.preflight`` and ``make_client`` against a stand-in for a proxy in front of MLflow
   (HTML pages, a hang, a 401): a real MLflow server never answers that way, so :class:`StandIn` plays the proxy.
 - The OpenAI-compatible endpoint of ``components.evaluate.mmlu.openai_backend`` answering HTML or echoing the key in
   an error.
@@ -27,7 +27,8 @@ import kfp
 import pytest
 from fake_kfp_server import API, FakeKfpServer
 
-from components.common import tracking
+from components.common.mlflow_client import TrackingUnavailable, make_client, preflight
+from components.common.pipeline_runs import step_run
 from components.evaluate.mmlu.openai_backend import BackendError, score_prompts, served_model
 from configs.loading import load_config
 from pipelines import submit
@@ -226,8 +227,8 @@ def _cfg(uri: str, *extra: str):
 def test_mlflow_health_answered_by_a_login_page_fails_at_once():
     with StandIn({"/health": (200, "text/html", LOGIN)}) as proxy:
         started = time.monotonic()
-        with pytest.raises(tracking.TrackingUnavailable) as info:
-            tracking.preflight(proxy.url, timeout_s=10)
+        with pytest.raises(TrackingUnavailable) as info:
+            preflight(proxy.url, timeout_s=10)
     assert time.monotonic() - started < 5  # not retried until the deadline: it answered, and is not MLflow
     message = str(info.value)
     assert proxy.url in message and "HTML page titled 'Sign in'" in message and "mlflow.tracking_uri" in message
@@ -236,8 +237,8 @@ def test_mlflow_health_answered_by_a_login_page_fails_at_once():
 def test_mlflow_health_that_hangs_is_bounded():
     with StandIn({"/health": "hang"}) as proxy:
         started = time.monotonic()
-        with pytest.raises(tracking.TrackingUnavailable, match="unreachable after 3 s"):
-            tracking.preflight(proxy.url, timeout_s=3, request_timeout_s=1)
+        with pytest.raises(TrackingUnavailable, match="unreachable after 3 s"):
+            preflight(proxy.url, timeout_s=3, request_timeout_s=1)
         elapsed = time.monotonic() - started
     assert 3 <= elapsed < BOUND_S
     assert len(proxy.seen) >= 2  # asked again after each timeout, until the deadline
@@ -254,8 +255,8 @@ def test_make_client_fails_fast_when_the_api_is_not_mlflow(api, words):
     """/health says OK (a proxy that lets health checks through), the REST API does not answer as MLflow."""
     with StandIn({"/health": (200, "text/plain", b"OK"), "/api/": api}) as proxy:
         started = time.monotonic()
-        with pytest.raises(tracking.TrackingUnavailable) as info:
-            tracking.make_client(_cfg(proxy.url))
+        with pytest.raises(TrackingUnavailable) as info:
+            make_client(_cfg(proxy.url))
         elapsed = time.monotonic() - started
     message = str(info.value)
     assert proxy.url in message and words in message, message
@@ -266,8 +267,8 @@ def test_make_client_fails_fast_when_the_api_is_not_mlflow(api, words):
 def test_step_run_fails_fast_and_cleanly_against_a_login_page():
     """The whole step entry: a login page on the API means no child run, no traceback past TrackingUnavailable."""
     with StandIn({"/health": (200, "text/plain", b"OK"), "/api/": (200, "text/html", LOGIN)}) as proxy, \
-            pytest.raises(tracking.TrackingUnavailable, match="did not answer its REST API"), \
-            tracking.step_run(_cfg(proxy.url), "kfp-html", "train"):
+            pytest.raises(TrackingUnavailable, match="did not answer its REST API"), \
+            step_run(_cfg(proxy.url), "kfp-html", "train"):
         pytest.fail("the step body must not run")
 
 

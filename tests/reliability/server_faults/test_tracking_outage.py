@@ -32,10 +32,11 @@ from pathlib import Path
 import pytest
 from conftest import MlflowServer
 
+from components.common.pipeline_runs import finalize_pipeline_runs
 from components.common.storage import run_dir
-from components.common.tracking import finalize_pipeline_runs
+from components.common.tags import BACKFILL_TAG
 from components.train import train as train_module
-from components.train.metrics import BACKFILL_TAG, backfill_metrics, step_points
+from components.train.metrics import backfill_metrics, step_points
 from components.train.train import train_model
 from configs.loading import load_config
 

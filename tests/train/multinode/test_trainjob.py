@@ -385,8 +385,8 @@ def test_the_exit_handler_frees_the_gpus_though_mlflow_fails(fake_k8s, tmp_path,
 def test_a_damaged_resolved_config_still_ends_the_mlflow_runs_and_deletes_the_job(fake_k8s, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from components.common.pipeline_runs import step_run
     from components.common.storage import run_dir
-    from components.common.tracking import step_run
     from components.run.finalize_runs import FinalizeError, run_step
     from components.run.resolve_config import RESOLVED_FILE
     from components.run.resolve_config import run_step as resolve_config

@@ -1,4 +1,4 @@
-"""The one reader for untrusted JSON and YAML (components.common.safe_json), and every parser that must use it.
+"""The one reader for untrusted JSON and YAML (configs.safe_json), and every parser that must use it.
 
 Each hostile document (deep nesting, a 5,000-digit integer, NaN, a duplicate key, a lone surrogate, an alias
 bomb, an over-long file name) is fed to the reader itself, then to each real entry point that parses such
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.safe_json import (
+from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU
+from configs.safe_json import (
     MAX_DEPTH,
     DocumentError,
     JsonScanner,
@@ -26,7 +27,6 @@ from components.common.safe_json import (
     read_json,
     read_yaml,
 )
-from components.demo.samples import SAMPLE_DATA, SAMPLE_MMLU
 
 DEEP = "[" * 100_000 + "]" * 100_000
 JUST_TOO_DEEP = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
