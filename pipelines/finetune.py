@@ -37,7 +37,7 @@ from components.gate.judge import SECRET_KEY as JUDGE_SECRET_KEY
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
 from pipelines import steps
-from pipelines.run_form import google_args, parameter_docs, pipeline_parameters, resolve_config_component
+from pipelines.run_form import google_args, parameter_docs, pipeline_parameters
 
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
 ACRONYMS = {"lora": "LoRA"}
@@ -143,11 +143,9 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
 
     finalize = p.task("finalize-runs", steps.finalize_runs(compiled_config=compiled, kfp_run_id=run_id))
     with dsl.ExitHandler(finalize, name="fine-tune"):
-        resolver = resolve_config_component(cfg.cluster.image)
-        resolved = p.task("resolve-config", resolver(kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                                     compiled_config=compiled,
-                                                     z_config=params[CONFIG_PARAM],
-                                                     z_overrides=params[OVERRIDES_PARAM], **form))
+        resolved = p.task("resolve-config", steps.resolve_config(
+            kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, compiled_config=compiled,
+            z_config=params[CONFIG_PARAM], z_overrides=params[OVERRIDES_PARAM], **form))
         config = resolved.outputs["config"]
         validated = p.task("validate-dataset", steps.validate_dataset(config=config, kfp_run_id=run_id))
 

@@ -7,6 +7,10 @@ with ``_KFP_RUNTIME=true``, where :mod:`kfp.dsl` leaves its compile-time parts o
 imports nothing but the step's ``run_step``, and this module itself is never imported in a running task.
 The docstrings become the inputs' and outputs' descriptions in the IR. The image is the default one; the
 pipeline sets each task's image to ``cluster.image`` (``task.set_container_image``).
+
+:func:`resolve_config` takes one typed parameter per run-form field (:func:`configs.form.form_fields`; a test
+holds its parameters to them), which is why this module runs past 400 lines: every wrapper stays in the one
+file the tests parse.
 """
 
 # No `from __future__ import annotations`: KFP reads the wrappers' annotations as types.
@@ -18,6 +22,95 @@ from kfp.dsl import HTML, Artifact, Markdown, Metrics, Model, Output
 from configs.schema import DEFAULT_IMAGE
 
 component = dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+
+
+@component
+def resolve_config(kfp_run_id: str, kfp_run_name: str, compiled_config: str, z_config: str, z_overrides: list,
+                   a_base_model: str, a_chat_template: str, a_datasets: list, b_learning_rate: float,
+                   b_learning_rate_sweep: list, b_method: str, c_batch_size: int, c_cutoff_len: int, c_epochs: float,
+                   c_epochs_sweep: list, c_gradient_accumulation: int, c_max_steps: int, c_seed: int,
+                   c_warmup_ratio_sweep: list, d_lora_alpha: int, d_lora_alpha_sweep: list, d_lora_dropout: float,
+                   d_lora_dropout_sweep: list, d_lora_rank: int, d_lora_rank_sweep: list, d_lora_target: str,
+                   e_generate_rows: int, e_mmlu_n_shot: int, e_mmlu_subjects: list, f_generation_max_drop: float,
+                   f_max_regression: float, f_min_task_improvement: float, f_mmlu_max_drop: float,
+                   f_require_generation: bool, f_require_significance: bool, g_mlflow_experiment: str,
+                   g_registered_model_name: str, h_accelerator_count: int, h_accelerator_type: str,
+                   h_eval_accelerator_count: int, h_gpu_node_selector: dict, h_gpu_tolerations: list,
+                   h_pvc_name: str) -> NamedTuple(
+        "Outputs", [("config", str), ("method", str), ("trials", list)]):
+    """Resolve the run's configuration: z_config, then z_overrides, then the typed parameters.
+
+    Args:
+        kfp_run_id: The KFP run id (the run directory on the volume).
+        kfp_run_name: The KFP run's name (the MLflow runs are named after it).
+        compiled_config: The config this pipeline was compiled from (compile-time settings are checked against it).
+        z_config: The whole configuration as JSON (the preset compiled into this pipeline). Typed parameters and z_overrides are applied on top: typed parameter > z_overrides > z_config.
+        z_overrides: Changes to z_config as "section.field=value" strings, e.g. ["training.warmup_ratio=0.1"], for fields without a typed parameter.
+        a_base_model: Base model directory on the volume, relative to its root (Hugging Face layout). Sets storage.base_model.
+        a_chat_template: LLaMA-Factory chat template of the base model, e.g. llama3, qwen, mistral. Sets training.template.
+        a_datasets: Dataset names from dataset_info.json (trained on together). Sets dataset.names.
+        b_learning_rate: Peak learning rate (LoRA: ~1e-4; full: ~1e-5). Sets training.learning_rate.
+        b_learning_rate_sweep: Learning rates to try (empty: training.learning_rate only). Sets sweep.learning_rate.
+        b_method: lora, qlora (needs GPUs) or full. Sets training.method.
+        c_batch_size: Micro-batch per GPU. Sets training.per_device_train_batch_size.
+        c_cutoff_len: Token limit per example; longer is truncated. Sets training.cutoff_len.
+        c_epochs: Epochs (ignored when max_steps > 0). Sets training.num_train_epochs.
+        c_epochs_sweep: Epoch counts to try (empty: training.num_train_epochs only). Sets sweep.num_train_epochs.
+        c_gradient_accumulation: Micro-batches per optimizer step. Sets training.gradient_accumulation_steps.
+        c_max_steps: Stop after this many optimizer steps (-1: use epochs). Sets training.max_steps.
+        c_seed: Seed for data order and initialisation. Sets training.seed.
+        c_warmup_ratio_sweep: Warm-up shares to try (empty: training.warmup_ratio only). Sets sweep.warmup_ratio.
+        d_lora_alpha: LoRA alpha; the update is scaled by alpha / r. Sets training.lora_alpha.
+        d_lora_alpha_sweep: LoRA alphas to try (empty: training.lora_alpha only). Sets sweep.lora_alpha.
+        d_lora_dropout: Dropout on the LoRA path. Sets training.lora_dropout.
+        d_lora_dropout_sweep: LoRA dropouts to try (empty: training.lora_dropout only). Sets sweep.lora_dropout.
+        d_lora_rank: LoRA rank r (higher: more capacity, more memory). Sets training.lora_rank.
+        d_lora_rank_sweep: LoRA ranks to try (empty: training.lora_rank only). Sets sweep.lora_rank.
+        d_lora_target: Target modules: 'all' linear layers or a comma list. Sets training.lora_target.
+        e_generate_rows: Held-out rows each model answers (greedy, scored against the reference answers; 0: off). Sets evaluation.generate_rows.
+        e_mmlu_n_shot: Few-shot examples from the subject's dev split. Sets evaluation.n_shot.
+        e_mmlu_subjects: Subjects to evaluate (empty: all found). Sets evaluation.subjects.
+        f_generation_max_drop: Largest allowed drop of the mean generation_metric (points of 100). Sets gate.generation_max_drop.
+        f_max_regression: Largest allowed drop of any MMLU category. Sets gate.max_regression.
+        f_min_task_improvement: How much lower the held-out loss must be than the baseline's, relative (0.01: 1 % lower). A tie never promotes. Sets gate.min_task_improvement.
+        f_mmlu_max_drop: Largest allowed drop of MMLU micro accuracy (absolute, 0.01: one point). Sets gate.mmlu_max_drop.
+        f_require_generation: Also rule on the generated answers (evaluation.generate_rows > 0): the mean generation_metric may drop by at most generation_max_drop, the stop rate by at most generation_max_stop_drop. Sets gate.require_generation.
+        f_require_significance: Also require a one-sided Wilcoxon signed-rank test on the held-out rows, p < alpha. Sets gate.require_significance.
+        g_mlflow_experiment: MLflow experiment the runs are logged to. Sets mlflow.experiment.
+        g_registered_model_name: Registered model that carries the champion alias. Sets mlflow.registered_model_name.
+        h_accelerator_count: GPUs per training pod; >1 launches torchrun. Sets cluster.accelerator_count.
+        h_accelerator_type: Extended resource name of the GPU. Sets cluster.accelerator_type.
+        h_eval_accelerator_count: GPUs per evaluation pod; a model too large for one is split across them (ignored when cluster.accelerator_count is 0). Sets evaluation.accelerator_count.
+        h_gpu_node_selector: Node selector for GPU tasks, e.g. {"nvidia.com/gpu.present": "true"}. Sets cluster.gpu_node_selector.
+        h_gpu_tolerations: Tolerations for GPU tasks (Kubernetes toleration objects). Sets cluster.gpu_tolerations.
+        h_pvc_name: PersistentVolumeClaim (ReadWriteMany) with models and data. Sets storage.pvc_name.
+
+    Returns:
+        config: The resolved, validated configuration (JSON) every later task reads.
+        method: The fine-tuning method of the resolved configuration.
+        trials: The sweep's trial indices ([0] without a sweep), one train task each.
+    """  # noqa: E501 (one line per parameter: KFP keeps the line breaks of a description)
+    from components.run.resolve_config import run_step
+
+    return run_step(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, compiled_config=compiled_config, config=z_config,
+                    overrides=z_overrides, form={"a_base_model": a_base_model, "a_chat_template": a_chat_template,
+                    "a_datasets": a_datasets, "b_learning_rate": b_learning_rate,
+                    "b_learning_rate_sweep": b_learning_rate_sweep, "b_method": b_method, "c_batch_size": c_batch_size,
+                    "c_cutoff_len": c_cutoff_len, "c_epochs": c_epochs, "c_epochs_sweep": c_epochs_sweep,
+                    "c_gradient_accumulation": c_gradient_accumulation, "c_max_steps": c_max_steps, "c_seed": c_seed,
+                    "c_warmup_ratio_sweep": c_warmup_ratio_sweep, "d_lora_alpha": d_lora_alpha,
+                    "d_lora_alpha_sweep": d_lora_alpha_sweep, "d_lora_dropout": d_lora_dropout,
+                    "d_lora_dropout_sweep": d_lora_dropout_sweep, "d_lora_rank": d_lora_rank,
+                    "d_lora_rank_sweep": d_lora_rank_sweep, "d_lora_target": d_lora_target,
+                    "e_generate_rows": e_generate_rows, "e_mmlu_n_shot": e_mmlu_n_shot,
+                    "e_mmlu_subjects": e_mmlu_subjects, "f_generation_max_drop": f_generation_max_drop,
+                    "f_max_regression": f_max_regression, "f_min_task_improvement": f_min_task_improvement,
+                    "f_mmlu_max_drop": f_mmlu_max_drop, "f_require_generation": f_require_generation,
+                    "f_require_significance": f_require_significance, "g_mlflow_experiment": g_mlflow_experiment,
+                    "g_registered_model_name": g_registered_model_name, "h_accelerator_count": h_accelerator_count,
+                    "h_accelerator_type": h_accelerator_type, "h_eval_accelerator_count": h_eval_accelerator_count,
+                    "h_gpu_node_selector": h_gpu_node_selector, "h_gpu_tolerations": h_gpu_tolerations,
+                    "h_pvc_name": h_pvc_name})
 
 
 @component
@@ -330,18 +423,6 @@ def finalize_runs(compiled_config: str, kfp_run_id: str, status: dsl.PipelineTas
     run_step(compiled_config=compiled_config, kfp_run_id=kfp_run_id, state=status.state, error=status.error_message)
 
 
-__all__ = [
-    "compare",
-    "evaluate_baseline",
-    "evaluate_candidate",
-    "finalize_runs",
-    "find_baseline",
-    "mark_challenger",
-    "merge_lora",
-    "promote_model",
-    "register_model",
-    "reuse_baseline_scores",
-    "select_trial",
-    "train",
-    "validate_dataset",
-]
+__all__ = ["compare", "evaluate_baseline", "evaluate_candidate", "finalize_runs", "find_baseline", "mark_challenger",
+           "merge_lora", "promote_model", "register_model", "resolve_config", "reuse_baseline_scores", "select_trial",
+           "train", "validate_dataset"]
