@@ -13,7 +13,8 @@ task key plus the generation settings), reused like the other scores.
 MLflow: the child run ``evaluate-<role>`` holds the results files (``eval/results.json``, ``eval/task.json``,
 ``eval/generations.jsonl``), the per-row answers as a table (``eval/generations_table.json``, logged with
 ``log_table``: the run's Evaluation view shows it), the metrics ``mmlu_micro``, ``mmlu_macro``,
-``mmlu_<category>``, ``task_loss``, ``task_mean_nll``, ``task_perplexity``, ``task_token_accuracy``,
+``mmlu_<category>``, ``task_token_loss`` (over all answer tokens), ``task_row_nll`` (the mean over rows of each
+row's mean answer-token NLL: what the gate compares), ``task_perplexity``, ``task_token_accuracy``,
 ``gen_<score>`` and ``gen_stop_rate``, and the tags ``llmft.eval_key``, ``llmft.task_eval_key``,
 ``llmft.generation_eval_key`` and the setup (``llmft.model_id``, split hash, template, cutoff, MMLU data,
 generation settings) that :func:`components.gate.registry.why_not_stored` reads.
@@ -190,8 +191,9 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
             if gen_key else None
         values = {"mmlu_micro": mmlu.micro, "mmlu_macro": mmlu.macro, "mmlu_questions": float(mmlu.total),
                   **{category_metric(name): row.accuracy for name, row in mmlu.categories.items()},
-                  "task_loss": task.loss, "task_mean_nll": task.mean_example_nll, "task_perplexity": task.perplexity,
-                  "task_token_accuracy": task.token_accuracy, "task_rows": float(task.examples),
+                  "task_token_loss": task.loss, "task_row_nll": task.mean_example_nll,
+                  "task_perplexity": task.perplexity, "task_token_accuracy": task.token_accuracy,
+                  "task_rows": float(task.examples),
                   **(generation_metrics(generations) if generations else {}),
                   "eval_seconds": round(time.monotonic() - started, 3)}
         now = int(time.time() * 1000)
@@ -202,7 +204,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         if generations:
             client.log_artifact(run_id, str(generations_path), artifact_path="eval")
             client.log_table(run_id, data=generation_table(generations), artifact_file=GENERATIONS_TABLE)
-    for key in ("mmlu_micro", "mmlu_macro", "task_loss", "task_perplexity", "task_token_accuracy"):
+    for key in ("mmlu_micro", "mmlu_macro", "task_token_loss", "task_perplexity", "task_token_accuracy"):
         metrics.log_metric(key, round(float(values[key]), 6))
     for name, row in mmlu.categories.items():
         metrics.log_metric(category_metric(name), row.accuracy)
@@ -210,7 +212,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, artifact.path)
     mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
-    task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
+    task_results.metadata.update({"eval_key": setup.task_key, "task_token_loss": task.loss, "role": role})
     scores_reused = tuple(sorted(set(reused) - {GENERATIONS_FILE}))
     print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
           f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model "

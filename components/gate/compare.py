@@ -244,9 +244,9 @@ def flat_metrics(comparison: Comparison) -> dict[str, float]:
     """The comparison's headline numbers as flat metric names (KFP UI and MLflow)."""
     task, mmlu = comparison.task, comparison.mmlu
     numbers = {
-        "task_loss_candidate": task.candidate_mean_nll, "task_loss_baseline": task.baseline_mean_nll,
-        "task_loss_change": task.relative_change, "task_loss_change_low": task.ci_low,
-        "task_loss_change_high": task.ci_high, "task_wilcoxon_p": task.wilcoxon_p,
+        "task_row_nll_candidate": task.candidate_mean_nll, "task_row_nll_baseline": task.baseline_mean_nll,
+        "task_row_nll_change": task.relative_change, "task_row_nll_change_low": task.ci_low,
+        "task_row_nll_change_high": task.ci_high, "task_wilcoxon_p": task.wilcoxon_p,
         "mmlu_candidate": mmlu.candidate_micro, "mmlu_baseline": mmlu.baseline_micro,
         "mmlu_delta": mmlu.delta_micro, "mmlu_mcnemar_p": mmlu.mcnemar_p,
         "promote": float(comparison.decision == "promote"),

@@ -105,7 +105,7 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
     assert Path(mmlu_artifact.path).read_bytes() == Path(mmlu_path).read_bytes()
     assert Path(task_artifact.path).read_bytes() == Path(task_path).read_bytes()
     assert mmlu_artifact.metadata["eval_key"] == mmlu.eval_key and task_artifact.metadata["eval_key"] == task.eval_key
-    assert metrics.metadata["mmlu_micro"] == round(micro, 6) and metrics.metadata["task_loss"] == round(loss, 6)
+    assert metrics.metadata["mmlu_micro"] == round(micro, 6) and metrics.metadata["task_token_loss"] == round(loss, 6)
     assert {"mmlu_macro", "mmlu_stem", "task_perplexity", "task_token_accuracy"} <= set(metrics.metadata)
 
     # MLflow: both keys and the whole setup as tags, the scores as metrics, both files as artifacts.
@@ -117,7 +117,7 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
         "llmft.eval_key": mmlu.eval_key, "llmft.task_eval_key": task.eval_key, "llmft.eval_role": "candidate",
         "llmft.eval_model_dir": str(base), "llmft.eval_reused": "none", **setup.tags}
     assert setup.tags["llmft.task_split_hash"] == task.test_split_hash and setup.tags["llmft.mmlu_n_shot"] == "5"
-    assert run.data.metrics["mmlu_micro"] == mmlu.micro and run.data.metrics["task_loss"] == task.loss
+    assert run.data.metrics["mmlu_micro"] == mmlu.micro and run.data.metrics["task_token_loss"] == task.loss
     assert run.data.metrics["task_rows"] == task.examples and run.data.metrics["mmlu_questions"] == 10
     client = make_client(cfg)
     assert sorted(item.path for item in client.list_artifacts(run.info.run_id, "eval")) == [

@@ -667,7 +667,7 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert "<b>" not in html
     assert 'src="training_loss.png"' not in html
     assert metrics.metadata["promote"] == 1.0 and metrics.metadata["mmlu_delta"] == pytest.approx(0.05)
-    assert metrics.metadata["task_loss_change"] == pytest.approx(-0.1)
+    assert metrics.metadata["task_row_nll_change"] == pytest.approx(-0.1)
 
     # MLflow: the step run holds report/report.md with its image beside it, and comparison.json.
     (step,) = _runs(cfg, "compare")
@@ -699,7 +699,7 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     parent = client.get_run(step.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["llmft.decision"] == "promote" and parent.data.tags["llmft.baseline"] == "base model"
     assert parent.data.tags["llmft.decision_line"] == headline
-    assert parent.data.metrics["task_loss_change"] == pytest.approx(-0.1)
+    assert parent.data.metrics["task_row_nll_change"] == pytest.approx(-0.1)
     assert parent.data.metrics["promote"] == 1.0
     # ... and the side-by-side table, which the experiment's Evaluation view lists for the pipeline runs it shows.
     assert [item.path for item in client.list_artifacts(parent.info.run_id, "compare")] == [

@@ -259,8 +259,8 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": name, "version": version}]
     assert logged.tags["llmft.source"] == source and logged.tags["llmft.decision"] == "promote"
     assert {metric.key: metric.value for metric in logged.metrics} == pytest.approx({
-        "task_loss_candidate": task.candidate_mean_nll, "mmlu_candidate": mmlu.candidate_micro,
-        "task_loss_change": task.relative_change}, abs=1e-6)
+        "task_row_nll_candidate": task.candidate_mean_nll, "mmlu_candidate": mmlu.candidate_micro,
+        "task_row_nll_change": task.relative_change}, abs=1e-6)
     # ...and is the parent run's output (its "Logged models" on the run page).
     assert [output.model_id for output in client.get_run(parent).outputs.model_outputs] == [model_id]
     assert logged.params["datasets"] == "alpaca_sample" and logged.params["method"] == cfg.training.method
