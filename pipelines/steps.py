@@ -219,7 +219,7 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
         config: The resolved configuration (JSON).
         kfp_run_id: The KFP run id; results go to output/<run id>/eval/candidate/.
         model_dir: The published (merged) model directory, from merge-lora.
-        metrics: MMLU micro, macro and per-category accuracy; held-out token loss, perplexity and token accuracy.
+        metrics: MMLU micro, macro and per-category accuracy; held-out loss, perplexity and token accuracy.
         mmlu_results: results.json: every MMLU question's prediction and log-probabilities.
         task_results: task.json: every held-out row's answer loss, keyed by the row's content hash.
 
@@ -227,8 +227,7 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
         mmlu_path: results.json on the PVC.
         task_path: task.json on the PVC.
         mmlu_micro: MMLU accuracy over all questions.
-        task_token_loss: The held-out loss over all answer tokens (the gate compares the mean per-row loss,
-            task_row_nll, in compare).
+        task_token_loss: The held-out loss over all answer tokens (compare gates on the per-row mean, task_row_nll).
     """
     from components.evaluate.evaluate import run_step
 
@@ -271,7 +270,7 @@ def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Out
         config: The resolved configuration (JSON).
         kfp_run_id: The KFP run id; results go to output/<run id>/eval/baseline/.
         model_dir: The baseline model directory, from find-baseline.
-        metrics: MMLU micro, macro and per-category accuracy; held-out token loss, perplexity and token accuracy.
+        metrics: MMLU micro, macro and per-category accuracy; held-out loss, perplexity and token accuracy.
         mmlu_results: results.json of the baseline.
         task_results: task.json of the baseline.
 
@@ -279,8 +278,7 @@ def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Out
         mmlu_path: results.json on the PVC.
         task_path: task.json on the PVC.
         mmlu_micro: MMLU accuracy over all questions.
-        task_token_loss: The held-out loss over all answer tokens (the gate compares the mean per-row loss,
-            task_row_nll, in compare).
+        task_token_loss: The held-out loss over all answer tokens (compare gates on the per-row mean, task_row_nll).
     """
     from components.evaluate.evaluate import run_step
 
@@ -330,8 +328,7 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         train_run_id: The MLflow run of the train step (training loss and its curve).
         report: The report as Markdown (loss curve as a sparkline).
         report_html: The report as a web page, with the training loss plot.
-        metrics: Held-out mean per-row loss (task_row_nll) of both and its change, MMLU of both and the deltas,
-            promote (1/0).
+        metrics: Held-out loss of both and its change, MMLU of both and the deltas, promote (1/0).
 
     Returns:
         decision: "promote" or "keep-champion".
