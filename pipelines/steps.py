@@ -405,7 +405,7 @@ def mark_challenger(config: str, kfp_run_id: str, model_version: str, headline: 
     """
     from components.gate.mark_challenger import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, headline=headline)
 
 
 @component

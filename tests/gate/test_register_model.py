@@ -130,7 +130,7 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
                                baseline_name=baseline_name)
     else:
         assert run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version,
-                                   reasons=headline) == ("challenger",)
+                                   headline=headline) == ("challenger",)
     return {"baseline_dir": baseline_dir, "baseline_name": baseline_name, "decision": decision, "headline": headline,
             "model_version": model_version, "promoted": promoted, "report": Path(report.path).read_text()}
 
@@ -203,7 +203,7 @@ def register(cfg, kfp_run_id: str, model_dir: Path, decision: str = "promote", c
         comparison_path=str(comparison or comparison_file(cfg, kfp_run_id, decision)))
     if decision == "keep-champion":
         run_mark_challenger(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, model_version=registered,
-                            reasons="keep-champion: held-out loss +10.0%")
+                            headline="keep-champion: held-out loss +10.0%")
     return registered
 
 
@@ -407,7 +407,7 @@ def test_cli_register_promote_mark_challenger_and_show(cfg, capsys, tmp_path):
     assert registered_aliases(client, name) == {"champion": version, "challenger": kept}
     # The mark-challenger step by hand records another reason on the same version.
     assert mark_main(["--config", str(config_file), "--kfp-run-id", "run-cli-2", "--model-version", kept,
-                      "--reason", "kept by hand"]) == 0
+                      "--headline", "kept by hand"]) == 0
     assert client.get_model_version(name, kept).tags["llmft.rejected_reason"] == "kept by hand"
     assert promote_main(["--config", str(config_file), "--kfp-run-id", "run-cli", "--model-version", "42",
                          "--version", "v1"]) == 1
