@@ -184,7 +184,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
             candidate_task=candidate.outputs["task_path"],
             baseline_mmlu=dsl.OneOf(evaluated.outputs["mmlu_path"], stored.outputs["mmlu_path"]),
             baseline_task=dsl.OneOf(evaluated.outputs["task_path"], stored.outputs["task_path"]),
-            baseline_name=baseline.outputs["baseline_name"], baseline_note=baseline.outputs["note"],
+            baseline_version=baseline.outputs["baseline_version"], baseline_note=baseline.outputs["note"],
             held_out_below=baseline.outputs["held_out_below"], train_run_id=train_run_id))
 
         registered = p.task("register-model", steps.register_model(
@@ -194,7 +194,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
         with dsl.If(compared.outputs["decision"] == "promote", name="candidate-is-better"):
             p.task("promote-model", steps.promote_model(
                 config=config, kfp_run_id=run_id, model_version=registered.outputs["model_version"],
-                version=merged.outputs["version"], baseline_name=baseline.outputs["baseline_name"]))
+                version=merged.outputs["version"], baseline_version=baseline.outputs["baseline_version"]))
         with dsl.Else(name="champion-stays"):
             p.task("mark-challenger", steps.mark_challenger(
                 config=config, kfp_run_id=run_id, model_version=registered.outputs["model_version"],

@@ -238,7 +238,7 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
 @component
 def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         "Outputs", [("needs_eval", bool), ("model_dir", str), ("baseline_name", str), ("note", str),
-                    ("mmlu_key", str), ("task_key", str), ("held_out_below", float)]):
+                    ("mmlu_key", str), ("task_key", str), ("held_out_below", float), ("baseline_version", str)]):
     """Find the baseline (the model current serves, which must be the registry's champion; else the base model),
     the held-out rows neither model trained on, and whether the baseline's scores are stored.
 
@@ -254,6 +254,7 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         mmlu_key: The MMLU score's eval key.
         task_key: The held-out task score's eval key.
         held_out_below: Held-out rows whose key position is below this were held out for both models.
+        baseline_version: The champion's registry version, e.g. "3"; "" when the baseline is the base model.
     """
     from components.gate.find_baseline import run_step
 
@@ -308,7 +309,7 @@ def reuse_baseline_scores(config: str, kfp_run_id: str, mmlu_key: str, task_key:
 
 @component
 def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
-            baseline_task: str, baseline_name: str, baseline_note: str, held_out_below: float, train_run_id: str,
+            baseline_task: str, baseline_version: str, baseline_note: str, held_out_below: float, train_run_id: str,
             report: Output[Markdown], report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
         "Outputs", [("decision", str), ("headline", str), ("comparison_path", str)]):
     """Apply the promotion gate: a lower held-out loss, no MMLU drop, no worse generated answers
@@ -321,7 +322,8 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         candidate_task: The candidate's task.json.
         baseline_mmlu: The baseline's results.json (evaluated now or reused).
         baseline_task: The baseline's task.json (evaluated now or reused).
-        baseline_name: "champion v<N>" or "base model".
+        baseline_version: From find-baseline: the champion's registry version ("" for the base model: the first
+            model); the report calls it "champion v<N>" or "base model".
         baseline_note: Which stored scores were reused, or why the baseline was evaluated afresh.
         held_out_below: From find-baseline: only held-out rows below this key position are compared (the rows
             neither model trained on).
@@ -338,7 +340,7 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
     from components.gate.compare import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu, candidate_task=candidate_task,
-                    baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_name=baseline_name,
+                    baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_version=baseline_version,
                     baseline_note=baseline_note, held_out_below=held_out_below, train_run_id=train_run_id,
                     report=report, report_html=report_html, metrics=metrics)
 
@@ -367,7 +369,7 @@ def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, d
 
 
 @component
-def promote_model(config: str, kfp_run_id: str, model_version: str, version: str, baseline_name: str) -> NamedTuple(
+def promote_model(config: str, kfp_run_id: str, model_version: str, version: str, baseline_version: str) -> NamedTuple(
         "Outputs", [("alias", str), ("previous", str)]):
     """Make the new version the champion (the old one becomes previous) and point current at it, if the champion
     is still the baseline it beat; otherwise keep it as challenger.
@@ -377,7 +379,8 @@ def promote_model(config: str, kfp_run_id: str, model_version: str, version: str
         kfp_run_id: The KFP run id (for the MLflow child run).
         model_version: The registry version to promote, from register-model.
         version: The published version name the storage pointer "current" moves to.
-        baseline_name: The baseline the candidate beat ("champion v<N>" or "base model").
+        baseline_version: The registry version of the champion the candidate beat, from find-baseline ("" for the
+            base model).
 
     Returns:
         alias: "champion", or "challenger" when another run promoted a new champion meanwhile.
@@ -386,7 +389,7 @@ def promote_model(config: str, kfp_run_id: str, model_version: str, version: str
     from components.gate.promote_model import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
-                    baseline_name=baseline_name)
+                    baseline_version=baseline_version)
 
 
 @component

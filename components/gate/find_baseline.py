@@ -37,7 +37,7 @@ from configs.loading import config_from_json
 STEP = "find-baseline"
 
 
-def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float]:
+def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float, str]:
     """Find the baseline model, the held-out rows it shares with the candidate, and whether its scores must be
     computed.
 
@@ -45,9 +45,11 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
     (allow_unknown_baseline_split) and mlflow.
 
     Returns:
-        ``(needs_eval, model_dir, baseline_name, note, MMLU eval key, task eval key, held_out_below)``: ``note``
-        says which stored scores are reused, or why none could be, and which held-out rows are left out;
-        compare uses the rows whose key position is below ``held_out_below``.
+        ``(needs_eval, model_dir, baseline_name, note, MMLU eval key, task eval key, held_out_below,
+        baseline_version)``: ``note`` says which stored scores are reused, or why none could be, and which
+        held-out rows are left out; compare uses the rows whose key position is below ``held_out_below``;
+        ``baseline_version`` is the champion's registry version, ``""`` for the base model (``baseline_name`` is
+        its display label: ``champion v3``, ``base model``).
 
     Raises:
         ConfigError: the config parameter is invalid.
@@ -91,4 +93,5 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
                                       "llmft.held_out_below": repr(rows.below),
                                       "llmft.held_out_rows": f"{rows.rows} of {rows.scored}"})
     print(f"[{STEP}] {note}", flush=True)
-    return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below
+    return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below, \
+        champion.version if champion is not None else ""

@@ -193,7 +193,7 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
 
     # The same data: the same held-out rows, so the base model's stored scores are reused.
     snapshot(cfg, "run-2")
-    needs_eval, _, name, note, mmlu_key, task_key, _ = run_resolve_baseline(config=cfg.model_dump_json(),
+    needs_eval, _, name, note, mmlu_key, task_key, _, _ = run_resolve_baseline(config=cfg.model_dump_json(),
                                                                          kfp_run_id="run-2")
     assert (needs_eval, name) == (False, "base model")
     assert (mmlu_key, task_key) == (scored.data.tags["llmft.eval_key"], scored.data.tags["llmft.task_eval_key"])
@@ -205,7 +205,7 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
     old_split, new_split = scored.data.tags["llmft.task_split_hash"], eval_setup(
         wider, "run-3", on_volume(cfg, cfg.storage.base_model)).tags["llmft.task_split_hash"]
     assert old_split != new_split
-    needs_eval, _, _, note, mmlu_key3, task_key3, _ = run_resolve_baseline(config=wider.model_dump_json(),
+    needs_eval, _, _, note, mmlu_key3, task_key3, _, _ = run_resolve_baseline(config=wider.model_dump_json(),
                                                                         kfp_run_id="run-3")
     assert needs_eval is True and mmlu_key3 == mmlu_key and task_key3 != task_key  # MMLU alone would still match
     assert note == (f"base model evaluated afresh: its stored scores were computed differently: the held-out split "
