@@ -165,7 +165,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
         model_dir = dsl.OneOf(*(selected.outputs["model_dir"] for selected in chosen))
         train_run_id = dsl.OneOf(*(selected.outputs["mlflow_run_id"] for selected in chosen))
 
-        merged = p.task("merge-lora", steps.merge_lora(config=config, kfp_run_id=run_id, adapter_dir=model_dir))
+        merged = p.task("merge-lora", steps.merge_lora(config=config, kfp_run_id=run_id, weights_dir=model_dir))
         candidate = p.task("evaluate-candidate", steps.evaluate_candidate(
             config=config, kfp_run_id=run_id, model_dir=merged.outputs["model_dir"]))
 

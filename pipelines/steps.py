@@ -135,7 +135,7 @@ def validate_dataset(config: str, kfp_run_id: str, metrics: Output[Metrics], rep
 
 
 @component
-def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: Output[Model],
+def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, weights: Output[Model],
           metrics: Output[Metrics], loss_plot: Output[HTML]) -> NamedTuple(
         "Outputs", [("model_dir", str), ("train_loss", float), ("mlflow_run_id", str)]):
     """Fine-tune the base model on the train rows with LLaMA-Factory and publish its best checkpoint (lowest
@@ -146,7 +146,7 @@ def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: 
         kfp_run_id: The KFP run id: names output/<run id>/ on the PVC and tags the MLflow runs.
         dataset_hash: The data version from validate-dataset (checked against the snapshot trained on).
         trial: The sweep trial (its settings; 0 without a sweep), one iteration of the trials loop.
-        adapter: Points at the trained weights on the PVC (model.json).
+        weights: Points at the trained weights on the PVC (model.json).
         metrics: train_loss, best_step and best_val_loss (with a validation side), runtime, tokens/s, global_step.
         loss_plot: The training loss curve (HTML).
 
@@ -158,7 +158,7 @@ def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: 
     """
     from components.train.train import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, trial=trial, adapter=adapter,
+    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, trial=trial, weights=weights,
                     metrics=metrics, loss_plot=loss_plot)
 
 
@@ -186,7 +186,7 @@ def select_trial(config: str, kfp_run_id: str, model_dirs: list, selection: Outp
 
 
 @component
-def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> NamedTuple(
+def merge_lora(config: str, kfp_run_id: str, weights_dir: str, merged: Output[Model]) -> NamedTuple(
         "Outputs", [("model_dir", str), ("version", str)]):
     """Merge the LoRA adapter into the base model shard by shard and publish it as a new version for vLLM.
 
@@ -196,8 +196,8 @@ def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Mo
     Args:
         config: The resolved configuration (JSON).
         kfp_run_id: The KFP run id; names the version and links the MLflow child run.
-        adapter_dir: The trained adapter directory (full weights when training.method is full).
-        merged: The published model: a pointer file with base, adapter, dtype, checksum, version and model_dir.
+        weights_dir: The trained weights directory: the LoRA adapter (full weights when training.method is full).
+        merged: The published model: a pointer file with base, weights, dtype, checksum, version and model_dir.
 
     Returns:
         model_dir: The published version directory on the PVC (what vLLM serves once promoted).
@@ -205,7 +205,7 @@ def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Mo
     """
     from components.merge.merge_lora import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, adapter_dir=adapter_dir, merged=merged)
+    return run_step(config=config, kfp_run_id=kfp_run_id, weights_dir=weights_dir, merged=merged)
 
 
 @component

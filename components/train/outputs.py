@@ -4,7 +4,7 @@
   :func:`publish_model` (a crash leaves the complete directory or none), with ``train_summary.json``
   (:class:`TrainSummary`), ``train.yaml``, ``trainer_log.jsonl`` and the loss plot beside them. A retry that
   finds them, made by the same configuration, reuses them instead of training again.
-- ``model.json`` in the KFP ``adapter`` artifact (:class:`ModelPointer`): where the weights are on the PVC and
+- ``model.json`` in the KFP ``weights`` artifact (:class:`ModelPointer`): where the weights are on the PVC and
   what made them; merge-lora gets the directory itself as the ``model_dir`` output.
 """
 
@@ -47,7 +47,7 @@ class TrainSummary(BaseModel):
 
 
 class ModelPointer(BaseModel):
-    """``model.json`` in the KFP ``adapter`` artifact: the trained weights on the PVC and their lineage."""
+    """``model.json`` in the KFP ``weights`` artifact: the trained weights on the PVC and their lineage."""
 
     model_config = ConfigDict(extra="forbid")
 
