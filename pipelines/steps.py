@@ -247,7 +247,7 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         kfp_run_id: The KFP run id (the held-out rows of this run decide the task score's key).
 
     Returns:
-        needs_eval: True when no stored score matches the baseline and this run's evaluation setup.
+        needs_eval: True when no stored score matches the baseline and this run's evaluation settings.
         model_dir: The baseline model directory on the PVC.
         baseline_name: "champion v<N>" or "base model".
         note: Which stored scores are reused, or why none could be (shown in the report).

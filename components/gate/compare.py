@@ -45,7 +45,7 @@ SIDE_BY_SIDE_TABLE = "compare/side_by_side.json"
 
 
 class ComparisonError(ValueError):
-    """Results that cannot be compared (unreadable, inconsistent or from different setups); names file and field."""
+    """Results that cannot be compared (unreadable, inconsistent or from other eval settings); names file and field."""
 
 
 def read_task(path: str | Path, label: str) -> TaskResults:
@@ -95,18 +95,18 @@ def held_out_answers(generations: Generations, held_out_below: float) -> Generat
 
 
 def task_scores(results: TaskResults, held_out_below: float = 1.0) -> TaskScores:
-    """What the gate needs of a task results file: setup, per-row losses keyed by (dataset, row key), loss.
+    """What the gate needs of a task results file: eval settings, per-row losses keyed by (dataset, row key), loss.
 
     Only rows whose key position is below ``held_out_below`` count (the rows the baseline was not trained on
     either: :mod:`components.gate.held_out`); the token-weighted loss is then theirs.
     """
-    setup = {"test_split_hash": results.test_split_hash, "template": results.template,
+    settings = {"test_split_hash": results.test_split_hash, "template": results.template,
              "cutoff_len": results.cutoff_len, "scoring_version": results.scoring_version,
              "entries_hash": results.entries_hash, "datasets": sorted(results.datasets)}
     records = [record for record in results.records if key_position(record.key) < held_out_below]
     losses = {f"{record.dataset}/{record.key}": record.nll_mean for record in records}
     loss = results.loss if len(records) == len(results.records) else float(totals(records)["loss"])
-    return TaskScores(eval_key=results.eval_key, setup=setup, losses=losses, loss=loss)
+    return TaskScores(eval_key=results.eval_key, eval_settings=settings, losses=losses, loss=loss)
 
 
 def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseline_mmlu: str | Path,

@@ -8,7 +8,7 @@ the champion was not trained on either (:mod:`components.gate.held_out`, from th
 Its scores under this run's eval keys (the model's content, the held-out split, template and cutoff; the MMLU
 data, n-shot and subjects) are looked up in MLflow: when both are stored, reuse-baseline-scores fetches them;
 otherwise evaluate-baseline scores the model afresh, and the note says why: the stored file that cannot be used
-(no artifact, truncated or damaged, another eval key; its MLflow run named), or the part of the setup that changed
+(no artifact, truncated or damaged, another eval key; its MLflow run named), or the eval setting that changed
 since the model's last stored score. Stored files are validated here, where they are found, so a damaged one never
 sends a run down the reuse path. With generation on (``evaluation.generate_rows`` > 0) the baseline's generated
 answers must be stored under their key too.
@@ -17,7 +17,7 @@ answers must be stored under their key too.
 from __future__ import annotations
 
 from components.common.tracking import set_run_tags, step_run
-from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
+from components.evaluate.evaluate import eval_keys, generation_key, generation_tags
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
@@ -69,7 +69,7 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
             client.set_model_version_tag(name, champion.version, LOCAL_PATH_TAG, str(model_dir))
         rows = held_out_bound(cfg, read_manifest(snapshot_dir(cfg, kfp_run_id)), label,
                               champion.tags if champion is not None else None)
-        mmlu_key, task_key, setup = eval_setup(cfg, kfp_run_id, model_dir)
+        mmlu_key, task_key, tags = eval_keys(cfg, kfp_run_id, model_dir)
         gen_key = generation_key(cfg, task_key)
         lookups = [find_stored(client, cfg, EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE),
                    find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
@@ -77,11 +77,11 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
             lookups.append(find_stored(client, cfg, GENERATION_EVAL_KEY_TAG, gen_key, GENERATIONS_FILE))
         needs_eval = any(lookup.found is None for lookup in lookups)
         if needs_eval:
-            # Stored files that were found but cannot be used are the reason; otherwise the setup changed.
+            # Stored files that were found but cannot be used are the reason; otherwise an eval setting changed.
             problems = [problem for lookup in lookups if lookup.found is None for problem in lookup.problems]
-            wanted = {**setup, **generation_tags(cfg)} if gen_key else setup
+            wanted = {**tags, **generation_tags(cfg)} if gen_key else tags
             reason = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "") \
-                if problems else why_not_stored(client, cfg, setup[MODEL_ID_TAG], wanted)
+                if problems else why_not_stored(client, cfg, tags[MODEL_ID_TAG], wanted)
             note = f"{label} evaluated afresh: {reason}"
         else:
             runs = sorted({lookup.found.run_id for lookup in lookups})

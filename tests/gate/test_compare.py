@@ -269,22 +269,22 @@ def _runs(cfg, step: str) -> list:
 
 def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINISHED", mmlu_key: str | None = None,
                    task_text_of=None) -> str:
-    """What the evaluate step leaves in MLflow: a run tagged with both eval keys and the setup, and both files.
+    """What the evaluate step leaves in MLflow: a run tagged with both eval keys and their settings, and both files.
 
     ``mmlu_key``: the eval key written inside results.json (the tag keeps the real one); ``task_text_of``: turns
     task.json's text into what is stored (None from it: no task.json artifact at all)."""
     from components.common.tracking import experiment_id
-    from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
+    from components.evaluate.evaluate import eval_keys, generation_key, generation_tags
 
-    setup = eval_setup(cfg, kfp_run_id, model_dir)
-    gen_key = generation_key(cfg, setup.task_key)
+    keys = eval_keys(cfg, kfp_run_id, model_dir)
+    gen_key = generation_key(cfg, keys.task_key)
     client = _client(cfg)
     run = client.create_run(experiment_id(client, cfg.mlflow.experiment),
-                            tags={"llmft.eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
-                                  "llmft.generation_eval_key": gen_key, **setup.tags, **generation_tags(cfg)})
-    client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or setup.mmlu_key)),
+                            tags={"llmft.eval_key": keys.mmlu_key, "llmft.task_eval_key": keys.task_key,
+                                  "llmft.generation_eval_key": gen_key, **keys.tags, **generation_tags(cfg)})
+    client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or keys.mmlu_key)),
                     "eval/results.json")
-    task = task_text(task_results(base_losses(), eval_key=setup.task_key))
+    task = task_text(task_results(base_losses(), eval_key=keys.task_key))
     task = task_text_of(task) if task_text_of else task
     if task is not None:
         client.log_text(run.info.run_id, task, "eval/task.json")
@@ -295,15 +295,15 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
 
 
 def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg):
-    from components.evaluate.evaluate import eval_setup, generation_key
+    from components.evaluate.evaluate import eval_keys, generation_key
 
     config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "r1")
-    setup = eval_setup(cfg, "r1", base)
+    keys = eval_keys(cfg, "r1", base)
     needs_eval, model_dir, name, note, mmlu_key, task_key, _, _ = run_resolve_baseline(config=config,
                                                                                      kfp_run_id="r1")
     assert (needs_eval, model_dir, name) == (True, str(base), "base model")
-    assert (mmlu_key, task_key) == (setup.mmlu_key, setup.task_key)
+    assert (mmlu_key, task_key) == (keys.mmlu_key, keys.task_key)
     assert note == "base model evaluated afresh: this model has no stored score yet"
     (resolve,) = _runs(cfg, "find-baseline")
     assert resolve.data.tags["llmft.baseline_note"] == note and resolve.data.tags["llmft.baseline_eval_key"] == mmlu_key
@@ -437,7 +437,7 @@ def test_the_baseline_is_what_current_serves_never_the_base_model_behind_its_bac
     ``current`` still served the old champion, so a candidate better than the base model but worse than what is
     served was promoted. Now find-baseline compares with what ``current`` serves and refuses, naming both and the
     command that makes them agree, whenever the registry's champion says otherwise."""
-    from components.evaluate.evaluate import eval_setup
+    from components.evaluate.evaluate import eval_keys
     from components.gate.promote_model import main as promote_main
 
     client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
@@ -452,7 +452,7 @@ def test_the_baseline_is_what_current_serves_never_the_base_model_behind_its_bac
                                                                number)
     assert note.startswith(f"champion v{number} evaluated afresh")
     assert client.get_model_version(name, number).tags["llmft.local_path"] == str(models / "v1")
-    assert key != eval_setup(cfg, "r", on_volume(cfg, cfg.storage.base_model)).mmlu_key  # another model's key
+    assert key != eval_keys(cfg, "r", on_volume(cfg, cfg.storage.base_model)).mmlu_key  # another model's key
 
     client.delete_model_version(name, number)  # the alias goes with it; current still serves v1
     with pytest.raises(BaselineError) as refused:
