@@ -93,24 +93,25 @@ def resolve_config(kfp_run_id: str, kfp_run_name: str, compiled_config: str, z_c
     from components.run.resolve_config import run_step
 
     return run_step(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, compiled_config=compiled_config, config=z_config,
-                    overrides=z_overrides, form={"a_base_model": a_base_model, "a_chat_template": a_chat_template,
-                    "a_datasets": a_datasets, "b_learning_rate": b_learning_rate,
-                    "b_learning_rate_sweep": b_learning_rate_sweep, "b_method": b_method, "c_batch_size": c_batch_size,
-                    "c_cutoff_len": c_cutoff_len, "c_epochs": c_epochs, "c_epochs_sweep": c_epochs_sweep,
-                    "c_gradient_accumulation": c_gradient_accumulation, "c_max_steps": c_max_steps, "c_seed": c_seed,
-                    "c_warmup_ratio_sweep": c_warmup_ratio_sweep, "d_lora_alpha": d_lora_alpha,
-                    "d_lora_alpha_sweep": d_lora_alpha_sweep, "d_lora_dropout": d_lora_dropout,
-                    "d_lora_dropout_sweep": d_lora_dropout_sweep, "d_lora_rank": d_lora_rank,
-                    "d_lora_rank_sweep": d_lora_rank_sweep, "d_lora_target": d_lora_target,
+                    overrides=z_overrides, form={  # one line or more per group of the form (a_..., b_...)
+                    "a_base_model": a_base_model, "a_chat_template": a_chat_template, "a_datasets": a_datasets,
+                    "b_learning_rate": b_learning_rate, "b_learning_rate_sweep": b_learning_rate_sweep,
+                    "b_method": b_method,
+                    "c_batch_size": c_batch_size, "c_cutoff_len": c_cutoff_len, "c_epochs": c_epochs,
+                    "c_epochs_sweep": c_epochs_sweep, "c_gradient_accumulation": c_gradient_accumulation,
+                    "c_max_steps": c_max_steps, "c_seed": c_seed, "c_warmup_ratio_sweep": c_warmup_ratio_sweep,
+                    "d_lora_alpha": d_lora_alpha, "d_lora_alpha_sweep": d_lora_alpha_sweep,
+                    "d_lora_dropout": d_lora_dropout, "d_lora_dropout_sweep": d_lora_dropout_sweep,
+                    "d_lora_rank": d_lora_rank, "d_lora_rank_sweep": d_lora_rank_sweep, "d_lora_target": d_lora_target,
                     "e_generate_rows": e_generate_rows, "e_mmlu_n_shot": e_mmlu_n_shot,
-                    "e_mmlu_subjects": e_mmlu_subjects, "f_generation_max_drop": f_generation_max_drop,
-                    "f_max_regression": f_max_regression, "f_min_task_improvement": f_min_task_improvement,
-                    "f_mmlu_max_drop": f_mmlu_max_drop, "f_require_generation": f_require_generation,
-                    "f_require_significance": f_require_significance, "g_mlflow_experiment": g_mlflow_experiment,
-                    "g_registered_model_name": g_registered_model_name, "h_accelerator_count": h_accelerator_count,
-                    "h_accelerator_type": h_accelerator_type, "h_eval_accelerator_count": h_eval_accelerator_count,
-                    "h_gpu_node_selector": h_gpu_node_selector, "h_gpu_tolerations": h_gpu_tolerations,
-                    "h_pvc_name": h_pvc_name})
+                    "e_mmlu_subjects": e_mmlu_subjects,
+                    "f_generation_max_drop": f_generation_max_drop, "f_max_regression": f_max_regression,
+                    "f_min_task_improvement": f_min_task_improvement, "f_mmlu_max_drop": f_mmlu_max_drop,
+                    "f_require_generation": f_require_generation, "f_require_significance": f_require_significance,
+                    "g_mlflow_experiment": g_mlflow_experiment, "g_registered_model_name": g_registered_model_name,
+                    "h_accelerator_count": h_accelerator_count, "h_accelerator_type": h_accelerator_type,
+                    "h_eval_accelerator_count": h_eval_accelerator_count, "h_gpu_node_selector": h_gpu_node_selector,
+                    "h_gpu_tolerations": h_gpu_tolerations, "h_pvc_name": h_pvc_name})
 
 
 @component
