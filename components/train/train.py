@@ -101,7 +101,7 @@ from components.train.launch import (
     trainer_env,
 )
 from components.train.metrics import BACKFILL_TAG, backfill_metrics, collect_metrics, loss_plot_html, plot_loss
-from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_model, read_summary
+from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_weights, read_summary
 from components.train.render import render_params, render_sections, render_yaml
 from components.train.tokenized import TOKENIZED_DIR, tokenization_key
 from components.train.trials import describe_settings, is_sweep, trial_config, trial_label, trial_settings
@@ -311,7 +311,7 @@ class TrainRecipe:
             trial=self.trial, settings=self.settings,
             training_fingerprint=fingerprint_digest(self.fingerprint),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        publish_model(self.paths.output_dir, self.paths.model_dir, {
+        publish_weights(self.paths.output_dir, self.paths.model_dir, {
             LOSS_PLOT: png.read_bytes(), self.paths.train_yaml.name: self.paths.train_yaml.read_bytes(),
             SUMMARY_FILE: (summary.model_dump_json(indent=2) + "\n").encode()})
         return summary
