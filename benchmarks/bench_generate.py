@@ -30,12 +30,13 @@ def prompts_and_stops(model_dir: Path) -> tuple[list[list[int]], list[int], int]
     from components.demo.samples import SAMPLE_DATA
     from components.evaluate.generate.prompts import build_prompts, select_rows, stop_token_ids
     from components.evaluate.mmlu.scoring import pad_token_id
-    from components.evaluate.task.data import llamafactory_setup, read_test_rows
+    from components.evaluate.task.data import llamafactory_encoding, read_test_rows
 
     entries, rows = read_test_rows(SAMPLE_DATA, ["alpaca_sample", "sharegpt_sample"])
-    setup = llamafactory_setup(AutoTokenizer.from_pretrained(model_dir), entries, template="default", cutoff_len=256)
-    prompts, _ = build_prompts(setup, select_rows(rows, len(rows)), max_prompt_tokens=768)
-    return [prompt.prompt_ids for prompt in prompts], stop_token_ids(setup), pad_token_id(setup.tokenizer)
+    encoding = llamafactory_encoding(AutoTokenizer.from_pretrained(model_dir), entries, template="default",
+                                     cutoff_len=256)
+    prompts, _ = build_prompts(encoding, select_rows(rows, len(rows)), max_prompt_tokens=768)
+    return [prompt.prompt_ids for prompt in prompts], stop_token_ids(encoding), pad_token_id(encoding.tokenizer)
 
 
 def one_at_a_time(model, prompts, *, stop_ids, pad_id, max_new_tokens) -> list[list[int]]:

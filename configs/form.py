@@ -1,8 +1,11 @@
-"""The run form: the config fields marked in :mod:`configs.schema` as typed pipeline parameters.
+"""The run form: the config fields marked in :mod:`configs.schema` as typed pipeline parameters, and the fields
+marked as fixed when compiling.
 
 Fields are marked once, with :func:`configs.schema.form_field`; everything else derives from the marks:
-the pipeline's signature and parameter descriptions (:mod:`pipelines.finetune`), the inputs of the
-resolve-config task, submit's mapping of ``--set`` values to parameters, and the README's table.
+the pipeline's signature and parameter descriptions (:mod:`pipelines.finetune`), submit's mapping of ``--set``
+values to parameters, and the README's table; a test holds the resolve-config wrapper's parameters
+(:func:`pipelines.steps.resolve_config`) to them. :func:`compile_time_paths` lists the fields marked with
+:func:`configs.schema.compile_time`, which a run cannot change.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
-from configs.schema import FORM_KEY, PipelineConfig
+from configs.schema import COMPILE_TIME_KEY, FORM_KEY, PipelineConfig
 
 # The advanced path, after every typed field in the alphabetical form.
 CONFIG_PARAM = "z_config"
@@ -44,32 +47,55 @@ def _kind(annotation: Any) -> type:
     raise TypeError(f"no KFP parameter type for {annotation}")
 
 
-def form_fields(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[FormField]:
-    """Every marked field of ``model`` and its sections, sorted by form name (the order the UI shows)."""
+def _marked(key: str, model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(path, field info, mark)`` of every field of ``model`` and its sections marked with ``key``, in
+    declaration order."""
     found = []
-    for key, info in model.model_fields.items():
+    for name, info in model.model_fields.items():
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found += form_fields(annotation, f"{prefix}{key}.")
+            found += _marked(key, annotation, f"{prefix}{name}.")
             continue
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if FORM_KEY in extra:
-            found.append(FormField(str(extra[FORM_KEY]), prefix + key, _kind(annotation), info.description or "",
-                                   annotation))
-    return sorted(found)
+        if key in extra:
+            found.append((prefix + name, info, extra[key]))
+    return found
+
+
+def form_fields() -> list[FormField]:
+    """Every field marked with :func:`configs.schema.form_field`, sorted by form name (the order the UI shows)."""
+    return sorted(FormField(str(mark), path, _kind(info.annotation), info.description or "", info.annotation)
+                  for path, info, mark in _marked(FORM_KEY))
+
+
+def compile_time_paths() -> tuple[str, ...]:
+    """The paths of the fields marked with :func:`configs.schema.compile_time`, in declaration order."""
+    return tuple(path for path, _, _ in _marked(COMPILE_TIME_KEY))
+
+
+def field_values(cfg: PipelineConfig, paths: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``{path: JSON value}`` of the config fields at ``paths`` (e.g. ``training.learning_rate``), from one dump
+    of ``cfg``."""
+    dumped = cfg.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
+    values = {}
+    for path in paths:
+        node: Any = dumped
+        for part in path.split("."):
+            node = node[part]
+        values[path] = node
+    return values
 
 
 def field_value(cfg: PipelineConfig, path: str) -> Any:
     """The JSON value of the config field at ``path`` (e.g. ``training.learning_rate``)."""
-    node: Any = cfg.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
-    for part in path.split("."):
-        node = node[part]
-    return node
+    return field_values(cfg, [path])[path]
 
 
 def form_values(cfg: PipelineConfig) -> dict[str, Any]:
     """``{form name: value}`` of every typed parameter for ``cfg`` (the compiled defaults of a pipeline)."""
-    return {field.name: field_value(cfg, field.path) for field in form_fields()}
+    fields = form_fields()
+    values = field_values(cfg, [field.path for field in fields])
+    return {field.name: values[field.path] for field in fields}
 
 
 def by_path() -> dict[str, FormField]:
@@ -123,7 +149,7 @@ def main() -> int:
 
 
 __all__ = ["CONFIG_PARAM", "OVERRIDES_PARAM", "README_BEGIN", "README_END", "FormField", "by_path", "canonical",
-           "field_value", "form_fields", "form_values", "markdown_table"]
+           "compile_time_paths", "field_value", "field_values", "form_fields", "form_values", "markdown_table"]
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 One :class:`PipelineConfig` per run, loaded (:mod:`configs.loading`) from a preset in ``configs/*.yaml``
 and optionally changed with ``--set section.field=value`` overrides. Every setting is declared here once,
-with its default and its description; pipeline parameters, CLI flags and the rendered LLaMA-Factory
-YAML all read from this model.
+with its default, its description and its marks (:func:`form_field`: a typed run parameter;
+:func:`compile_time`: fixed when the pipeline is compiled); pipeline parameters, CLI flags and the rendered
+LLaMA-Factory YAML all read from this model.
 
-This module is longer than the others (~650 lines) because it holds one concern whole: the ~60 settings and
+This module is longer than the others (~900 lines) because it holds one concern whole: the ~60 settings and
 the rules on their values. Split by section, a rule that spans sections and the shared value checks
 (Kubernetes names and quantities, control characters, booleans) would sit apart from the fields they guard.
 
@@ -51,6 +52,7 @@ _IMAGE = re.compile(
     r"(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?",
     re.ASCII)
 FORM_KEY = "run_form_parameter"
+COMPILE_TIME_KEY = "compile_time"
 _DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 # A registered model name is also a directory, <models_root>/<name>/<version>: one plain path component.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -90,6 +92,14 @@ def form_field(name: str) -> dict[str, str]:
     See :mod:`configs.form`.
     """
     return {FORM_KEY: name}
+
+
+def compile_time() -> dict[str, bool]:
+    """Mark a field as fixed when the pipeline is compiled: it shapes the compiled IR (the image, pod resources,
+    timeouts, retries, the storage mount, Secrets, the trials loop's parallelism), so a run that changes it is
+    refused (:func:`components.run.resolve_config.refuse_compile_time_changes`). See :mod:`configs.form`.
+    """
+    return {COMPILE_TIME_KEY: True}
 
 
 def _admits_bool(annotation: Any) -> bool:
@@ -204,13 +214,15 @@ class StorageConfig(_Section):
     pvc_name: str = Field(
         "llama-storage", description="PersistentVolumeClaim (ReadWriteMany) with models and data.",
         json_schema_extra=form_field("h_pvc_name"))
-    mount_path: str = Field("/storage", description="Where every task mounts the PVC (the storage root).")
+    mount_path: str = Field("/storage", description="Where every task mounts the PVC (the storage root).",
+                            json_schema_extra=compile_time())
     base_model: str = Field(
         "models/base-model", description="Base model directory on the volume, relative to its root (Hugging Face "
                                          "layout).",
         json_schema_extra=form_field("a_base_model"))
     data_dir: str = Field("data", description="Directory with dataset_info.json and the dataset files.")
-    output_root: str = Field("output", description="Run-scoped outputs: <output_root>/<kfp run id>/...")
+    output_root: str = Field("output", description="Run-scoped outputs: <output_root>/<kfp run id>/...",
+                             json_schema_extra=compile_time())
     models_root: str = Field("models", description="Published merged models: <models_root>/<name>/<version>.")
     eval_data_dir: str = Field("eval/mmlu", description="MMLU data in the hendrycks layout (dev/, test/).")
 
@@ -273,8 +285,10 @@ class Toleration(_Section):
 class ClusterConfig(_Section):
     """Scheduling of the tasks on the Kubernetes cluster."""
 
-    image: str = Field(DEFAULT_IMAGE, description="The one image every task runs in (see Dockerfile).")
-    nodes: int = Field(1, ge=1, le=64, description="Training nodes; >1 submits a training job (training_engine).")
+    image: str = Field(DEFAULT_IMAGE, description="The one image every task runs in (see Dockerfile).",
+                       json_schema_extra=compile_time())
+    nodes: int = Field(1, ge=1, le=64, description="Training nodes; >1 submits a training job (training_engine).",
+                       json_schema_extra=compile_time())
     training_engine: Literal["trainjob", "pytorchjob"] = Field(
         "trainjob", description="What runs a multi-node (nodes > 1) training: 'trainjob' (Kubeflow Trainer v2, "
         "trainer.kubeflow.org/v1alpha1) or 'pytorchjob' (Training Operator v1, kubeflow.org/v1; older clusters).")
@@ -300,22 +314,32 @@ class ClusterConfig(_Section):
     accelerator_type: str = Field(
         "nvidia.com/gpu", description="Extended resource name of the GPU.",
         json_schema_extra=form_field("h_accelerator_type"))
+    # A run-form field, but whether it is 0 (GPUs or not) is fixed when compiling (resolve-config refuses a change).
     accelerator_count: int = Field(
         1, ge=0, le=16, description="GPUs per training pod; >1 launches torchrun.",
         json_schema_extra=form_field("h_accelerator_count"))
-    cpu_request: str = Field("4", description="CPU request of GPU tasks.")
-    memory_request: str = Field("32Gi", description="Memory request of GPU tasks.")
-    memory_limit: str = Field("64Gi", description="Memory limit of GPU tasks.")
-    light_cpu_request: str = Field("500m", description="CPU request of CPU-only tasks (validate, compare, register).")
-    light_memory_request: str = Field("1Gi", description="Memory request of CPU-only tasks.")
-    shm_size: str = Field("16Gi", description="Size of the in-memory /dev/shm volume NCCL needs.")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image.")
-    train_timeout_s: int = Field(86400, ge=60, le=MAX_TIMEOUT_S, description="Timeout of the training task (seconds).")
+    cpu_request: str = Field("4", description="CPU request of GPU tasks.", json_schema_extra=compile_time())
+    memory_request: str = Field("32Gi", description="Memory request of GPU tasks.", json_schema_extra=compile_time())
+    memory_limit: str = Field("64Gi", description="Memory limit of GPU tasks.", json_schema_extra=compile_time())
+    light_cpu_request: str = Field("500m", description="CPU request of CPU-only tasks (validate, compare, register).",
+                                   json_schema_extra=compile_time())
+    light_memory_request: str = Field("1Gi", description="Memory request of CPU-only tasks.",
+                                      json_schema_extra=compile_time())
+    shm_size: str = Field("16Gi", description="Size of the in-memory /dev/shm volume NCCL needs.",
+                          json_schema_extra=compile_time())
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image.",
+                                          json_schema_extra=compile_time())
+    train_timeout_s: int = Field(86400, ge=60, le=MAX_TIMEOUT_S, description="Timeout of the training task (seconds).",
+                                 json_schema_extra=compile_time())
     eval_timeout_s: int = Field(14400, ge=60, le=MAX_TIMEOUT_S,
-                                description="Timeout of each evaluation task (seconds).")
-    merge_timeout_s: int = Field(14400, ge=60, le=MAX_TIMEOUT_S, description="Timeout of the merge task (seconds).")
-    light_timeout_s: int = Field(1800, ge=60, le=MAX_TIMEOUT_S, description="Timeout of CPU-only tasks (seconds).")
-    train_retries: int = Field(2, ge=0, le=10, description="Retries of the training task (resumes from checkpoints).")
+                                description="Timeout of each evaluation task (seconds).",
+                                json_schema_extra=compile_time())
+    merge_timeout_s: int = Field(14400, ge=60, le=MAX_TIMEOUT_S, description="Timeout of the merge task (seconds).",
+                                 json_schema_extra=compile_time())
+    light_timeout_s: int = Field(1800, ge=60, le=MAX_TIMEOUT_S, description="Timeout of CPU-only tasks (seconds).",
+                                 json_schema_extra=compile_time())
+    train_retries: int = Field(2, ge=0, le=10, description="Retries of the training task (resumes from checkpoints).",
+                               json_schema_extra=compile_time())
 
     @field_validator("image")
     @classmethod
@@ -497,7 +521,8 @@ class TrainingConfig(_Section):
     quantization_bit: Literal[4, 8] | None = Field(
         None, description="QLoRA quantisation bits (bitsandbytes); unset: 4 (NF4) with method qlora, none otherwise. "
         "It follows the method: a change of training.method that does not set it too resets it.")
-    deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0: off); full uses 3.")
+    deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0: off); full uses 3.",
+                                              json_schema_extra=compile_time())
     save_steps: int = Field(500, ge=1, le=MAX_STEPS, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(3, ge=1, le=100, description="Checkpoints kept on the PVC.")
     logging_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Log loss every N steps.")
@@ -587,7 +612,8 @@ class SweepConfig(_Section):
     max_trials: int = Field(16, ge=1, le=256, description="Most trials a sweep may have: a grid larger than this is "
                             "refused at load (each trial costs a training).")
     parallelism: int = Field(2, ge=1, le=64, description="Trials that train at the same time, each on its own GPU "
-                             "task (or multi-node job); fixed when the pipeline is compiled.")
+                             "task (or multi-node job); fixed when the pipeline is compiled.",
+                             json_schema_extra=compile_time())
 
     @model_validator(mode="before")
     @classmethod
@@ -667,7 +693,7 @@ class EvaluationConfig(_Section):
     judge_model: str = Field("", description="The judge's model name ('': the first one the server lists).")
     judge_secret: str = Field(
         "", description="Kubernetes Secret whose key 'api_key' holds the judge's API key ('': none; fixed when "
-        "compiling).")
+        "compiling).", json_schema_extra=compile_time())
     judge_timeout_s: int = Field(60, ge=1, le=3600, description="Per-request timeout of the judge.")
 
     @field_validator("subjects")
@@ -757,7 +783,8 @@ class MlflowConfig(_Section):
         "llm-finetune", min_length=1, max_length=500, description="MLflow experiment the runs are logged to.",
         json_schema_extra=form_field("g_mlflow_experiment"))
     credentials_secret: str = Field(
-        "mlflow-config", description="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN.")
+        "mlflow-config", description="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN.",
+        json_schema_extra=compile_time())
     registered_model_name: str = Field("llm-finetuned", min_length=1, max_length=256,
                                        description="Registered model that carries the champion alias.",
                                        json_schema_extra=form_field("g_registered_model_name"))
@@ -881,6 +908,7 @@ __all__ = [
     "SWEEP_AXES",
     "ConfigError",
     "PipelineConfig",
+    "compile_time",
     "form_field",
     "parse_quantity",
 ]

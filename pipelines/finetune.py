@@ -37,7 +37,7 @@ from components.gate.judge import SECRET_KEY as JUDGE_SECRET_KEY
 from configs.form import CONFIG_PARAM, OVERRIDES_PARAM
 from configs.schema import PipelineConfig
 from pipelines import steps
-from pipelines.run_form import google_args, parameter_docs, pipeline_parameters, resolve_config_component
+from pipelines.run_form import google_args, parameter_docs, pipeline_parameters
 
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
 ACRONYMS = {"lora": "LoRA"}
@@ -143,11 +143,9 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
 
     finalize = p.task("finalize-runs", steps.finalize_runs(compiled_config=compiled, kfp_run_id=run_id))
     with dsl.ExitHandler(finalize, name="fine-tune"):
-        resolver = resolve_config_component(cfg.cluster.image)
-        resolved = p.task("resolve-config", resolver(kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                                     compiled_config=compiled,
-                                                     z_config=params[CONFIG_PARAM],
-                                                     z_overrides=params[OVERRIDES_PARAM], **form))
+        resolved = p.task("resolve-config", steps.resolve_config(
+            kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, compiled_config=compiled,
+            z_config=params[CONFIG_PARAM], z_overrides=params[OVERRIDES_PARAM], **form))
         config = resolved.outputs["config"]
         validated = p.task("validate-dataset", steps.validate_dataset(config=config, kfp_run_id=run_id))
 
@@ -167,7 +165,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
         model_dir = dsl.OneOf(*(selected.outputs["model_dir"] for selected in chosen))
         train_run_id = dsl.OneOf(*(selected.outputs["mlflow_run_id"] for selected in chosen))
 
-        merged = p.task("merge-lora", steps.merge_lora(config=config, kfp_run_id=run_id, adapter_dir=model_dir))
+        merged = p.task("merge-lora", steps.merge_lora(config=config, kfp_run_id=run_id, weights_dir=model_dir))
         candidate = p.task("evaluate-candidate", steps.evaluate_candidate(
             config=config, kfp_run_id=run_id, model_dir=merged.outputs["model_dir"]))
 
@@ -186,7 +184,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
             candidate_task=candidate.outputs["task_path"],
             baseline_mmlu=dsl.OneOf(evaluated.outputs["mmlu_path"], stored.outputs["mmlu_path"]),
             baseline_task=dsl.OneOf(evaluated.outputs["task_path"], stored.outputs["task_path"]),
-            baseline_name=baseline.outputs["baseline_name"], baseline_note=baseline.outputs["note"],
+            baseline_version=baseline.outputs["baseline_version"], baseline_note=baseline.outputs["note"],
             held_out_below=baseline.outputs["held_out_below"], train_run_id=train_run_id))
 
         registered = p.task("register-model", steps.register_model(
@@ -196,7 +194,7 @@ def _dag(cfg: PipelineConfig, params: dict[str, Any]) -> None:
         with dsl.If(compared.outputs["decision"] == "promote", name="candidate-is-better"):
             p.task("promote-model", steps.promote_model(
                 config=config, kfp_run_id=run_id, model_version=registered.outputs["model_version"],
-                version=merged.outputs["version"], baseline_name=baseline.outputs["baseline_name"]))
+                version=merged.outputs["version"], baseline_version=baseline.outputs["baseline_version"]))
         with dsl.Else(name="champion-stays"):
             p.task("mark-challenger", steps.mark_challenger(
                 config=config, kfp_run_id=run_id, model_version=registered.outputs["model_version"],

@@ -7,6 +7,10 @@ with ``_KFP_RUNTIME=true``, where :mod:`kfp.dsl` leaves its compile-time parts o
 imports nothing but the step's ``run_step``, and this module itself is never imported in a running task.
 The docstrings become the inputs' and outputs' descriptions in the IR. The image is the default one; the
 pipeline sets each task's image to ``cluster.image`` (``task.set_container_image``).
+
+:func:`resolve_config` takes one typed parameter per run-form field (:func:`configs.form.form_fields`; a test
+holds its parameters to them), which is why this module runs past 400 lines: every wrapper stays in the one
+file the tests parse.
 """
 
 # No `from __future__ import annotations`: KFP reads the wrappers' annotations as types.
@@ -18,6 +22,96 @@ from kfp.dsl import HTML, Artifact, Markdown, Metrics, Model, Output
 from configs.schema import DEFAULT_IMAGE
 
 component = dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+
+
+@component
+def resolve_config(kfp_run_id: str, kfp_run_name: str, compiled_config: str, z_config: str, z_overrides: list,
+                   a_base_model: str, a_chat_template: str, a_datasets: list, b_learning_rate: float,
+                   b_learning_rate_sweep: list, b_method: str, c_batch_size: int, c_cutoff_len: int, c_epochs: float,
+                   c_epochs_sweep: list, c_gradient_accumulation: int, c_max_steps: int, c_seed: int,
+                   c_warmup_ratio_sweep: list, d_lora_alpha: int, d_lora_alpha_sweep: list, d_lora_dropout: float,
+                   d_lora_dropout_sweep: list, d_lora_rank: int, d_lora_rank_sweep: list, d_lora_target: str,
+                   e_generate_rows: int, e_mmlu_n_shot: int, e_mmlu_subjects: list, f_generation_max_drop: float,
+                   f_max_regression: float, f_min_task_improvement: float, f_mmlu_max_drop: float,
+                   f_require_generation: bool, f_require_significance: bool, g_mlflow_experiment: str,
+                   g_registered_model_name: str, h_accelerator_count: int, h_accelerator_type: str,
+                   h_eval_accelerator_count: int, h_gpu_node_selector: dict, h_gpu_tolerations: list,
+                   h_pvc_name: str) -> NamedTuple(
+        "Outputs", [("config", str), ("method", str), ("trials", list)]):
+    """Resolve the run's configuration: z_config, then z_overrides, then the typed parameters.
+
+    Args:
+        kfp_run_id: The KFP run id (the run directory on the volume).
+        kfp_run_name: The KFP run's name (the MLflow runs are named after it).
+        compiled_config: The config this pipeline was compiled from (compile-time settings are checked against it).
+        z_config: The whole configuration as JSON (the preset compiled into this pipeline). Typed parameters and z_overrides are applied on top: typed parameter > z_overrides > z_config.
+        z_overrides: Changes to z_config as "section.field=value" strings, e.g. ["training.warmup_ratio=0.1"], for fields without a typed parameter.
+        a_base_model: Base model directory on the volume, relative to its root (Hugging Face layout). Sets storage.base_model.
+        a_chat_template: LLaMA-Factory chat template of the base model, e.g. llama3, qwen, mistral. Sets training.template.
+        a_datasets: Dataset names from dataset_info.json (trained on together). Sets dataset.names.
+        b_learning_rate: Peak learning rate (LoRA: ~1e-4; full: ~1e-5). Sets training.learning_rate.
+        b_learning_rate_sweep: Learning rates to try (empty: training.learning_rate only). Sets sweep.learning_rate.
+        b_method: lora, qlora (needs GPUs) or full. Sets training.method.
+        c_batch_size: Micro-batch per GPU. Sets training.per_device_train_batch_size.
+        c_cutoff_len: Token limit per example; longer is truncated. Sets training.cutoff_len.
+        c_epochs: Epochs (ignored when max_steps > 0). Sets training.num_train_epochs.
+        c_epochs_sweep: Epoch counts to try (empty: training.num_train_epochs only). Sets sweep.num_train_epochs.
+        c_gradient_accumulation: Micro-batches per optimizer step. Sets training.gradient_accumulation_steps.
+        c_max_steps: Stop after this many optimizer steps (-1: use epochs). Sets training.max_steps.
+        c_seed: Seed for data order and initialisation. Sets training.seed.
+        c_warmup_ratio_sweep: Warm-up shares to try (empty: training.warmup_ratio only). Sets sweep.warmup_ratio.
+        d_lora_alpha: LoRA alpha; the update is scaled by alpha / r. Sets training.lora_alpha.
+        d_lora_alpha_sweep: LoRA alphas to try (empty: training.lora_alpha only). Sets sweep.lora_alpha.
+        d_lora_dropout: Dropout on the LoRA path. Sets training.lora_dropout.
+        d_lora_dropout_sweep: LoRA dropouts to try (empty: training.lora_dropout only). Sets sweep.lora_dropout.
+        d_lora_rank: LoRA rank r (higher: more capacity, more memory). Sets training.lora_rank.
+        d_lora_rank_sweep: LoRA ranks to try (empty: training.lora_rank only). Sets sweep.lora_rank.
+        d_lora_target: Target modules: 'all' linear layers or a comma list. Sets training.lora_target.
+        e_generate_rows: Held-out rows each model answers (greedy, scored against the reference answers; 0: off). Sets evaluation.generate_rows.
+        e_mmlu_n_shot: Few-shot examples from the subject's dev split. Sets evaluation.n_shot.
+        e_mmlu_subjects: Subjects to evaluate (empty: all found). Sets evaluation.subjects.
+        f_generation_max_drop: Largest allowed drop of the mean generation_metric (points of 100). Sets gate.generation_max_drop.
+        f_max_regression: Largest allowed drop of any MMLU category. Sets gate.max_regression.
+        f_min_task_improvement: How much lower the held-out loss must be than the baseline's, relative (0.01: 1 % lower). A tie never promotes. Sets gate.min_task_improvement.
+        f_mmlu_max_drop: Largest allowed drop of MMLU micro accuracy (absolute, 0.01: one point). Sets gate.mmlu_max_drop.
+        f_require_generation: Also rule on the generated answers (evaluation.generate_rows > 0): the mean generation_metric may drop by at most generation_max_drop, the stop rate by at most generation_max_stop_drop. Sets gate.require_generation.
+        f_require_significance: Also require a one-sided Wilcoxon signed-rank test on the held-out rows, p < alpha. Sets gate.require_significance.
+        g_mlflow_experiment: MLflow experiment the runs are logged to. Sets mlflow.experiment.
+        g_registered_model_name: Registered model that carries the champion alias. Sets mlflow.registered_model_name.
+        h_accelerator_count: GPUs per training pod; >1 launches torchrun. Sets cluster.accelerator_count.
+        h_accelerator_type: Extended resource name of the GPU. Sets cluster.accelerator_type.
+        h_eval_accelerator_count: GPUs per evaluation pod; a model too large for one is split across them (ignored when cluster.accelerator_count is 0). Sets evaluation.accelerator_count.
+        h_gpu_node_selector: Node selector for GPU tasks, e.g. {"nvidia.com/gpu.present": "true"}. Sets cluster.gpu_node_selector.
+        h_gpu_tolerations: Tolerations for GPU tasks (Kubernetes toleration objects). Sets cluster.gpu_tolerations.
+        h_pvc_name: PersistentVolumeClaim (ReadWriteMany) with models and data. Sets storage.pvc_name.
+
+    Returns:
+        config: The resolved, validated configuration (JSON) every later task reads.
+        method: The fine-tuning method of the resolved configuration.
+        trials: The sweep's trial indices ([0] without a sweep), one train task each.
+    """  # noqa: E501 (one line per parameter: KFP keeps the line breaks of a description)
+    from components.run.resolve_config import run_step
+
+    return run_step(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, compiled_config=compiled_config, config=z_config,
+                    overrides=z_overrides, form={  # one line or more per group of the form (a_..., b_...)
+                    "a_base_model": a_base_model, "a_chat_template": a_chat_template, "a_datasets": a_datasets,
+                    "b_learning_rate": b_learning_rate, "b_learning_rate_sweep": b_learning_rate_sweep,
+                    "b_method": b_method,
+                    "c_batch_size": c_batch_size, "c_cutoff_len": c_cutoff_len, "c_epochs": c_epochs,
+                    "c_epochs_sweep": c_epochs_sweep, "c_gradient_accumulation": c_gradient_accumulation,
+                    "c_max_steps": c_max_steps, "c_seed": c_seed, "c_warmup_ratio_sweep": c_warmup_ratio_sweep,
+                    "d_lora_alpha": d_lora_alpha, "d_lora_alpha_sweep": d_lora_alpha_sweep,
+                    "d_lora_dropout": d_lora_dropout, "d_lora_dropout_sweep": d_lora_dropout_sweep,
+                    "d_lora_rank": d_lora_rank, "d_lora_rank_sweep": d_lora_rank_sweep, "d_lora_target": d_lora_target,
+                    "e_generate_rows": e_generate_rows, "e_mmlu_n_shot": e_mmlu_n_shot,
+                    "e_mmlu_subjects": e_mmlu_subjects,
+                    "f_generation_max_drop": f_generation_max_drop, "f_max_regression": f_max_regression,
+                    "f_min_task_improvement": f_min_task_improvement, "f_mmlu_max_drop": f_mmlu_max_drop,
+                    "f_require_generation": f_require_generation, "f_require_significance": f_require_significance,
+                    "g_mlflow_experiment": g_mlflow_experiment, "g_registered_model_name": g_registered_model_name,
+                    "h_accelerator_count": h_accelerator_count, "h_accelerator_type": h_accelerator_type,
+                    "h_eval_accelerator_count": h_eval_accelerator_count, "h_gpu_node_selector": h_gpu_node_selector,
+                    "h_gpu_tolerations": h_gpu_tolerations, "h_pvc_name": h_pvc_name})
 
 
 @component
@@ -42,7 +136,7 @@ def validate_dataset(config: str, kfp_run_id: str, metrics: Output[Metrics], rep
 
 
 @component
-def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: Output[Model],
+def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, weights: Output[Model],
           metrics: Output[Metrics], loss_plot: Output[HTML]) -> NamedTuple(
         "Outputs", [("model_dir", str), ("train_loss", float), ("mlflow_run_id", str)]):
     """Fine-tune the base model on the train rows with LLaMA-Factory and publish its best checkpoint (lowest
@@ -53,7 +147,7 @@ def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: 
         kfp_run_id: The KFP run id: names output/<run id>/ on the PVC and tags the MLflow runs.
         dataset_hash: The data version from validate-dataset (checked against the snapshot trained on).
         trial: The sweep trial (its settings; 0 without a sweep), one iteration of the trials loop.
-        adapter: Points at the trained weights on the PVC (model.json).
+        weights: Points at the trained weights on the PVC (model.json).
         metrics: train_loss, best_step and best_val_loss (with a validation side), runtime, tokens/s, global_step.
         loss_plot: The training loss curve (HTML).
 
@@ -65,7 +159,7 @@ def train(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: 
     """
     from components.train.train import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, trial=trial, adapter=adapter,
+    return run_step(config=config, kfp_run_id=kfp_run_id, dataset_hash=dataset_hash, trial=trial, weights=weights,
                     metrics=metrics, loss_plot=loss_plot)
 
 
@@ -93,7 +187,7 @@ def select_trial(config: str, kfp_run_id: str, model_dirs: list, selection: Outp
 
 
 @component
-def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Model]) -> NamedTuple(
+def merge_lora(config: str, kfp_run_id: str, weights_dir: str, merged: Output[Model]) -> NamedTuple(
         "Outputs", [("model_dir", str), ("version", str)]):
     """Merge the LoRA adapter into the base model shard by shard and publish it as a new version for vLLM.
 
@@ -103,8 +197,8 @@ def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Mo
     Args:
         config: The resolved configuration (JSON).
         kfp_run_id: The KFP run id; names the version and links the MLflow child run.
-        adapter_dir: The trained adapter directory (full weights when training.method is full).
-        merged: The published model: a pointer file with base, adapter, dtype, checksum, version and model_dir.
+        weights_dir: The trained weights directory: the LoRA adapter (full weights when training.method is full).
+        merged: The published model: a pointer file with base, weights, dtype, checksum, version and model_dir.
 
     Returns:
         model_dir: The published version directory on the PVC (what vLLM serves once promoted).
@@ -112,13 +206,13 @@ def merge_lora(config: str, kfp_run_id: str, adapter_dir: str, merged: Output[Mo
     """
     from components.merge.merge_lora import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, adapter_dir=adapter_dir, merged=merged)
+    return run_step(config=config, kfp_run_id=kfp_run_id, weights_dir=weights_dir, merged=merged)
 
 
 @component
 def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Output[Metrics],
                        mmlu_results: Output[Artifact], task_results: Output[Artifact]) -> NamedTuple(
-        "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_loss", float)]):
+        "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_token_loss", float)]):
     """Score the candidate as it will be served (the merged model) on MMLU, on the held-out rows, and on the answers
     it generates for them (generations.jsonl beside task.json).
 
@@ -134,7 +228,7 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
         mmlu_path: results.json on the PVC.
         task_path: task.json on the PVC.
         mmlu_micro: MMLU accuracy over all questions.
-        task_loss: The held-out loss over all answer tokens.
+        task_token_loss: The held-out loss over all answer tokens (compare gates on the per-row mean, task_row_nll).
     """
     from components.evaluate.evaluate import run_step
 
@@ -145,7 +239,7 @@ def evaluate_candidate(config: str, kfp_run_id: str, model_dir: str, metrics: Ou
 @component
 def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         "Outputs", [("needs_eval", bool), ("model_dir", str), ("baseline_name", str), ("note", str),
-                    ("mmlu_key", str), ("task_key", str), ("held_out_below", float)]):
+                    ("mmlu_key", str), ("task_key", str), ("held_out_below", float), ("baseline_version", str)]):
     """Find the baseline (the model current serves, which must be the registry's champion; else the base model),
     the held-out rows neither model trained on, and whether the baseline's scores are stored.
 
@@ -154,13 +248,14 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
         kfp_run_id: The KFP run id (the held-out rows of this run decide the task score's key).
 
     Returns:
-        needs_eval: True when no stored score matches the baseline and this run's evaluation setup.
+        needs_eval: True when no stored score matches the baseline and this run's evaluation settings.
         model_dir: The baseline model directory on the PVC.
         baseline_name: "champion v<N>" or "base model".
         note: Which stored scores are reused, or why none could be (shown in the report).
         mmlu_key: The MMLU score's eval key.
         task_key: The held-out task score's eval key.
         held_out_below: Held-out rows whose key position is below this were held out for both models.
+        baseline_version: The champion's registry version, e.g. "3"; "" when the baseline is the base model.
     """
     from components.gate.find_baseline import run_step
 
@@ -170,7 +265,7 @@ def find_baseline(config: str, kfp_run_id: str) -> NamedTuple(
 @component
 def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Output[Metrics],
                       mmlu_results: Output[Artifact], task_results: Output[Artifact]) -> NamedTuple(
-        "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_loss", float)]):
+        "Outputs", [("mmlu_path", str), ("task_path", str), ("mmlu_micro", float), ("task_token_loss", float)]):
     """Score the baseline on the same MMLU questions and held-out rows as the candidate, and its generated answers.
 
     Args:
@@ -185,7 +280,7 @@ def evaluate_baseline(config: str, kfp_run_id: str, model_dir: str, metrics: Out
         mmlu_path: results.json on the PVC.
         task_path: task.json on the PVC.
         mmlu_micro: MMLU accuracy over all questions.
-        task_loss: The held-out loss over all answer tokens.
+        task_token_loss: The held-out loss over all answer tokens (compare gates on the per-row mean, task_row_nll).
     """
     from components.evaluate.evaluate import run_step
 
@@ -215,7 +310,7 @@ def reuse_baseline_scores(config: str, kfp_run_id: str, mmlu_key: str, task_key:
 
 @component
 def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
-            baseline_task: str, baseline_name: str, baseline_note: str, held_out_below: float, train_run_id: str,
+            baseline_task: str, baseline_version: str, baseline_note: str, held_out_below: float, train_run_id: str,
             report: Output[Markdown], report_html: Output[HTML], metrics: Output[Metrics]) -> NamedTuple(
         "Outputs", [("decision", str), ("headline", str), ("comparison_path", str)]):
     """Apply the promotion gate: a lower held-out loss, no MMLU drop, no worse generated answers
@@ -228,7 +323,8 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         candidate_task: The candidate's task.json.
         baseline_mmlu: The baseline's results.json (evaluated now or reused).
         baseline_task: The baseline's task.json (evaluated now or reused).
-        baseline_name: "champion v<N>" or "base model".
+        baseline_version: From find-baseline: the champion's registry version ("" for the base model: the first
+            model); the report calls it "champion v<N>" or "base model".
         baseline_note: Which stored scores were reused, or why the baseline was evaluated afresh.
         held_out_below: From find-baseline: only held-out rows below this key position are compared (the rows
             neither model trained on).
@@ -245,7 +341,7 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
     from components.gate.compare import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, candidate_mmlu=candidate_mmlu, candidate_task=candidate_task,
-                    baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_name=baseline_name,
+                    baseline_mmlu=baseline_mmlu, baseline_task=baseline_task, baseline_version=baseline_version,
                     baseline_note=baseline_note, held_out_below=held_out_below, train_run_id=train_run_id,
                     report=report, report_html=report_html, metrics=metrics)
 
@@ -274,7 +370,7 @@ def register_model(config: str, kfp_run_id: str, model_dir: str, version: str, d
 
 
 @component
-def promote_model(config: str, kfp_run_id: str, model_version: str, version: str, baseline_name: str) -> NamedTuple(
+def promote_model(config: str, kfp_run_id: str, model_version: str, version: str, baseline_version: str) -> NamedTuple(
         "Outputs", [("alias", str), ("previous", str)]):
     """Make the new version the champion (the old one becomes previous) and point current at it, if the champion
     is still the baseline it beat; otherwise keep it as challenger.
@@ -284,7 +380,8 @@ def promote_model(config: str, kfp_run_id: str, model_version: str, version: str
         kfp_run_id: The KFP run id (for the MLflow child run).
         model_version: The registry version to promote, from register-model.
         version: The published version name the storage pointer "current" moves to.
-        baseline_name: The baseline the candidate beat ("champion v<N>" or "base model").
+        baseline_version: The registry version of the champion the candidate beat, from find-baseline ("" for the
+            base model).
 
     Returns:
         alias: "champion", or "challenger" when another run promoted a new champion meanwhile.
@@ -293,7 +390,7 @@ def promote_model(config: str, kfp_run_id: str, model_version: str, version: str
     from components.gate.promote_model import run_step
 
     return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
-                    baseline_name=baseline_name)
+                    baseline_version=baseline_version)
 
 
 @component
@@ -312,7 +409,7 @@ def mark_challenger(config: str, kfp_run_id: str, model_version: str, headline: 
     """
     from components.gate.mark_challenger import run_step
 
-    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, reasons=headline)
+    return run_step(config=config, kfp_run_id=kfp_run_id, model_version=model_version, headline=headline)
 
 
 @component
@@ -330,18 +427,6 @@ def finalize_runs(compiled_config: str, kfp_run_id: str, status: dsl.PipelineTas
     run_step(compiled_config=compiled_config, kfp_run_id=kfp_run_id, state=status.state, error=status.error_message)
 
 
-__all__ = [
-    "compare",
-    "evaluate_baseline",
-    "evaluate_candidate",
-    "finalize_runs",
-    "find_baseline",
-    "mark_challenger",
-    "merge_lora",
-    "promote_model",
-    "register_model",
-    "reuse_baseline_scores",
-    "select_trial",
-    "train",
-    "validate_dataset",
-]
+__all__ = ["compare", "evaluate_baseline", "evaluate_candidate", "finalize_runs", "find_baseline", "mark_challenger",
+           "merge_lora", "promote_model", "register_model", "resolve_config", "reuse_baseline_scores", "select_trial",
+           "train", "validate_dataset"]

@@ -204,7 +204,7 @@ def atomic_directory(final: str | Path, *, replace: bool = False) -> Iterator[Pa
         raise StorageError(describe_os_error(exc, tmp)) from exc
     try:
         yield tmp
-        _fsync_tree(tmp)
+        _fsync_files(tmp)
         if final.exists():
             if not replace:
                 raise StorageError(f"{final} already exists; refusing to overwrite it")
@@ -240,7 +240,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def _fsync_tree(directory: Path) -> None:
+def _fsync_files(directory: Path) -> None:
     """Flush every file so that a rename never publishes data still in the page cache (NFS)."""
     for path in directory.rglob("*"):
         if path.is_file() and not path.is_symlink():

@@ -302,7 +302,7 @@ def verify_snapshot(directory: str | Path, sides: tuple[str, ...] = ALL_SIDES) -
     return manifest
 
 
-def read_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str, Any]]:
+def read_verified_test_rows(directory: str | Path, split: DatasetSplit) -> list[tuple[str, Any]]:
     """The scored test rows of one dataset as (key, row), in file order, each checked against the manifest.
 
     Raises:

@@ -2,7 +2,7 @@
 
 The candidate is scored as it will be served: the merged, published model directory (never base + adapter),
 so that its scores are the champion's scores once it is promoted. Each suite's score carries an eval key
-(:func:`eval_setup`): the model's content, the data, the held-out split, template and cutoff. A score with
+(:func:`eval_keys`): the model's content, the data, the held-out split, template and cutoff. A score with
 the same key is never computed twice: a retried task finds its own file, and any model already scored in
 this experiment (the champion, or a candidate identical to it) gets its stored score from MLflow.
 
@@ -13,10 +13,11 @@ task key plus the generation settings), reused like the other scores.
 MLflow: the child run ``evaluate-<role>`` holds the results files (``eval/results.json``, ``eval/task.json``,
 ``eval/generations.jsonl``), the per-row answers as a table (``eval/generations_table.json``, logged with
 ``log_table``: the run's Evaluation view shows it), the metrics ``mmlu_micro``, ``mmlu_macro``,
-``mmlu_<category>``, ``task_loss``, ``task_mean_nll``, ``task_perplexity``, ``task_token_accuracy``,
+``mmlu_<category>``, ``task_token_loss`` (over all answer tokens), ``task_row_nll`` (the mean over rows of each
+row's mean answer-token NLL: what the gate compares), ``task_perplexity``, ``task_token_accuracy``,
 ``gen_<score>`` and ``gen_stop_rate``, and the tags ``llmft.mmlu_eval_key``, ``llmft.task_eval_key``,
-``llmft.generation_eval_key`` and the setup (``llmft.model_id``, split hash, template, cutoff, MMLU data,
-generation settings) that :func:`components.evaluate.store.why_not_stored` reads.
+``llmft.generation_eval_key`` and the settings they cover (``llmft.model_id``, split hash, template, cutoff, MMLU
+data, generation settings) that :func:`components.evaluate.store.why_not_stored` reads.
 """
 
 from __future__ import annotations
@@ -66,16 +67,16 @@ GENERATIONS_TABLE = "eval/generations_table.json"
 ROLES = ("candidate", "baseline")
 
 
-class EvalSetup(NamedTuple):
+class EvalKeys(NamedTuple):
     """How a model's scores in this run are keyed."""
 
     mmlu_key: str
     task_key: str
-    tags: dict[str, str]  # the setup, as MLflow tags of the evaluate run
+    tags: dict[str, str]  # the settings the keys cover, as MLflow tags of the evaluate run
 
 
-def eval_setup(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> EvalSetup:
-    """The eval keys a score of ``model_dir`` in this run carries, and the setup they cover.
+def eval_keys(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> EvalKeys:
+    """The eval keys a score of ``model_dir`` in this run carries, and the settings they cover.
 
     Raises:
         FileNotFoundError: ``model_dir`` is not a model directory.
@@ -99,7 +100,7 @@ def eval_setup(cfg: PipelineConfig, kfp_run_id: str, model_dir: Path) -> EvalSet
             TASK_CUTOFF_LEN_TAG: str(training.cutoff_len),
             MMLU_DATA_HASH_TAG: data_hash(mmlu_dir, list(evaluation.subjects)),
             MMLU_N_SHOT_TAG: str(evaluation.n_shot), MMLU_SUBJECTS_TAG: ",".join(evaluation.subjects) or "all"}
-    return EvalSetup(mmlu_key, task_key, tags)
+    return EvalKeys(mmlu_key, task_key, tags)
 
 
 def generation_key(cfg: PipelineConfig, task_key: str) -> str:
@@ -167,13 +168,13 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     generations_path = out_dir / GENERATIONS_FILE
     with step_run(cfg, kfp_run_id, f"{STEP}-{role}", system_metrics=True) as (client, run_id):
         started = time.monotonic()
-        setup = eval_setup(cfg, kfp_run_id, model_path)
-        gen_key = generation_key(cfg, setup.task_key)
+        keys = eval_keys(cfg, kfp_run_id, model_path)
+        gen_key = generation_key(cfg, keys.task_key)
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in {
-            MMLU_EVAL_KEY_TAG: setup.mmlu_key, TASK_EVAL_KEY_TAG: setup.task_key, EVAL_ROLE_TAG: role,
-            EVAL_MODEL_DIR_TAG: str(model_path), **setup.tags,
+            MMLU_EVAL_KEY_TAG: keys.mmlu_key, TASK_EVAL_KEY_TAG: keys.task_key, EVAL_ROLE_TAG: role,
+            EVAL_MODEL_DIR_TAG: str(model_path), **keys.tags,
             **({GENERATION_EVAL_KEY_TAG: gen_key, **generation_tags(cfg)} if gen_key else {})}.items()])
-        wanted = [(mmlu_path, MMLU_EVAL_KEY_TAG, setup.mmlu_key), (task_path, TASK_EVAL_KEY_TAG, setup.task_key)]
+        wanted = [(mmlu_path, MMLU_EVAL_KEY_TAG, keys.mmlu_key), (task_path, TASK_EVAL_KEY_TAG, keys.task_key)]
         if gen_key:
             wanted.append((generations_path, GENERATION_EVAL_KEY_TAG, gen_key))
         reused = []
@@ -188,27 +189,28 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
             from components.evaluate.placement import load_placed
 
             loaded = load_placed(model_path, cfg.evaluation)
-            if not _has_key(mmlu_path, setup.mmlu_key):
+            if not _has_key(mmlu_path, keys.mmlu_key):
                 settings = cfg.evaluation
                 results = evaluate(model_path, on_volume(cfg, cfg.storage.eval_data_dir), n_shot=settings.n_shot,
                                    subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
                                    loaded=loaded)
                 atomic_write_text(mmlu_path, dump_results(results))
-            if not _has_key(task_path, setup.task_key):
+            if not _has_key(task_path, keys.task_key):
                 task = score_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
                                     template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
                                     model_dir=model_path, batch_size=cfg.evaluation.batch_size)
                 atomic_write_text(task_path, dump_task_results(task))
             if gen_key and not _has_key(generations_path, gen_key):
-                _generate(cfg, kfp_run_id, loaded, model_path, setup, generations_path)
+                _generate(cfg, kfp_run_id, loaded, model_path, keys, generations_path)
         mmlu = parse_mmlu_results(mmlu_path.read_text(encoding="utf-8"), str(mmlu_path))
         task = load_task_results(task_path)
         generations = parse_generations(generations_path.read_text(encoding="utf-8"), str(generations_path)) \
             if gen_key else None
         values = {"mmlu_micro": mmlu.micro, "mmlu_macro": mmlu.macro, "mmlu_questions": float(mmlu.total),
                   **{category_metric(name): row.accuracy for name, row in mmlu.categories.items()},
-                  "task_loss": task.loss, "task_mean_nll": task.mean_example_nll, "task_perplexity": task.perplexity,
-                  "task_token_accuracy": task.token_accuracy, "task_rows": float(task.examples),
+                  "task_token_loss": task.loss, "task_row_nll": task.mean_example_nll,
+                  "task_perplexity": task.perplexity, "task_token_accuracy": task.token_accuracy,
+                  "task_rows": float(task.examples),
                   **(generation_metrics(generations) if generations else {}),
                   "eval_seconds": round(time.monotonic() - started, 3)}
         now = int(time.time() * 1000)
@@ -219,15 +221,15 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
         if generations:
             client.log_artifact(run_id, str(generations_path), artifact_path="eval")
             client.log_table(run_id, data=generation_table(generations), artifact_file=GENERATIONS_TABLE)
-    for key in ("mmlu_micro", "mmlu_macro", "task_loss", "task_perplexity", "task_token_accuracy"):
+    for key in ("mmlu_micro", "mmlu_macro", "task_token_loss", "task_perplexity", "task_token_accuracy"):
         metrics.log_metric(key, round(float(values[key]), 6))
     for name, row in mmlu.categories.items():
         metrics.log_metric(category_metric(name), row.accuracy)
     for artifact, path in ((mmlu_results, mmlu_path), (task_results, task_path)):
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, artifact.path)
-    mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
-    task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
+    mmlu_results.metadata.update({"eval_key": keys.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
+    task_results.metadata.update({"eval_key": keys.task_key, "task_token_loss": task.loss, "role": role})
     scores_reused = tuple(sorted(set(reused) - {GENERATIONS_FILE}))
     print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
           f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model "
@@ -240,7 +242,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 
-def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], model_path: Path, setup: EvalSetup,
+def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], model_path: Path, keys: EvalKeys,
               path: Path) -> None:
     """Answer the held-out rows with the loaded model and write generations.jsonl (whole, or not at all)."""
     from components.data.split import snapshot_dir
@@ -251,8 +253,8 @@ def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], mod
     generations = generate_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
                                   template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
                                   generate_rows=evaluation.generate_rows, max_new_tokens=evaluation.max_new_tokens,
-                                  model_dir=model_path, model_id=setup.tags[MODEL_ID_TAG],
-                                  task_eval_key=setup.task_key,
+                                  model_dir=model_path, model_id=keys.tags[MODEL_ID_TAG],
+                                  task_eval_key=keys.task_key,
                                   batch_size=evaluation.batch_size)
     atomic_write_text(path, dump_generations(generations))
 

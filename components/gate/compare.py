@@ -34,7 +34,7 @@ from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FIL
 from components.evaluate.generate.results import GenerationResultsError, Generations, load_generations
 from components.evaluate.mmlu.results import ResultsFileError, read_mmlu_results
 from components.evaluate.task.results import TaskResults, TaskResultsError, load_task_results, totals
-from components.gate.registry import BASE_MODEL_NAME
+from components.gate.registry import baseline_label
 from components.gate.report import loss_curve, render_html, render_report, train_loss
 from components.gate.rules import Comparison, NotComparable, TaskScores, compare
 from components.train.select_trial import read_selection, trials_table
@@ -47,7 +47,7 @@ SIDE_BY_SIDE_TABLE = "compare/side_by_side.json"
 
 
 class ComparisonError(ValueError):
-    """Results that cannot be compared (unreadable, inconsistent or from different setups); names file and field."""
+    """Results that cannot be compared (unreadable, inconsistent or from other eval settings); names file and field."""
 
 
 def read_task(path: str | Path, label: str) -> TaskResults:
@@ -97,25 +97,28 @@ def held_out_answers(generations: Generations, held_out_below: float) -> Generat
 
 
 def task_scores(results: TaskResults, held_out_below: float = 1.0) -> TaskScores:
-    """What the gate needs of a task results file: setup, per-row losses keyed by (dataset, row key), loss.
+    """What the gate needs of a task results file: eval settings, per-row losses keyed by (dataset, row key), loss.
 
     Only rows whose key position is below ``held_out_below`` count (the rows the baseline was not trained on
     either: :mod:`components.gate.held_out`); the token-weighted loss is then theirs.
     """
-    setup = {"test_split_hash": results.test_split_hash, "template": results.template,
+    settings = {"test_split_hash": results.test_split_hash, "template": results.template,
              "cutoff_len": results.cutoff_len, "scoring_version": results.scoring_version,
              "entries_hash": results.entries_hash, "datasets": sorted(results.datasets)}
     records = [record for record in results.records if key_position(record.key) < held_out_below]
     losses = {f"{record.dataset}/{record.key}": record.nll_mean for record in records}
     loss = results.loss if len(records) == len(results.records) else float(totals(records)["loss"])
-    return TaskScores(eval_key=results.eval_key, setup=setup, losses=losses, loss=loss)
+    return TaskScores(eval_key=results.eval_key, eval_settings=settings, losses=losses, loss=loss)
 
 
 def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseline_mmlu: str | Path,
-                  baseline_task: str | Path, cfg: PipelineConfig, *, baseline_name: str,
+                  baseline_task: str | Path, cfg: PipelineConfig, *, baseline_version: str,
                   held_out_below: float = 1.0,
                   generations: tuple[str | Path, str | Path] | None = None) -> Comparison:
     """Read the results files and apply the gate (:func:`components.gate.rules.compare`).
+
+    ``baseline_version`` is the registry version of the champion the candidate is compared with, ``""`` for the
+    base model (the first model); the report names the baseline after it (``champion v3``, ``base model``).
 
     Only held-out rows whose key position is below ``held_out_below`` are compared (find-baseline's: the rows
     neither model trained on), the generated answers included; the comparison records how many others were left
@@ -133,6 +136,7 @@ def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseli
     except ResultsFileError as exc:
         raise ComparisonError(str(exc)) from None
     tasks = [read_task(candidate_task, "candidate task results"), read_task(baseline_task, "baseline task results")]
+    baseline_name = baseline_label(baseline_version or None)
     scores = [task_scores(task, held_out_below) for task in tasks]
     answers = None
     if generations is not None:
@@ -140,7 +144,7 @@ def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseli
                         for path, role in zip(generations, ("candidate", "baseline"), strict=True))
     try:
         comparison = compare(mmlu[0], mmlu[1], scores[0], scores[1], cfg.gate, baseline_name=baseline_name,
-                             first_model=baseline_name == BASE_MODEL_NAME, seed=cfg.training.seed,
+                             first_model=not baseline_version, seed=cfg.training.seed,
                              generations=answers)
     except NotComparable as exc:
         raise ComparisonError(f"{exc}; evaluate the baseline again with the candidate's settings") from None
@@ -166,7 +170,7 @@ def compare_files(candidate_mmlu: str | Path, candidate_task: str | Path, baseli
 
 
 def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: str, baseline_mmlu: str,
-             baseline_task: str, baseline_name: str, baseline_note: str, train_run_id: str, report: Any,
+             baseline_task: str, baseline_version: str, baseline_note: str, train_run_id: str, report: Any,
              report_html: Any, metrics: Any, held_out_below: float = 1.0) -> tuple[str, str, str]:
     """Compare, decide, and write comparison.json, the reports and the metrics.
 
@@ -189,7 +193,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         beside(on_volume(cfg, baseline_task), cfg)
     comparison = compare_files(on_volume(cfg, candidate_mmlu), on_volume(cfg, candidate_task),
                                on_volume(cfg, baseline_mmlu), on_volume(cfg, baseline_task), cfg,
-                               baseline_name=baseline_name, held_out_below=held_out_below,
+                               baseline_version=baseline_version, held_out_below=held_out_below,
                                generations=(candidate_answers, baseline_answers) if candidate_answers else None)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id), tempfile.TemporaryDirectory() as tmp:
         curve, loss = loss_curve(client, train_run_id), train_loss(client, train_run_id)
@@ -211,7 +215,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         # pipeline runs compare at a glance in the experiment's table and charts.
         parent = parent_run_id(client, cfg, kfp_run_id)
         log_metrics(client, parent, numbers)
-        decision = {DECISION_TAG: comparison.decision, BASELINE_TAG: baseline_name,
+        decision = {DECISION_TAG: comparison.decision, BASELINE_TAG: comparison.baseline_name,
                     DECISION_LINE_TAG: comparison.headline}
         set_run_tags(client, parent, {**decision, RUN_NOTE_TAG: _run_description(comparison)})
         folder = Path(tmp) / "report"
@@ -246,9 +250,9 @@ def flat_metrics(comparison: Comparison) -> dict[str, float]:
     """The comparison's headline numbers as flat metric names (KFP UI and MLflow)."""
     task, mmlu = comparison.task, comparison.mmlu
     numbers = {
-        "task_loss_candidate": task.candidate_mean_nll, "task_loss_baseline": task.baseline_mean_nll,
-        "task_loss_change": task.relative_change, "task_loss_change_low": task.ci_low,
-        "task_loss_change_high": task.ci_high, "task_wilcoxon_p": task.wilcoxon_p,
+        "task_row_nll_candidate": task.candidate_mean_nll, "task_row_nll_baseline": task.baseline_mean_nll,
+        "task_row_nll_change": task.relative_change, "task_row_nll_change_low": task.ci_low,
+        "task_row_nll_change_high": task.ci_high, "task_wilcoxon_p": task.wilcoxon_p,
         "mmlu_candidate": mmlu.candidate_micro, "mmlu_baseline": mmlu.baseline_micro,
         "mmlu_delta": mmlu.delta_micro, "mmlu_mcnemar_p": mmlu.mcnemar_p,
         "promote": float(comparison.decision == "promote"),
@@ -296,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{role}-task", required=True, help=f"The {role}'s held-out task.json.")
         parser.add_argument(f"--{role}-generations", default=None,
                             help=f"The {role}'s generations.jsonl (both or neither: the generation rule).")
-    parser.add_argument("--baseline-name", default=BASE_MODEL_NAME, help="How the report names the baseline.")
+    parser.add_argument("--baseline-version", default="",
+                        help="The champion's registry version the baseline is, e.g. 3 (the report names it champion "
+                             "v3); leave out for the base model (the first model).")
     parser.add_argument("--held-out-below", type=float, default=1.0,
                         help="Compare only held-out rows whose key position is below this (find-baseline's "
                              "held_out_below: the rows the baseline was not trained on either); default all.")
@@ -320,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             if output:  # checked first: an output must never replace one of the results it compares
                 guard_output(output, inputs, flag=flag)
         comparison = compare_files(args.candidate_mmlu, args.candidate_task, args.baseline_mmlu, args.baseline_task,
-                                   cfg, baseline_name=args.baseline_name, held_out_below=args.held_out_below,
+                                   cfg, baseline_version=args.baseline_version,
+                                   held_out_below=args.held_out_below,
                                    generations=(args.candidate_generations, args.baseline_generations)
                                    if args.candidate_generations else None)
         outputs = [(args.report, render_report(comparison)) if args.report else None,

@@ -8,7 +8,7 @@ the champion was not trained on either (:mod:`components.gate.held_out`, from th
 Its scores under this run's eval keys (the model's content, the held-out split, template and cutoff; the MMLU
 data, n-shot and subjects) are looked up in MLflow: when both are stored, reuse-baseline-scores fetches them;
 otherwise evaluate-baseline scores the model afresh, and the note says why: the stored file that cannot be used
-(no artifact, truncated or damaged, another eval key; its MLflow run named), or the part of the setup that changed
+(no artifact, truncated or damaged, another eval key; its MLflow run named), or the eval setting that changed
 since the model's last stored score. Stored files are validated here, where they are found, so a damaged one never
 sends a run down the reuse path. With generation on (``evaluation.generate_rows`` > 0) the baseline's generated
 answers must be stored under their key too.
@@ -31,7 +31,7 @@ from components.common.tags import (
     MODEL_ID_TAG,
     TASK_EVAL_KEY_TAG,
 )
-from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
+from components.evaluate.evaluate import eval_keys, generation_key, generation_tags
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.store import find_stored, why_not_stored
@@ -43,7 +43,7 @@ from configs.loading import config_from_json
 STEP = "find-baseline"
 
 
-def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float]:
+def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float, str]:
     """Find the baseline model, the held-out rows it shares with the candidate, and whether its scores must be
     computed.
 
@@ -51,9 +51,11 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
     (allow_unknown_baseline_split) and mlflow.
 
     Returns:
-        ``(needs_eval, model_dir, baseline_name, note, MMLU eval key, task eval key, held_out_below)``: ``note``
-        says which stored scores are reused, or why none could be, and which held-out rows are left out;
-        compare uses the rows whose key position is below ``held_out_below``.
+        ``(needs_eval, model_dir, baseline_name, note, MMLU eval key, task eval key, held_out_below,
+        baseline_version)``: ``note`` says which stored scores are reused, or why none could be, and which
+        held-out rows are left out; compare uses the rows whose key position is below ``held_out_below``;
+        ``baseline_version`` is the champion's registry version, ``""`` for the base model (``baseline_name`` is
+        its display label: ``champion v3``, ``base model``).
 
     Raises:
         ConfigError: the config parameter is invalid.
@@ -73,7 +75,7 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
             client.set_model_version_tag(name, champion.version, LOCAL_PATH_TAG, str(model_dir))
         rows = held_out_bound(cfg, read_manifest(snapshot_dir(cfg, kfp_run_id)), label,
                               champion.tags if champion is not None else None)
-        mmlu_key, task_key, setup = eval_setup(cfg, kfp_run_id, model_dir)
+        mmlu_key, task_key, tags = eval_keys(cfg, kfp_run_id, model_dir)
         gen_key = generation_key(cfg, task_key)
         lookups = [find_stored(client, cfg, MMLU_EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE),
                    find_stored(client, cfg, TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]
@@ -81,11 +83,11 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
             lookups.append(find_stored(client, cfg, GENERATION_EVAL_KEY_TAG, gen_key, GENERATIONS_FILE))
         needs_eval = any(lookup.found is None for lookup in lookups)
         if needs_eval:
-            # Stored files that were found but cannot be used are the reason; otherwise the setup changed.
+            # Stored files that were found but cannot be used are the reason; otherwise an eval setting changed.
             problems = [problem for lookup in lookups if lookup.found is None for problem in lookup.problems]
-            wanted = {**setup, **generation_tags(cfg)} if gen_key else setup
+            wanted = {**tags, **generation_tags(cfg)} if gen_key else tags
             reason = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "") \
-                if problems else why_not_stored(client, cfg, setup[MODEL_ID_TAG], wanted)
+                if problems else why_not_stored(client, cfg, tags[MODEL_ID_TAG], wanted)
             note = f"{label} evaluated afresh: {reason}"
         else:
             runs = sorted({lookup.found.run_id for lookup in lookups})
@@ -97,4 +99,5 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
                                       HELD_OUT_BELOW_TAG: repr(rows.below),
                                       HELD_OUT_ROWS_TAG: f"{rows.rows} of {rows.scored}"})
     print(f"[{STEP}] {note}", flush=True)
-    return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below
+    return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below, \
+        champion.version if champion is not None else ""

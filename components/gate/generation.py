@@ -1,6 +1,6 @@
 """The candidate's and the baseline's generated answers, paired row by row (what the generation rule reads).
 
-Both ``generations.jsonl`` (:mod:`components.evaluate.generate.results`) must come from the same setup (held-out
+Both ``generations.jsonl`` (:mod:`components.evaluate.generate.results`) must come from the same eval settings (held-out
 split, template, cutoff, ``generate_rows``, ``max_new_tokens``, generation version) and answer the same rows.
 For each score: both means, the mean of the per-row differences and its paired bootstrap interval
 (:func:`components.gate.stats.mean_difference_ci`). For the gated score (``gate.generation_metric``) the exact
@@ -29,7 +29,7 @@ METRIC_LABELS = {"chrf": "chrF", "rouge_l": "ROUGE-L", "token_f1": "token F1", "
 
 
 class NotPaired(ValueError):
-    """The two models' answers cannot be paired (another setup, other rows); names the field."""
+    """The two models' answers cannot be paired (other evaluation settings, other rows); names the field."""
 
 
 class _Record(BaseModel):
@@ -69,7 +69,7 @@ class GenerationComparison(_Record):
     rows: int
     candidate_eval_key: str
     baseline_eval_key: str
-    setup: dict[str, Any]
+    eval_settings: dict[str, Any]
     metric: str  # gate.generation_metric
     metrics: list[MetricComparison]
     candidate_units: int  # exact sum of the gated score over the rows, in 10^-4 points
@@ -104,17 +104,17 @@ def compare_generations(candidate: Generations, baseline: Generations, *, metric
     """Pair the two models' answers by row and compute the paired statistics.
 
     Raises:
-        NotPaired: different setups, or different rows answered.
+        NotPaired: different evaluation settings, or different rows answered.
     """
     from components.gate.stats import mean_difference_ci
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    cand_setup, base_setup = candidate.header.setup(), baseline.header.setup()
-    for field in sorted(cand_setup):
-        if cand_setup[field] != base_setup[field]:
+    cand_settings, base_settings = candidate.header.eval_settings(), baseline.header.eval_settings()
+    for field in sorted(cand_settings):
+        if cand_settings[field] != base_settings[field]:
             raise NotPaired(f"generated answers: candidate and baseline were generated differently: {field} is "
-                            f"{cand_setup[field]!r} vs {base_setup[field]!r}")
+                            f"{cand_settings[field]!r} vs {base_settings[field]!r}")
     cand, base = candidate.by_row(), baseline.by_row()
     if cand.keys() != base.keys():
         only = sorted(cand.keys() ^ base.keys())[:3]
@@ -139,7 +139,7 @@ def compare_generations(candidate: Generations, baseline: Generations, *, metric
                           key=lambda pair: (-pair.difference, pair.row))
     return GenerationComparison(
         rows=len(keys), candidate_eval_key=candidate.header.eval_key, baseline_eval_key=baseline.header.eval_key,
-        setup=cand_setup, metric=metric, metrics=metrics,
+        eval_settings=cand_settings, metric=metric, metrics=metrics,
         candidate_units=sum(score_units(getattr(cand[key].scores, metric)) for key in keys),
         baseline_units=sum(score_units(getattr(base[key].scores, metric)) for key in keys),
         candidate_stopped=cand_totals["stopped"], baseline_stopped=base_totals["stopped"],

@@ -1,10 +1,11 @@
-"""The mark-challenger step: a version the gate kept out gets the alias ``challenger`` and the reason.
+"""The mark-challenger step: a version the gate kept out gets the alias ``challenger`` and the gate's headline.
 
 The champion stays; the new version stays registered (its scores are stored, so a later run can still compare
-with it) and carries the gate's headline as the tag ``llmft.rejected_reason``.
+with it) and carries the gate's headline (compare's one-line decision) as the reason it was not promoted, the tag
+``llmft.rejected_reason``.
 
     python -m components.gate.mark_challenger --config configs/local.yaml --kfp-run-id RUN --model-version 3 \\
-        --reason "keep-champion: held-out loss +0.0% vs champion v1"
+        --headline "keep-champion: held-out loss +0.0% vs champion v1"
 
 Exit codes: 0 marked, 1 the version does not exist or the registry failed, 2 a usage or configuration error.
 """
@@ -25,8 +26,9 @@ from configs.schema import ConfigError
 STEP = "mark-challenger"
 
 
-def run_step(config: str, kfp_run_id: str, model_version: str, reasons: str) -> tuple[str]:
-    """A version that is not promoted: give it the alias ``challenger`` and record why (the champion stays).
+def run_step(config: str, kfp_run_id: str, model_version: str, headline: str) -> tuple[str]:
+    """A version that is not promoted: give it the alias ``challenger`` and record why, the gate's ``headline``
+    (the champion stays).
 
     Reads mlflow (tracking URI, experiment, registered_model_name).
 
@@ -40,10 +42,10 @@ def run_step(config: str, kfp_run_id: str, model_version: str, reasons: str) -> 
     """
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
-        mark_challenger(client, cfg.mlflow.registered_model_name, model_version, reasons)
-        set_run_tags(client, run_id, {MODEL_VERSION_TAG: str(model_version), REJECTED_REASON_TAG: reasons})
+        mark_challenger(client, cfg.mlflow.registered_model_name, model_version, headline)
+        set_run_tags(client, run_id, {MODEL_VERSION_TAG: str(model_version), REJECTED_REASON_TAG: headline})
     print(json.dumps({"registered_model": cfg.mlflow.registered_model_name, "challenger": str(model_version),
-                      "reasons": reasons}))
+                      "headline": headline}))
     return (CHALLENGER,)
 
 
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("components.gate.mark_challenger", "Give a registered version the alias challenger.")
     parser.add_argument("--kfp-run-id", required=True, help="Pipeline run id (for the MLflow child run).")
     parser.add_argument("--model-version", required=True, help="Registry version number, e.g. 3.")
-    parser.add_argument("--reason", required=True, help="Why it was not promoted (the gate's headline).")
+    parser.add_argument("--headline", required=True, help="Why it was not promoted: the gate's headline.")
     return parser
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        run_step(cli_config(parser, args).model_dump_json(), args.kfp_run_id, args.model_version, args.reason)
+        run_step(cli_config(parser, args).model_dump_json(), args.kfp_run_id, args.model_version, args.headline)
     except ConfigError as exc:
         return fail(parser, exc, 2)
     except (RegistryError, RuntimeError, OSError) as exc:

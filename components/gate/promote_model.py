@@ -32,6 +32,7 @@ from components.gate.registry import (
     CHAMPION,
     PREVIOUS,
     RegistryError,
+    baseline_label,
     is_missing,
     mark_challenger,
     registered_aliases,
@@ -54,10 +55,11 @@ def promotion_lock(models_dir: Path) -> Iterator[None]:
 
 
 def run_step(config: str, kfp_run_id: str, model_version: str, version: str,
-                baseline_name: str = "") -> tuple[str, str]:
+             baseline_version: str | None = None) -> tuple[str, str]:
     """Move ``champion`` to ``model_version`` (the old champion becomes ``previous``) and ``current`` to ``version``.
 
-    Only while the champion is still ``baseline_name``, the model the candidate was compared with: when another
+    Only while the champion is still ``baseline_version`` (find-baseline's: the champion's registry version the
+    candidate was compared with, ``""`` for the base model; None: not checked, as by hand): when another
     run promoted a new champion in the meantime, the version becomes ``challenger`` instead, with that reason
     (promotions of one model take turns under :func:`promotion_lock`). Idempotent: a retry after the alias moved
     reports the same previous champion (kept as a version tag before anything moves). Reads storage (mount path,
@@ -93,10 +95,10 @@ def run_step(config: str, kfp_run_id: str, model_version: str, version: str,
             raise RegistryError(f"cannot promote {name} version {model_version}: {exc}") from None
         aliases = registered_aliases(client, name)
         old = aliases.get(CHAMPION, "")
-        beaten = baseline_name.removeprefix(f"{CHAMPION} v") if baseline_name.startswith(CHAMPION) else ""
-        if baseline_name and old not in (beaten, str(model_version)):
+        if baseline_version is not None and old not in (baseline_version, str(model_version)):
             reason = (f"not promoted: the champion is now v{old}, promoted by another run after this one compared "
-                      f"with the {baseline_name}; run the pipeline again to compare with v{old}")
+                      f"with the {baseline_label(baseline_version or None)}; run the pipeline again to compare with "
+                      f"v{old}")
             mark_challenger(client, name, model_version, reason)
             set_run_tags(client, run_id, {MODEL_VERSION_TAG: str(model_version), REJECTED_REASON_TAG: reason})
             print(json.dumps({"registered_model": name, "challenger": str(model_version), "reason": reason}))

@@ -146,8 +146,8 @@ def _register_external_model(client: MlflowClient, cfg: PipelineConfig, parent: 
 
     # The candidate's headline numbers under the names the compare step gives them on the parent run, linked to
     # the model too; and the model as the parent run's output (its "Logged models").
-    scores = {"task_loss_candidate": comparison.task.candidate_mean_nll,
-              "mmlu_candidate": comparison.mmlu.candidate_micro, "task_loss_change": comparison.task.relative_change}
+    scores = {"task_row_nll_candidate": comparison.task.candidate_mean_nll,
+              "mmlu_candidate": comparison.mmlu.candidate_micro, "task_row_nll_change": comparison.task.relative_change}
     for key, value in scores.items():
         client.log_metric(parent, key, round(float(value), 6), model_id=model.model_id)
     client.log_outputs(parent, models=[LoggedModelOutput(model.model_id, 0)])

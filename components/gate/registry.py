@@ -138,7 +138,13 @@ def version_of_run(client: MlflowClient, name: str, kfp_run_id: str) -> ModelVer
     return min(found, key=lambda version: int(version.version)) if found else None
 
 
-def mark_challenger(client: MlflowClient, name: str, model_version: str, reasons: str) -> None:
+def mark_challenger(client: MlflowClient, name: str, model_version: str, reason: str) -> None:
+    """Give ``model_version`` the alias ``challenger`` and record ``reason``, why it was not promoted (the gate's
+    headline, or promote-model's race), as its tag ``llmft.rejected_reason``.
+
+    Raises:
+        RegistryError: the version does not exist.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -148,7 +154,7 @@ def mark_challenger(client: MlflowClient, name: str, model_version: str, reasons
             raise RegistryError(f"registered model {name!r} has no version {model_version!r}") from None
         raise
     client.set_registered_model_alias(name, CHALLENGER, model_version)
-    client.set_model_version_tag(name, model_version, REJECTED_REASON_TAG, reasons[:MAX_TAG_CHARS] or "not promoted")
+    client.set_model_version_tag(name, model_version, REJECTED_REASON_TAG, reason[:MAX_TAG_CHARS] or "not promoted")
 
 
 # The baseline ----------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ per-question correctness; for the generated answers, every score's paired bootst
 the two models differ most; and, with a judge (``evaluation.judge_endpoint``, :mod:`components.gate.judge`), a
 pairwise verdict per row in both orders with a sign test.
 
-Two results are compared only when their eval setups agree (task: held-out split hash, template,
+Two results are compared only when their evaluation settings agree (task: held-out split hash, template,
 cutoff, scoring version; MMLU: data hash, n-shot, subjects, limit, prompt version). Otherwise
 :class:`NotComparable` is raised: the pipeline then evaluates the baseline afresh instead.
 """
@@ -67,7 +67,7 @@ class TaskScores(NamedTuple):
     """What the gate needs of one model's task evaluation."""
 
     eval_key: str
-    setup: dict[str, Any]  # test split hash, template, cutoff, scoring version: must agree to compare
+    eval_settings: dict[str, Any]  # test split hash, template, cutoff, scoring version: must agree to compare
     losses: dict[str, float]  # row key -> mean answer-token negative log-likelihood
     loss: float  # token-weighted mean over every answer token (what the trainer's loss means)
 
@@ -91,7 +91,7 @@ class TaskComparison(_Record):
     rows: int
     candidate_eval_key: str
     baseline_eval_key: str
-    setup: dict[str, Any]
+    eval_settings: dict[str, Any]
     candidate_mean_nll: float  # mean over rows of each row's mean answer-token NLL (the gated number)
     baseline_mean_nll: float
     candidate_loss: float  # token-weighted
@@ -129,7 +129,7 @@ class MmluComparison(_Record):
     questions: int
     candidate_eval_key: str
     baseline_eval_key: str
-    setup: dict[str, Any]
+    eval_settings: dict[str, Any]
     candidate_micro: float
     baseline_micro: float
     delta_micro: float
@@ -164,7 +164,7 @@ class Comparison(_Record):
         return [rule.detail for rule in sorted(self.rules, key=lambda rule: rule.passed)]
 
 
-def _require_same_setup(what: str, candidate: dict[str, Any], baseline: dict[str, Any]) -> None:
+def _require_same_settings(what: str, candidate: dict[str, Any], baseline: dict[str, Any]) -> None:
     for field in sorted(candidate.keys() | baseline.keys()):
         if candidate.get(field) != baseline.get(field):
             raise NotComparable(f"{what}: candidate and baseline were evaluated differently: {field} is "
@@ -175,11 +175,11 @@ def compare_task(candidate: TaskScores, baseline: TaskScores, gate: GateConfig, 
     """Pair the two task evaluations row by row and compute the paired statistics.
 
     Raises:
-        NotComparable: different setups, or different held-out rows.
+        NotComparable: different evaluation settings, or different held-out rows.
     """
     from components.gate.stats import relative_change_ci, wilcoxon_lower
 
-    _require_same_setup("held-out task", candidate.setup, baseline.setup)
+    _require_same_settings("held-out task", candidate.eval_settings, baseline.eval_settings)
     if candidate.losses.keys() != baseline.losses.keys():
         only = sorted(candidate.losses.keys() ^ baseline.losses.keys())[:3]
         raise NotComparable(f"held-out task: candidate ({len(candidate.losses)} rows) and baseline "
@@ -195,7 +195,7 @@ def compare_task(candidate: TaskScores, baseline: TaskScores, gate: GateConfig, 
     cand_mean, base_mean = math.fsum(cand) / len(keys), math.fsum(base) / len(keys)
     return TaskComparison(
         rows=len(keys), candidate_eval_key=candidate.eval_key, baseline_eval_key=baseline.eval_key,
-        setup=candidate.setup, candidate_mean_nll=cand_mean, baseline_mean_nll=base_mean,
+        eval_settings=candidate.eval_settings, candidate_mean_nll=cand_mean, baseline_mean_nll=base_mean,
         candidate_loss=candidate.loss, baseline_loss=baseline.loss, relative_change=cand_mean / base_mean - 1.0,
         mean_difference=cand_mean - base_mean, ci_low=interval.low, ci_high=interval.high,
         confidence=interval.confidence, bootstrap_samples=interval.samples, seed=seed,
@@ -206,12 +206,12 @@ def compare_mmlu(candidate: MmluResults, baseline: MmluResults, gate: GateConfig
     """Pair the two MMLU results question by question; every number is computed from the question records.
 
     Raises:
-        NotComparable: different setups, different question sets, or a question with two gold answers.
+        NotComparable: different evaluation settings, different question sets, or a question with two gold answers.
     """
     from components.evaluate.mmlu.results import tallies
     from components.gate.stats import mcnemar_exact, paired_bootstrap_ci
 
-    _require_same_setup("MMLU", candidate.setup(), baseline.setup())
+    _require_same_settings("MMLU", candidate.eval_settings(), baseline.eval_settings())
     cand = {(q.subject, q.index): q for q in candidate.questions}
     base = {(q.subject, q.index): q for q in baseline.questions}
     if cand.keys() != base.keys():
@@ -245,7 +245,7 @@ def compare_mmlu(candidate: MmluResults, baseline: MmluResults, gate: GateConfig
     base_macro = sum(map(_ratio, base_subjects.values())) / len(base_subjects)
     return MmluComparison(
         questions=len(keys), candidate_eval_key=candidate.eval_key, baseline_eval_key=baseline.eval_key,
-        setup=candidate.setup(), candidate_micro=cand_micro, baseline_micro=base_micro,
+        eval_settings=candidate.eval_settings(), candidate_micro=cand_micro, baseline_micro=base_micro,
         delta_micro=cand_micro - base_micro, candidate_macro=cand_macro, baseline_macro=base_macro,
         delta_macro=cand_macro - base_macro, candidate_only=overall.candidate_only,
         baseline_only=overall.baseline_only, mcnemar_p=overall.p_value, ci_low=interval.low, ci_high=interval.high,

@@ -20,7 +20,9 @@ Features:
   (:mod:`components.merge.publish`); ``current`` moves only in promote-model. A retry of a run that already
   published finds its version (:func:`find_published`) instead of merging again.
 - **Full fine-tunes** (``training.method: full``) are published the same way, their weights copied through the
-  same checks.
+  same checks. The step keeps its name for them: merging the adapter is what it does (and what it costs) for LoRA
+  and QLoRA, and the task, its MLflow runs (``merge-lora · <run>``, tag ``llmft.step``) and the KFP cache are known
+  by it; its input and its record name what they carry, the trained ``weights``.
 
 :func:`merge_model` reads in call order: the base's layout, the adapter, the plan, the weights, the config and
 side files, the record, the checks and the manifest.
@@ -212,13 +214,13 @@ def merge_and_publish(base_dir: Path, adapter_dir: Path | None, models_dir: Path
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tuple[str, str]:
+def run_step(config: str, kfp_run_id: str, weights_dir: str, merged: Any) -> tuple[str, str]:
     """Merge the trained adapter (or copy full weights) and publish a new version without moving ``current``.
 
     Reads storage (mount_path, base_model, models_root), mlflow (registered_model_name and the
-    tracking settings), training.method (``full``: ``adapter_dir`` holds full weights) and merge
+    tracking settings), training.method (``full``: ``weights_dir`` holds full weights, else the LoRA adapter) and merge
     (dtype, max_shard_size_mb). Idempotent: a retry of a run that already published returns that
-    version. Logs the MLflow child run ``merge-lora`` (params base, adapter, dtype, version, checksum).
+    version. Logs the MLflow child run ``merge-lora`` (params base, weights, dtype, version, checksum).
 
     Returns:
         ``(model_dir, version)``: the published directory (absolute) and its version name.
@@ -230,9 +232,9 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
     """
     cfg = config_from_json(config)
     base = on_volume(cfg, cfg.storage.base_model)
-    trained = on_volume(cfg, adapter_dir, absolute_ok=False)
+    trained = on_volume(cfg, weights_dir, absolute_ok=False)
     models_dir = on_volume(cfg, Path(cfg.storage.models_root) / cfg.mlflow.registered_model_name)
-    guard_output(models_dir, {"storage.base_model": base, "the trained adapter": trained},
+    guard_output(models_dir, {"storage.base_model": base, "the trained weights": trained},
                  flag="storage.models_root/mlflow.registered_model_name")
     full = cfg.training.method == "full"
     with step_run(cfg, kfp_run_id, STEP, system_metrics=True) as (client, run_id):
@@ -247,10 +249,10 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
                 info={"kfp_run_id": kfp_run_id, "method": cfg.training.method, "base_model": str(base)},
             )
         details = read_model(published / MERGE_INFO, MergeInfo, "the merge record", error=MergeError)
-        record = {"base": str(base), "adapter": str(trained), "dtype": details.dtype, "version": published.name,
+        record = {"base": str(base), "weights": str(trained), "dtype": details.dtype, "version": published.name,
                   "checksum": manifest_checksum(published), "method": cfg.training.method,
                   "model_dir": str(published)}
-        for key in ("base", "adapter", "dtype", "version", "checksum"):
+        for key in ("base", "weights", "dtype", "version", "checksum"):
             client.log_param(run_id, key, record[key])
         set_run_tags(client, run_id, {MODEL_DIR_TAG: str(published), REUSED_VERSION_TAG: str(reused).lower()})
         log_metrics(client, run_id, {"merge_seconds": time.monotonic() - started, "model_bytes": details.bytes,

@@ -14,9 +14,10 @@ set on the pods by the pipeline, so the config must agree with them: their value
 override that sets one of those fields to something else is refused (it would reserve one number of GPUs
 and train on another).
 
-Settings fixed when the pipeline was compiled (image, GPUs or not, DeepSpeed, timeouts, retries, resource
-requests, node count, the storage mount) cannot take effect at run time: a run that changes one is refused
-with the field named and the advice to compile another config.
+Settings fixed when the pipeline was compiled (the fields the schema marks with
+:func:`configs.schema.compile_time`: image, DeepSpeed, timeouts, retries, resource requests, node count, the
+storage mount, Secrets, the trials' parallelism; and GPUs or not) cannot take effect at run time: a run that
+changes one is refused with the field named and the advice to compile another config.
 
 The resolved config is also written to ``<output_root>/<run id>/resolved_config.json`` on the volume, where
 the exit handler (which KFP does not let depend on a task) reads it.
@@ -30,7 +31,7 @@ from typing import Any
 from components.common.run_name import write_run_name
 from components.common.storage import run_dir
 from components.common.typed_files import write_model
-from configs.form import by_path, canonical, field_value, form_fields, form_values
+from configs.form import by_path, canonical, compile_time_paths, field_values, form_fields, form_values
 from configs.loading import (
     apply_overrides,
     config_from_dict,
@@ -44,14 +45,6 @@ from configs.schema import ConfigError, PipelineConfig
 
 STEP = "resolve-config"
 RESOLVED_FILE = "resolved_config.json"
-# Fields decided when compiling (they shape the compiled IR: images, pod resources, timeouts, the mount).
-COMPILE_TIME = (
-    "cluster.image", "cluster.image_pull_secrets", "cluster.nodes", "cluster.cpu_request", "cluster.memory_request",
-    "cluster.memory_limit", "cluster.light_cpu_request", "cluster.light_memory_request", "cluster.shm_size",
-    "cluster.train_timeout_s", "cluster.eval_timeout_s", "cluster.merge_timeout_s", "cluster.light_timeout_s",
-    "cluster.train_retries", "training.deepspeed_stage", "storage.mount_path", "storage.output_root",
-    "mlflow.credentials_secret", "evaluation.judge_secret", "sweep.parallelism",
-)
 CLUSTER_PREFIX = "h_"
 
 
@@ -99,14 +92,16 @@ def resolve(config: str, overrides: list[str], form: dict[str, Any], compiled: P
 
 
 def refuse_compile_time_changes(cfg: PipelineConfig, compiled: PipelineConfig) -> None:
-    """Refuse run-time values of fields the pipeline fixed when it was compiled.
+    """Refuse run-time values of fields the pipeline fixed when it was compiled
+    (:func:`configs.form.compile_time_paths`; and GPUs or not).
 
     Raises:
         ConfigError: one message naming every such field, its compiled and requested values.
     """
-    changed = [f"{path}: compiled as {canonical(field_value(compiled, path))}, requested "
-               f"{canonical(field_value(cfg, path))}" for path in COMPILE_TIME
-               if canonical(field_value(cfg, path)) != canonical(field_value(compiled, path))]
+    paths = compile_time_paths()
+    fixed, requested = field_values(compiled, paths), field_values(cfg, paths)
+    changed = [f"{path}: compiled as {canonical(fixed[path])}, requested {canonical(requested[path])}"
+               for path in paths if canonical(requested[path]) != canonical(fixed[path])]
     if (cfg.cluster.accelerator_count > 0) != (compiled.cluster.accelerator_count > 0):
         changed.append(f"cluster.accelerator_count: the pipeline was compiled "
                        f"{'with' if compiled.cluster.accelerator_count else 'without'} GPUs, requested "
@@ -161,13 +156,14 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
         ConfigError: as :func:`resolve`.
         StorageError: the volume refused the write.
     """
-    cfg = resolve(config, overrides, form, config_from_json(compiled_config))
+    compiled = config_from_json(compiled_config)
+    cfg = resolve(config, overrides, form, compiled)
     write_run_name(cfg, kfp_run_id, kfp_run_name)
     text = cfg.model_dump_json()
     path = write_model(run_dir(cfg, kfp_run_id) / RESOLVED_FILE, cfg)
-    changed = {field.path: field_value(cfg, field.path) for field in form_fields()
-               if canonical(field_value(cfg, field.path)) != canonical(form_values(config_from_json(compiled_config))
-                                                                       [field.name])}
+    before, after = form_values(compiled), form_values(cfg)
+    changed = {field.path: after[field.name] for field in form_fields()
+               if canonical(after[field.name]) != canonical(before[field.name])}
     trials = list(range(len(cfg.sweep.trials())))
     print(json.dumps({"resolved_config": str(path), "method": cfg.training.method, "config_hash": cfg.config_hash(),
                       "changed_from_compiled": changed, "trials": len(trials)}))

@@ -1,10 +1,10 @@
 """What the train step leaves: the published weights with their summary, and the pointer KFP shows.
 
 - ``adapter/`` (or ``full/``) in the run directory: the trainer's final weights, moved there whole by
-  :func:`publish_model` (a crash leaves the complete directory or none), with ``train_summary.json``
+  :func:`publish_weights` (a crash leaves the complete directory or none), with ``train_summary.json``
   (:class:`TrainSummary`), ``train.yaml``, ``trainer_log.jsonl`` and the loss plot beside them. A retry that
   finds them, made by the same configuration, reuses them instead of training again.
-- ``model.json`` in the KFP ``adapter`` artifact (:class:`ModelPointer`): where the weights are on the PVC and
+- ``model.json`` in the KFP ``weights`` artifact (:class:`ModelPointer`): where the weights are on the PVC and
   what made them; merge-lora gets the directory itself as the ``model_dir`` output.
 """
 
@@ -47,7 +47,7 @@ class TrainSummary(BaseModel):
 
 
 class ModelPointer(BaseModel):
-    """``model.json`` in the KFP ``adapter`` artifact: the trained weights on the PVC and their lineage."""
+    """``model.json`` in the KFP ``weights`` artifact: the trained weights on the PVC and their lineage."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -82,7 +82,7 @@ def _move(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def publish_model(output_dir: Path, model_dir: Path, extra: dict[str, bytes]) -> Path:
+def publish_weights(output_dir: Path, model_dir: Path, extra: dict[str, bytes]) -> Path:
     """Move the trainer's final weights (the files at the top of ``output_dir``) and write ``extra`` files into
     ``model_dir`` atomically: a crash leaves either the complete directory or none. The checkpoints stay, so
     a retry after a crash here resumes from the last one and saves the weights again.

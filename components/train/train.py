@@ -104,7 +104,7 @@ from components.train.launch import (
     trainer_env,
 )
 from components.train.metrics import backfill_metrics, collect_metrics, loss_plot_html, plot_loss
-from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_model, read_summary
+from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, publish_weights, read_summary
 from components.train.render import render_params, render_sections, render_yaml
 from components.train.tokenized import TOKENIZED_DIR, tokenization_key
 from components.train.trials import describe_settings, is_sweep, trial_config, trial_label, trial_settings
@@ -313,7 +313,7 @@ class TrainRecipe:
             trial=self.trial, settings=self.settings,
             training_fingerprint=fingerprint_digest(self.fingerprint),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        publish_model(self.paths.output_dir, self.paths.model_dir, {
+        publish_weights(self.paths.output_dir, self.paths.model_dir, {
             LOSS_PLOT: png.read_bytes(), self.paths.train_yaml.name: self.paths.train_yaml.read_bytes(),
             SUMMARY_FILE: (summary.model_dump_json(indent=2) + "\n").encode()})
         return summary
@@ -351,11 +351,11 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "", tr
         recipe.cleanup()
 
 
-def run_step(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapter: Any, metrics: Any,
+def run_step(config: str, kfp_run_id: str, dataset_hash: str, trial: int, weights: Any, metrics: Any,
              loss_plot: Any) -> tuple[str, float, str]:
     """The train pipeline step: train sweep trial ``trial`` (:func:`train_model`), then write the KFP outputs.
 
-    Writes ``adapter`` (a directory with ``model.json``, a :class:`components.train.outputs.ModelPointer`),
+    Writes ``weights`` (a directory with ``model.json``, a :class:`components.train.outputs.ModelPointer`),
     ``metrics`` (:data:`KFP_METRICS`, as far as the run has them) and ``loss_plot`` (HTML, the plot embedded).
 
     Returns:
@@ -375,8 +375,8 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapte
                            base_model=str(on_volume(cfg, cfg.storage.base_model)), pvc_name=cfg.storage.pvc_name,
                            mlflow_run_id=result.mlflow_run_id, dataset_hash=dataset_hash,
                            global_step=int(result.metrics.get("global_step", 0)))
-    write_model(Path(adapter.path) / "model.json", pointer)
-    adapter.metadata.update(pointer.model_dump())
+    write_model(Path(weights.path) / "model.json", pointer)
+    weights.metadata.update(pointer.model_dump())
     atomic_write_text(loss_plot.path, loss_plot_html(result.loss_plot, result.metrics))
     return str(result.model_dir), result.train_loss, result.mlflow_run_id
 

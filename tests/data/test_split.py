@@ -23,7 +23,7 @@ from components.data.split import (
     heldout_entry_name,
     is_test_row,
     read_manifest,
-    read_test_rows,
+    read_verified_test_rows,
     row_side,
     snapshot_dir,
     split_hash,
@@ -125,7 +125,7 @@ def test_the_cap_scores_the_smallest_keys_and_stays_stable_under_appends(tmp_pat
     assert sorted(split.test_keys) == held[:10] and split.scored_rows == 10
     assert split.test_split_hash == split_hash(held[:10])
     # In test-file order (source order), and no held-out row is trained on, scored or not.
-    assert [key for key, _ in read_test_rows(tmp_path / "first", split)] == split.test_keys
+    assert [key for key, _ in read_verified_test_rows(tmp_path / "first", split)] == split.test_keys
     train_keys = {_key(row) for row in _lines(tmp_path / "first" / split.train_file)}
     assert not train_keys & set(held) and len(train_keys) == 300 - len(held)
 
@@ -534,9 +534,9 @@ def test_manifest_and_file_changes_are_named(tmp_path):
     with pytest.raises(SplitError, match=r"test/ds\.jsonl changed after validation"):
         verify_snapshot(snapshot)
     with pytest.raises(SplitError, match=r"test/ds\.jsonl:1: the row's key"):
-        read_test_rows(snapshot, split)
+        read_verified_test_rows(snapshot, split)
     test_file.write_bytes(original)
-    assert [row for _, row in read_test_rows(snapshot, split)] == _lines(test_file)
+    assert [row for _, row in read_verified_test_rows(snapshot, split)] == _lines(test_file)
 
     info = snapshot / "dataset_info.json"
     info.write_text(info.read_text().replace("train/ds.jsonl", "test/ds.jsonl"))  # train on the test rows

@@ -1,7 +1,7 @@
 """The evaluate step (components.evaluate.evaluate) on the tiny model, with a real MLflow server on loopback.
 
 One model load scores both suites: MMLU (results.json) and the run's held-out rows (task.json), written to
-``eval/<role>/`` and logged on the ``evaluate-<role>`` child run, tagged with both eval keys and the setup.
+``eval/<role>/`` and logged on the ``evaluate-<role>`` child run, tagged with both eval keys and their settings.
 A score is never computed twice under the same eval key: a retried task reuses its own files, and a model with
 the same content (wherever it lives) gets its stored scores from MLflow without being scored. find-baseline
 reads the same tags to reuse a baseline's scores, or to say why it must evaluate afresh.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from components.common.storage import on_volume, run_dir
-from components.evaluate.evaluate import eval_setup, heldout_names, run_step
+from components.evaluate.evaluate import eval_keys, heldout_names, run_step
 from components.gate.find_baseline import run_step as run_resolve_baseline
 from configs.loading import load_config
 
@@ -105,19 +105,19 @@ def test_scores_both_suites_into_eval_role_and_tags_the_run_with_both_keys_and_t
     assert Path(mmlu_artifact.path).read_bytes() == Path(mmlu_path).read_bytes()
     assert Path(task_artifact.path).read_bytes() == Path(task_path).read_bytes()
     assert mmlu_artifact.metadata["eval_key"] == mmlu.eval_key and task_artifact.metadata["eval_key"] == task.eval_key
-    assert metrics.metadata["mmlu_micro"] == round(micro, 6) and metrics.metadata["task_loss"] == round(loss, 6)
+    assert metrics.metadata["mmlu_micro"] == round(micro, 6) and metrics.metadata["task_token_loss"] == round(loss, 6)
     assert {"mmlu_macro", "mmlu_stem", "task_perplexity", "task_token_accuracy"} <= set(metrics.metadata)
 
-    # MLflow: both keys and the whole setup as tags, the scores as metrics, both files as artifacts.
+    # MLflow: both keys and the settings they cover as tags, the scores as metrics, both files as artifacts.
     (run,) = evaluate_runs(cfg, "run-1", "candidate")
-    setup = eval_setup(cfg, "run-1", base)
+    keys = eval_keys(cfg, "run-1", base)
     assert run.info.status == "FINISHED" and run.info.run_name == f"evaluate-candidate · {cfg.name}-run-1"
     assert {key: run.data.tags.get(key) for key in ("llmft.mmlu_eval_key", "llmft.task_eval_key", "llmft.eval_role",
-                                                    "llmft.eval_model_dir", "llmft.eval_reused", *setup.tags)} == {
+                                                    "llmft.eval_model_dir", "llmft.eval_reused", *keys.tags)} == {
         "llmft.mmlu_eval_key": mmlu.eval_key, "llmft.task_eval_key": task.eval_key, "llmft.eval_role": "candidate",
-        "llmft.eval_model_dir": str(base), "llmft.eval_reused": "none", **setup.tags}
-    assert setup.tags["llmft.task_split_hash"] == task.test_split_hash and setup.tags["llmft.mmlu_n_shot"] == "5"
-    assert run.data.metrics["mmlu_micro"] == mmlu.micro and run.data.metrics["task_loss"] == task.loss
+        "llmft.eval_model_dir": str(base), "llmft.eval_reused": "none", **keys.tags}
+    assert keys.tags["llmft.task_split_hash"] == task.test_split_hash and keys.tags["llmft.mmlu_n_shot"] == "5"
+    assert run.data.metrics["mmlu_micro"] == mmlu.micro and run.data.metrics["task_token_loss"] == task.loss
     assert run.data.metrics["task_rows"] == task.examples and run.data.metrics["mmlu_questions"] == 10
     client = make_client(cfg)
     assert sorted(item.path for item in client.list_artifacts(run.info.run_id, "eval")) == [
@@ -193,7 +193,7 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
 
     # The same data: the same held-out rows, so the base model's stored scores are reused.
     snapshot(cfg, "run-2")
-    needs_eval, _, name, note, mmlu_key, task_key, _ = run_resolve_baseline(config=cfg.model_dump_json(),
+    needs_eval, _, name, note, mmlu_key, task_key, _, _ = run_resolve_baseline(config=cfg.model_dump_json(),
                                                                          kfp_run_id="run-2")
     assert (needs_eval, name) == (False, "base model")
     assert (mmlu_key, task_key) == (scored.data.tags["llmft.mmlu_eval_key"], scored.data.tags["llmft.task_eval_key"])
@@ -202,10 +202,10 @@ def test_find_baseline_reuses_stored_scores_or_says_why_it_evaluates_afresh(cfg,
     # Another held-out share: other held-out rows, another task key; the note names what changed.
     wider = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"test_fraction": 0.3})})
     snapshot(wider, "run-3")
-    old_split, new_split = scored.data.tags["llmft.task_split_hash"], eval_setup(
+    old_split, new_split = scored.data.tags["llmft.task_split_hash"], eval_keys(
         wider, "run-3", on_volume(cfg, cfg.storage.base_model)).tags["llmft.task_split_hash"]
     assert old_split != new_split
-    needs_eval, _, _, note, mmlu_key3, task_key3, _ = run_resolve_baseline(config=wider.model_dump_json(),
+    needs_eval, _, _, note, mmlu_key3, task_key3, _, _ = run_resolve_baseline(config=wider.model_dump_json(),
                                                                         kfp_run_id="run-3")
     assert needs_eval is True and mmlu_key3 == mmlu_key and task_key3 != task_key  # MMLU alone would still match
     assert note == (f"base model evaluated afresh: its stored scores were computed differently: the held-out split "

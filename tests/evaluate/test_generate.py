@@ -25,7 +25,7 @@ from components.evaluate.generate.results import (
     load_generations,
     parse_generations,
 )
-from components.evaluate.task.data import TaskDataError, llamafactory_setup, read_test_rows
+from components.evaluate.task.data import TaskDataError, llamafactory_encoding, read_test_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
@@ -82,8 +82,8 @@ def test_prompts_are_llamafactorys_own_and_multi_turn_rows_answer_the_last_turn(
 
     _, tokenizer = loaded
     entries, rows = read_test_rows(data_dir, ["facts", "chat"])
-    setup = llamafactory_setup(tokenizer, entries, template="default", cutoff_len=256)
-    prompts, skipped = build_prompts(setup, select_rows(rows, 100), max_prompt_tokens=1000)
+    encoding = llamafactory_encoding(tokenizer, entries, template="default", cutoff_len=256)
+    prompts, skipped = build_prompts(encoding, select_rows(rows, 100), max_prompt_tokens=1000)
     assert not skipped and len(prompts) == 7
     chat = next(prompt for prompt in prompts if prompt.dataset == "chat")
     assert (chat.prompt, chat.reference, chat.history_turns) == ("And where do I eat?", "A small tasca near Alfama.", 1)
@@ -91,14 +91,14 @@ def test_prompts_are_llamafactorys_own_and_multi_turn_rows_answer_the_last_turn(
     messages = [{"role": "user", "content": "Plan a day in Lisbon."},
                 {"role": "assistant", "content": "Alfama, then Belém."},
                 {"role": "user", "content": "And where do I eat?"}, {"role": "assistant", "content": ""}]
-    expected, _ = setup.template.encode_oneturn(setup.tokenizer, messages)
+    expected, _ = encoding.template.encode_oneturn(encoding.tokenizer, messages)
     assert chat.prompt_ids == expected
-    text = setup.tokenizer.decode(chat.prompt_ids)
+    text = encoding.tokenizer.decode(chat.prompt_ids)
     assert text.endswith("Human: And where do I eat?</s>\nAssistant:") and "Alfama, then Belém." in text
     assert "tasca" not in text  # the answer to give is never in the prompt
     # The default template stops at eos; a template with stop words adds them (qwen's <|im_end|>).
-    assert stop_token_ids(setup) == [tokenizer.eos_token_id]
-    qwen = llamafactory_setup(tokenizer, entries, template="qwen", cutoff_len=256)
+    assert stop_token_ids(encoding) == [tokenizer.eos_token_id]
+    qwen = llamafactory_encoding(tokenizer, entries, template="qwen", cutoff_len=256)
     assert qwen.tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(qwen)
 
 
@@ -114,8 +114,8 @@ def test_rows_are_a_fixed_sample_by_row_key_and_duplicates_count_once(data_dir):
 def test_stop_tokens_end_an_answer_and_max_new_tokens_cuts_one_that_does_not_stop(loaded, data_dir):
     model, tokenizer = loaded
     entries, rows = read_test_rows(data_dir, ["facts"])
-    setup = llamafactory_setup(tokenizer, entries, template="default", cutoff_len=256)
-    prompts, _ = build_prompts(setup, select_rows(rows, 1), max_prompt_tokens=1000)
+    encoding = llamafactory_encoding(tokenizer, entries, template="default", cutoff_len=256)
+    prompts, _ = build_prompts(encoding, select_rows(rows, 1), max_prompt_tokens=1000)
     ids = [prompts[0].prompt_ids]
     never = [tokenizer.vocab_size + 7]  # an id the model cannot emit: the answer runs to max_new_tokens
     (free,) = generate_greedy(model, ids, stop_ids=never, pad_id=0, max_new_tokens=12)
@@ -131,11 +131,11 @@ def test_stop_tokens_end_an_answer_and_max_new_tokens_cuts_one_that_does_not_sto
 def test_batching_with_left_padding_gives_the_answers_of_one_row_at_a_time(loaded, data_dir):
     model, tokenizer = loaded
     entries, rows = read_test_rows(data_dir, ["facts", "chat"])
-    setup = llamafactory_setup(tokenizer, entries, template="default", cutoff_len=256)
-    prompts, _ = build_prompts(setup, select_rows(rows, 100), max_prompt_tokens=1000)
+    encoding = llamafactory_encoding(tokenizer, entries, template="default", cutoff_len=256)
+    prompts, _ = build_prompts(encoding, select_rows(rows, 100), max_prompt_tokens=1000)
     ids = [prompt.prompt_ids for prompt in prompts]
     assert len({len(row) for row in ids}) > 1  # rows of different lengths share a batch: padding is exercised
-    options = {"stop_ids": stop_token_ids(setup), "pad_id": 0, "max_new_tokens": 10}
+    options = {"stop_ids": stop_token_ids(encoding), "pad_id": 0, "max_new_tokens": 10}
     batched = generate_greedy(model, ids, batch_size=4, **options)
     alone = [generate_greedy(model, [row], batch_size=1, **options)[0] for row in ids]
     assert batched == alone

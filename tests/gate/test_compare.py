@@ -101,7 +101,7 @@ def test_better_candidate_is_promoted_with_exact_numbers(tmp_path):
     # +3 right answers in every subject, none lost: 52/100 vs 40/100, 12 discordant questions all for the candidate;
     # every held-out row 10 % lower.
     files = write_pair(tmp_path, moved(baseline_flags(), **dict.fromkeys(CATEGORY, (3, 0))), better_task())
-    comparison = compare_files(*files, defaults(), baseline_name="champion v3")
+    comparison = compare_files(*files, defaults(), baseline_version="3")
     assert comparison.decision == "promote" and not failed(comparison)
     assert comparison.baseline_name == "champion v3" and not comparison.first_model
     mmlu = comparison.mmlu
@@ -121,14 +121,14 @@ def test_better_candidate_is_promoted_with_exact_numbers(tmp_path):
 def test_a_candidate_worse_on_either_suite_is_kept_with_that_reason(tmp_path):
     # Held-out loss 10 % lower, but 2 MMLU questions lost (-0.02 > the 0.01 allowed).
     mmlu_worse = write_pair(tmp_path / "a", moved(baseline_flags(), astronomy=(0, 1), nutrition=(0, 1)), better_task())
-    kept = compare_files(*mmlu_worse, defaults("gate.max_regression=0.1"), baseline_name="champion v1")
+    kept = compare_files(*mmlu_worse, defaults("gate.max_regression=0.1"), baseline_version="1")
     assert kept.decision == "keep-champion" and failed(kept) == {"mmlu"}
     assert kept.mmlu.delta_micro == pytest.approx(-0.02)
     assert kept.headline.startswith("keep-champion: MMLU -0.020")
     assert kept.reasons[0].startswith("MMLU micro 0.4000 -> 0.3800 (-0.0200)")
     # The same MMLU answers, a held-out loss 5 % higher.
     task_worse = write_pair(tmp_path / "b", baseline_flags(), [value * 1.05 for value in base_losses()])
-    kept = compare_files(*task_worse, defaults(), baseline_name="base model")
+    kept = compare_files(*task_worse, defaults(), baseline_version="")
     assert kept.decision == "keep-champion" and failed(kept) == {"task"} and kept.first_model
     assert "held-out loss +5.0% vs base model" in kept.headline
 
@@ -147,7 +147,7 @@ def test_results_not_obtained_the_same_way_are_refused(tmp_path):
     for name, (options, message) in cases.items():
         files = write_pair(tmp_path / name, flags, better_task(), **options)
         with pytest.raises(ComparisonError, match=message) as refused:
-            compare_files(*files, defaults(), baseline_name="champion v1")
+            compare_files(*files, defaults(), baseline_version="1")
         assert "evaluate the baseline again" in str(refused.value), name
 
 
@@ -165,7 +165,7 @@ def test_malformed_results_files_name_the_file_and_field(tmp_path):
 
     def refused(mmlu: Path = files[2], task: Path = files[3]) -> str:
         with pytest.raises(ComparisonError) as error:
-            compare_files(files[0], files[1], mmlu, task, defaults(), baseline_name="base model")
+            compare_files(files[0], files[1], mmlu, task, defaults(), baseline_version="")
         return str(error.value)
 
     message = refused(mmlu=broken("results.json", lambda data: data["questions"][3].update(correct="yes")))
@@ -185,7 +185,7 @@ def test_malformed_results_files_name_the_file_and_field(tmp_path):
 def test_report_has_decision_tables_p_values_and_interval(tmp_path):
     # STEM +3, other -1 of 25 (-0.04, within 0.05): McNemar 3 vs 1 overall.
     files = write_pair(tmp_path, moved(baseline_flags(), astronomy=(3, 0), nutrition=(0, 1)), better_task())
-    comparison = compare_files(*files, defaults("gate.max_regression=0.05"), baseline_name="champion v3")
+    comparison = compare_files(*files, defaults("gate.max_regression=0.05"), baseline_version="3")
     report = render_report(comparison, training_loss=0.3, loss_plot="`▁▂▃`", note="Baseline: reused")
     assert report.startswith("# ✅ Promote: candidate vs champion v3\n\n**promote: held-out loss -10.0%")
     assert "\nBaseline: reused\n" in report
@@ -198,7 +198,7 @@ def test_report_has_decision_tables_p_values_and_interval(tmp_path):
     assert "Mean training loss of the candidate: 0.3000." in report
     assert report.rstrip().endswith("`▁▂▃`")
     kept = compare_files(*write_pair(tmp_path / "kept", baseline_flags(), base_losses()), defaults(),
-                         baseline_name="champion v3")
+                         baseline_version="3")
     assert render_report(kept).startswith("# ⏸️ Keep the champion: candidate vs champion v3")
     assert "## Training" not in render_report(kept)
 
@@ -222,7 +222,7 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
     assert printed.startswith("promote: held-out loss -10.0% vs base model") and "  - held-out loss" in printed
     assert "| STEM | 25 | 0.5600 | 0.4000 | +0.1600 |" in report.read_text()
     assert Comparison.model_validate_json(out.read_text()).mmlu.delta_micro == pytest.approx(0.04)
-    assert main(argv(worse, "--baseline-name", "champion v2")) == 1  # micro -0.04, STEM -0.16
+    assert main(argv(worse, "--baseline-version", "2")) == 1  # micro -0.04, STEM -0.16
     printed = capsys.readouterr().out
     assert printed.startswith("keep-champion: MMLU -0.040") and "categories dropped more than 0.0200: STEM -0.1600" \
         in printed
@@ -269,22 +269,22 @@ def _runs(cfg, step: str) -> list:
 
 def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINISHED", mmlu_key: str | None = None,
                    task_text_of=None) -> str:
-    """What the evaluate step leaves in MLflow: a run tagged with both eval keys and the setup, and both files.
+    """What the evaluate step leaves in MLflow: a run tagged with both eval keys and their settings, and both files.
 
     ``mmlu_key``: the eval key written inside results.json (the tag keeps the real one); ``task_text_of``: turns
     task.json's text into what is stored (None from it: no task.json artifact at all)."""
     from components.common.pipeline_runs import experiment_id
-    from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
+    from components.evaluate.evaluate import eval_keys, generation_key, generation_tags
 
-    setup = eval_setup(cfg, kfp_run_id, model_dir)
-    gen_key = generation_key(cfg, setup.task_key)
+    keys = eval_keys(cfg, kfp_run_id, model_dir)
+    gen_key = generation_key(cfg, keys.task_key)
     client = _client(cfg)
     run = client.create_run(experiment_id(client, cfg.mlflow.experiment),
-                            tags={"llmft.mmlu_eval_key": setup.mmlu_key, "llmft.task_eval_key": setup.task_key,
-                                  "llmft.generation_eval_key": gen_key, **setup.tags, **generation_tags(cfg)})
-    client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or setup.mmlu_key)),
+                            tags={"llmft.mmlu_eval_key": keys.mmlu_key, "llmft.task_eval_key": keys.task_key,
+                                  "llmft.generation_eval_key": gen_key, **keys.tags, **generation_tags(cfg)})
+    client.log_text(run.info.run_id, mmlu_text(mmlu_results(baseline_flags(), eval_key=mmlu_key or keys.mmlu_key)),
                     "eval/results.json")
-    task = task_text(task_results(base_losses(), eval_key=setup.task_key))
+    task = task_text(task_results(base_losses(), eval_key=keys.task_key))
     task = task_text_of(task) if task_text_of else task
     if task is not None:
         client.log_text(run.info.run_id, task, "eval/task.json")
@@ -295,15 +295,15 @@ def store_eval_run(cfg, kfp_run_id: str, model_dir: Path, *, status: str = "FINI
 
 
 def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg):
-    from components.evaluate.evaluate import eval_setup, generation_key
+    from components.evaluate.evaluate import eval_keys, generation_key
 
     config, base = cfg.model_dump_json(), on_volume(cfg, cfg.storage.base_model)
     snapshot(cfg, "r1")
-    setup = eval_setup(cfg, "r1", base)
-    needs_eval, model_dir, name, note, mmlu_key, task_key, _ = run_resolve_baseline(config=config,
+    keys = eval_keys(cfg, "r1", base)
+    needs_eval, model_dir, name, note, mmlu_key, task_key, _, _ = run_resolve_baseline(config=config,
                                                                                      kfp_run_id="r1")
     assert (needs_eval, model_dir, name) == (True, str(base), "base model")
-    assert (mmlu_key, task_key) == (setup.mmlu_key, setup.task_key)
+    assert (mmlu_key, task_key) == (keys.mmlu_key, keys.task_key)
     assert note == "base model evaluated afresh: this model has no stored score yet"
     (resolve,) = _runs(cfg, "find-baseline")
     assert resolve.data.tags["llmft.baseline_note"] == note
@@ -313,7 +313,7 @@ def test_the_base_model_is_evaluated_once_then_its_stored_scores_are_reused(cfg)
     assert run_resolve_baseline(config=config, kfp_run_id="r1")[0] is True
     source = store_eval_run(cfg, "r1", base)
     snapshot(cfg, "r2")  # the same data: the same held-out rows, the same keys
-    needs_eval, _, _, note, mmlu_key2, task_key2, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
+    needs_eval, _, _, note, mmlu_key2, task_key2, _, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
     assert (needs_eval, mmlu_key2, task_key2) == (False, mmlu_key, task_key)
     assert note == f"base model: stored scores reused (evaluate run {source})"
 
@@ -342,7 +342,7 @@ def test_stored_answers_are_reused_by_their_key_and_generated_afresh_when_the_se
     assert run_resolve_baseline(config=cfg.model_dump_json(), kfp_run_id="r1")[0] is False
 
     longer = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"max_new_tokens": 999})})
-    needs_eval, _, _, note, mmlu_key, task_key, _ = run_resolve_baseline(
+    needs_eval, _, _, note, mmlu_key, task_key, _, _ = run_resolve_baseline(
         config=longer.model_dump_json(), kfp_run_id="r1")
     assert needs_eval is True  # MMLU and the held-out loss are stored; the answers for 999 tokens are not
     assert note == (f"base model evaluated afresh: its stored scores were computed differently: "
@@ -379,7 +379,7 @@ def test_unusable_stored_scores_mean_evaluate_afresh_and_never_block_a_later_run
     options, reason = DAMAGED[damage]
     snapshot(cfg, "r1")
     damaged = store_eval_run(cfg, "r1", base, **options)
-    needs_eval, _, _, note, mmlu_key, task_key, _ = run_resolve_baseline(config=config, kfp_run_id="r1")
+    needs_eval, _, _, note, mmlu_key, task_key, _, _ = run_resolve_baseline(config=config, kfp_run_id="r1")
     assert needs_eval is True
     assert note.startswith("base model evaluated afresh: " + reason.format(run=damaged, mmlu_key=mmlu_key)), note
     assert "/tmp" not in note and "another scoring version" not in note
@@ -394,7 +394,7 @@ def test_unusable_stored_scores_mean_evaluate_afresh_and_never_block_a_later_run
     assert run_resolve_baseline(config=config, kfp_run_id="r2")[:4:3] == (
         False, f"base model: stored scores reused (evaluate run {good})")
     again = store_eval_run(cfg, "r1", base, **options)  # damaged again, and now the newest: its bad file passed over
-    needs_eval, _, _, note, _, _, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
+    needs_eval, _, _, note, _, _, _, _ = run_resolve_baseline(config=config, kfp_run_id="r2")
     assert needs_eval is False and note.startswith("base model: stored scores reused (evaluate run") and good in note
     run_fetch_baseline_results(config=config, kfp_run_id="r2", mmlu_key=mmlu_key, task_key=task_key)
     target = run_dir(cfg, "r2") / "eval" / "baseline"
@@ -438,7 +438,7 @@ def test_the_baseline_is_what_current_serves_never_the_base_model_behind_its_bac
     ``current`` still served the old champion, so a candidate better than the base model but worse than what is
     served was promoted. Now find-baseline compares with what ``current`` serves and refuses, naming both and the
     command that makes them agree, whenever the registry's champion says otherwise."""
-    from components.evaluate.evaluate import eval_setup
+    from components.evaluate.evaluate import eval_keys
     from components.gate.promote_model import main as promote_main
 
     client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
@@ -448,11 +448,12 @@ def test_the_baseline_is_what_current_serves_never_the_base_model_behind_its_bac
     models = on_volume(cfg, cfg.storage.models_root) / name
     number = champion(cfg, "v1", **split_tags(cfg.dataset.test_fraction))
 
-    needs_eval, model_dir, label, note, key, _, below = run_resolve_baseline(config=config, kfp_run_id="r")
-    assert (needs_eval, model_dir, label, below) == (True, str(models / "v1"), f"champion v{number}", 1.0)
+    needs_eval, model_dir, label, note, key, _, below, version = run_resolve_baseline(config=config, kfp_run_id="r")
+    assert (needs_eval, model_dir, label, below, version) == (True, str(models / "v1"), f"champion v{number}", 1.0,
+                                                               number)
     assert note.startswith(f"champion v{number} evaluated afresh")
     assert client.get_model_version(name, number).tags["llmft.local_path"] == str(models / "v1")
-    assert key != eval_setup(cfg, "r", on_volume(cfg, cfg.storage.base_model)).mmlu_key  # another model's key
+    assert key != eval_keys(cfg, "r", on_volume(cfg, cfg.storage.base_model)).mmlu_key  # another model's key
 
     client.delete_model_version(name, number)  # the alias goes with it; current still serves v1
     with pytest.raises(BaselineError) as refused:
@@ -499,7 +500,7 @@ def test_a_champion_that_held_out_less_is_compared_only_on_rows_held_out_for_bot
     config = wider.model_dump_json()
     snapshot(wider, "r")
     number = champion(cfg, "v1", **split_tags(0.2))
-    _, _, label, note, _, _, below = run_resolve_baseline(config=config, kfp_run_id="r")
+    _, _, label, note, _, _, below, version = run_resolve_baseline(config=config, kfp_run_id="r")
     keys = read_manifest(snapshot_dir(wider, "r")).dataset("alpaca_sample").test_keys
     both = [key for key in keys if key_position(key) < 0.2]
     assert below == 0.2 and label == f"champion v{number}" and 10 <= len(both) < len(keys)
@@ -515,7 +516,7 @@ def test_a_champion_that_held_out_less_is_compared_only_on_rows_held_out_for_bot
                             task_results(candidate, model="cand", keys=keys)),
              *write_results(eval_dir / "baseline", mmlu_results(baseline_flags(), model="base"),
                             task_results(memorised, model="base", keys=keys))]
-    unfair = compare_files(*files, wider, baseline_name=label)  # every row, as before: the champion is kept
+    unfair = compare_files(*files, wider, baseline_version=version)  # every row, as before: the champion is kept
     assert unfair.decision == "keep-champion" and unfair.task.rows == len(keys)
     # Its answers too: as good as the candidate's on the rows held out for both, far better on the ones it trained on.
     answered = range(40)
@@ -527,7 +528,7 @@ def test_a_champion_that_held_out_less_is_compared_only_on_rows_held_out_for_bot
     report, report_html, metrics = kfp_outputs(tmp_path / "kfp")
     decision, _, comparison_path = run_compare(
         config=config, kfp_run_id="r", candidate_mmlu=str(files[0]), candidate_task=str(files[1]),
-        baseline_mmlu=str(files[2]), baseline_task=str(files[3]), baseline_name=label, baseline_note=note,
+        baseline_mmlu=str(files[2]), baseline_task=str(files[3]), baseline_version=version, baseline_note=note,
         held_out_below=below, train_run_id=train_run(wider, [1.0, 0.5], plot=False), report=report,
         report_html=report_html, metrics=metrics)
     task = Comparison.model_validate_json(Path(comparison_path).read_text()).task
@@ -550,7 +551,7 @@ def test_a_champion_whose_split_is_unknown_or_shares_too_few_rows_is_refused(cfg
                                             r"without .* gate\.allow_unknown_baseline_split=true"):
         run_resolve_baseline(config=config, kfp_run_id="r")
     allowed = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"allow_unknown_baseline_split": True})})
-    _, _, _, note, _, _, below = run_resolve_baseline(config=allowed.model_dump_json(), kfp_run_id="r")
+    _, _, _, note, _, _, below, _ = run_resolve_baseline(config=allowed.model_dump_json(), kfp_run_id="r")
     assert below == 1.0 and "compared on every held-out row (gate.allow_unknown_baseline_split)" in note
 
     for key, value in split_tags(0.2, scheme="llmft-split-v1").items():
@@ -626,14 +627,14 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     decision, headline, comparison_path = run_compare(
         config=config, kfp_run_id="run-7", candidate_mmlu=str(files[0]), candidate_task=str(files[1]),
         baseline_mmlu="output/run-7/eval/baseline/results.json", baseline_task=str(files[3]),
-        baseline_name="base model", baseline_note="base model evaluated afresh: no stored score", train_run_id=train,
+        baseline_version="", baseline_note="base model evaluated afresh: no stored score", train_run_id=train,
         report=report, report_html=report_html, metrics=metrics)
 
     # comparison.json is the gate's Comparison, exactly what the four files give.
     assert Path(comparison_path) == run_dir(cfg, "run-7") / "compare" / "comparison.json"
     comparison = Comparison.model_validate_json(Path(comparison_path).read_text())
     beside = (files[1].with_name("generations.jsonl"), files[3].with_name("generations.jsonl"))
-    assert comparison == compare_files(*files, cfg, baseline_name="base model", generations=beside)
+    assert comparison == compare_files(*files, cfg, baseline_version="", generations=beside)
     generation = comparison.generation
     assert generation.rows == 40 and generation.gated().mean_difference == pytest.approx(1.7)
     assert generation.candidate_units - generation.baseline_units == 17 * 4 * 10**4  # 68 points over 40 rows
@@ -668,7 +669,7 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     assert "<b>" not in html
     assert 'src="training_loss.png"' not in html
     assert metrics.metadata["promote"] == 1.0 and metrics.metadata["mmlu_delta"] == pytest.approx(0.05)
-    assert metrics.metadata["task_loss_change"] == pytest.approx(-0.1)
+    assert metrics.metadata["task_row_nll_change"] == pytest.approx(-0.1)
 
     # MLflow: the step run holds report/report.md with its image beside it, and comparison.json.
     (step,) = _runs(cfg, "compare")
@@ -700,7 +701,7 @@ def test_compare_step_writes_comparison_reports_metrics_and_mlflow_artifacts(cfg
     parent = client.get_run(step.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["llmft.decision"] == "promote" and parent.data.tags["llmft.baseline"] == "base model"
     assert parent.data.tags["llmft.decision_line"] == headline
-    assert parent.data.metrics["task_loss_change"] == pytest.approx(-0.1)
+    assert parent.data.metrics["task_row_nll_change"] == pytest.approx(-0.1)
     assert parent.data.metrics["promote"] == 1.0
     # ... and the side-by-side table, which the experiment's Evaluation view lists for the pipeline runs it shows.
     assert [item.path for item in client.list_artifacts(parent.info.run_id, "compare")] == [
@@ -716,7 +717,7 @@ def test_without_a_loss_plot_the_mlflow_report_shows_the_sparkline_and_bad_input
     report, report_html, metrics = kfp_outputs(tmp_path / "kfp")
     inputs = {"candidate_mmlu": str(files[0]), "candidate_task": str(files[1]), "baseline_mmlu": str(files[2]),
               "baseline_task": str(files[3])}
-    decision, _, _ = run_compare(config=config, kfp_run_id="run-8", **inputs, baseline_name="champion v1",
+    decision, _, _ = run_compare(config=config, kfp_run_id="run-8", **inputs, baseline_version="1",
                                  baseline_note="", train_run_id=train, report=report, report_html=report_html,
                                  metrics=metrics)
     assert decision == "keep-champion" and metrics.metadata["promote"] == 0.0
@@ -731,7 +732,7 @@ def test_without_a_loss_plot_the_mlflow_report_shows_the_sparkline_and_bad_input
     files[2].write_text(json.dumps(tampered))
     report, report_html, metrics = kfp_outputs(tmp_path / "kfp-bad")
     with pytest.raises(ComparisonError, match=r"baseline MMLU results file .*results.json: micro: Input should be"):
-        run_compare(config=config, kfp_run_id="run-9", **inputs, baseline_name="champion v1", baseline_note="",
+        run_compare(config=config, kfp_run_id="run-9", **inputs, baseline_version="1", baseline_note="",
                     train_run_id=train, report=report, report_html=report_html, metrics=metrics)
     assert not (run_dir(cfg, "run-9") / "compare").exists()  # nothing half-written for register-model to read
     assert not Path(report.path).exists() and not Path(report_html.path).exists()
@@ -759,7 +760,7 @@ def test_user_text_in_the_report_stays_text(tmp_path):
     from markdown_it import MarkdownIt
 
     files = write_pair(tmp_path, baseline_flags(), better_task())
-    comparison = compare_files(*files, defaults(), baseline_name="champion v3")
+    comparison = compare_files(*files, defaults(), baseline_version="3")
     note = ("stored task.json of run `abc` unusable: [click](https://evil.example) ![x](https://e.example/p.png) "
             "<script>")
     report = render_report(comparison, note=f"Baseline: {note}")

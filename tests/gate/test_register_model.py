@@ -107,8 +107,8 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
 
     config = cfg.model_dump_json()
     assert validate_config_data(cfg, kfp_run_id)[0].ok  # the held-out snapshot find-baseline keys scores by
-    _, baseline_dir, baseline_name, note, _, _, below = run_resolve_baseline(config=config,
-                                                                           kfp_run_id=kfp_run_id)
+    _, baseline_dir, baseline_name, note, _, _, below, baseline_version = run_resolve_baseline(
+        config=config, kfp_run_id=kfp_run_id)
     eval_dir = run_dir(cfg, kfp_run_id) / "eval"
     candidate_files, baseline_files = scores(eval_dir, "candidate", *candidate), scores(eval_dir, "baseline", *baseline)
     model_dir = publish_version(cfg, version)
@@ -118,7 +118,7 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
     decision, headline, comparison_path = run_compare(
         config=config, kfp_run_id=kfp_run_id, candidate_mmlu=str(candidate_files[0]),
         candidate_task=str(candidate_files[1]), baseline_mmlu=str(baseline_files[0]),
-        baseline_task=str(baseline_files[1]), baseline_name=baseline_name, baseline_note=note,
+        baseline_task=str(baseline_files[1]), baseline_version=baseline_version, baseline_note=note,
         held_out_below=below, train_run_id=train_run(cfg, kfp_run_id, 0.5), report=report,
         report_html=HTML(uri=str(out / "report.html")), metrics=Metrics(uri=str(out / "metrics")))
     (model_version,) = run_register(config=config, kfp_run_id=kfp_run_id, model_dir=str(model_dir), version=version,
@@ -127,11 +127,12 @@ def pipeline_run(cfg, kfp_run_id: str, version: str, candidate: tuple, baseline:
     promoted = None
     if decision == "promote":  # the pipeline's if/else after register-model
         promoted = run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
-                               baseline_name=baseline_name)
+                               baseline_version=baseline_version)
     else:
         assert run_mark_challenger(config=config, kfp_run_id=kfp_run_id, model_version=model_version,
-                                   reasons=headline) == ("challenger",)
-    return {"baseline_dir": baseline_dir, "baseline_name": baseline_name, "decision": decision, "headline": headline,
+                                   headline=headline) == ("challenger",)
+    return {"baseline_dir": baseline_dir, "baseline_name": baseline_name, "baseline_version": baseline_version,
+            "decision": decision, "headline": headline,
             "model_version": model_version, "promoted": promoted, "report": Path(report.path).read_text()}
 
 
@@ -142,7 +143,7 @@ def test_champion_lifecycle_first_better_tie_and_worse(cfg, tmp_path):
 
     # 1. No champion: the base model is the baseline; 10 % lower held-out loss, MMLU flat: promoted.
     first = pipeline_run(cfg, "run-1", "v1", (flags(), tuned), (flags(), losses), tmp_path)
-    assert (first["baseline_name"], first["decision"]) == ("base model", "promote")
+    assert (first["baseline_name"], first["baseline_version"], first["decision"]) == ("base model", "", "promote")
     assert first["baseline_dir"] == str(on_volume(cfg, cfg.storage.base_model))
     assert first["promoted"] == ("champion", "")
     assert registered_aliases(client, name) == {"champion": first["model_version"]}
@@ -153,6 +154,7 @@ def test_champion_lifecycle_first_better_tie_and_worse(cfg, tmp_path):
     #    moves and the old champion becomes previous.
     second = pipeline_run(cfg, "run-2", "v2", (flags(gain=2), retuned), (flags(), tuned), tmp_path)
     assert second["baseline_name"] == f"champion v{first['model_version']}"
+    assert second["baseline_version"] == first["model_version"]  # typed: what compare and promote-model read
     assert second["baseline_dir"] == str(models_dir(cfg) / "v1")
     assert second["decision"] == "promote" and second["promoted"] == ("champion", first["model_version"])
     assert registered_aliases(client, name) == {"champion": second["model_version"],
@@ -185,8 +187,7 @@ def comparison_file(cfg, kfp_run_id: str, decision: str = "promote") -> Path:
     losses = base_losses()
     candidate = scores(folder, "candidate", flags(gain=1), [value * (0.9 if decision == "promote" else 1.1)
                                                              for value in losses])
-    comparison = compare_files(*candidate, *scores(folder, "baseline", flags(), losses), cfg,
-                               baseline_name="base model")
+    comparison = compare_files(*candidate, *scores(folder, "baseline", flags(), losses), cfg, baseline_version="")
     assert comparison.decision == decision
     path = run_dir(cfg, kfp_run_id) / "compare" / "comparison.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def register(cfg, kfp_run_id: str, model_dir: Path, decision: str = "promote", c
         comparison_path=str(comparison or comparison_file(cfg, kfp_run_id, decision)))
     if decision == "keep-champion":
         run_mark_challenger(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, model_version=registered,
-                            reasons="keep-champion: held-out loss +10.0%")
+                            headline="keep-champion: held-out loss +10.0%")
     return registered
 
 
@@ -260,8 +261,8 @@ def test_a_version_reads_at_a_glance_and_links_its_lineage_and_logged_model(cfg,
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": name, "version": version}]
     assert logged.tags["llmft.source"] == source and logged.tags["llmft.decision"] == "promote"
     assert {metric.key: metric.value for metric in logged.metrics} == pytest.approx({
-        "task_loss_candidate": task.candidate_mean_nll, "mmlu_candidate": mmlu.candidate_micro,
-        "task_loss_change": task.relative_change}, abs=1e-6)
+        "task_row_nll_candidate": task.candidate_mean_nll, "mmlu_candidate": mmlu.candidate_micro,
+        "task_row_nll_change": task.relative_change}, abs=1e-6)
     # ...and is the parent run's output (its "Logged models" on the run page).
     assert [output.model_id for output in client.get_run(parent).outputs.model_outputs] == [model_id]
     assert logged.params["datasets"] == "alpaca_sample" and logged.params["method"] == cfg.training.method
@@ -294,7 +295,7 @@ def test_promote_is_idempotent_and_clears_challenger(cfg):
     config = cfg.model_dump_json()
     v1 = register(cfg, "run-1", publish_version(cfg, "v1"))
     assert run_promote(config=config, kfp_run_id="run-1", model_version=v1, version="v1",
-                       baseline_name="base model") == ("champion", "")
+                       baseline_version="") == ("champion", "")
     v2 = register(cfg, "run-2", publish_version(cfg, "v2"), "keep-champion")
     assert registered_aliases(client, name) == {"champion": v1, "challenger": v2}
     # A reviewer overrules the gate (no baseline named): promoting the kept-out version moves champion and clears
@@ -323,14 +324,14 @@ def test_of_two_candidates_that_beat_champion_v1_only_one_is_promoted(cfg):
     the champion, the second finds a champion it never beat and stays challenger, naming the new one."""
     client, name, config = _client(cfg), cfg.mlflow.registered_model_name, cfg.model_dump_json()
     v1 = register(cfg, "run-1", publish_version(cfg, "v1"))
-    run_promote(config=config, kfp_run_id="run-1", model_version=v1, version="v1", baseline_name="base model")
+    run_promote(config=config, kfp_run_id="run-1", model_version=v1, version="v1", baseline_version="")
     candidates = {"run-a": ("v2", register(cfg, "run-a", publish_version(cfg, "v2"))),
                   "run-b": ("v3", register(cfg, "run-b", publish_version(cfg, "v3")))}
 
     def promote(kfp_run_id: str) -> tuple[str, str]:
         version, model_version = candidates[kfp_run_id]
         return run_promote(config=config, kfp_run_id=kfp_run_id, model_version=model_version, version=version,
-                           baseline_name=f"champion v{v1}")
+                           baseline_version=v1)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = dict(zip(candidates, pool.map(promote, candidates), strict=True))
@@ -408,7 +409,7 @@ def test_cli_register_promote_mark_challenger_and_show(cfg, capsys, tmp_path):
     assert registered_aliases(client, name) == {"champion": version, "challenger": kept}
     # The mark-challenger step by hand records another reason on the same version.
     assert mark_main(["--config", str(config_file), "--kfp-run-id", "run-cli-2", "--model-version", kept,
-                      "--reason", "kept by hand"]) == 0
+                      "--headline", "kept by hand"]) == 0
     assert client.get_model_version(name, kept).tags["llmft.rejected_reason"] == "kept by hand"
     assert promote_main(["--config", str(config_file), "--kfp-run-id", "run-cli", "--model-version", "42",
                          "--version", "v1"]) == 1
@@ -433,7 +434,7 @@ def test_user_text_in_the_description_stays_text(tmp_path):
     cfg = config_from_dict({"storage": {"base_model": HOSTILE_PATH}, "dataset": {"names": ["my_data_set", "b_c"]}})
     files = [*scores(tmp_path, "candidate", flags(gain=2), [value * 0.9 for value in base_losses()]),
              *scores(tmp_path, "baseline", flags(), base_losses())]
-    comparison = compare_files(*files, cfg, baseline_name="base model")
+    comparison = compare_files(*files, cfg, baseline_version="")
     description = version_description(cfg, comparison, version="v1", dataset_hash="ds-123",
                                       kfp_run_id="run `1` <i>x</i>")
     html = MarkdownIt("commonmark").render(description)

@@ -27,9 +27,9 @@ def mmlu(correct: dict[str, int], *, data_hash: str = "data-1", n_shot: int = 5)
                         n_shot=n_shot, eval_key=f"mmlu-{data_hash}-{sorted(correct.items())}")
 
 
-def task(losses: list[float | None], **setup: object) -> TaskScores:
+def task(losses: list[float | None], **settings: object) -> TaskScores:
     """Task scores for held-out rows 0, 1, ... with the given per-row losses (None: truncated away)."""
-    return task_scores(losses, model=f"m-{hash(tuple(losses))}", **setup)
+    return task_scores(losses, model=f"m-{hash(tuple(losses))}", **settings)
 
 
 def base_losses(rows: int = 60, seed: int = 0) -> list[float]:
@@ -131,7 +131,7 @@ def test_required_significance_reached_promotes():
 
 @pytest.mark.parametrize("field,change", [("test_split_hash", {"extra_row": True}), ("template", {"template": "qwen"}),
                                           ("cutoff_len", {"cutoff_len": 1024})])
-def test_task_results_from_another_setup_are_not_compared(field, change):
+def test_task_results_from_other_eval_settings_are_not_compared(field, change):
     base = base_losses()
     changed = dict(change)
     # Another held-out split: one more row (truncated away, so the scored rows are the same ones).
@@ -148,7 +148,7 @@ def test_task_results_on_other_rows_are_not_compared():
 
 
 @pytest.mark.parametrize("other", [mmlu({}, data_hash="data-2"), mmlu({}, n_shot=0)])
-def test_mmlu_results_from_another_setup_are_not_compared(other):
+def test_mmlu_results_from_other_eval_settings_are_not_compared(other):
     base = base_losses()
     with pytest.raises(NotComparable, match="evaluated differently"):
         decide(task(base), task(base), other, mmlu({}))

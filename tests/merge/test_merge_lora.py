@@ -348,7 +348,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
 
     artifact = Model(name="merged", uri=str(tmp_path / "artifact" / "merged"), metadata={})
     model_dir, version = merge_lora.python_func(config=cfg.model_dump_json(), kfp_run_id=run_id,
-                                                adapter_dir=str(adapter), merged=artifact)
+                                                weights_dir=str(adapter), merged=artifact)
 
     assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{run_slug(run_id)}", version)
     assert Path(model_dir) == models / version
@@ -362,7 +362,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
     assert not torch.equal(merged_q, load_weights(base)["model.layers.0.self_attn.q_proj.weight"])
 
     again = Model(name="merged", uri=str(tmp_path / "artifact2" / "merged"), metadata={})
-    assert merge_lora.python_func(config=cfg.model_dump_json(), kfp_run_id=run_id, adapter_dir=str(adapter),
+    assert merge_lora.python_func(config=cfg.model_dump_json(), kfp_run_id=run_id, weights_dir=str(adapter),
                                   merged=again) == (model_dir, version)
     assert published_versions(models) == ["00000000-champion", version]
 
@@ -372,7 +372,7 @@ def test_pipeline_step_publishes_without_moving_current_and_is_idempotent(local_
     assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
     for run in runs:
         assert run.data.params["checksum"] == checksum and run.data.params["version"] == version
-        assert run.data.params["adapter"] == str(adapter) and run.data.params["base"] == str(base)
+        assert run.data.params["weights"] == str(adapter) and run.data.params["base"] == str(base)
         assert run.data.tags["mlflow.parentRunId"]
 
 

@@ -74,6 +74,46 @@ def test_the_resolver_is_the_first_task_and_takes_every_form_field(lora_ir):
             assert "resolve-config" in json.dumps(task) or task.get("dependentTasks"), name
 
 
+def test_the_resolve_config_wrapper_takes_one_typed_parameter_per_form_field():
+    """The wrapper is written out, so this holds it to the schema's marks: its parameters after the fixed five are
+    the form fields (names, KFP types, order), each described as the pipeline's parameter is, and each handed to
+    the resolver's form under its own name."""
+    import ast
+    import inspect
+
+    from pipelines import steps
+    from pipelines.run_form import parameter_docs
+
+    fixed = ["kfp_run_id", "kfp_run_name", "compiled_config", CONFIG_PARAM, OVERRIDES_PARAM]
+    signature = inspect.signature(steps.resolve_config.python_func).parameters
+    assert list(signature)[:5] == fixed
+    assert [(name, parameter.annotation) for name, parameter in signature.items()][5:] == [
+        (field.name, field.kind) for field in form_fields()]
+    inputs = steps.resolve_config.component_spec.inputs
+    docs = parameter_docs()
+    assert {name: inputs[name].description for name in docs} == docs  # as the UI's form describes them
+    tree = ast.parse((REPO_ROOT / "pipelines" / "steps.py").read_text())
+    (wrapper,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "resolve_config"]
+    (call,) = [node for node in ast.walk(wrapper) if isinstance(node, ast.Call) and ast.unparse(node.func) ==
+               "run_step"]
+    (form,) = [keyword.value for keyword in call.keywords if keyword.arg == "form"]
+    assert [(key.value, value.id) for key, value in zip(form.keys, form.values, strict=True)] == [
+        (field.name, field.name) for field in form_fields()]
+
+
+def test_the_compile_time_fields_are_the_schema_marked_ones_and_none_is_on_the_form():
+    from configs.form import compile_time_paths
+
+    paths = compile_time_paths()
+    assert set(paths) == {  # what the compiled IR takes from the config (images, resources, timeouts, the mount)
+        "cluster.image", "cluster.image_pull_secrets", "cluster.nodes", "cluster.cpu_request", "cluster.memory_request",
+        "cluster.memory_limit", "cluster.light_cpu_request", "cluster.light_memory_request", "cluster.shm_size",
+        "cluster.train_timeout_s", "cluster.eval_timeout_s", "cluster.merge_timeout_s", "cluster.light_timeout_s",
+        "cluster.train_retries", "training.deepspeed_stage", "storage.mount_path", "storage.output_root",
+        "mlflow.credentials_secret", "evaluation.judge_secret", "sweep.parallelism"}
+    assert not set(paths) & {field.path for field in form_fields()}  # a run parameter is never fixed at compile
+
+
 def _resolve(form: dict | None = None, overrides: list[str] | None = None, config: dict | None = None,
              preset: str = "lora"):
     compiled = load_config(preset)

@@ -135,9 +135,9 @@ def test_mlflow_compares_pipeline_runs_from_their_parent_runs(two_runs):
         assert parent.data.params["dataset.names"] == '["alpaca_sample"]'
         assert 20 <= len(parent.data.params) < 80
         metrics = parent.data.metrics
-        assert metrics["task_loss_candidate"] == pytest.approx(summary["task_candidate"], abs=1e-6)
-        assert metrics["task_loss_baseline"] == pytest.approx(summary["task_baseline"], abs=1e-6)
-        assert {"task_loss_change", "mmlu_candidate", "mmlu_baseline", "mmlu_delta"} <= set(metrics)
+        assert metrics["task_row_nll_candidate"] == pytest.approx(summary["task_candidate"], abs=1e-6)
+        assert metrics["task_row_nll_baseline"] == pytest.approx(summary["task_baseline"], abs=1e-6)
+        assert {"task_row_nll_change", "mmlu_candidate", "mmlu_baseline", "mmlu_delta"} <= set(metrics)
         assert parent.data.tags["llmft.decision"] == summary["decision"]
         children = client.search_runs([experiment.experiment_id],
                                       filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -61,7 +61,7 @@ def _config(storage_root: Path, tracking_uri: str, *overrides: str):
 
 
 def _kfp_outputs(root: Path) -> tuple[Model, Metrics, HTML]:
-    return (Model(name="adapter", uri=str(root / "adapter"), metadata={}),
+    return (Model(name="weights", uri=str(root / "weights"), metadata={}),
             Metrics(name="metrics", uri=str(root / "metrics"), metadata={}),
             HTML(name="loss_plot", uri=str(root / "loss_plot.html"), metadata={}))
 
@@ -93,7 +93,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "kfp")
 
     model_dir, train_loss, mlflow_run_id = train.python_func(
-        config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, trial=0, adapter=adapter,
+        config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, trial=0, weights=adapter,
         metrics=metrics, loss_plot=loss_plot)
 
     # The adapter, published atomically in the run-scoped directory.
@@ -169,7 +169,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
 
     # A retry after the model was published reuses it instead of training again.
     again = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash=data_hash, trial=0,
-                              adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+                              weights=adapter, metrics=metrics, loss_plot=loss_plot)
     assert again[:2] == (model_dir, train_loss)
     retry = client.get_run(again[2])
     assert retry.info.status == "FINISHED" and retry.data.tags["llmft.reused_from_run"] == mlflow_run_id
@@ -180,7 +180,7 @@ def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_chil
     longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 22})})
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "longer")
     model_dir_again, _, _ = train.python_func(config=longer.model_dump_json(), kfp_run_id=kfp_run_id,
-                                              dataset_hash=data_hash, trial=0, adapter=adapter, metrics=metrics,
+                                              dataset_hash=data_hash, trial=0, weights=adapter, metrics=metrics,
                                               loss_plot=loss_plot)
     assert model_dir_again == model_dir
     assert metrics.metadata["resumed_from_step"] == 20 and metrics.metadata["global_step"] == 22
@@ -231,7 +231,7 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "first")
     with pytest.raises(TrainerFailed, match="killed by SIGKILL"):
         train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h", trial=0,
-                          adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+                          weights=adapter, metrics=metrics, loss_plot=loss_plot)
     killer.join()
     assert killed, "the trainer was not found to kill"
     newest = max(_complete_on_disk(output))
@@ -247,7 +247,7 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root
 
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "second")
     model_dir, _, second_run = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id,
-                                                 dataset_hash="h", trial=0, adapter=adapter, metrics=metrics,
+                                                 dataset_hash="h", trial=0, weights=adapter, metrics=metrics,
                                                  loss_plot=loss_plot)
     assert metrics.metadata["resumed_from_step"] == newest and metrics.metadata["global_step"] == 12
     assert [checkpoint_step(path) for path in list_checkpoints(output)] == [12]  # checkpoint-<newest> rotated away
@@ -304,14 +304,14 @@ def test_the_best_checkpoint_is_published_kept_by_the_rotation_and_tracked_acros
     with pytest.raises(TrainerFailed, match="killed by SIGKILL"):
         adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "first")
         train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h", trial=0,
-                          adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+                          weights=adapter, metrics=metrics, loss_plot=loss_plot)
     killer.join()
     assert killed and 2 in _complete_on_disk(output)  # the rotation kept the best beside the newest
     best_weights = _tensors(output / "checkpoint-2" / "adapter_model.safetensors")
 
     adapter, metrics, loss_plot = _kfp_outputs(tmp_path / "second")
     model_dir, _, run_id = train.python_func(config=cfg.model_dump_json(), kfp_run_id=kfp_run_id, dataset_hash="h",
-                                             trial=0, adapter=adapter, metrics=metrics, loss_plot=loss_plot)
+                                             trial=0, weights=adapter, metrics=metrics, loss_plot=loss_plot)
     assert metrics.metadata["resumed_from_step"] >= 4 and metrics.metadata["global_step"] == 8
     curve = {m.step: m.value for m in MlflowClient(mlflow_server.uri).get_metric_history(run_id, "val_loss")}
     assert set(curve) >= {step for step in (6, 8) if step > metrics.metadata["resumed_from_step"]}

@@ -25,7 +25,7 @@ from components.evaluate.generate.results import (
     generation_eval_key,
     generation_totals,
 )
-from components.evaluate.task.data import llamafactory_setup, read_test_rows
+from components.evaluate.task.data import llamafactory_encoding, read_test_rows
 
 
 class GenerationError(ValueError):
@@ -65,10 +65,10 @@ def generate_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: lis
         raise ValueError(f"generate_rows must be >= 1, got {generate_rows}")
     started = time.monotonic()
     entries, rows = read_test_rows(data_dir, names)
-    setup = llamafactory_setup(tokenizer, entries, template=template, cutoff_len=cutoff_len)
-    budget = prompt_budget(context_length(model, setup.tokenizer), max_new_tokens)
+    encoding = llamafactory_encoding(tokenizer, entries, template=template, cutoff_len=cutoff_len)
+    budget = prompt_budget(context_length(model, encoding.tokenizer), max_new_tokens)
     selected = select_rows(rows, generate_rows)
-    prompts, skipped = build_prompts(setup, selected, max_prompt_tokens=budget)
+    prompts, skipped = build_prompts(encoding, selected, max_prompt_tokens=budget)
     for row in skipped:
         print(f"[generate] skipped row {row.key} of {row.dataset!r}: {row.reason}", flush=True)
     if not prompts:
@@ -80,13 +80,13 @@ def generate_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: lis
         print(f"[generate] warning: {len(truncated)} prompt(s) longer than the {budget} tokens the context leaves "
               f"beside max_new_tokens={max_new_tokens} were cut from the left (row {truncated[0].key} of "
               f"{truncated[0].dataset!r} lost {truncated[0].truncated_tokens} tokens)", flush=True)
-    stops = stop_token_ids(setup)
+    stops = stop_token_ids(encoding)
     generated = generate_greedy(model, [prompt.prompt_ids for prompt in prompts], stop_ids=stops,
-                                pad_id=pad_token_id(setup.tokenizer), max_new_tokens=max_new_tokens,
+                                pad_id=pad_token_id(encoding.tokenizer), max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
     answers = []
     for prompt, result in zip(prompts, generated, strict=True):
-        text = setup.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+        text = encoding.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
         try:
             scores = score_answer(text, prompt.reference)
         except ScoreError as exc:

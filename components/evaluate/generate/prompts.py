@@ -1,6 +1,6 @@
 """Generation prompts of held-out rows, encoded as training encodes the prompt side of a row.
 
-Each row goes through the same pieces as the task loss (:func:`components.evaluate.task.data.llamafactory_setup`:
+Each row goes through the same pieces as the task loss (:func:`components.evaluate.task.data.llamafactory_encoding`:
 the entry's LLaMA-Factory converter, the template with the tokenizer fixed as training fixes it), then
 ``Template.encode_oneturn`` with an empty assistant turn, as LLaMA-Factory's own chat engine builds a prompt.
 A multi-turn conversation is answered at its last assistant turn: the earlier turns are the history, the last
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.evaluate.task.data import LlamaFactoryRow, LlamaFactorySetup, TestRow, raise_if_errors
+from components.evaluate.task.data import LlamaFactoryEncoding, LlamaFactoryRow, TestRow, raise_if_errors
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,10 @@ def select_rows(rows: list[TestRow], limit: int) -> list[TestRow]:
     return sorted(first.values(), key=lambda row: (row.key, row.dataset))[:limit]
 
 
-def stop_token_ids(setup: LlamaFactorySetup) -> list[int]:
+def stop_token_ids(encoding: LlamaFactoryEncoding) -> list[int]:
     """The template's stop tokens (the fixed tokenizer's eos and the template's stop words), sorted."""
-    return sorted({int(token) for token in setup.template.get_stop_token_ids(setup.tokenizer) if token is not None})
+    stops = encoding.template.get_stop_token_ids(encoding.tokenizer)
+    return sorted({int(token) for token in stops if token is not None})
 
 
 def _only_special_tokens(tokenizer: Any, text: str) -> bool:
@@ -61,7 +62,7 @@ def _only_special_tokens(tokenizer: Any, text: str) -> bool:
     return not tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def build_prompts(setup: LlamaFactorySetup, rows: list[TestRow], *,
+def build_prompts(encoding: LlamaFactoryEncoding, rows: list[TestRow], *,
                   max_prompt_tokens: int) -> tuple[list[GenerationPrompt], list[Skipped]]:
     """Encode the prompt side of each row; rows without a usable reference are skipped with the reason.
 
@@ -75,7 +76,7 @@ def build_prompts(setup: LlamaFactorySetup, rows: list[TestRow], *,
     prompts, skipped, errors = [], [], []
     for row in rows:
         try:
-            aligned = setup.converters[row.dataset](LlamaFactoryRow(row.row))
+            aligned = encoding.converters[row.dataset](LlamaFactoryRow(row.row))
         except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:  # what LF raises on bad rows
             errors.append(f"{row.file}:{row.line}: LLaMA-Factory cannot read this row ({type(exc).__name__}: {exc})")
             continue
@@ -88,11 +89,12 @@ def build_prompts(setup: LlamaFactorySetup, rows: list[TestRow], *,
         if not reference.strip():
             skipped.append(Skipped(row.dataset, row.key, "the reference answer is empty"))
             continue
-        if _only_special_tokens(setup.tokenizer, reference):
+        if _only_special_tokens(encoding.tokenizer, reference):
             skipped.append(Skipped(row.dataset, row.key, "the reference answer holds only special tokens"))
             continue
-        ids, _ = setup.template.encode_oneturn(setup.tokenizer, [*messages, {"role": "assistant", "content": ""}],
-                                               aligned["_system"], aligned["_tools"])
+        ids, _ = encoding.template.encode_oneturn(encoding.tokenizer,
+                                                  [*messages, {"role": "assistant", "content": ""}],
+                                                  aligned["_system"], aligned["_tools"])
         cut = max(0, len(ids) - max_prompt_tokens)
         prompts.append(GenerationPrompt(row.dataset, row.key, list(ids[cut:]), str(messages[-1]["content"]),
                                         (len(messages) - 1) // 2, reference, cut))

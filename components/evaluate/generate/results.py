@@ -1,6 +1,6 @@
 """``generations.jsonl``: one model's greedy answers on held-out rows, each scored against its reference.
 
-JSON Lines, one typed record per line: the first line a :class:`GenerationsHeader` (eval key, setup, totals,
+JSON Lines, one typed record per line: the first line a :class:`GenerationsHeader` (eval key, eval settings, totals,
 the rows skipped and why), then one :class:`GeneratedAnswer` per row, sorted by (dataset, key). Every score is on
 a 0-100 scale and rounded to :data:`DIGITS` decimals, so equal answers give byte-identical files and the gate can
 compare sums of them exactly (:func:`score_units`). :func:`load_generations` checks the header's totals against
@@ -109,7 +109,7 @@ class GenerationsHeader(_Record):
     empty_answers: int = Field(ge=0, description="Answers that held only special tokens or whitespace (scored as '').")
     truncated_prompts: int = Field(ge=0, description="Prompts cut from the left to fit the context.")
 
-    def setup(self) -> dict[str, object]:
+    def eval_settings(self) -> dict[str, object]:
         """What must agree for two models' answers to be compared row by row."""
         return {"generation_version": self.generation_version, "template": self.template,
                 "cutoff_len": self.cutoff_len, "test_split_hash": self.test_split_hash,

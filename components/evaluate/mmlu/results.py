@@ -23,7 +23,7 @@ Letter = Literal["A", "B", "C", "D"]
 TOLERANCE = 1e-6
 RESULTS_FILE = "results.json"
 # Fields that say how a score was obtained: two results are comparable only when all of them agree.
-SETUP_FIELDS = ("data_hash", "n_shot", "prompt_version", "subjects_requested", "limit")
+EVAL_SETTING_FIELDS = ("data_hash", "n_shot", "prompt_version", "subjects_requested", "limit")
 
 
 class ResultsFileError(ValueError):
@@ -111,9 +111,9 @@ class MmluResults(_Strict):
             raise ValueError(f"macro is {self.macro} but the question records give {macro:.6f}")
         return self
 
-    def setup(self) -> dict[str, Any]:
-        """The fields that must agree for two results to be comparable (:data:`SETUP_FIELDS`)."""
-        return {field: getattr(self, field) for field in SETUP_FIELDS}
+    def eval_settings(self) -> dict[str, Any]:
+        """The fields that must agree for two results to be comparable (:data:`EVAL_SETTING_FIELDS`)."""
+        return {field: getattr(self, field) for field in EVAL_SETTING_FIELDS}
 
 
 def _check(where: str, stored: Any, correct: int, total: int, accuracy_field: str = "accuracy") -> None:
@@ -143,7 +143,7 @@ def results_from_records(meta: dict[str, Any], questions: list[dict[str, Any]],
                          category_of: dict[str, str]) -> MmluResults:
     """Build a results document from its per-question records: every summary number is computed here.
 
-    ``meta`` holds the setup fields (eval_key, prompt_version, n_shot, limit, subjects_requested, model,
+    ``meta`` holds the evaluation settings (eval_key, prompt_version, n_shot, limit, subjects_requested, model,
     adapter, model_id, data_hash, backend); ``category_of`` maps each scored subject to its category.
 
     Raises:

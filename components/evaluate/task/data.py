@@ -185,9 +185,9 @@ def read_test_rows(data_dir: str | Path, names: list[str]) -> tuple[dict[str, di
 
 
 @dataclass(frozen=True)
-class LlamaFactorySetup:
-    """LLaMA-Factory's pieces as SFT training sets them up: the fixed tokenizer (a copy), the template, the data
-    arguments (template and cutoff, the rest at LLaMA-Factory's defaults) and each entry's dataset converter."""
+class LlamaFactoryEncoding:
+    """LLaMA-Factory's pieces that encode rows as SFT training does: the fixed tokenizer (a copy), the template,
+    the data arguments (template and cutoff, the rest at LLaMA-Factory's defaults) and each entry's converter."""
 
     tokenizer: Any
     template: Any
@@ -195,8 +195,8 @@ class LlamaFactorySetup:
     converters: dict[str, Any]
 
 
-def llamafactory_setup(tokenizer: Any, entries: dict[str, dict[str, Any]], *, template: str,
-                       cutoff_len: int) -> LlamaFactorySetup:
+def llamafactory_encoding(tokenizer: Any, entries: dict[str, dict[str, Any]], *, template: str,
+                          cutoff_len: int) -> LlamaFactoryEncoding:
     """The template, fixed tokenizer and converters with which training encodes the rows of ``entries``.
 
     Raises:
@@ -217,7 +217,7 @@ def llamafactory_setup(tokenizer: Any, entries: dict[str, dict[str, Any]], *, te
     lf_template = get_template_and_fix_tokenizer(tokenizer, data_args)
     converters = {name: get_dataset_converter(attr.formatting, attr, data_args)
                   for name, attr in zip(entries, get_dataset_list(list(entries), entries), strict=True)}
-    return LlamaFactorySetup(tokenizer, lf_template, data_args, converters)
+    return LlamaFactoryEncoding(tokenizer, lf_template, data_args, converters)
 
 
 class LlamaFactoryRow(dict):
@@ -238,10 +238,10 @@ def encode_rows(tokenizer: Any, entries: dict[str, dict[str, Any]], rows: list[T
     """
     from llamafactory.data.processor import SupervisedDatasetProcessor
 
-    setup = llamafactory_setup(tokenizer, entries, template=template, cutoff_len=cutoff_len)
-    processor = SupervisedDatasetProcessor(template=setup.template, tokenizer=setup.tokenizer, processor=None,
-                                           data_args=setup.data_args)
-    converters = setup.converters
+    encoding = llamafactory_encoding(tokenizer, entries, template=template, cutoff_len=cutoff_len)
+    processor = SupervisedDatasetProcessor(template=encoding.template, tokenizer=encoding.tokenizer, processor=None,
+                                           data_args=encoding.data_args)
+    converters = encoding.converters
     examples, errors = [], []
     for row in rows:
         try:

@@ -112,7 +112,7 @@ def _results(root: Path) -> None:
         '"loss": ', '"loss": NaN, "was": ', 1))
     (root / "store" / "models" / "m" / "v1").mkdir(parents=True)
     good = [root / "good" / "results.json", root / "good" / "task.json"]
-    comparison = compare_files(*good, *good, config_from_dict({}, "defaults"), baseline_name="base model")
+    comparison = compare_files(*good, *good, config_from_dict({}, "defaults"), baseline_version="")
     (root / "store" / "c.json").write_text(comparison.model_dump_json())
     (root / "store" / "bad_c.json").write_text(comparison.model_dump_json().replace('"keep-champion"', '"ship-it"'))
 

@@ -151,7 +151,7 @@ def test_a_failing_judge_stops_the_comparison_cleanly_in_bounded_time_and_never_
         cfg.evaluation.judge_endpoint = judge.url
         started = time.monotonic()
         with pytest.raises(ComparisonError) as info:
-            compare_files(*files[:4], cfg, baseline_name="base model", generations=files[4:])
+            compare_files(*files[:4], cfg, baseline_version="", generations=files[4:])
         elapsed = time.monotonic() - started
     message = str(info.value)
     assert words in message and judge.url in message and "row alpaca_sample@test/" in message, message
@@ -169,7 +169,7 @@ def test_through_compare_the_verdicts_are_reported_and_the_key_is_stored_nowhere
     files = _files(tmp_path)
     with FakeJudge() as judge:
         cfg.evaluation.judge_endpoint = judge.url
-        comparison = compare_files(*files[:4], cfg, baseline_name="base model", generations=files[4:])
+        comparison = compare_files(*files[:4], cfg, baseline_version="", generations=files[4:])
     assert comparison.judge.candidate_wins == 6 and comparison.judge.endpoint == judge.url
     report = render_report(comparison)
     assert (f"Judge judge-7b on {ROWS} rows, each asked in both orders: the candidate wins 6, the baseline 1, 3 ties; "
