@@ -33,6 +33,7 @@ import kfp_server_api
 import urllib3
 
 from configs import redaction
+from configs.errors import StepError
 
 # Where kubelet projects the audience-bound KFP service-account token in a pod (kfp.client defaults).
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
@@ -47,11 +48,11 @@ MAX_POLL_ERRORS = 5
 _EQUALS = 1  # kfp.client's numeric filter operation code for EQUALS
 
 
-class AuthError(ValueError):
+class AuthError(StepError, ValueError):
     """The requested authentication cannot be set up (e.g. the named token variable is empty)."""
 
 
-class UnexpectedReply(RuntimeError):
+class UnexpectedReply(StepError, RuntimeError):
     """The server answered, but not as the KFP API does (an HTML login page, a reply without the expected id)."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import kfp
 
+from configs.errors import UsageError
 from pipelines.kfp_api import name_filter, quiet, required_id
 
 DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -63,7 +64,7 @@ CRON_FIELDS = (
 )
 
 
-class CronError(ValueError):
+class CronError(UsageError):
     """A cron expression KFP would reject or misread; the message says which field and how to fix it."""
 
 

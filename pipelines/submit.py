@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from configs.errors import UsageError
 from configs.loading import load_config
 from configs.schema import ConfigError, PipelineConfig
 from pipelines import kfp_api
@@ -58,10 +59,6 @@ from pipelines.schedule import (
 HOST_ENV = "KFP_HOST"
 NAMESPACE_ENV = "KFP_NAMESPACE"
 IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
-
-
-class UsageError(ValueError):
-    """Flags that do not fit together or a missing setting; main() exits 2."""
 
 
 @dataclass(frozen=True)

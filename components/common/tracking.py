@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.storage import run_dir
 from components.common.typed_files import read_model, write_model
+from configs.errors import StepError
 from configs.redaction import describe_reply, looks_like_html, public_uri, redact, secrets_from_env, unsafe_token
 from configs.schema import PipelineConfig
 
@@ -76,7 +77,7 @@ SYSTEM_METRICS_DEFAULTS = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "5",
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(StepError, RuntimeError):
     """The MLflow tracking server cannot be reached; the message names the URI."""
 
 

@@ -31,11 +31,12 @@ from pydantic import BaseModel, ValidationError
 
 from components.common.safe_json import DocumentError, read_json
 from components.common.storage import atomic_write_text
+from configs.errors import StepError
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class TypedFileError(ValueError):
+class TypedFileError(StepError, ValueError):
     """A file passed between steps is missing, not JSON, or does not validate; the message names file and field."""
 
 

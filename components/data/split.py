@@ -52,6 +52,7 @@ from components.common.safe_json import DocumentError, JsonScanner, read_json
 from components.common.storage import run_dir
 from components.data.checks import DATA_CONFIG
 from components.data.row_keys import EXAMPLE_HEX_CHARS, KEY_HEX_CHARS, KEY_SCHEME, entry_spec, row_key
+from configs.errors import StepError
 
 SPLIT_VERSION = KEY_SCHEME  # part of every key and split hash
 SNAPSHOT_DIR = "data"  # <run dir>/data
@@ -113,7 +114,7 @@ def snapshot_dir(cfg: Any, kfp_run_id: str) -> Path:
 # The manifest ------------------------------------------------------------------------------------------------
 
 
-class SplitError(ValueError):
+class SplitError(StepError, ValueError):
     """The split snapshot cannot be used (missing, invalid manifest, a file changed); the message names the file."""
 
 

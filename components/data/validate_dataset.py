@@ -40,13 +40,14 @@ from components.data.result import ValidationResult, render_report
 from components.data.split import SplitManifest, snapshot_dir
 from components.data.split_writer import validate_and_split
 from components.data.validation import validate_datasets
+from configs.errors import StepError
 from configs.loading import config_from_json
 from configs.schema import ConfigError, PipelineConfig
 
 STEP = "validate-dataset"
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(StepError, ValueError):
     """The datasets are invalid; the message lists the problems (``FILE:ROW: field 'NAME': ...``)."""
 
 

@@ -36,15 +36,16 @@ from components.gate.registry import BASE_MODEL_NAME
 from components.gate.report import loss_curve, render_html, render_report, train_loss
 from components.gate.rules import Comparison, NotComparable, TaskScores, compare
 from components.train.select_trial import read_selection, trials_table
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 STEP = "compare"
 COMPARISON_FILE = "comparison.json"
 SIDE_BY_SIDE_TABLE = "compare/side_by_side.json"
 
 
-class ComparisonError(ValueError):
+class ComparisonError(StepError, ValueError):
     """Results that cannot be compared (unreadable, inconsistent or from different setups); names file and field."""
 
 
@@ -324,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs = [(args.report, render_report(comparison)) if args.report else None,
                    (args.json_out, comparison.model_dump_json(indent=2)) if args.json_out else None]
         _write_all([output for output in outputs if output])
-    except (ConfigError, ComparisonError, StorageError) as exc:
-        return fail(parser, exc, 2)
+    except StepError as exc:
+        return fail(parser, exc, code=2)  # exit 1 means "keep the champion"
     print(comparison.headline)
     for reason in comparison.reasons:
         print(f"  - {reason}")

@@ -16,9 +16,9 @@ import json
 
 from components.common.cli import cli_config, fail, new_parser
 from components.common.tracking import set_run_tags, step_run
-from components.gate.registry import CHALLENGER, RegistryError, mark_challenger
+from components.gate.registry import CHALLENGER, mark_challenger
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError
 
 STEP = "mark-challenger"
 
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_step(cli_config(parser, args).model_dump_json(), args.kfp_run_id, args.model_version, args.reason)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (RegistryError, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     return 0
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.storage import StorageError, on_volume
+from components.common.storage import on_volume
 from components.common.tracking import set_run_tags, step_run
 from components.gate.registry import (
     CHALLENGER,
@@ -39,8 +39,8 @@ from components.gate.registry import (
 )
 from components.merge.publish import set_current
 from components.merge.verify import PublishError, verify_model_dir
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError
 
 STEP = "promote-model"
 
@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _, previous = run_step(cli_config(parser, args).model_dump_json(), args.kfp_run_id, args.model_version,
                                    args.version)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (RegistryError, StorageError, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(previous)
     return 0

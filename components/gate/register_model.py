@@ -45,8 +45,9 @@ from components.gate.registry import (
     version_of_run,
 )
 from components.gate.rules import DECISIONS, Comparison
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -238,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.comparison, args.dataset_hash)[0]
         if comparison.decision != "promote":  # what the pipeline's else-branch does
             mark_challenger.run_step(config, args.kfp_run_id, model_version, comparison.headline)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (RegistryError, StorageError, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(model_version)
     return 0

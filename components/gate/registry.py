@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, on_volume, storage_root
-from components.common.tracking import KFP_RUN_TAG, TrackingUnavailable, experiment_id, find_artifact, make_client
-from configs.schema import ConfigError, PipelineConfig
+from components.common.tracking import KFP_RUN_TAG, experiment_id, find_artifact, make_client
+from configs.errors import StepError
+from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -56,11 +57,11 @@ SETUP_TAGS = {"llmft.task_split_hash": "the held-out split", "llmft.task_templat
               "llmft.generate_rows": "evaluation.generate_rows", "llmft.max_new_tokens": "evaluation.max_new_tokens"}
 
 
-class RegistryError(RuntimeError):
+class RegistryError(StepError, RuntimeError):
     """The model cannot be registered or promoted; the message names the model, version or path."""
 
 
-class BaselineError(RuntimeError):
+class BaselineError(StepError, RuntimeError):
     """The baseline cannot be found or its stored results cannot be fetched; names the model or eval key."""
 
 
@@ -283,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         aliases = registered_aliases(make_client(cfg), cfg.mlflow.registered_model_name)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (TrackingUnavailable, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(json.dumps(aliases, sort_keys=True))
     return 0

@@ -31,6 +31,7 @@ from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import run_dir
 from components.common.tracking import finalize_pipeline_runs
 from components.run.resolve_config import RESOLVED_FILE, read_resolved
+from configs.errors import StepError
 from configs.loading import config_from_json
 from configs.schema import ConfigError, MlflowConfig, PipelineConfig
 
@@ -38,7 +39,7 @@ STEP = "finalize-runs"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFinalStatus.state reports
 
 
-class FinalizeError(RuntimeError):
+class FinalizeError(StepError, RuntimeError):
     """Part of the exit handler's work failed; the message names every failure (the other parts were done)."""
 
 
@@ -147,11 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--kfp-run-id must not be empty")
     try:
         cfg = cli_config(parser, args)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    try:
         _report(finalize(cfg, args.kfp_run_id, args.state, tracking=cfg), args.state)
-    except FinalizeError as exc:
+    except StepError as exc:
         return fail(parser, exc)
     return 0
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 from components.common.storage import on_volume, run_dir
 from components.data.split import SNAPSHOT_DIR, SplitError, SplitManifest, verify_snapshot
 from components.train.trials import trial_dir
+from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 TRAIN_SIDES = ("train", "val")  # what the train step reads of the snapshot (the test side is the gate's)
@@ -29,7 +30,7 @@ TRAIN_SIDES = ("train", "val")  # what the train step reads of the snapshot (the
 TRAIN_YAML = "train.yaml"
 
 
-class TrainError(RuntimeError):
+class TrainError(StepError, RuntimeError):
     """The inputs of the training step are unusable (base model, datasets) or the trainer left no state; the
     message names the path."""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from components.common.signals import sigterm_raises
 from components.common.tracking import TRAINER_MLFLOW_HTTP, system_metrics_env
 from components.train.render import deepspeed_stage
+from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 WORKER_MODULE = "components.train.worker"
@@ -43,7 +44,7 @@ _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Excep
 logger = logging.getLogger(__name__)
 
 
-class TrainerFailed(RuntimeError):
+class TrainerFailed(StepError, RuntimeError):
     """LLaMA-Factory exited non-zero or was killed; the message carries its error and where the log is."""
 
 

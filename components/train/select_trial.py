@@ -38,15 +38,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, new_parser
 from components.common.storage import StorageError, atomic_write_text, on_volume, run_dir
-from components.common.tracking import TrackingUnavailable, log_metrics, parent_run_id, set_run_tags, step_run
+from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import TypedFileError, read_model, write_model
-from components.data.split import SplitError, read_manifest, snapshot_dir
+from components.data.split import read_manifest, snapshot_dir
 from components.train.checkpoints import RESUME_ONLY, list_checkpoints
 from components.train.inputs import resolve_paths
 from components.train.outputs import SUMMARY_FILE, TrainSummary
 from components.train.trials import describe_settings, trial_count, trial_label
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 STEP = "select-trial"
 SELECTION_FILE = "selection.json"
@@ -85,7 +86,7 @@ class Selection(BaseModel):
         return next(trial for trial in self.trials if trial.trial == self.winner)
 
 
-class SelectionError(RuntimeError):
+class SelectionError(StepError, RuntimeError):
     """The trials cannot be compared (a summary missing or invalid, trials scored on other rows); names the trial."""
 
 
@@ -270,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = [resolve_paths(cfg, args.kfp_run_id, check=False, trial=trial).model_dir
                 for trial in range(trial_count(cfg))]
         chosen = select(cfg, args.kfp_run_id, dirs)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (SelectionError, SplitError, StorageError, TrackingUnavailable, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(trials_table(chosen), end="")
     print(json.dumps({"winner": chosen.winner, "model_dir": chosen.winning().model_dir}))

@@ -65,10 +65,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.storage import StorageError, atomic_write_text, on_volume
+from components.common.storage import atomic_write_text, on_volume
 from components.common.tracking import (
     TRAINER_MLFLOW_HTTP,
-    TrackingUnavailable,
     close_stale_runs,
     log_metrics,
     log_params,
@@ -90,9 +89,8 @@ from components.train.checkpoints import (
     trim_trainer_log,
 )
 from components.train.fingerprint import training_fingerprint
-from components.train.inputs import TrainError, prepare_data, resolve_paths
+from components.train.inputs import prepare_data, resolve_paths
 from components.train.launch import (
-    TrainerFailed,
     check_shm,
     gpu_available,
     launch_trainer,
@@ -105,7 +103,8 @@ from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, p
 from components.train.render import render_params, render_sections, render_yaml
 from components.train.tokenized import TOKENIZED_DIR, tokenization_key
 from components.train.trials import describe_settings, is_sweep, trial_config, trial_label, trial_settings
-from configs.schema import ConfigError, PipelineConfig
+from configs.errors import StepError
+from configs.schema import PipelineConfig
 
 STEP = "train"
 PARAM_PREFIX = "llmft."
@@ -417,10 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             print(render_only(cfg, run_id, args.trial))
             return 0
         result = train_model(cfg, run_id, args.dataset_hash, args.trial)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (TrainError, TrainerFailed, TrackingUnavailable, StorageError) as exc:
-        return fail(parser, f"training failed: {exc}")
+    except StepError as exc:
+        return fail(parser, exc)
     print(json.dumps({"run_id": run_id, "model_dir": str(result.model_dir), "train_loss": result.train_loss,
                       "mlflow_run_id": result.mlflow_run_id, "reused": result.reused, "metrics": result.metrics},
                      indent=2))

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.common.safe_json import DocumentError, parse_json
 from components.common.typed_files import describe_validation_error
+from configs.errors import StepError
 
 GENERATION_VERSION = "generate-v1"  # prompt building, decoding and scoring: bump when any of them changes
 RESULTS_FILE = "generations.jsonl"
@@ -38,7 +39,7 @@ Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Points = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
 
 
-class GenerationResultsError(ValueError):
+class GenerationResultsError(StepError, ValueError):
     """A generations.jsonl that cannot be used; the message names the file, the line and the field."""
 
 

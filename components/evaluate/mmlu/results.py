@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.common.safe_json import DocumentError, parse_json
 from components.common.typed_files import describe_validation_error
+from configs.errors import StepError
 
 Letter = Literal["A", "B", "C", "D"]
 # Summary numbers are written rounded to 6 digits; anything further off was not computed from the records.
@@ -26,7 +27,7 @@ RESULTS_FILE = "results.json"
 SETUP_FIELDS = ("data_hash", "n_shot", "prompt_version", "subjects_requested", "limit")
 
 
-class ResultsFileError(ValueError):
+class ResultsFileError(StepError, ValueError):
     """A results file is missing, unreadable or inconsistent; the message names the file and the field."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ REQUEST_TIMEOUT = (10, 60)  # (connect, read) seconds for plain API calls
 WATCH_S = 30  # longest wait for a job change before the pods are looked at again
 
 
-class TrainingJobError(RuntimeError):
+class TrainingJobError(StepError, RuntimeError):
     """The Kubernetes API refused a request or cannot be reached; the message names the fix."""
 
 

@@ -39,9 +39,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from components.train.launch import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
+from configs.errors import StepError
 
 
-class LaunchEnvError(ValueError):
+class LaunchEnvError(StepError, ValueError):
     """The replica's environment does not describe a usable multi-node job; the message names the variable."""
 
 
