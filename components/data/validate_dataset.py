@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.common.storage import OutputPathError, StorageError, atomic_write_text, guard_output, on_volume
 from components.common.tracking import parent_run_id, step_run
 from components.data.result import ValidationResult, render_report
@@ -45,6 +46,7 @@ from configs.loading import config_from_json
 from configs.schema import ConfigError, PipelineConfig
 
 STEP = "validate-dataset"
+log = step_logger(STEP)
 
 
 class DatasetValidationError(StepError, ValueError):
@@ -102,6 +104,7 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         TrackingUnavailable: the MLflow server does not answer.
         StorageError: the volume refused a write.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         result, split = validate_config_data(cfg, kfp_run_id, replace=True)
@@ -117,9 +120,8 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         if not result.ok:
             raise DatasetValidationError(result.failure_message())
     held = _split_metrics(split)
-    print(f"[{STEP}] {result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out "
-          f"for the task evaluation, {held.get('val_rows', 0)} for validation, {held.get('train_rows', 0)} to train "
-          "on", flush=True)
+    log.info(f"{result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out for "
+             f"the task evaluation, {held.get('val_rows', 0)} for validation, {held.get('train_rows', 0)} to train on")
     return result.combined_sha256, test_split_hash, result.rows
 
 
@@ -233,6 +235,7 @@ def _print_result(result: ValidationResult, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Validate; returns 0 when valid, 1 when not (or the report cannot be written), 2 on a usage error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

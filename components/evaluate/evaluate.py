@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.common.logs import configure_step_logging, step_logger
 from components.common.storage import atomic_write_text, on_volume, run_dir
 from components.common.tracking import step_run
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
@@ -43,6 +44,7 @@ from configs.loading import config_from_json
 from configs.schema import PipelineConfig
 
 STEP = "evaluate"
+log = step_logger(STEP)
 _SCORES = {("results.json",): "MMLU score", ("task.json",): "held-out score",
            ("results.json", "task.json"): "stored scores"}  # files reused -> how the log says it
 GENERATIONS_TABLE = "eval/generations_table.json"
@@ -141,6 +143,8 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     from components.evaluate.mmlu.evaluate_mmlu import category_metric, dump_results, evaluate
     from components.evaluate.task.evaluate_task import score_loaded
 
+    configure_step_logging(STEP)
+
     cfg = config_from_json(config)
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -212,14 +216,14 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: A
     mmlu_results.metadata.update({"eval_key": setup.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
     task_results.metadata.update({"eval_key": setup.task_key, "task_loss": task.loss, "role": role})
     scores_reused = tuple(sorted(set(reused) - {GENERATIONS_FILE}))
-    print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
-          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model "
-                                                           "reused)" if scores_reused else ""), flush=True)
+    log.info(f"{role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU {mmlu.micro:.4f} "
+             f"on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model reused)" if scores_reused
+                                             else ""))
     if generations:
         from components.evaluate.generate.generate import summary_line
 
-        print(f"[{STEP}] {role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
-              + (" (stored, reused)" if GENERATIONS_FILE in reused else ""), flush=True)
+        log.info(f"{role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
+                 + (" (stored, reused)" if GENERATIONS_FILE in reused else ""))
     return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
 
 

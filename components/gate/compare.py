@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume, run_dir
 from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import write_model
@@ -41,6 +42,7 @@ from configs.loading import config_from_json
 from configs.schema import PipelineConfig
 
 STEP = "compare"
+log = step_logger(STEP)
 COMPARISON_FILE = "comparison.json"
 SIDE_BY_SIDE_TABLE = "compare/side_by_side.json"
 
@@ -183,6 +185,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         StorageError: the volume refused to write comparison.json.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     candidate_answers, baseline_answers = beside(on_volume(cfg, candidate_task), cfg), \
         beside(on_volume(cfg, baseline_task), cfg)
@@ -231,7 +234,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
                 client.log_table(run, data=table, artifact_file=SIDE_BY_SIDE_TABLE)
         set_run_tags(client, run_id, {**decision, **{f"llmft.rule.{rule.rule}": "pass" if rule.passed else "fail"
                                                      for rule in comparison.rules}})
-    print(f"[{STEP}] {comparison.headline}", flush=True)
+    log.info(comparison.headline)
     return comparison.decision, comparison.headline, str(path)
 
 
@@ -306,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the decision and its reasons; exit 0 promote, 1 keep the champion, 2 on any error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     inputs = {f"--{name.replace('_', '-')}": getattr(args, name)

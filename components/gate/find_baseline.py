@@ -16,6 +16,7 @@ answers must be stored under their key too.
 
 from __future__ import annotations
 
+from components.common.logs import configure_step_logging, step_logger
 from components.common.tracking import set_run_tags, step_run
 from components.evaluate.evaluate import eval_setup, generation_key, generation_tags
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
@@ -35,6 +36,7 @@ from components.gate.served_baseline import served_baseline
 from configs.loading import config_from_json
 
 STEP = "find-baseline"
+log = step_logger(STEP)
 
 
 def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float]:
@@ -58,6 +60,8 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
         TrackingUnavailable: the MLflow server does not answer.
     """
     from components.data.split import read_manifest, snapshot_dir
+
+    configure_step_logging(STEP)
 
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
@@ -90,5 +94,5 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
                                       "llmft.baseline_task_eval_key": task_key, "llmft.baseline_note": note[:4000],
                                       "llmft.held_out_below": repr(rows.below),
                                       "llmft.held_out_rows": f"{rows.rows} of {rows.scored}"})
-    print(f"[{STEP}] {note}", flush=True)
+    log.info(note)
     return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below

@@ -15,6 +15,7 @@ import argparse
 import json
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.tracking import set_run_tags, step_run
 from components.gate.registry import CHALLENGER, mark_challenger
 from configs.errors import StepError
@@ -36,6 +37,7 @@ def run_step(config: str, kfp_run_id: str, model_version: str, reasons: str) -> 
         RegistryError: the model version does not exist.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         mark_challenger(client, cfg.mlflow.registered_model_name, model_version, reasons)
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Mark the version; 0 done, 1 failed, 2 usage or config error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.storage import on_volume
 from components.common.tracking import set_run_tags, step_run
 from components.gate.registry import (
@@ -74,6 +75,8 @@ def run_step(config: str, kfp_run_id: str, model_version: str, version: str,
         TrackingUnavailable: the MLflow server does not answer.
     """
     from mlflow.exceptions import MlflowException
+
+    configure_step_logging(STEP)
 
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Promote; 0 done, 1 failed, 2 usage or config error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

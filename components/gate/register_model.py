@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.common import markdown
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.storage import StorageError, on_volume
 from components.common.tracking import KFP_RUN_TAG, experiment_id, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import read_model
@@ -166,6 +167,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, version: str, decisio
             outside the PVC or not the published ``version``, or an unreadable comparison file.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     if decision not in DECISIONS:
         raise RegistryError(f"decision must be one of {DECISIONS}, got {decision!r}")
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Register (and mark a version the gate kept out challenger); 0 done, 1 failed, 2 usage or config error."""
     from components.gate import mark_challenger
+
+    configure_step_logging(STEP)
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ where compare reads them, after checking that each validates and carries the key
 
 from __future__ import annotations
 
+from components.common.logs import configure_step_logging
 from components.common.storage import atomic_write_text, run_dir
 from components.common.tracking import set_run_tags, step_run
 from components.evaluate.evaluate import generation_key
@@ -37,6 +38,7 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
             then); the message names each MLflow run passed over and why.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     target = run_dir(cfg, kfp_run_id) / "eval" / "baseline"
     wanted = [(EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]

@@ -53,6 +53,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.logs import configure_step_logging
 from components.common.safe_json import DocumentError, read_json
 from components.common.storage import (
     StorageError,
@@ -226,6 +227,7 @@ def run_step(config: str, kfp_run_id: str, adapter_dir: str, merged: Any) -> tup
         MergeError, PublishError, StorageError: see :func:`merge_and_publish`.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     base = on_volume(cfg, cfg.storage.base_model)
     trained = on_volume(cfg, adapter_dir, absolute_ok=False)
@@ -323,6 +325,7 @@ def _merge_by_hand(args: argparse.Namespace, dtype: str, max_shard_size_mb: int)
 
 def main(argv: list[str] | None = None) -> int:
     """Merge by hand; exit 0 on success, 1 when the merge or publish fails, 2 on usage or configuration errors."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.output and (args.version or args.no_set_current):

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.storage import run_dir
 from components.common.tracking import finalize_pipeline_runs
 from components.run.resolve_config import RESOLVED_FILE, read_resolved
@@ -121,6 +122,7 @@ def run_step(compiled_config: str, kfp_run_id: str, state: str, error: str | Non
         FinalizeError: a part failed, or the resolved config on the volume is damaged (the file and fields are
             named); every other part was still done.
     """
+    configure_step_logging(STEP)
     compiled = config_from_json(compiled_config)
     failures: list[str] = []
     resolved = _resolved_or_fallback(compiled, kfp_run_id, failures)
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Close the runs; exit 0 when closed, 1 on errors, 2 on a usage or configuration error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.kfp_run_id.strip():  # an empty id would match or create a parent run for no pipeline

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.common.logs import step_logger
 from components.common.signals import sigterm_raises
 from components.common.tracking import TRAINER_MLFLOW_HTTP, system_metrics_env
 from components.train.render import deepspeed_stage
@@ -41,7 +41,7 @@ TORCHRUN_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TORCH_NC
 _WRAPPER_ERRORS = ("ChildFailedError", "CalledProcessError")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt))(?::\s?(.*))?$")
 
-logger = logging.getLogger(__name__)
+logger = step_logger("train")  # the train step launches the trainer
 
 
 class TrainerFailed(StepError, RuntimeError):

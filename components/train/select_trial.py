@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.common.storage import StorageError, atomic_write_text, on_volume, run_dir
 from components.common.tracking import log_metrics, parent_run_id, set_run_tags, step_run
 from components.common.typed_files import TypedFileError, read_model, write_model
@@ -50,6 +51,7 @@ from configs.loading import config_from_json
 from configs.schema import PipelineConfig
 
 STEP = "select-trial"
+log = step_logger(STEP)
 SELECTION_FILE = "selection.json"
 DEEPSPEED_STATE = "global_step"  # DeepSpeed's optimizer (and ZeRO-3 weight) shards: global_step<N>/
 
@@ -236,6 +238,7 @@ def run_step(config: str, kfp_run_id: str, model_dirs: list, selection: Any, rep
         StorageError: the volume refused a write or a deletion.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         chosen = select(cfg, kfp_run_id, [on_volume(cfg, path) for path in model_dirs])
@@ -250,8 +253,8 @@ def run_step(config: str, kfp_run_id: str, model_dirs: list, selection: Any, rep
     winner = chosen.winning()
     others = ", ".join(f"{trial_label(trial.trial)} {_number(trial.val_loss)}" for trial in chosen.trials
                        if trial.trial != chosen.winner)
-    print(f"[{STEP}] {trial_label(winner.trial)} wins ({describe_settings(winner.settings)}): validation loss "
-          f"{_number(winner.val_loss)} at step {winner.best_step}" + (f"; {others}" if others else ""), flush=True)
+    log.info(f"{trial_label(winner.trial)} wins ({describe_settings(winner.settings)}): validation loss "
+             f"{_number(winner.val_loss)} at step {winner.best_step}" + (f"; {others}" if others else ""))
     return winner.model_dir, winner.mlflow_run_id, winner.trial
 
 
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Choose; 0 done, 1 a trial cannot be scored, 2 usage or config error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import time
 from importlib import metadata
@@ -65,6 +64,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.common.storage import atomic_write_text, on_volume
 from components.common.tracking import (
     TRAINER_MLFLOW_HTTP,
@@ -107,6 +107,7 @@ from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 STEP = "train"
+log = step_logger(STEP)
 PARAM_PREFIX = "llmft."
 TRAINER_LOG = "trainer_log.jsonl"
 LOSS_PLOT = "training_loss.png"
@@ -114,7 +115,6 @@ PACKAGES = ("llamafactory", "transformers", "torch", "peft", "deepspeed", "bitsa
 KFP_METRICS = ("train_loss", "best_val_loss", "best_step", "train_runtime_s", "tokens_per_second", "global_step",
                "resumed_from_step")
 
-logger = logging.getLogger(__name__)
 
 
 class TrainResult(NamedTuple):
@@ -142,7 +142,7 @@ class TrainRecipe:
         self.paths = resolve_paths(cfg, kfp_run_id, trial=trial)  # fails fast: no base model, no data directory
         self.cfg = trial_config(cfg, trial)  # from here on, the trial's own settings
         if cfg.training.trust_remote_code:
-            logger.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
+            log.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
                            self.paths.base_model)
 
     def setup(self) -> None:
@@ -233,13 +233,13 @@ class TrainRecipe:
         other_training = keep_only_same_training(paths.output_dir, paths.discard_dir,
                                                  paths.run_dir / FINGERPRINT_FILE, self.fingerprint)
         if other_training:
-            logger.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
+            log.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
                            other_training, paths.discard_dir)
             client.set_tag(run_id, "llmft.discarded_checkpoints", other_training[:5000])
         client.set_tag(run_id, "llmft.training_fingerprint", fingerprint_digest(self.fingerprint))
         resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir, self._last_step())
         for name, why in discarded:
-            logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
+            log.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
         trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
         client.set_tag(run_id, "llmft.resumed_from", resume.path.name if resume else "")
         settings = f"{describe_settings(self.settings)}, " if self.label else ""
@@ -322,7 +322,7 @@ class TrainRecipe:
 
     def _say(self, message: str) -> None:
         """One line for the step's log and the local console: ``[train] [trial-N: ]message``."""
-        print(f"[{STEP}] {self.label + ': ' if self.label else ''}{message}", flush=True)
+        log.info(f"{self.label + ': ' if self.label else ''}{message}")
 
     def _last_step(self) -> int | None:
         return self.cfg.training.max_steps if self.cfg.training.max_steps > 0 else None
@@ -362,6 +362,8 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, trial: int, adapte
         ConfigError: the config parameter is invalid. Otherwise as :func:`train_model`.
     """
     from configs.loading import config_from_json
+
+    configure_step_logging(STEP)
 
     cfg = config_from_json(config)
     result = train_model(cfg, kfp_run_id, dataset_hash, int(trial))  # kfp.local may hand an int back as a float
@@ -407,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0 when trained, 1 when training failed, 2 on a usage or configuration error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     run_id = args.run_id or time.strftime("cli-%Y%m%d-%H%M%S", time.gmtime())
