@@ -35,15 +35,15 @@ from typing import Any
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
 from components.common.logs import configure_step_logging, step_logger
-from components.common.storage import OutputPathError, StorageError, atomic_write_text, guard_output, on_volume
+from components.common.storage import atomic_write_text, guard_output, on_volume
 from components.common.tracking import parent_run_id, step_run
 from components.data.result import ValidationResult, render_report
 from components.data.split import SplitManifest, snapshot_dir
 from components.data.split_writer import validate_and_split
 from components.data.validation import validate_datasets
-from configs.errors import StepError
+from configs.errors import StepError, UsageError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 STEP = "validate-dataset"
 log = step_logger(STEP)
@@ -241,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         if not os.path.isdir(args.dataset_dir):
-            return fail(parser, f"--dataset-dir {args.dataset_dir} is not a directory", 2)
+            raise UsageError(f"--dataset-dir {args.dataset_dir} is not a directory")
         if args.report:  # checked first: the report must never replace the data it describes
             guard_output(args.report, {"--dataset-dir": args.dataset_dir, "--eval-data-dir": args.eval_data_dir},
                          flag="--report")
-    except (ConfigError, OutputPathError) as exc:
-        return fail(parser, exc, 2)
+    except StepError as exc:
+        return fail(parser, exc, code=2)  # refused before anything was read: a usage error
     data = cfg.dataset
     result = validate_datasets(args.dataset_dir, data.names, cutoff_len=cfg.training.cutoff_len,
                                eval_data_dir=args.eval_data_dir, ngram=data.contamination_ngram,
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         try:
             atomic_write_text(args.report, render_report(result))
-        except StorageError as exc:  # a full or read-only volume: say where, write nothing
+        except StepError as exc:  # a full or read-only volume: say where, write nothing
             return fail(parser, exc)
     _print_result(result, args.json)
     return 0 if result.ok else 1

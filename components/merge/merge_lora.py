@@ -85,8 +85,8 @@ from components.merge.write import (
     return_freed_memory_to_the_os,
     write_weights,
 )
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError
 
 STEP = "merge-lora"
 
@@ -303,7 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _merge_by_hand(args: argparse.Namespace, dtype: str, max_shard_size_mb: int) -> dict[str, Any]:
-    """What the CLI does: merge into ``--output`` or publish into ``--publish-to`` (outputs guarded first)."""
+    """What the CLI does: merge into ``--output`` or publish into ``--publish-to`` (outputs guarded first).
+
+    Raises:
+        MergeError, StorageError: as :func:`merge_model` and :func:`merge_and_publish`; a write the volume refused
+            (full, read-only) is a StorageError naming where it happened.
+    """
+    try:
+        return _merge_or_publish(args, dtype, max_shard_size_mb)
+    except StepError:
+        raise
+    except OSError as exc:  # a full or read-only volume mid-write: name where it happened
+        raise StorageError(describe_os_error(exc, Path(args.output or args.publish_to))) from exc
+
+
+def _merge_or_publish(args: argparse.Namespace, dtype: str, max_shard_size_mb: int) -> dict[str, Any]:
     inputs = {"--base": args.base, "--adapter": args.adapter}
     if args.output:
         guard_output(args.output, inputs, replace=True)  # never an input, inside one or above one
@@ -333,12 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         result = _merge_by_hand(args, cfg.merge.dtype, cfg.merge.max_shard_size_mb)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (MergeError, StorageError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
-    except OSError as exc:  # a full or read-only volume mid-write: name where it happened
-        return fail(parser, describe_os_error(exc, Path(args.output or args.publish_to)))
     print(json.dumps(result))
     return 0
 
