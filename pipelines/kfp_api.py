@@ -56,6 +56,15 @@ class UnexpectedReply(StepError, RuntimeError):
     """The server answered, but not as the KFP API does (an HTML login page, a reply without the expected id)."""
 
 
+class ApiError(StepError, RuntimeError):
+    """The KFP API refused a request, cannot be reached or did not answer in time (:func:`api_errors`), or its
+    state forbids the request; the message says which, credentials masked."""
+
+
+class RunTimeout(StepError, TimeoutError):
+    """``--wait`` ran out of time while the run was still going."""
+
+
 @dataclass(frozen=True)
 class Auth:
     """How requests authenticate: a bearer token, a service-account token file, or nothing.
@@ -206,6 +215,23 @@ def required_id(value: Any, what: str) -> str:
 
 
 @contextlib.contextmanager
+def api_errors(secrets: list[str]) -> Iterator[None]:
+    """Inside the block, what the KFP client raises for a server that refuses a request (``ApiException``), cannot
+    be reached or does not answer in time (a urllib3 error, ``OSError``, the SDK's ``TimeoutError``) is an
+    :class:`ApiError` worded by :func:`error_text`; the project's own errors pass as they are.
+
+    Raises:
+        ApiError: as above.
+    """
+    try:
+        yield
+    except StepError:
+        raise
+    except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ApiError(error_text(exc, secrets)) from exc
+
+
+@contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Swallow the SDK's prints (links, 'Experiment details: ...') and its FutureWarning banner."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -297,7 +323,7 @@ def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_inte
     row are retried; other API errors propagate.
 
     Raises:
-        TimeoutError: the run is still going after ``timeout_s`` seconds.
+        RunTimeout: the run is still going after ``timeout_s`` seconds.
         kfp_server_api.ApiException: a non-transient API error, or too many transient ones in a row.
     """
     deadline = clock() + timeout_s
@@ -317,5 +343,5 @@ def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_inte
         if state in FINAL_STATES:
             return state
         if clock() >= deadline:
-            raise TimeoutError(f"run {run_id} is still {last_state} after {timeout_s:g} s")
+            raise RunTimeout(f"run {run_id} is still {last_state} after {timeout_s:g} s")
         sleep(poll_interval_s)
