@@ -1,6 +1,8 @@
-"""Typed, validated pipeline configuration and its YAML presets."""
+"""Typed, validated pipeline configuration and its YAML presets.
 
-from configs.loading import config_from_dict, config_from_json, load_config
-from configs.schema import ConfigError, PipelineConfig
+Import from the modules (``from configs.loading import load_config``, ``from configs.schema import ConfigError``):
+this ``__init__`` imports nothing, so that importing :mod:`configs.errors` (which every layer does) never loads the
+schema and its readers.
+"""
 
-__all__ = ["ConfigError", "PipelineConfig", "config_from_dict", "config_from_json", "load_config"]
+__all__ = ["errors", "form", "loading", "redaction", "schema", "templates"]

@@ -332,7 +332,7 @@ def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_inte
         try:
             state = str(client.get_run(run_id).state or "RUNTIME_STATE_UNSPECIFIED").upper()
             errors = 0
-        except Exception as exc:
+        except Exception as exc:  # the KFP client's errors: anything but a few transient ones is raised again
             errors += 1
             if not _is_transient(exc) or errors > MAX_POLL_ERRORS:
                 raise

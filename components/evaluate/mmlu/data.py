@@ -21,6 +21,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,7 +265,7 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
         ModelLoadError: ``model_dir`` (or ``adapter_dir``) has no config.json (adapter_config.json).
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not os.path.isfile(model_dir / "config.json"):  # os.path: a name too long for the filesystem is False
         raise ModelLoadError(f"{model_dir} is not a model directory (no config.json)")
     digest = hashlib.sha256(f"{IDENTITY_VERSION}\0model\0".encode())
     names = [name for name in _MODEL_TEXT_FILES if (model_dir / name).is_file()]
@@ -273,7 +274,7 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
     _feed(digest, model_dir, names)
     if adapter_dir:
         adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
+        if not os.path.isfile(adapter_dir / "adapter_config.json"):
             raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
         digest.update(b"adapter\0")
         _feed(digest, adapter_dir, [path.name for path in sorted(adapter_dir.iterdir()) if path.is_file() and (

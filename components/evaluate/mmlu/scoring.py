@@ -53,7 +53,7 @@ def pick_device(device: str | None = None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # torch's word for a string that is not a device
         raise DeviceError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
     remedy = "use cpu, or leave the device unset (cuda when a GPU is visible, else cpu)"
     if parsed.type == "cuda":
@@ -68,7 +68,7 @@ def pick_device(device: str | None = None) -> str:
     elif parsed.type != "cpu":
         try:  # mps, xpu...: only an allocation says whether the backend works here
             torch.empty(0, device=parsed)
-        except (RuntimeError, AssertionError) as exc:
+        except (RuntimeError, AssertionError) as exc:  # what torch raises for a backend it cannot use here
             raise DeviceError(f"device {device!r} is not available here ({exc}); {remedy}") from None
     return device
 

@@ -196,7 +196,7 @@ def wait_for_change(engine: JobEngine, custom: CustomObjectsApi, namespace: str,
     )
     try:
         next(events, None)
-    except Exception as exc:
+    except Exception as exc:  # the watch's errors: anything but the two below is raised again
         # 410 Gone (a stale resourceVersion) and dropped connections: the caller re-reads the job anyway.
         if not is_transient(exc) and getattr(exc, "status", None) != 410:
             raise

@@ -204,13 +204,22 @@ def main(argv: list[str] | None = None) -> int:
                                  "PVC mounted at the same path as in the train step?)")
         log.info(f"node {mapped['NODE_RANK']} of {mapped['NNODES']}, {mapped['NPROC_PER_NODE']} process(es), master "
                  f"{mapped['MASTER_ADDR']}:{mapped['MASTER_PORT']}")
-        try:
-            os.execve(command[0], command, {**os.environ, **extra_env})
-        except OSError as exc:
-            raise LaunchEnvError(f"cannot run {command[0]}: {exc.strerror}") from None
+        _exec(command, {**os.environ, **extra_env})
     except StepError as exc:
         return fail(parser, exc)
     return 1  # not reached: exec replaces the process
+
+
+def _exec(command: list[str], env: dict[str, str]) -> None:
+    """Replace this process with ``command``.
+
+    Raises:
+        LaunchEnvError: the command cannot run here.
+    """
+    try:
+        os.execve(command[0], command, env)
+    except OSError as exc:
+        raise LaunchEnvError(f"cannot run {command[0]}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def stream_lead_log(engine: JobEngine, core: CoreV1Api, namespace: str, pod_name
     except ApiException as exc:
         if exc.status not in (400, 404) and not is_transient(exc):  # 400: not started yet; 404: pod gone
             raise api_error(engine, exc, f"reading the log of {pod_name}", namespace) from None
-    except Exception as exc:
+    except Exception as exc:  # the log stream's errors: anything but a transient one is raised again
         if not is_transient(exc):  # an idle timeout or a dropped connection: the caller resumes
             raise
     finally:

@@ -118,7 +118,7 @@ def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str) -> tup
         try:
             job = get_job(engine, custom, namespace, name)
             pod = lead_pod(engine, core, namespace, name) if job is not None else None
-        except Exception as exc:
+        except Exception as exc:  # the Kubernetes client's errors: retried when transient, else named
             if not is_transient(exc):
                 raise api_error(engine, exc, f"reading {engine.kind} {name}", namespace) from None
             errors += 1

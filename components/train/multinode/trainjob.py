@@ -103,7 +103,7 @@ def _read(what: str, read: Any) -> dict | None:
             return None
         log.info(f"not checking {what}: HTTP {exc.status}: {server_message(exc)}")
         return {}
-    except Exception as exc:
+    except Exception as exc:  # the Kubernetes client's errors: anything but a transient one is raised again
         if not is_transient(exc):
             raise
         log.info(f"not checking {what}: {exc}")
