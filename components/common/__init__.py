@@ -6,7 +6,9 @@
 - :mod:`.local_runs`: closing what a killed local run left RUNNING;
 - :mod:`.safe_json`: the one reader for untrusted JSON and YAML;
 - :mod:`.typed_files`: the files passed between steps, as pydantic models;
-- :mod:`.cli`: ``--config``/``--set`` and flags whose defaults come from the schema;
+- :mod:`.cli`: ``--config``/``--set`` and flags whose defaults come from the schema; :func:`~.cli.fail`, how
+  every command line ends on an error;
+- :mod:`.logs`: progress and results through ``logging``: one logger per step, one line format, one reader;
 - :mod:`.signals`: SIGTERM as an exception, so that a step cleans up;
 - :mod:`.markdown`: untrusted text inside Markdown (code spans and escapes).
 """
@@ -14,6 +16,7 @@
 __all__ = [
     "cli",
     "local_runs",
+    "logs",
     "markdown",
     "safe_json",
     "signals",

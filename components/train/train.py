@@ -29,9 +29,11 @@ Features, with the settings that control each and what it costs:
 - **Atomic outputs**: the weights appear whole in ``adapter/`` (or ``full/``) with ``train_summary.json``
   (:mod:`components.train.outputs`); a retry after they were published trains nothing.
 
-:class:`TrainRecipe` reads in call order: ``__init__`` checks the inputs and fails fast, :meth:`~TrainRecipe.setup`
-verifies the data, :meth:`~TrainRecipe.train` trains (or reuses) inside the step's MLflow run and
-:meth:`~TrainRecipe.cleanup` flushes the metrics; :func:`train_model` runs the three.
+:class:`TrainRecipe` reads in call order: ``__init__`` checks the inputs, fails fast and creates every attribute,
+:meth:`~TrainRecipe.setup` verifies the data, :meth:`~TrainRecipe.train` trains (or reuses) inside the step's MLflow
+run and :meth:`~TrainRecipe.cleanup` flushes the metrics; :func:`train_model` runs the three, cleanup whatever
+happened. The module is over 400 lines on purpose: the recipe, its KFP step and its command line read in one pass,
+as a torchtune recipe does; the machinery is in the other modules of the package.
 
 Usage::
 
@@ -77,7 +79,7 @@ from components.common.tracking import (
 )
 from components.common.typed_files import write_model
 from components.data.checks import DATA_CONFIG
-from components.data.split import validation_entry_name
+from components.data.split import SplitManifest, validation_entry_name
 from components.train.checkpoints import (
     FINGERPRINT_FILE,
     ResumePoint,
@@ -141,9 +143,15 @@ class TrainRecipe:
         self.settings = trial_settings(cfg, trial)
         self.paths = resolve_paths(cfg, kfp_run_id, trial=trial)  # fails fast: no base model, no data directory
         self.cfg = trial_config(cfg, trial)  # from here on, the trial's own settings
+        # What setup() finds out: the verified split, the hashes of its train and validation sides, the device.
+        self.split: SplitManifest | None = None
+        self.train_hashes: dict[str, str] = {}
+        self.val_hashes: dict[str, str] = {}
+        self.gpu = False
+        self.fingerprint: dict[str, str] = {}  # what the checkpoints are trained with (set when training starts)
         if cfg.training.trust_remote_code:
             log.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
-                           self.paths.base_model)
+                        self.paths.base_model)
 
     def setup(self) -> None:
         """Verify the data to train on, decide GPU or CPU, and end FAILED the run an attempt whose pod died left."""
@@ -234,7 +242,7 @@ class TrainRecipe:
                                                  paths.run_dir / FINGERPRINT_FILE, self.fingerprint)
         if other_training:
             log.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
-                           other_training, paths.discard_dir)
+                        other_training, paths.discard_dir)
             client.set_tag(run_id, "llmft.discarded_checkpoints", other_training[:5000])
         client.set_tag(run_id, "llmft.training_fingerprint", fingerprint_digest(self.fingerprint))
         resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir, self._last_step())
@@ -341,8 +349,8 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "", tr
         As the module docstring lists; ConfigError for a trial the sweep does not have.
     """
     recipe = TrainRecipe(cfg, kfp_run_id, dataset_hash, trial)
-    recipe.setup()
     try:
+        recipe.setup()
         return recipe.train()
     finally:
         recipe.cleanup()
