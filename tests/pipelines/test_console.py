@@ -3,8 +3,12 @@ by the steps' own loggers and read back by the one parser, on literal kfp.local 
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
+from collections.abc import Iterator
+
+from builders import REPO_ROOT
 
 from components.common.logs import StepLine, parse_line, step_logger
 from pipelines.console import TaskConsole
@@ -62,3 +66,27 @@ def test_the_console_shows_the_tasks_own_results_and_nothing_else(tmp_path, caps
     assert lines[5].startswith("✓ train ") and len(lines) == 6
     whole = (tmp_path / "01-evaluate-candidate.log").read_text()
     assert "[mmlu] 1/5 astronomy" in whole and "[generate] warning: 1 answer(s)" in whole  # kept in the task's log
+
+
+def _calls(node: ast.AST) -> Iterator[tuple[str, ast.Call]]:
+    for call in ast.walk(node):
+        if isinstance(call, ast.Call):
+            yield getattr(call.func, "id", getattr(call.func, "attr", "")), call
+
+
+def test_only_the_formatter_writes_step_lines():
+    """No print or write spells a step line by hand (``print(f"[train] ...")``): a step logs, the formatter writes
+    the line, and every step's entry point sets that up first."""
+    run_steps = 0
+    for path in sorted((REPO_ROOT / "components").rglob("*.py")) + sorted((REPO_ROOT / "pipelines").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for name, call in _calls(tree):
+            if name in ("print", "write") and call.args:
+                first = call.args[0]
+                head = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else first
+                text = head.value if isinstance(head, ast.Constant) and isinstance(head.value, str) else ""
+                assert not text.startswith("["), f"{path.relative_to(REPO_ROOT)}:{call.lineno}: a hand-made step line"
+        for function in (node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "run_step"):
+            run_steps += 1
+            assert "configure_step_logging" in {name for name, _ in _calls(function)}, path
+    assert run_steps == 13  # every step of the pipeline
