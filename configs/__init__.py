@@ -2,11 +2,12 @@
 ``components`` or ``pipelines``.
 
 Beside the schema (:mod:`configs.schema`) and its loader (:mod:`configs.loading`) it holds what every layer above
-reads its input with: the one reader for untrusted JSON and YAML (:mod:`configs.safe_json`) and the masking of
-secrets (:mod:`configs.redaction`).
+reads its input with: the error contract (:mod:`configs.errors`), the one reader for untrusted JSON and YAML
+(:mod:`configs.safe_json`) and the masking of secrets (:mod:`configs.redaction`).
+
+Import from the modules (``from configs.loading import load_config``, ``from configs.schema import ConfigError``):
+this ``__init__`` imports nothing, so that importing :mod:`configs.errors` (which every layer does) never loads the
+schema and its readers.
 """
 
-from configs.loading import config_from_dict, config_from_json, load_config
-from configs.schema import ConfigError, PipelineConfig
-
-__all__ = ["ConfigError", "PipelineConfig", "config_from_dict", "config_from_json", "load_config"]
+__all__ = ["errors", "form", "loading", "redaction", "safe_json", "schema", "templates"]

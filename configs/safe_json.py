@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from configs.errors import StepError
+
 MAX_BYTES = 64 << 20  # one document; results and manifests are a few MB at most
 MAX_YAML_BYTES = 1 << 20  # configs are a few KB, and the YAML parser is pure Python (about 1 MB/s)
 MAX_DEPTH = 64  # our deepest files (results, configs, adapter configs) nest 4 levels
@@ -38,7 +40,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-class DocumentError(ValueError):
+class DocumentError(StepError, ValueError):
     """JSON or YAML text that cannot be read safely; the message names the source and where in it.
 
     ``reason`` is the message without the source's name, ``line`` the 1-based line when known.

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from configs.errors import UsageError
 from configs.redaction import has_credentials, public_uri, redact
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
@@ -70,8 +71,8 @@ MAX_ROWS = 1_000_000_000  # rows or questions
 MAX_HELD_OUT = 0.5  # dataset.test_fraction + dataset.val_fraction: most rows stay for training
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names every offending field path.
+class ConfigError(UsageError):
+    """A configuration that cannot be used; the message names every offending field path (a CLI exits 2).
 
     The message is redacted (:func:`configs.redaction.redact`): a credential in a value it quotes never shows.
     """

@@ -14,10 +14,10 @@ import argparse
 import ast
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 
+from configs.errors import StepError, UsageError
 from configs.loading import CONFIG_DIR, load_config
 from configs.schema import ConfigError, PipelineConfig
 
@@ -98,7 +98,8 @@ def stale_files(output_dir: Path = COMPILED_DIR) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of ``python -m pipelines.compile``."""
-    parser = argparse.ArgumentParser(description="Compile the fine-tuning pipeline to KFP IR YAML.")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.compile",
+                                     description="Compile the fine-tuning pipeline to KFP IR YAML.")
     parser.add_argument("--config", help="One config (path or preset name); default: every preset.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="Override a config value (repeatable); only with --config.")
@@ -110,15 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 1 when --check finds stale IR or the output cannot be written, 2 on a bad
     config or usage."""
-    from components.common.storage import StorageError
+    from components.common.cli import fail
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.check:
             stale = stale_files(args.output or COMPILED_DIR)
             if stale:
-                print(f"compiled/ is stale: {', '.join(stale)}; run python -m pipelines.compile", file=sys.stderr)
-                return 1
+                raise StepError(f"compiled/ is stale: {', '.join(stale)}; run python -m pipelines.compile")
             print("compiled/ is current")
             return 0
         if args.config:
@@ -127,16 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             print(compile_config(cfg, output, args.overrides))
             return 0
         if args.overrides:
-            print("--set needs --config", file=sys.stderr)
-            return 2
+            raise UsageError("--set needs --config")
         for path in compile_presets(args.output or COMPILED_DIR):
             print(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except StepError as exc:
+        return fail(parser, exc)
     return 0
 
 

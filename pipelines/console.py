@@ -7,7 +7,10 @@ pipeline runs and sorts that stream:
 - each task's full output goes to its own file, ``<log dir>/<NN>-<task>.log``; what kfp.local says outside a
   task goes to ``<log dir>/pipeline.log``;
 - the console gets one line when a task ends (name, status, duration), the training loss every few steps,
-  and the one-line summaries steps print (``[validate-dataset] ...``, ``[evaluate] ...``, ``[compare] ...``);
+  and the results the task's own step logs: its INFO records, read back with
+  :func:`components.common.logs.parse_line` (``[validate-dataset] ...`` in validate-dataset, ``[evaluate] ...`` in
+  evaluate-candidate and evaluate-baseline); the records of the tools a step calls (``[mmlu] ...``,
+  ``[generate] ...``) and warnings stay in the task's log;
 - when a task fails, the console gets the tail of its log and the path of the whole log.
 
 kfp.local runs one task at a time, so "the task running now" is always well defined. ``--verbose`` in
@@ -24,14 +27,13 @@ from collections import deque
 from pathlib import Path
 from typing import TextIO
 
+from components.common.logs import parse_line
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # A Hugging Face Trainer log record, as the trainer prints it: {'loss': '6.921', ..., 'epoch': '0.07692', ...}
 TRAINER_RECORD = re.compile(r"^\s*(\{'loss': .*\})\s*$")
-# The one-line summaries the steps print themselves ("[train] resuming from checkpoint-16", ...).
-STEP_SUMMARIES = ("[validate-dataset] ", "[train] ", "[select-trial] ", "[find-baseline] ", "[evaluate] ",
-                  "[compare] ")
 TAIL_LINES = 30
 WIDTH = 24  # the longest task name, so that the status columns line up
 
@@ -131,9 +133,9 @@ class TaskConsole(io.TextIOBase):
                 step = self.losses * self.logging_steps
                 self.say(f"  {self.task:<{WIDTH}} step {step:>5}  loss {values.get('loss', '?')}")
             return
-        stripped = line.strip()
-        if stripped.startswith(STEP_SUMMARIES):
-            self.say(f"  {self.task:<{WIDTH}} {_shortened(stripped.split('] ', 1)[1], 140)}")
+        logged = parse_line(line)
+        if logged and logged.level == "info" and _runs_step(self.task, logged.step):
+            self.say(f"  {self.task:<{WIDTH}} {_shortened(logged.message, 140)}")
 
     def say(self, text: str) -> None:
         """Show ``text`` on the console (and nowhere else)."""
@@ -150,6 +152,12 @@ def _record(text: str) -> dict[str, str]:
 
 
 __all__ = ["TaskConsole"]
+
+
+def _runs_step(task: str, step: str) -> bool:
+    """Whether the task named ``task`` runs ``step``: its name is the step's, or the step's and a role
+    (evaluate-candidate and evaluate-baseline run the evaluate step)."""
+    return task == step or task.startswith(f"{step}-")
 
 
 def _shortened(text: str, limit: int) -> str:

@@ -33,6 +33,7 @@ import kfp_server_api
 import urllib3
 
 from configs import redaction
+from configs.errors import StepError
 
 # Where kubelet projects the audience-bound KFP service-account token in a pod (kfp.client defaults).
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
@@ -47,12 +48,21 @@ MAX_POLL_ERRORS = 5
 _EQUALS = 1  # kfp.client's numeric filter operation code for EQUALS
 
 
-class AuthError(ValueError):
+class AuthError(StepError, ValueError):
     """The requested authentication cannot be set up (e.g. the named token variable is empty)."""
 
 
-class UnexpectedReply(RuntimeError):
+class UnexpectedReply(StepError, RuntimeError):
     """The server answered, but not as the KFP API does (an HTML login page, a reply without the expected id)."""
+
+
+class ApiError(StepError, RuntimeError):
+    """The KFP API refused a request, cannot be reached or did not answer in time (:func:`api_errors`), or its
+    state forbids the request; the message says which, credentials masked."""
+
+
+class RunTimeout(StepError, TimeoutError):
+    """``--wait`` ran out of time while the run was still going."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,23 @@ def required_id(value: Any, what: str) -> str:
 
 
 @contextlib.contextmanager
+def api_errors(secrets: list[str]) -> Iterator[None]:
+    """Inside the block, what the KFP client raises for a server that refuses a request (``ApiException``), cannot
+    be reached or does not answer in time (a urllib3 error, ``OSError``, the SDK's ``TimeoutError``) is an
+    :class:`ApiError` worded by :func:`error_text`; the project's own errors pass as they are.
+
+    Raises:
+        ApiError: as above.
+    """
+    try:
+        yield
+    except StepError:
+        raise
+    except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ApiError(error_text(exc, secrets)) from exc
+
+
+@contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Swallow the SDK's prints (links, 'Experiment details: ...') and its FutureWarning banner."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -296,7 +323,7 @@ def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_inte
     row are retried; other API errors propagate.
 
     Raises:
-        TimeoutError: the run is still going after ``timeout_s`` seconds.
+        RunTimeout: the run is still going after ``timeout_s`` seconds.
         kfp_server_api.ApiException: a non-transient API error, or too many transient ones in a row.
     """
     deadline = clock() + timeout_s
@@ -305,7 +332,7 @@ def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_inte
         try:
             state = str(client.get_run(run_id).state or "RUNTIME_STATE_UNSPECIFIED").upper()
             errors = 0
-        except Exception as exc:
+        except Exception as exc:  # the KFP client's errors: anything but a few transient ones is raised again
             errors += 1
             if not _is_transient(exc) or errors > MAX_POLL_ERRORS:
                 raise
@@ -316,5 +343,5 @@ def wait_for_run(client: kfp.Client, run_id: str, *, timeout_s: float, poll_inte
         if state in FINAL_STATES:
             return state
         if clock() >= deadline:
-            raise TimeoutError(f"run {run_id} is still {last_state} after {timeout_s:g} s")
+            raise RunTimeout(f"run {run_id} is still {last_state} after {timeout_s:g} s")
         sleep(poll_interval_s)

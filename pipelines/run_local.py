@@ -37,8 +37,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from configs.errors import StepError
 from configs.loading import load_config
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
     from pipelines.console import TaskConsole
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+
+
+class PipelineFailed(StepError, RuntimeError):
+    """A task of the local run failed; the console showed the tail of its log and where the whole log is."""
 
 
 def localise(cfg: PipelineConfig, storage: Path | None) -> PipelineConfig:
@@ -140,7 +145,11 @@ def _ensure_experiment(cfg: PipelineConfig) -> None:
 
 def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -> None:
     """Run the pipeline for ``cfg`` with kfp.local, its run parameters at their defaults unless ``arguments``
-    gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would); raises when a task fails."""
+    gives them (e.g. ``{"b_learning_rate": 2e-3}``, as the Kubeflow UI's form would).
+
+    Raises:
+        PipelineFailed: a task failed.
+    """
     from kfp import local
 
     from components.common.local_launcher import local_launcher_env
@@ -152,7 +161,28 @@ def run_pipeline(cfg: PipelineConfig, arguments: dict[str, Any] | None = None) -
                        **local_launcher_env()})  # the parent run records who to check for liveness
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(on_volume(cfg, "kfp-local")), raise_on_error=True)
-    build_pipeline(cfg)(**(arguments or {}))
+    try:
+        build_pipeline(cfg)(**(arguments or {}))
+    except StepError:
+        raise
+    except RuntimeError as exc:  # how kfp.local (raise_on_error) says that a task failed
+        raise PipelineFailed(f"pipeline failed: {ANSI.sub('', str(exc))}") from exc
+
+
+@contextlib.contextmanager
+def preparing_storage(cfg: PipelineConfig) -> Iterator[None]:
+    """Inside the block, a volume that refuses a write (a file where the storage root should be, a full or
+    read-only volume) is a StorageError naming the storage root.
+
+    Raises:
+        StorageError: as above.
+    """
+    from components.common.storage import StorageError
+
+    try:
+        yield
+    except (StorageError, OSError) as exc:
+        raise StorageError(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}") from exc
 
 
 def new_log_dir(logs: Path, name: str) -> Path:
@@ -320,7 +350,8 @@ def format_summary(summary: dict[str, Any], seconds: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of ``python -m pipelines.run_local``."""
-    parser = argparse.ArgumentParser(description="Run the fine-tuning pipeline locally (kfp.local, CPU).")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local",
+                                     description="Run the fine-tuning pipeline locally (kfp.local, CPU).")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Config YAML or preset name (default: local).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="Override a config value (repeatable).")
@@ -333,44 +364,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 when the pipeline succeeded, 1 when a task failed or the storage root cannot be prepared,
     2 on a bad config."""
-    args = build_parser().parse_args(argv)
+    from components.common.cli import fail
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         cfg = localise(load_config(args.config, overrides=args.overrides), args.storage)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        started = time.time()
+        name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
+        with preparing_storage(cfg):
+            log_dir = None if args.verbose else new_log_dir(Path(cfg.storage.mount_path) / "logs", name)
+    except StepError as exc:
+        return fail(parser, exc)
     from components.common.local_launcher import this_launcher_tags
-    from components.common.mlflow_client import TrackingUnavailable
-    from components.common.storage import StorageError
 
-    started = time.time()
-    name = f"{cfg.name}-{cfg.training.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
-    try:
-        log_dir = None if args.verbose else new_log_dir(Path(cfg.storage.mount_path) / "logs", name)
-    except OSError as exc:  # a file where the root should be, a full or read-only volume
-        print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
-        return 1
     quiet = contextlib.nullcontext() if log_dir is None else task_console(cfg, log_dir)
     print(f"Running {cfg.name} ({cfg.training.method}) locally with kfp.local"
           + ("" if args.verbose else f"; every task's log goes to {log_dir}"), flush=True)
     try:
         with quiet as console:
-            for line in prepare_storage(cfg):
-                (console.say if console else print)(f"prepared: {line}")
-            closed = close_orphaned_runs(cfg)
+            say = console.say if console else print
+            with preparing_storage(cfg):
+                made = prepare_storage(cfg)
+            for line in made:
+                say(f"prepared: {line}")
+            closed = close_orphaned_runs(cfg)  # TrackingUnavailable: checked before the pipeline starts
             if closed:
-                (console.say if console else print)(
-                    f"closed {len(closed)} MLflow runs left RUNNING by a killed local run: {', '.join(closed)}")
-            run_pipeline(cfg)
-    except (StorageError, OSError) as exc:  # a file where the root should be, a full or read-only volume
-        print(f"cannot prepare the storage root {cfg.storage.mount_path}: {exc}", file=sys.stderr)
-        return 1
-    except TrackingUnavailable as exc:  # checked before the pipeline starts (closing a killed run's leftovers)
-        print(exc, file=sys.stderr)
-        return 1
-    except Exception as exc:  # kfp.local raises when a task fails; the console showed its log's tail
-        print(f"\npipeline failed: {ANSI.sub('', str(exc))}", file=sys.stderr)
-        return 1
+                say(f"closed {len(closed)} MLflow runs left RUNNING by a killed local run: {', '.join(closed)}")
+            run_pipeline(cfg)  # PipelineFailed: the console showed the failed task's log tail
+    except StepError as exc:
+        return fail(parser, exc)
     except KeyboardInterrupt:  # Ctrl-C: the tasks got it too (one process group)
         print(interrupted(cfg, log_dir), file=sys.stderr)
         return 130

@@ -27,7 +27,8 @@ from typing import Any
 
 import kfp
 
-from pipelines.kfp_api import name_filter, quiet, required_id
+from configs.errors import UsageError
+from pipelines.kfp_api import ApiError, UnexpectedReply, name_filter, quiet, required_id
 
 DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 # A fine-tuning run takes far longer than this; a shorter @every only queues runs behind max_concurrency=1.
@@ -63,7 +64,7 @@ CRON_FIELDS = (
 )
 
 
-class CronError(ValueError):
+class CronError(UsageError):
     """A cron expression KFP would reject or misread; the message says which field and how to fix it."""
 
 
@@ -193,7 +194,7 @@ def find_pipeline_id(client: kfp.Client, name: str, namespace: str | None) -> st
         reply = client.list_pipelines(filter=name_filter(name), namespace=namespace, page_size=100)
     matches = [p.pipeline_id for p in reply.pipelines or [] if p.display_name == name]
     if len(matches) > 1:
-        raise ValueError(f"{len(matches)} pipelines are called {name!r}; delete the extras in the KFP UI")
+        raise ApiError(f"{len(matches)} pipelines are called {name!r}; delete the extras in the KFP UI")
     return matches[0] if matches else None
 
 
@@ -212,7 +213,7 @@ def upload_version(client: kfp.Client, package_path: Path, *, pipeline_name: str
             pipeline_id = required_id(getattr(pipeline, "pipeline_id", None), "pipeline id")
             versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
             if not versions.pipeline_versions:
-                raise ValueError(f"KFP created pipeline {pipeline_name!r} without a version")
+                raise UnexpectedReply(f"KFP created pipeline {pipeline_name!r} without a version")
             return pipeline_id, required_id(versions.pipeline_versions[0].pipeline_version_id, "pipeline version id")
         version = client.upload_pipeline_version(str(package_path), pipeline_version_name=version_name,
                                                  pipeline_id=pipeline_id, description=description)

@@ -40,13 +40,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from components.common.cli import fail
+from components.common.logs import configure_step_logging, step_logger
+from configs.errors import StepError, UsageError
 from configs.loading import load_config
 from configs.schema import ConfigError, PipelineConfig
 from pipelines import kfp_api
 from pipelines.compile import compile_config
-from pipelines.kfp_api import Auth, AuthError, describe_auth, error_text, public_host, redact, resolve_auth
+from pipelines.kfp_api import Auth, AuthError, describe_auth, public_host, resolve_auth
 from pipelines.schedule import (
-    CronError,
     delete_recurring_runs,
     describe_recurring_run,
     list_recurring_runs,
@@ -58,10 +60,8 @@ from pipelines.schedule import (
 HOST_ENV = "KFP_HOST"
 NAMESPACE_ENV = "KFP_NAMESPACE"
 IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
-
-
-class UsageError(ValueError):
-    """Flags that do not fit together or a missing setting; main() exits 2."""
+STEP = "submit"  # its progress lines: [submit] ...
+log = step_logger(STEP)
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,8 @@ def submit(request: RunRequest, args: argparse.Namespace, target: Target, packag
         kfp_server_api.ApiException: the API refused a request.
         kfp_api.UnexpectedReply: the server answered something other than the API's JSON.
         urllib3.exceptions.HTTPError: the server cannot be reached or did not answer within ``--request-timeout``.
-        TimeoutError: ``--wait`` ran out of ``--timeout``.
+        kfp_api.RunTimeout: ``--wait`` ran out of ``--timeout``.
+        StepError: with ``--wait``, the run ended in another state than SUCCEEDED.
     """
     client = kfp_api.make_client(target.host, target.namespace, target.auth, args.request_timeout)
     experiment = args.experiment or request.resolved.mlflow.experiment
@@ -222,10 +223,9 @@ def submit(request: RunRequest, args: argparse.Namespace, target: Target, packag
     if not args.wait:
         return 0
     state = kfp_api.wait_for_run(client, run_id, timeout_s=args.timeout, poll_interval_s=args.poll_interval,
-                                 report=lambda s: print(f"run {run_id}: {s}", flush=True))
+                                 report=lambda s: log.info(f"run {run_id}: {s}"))
     if state != "SUCCEEDED":
-        print(f"run {run_id} ended {state}", file=sys.stderr)
-        return 1
+        raise StepError(f"run {run_id} ended {state}")
     return 0
 
 
@@ -236,7 +236,7 @@ def schedule(request: RunRequest, args: argparse.Namespace, target: Target, pack
         kfp_server_api.ApiException: the API refused a request (an existing schedule is then left in place).
         kfp_api.UnexpectedReply: the server answered something other than the API's JSON.
         urllib3.exceptions.HTTPError: the server cannot be reached or did not answer within ``--request-timeout``.
-        ValueError: several pipelines share the config's name.
+        ApiError: several pipelines share the config's name.
     """
     client = kfp_api.make_client(target.host, target.namespace, target.auth, args.request_timeout)
     pipeline = _pipeline_name(request)
@@ -260,9 +260,10 @@ def schedule(request: RunRequest, args: argparse.Namespace, target: Target, pack
 
 
 def manage_schedules(args: argparse.Namespace, target: Target) -> int:
-    """``--list-schedules`` and ``--delete-schedule``; returns 1 when there is nothing to delete.
+    """``--list-schedules`` and ``--delete-schedule``; returns 0.
 
     Raises:
+        StepError: there is no recurring run of that name to delete.
         kfp_server_api.ApiException: the API refused a request.
         kfp_api.UnexpectedReply: the server answered something other than the API's JSON.
         urllib3.exceptions.HTTPError: the server cannot be reached or did not answer within ``--request-timeout``.
@@ -276,8 +277,7 @@ def manage_schedules(args: argparse.Namespace, target: Target) -> int:
         return 0
     deleted = delete_recurring_runs(client, args.delete_schedule, target.namespace)
     if not deleted:
-        print(f"no recurring run named {args.delete_schedule!r}", file=sys.stderr)
-        return 1
+        raise StepError(f"no recurring run named {args.delete_schedule!r}")
     print(f"deleted recurring run {args.delete_schedule!r}: {', '.join(deleted)}")
     return 0
 
@@ -334,14 +334,17 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 1 on an API error or a run that did not succeed, 2 on usage/config errors."""
-    args = build_parser().parse_args(argv)
+    configure_step_logging(STEP)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     secrets: list[str] = []
     try:
         _check_flags(args)
         if args.list_schedules or args.delete_schedule:
             target = resolve_target(args, require_host=True)
             secrets = target.auth.secrets()
-            return manage_schedules(args, target)
+            with kfp_api.api_errors(secrets):
+                return manage_schedules(args, target)
         request = plan_run(args.config, args.overrides)
         if args.schedule:
             args.schedule = validate_cron(args.schedule)
@@ -351,15 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(request_json(request, args, target), indent=2) if args.json
                   else dry_run_summary(request, args, target))
             return 0
-        with tempfile.TemporaryDirectory(prefix="kfp-submit-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="kfp-submit-") as tmp, kfp_api.api_errors(secrets):
             package = compile_config(request.compiled, Path(tmp) / "pipeline.yaml", request.compiled_changes)
             return (schedule if args.schedule else submit)(request, args, target, package)
-    except (UsageError, ConfigError, CronError) as exc:
-        print(redact(str(exc), secrets), file=sys.stderr)
-        return 2
-    except Exception as exc:  # API and connection errors of any kind: report them without a traceback
-        print(f"submit failed: {error_text(exc, secrets)}", file=sys.stderr)
-        return 1
+    except StepError as exc:
+        return fail(parser, exc, secrets=secrets)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@
 - :mod:`.tags`: every MLflow tag name, once;
 - :mod:`.local_launcher`: who launched a local run; :mod:`.local_runs`: closing what a killed one left RUNNING;
 - :mod:`.typed_files`: the files passed between steps, as pydantic models;
-- :mod:`.cli`: ``--config``/``--set`` and flags whose defaults come from the schema;
+- :mod:`.cli`: ``--config``/``--set`` and flags whose defaults come from the schema; :func:`~.cli.fail`, how
+  every command line ends on an error;
+- :mod:`.logs`: progress and results through ``logging``: one logger per step, one line format, one reader;
 - :mod:`.signals`: SIGTERM as an exception, so that a step cleans up;
 - :mod:`.markdown`: untrusted text inside Markdown (code spans and escapes).
 """
@@ -22,6 +24,7 @@ __all__ = [
     "cli",
     "local_launcher",
     "local_runs",
+    "logs",
     "markdown",
     "mlflow_artifacts",
     "mlflow_client",

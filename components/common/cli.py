@@ -10,8 +10,9 @@ docstring, ``build_parser()`` and ``main(argv) -> int``, run by ``raise SystemEx
   the field's description and its default is the config's value, so a CLI never restates a default, and a
   value the schema refuses is named by its flag and its field (``--n-shot (evaluation.n_shot): ...``);
 - exit codes: 0 done, 1 the work failed, 2 a usage or configuration error (argparse itself exits 2 on a bad
-  flag); every error is one line on stderr, ``python -m <module>: error: <message>`` (:func:`fail`), never a
-  traceback.
+  flag); every error is one line on stderr, ``python -m <module>: error: <message>``, never a traceback: a
+  ``main`` catches :class:`configs.errors.StepError` (and nothing else) and returns :func:`fail`, which prints
+  that line, secrets masked, and returns the error's exit code.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from configs.redaction import redact
+
 if TYPE_CHECKING:
+    from configs.errors import StepError
     from configs.schema import PipelineConfig
 
 _FIELD_FLAGS = "field_flags"  # parser attribute: {dest: (flag, field path)}
@@ -86,7 +91,21 @@ def cli_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pip
         raise ConfigError(message) from None
 
 
-def fail(parser: argparse.ArgumentParser, message: object, code: int = 1) -> int:
-    """Print ``<prog>: error: <message>`` on stderr and return ``code`` (1: the work failed, 2: usage)."""
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return code
+def fail(parser: argparse.ArgumentParser, error: StepError, *, code: int | None = None,
+         secrets: Iterable[str] = ()) -> int:
+    """How every command line ends on an error: ``<prog>: error: <message>`` on stderr, and its exit code.
+
+    Args:
+        parser: The command's parser (its ``prog`` starts the line).
+        error: What went wrong; its message is printed with URI credentials, bearer tokens and ``secrets``
+            masked (:func:`configs.redaction.redact`).
+        code: The exit code where the command's contract gives every error at that point one code (compare
+            exits 1 for "keep the champion", so its errors exit 2); default: ``error.exit_code`` (1, or 2 for a
+            :class:`configs.errors.UsageError` such as a :class:`configs.schema.ConfigError`).
+        secrets: Secret values the command knows (a token read from the environment).
+
+    Returns:
+        The exit code for ``main`` to return.
+    """
+    print(f"{parser.prog}: error: {redact(str(error), secrets)}", file=sys.stderr)
+    return error.exit_code if code is None else code

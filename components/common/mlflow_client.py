@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from configs.errors import StepError
 from configs.redaction import describe_reply, looks_like_html, public_uri, redact, secrets_from_env, unsafe_token
 from configs.schema import PipelineConfig
 
@@ -49,7 +50,7 @@ TRAINER_MLFLOW_HTTP = {
 }
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(StepError, RuntimeError):
     """The MLflow tracking server cannot be reached; the message names the URI."""
 
 

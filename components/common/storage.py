@@ -28,6 +28,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from configs.errors import StepError
+
 if TYPE_CHECKING:  # only for annotations: configs.schema imports configs.safe_json, never this module
     from configs.schema import PipelineConfig
 
@@ -38,7 +40,7 @@ _HASHED_NAME = re.compile(r".+-[0-9a-f]{8}")
 SLUG_MAX = 48  # a run's slug; "train-<slug>" stays a DNS-1035 label with room for a job's pod suffixes
 
 
-class StorageError(RuntimeError):
+class StorageError(StepError, RuntimeError):
     """A path escapes the storage root, or the volume refused a write; the message names the path."""
 
 

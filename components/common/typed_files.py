@@ -30,12 +30,13 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from components.common.storage import atomic_write_text
+from configs.errors import StepError
 from configs.safe_json import DocumentError, read_json
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class TypedFileError(ValueError):
+class TypedFileError(StepError, ValueError):
     """A file passed between steps is missing, not JSON, or does not validate; the message names file and field."""
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from configs.errors import StepError
+
 # A type is one of these names, ("array", element type) or ("object", ((field, type), ...)) sorted by field.
 NULL, BOOLEAN, NUMBER, STRING = "null", "boolean", "number", "string"
 ColumnType = Any
 
 
-class NotFinite(ValueError):
+class NotFinite(StepError, ValueError):
     """A NaN or infinite number; ``path`` names the field."""
 
     def __init__(self, path: str, value: float):
@@ -35,7 +37,7 @@ class NotFinite(ValueError):
         self.value = value
 
 
-class TypeConflict(ValueError):
+class TypeConflict(StepError, ValueError):
     """Two values of one field have types Arrow cannot unify; ``path`` names the field (``meta.tags[]``)."""
 
     def __init__(self, path: str, first: ColumnType, second: ColumnType):

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from components.common.storage import run_dir
 from components.data.checks import DATA_CONFIG
 from components.data.row_keys import EXAMPLE_HEX_CHARS, KEY_HEX_CHARS, KEY_SCHEME, entry_spec, row_key
+from configs.errors import StepError
 from configs.safe_json import DocumentError, JsonScanner, read_json
 
 SPLIT_VERSION = KEY_SCHEME  # part of every key and split hash
@@ -113,7 +114,7 @@ def snapshot_dir(cfg: Any, kfp_run_id: str) -> Path:
 # The manifest ------------------------------------------------------------------------------------------------
 
 
-class SplitError(ValueError):
+class SplitError(StepError, ValueError):
     """The split snapshot cannot be used (missing, invalid manifest, a file changed); the message names the file."""
 
 

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.common.pipeline_runs import parent_run_id, step_run
-from components.common.storage import OutputPathError, StorageError, atomic_write_text, guard_output, on_volume
+from components.common.storage import atomic_write_text, guard_output, on_volume
 from components.common.tags import (
     DATA_CONTEXT_TAG,
     DATASET_HASH_TAG,
@@ -48,13 +49,15 @@ from components.data.result import ValidationResult, render_report
 from components.data.split import SplitManifest, snapshot_dir
 from components.data.split_writer import validate_and_split
 from components.data.validation import validate_datasets
+from configs.errors import StepError, UsageError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 STEP = "validate-dataset"
+log = step_logger(STEP)
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(StepError, ValueError):
     """The datasets are invalid; the message lists the problems (``FILE:ROW: field 'NAME': ...``)."""
 
 
@@ -109,6 +112,7 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         TrackingUnavailable: the MLflow server does not answer.
         StorageError: the volume refused a write.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         result, split = validate_config_data(cfg, kfp_run_id, replace=True)
@@ -124,9 +128,8 @@ def run_step(config: str, kfp_run_id: str, metrics: Any, report: Any) -> tuple[s
         if not result.ok:
             raise DatasetValidationError(result.failure_message())
     held = _split_metrics(split)
-    print(f"[{STEP}] {result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out "
-          f"for the task evaluation, {held.get('val_rows', 0)} for validation, {held.get('train_rows', 0)} to train "
-          "on", flush=True)
+    log.info(f"{result.rows} rows valid in {', '.join(result.names)}; {held.get('held_out_rows', 0)} held out for "
+             f"the task evaluation, {held.get('val_rows', 0)} for validation, {held.get('train_rows', 0)} to train on")
     return result.combined_sha256, test_split_hash, result.rows
 
 
@@ -240,17 +243,18 @@ def _print_result(result: ValidationResult, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Validate; returns 0 when valid, 1 when not (or the report cannot be written), 2 on a usage error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         cfg = cli_config(parser, args)
         if not os.path.isdir(args.dataset_dir):
-            return fail(parser, f"--dataset-dir {args.dataset_dir} is not a directory", 2)
+            raise UsageError(f"--dataset-dir {args.dataset_dir} is not a directory")
         if args.report:  # checked first: the report must never replace the data it describes
             guard_output(args.report, {"--dataset-dir": args.dataset_dir, "--eval-data-dir": args.eval_data_dir},
                          flag="--report")
-    except (ConfigError, OutputPathError) as exc:
-        return fail(parser, exc, 2)
+    except StepError as exc:
+        return fail(parser, exc, code=2)  # refused before anything was read: a usage error
     data = cfg.dataset
     result = validate_datasets(args.dataset_dir, data.names, cutoff_len=cfg.training.cutoff_len,
                                eval_data_dir=args.eval_data_dir, ngram=data.contamination_ngram,
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         try:
             atomic_write_text(args.report, render_report(result))
-        except StorageError as exc:  # a full or read-only volume: say where, write nothing
+        except StepError as exc:  # a full or read-only volume: say where, write nothing
             return fail(parser, exc)
     _print_result(result, args.json)
     return 0 if result.ok else 1

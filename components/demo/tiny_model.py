@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from components.common.cli import cli_config, fail, new_parser
+from configs.errors import StepError
 
 # A chat template so that vLLM (and transformers' apply_chat_template) can serve the model.
 CHAT_TEMPLATE = (
@@ -303,10 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit 0 built, 1 the output exists or cannot be written, 2 a usage error.
     """
-    from safetensors import SafetensorError
-
-    from components.common.storage import StorageError, atomic_directory, guard_output, on_volume
-    from configs.schema import ConfigError
+    from components.common.storage import OutputPathError, on_volume
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -315,27 +313,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         output = args.output or str(on_volume(cfg, cfg.storage.base_model))
-    except (ConfigError, StorageError) as exc:
-        return fail(parser, exc, 2)
-    if os.path.lexists(output):  # checked first: building takes seconds and would be thrown away
-        return fail(parser, f"--output {output} already exists; refusing to overwrite it")
+    except StepError as exc:
+        return fail(parser, exc, code=2)  # the storage root or the config: a usage error
+    try:
+        if os.path.lexists(output):  # checked first: building takes seconds and would be thrown away
+            raise OutputPathError(f"--output {output} already exists; refusing to overwrite it")
+        _write_model(output, args)
+    except StepError as exc:
+        return fail(parser, exc)
+    print(json.dumps({"model": output}))
+    return 0
+
+
+def _write_model(output: str, args: argparse.Namespace) -> None:
+    """Build the model the flags describe into ``output``, atomically.
+
+    Raises:
+        StorageError: ``output`` is inside a published model, or the volume refused the write.
+    """
+    from safetensors import SafetensorError
+
+    from components.common.storage import StorageError, atomic_directory, guard_output
+
     try:
         guard_output(output)  # not inside a published model
         with atomic_directory(output) as tmp:
-            build_tiny_llama(
-                tmp,
-                hidden_size=args.hidden_size,
-                intermediate_size=args.intermediate_size,
-                num_layers=args.layers,
-                vocab_size=args.vocab_size,
-                seed=args.seed,
-                shard_size=args.shard_size,
-                tie_word_embeddings=args.tie_word_embeddings,
-            )
+            build_tiny_llama(tmp, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                             num_layers=args.layers, vocab_size=args.vocab_size, seed=args.seed,
+                             shard_size=args.shard_size, tie_word_embeddings=args.tie_word_embeddings)
     except (StorageError, OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
-        return fail(parser, f"cannot write the model to {output}: {exc}")
-    print(json.dumps({"model": output}))
-    return 0
+        raise StorageError(f"cannot write the model to {output}: {exc}") from exc
 
 
 if __name__ == "__main__":

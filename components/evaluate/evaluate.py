@@ -10,6 +10,10 @@ With ``evaluation.generate_rows`` > 0 the model also answers held-out rows greed
 (:mod:`components.evaluate.generate`): ``generations.jsonl`` beside ``task.json``, under its own eval key (the
 task key plus the generation settings), reused like the other scores.
 
+:class:`EvaluateRecipe` reads in call order, as the train recipe does: setup (the keys, the scores stored under
+them), MMLU, the held-out task, generation, the results logged; the model is released whatever happens.
+:func:`evaluate_model` runs it in the step's MLflow run and :func:`run_step` writes the KFP outputs.
+
 MLflow: the child run ``evaluate-<role>`` holds the results files (``eval/results.json``, ``eval/task.json``,
 ``eval/generations.jsonl``), the per-row answers as a table (``eval/generations_table.json``, logged with
 ``log_table``: the run's Evaluation view shows it), the metrics ``mmlu_micro``, ``mmlu_macro``,
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.common.logs import configure_step_logging, step_logger
 from components.common.pipeline_runs import step_run
 from components.common.storage import atomic_write_text, on_volume, run_dir
 from components.common.tags import (
@@ -61,6 +66,7 @@ from configs.loading import config_from_json
 from configs.schema import PipelineConfig
 
 STEP = "evaluate"
+log = step_logger(STEP)
 _SCORES = {("results.json",): "MMLU score", ("task.json",): "held-out score",
            ("results.json", "task.json"): "stored scores"}  # files reused -> how the log says it
 GENERATIONS_TABLE = "eval/generations_table.json"
@@ -131,132 +137,243 @@ def _stored_text(client: Any, cfg: PipelineConfig, tag: str, key: str, file_name
     return found.text if found else None
 
 
-def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: Any, mmlu_results: Any,
-             task_results: Any) -> tuple[str, str, float, float]:
-    """Score ``model_dir`` on MMLU and on the run's held-out rows as ``role``; reuse any score with the same key.
+class EvalScores(NamedTuple):
+    """What scoring one model hands on: its results files, what they hold and the metrics logged from them."""
+
+    role: str
+    mmlu_path: Path
+    task_path: Path
+    mmlu: Any  # components.evaluate.mmlu.results.MmluResults
+    task: Any  # components.evaluate.task.results.TaskResults
+    generations: Any  # components.evaluate.generate.results.Generations, None with generation off
+    values: dict[str, float]  # the metrics of the step's MLflow run
+    keys: EvalKeys
+    reused: list[str]  # the results files an earlier attempt or MLflow already held under the same key
+
+
+class EvaluateRecipe:
+    """Score ``model_dir`` as ``role`` for one pipeline run (see the module docstring).
+
+    The methods read in call order: ``__init__`` checks the role and resolves the paths, :meth:`setup` keys the
+    scores and takes every results file already scored under its key (an earlier attempt's, or one stored in
+    MLflow), :meth:`score_mmlu`, :meth:`score_task` and :meth:`generate` compute what is still missing (the model is
+    loaded once, when first needed), :meth:`log_results` reads the files back and logs them to the step's MLflow
+    run, and :meth:`cleanup` releases the model; :func:`evaluate_model` runs them.
 
     Reads storage (eval_data_dir, output_root), evaluation (n_shot, subjects, batch_size, limit, generate_rows,
     max_new_tokens, accelerator_count, gpu_memory_fraction), training (template, cutoff_len), dataset.names (the
     held-out entries) and mlflow. Writes ``<output_root>/<run id>/eval/<role>/results.json``, ``task.json`` and
     (generation on) ``generations.jsonl`` atomically.
-
-    Returns:
-        ``(MMLU results path, task results path, MMLU micro accuracy, held-out loss)``.
-
-    Raises:
-        ConfigError: the config parameter is invalid.
-        ValueError: ``role`` is not candidate or baseline, or the model gave non-finite scores.
-        MmluDataError, TaskDataError: the evaluation data is missing or malformed (file and row named).
-        GenerationError: answers cannot be generated or scored (no usable reference, no room for a prompt).
-        PlacementError: the model fits neither one GPU nor all of evaluation.accelerator_count together.
-        FileNotFoundError: the model directory is not one.
-        StorageError: the volume refused the write.
-        TrackingUnavailable: the MLflow server does not answer.
     """
-    from mlflow.entities import Metric, RunTag
 
-    from components.data.split import snapshot_dir
-    from components.evaluate.mmlu.evaluate_mmlu import category_metric, dump_results, evaluate
-    from components.evaluate.task.evaluate_task import score_loaded
+    def __init__(self, cfg: PipelineConfig, kfp_run_id: str, model_dir: str, role: str):
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        self.cfg, self.kfp_run_id, self.role = cfg, kfp_run_id, role
+        self.model_path = on_volume(cfg, model_dir)
+        out_dir = run_dir(cfg, kfp_run_id) / "eval" / role
+        self.mmlu_path, self.task_path = out_dir / MMLU_RESULTS_FILE, out_dir / TASK_RESULTS_FILE
+        self.generations_path = out_dir / GENERATIONS_FILE
+        self.keys = EvalKeys("", "", {})  # set by setup()
+        self.generation_key = ""  # "" with generation off
+        self.reused: list[str] = []
+        self.loaded: tuple[Any, Any] | None = None  # (model, tokenizer), once loaded
+        self.started = time.monotonic()
 
-    cfg = config_from_json(config)
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    model_path = on_volume(cfg, model_dir)
-    out_dir = run_dir(cfg, kfp_run_id) / "eval" / role
-    mmlu_path, task_path = out_dir / MMLU_RESULTS_FILE, out_dir / TASK_RESULTS_FILE
-    generations_path = out_dir / GENERATIONS_FILE
-    with step_run(cfg, kfp_run_id, f"{STEP}-{role}", system_metrics=True) as (client, run_id):
-        started = time.monotonic()
-        keys = eval_keys(cfg, kfp_run_id, model_path)
-        gen_key = generation_key(cfg, keys.task_key)
+    def setup(self, client: Any, run_id: str) -> None:
+        """Key this model's scores, tag the run with the keys and the setup, and take every results file already
+        scored under its key."""
+        from mlflow.entities import RunTag
+
+        self.started = time.monotonic()
+        self.keys = eval_keys(self.cfg, self.kfp_run_id, self.model_path)
+        self.generation_key = gen_key = generation_key(self.cfg, self.keys.task_key)
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in {
-            MMLU_EVAL_KEY_TAG: keys.mmlu_key, TASK_EVAL_KEY_TAG: keys.task_key, EVAL_ROLE_TAG: role,
-            EVAL_MODEL_DIR_TAG: str(model_path), **keys.tags,
-            **({GENERATION_EVAL_KEY_TAG: gen_key, **generation_tags(cfg)} if gen_key else {})}.items()])
-        wanted = [(mmlu_path, MMLU_EVAL_KEY_TAG, keys.mmlu_key), (task_path, TASK_EVAL_KEY_TAG, keys.task_key)]
-        if gen_key:
-            wanted.append((generations_path, GENERATION_EVAL_KEY_TAG, gen_key))
-        reused = []
-        for path, tag, key in wanted:
+            MMLU_EVAL_KEY_TAG: self.keys.mmlu_key, TASK_EVAL_KEY_TAG: self.keys.task_key, EVAL_ROLE_TAG: self.role,
+            EVAL_MODEL_DIR_TAG: str(self.model_path), **self.keys.tags,
+            **({GENERATION_EVAL_KEY_TAG: gen_key, **generation_tags(self.cfg)} if gen_key else {})}.items()])
+        for path, tag, key in self._wanted():
             if not _has_key(path, key):
-                text = _stored_text(client, cfg, tag, key, path.name)
+                text = _stored_text(client, self.cfg, tag, key, path.name)
                 if text is not None:
                     atomic_write_text(path, text)
             if _has_key(path, key):
-                reused.append(path.name)
-        if len(reused) < len(wanted):
-            from components.evaluate.placement import load_placed
+                self.reused.append(path.name)
 
-            loaded = load_placed(model_path, cfg.evaluation)
-            if not _has_key(mmlu_path, keys.mmlu_key):
-                settings = cfg.evaluation
-                results = evaluate(model_path, on_volume(cfg, cfg.storage.eval_data_dir), n_shot=settings.n_shot,
-                                   subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
-                                   loaded=loaded)
-                atomic_write_text(mmlu_path, dump_results(results))
-            if not _has_key(task_path, keys.task_key):
-                task = score_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
-                                    template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
-                                    model_dir=model_path, batch_size=cfg.evaluation.batch_size)
-                atomic_write_text(task_path, dump_task_results(task))
-            if gen_key and not _has_key(generations_path, gen_key):
-                _generate(cfg, kfp_run_id, loaded, model_path, keys, generations_path)
-        mmlu = parse_mmlu_results(mmlu_path.read_text(encoding="utf-8"), str(mmlu_path))
-        task = load_task_results(task_path)
-        generations = parse_generations(generations_path.read_text(encoding="utf-8"), str(generations_path)) \
-            if gen_key else None
+    def score_mmlu(self) -> None:
+        """MMLU accuracy (``results.json``), unless it is there under its key."""
+        if _has_key(self.mmlu_path, self.keys.mmlu_key):
+            return
+        from components.evaluate.mmlu.evaluate_mmlu import dump_results, evaluate
+
+        settings = self.cfg.evaluation
+        results = evaluate(self.model_path, on_volume(self.cfg, self.cfg.storage.eval_data_dir), n_shot=settings.n_shot,
+                           subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
+                           loaded=self._model())
+        atomic_write_text(self.mmlu_path, dump_results(results))
+
+    def score_task(self) -> None:
+        """The held-out loss (``task.json``), unless it is there under its key."""
+        if _has_key(self.task_path, self.keys.task_key):
+            return
+        from components.data.split import snapshot_dir
+        from components.evaluate.task.evaluate_task import score_loaded
+
+        task = score_loaded(*self._model(), snapshot_dir(self.cfg, self.kfp_run_id), heldout_names(self.cfg),
+                            template=self.cfg.training.template, cutoff_len=self.cfg.training.cutoff_len,
+                            model_dir=self.model_path, batch_size=self.cfg.evaluation.batch_size)
+        atomic_write_text(self.task_path, dump_task_results(task))
+
+    def generate(self) -> None:
+        """Greedy answers to the held-out rows, scored (``generations.jsonl``), when generation is on and they are
+        not there under their key."""
+        if not self.generation_key or _has_key(self.generations_path, self.generation_key):
+            return
+        from components.data.split import snapshot_dir
+        from components.evaluate.generate.generate import generate_loaded
+        from components.evaluate.generate.results import dump_generations
+
+        evaluation = self.cfg.evaluation
+        generations = generate_loaded(*self._model(), snapshot_dir(self.cfg, self.kfp_run_id), heldout_names(self.cfg),
+                                      template=self.cfg.training.template, cutoff_len=self.cfg.training.cutoff_len,
+                                      generate_rows=evaluation.generate_rows,
+                                      max_new_tokens=evaluation.max_new_tokens, model_dir=self.model_path,
+                                      model_id=self.keys.tags[MODEL_ID_TAG], task_eval_key=self.keys.task_key,
+                                      batch_size=evaluation.batch_size)
+        atomic_write_text(self.generations_path, dump_generations(generations))
+
+    def log_results(self, client: Any, run_id: str) -> EvalScores:
+        """Read the results files back and log them to the step's run: the metrics, the files, the answers' table."""
+        from mlflow.entities import Metric, RunTag
+
+        from components.evaluate.mmlu.evaluate_mmlu import category_metric
+
+        mmlu = parse_mmlu_results(self.mmlu_path.read_text(encoding="utf-8"), str(self.mmlu_path))
+        task = load_task_results(self.task_path)
+        generations = parse_generations(self.generations_path.read_text(encoding="utf-8"),
+                                        str(self.generations_path)) if self.generation_key else None
         values = {"mmlu_micro": mmlu.micro, "mmlu_macro": mmlu.macro, "mmlu_questions": float(mmlu.total),
                   **{category_metric(name): row.accuracy for name, row in mmlu.categories.items()},
                   "task_token_loss": task.loss, "task_row_nll": task.mean_example_nll,
                   "task_perplexity": task.perplexity, "task_token_accuracy": task.token_accuracy,
                   "task_rows": float(task.examples),
                   **(generation_metrics(generations) if generations else {}),
-                  "eval_seconds": round(time.monotonic() - started, 3)}
+                  "eval_seconds": round(time.monotonic() - self.started, 3)}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in values.items()],
-                         tags=[RunTag(EVAL_REUSED_TAG, ",".join(reused) or "none")])
-        client.log_artifact(run_id, str(mmlu_path), artifact_path="eval")
-        client.log_artifact(run_id, str(task_path), artifact_path="eval")
+                         tags=[RunTag(EVAL_REUSED_TAG, ",".join(self.reused) or "none")])
+        client.log_artifact(run_id, str(self.mmlu_path), artifact_path="eval")
+        client.log_artifact(run_id, str(self.task_path), artifact_path="eval")
         if generations:
-            client.log_artifact(run_id, str(generations_path), artifact_path="eval")
+            client.log_artifact(run_id, str(self.generations_path), artifact_path="eval")
             client.log_table(run_id, data=generation_table(generations), artifact_file=GENERATIONS_TABLE)
+        return EvalScores(self.role, self.mmlu_path, self.task_path, mmlu, task, generations, values, self.keys,
+                          self.reused)
+
+    def cleanup(self) -> None:
+        """Release the model and the GPU memory it held, whatever happened before."""
+        if self.loaded is None:
+            return
+        self.loaded = None
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # What the steps above share ----------------------------------------------------------------------------------
+
+    def _wanted(self) -> list[tuple[Path, str, str]]:
+        """``(results file, eval-key tag, key)`` of each score this run needs."""
+        wanted = [(self.mmlu_path, MMLU_EVAL_KEY_TAG, self.keys.mmlu_key),
+                  (self.task_path, TASK_EVAL_KEY_TAG, self.keys.task_key)]
+        if self.generation_key:
+            wanted.append((self.generations_path, GENERATION_EVAL_KEY_TAG, self.generation_key))
+        return wanted
+
+    def _model(self) -> tuple[Any, Any]:
+        """The model and tokenizer, loaded on first use: on one GPU, across several, or on the CPU."""
+        if self.loaded is None:
+            from components.evaluate.placement import load_placed
+
+            self.loaded = load_placed(self.model_path, self.cfg.evaluation)
+        return self.loaded
+
+
+def evaluate_model(cfg: PipelineConfig, kfp_run_id: str, model_dir: str, role: str) -> EvalScores:
+    """Score ``model_dir`` as ``role`` in the step's MLflow run ``evaluate-<role>`` (the recipe: setup, MMLU, the
+    held-out task, generation, the results logged; the model released whatever happens).
+
+    Raises:
+        As :func:`run_step`.
+    """
+    recipe = EvaluateRecipe(cfg, kfp_run_id, model_dir, role)
+    with step_run(cfg, kfp_run_id, f"{STEP}-{role}", system_metrics=True) as (client, run_id):
+        try:
+            recipe.setup(client, run_id)
+            recipe.score_mmlu()
+            recipe.score_task()
+            recipe.generate()
+            return recipe.log_results(client, run_id)
+        finally:
+            recipe.cleanup()
+
+
+def run_step(config: str, kfp_run_id: str, model_dir: str, role: str, metrics: Any, mmlu_results: Any,
+             task_results: Any) -> tuple[str, str, float, float]:
+    """Score ``model_dir`` on MMLU and on the run's held-out rows as ``role``; reuse any score with the same key.
+
+    :func:`evaluate_model` scores (:class:`EvaluateRecipe` lists the settings it reads and the files it writes);
+    then the KFP outputs are written and the scores logged in one line (two with generation on).
+
+    Returns:
+        ``(MMLU results path, task results path, MMLU micro accuracy, held-out loss)``.
+
+    Raises:
+        ConfigError: the config parameter is invalid.
+        ValueError: ``role`` is not candidate or baseline.
+        MmluDataError, TaskDataError: the evaluation data is missing or malformed (file and row named).
+        ScoringError: the model gave non-finite scores.
+        GenerationError: answers cannot be generated or scored (no usable reference, no room for a prompt).
+        PlacementError: the model fits neither one GPU nor all of evaluation.accelerator_count together.
+        ModelLoadError: the model directory is not one, or cannot be loaded.
+        StorageError: the volume refused the write.
+        TrackingUnavailable: the MLflow server does not answer.
+    """
+    configure_step_logging(STEP)
+    scores = evaluate_model(config_from_json(config), kfp_run_id, model_dir, role)
+    _write_outputs(scores, metrics, mmlu_results, task_results)
+    _log_summary(scores)
+    return str(scores.mmlu_path), str(scores.task_path), float(scores.mmlu.micro), float(scores.task.loss)
+
+
+def _write_outputs(scores: EvalScores, metrics: Any, mmlu_results: Any, task_results: Any) -> None:
+    """The KFP outputs: the headline metrics, and both results files with their eval keys."""
+    from components.evaluate.mmlu.evaluate_mmlu import category_metric
+
+    mmlu, task, role = scores.mmlu, scores.task, scores.role
     for key in ("mmlu_micro", "mmlu_macro", "task_token_loss", "task_perplexity", "task_token_accuracy"):
-        metrics.log_metric(key, round(float(values[key]), 6))
+        metrics.log_metric(key, round(float(scores.values[key]), 6))
     for name, row in mmlu.categories.items():
         metrics.log_metric(category_metric(name), row.accuracy)
-    for artifact, path in ((mmlu_results, mmlu_path), (task_results, task_path)):
+    for artifact, path in ((mmlu_results, scores.mmlu_path), (task_results, scores.task_path)):
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, artifact.path)
-    mmlu_results.metadata.update({"eval_key": keys.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
-    task_results.metadata.update({"eval_key": keys.task_key, "task_token_loss": task.loss, "role": role})
-    scores_reused = tuple(sorted(set(reused) - {GENERATIONS_FILE}))
-    print(f"[{STEP}] {role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU "
-          f"{mmlu.micro:.4f} on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model "
-                                                           "reused)" if scores_reused else ""), flush=True)
+    mmlu_results.metadata.update({"eval_key": scores.keys.mmlu_key, "mmlu_micro": mmlu.micro, "role": role})
+    task_results.metadata.update({"eval_key": scores.keys.task_key, "task_token_loss": task.loss, "role": role})
+
+
+def _log_summary(scores: EvalScores) -> None:
+    """The scores in one line, and the answers' in a second (what the local console shows)."""
+    mmlu, task, generations, role = scores.mmlu, scores.task, scores.generations, scores.role
+    scores_reused = tuple(sorted(set(scores.reused) - {GENERATIONS_FILE}))
+    log.info(f"{role}: held-out loss {task.mean_example_nll:.4f} on {task.examples} rows, MMLU {mmlu.micro:.4f} "
+             f"on {mmlu.total} questions" + (f" ({_SCORES[scores_reused]} of this model reused)" if scores_reused
+                                             else ""))
     if generations:
         from components.evaluate.generate.generate import summary_line
 
-        print(f"[{STEP}] {role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
-              + (" (stored, reused)" if GENERATIONS_FILE in reused else ""), flush=True)
-    return str(mmlu_path), str(task_path), float(mmlu.micro), float(task.loss)
-
-
-def _generate(cfg: PipelineConfig, kfp_run_id: str, loaded: tuple[Any, Any], model_path: Path, keys: EvalKeys,
-              path: Path) -> None:
-    """Answer the held-out rows with the loaded model and write generations.jsonl (whole, or not at all)."""
-    from components.data.split import snapshot_dir
-    from components.evaluate.generate.generate import generate_loaded
-    from components.evaluate.generate.results import dump_generations
-
-    evaluation = cfg.evaluation
-    generations = generate_loaded(*loaded, snapshot_dir(cfg, kfp_run_id), heldout_names(cfg),
-                                  template=cfg.training.template, cutoff_len=cfg.training.cutoff_len,
-                                  generate_rows=evaluation.generate_rows, max_new_tokens=evaluation.max_new_tokens,
-                                  model_dir=model_path, model_id=keys.tags[MODEL_ID_TAG],
-                                  task_eval_key=keys.task_key,
-                                  batch_size=evaluation.batch_size)
-    atomic_write_text(path, dump_generations(generations))
+        log.info(f"{role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
+                 + (" (stored, reused)" if GENERATIONS_FILE in scores.reused else ""))
 
 
 def generation_metrics(generations: Any) -> dict[str, float]:

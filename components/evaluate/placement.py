@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.common.logs import step_logger
+from configs.errors import StepError
 from configs.schema import EvaluationConfig
 
 GIB = 1 << 30
+log = step_logger("evaluate")  # the evaluate step loads the model
 
 
-class PlacementError(RuntimeError):
+class PlacementError(StepError, RuntimeError):
     """The model fits neither one GPU nor the evaluation's GPUs together; names its size and the budget."""
 
 
@@ -104,7 +107,7 @@ def load_placed(model_dir: str | Path, evaluation: EvaluationConfig) -> tuple[An
 
     Raises:
         PlacementError: the model fits nowhere (see :func:`plan_placement`).
-        OSError: the model or tokenizer cannot be loaded.
+        ModelLoadError: the model or tokenizer cannot be loaded.
     """
     import torch
 
@@ -116,6 +119,5 @@ def load_placed(model_dir: str | Path, evaluation: EvaluationConfig) -> tuple[An
                                gpu_budgets(evaluation.accelerator_count, evaluation.gpu_memory_fraction),
                                torch.bfloat16)
     if placement.device_map:
-        print(f"[evaluate] {_gib(placement.weights_bytes)} of weights split across GPUs {placement.gpus_used}",
-              flush=True)
+        log.info(f"{_gib(placement.weights_bytes)} of weights split across GPUs {placement.gpus_used}")
     return load_model(model_dir, device=placement.device, device_map=placement.device_map)

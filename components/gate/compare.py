@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.common.pipeline_runs import parent_run_id, step_run
 from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume, run_dir
@@ -38,15 +39,17 @@ from components.gate.registry import baseline_label
 from components.gate.report import loss_curve, render_html, render_report, train_loss
 from components.gate.rules import Comparison, NotComparable, TaskScores, compare
 from components.train.select_trial import read_selection, trials_table
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 STEP = "compare"
+log = step_logger(STEP)
 COMPARISON_FILE = "comparison.json"
 SIDE_BY_SIDE_TABLE = "compare/side_by_side.json"
 
 
-class ComparisonError(ValueError):
+class ComparisonError(StepError, ValueError):
     """Results that cannot be compared (unreadable, inconsistent or from other eval settings); names file and field."""
 
 
@@ -188,6 +191,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
         StorageError: the volume refused to write comparison.json.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     candidate_answers, baseline_answers = beside(on_volume(cfg, candidate_task), cfg), \
         beside(on_volume(cfg, baseline_task), cfg)
@@ -236,7 +240,7 @@ def run_step(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: 
                 client.log_table(run, data=table, artifact_file=SIDE_BY_SIDE_TABLE)
         set_run_tags(client, run_id, {**decision, **{rule_tag(rule.rule): "pass" if rule.passed else "fail"
                                                      for rule in comparison.rules}})
-    print(f"[{STEP}] {comparison.headline}", flush=True)
+    log.info(comparison.headline)
     return comparison.decision, comparison.headline, str(path)
 
 
@@ -313,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the decision and its reasons; exit 0 promote, 1 keep the champion, 2 on any error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     inputs = {f"--{name.replace('_', '-')}": getattr(args, name)
@@ -333,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs = [(args.report, render_report(comparison)) if args.report else None,
                    (args.json_out, comparison.model_dump_json(indent=2)) if args.json_out else None]
         _write_all([output for output in outputs if output])
-    except (ConfigError, ComparisonError, StorageError) as exc:
-        return fail(parser, exc, 2)
+    except StepError as exc:
+        return fail(parser, exc, code=2)  # exit 1 means "keep the champion"
     print(comparison.headline)
     for reason in comparison.reasons:
         print(f"  - {reason}")

@@ -16,6 +16,7 @@ answers must be stored under their key too.
 
 from __future__ import annotations
 
+from components.common.logs import configure_step_logging, step_logger
 from components.common.pipeline_runs import step_run
 from components.common.run_data import set_run_tags
 from components.common.tags import (
@@ -41,6 +42,7 @@ from components.gate.served_baseline import served_baseline
 from configs.loading import config_from_json
 
 STEP = "find-baseline"
+log = step_logger(STEP)
 
 
 def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, str, float, str]:
@@ -66,6 +68,8 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
         TrackingUnavailable: the MLflow server does not answer.
     """
     from components.data.split import read_manifest, snapshot_dir
+
+    configure_step_logging(STEP)
 
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
@@ -98,6 +102,6 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
                                       BASELINE_TASK_EVAL_KEY_TAG: task_key, BASELINE_NOTE_TAG: note[:4000],
                                       HELD_OUT_BELOW_TAG: repr(rows.below),
                                       HELD_OUT_ROWS_TAG: f"{rows.rows} of {rows.scored}"})
-    print(f"[{STEP}] {note}", flush=True)
+    log.info(note)
     return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below, \
         champion.version if champion is not None else ""

@@ -23,12 +23,13 @@ from components.evaluate.generate.results import (
     generation_totals,
     score_units,
 )
+from configs.errors import StepError
 
 SIDE_BY_SIDE_ROWS = 5  # of each kind: regressions, improvements
 METRIC_LABELS = {"chrf": "chrF", "rouge_l": "ROUGE-L", "token_f1": "token F1", "exact_match": "exact match"}
 
 
-class NotPaired(ValueError):
+class NotPaired(StepError, ValueError):
     """The two models' answers cannot be paired (other evaluation settings, other rows); names the field."""
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from components.evaluate.generate.results import Generations
 from components.evaluate.mmlu.openai_backend import BackendError, completions_url, request_json, served_model
+from configs.errors import StepError
 from configs.redaction import public_uri
 
 KEY_ENV = "JUDGE_API_KEY"
@@ -48,7 +49,7 @@ Reply with exactly one word: A if answer A is better, B if answer B is better, T
 _VERDICT = re.compile(r"^\W*(A|B|TIE)\b", re.IGNORECASE)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(StepError, RuntimeError):
     """The judge failed or answered something that is no verdict; names the URL and the row, never the key."""
 
 

@@ -16,12 +16,13 @@ import argparse
 import json
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.pipeline_runs import step_run
 from components.common.run_data import set_run_tags
 from components.common.tags import MODEL_VERSION_TAG, REJECTED_REASON_TAG
-from components.gate.registry import CHALLENGER, RegistryError, mark_challenger
+from components.gate.registry import CHALLENGER, mark_challenger
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError
 
 STEP = "mark-challenger"
 
@@ -40,6 +41,7 @@ def run_step(config: str, kfp_run_id: str, model_version: str, headline: str) ->
         RegistryError: the model version does not exist.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         mark_challenger(client, cfg.mlflow.registered_model_name, model_version, headline)
@@ -60,13 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Mark the version; 0 done, 1 failed, 2 usage or config error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         run_step(cli_config(parser, args).model_dump_json(), args.kfp_run_id, args.model_version, args.headline)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (RegistryError, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     return 0
 

@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.pipeline_runs import step_run
 from components.common.run_data import set_run_tags
-from components.common.storage import StorageError, on_volume
+from components.common.storage import on_volume
 from components.common.tags import MODEL_VERSION_TAG, PREVIOUS_CHAMPION_TAG, PUBLISHED_VERSION_TAG, REJECTED_REASON_TAG
 from components.gate.registry import (
     CHALLENGER,
@@ -39,8 +40,8 @@ from components.gate.registry import (
 )
 from components.merge.publish import set_current
 from components.merge.verify import PublishError, verify_model_dir
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError
 
 STEP = "promote-model"
 
@@ -75,6 +76,8 @@ def run_step(config: str, kfp_run_id: str, model_version: str, version: str,
         TrackingUnavailable: the MLflow server does not answer.
     """
     from mlflow.exceptions import MlflowException
+
+    configure_step_logging(STEP)
 
     cfg = config_from_json(config)
     name = cfg.mlflow.registered_model_name
@@ -134,14 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Promote; 0 done, 1 failed, 2 usage or config error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         _, previous = run_step(cli_config(parser, args).model_dump_json(), args.kfp_run_id, args.model_version,
                                    args.version)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (RegistryError, StorageError, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(previous)
     return 0

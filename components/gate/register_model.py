@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.common import markdown
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.pipeline_runs import experiment_id, parent_run_id, step_run
 from components.common.run_data import set_run_tags
 from components.common.storage import StorageError, on_volume
@@ -59,8 +60,9 @@ from components.gate.registry import (
     version_of_run,
 )
 from components.gate.rules import DECISIONS, Comparison
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -179,6 +181,7 @@ def run_step(config: str, kfp_run_id: str, model_dir: str, version: str, decisio
             outside the PVC or not the published ``version``, or an unreadable comparison file.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     if decision not in DECISIONS:
         raise RegistryError(f"decision must be one of {DECISIONS}, got {decision!r}")
@@ -242,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     """Register (and mark a version the gate kept out challenger); 0 done, 1 failed, 2 usage or config error."""
     from components.gate import mark_challenger
 
+    configure_step_logging(STEP)
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -252,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.comparison, args.dataset_hash)[0]
         if comparison.decision != "promote":  # what the pipeline's else-branch does
             mark_challenger.run_step(config, args.kfp_run_id, model_version, comparison.headline)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (RegistryError, StorageError, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(model_version)
     return 0

@@ -21,10 +21,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.mlflow_client import TrackingUnavailable, make_client
+from components.common.mlflow_client import make_client
 from components.common.storage import StorageError, on_volume, storage_root
 from components.common.tags import KFP_RUN_TAG, REJECTED_REASON_TAG
-from configs.schema import ConfigError, PipelineConfig
+from configs.errors import StepError
+from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -37,11 +38,11 @@ BASE_MODEL_NAME = "base model"
 MAX_TAG_CHARS = 4000  # keeps long reason lists well inside every MLflow backend's tag limit
 
 
-class RegistryError(RuntimeError):
+class RegistryError(StepError, RuntimeError):
     """The model cannot be registered or promoted; the message names the model, version or path."""
 
 
-class BaselineError(RuntimeError):
+class BaselineError(StepError, RuntimeError):
     """The baseline cannot be found or its stored results cannot be fetched; names the model or eval key."""
 
 
@@ -178,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         aliases = registered_aliases(make_client(cfg), cfg.mlflow.registered_model_name)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (TrackingUnavailable, RuntimeError, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(json.dumps(aliases, sort_keys=True))
     return 0

@@ -9,6 +9,7 @@ where compare reads them, after checking that each validates and carries the key
 
 from __future__ import annotations
 
+from components.common.logs import configure_step_logging
 from components.common.pipeline_runs import step_run
 from components.common.run_data import set_run_tags
 from components.common.storage import atomic_write_text, run_dir
@@ -41,6 +42,7 @@ def run_step(config: str, kfp_run_id: str, mmlu_key: str, task_key: str) -> tupl
             then); the message names each MLflow run passed over and why.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     target = run_dir(cfg, kfp_run_id) / "eval" / "baseline"
     wanted = [(MMLU_EVAL_KEY_TAG, mmlu_key, MMLU_RESULTS_FILE), (TASK_EVAL_KEY_TAG, task_key, TASK_RESULTS_FILE)]

@@ -50,6 +50,7 @@ from components.evaluate.generate.results import Generations
 from components.evaluate.mmlu.results import MmluResults
 from components.gate.generation import METRIC_LABELS, GenerationComparison, NotPaired, compare_generations
 from components.gate.judge import JudgeComparison
+from configs.errors import StepError
 from configs.schema import GateConfig
 
 PROMOTE, KEEP = "promote", "keep-champion"
@@ -59,7 +60,7 @@ EPSILON = 1e-12  # thresholds are inclusive: a value exactly at a limit passes
 HEADLINE_CHARS = 140
 
 
-class NotComparable(ValueError):
+class NotComparable(StepError, ValueError):
     """Two results were not obtained the same way (different data, split, template, shots...); names the field."""
 
 

@@ -16,6 +16,7 @@ from components.merge.safetensors import (
     SafetensorsHeader,
     read_safetensors_header,
 )
+from configs.errors import StepError
 from configs.safe_json import DocumentError, read_json
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 MAX_CONFIG_BYTES = 16 << 20  # config.json, adapter_config.json, the weight index: a few KB to a few MB
 
 
-class MergeError(ValueError):
+class MergeError(StepError, ValueError):
     """An adapter or base model that cannot be merged; the message names the file and field."""
 
 

@@ -55,6 +55,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.logs import configure_step_logging
 from components.common.pipeline_runs import step_run
 from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import (
@@ -87,9 +88,9 @@ from components.merge.write import (
     return_freed_memory_to_the_os,
     write_weights,
 )
+from configs.errors import StepError
 from configs.loading import config_from_json
 from configs.safe_json import DocumentError, read_json
-from configs.schema import ConfigError
 
 STEP = "merge-lora"
 
@@ -230,6 +231,7 @@ def run_step(config: str, kfp_run_id: str, weights_dir: str, merged: Any) -> tup
         MergeError, PublishError, StorageError: see :func:`merge_and_publish`.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     base = on_volume(cfg, cfg.storage.base_model)
     trained = on_volume(cfg, weights_dir, absolute_ok=False)
@@ -305,7 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _merge_by_hand(args: argparse.Namespace, dtype: str, max_shard_size_mb: int) -> dict[str, Any]:
-    """What the CLI does: merge into ``--output`` or publish into ``--publish-to`` (outputs guarded first)."""
+    """What the CLI does: merge into ``--output`` or publish into ``--publish-to`` (outputs guarded first).
+
+    Raises:
+        MergeError, StorageError: as :func:`merge_model` and :func:`merge_and_publish`; a write the volume refused
+            (full, read-only) is a StorageError naming where it happened.
+    """
+    try:
+        return _merge_or_publish(args, dtype, max_shard_size_mb)
+    except StepError:
+        raise
+    except OSError as exc:  # a full or read-only volume mid-write: name where it happened
+        raise StorageError(describe_os_error(exc, Path(args.output or args.publish_to))) from exc
+
+
+def _merge_or_publish(args: argparse.Namespace, dtype: str, max_shard_size_mb: int) -> dict[str, Any]:
     inputs = {"--base": args.base, "--adapter": args.adapter}
     if args.output:
         guard_output(args.output, inputs, replace=True)  # never an input, inside one or above one
@@ -327,6 +343,7 @@ def _merge_by_hand(args: argparse.Namespace, dtype: str, max_shard_size_mb: int)
 
 def main(argv: list[str] | None = None) -> int:
     """Merge by hand; exit 0 on success, 1 when the merge or publish fails, 2 on usage or configuration errors."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.output and (args.version or args.no_set_current):
@@ -334,12 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli_config(parser, args)
         result = _merge_by_hand(args, cfg.merge.dtype, cfg.merge.max_shard_size_mb)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (MergeError, StorageError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
-    except OSError as exc:  # a full or read-only volume mid-write: name where it happened
-        return fail(parser, describe_os_error(exc, Path(args.output or args.publish_to)))
     print(json.dumps(result))
     return 0
 

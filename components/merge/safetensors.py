@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
+from configs.errors import StepError
 from configs.safe_json import DocumentError, parse_json
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -25,7 +26,7 @@ SAFETENSORS_ITEMSIZE = {
 }
 
 
-class SafetensorsFormatError(ValueError):
+class SafetensorsFormatError(StepError, ValueError):
     """A safetensors file is truncated or malformed; the message names the file and what is wrong."""
 
 

@@ -28,9 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from components.common.cli import cli_config, fail, new_parser
+from components.common.logs import configure_step_logging
 from components.common.pipeline_runs import finalize_pipeline_runs
 from components.common.storage import run_dir
 from components.run.resolve_config import RESOLVED_FILE, read_resolved
+from configs.errors import StepError
 from configs.loading import config_from_json
 from configs.schema import ConfigError, MlflowConfig, PipelineConfig
 
@@ -38,7 +40,7 @@ STEP = "finalize-runs"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")  # what KFP's PipelineTaskFinalStatus.state reports
 
 
-class FinalizeError(RuntimeError):
+class FinalizeError(StepError, RuntimeError):
     """Part of the exit handler's work failed; the message names every failure (the other parts were done)."""
 
 
@@ -120,6 +122,7 @@ def run_step(compiled_config: str, kfp_run_id: str, state: str, error: str | Non
         FinalizeError: a part failed, or the resolved config on the volume is damaged (the file and fields are
             named); every other part was still done.
     """
+    configure_step_logging(STEP)
     compiled = config_from_json(compiled_config)
     failures: list[str] = []
     resolved = _resolved_or_fallback(compiled, kfp_run_id, failures)
@@ -141,17 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Close the runs; exit 0 when closed, 1 on errors, 2 on a usage or configuration error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.kfp_run_id.strip():  # an empty id would match or create a parent run for no pipeline
         parser.error("--kfp-run-id must not be empty")
     try:
         cfg = cli_config(parser, args)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    try:
         _report(finalize(cfg, args.kfp_run_id, args.state, tracking=cfg), args.state)
-    except FinalizeError as exc:
+    except StepError as exc:
         return fail(parser, exc)
     return 0
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from components.common.logs import configure_step_logging
 from components.common.run_name import write_run_name
 from components.common.storage import run_dir
 from components.common.typed_files import write_model
@@ -156,6 +157,7 @@ def run_step(kfp_run_id: str, kfp_run_name: str, compiled_config: str, config: s
         ConfigError: as :func:`resolve`.
         StorageError: the volume refused the write.
     """
+    configure_step_logging(STEP)
     compiled = config_from_json(compiled_config)
     cfg = resolve(config, overrides, form, compiled)
     write_run_name(cfg, kfp_run_id, kfp_run_name)

@@ -19,17 +19,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from components.common.logs import step_logger
 from components.common.storage import on_volume, run_dir
 from components.data.split import SNAPSHOT_DIR, SplitError, SplitManifest, verify_snapshot
 from components.train.trials import trial_dir
+from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 TRAIN_SIDES = ("train", "val")  # what the train step reads of the snapshot (the test side is the gate's)
 
 TRAIN_YAML = "train.yaml"
+log = step_logger("train")  # the train step's lines
 
 
-class TrainError(RuntimeError):
+class TrainError(StepError, RuntimeError):
     """The inputs of the training step are unusable (base model, datasets) or the trainer left no state; the
     message names the path."""
 
@@ -102,7 +105,7 @@ def prepare_data(cfg: PipelineConfig, kfp_run_id: str, paths: TrainPaths) -> Spl
             listed = ", ".join(repr(name) for name in names)
             raise TrainError(f"cannot train on dataset{'s' if len(names) > 1 else ''} {listed} (dataset.names): "
                              f"{result.failure_message()}")
-        print(f"[train] validated the data and wrote its split snapshot to {paths.dataset_dir}", flush=True)
+        log.info(f"validated the data and wrote its split snapshot to {paths.dataset_dir}")
     else:  # written by the validate step: re-hash it (one just written here needs no second read)
         try:
             split = verify_snapshot(paths.dataset_dir, sides=TRAIN_SIDES)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import re
 import signal
@@ -21,11 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.common.logs import step_logger
 from components.common.mlflow_client import TRAINER_MLFLOW_HTTP
 from components.common.signals import sigterm_raises
 from components.common.system_metrics import system_metrics_env
 from components.train.multinode.torchrun import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
 from components.train.render import deepspeed_stage
+from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 TRAINER_PARENT_ENV = "LLMFT_TRAINER_PARENT"  # the step's pid: the trainer dies with it (worker.die_with_parent)
@@ -36,10 +37,10 @@ MIN_SHM_BYTES = 1 << 30
 _WRAPPER_ERRORS = ("ChildFailedError", "CalledProcessError")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt))(?::\s?(.*))?$")
 
-logger = logging.getLogger(__name__)
+logger = step_logger("train")  # the train step launches the trainer
 
 
-class TrainerFailed(RuntimeError):
+class TrainerFailed(StepError, RuntimeError):
     """LLaMA-Factory exited non-zero or was killed; the message carries its error and where the log is."""
 
 

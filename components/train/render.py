@@ -24,12 +24,12 @@ to the step's MLflow run (``MLFLOW_RUN_ID``) through its own callback (:mod:`com
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from components.common.logs import step_logger
 from components.data.split import validation_entry_name
 from configs.schema import PipelineConfig
 
@@ -38,7 +38,7 @@ DEEPSPEED_CONFIGS = {2: DEEPSPEED_DIR / "ds_z2_config.json", 3: DEEPSPEED_DIR / 
 # Long tokenisation on rank 0 must not trip the NCCL watchdog of the other ranks (LLaMA-Factory's examples).
 DDP_TIMEOUT_S = 180_000_000
 
-logger = logging.getLogger(__name__)
+log = step_logger("train")  # rendered by the train step
 
 
 def resolve_precision(cfg: PipelineConfig, gpu: bool) -> str:
@@ -51,7 +51,7 @@ def resolve_precision(cfg: PipelineConfig, gpu: bool) -> str:
     wanted = cfg.training.precision
     if not gpu:
         if wanted in ("bf16", "fp16"):
-            logger.warning("training.precision=%s ignored: no GPU, training in fp32", wanted)
+            log.warning("training.precision=%s ignored: no GPU, training in fp32", wanted)
         return "fp32"
     return "bf16" if wanted == "auto" else wanted
 

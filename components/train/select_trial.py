@@ -37,21 +37,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.mlflow_client import TrackingUnavailable
+from components.common.logs import configure_step_logging, step_logger
 from components.common.pipeline_runs import parent_run_id, step_run
 from components.common.run_data import log_metrics, set_run_tags
 from components.common.storage import StorageError, atomic_write_text, on_volume, run_dir
 from components.common.tags import TRIALS_TAG, WINNER_RUN_TAG, WINNER_TRIAL_TAG
 from components.common.typed_files import TypedFileError, read_model, write_model
-from components.data.split import SplitError, read_manifest, snapshot_dir
+from components.data.split import read_manifest, snapshot_dir
 from components.train.checkpoints import RESUME_ONLY, list_checkpoints
 from components.train.inputs import resolve_paths
 from components.train.outputs import SUMMARY_FILE, TrainSummary
 from components.train.trials import describe_settings, trial_count, trial_label
+from configs.errors import StepError
 from configs.loading import config_from_json
-from configs.schema import ConfigError, PipelineConfig
+from configs.schema import PipelineConfig
 
 STEP = "select-trial"
+log = step_logger(STEP)
 SELECTION_FILE = "selection.json"
 DEEPSPEED_STATE = "global_step"  # DeepSpeed's optimizer (and ZeRO-3 weight) shards: global_step<N>/
 
@@ -88,7 +90,7 @@ class Selection(BaseModel):
         return next(trial for trial in self.trials if trial.trial == self.winner)
 
 
-class SelectionError(RuntimeError):
+class SelectionError(StepError, RuntimeError):
     """The trials cannot be compared (a summary missing or invalid, trials scored on other rows); names the trial."""
 
 
@@ -238,6 +240,7 @@ def run_step(config: str, kfp_run_id: str, model_dirs: list, selection: Any, rep
         StorageError: the volume refused a write or a deletion.
         TrackingUnavailable: the MLflow server does not answer.
     """
+    configure_step_logging(STEP)
     cfg = config_from_json(config)
     with step_run(cfg, kfp_run_id, STEP) as (client, run_id):
         chosen = select(cfg, kfp_run_id, [on_volume(cfg, path) for path in model_dirs])
@@ -252,8 +255,8 @@ def run_step(config: str, kfp_run_id: str, model_dirs: list, selection: Any, rep
     winner = chosen.winning()
     others = ", ".join(f"{trial_label(trial.trial)} {_number(trial.val_loss)}" for trial in chosen.trials
                        if trial.trial != chosen.winner)
-    print(f"[{STEP}] {trial_label(winner.trial)} wins ({describe_settings(winner.settings)}): validation loss "
-          f"{_number(winner.val_loss)} at step {winner.best_step}" + (f"; {others}" if others else ""), flush=True)
+    log.info(f"{trial_label(winner.trial)} wins ({describe_settings(winner.settings)}): validation loss "
+             f"{_number(winner.val_loss)} at step {winner.best_step}" + (f"; {others}" if others else ""))
     return winner.model_dir, winner.mlflow_run_id, winner.trial
 
 
@@ -266,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Choose; 0 done, 1 a trial cannot be scored, 2 usage or config error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -273,9 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = [resolve_paths(cfg, args.kfp_run_id, check=False, trial=trial).model_dir
                 for trial in range(trial_count(cfg))]
         chosen = select(cfg, args.kfp_run_id, dirs)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (SelectionError, SplitError, StorageError, TrackingUnavailable, OSError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(trials_table(chosen), end="")
     print(json.dumps({"winner": chosen.winner, "model_dir": chosen.winning().model_dir}))

@@ -29,9 +29,11 @@ Features, with the settings that control each and what it costs:
 - **Atomic outputs**: the weights appear whole in ``adapter/`` (or ``full/``) with ``train_summary.json``
   (:mod:`components.train.outputs`); a retry after they were published trains nothing.
 
-:class:`TrainRecipe` reads in call order: ``__init__`` checks the inputs and fails fast, :meth:`~TrainRecipe.setup`
-verifies the data, :meth:`~TrainRecipe.train` trains (or reuses) inside the step's MLflow run and
-:meth:`~TrainRecipe.cleanup` flushes the metrics; :func:`train_model` runs the three.
+:class:`TrainRecipe` reads in call order: ``__init__`` checks the inputs, fails fast and creates every attribute,
+:meth:`~TrainRecipe.setup` verifies the data, :meth:`~TrainRecipe.train` trains (or reuses) inside the step's MLflow
+run and :meth:`~TrainRecipe.cleanup` flushes the metrics; :func:`train_model` runs the three, cleanup whatever
+happened. The module is over 400 lines on purpose: the recipe, its KFP step and its command line read in one pass,
+as a torchtune recipe does; the machinery is in the other modules of the package.
 
 Usage::
 
@@ -57,7 +59,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import time
 from importlib import metadata
@@ -65,10 +66,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.common.cli import cli_config, fail, new_parser
-from components.common.mlflow_client import TRAINER_MLFLOW_HTTP, TrackingUnavailable, make_client
+from components.common.logs import configure_step_logging, step_logger
+from components.common.mlflow_client import TRAINER_MLFLOW_HTTP, make_client
 from components.common.pipeline_runs import close_stale_runs, step_run
 from components.common.run_data import log_metrics, log_params
-from components.common.storage import StorageError, atomic_write_text, on_volume
+from components.common.storage import atomic_write_text, on_volume
 from components.common.system_metrics import system_metrics_env
 from components.common.tags import (
     BACKFILL_TAG,
@@ -81,7 +83,7 @@ from components.common.tags import (
 )
 from components.common.typed_files import write_model
 from components.data.checks import DATA_CONFIG
-from components.data.split import validation_entry_name
+from components.data.split import SplitManifest, validation_entry_name
 from components.train.checkpoints import (
     FINGERPRINT_FILE,
     ResumePoint,
@@ -93,9 +95,8 @@ from components.train.checkpoints import (
     trim_trainer_log,
 )
 from components.train.fingerprint import training_fingerprint
-from components.train.inputs import TrainError, prepare_data, resolve_paths
+from components.train.inputs import prepare_data, resolve_paths
 from components.train.launch import (
-    TrainerFailed,
     check_shm,
     gpu_available,
     launch_trainer,
@@ -108,16 +109,17 @@ from components.train.outputs import SUMMARY_FILE, ModelPointer, TrainSummary, p
 from components.train.render import render_params, render_sections, render_yaml
 from components.train.tokenized import TOKENIZED_DIR, tokenization_key
 from components.train.trials import describe_settings, is_sweep, trial_config, trial_label, trial_settings
-from configs.schema import ConfigError, PipelineConfig
+from configs.errors import StepError
+from configs.schema import PipelineConfig
 
 STEP = "train"
+log = step_logger(STEP)
 TRAINER_LOG = "trainer_log.jsonl"
 LOSS_PLOT = "training_loss.png"
 PACKAGES = ("llamafactory", "transformers", "torch", "peft", "deepspeed", "bitsandbytes")
 KFP_METRICS = ("train_loss", "best_val_loss", "best_step", "train_runtime_s", "tokens_per_second", "global_step",
                "resumed_from_step")
 
-logger = logging.getLogger(__name__)
 
 
 class TrainResult(NamedTuple):
@@ -144,9 +146,15 @@ class TrainRecipe:
         self.settings = trial_settings(cfg, trial)
         self.paths = resolve_paths(cfg, kfp_run_id, trial=trial)  # fails fast: no base model, no data directory
         self.cfg = trial_config(cfg, trial)  # from here on, the trial's own settings
+        # What setup() finds out: the verified split, the hashes of its train and validation sides, the device.
+        self.split: SplitManifest | None = None
+        self.train_hashes: dict[str, str] = {}
+        self.val_hashes: dict[str, str] = {}
+        self.gpu = False
+        self.fingerprint: dict[str, str] = {}  # what the checkpoints are trained with (set when training starts)
         if cfg.training.trust_remote_code:
-            logger.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
-                           self.paths.base_model)
+            log.warning("training.trust_remote_code is true: Python code from %s will run in the trainer",
+                        self.paths.base_model)
 
     def setup(self) -> None:
         """Verify the data to train on, decide GPU or CPU, and end FAILED the run an attempt whose pod died left."""
@@ -236,13 +244,13 @@ class TrainRecipe:
         other_training = keep_only_same_training(paths.output_dir, paths.discard_dir,
                                                  paths.run_dir / FINGERPRINT_FILE, self.fingerprint)
         if other_training:
-            logger.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
-                           other_training, paths.discard_dir)
+            log.warning("not resuming the checkpoints in %s: %s; moved to %s, starting fresh", paths.output_dir,
+                        other_training, paths.discard_dir)
             client.set_tag(run_id, DISCARDED_CHECKPOINTS_TAG, other_training[:5000])
         client.set_tag(run_id, TRAINING_FINGERPRINT_TAG, fingerprint_digest(self.fingerprint))
         resume, discarded = prepare_resume(paths.output_dir, paths.discard_dir, self._last_step())
         for name, why in discarded:
-            logger.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
+            log.warning("not resuming from %s: %s (moved to %s)", name, why, paths.discard_dir)
         trim_trainer_log(paths.output_dir / TRAINER_LOG, resume.step if resume else None)
         client.set_tag(run_id, RESUMED_FROM_TAG, resume.path.name if resume else "")
         settings = f"{describe_settings(self.settings)}, " if self.label else ""
@@ -325,7 +333,7 @@ class TrainRecipe:
 
     def _say(self, message: str) -> None:
         """One line for the step's log and the local console: ``[train] [trial-N: ]message``."""
-        print(f"[{STEP}] {self.label + ': ' if self.label else ''}{message}", flush=True)
+        log.info(f"{self.label + ': ' if self.label else ''}{message}")
 
     def _last_step(self) -> int | None:
         return self.cfg.training.max_steps if self.cfg.training.max_steps > 0 else None
@@ -344,8 +352,8 @@ def train_model(cfg: PipelineConfig, kfp_run_id: str, dataset_hash: str = "", tr
         As the module docstring lists; ConfigError for a trial the sweep does not have.
     """
     recipe = TrainRecipe(cfg, kfp_run_id, dataset_hash, trial)
-    recipe.setup()
     try:
+        recipe.setup()
         return recipe.train()
     finally:
         recipe.cleanup()
@@ -365,6 +373,8 @@ def run_step(config: str, kfp_run_id: str, dataset_hash: str, trial: int, weight
         ConfigError: the config parameter is invalid. Otherwise as :func:`train_model`.
     """
     from configs.loading import config_from_json
+
+    configure_step_logging(STEP)
 
     cfg = config_from_json(config)
     result = train_model(cfg, kfp_run_id, dataset_hash, int(trial))  # kfp.local may hand an int back as a float
@@ -410,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0 when trained, 1 when training failed, 2 on a usage or configuration error."""
+    configure_step_logging(STEP)
     parser = build_parser()
     args = parser.parse_args(argv)
     run_id = args.run_id or time.strftime("cli-%Y%m%d-%H%M%S", time.gmtime())
@@ -419,10 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             print(render_only(cfg, run_id, args.trial))
             return 0
         result = train_model(cfg, run_id, args.dataset_hash, args.trial)
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (TrainError, TrainerFailed, TrackingUnavailable, StorageError) as exc:
-        return fail(parser, f"training failed: {exc}")
+    except StepError as exc:
+        return fail(parser, exc)
     print(json.dumps({"run_id": run_id, "model_dir": str(result.model_dir), "train_loss": result.train_loss,
                       "mlflow_run_id": result.mlflow_run_id, "reused": result.reused, "metrics": result.metrics},
                      indent=2))

@@ -212,7 +212,7 @@ def test_unknown_subject_counts_as_other_with_a_warning(tmp_path, caplog):
     for split in ("dev", "test"):
         (data / split).mkdir(parents=True)
         shutil.copy(SAMPLE / split / f"astronomy_{split}.csv", data / split / f"rocketry_{split}.csv")
-    with caplog.at_level(logging.WARNING, logger="components.evaluate.mmlu.data"):
+    with caplog.at_level(logging.WARNING, logger="llmft.mmlu"):
         (subject,) = load_subjects(data)
     assert (subject.subject, subject.category) == ("rocketry", "other")
     assert "'rocketry' is not one of the 57 standard subjects" in caplog.text

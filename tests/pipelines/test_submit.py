@@ -262,7 +262,7 @@ def test_unreachable_host_is_a_clean_failure(monkeypatch, capsys):
         url = fake.url
     assert _main("--config", "lora", "--host", url, "--experiment", "x") == 1
     err = capsys.readouterr().err
-    assert err.startswith("submit failed: cannot reach the KFP API") and "Traceback" not in err
+    assert err.startswith("python -m pipelines.submit: error: cannot reach the KFP API") and "Traceback" not in err
 
 
 def test_schedule_uploads_the_pipeline_and_pins_a_cron_recurring_run(server, monkeypatch, capsys):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.common.logs import step_logger
 from components.data.split import split_hash
 from components.evaluate.generate.results import (
     GENERATION_VERSION,
@@ -26,9 +27,12 @@ from components.evaluate.generate.results import (
     generation_totals,
 )
 from components.evaluate.task.data import llamafactory_encoding, read_test_rows
+from configs.errors import StepError
+
+log = step_logger("generate")
 
 
-class GenerationError(ValueError):
+class GenerationError(StepError, ValueError):
     """Answers cannot be generated or scored (settings that leave no room, no usable row, a bad score)."""
 
 
@@ -70,16 +74,16 @@ def generate_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: lis
     selected = select_rows(rows, generate_rows)
     prompts, skipped = build_prompts(encoding, selected, max_prompt_tokens=budget)
     for row in skipped:
-        print(f"[generate] skipped row {row.key} of {row.dataset!r}: {row.reason}", flush=True)
+        log.info(f"skipped row {row.key} of {row.dataset!r}: {row.reason}")
     if not prompts:
         raise GenerationError(f"none of the {len(selected)} selected held-out rows has a usable reference answer "
                               f"({skipped[0].reason if skipped else 'no rows'}); fix the data or set "
                               "evaluation.generate_rows=0")
     truncated = [prompt for prompt in prompts if prompt.truncated_tokens]
     if truncated:
-        print(f"[generate] warning: {len(truncated)} prompt(s) longer than the {budget} tokens the context leaves "
-              f"beside max_new_tokens={max_new_tokens} were cut from the left (row {truncated[0].key} of "
-              f"{truncated[0].dataset!r} lost {truncated[0].truncated_tokens} tokens)", flush=True)
+        log.warning(f"{len(truncated)} prompt(s) longer than the {budget} tokens the context leaves beside "
+                    f"max_new_tokens={max_new_tokens} were cut from the left (row {truncated[0].key} of "
+                    f"{truncated[0].dataset!r} lost {truncated[0].truncated_tokens} tokens)")
     stops = stop_token_ids(encoding)
     generated = generate_greedy(model, [prompt.prompt_ids for prompt in prompts], stop_ids=stops,
                                 pad_id=pad_token_id(encoding.tokenizer), max_new_tokens=max_new_tokens,
@@ -107,11 +111,9 @@ def generate_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: lis
         **generation_totals(answers))
     results = Generations(header=header, answers=answers)
     if header.empty_answers:
-        print(f"[generate] warning: {header.empty_answers} answer(s) held only special tokens or whitespace (scored "
-              "as empty)", flush=True)
+        log.warning(f"{header.empty_answers} answer(s) held only special tokens or whitespace (scored as empty)")
     if progress:
-        print(f"[generate] {header.rows} answers in {time.monotonic() - started:.2f} s: {summary_line(results)}",
-              flush=True)
+        log.info(f"{header.rows} answers in {time.monotonic() - started:.2f} s: {summary_line(results)}")
     return results
 
 

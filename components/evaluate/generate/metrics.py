@@ -21,11 +21,12 @@ from functools import lru_cache
 from typing import Any
 
 from components.evaluate.generate.results import METRICS, AnswerScores, rounded
+from configs.errors import StepError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-class ScoreError(ValueError):
+class ScoreError(StepError, ValueError):
     """A score came out non-finite or outside 0-100; the message names the metric."""
 
 

@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.common.typed_files import describe_validation_error
+from configs.errors import StepError
 from configs.safe_json import DocumentError, parse_json
 
 GENERATION_VERSION = "generate-v1"  # prompt building, decoding and scoring: bump when any of them changes
@@ -38,7 +39,7 @@ Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Points = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
 
 
-class GenerationResultsError(ValueError):
+class GenerationResultsError(StepError, ValueError):
     """A generations.jsonl that cannot be used; the message names the file, the line and the field."""
 
 

@@ -21,11 +21,13 @@ import contextlib
 import csv
 import hashlib
 import json
-import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common.logs import step_logger
 from components.common.storage import MODEL_MANIFEST
+from configs.errors import StepError
 
 LETTERS = ("A", "B", "C", "D")
 CATEGORIES = ("STEM", "humanities", "social sciences", "other")
@@ -38,7 +40,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _MODEL_TEXT_FILES = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
-log = logging.getLogger(__name__)
+TOOL = "mmlu"  # the MMLU tool's lines: [mmlu] ...
+log = step_logger(TOOL)
 
 # The 57 standard subjects and their categories, from the benchmark's own categories.py
 # (hendrycks/test). lm-eval-harness differs in one place: it files anatomy under STEM.
@@ -68,8 +71,13 @@ SUBJECT_CATEGORIES: dict[str, str] = {
 }
 
 
-class MmluDataError(ValueError):
+class MmluDataError(StepError, ValueError):
     """MMLU files are missing or malformed; the message names each file and line."""
+
+
+class ModelLoadError(StepError, OSError):
+    """A model or adapter directory that is not one, or whose weights, tokenizer or settings cannot be loaded;
+    the message names the directory."""
 
 
 @dataclass(frozen=True)
@@ -254,11 +262,11 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
     not part of it: a copy of the same model has the same identity.
 
     Raises:
-        FileNotFoundError: ``model_dir`` (or ``adapter_dir``) has no config.json (adapter_config.json).
+        ModelLoadError: ``model_dir`` (or ``adapter_dir``) has no config.json (adapter_config.json).
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    if not os.path.isfile(model_dir / "config.json"):  # os.path: a name too long for the filesystem is False
+        raise ModelLoadError(f"{model_dir} is not a model directory (no config.json)")
     digest = hashlib.sha256(f"{IDENTITY_VERSION}\0model\0".encode())
     names = [name for name in _MODEL_TEXT_FILES if (model_dir / name).is_file()]
     names += [path.name for path in sorted(model_dir.iterdir())
@@ -266,8 +274,8 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
     _feed(digest, model_dir, names)
     if adapter_dir:
         adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
+        if not os.path.isfile(adapter_dir / "adapter_config.json"):
+            raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
         digest.update(b"adapter\0")
         _feed(digest, adapter_dir, [path.name for path in sorted(adapter_dir.iterdir()) if path.is_file() and (
             path.name == "adapter_config.json" or path.name.startswith("adapter_model"))])

@@ -28,20 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, fail, field_flag, new_parser
+from components.common.logs import configure_step_logging
 from components.evaluate.mmlu.data import (
     LETTERS,
     PROMPT_VERSION,
-    MmluDataError,
+    TOOL,
     SubjectData,
     data_hash,
     eval_config_key,
     load_subjects,
+    log,
     model_identity,
     prompt_prefix,
     prompt_suffix,
 )
 from components.evaluate.mmlu.results import RESULTS_FILE
-from configs.schema import ConfigError
+from components.evaluate.mmlu.scoring import ScoringError
+from configs.errors import StepError, UsageError
 
 
 def category_metric(category: str) -> str:
@@ -71,7 +74,7 @@ def _score_hf(data: list[SubjectData], model_dir: Path, adapter_dir: Path | None
         scores[subject.subject] = score_groups(model, groups, answer_ids, len(subject.questions),
                                                batch_size=batch_size, pad_id=pad_id, cached=scorer == "cached")
         if progress:
-            _print_progress(number, len(data), subject, scores[subject.subject], time.monotonic() - started)
+            _log_progress(number, len(data), subject, scores[subject.subject], time.monotonic() - started)
     return scores
 
 
@@ -87,7 +90,7 @@ def _score_openai(data: list[SubjectData], endpoint: str, *, batch_size: int,
         prompts = [prefix + prompt_suffix(question) for question in subject.questions]
         scores[subject.subject] = score_prompts(endpoint, prompts, model=model, batch_size=batch_size)
         if progress:
-            _print_progress(number, len(data), subject, scores[subject.subject], time.monotonic() - started)
+            _log_progress(number, len(data), subject, scores[subject.subject], time.monotonic() - started)
     return scores
 
 
@@ -96,11 +99,11 @@ def _prediction(logprobs: list[float]) -> str:
     return LETTERS[max(range(len(LETTERS)), key=lambda i: (logprobs[i], -i))]
 
 
-def _print_progress(number: int, total: int, subject: SubjectData, scores: list[list[float]], seconds: float) -> None:
+def _log_progress(number: int, total: int, subject: SubjectData, scores: list[list[float]], seconds: float) -> None:
     correct = sum(_prediction(row) == q.answer for row, q in zip(scores, subject.questions, strict=True))
     count = len(subject.questions)
-    print(f"[mmlu] {number}/{total} {subject.subject}: {correct}/{count} correct "
-          f"({correct / max(count, 1):.1%}) in {seconds:.2f} s", flush=True)
+    log.info(f"{number}/{total} {subject.subject}: {correct}/{count} correct ({correct / max(count, 1):.1%}) in "
+             f"{seconds:.2f} s")
 
 
 def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], meta: dict[str, Any]) -> dict:
@@ -108,7 +111,7 @@ def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], met
     and every summary computed from them (per subject and category, micro, macro).
 
     Raises:
-        ValueError: a log-probability is NaN or infinite (the model's weights are broken); nothing is scored.
+        ScoringError: a log-probability is NaN or infinite (the model's weights are broken); nothing is scored.
     """
     from components.evaluate.mmlu.results import results_from_records
 
@@ -116,9 +119,9 @@ def summarise(data: list[SubjectData], scores: dict[str, list[list[float]]], met
     for subject in data:
         for question, logprobs in zip(subject.questions, scores[subject.subject], strict=True):
             if not all(math.isfinite(value) for value in logprobs):
-                raise ValueError(f"the model gave non-finite answer log-probabilities {logprobs} for "
-                                 f"{subject.subject}#{question.index}: its weights hold NaN or inf; nothing was "
-                                 "scored")
+                raise ScoringError(f"the model gave non-finite answer log-probabilities {logprobs} for "
+                                   f"{subject.subject}#{question.index}: its weights hold NaN or inf; nothing was "
+                                   "scored")
             pred = _prediction(logprobs)
             questions.append({"subject": subject.subject, "index": question.index, "gold": question.answer,
                               "pred": pred, "correct": pred == question.answer,
@@ -140,15 +143,16 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, adapter_dir: str | 
 
     Raises:
         MmluDataError: files missing or rows malformed (each named as ``file:line``).
-        FileNotFoundError: ``model_dir`` or ``adapter_dir`` is not a model / adapter directory.
-        ValueError: an unknown backend or scorer, or an adapter with the openai backend.
+        ModelLoadError: ``model_dir`` or ``adapter_dir`` is not a model / adapter directory, or cannot be loaded.
+        ValueError: an unknown backend or scorer.
+        UsageError: an adapter with the openai backend.
         BackendError: the openai endpoint failed.
     """
     if backend not in ("hf", "openai") or scorer not in ("cached", "straightforward"):
         raise ValueError(f"backend must be hf or openai and scorer cached or straightforward, got {backend!r}, "
                          f"{scorer!r}")
     if backend == "openai" and adapter_dir:
-        raise ValueError("backend 'openai' scores the model the server serves; merge the adapter first "
+        raise UsageError("backend 'openai' scores the model the server serves; merge the adapter first "
                          "or use backend 'hf' (adapter_dir must be empty)")
     data_dir, model_dir = Path(data_dir), Path(model_dir)
     adapter_dir = Path(adapter_dir) if adapter_dir else None
@@ -207,10 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate and write results.json; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
-    from components.common.storage import StorageError, atomic_write_text, guard_output, on_volume
-    from components.evaluate.mmlu.openai_backend import BackendError
+    from components.common.storage import atomic_write_text, guard_output, on_volume
     from components.evaluate.mmlu.scoring import pick_device
 
+    configure_step_logging(TOOL)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.backend == "openai" and not args.endpoint:
@@ -226,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                            subjects=settings.subjects, batch_size=settings.batch_size, limit=settings.limit,
                            backend=args.backend, endpoint=args.endpoint, scorer=args.scorer, device=args.device)
         path = atomic_write_text(Path(args.output) / RESULTS_FILE, dump_results(results))
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (MmluDataError, BackendError, StorageError, OSError, ValueError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(json.dumps({"results": str(path), "micro": results["micro"], "macro": results["macro"],
                       "eval_key": results["eval_key"]}))

@@ -25,6 +25,7 @@ import urllib.request
 from typing import Any
 
 from components.evaluate.mmlu.data import LETTERS
+from configs.errors import StepError
 from configs.redaction import describe_reply, has_credentials, public_uri, redact, secrets_from_env, unsafe_token
 from configs.safe_json import DocumentError, JsonScanner, parse_json
 
@@ -34,7 +35,7 @@ MAX_REPLY_BYTES = 64 << 20  # a batch of echoed 4k-token prompts is a few MB
 _REPLY = JsonScanner(allow_nan=True)  # NaN is read, then refused with the letter and prompt it belongs to
 
 
-class BackendError(RuntimeError):
+class BackendError(StepError, RuntimeError):
     """The completions endpoint failed or answered without the log-probabilities we need; names the URL."""
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.common.typed_files import describe_validation_error
+from configs.errors import StepError
 from configs.safe_json import DocumentError, parse_json
 
 Letter = Literal["A", "B", "C", "D"]
@@ -26,7 +27,7 @@ RESULTS_FILE = "results.json"
 EVAL_SETTING_FIELDS = ("data_hash", "n_shot", "prompt_version", "subjects_requested", "limit")
 
 
-class ResultsFileError(ValueError):
+class ResultsFileError(StepError, ValueError):
     """A results file is missing, unreadable or inconsistent; the message names the file and the field."""
 
 

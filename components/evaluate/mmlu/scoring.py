@@ -15,27 +15,35 @@ front for questions whose prompt would not fit the model's context.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.evaluate.mmlu.data import LETTERS, SubjectData, prompt_prefix, prompt_suffix
+from components.evaluate.mmlu.data import LETTERS, ModelLoadError, SubjectData, log, prompt_prefix, prompt_suffix
+from configs.errors import StepError
 
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
 # A prompt group: one shared prefix and the (question position, suffix ids) scored after it.
 PromptGroup = tuple[list[int], list[tuple[int, list[int]]]]
+
+
+class DeviceError(StepError, ValueError):
+    """A torch device that is not a device string, or that this machine does not have; names the remedy."""
+
+
+class ScoringError(StepError, ValueError):
+    """The model cannot be scored as asked: non-finite scores, a tokenizer without single-token answer letters,
+    a token id past the model's vocabulary. The message names the row or the token."""
 
 
 def pick_device(device: str | None = None) -> str:
     """``device`` if given and usable here, else ``cuda`` when a GPU is visible, else ``cpu``.
 
     Raises:
-        ValueError: ``device`` is not a torch device string, or names a device this machine does not have (a
+        DeviceError: ``device`` is not a torch device string, or names a device this machine does not have (a
             CUDA device without a visible GPU, an index past the last GPU); the message names the device and the
             remedy, where torch would fail later with an assertion deep inside the model's ``.to()``.
     """
@@ -45,23 +53,23 @@ def pick_device(device: str | None = None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
+    except RuntimeError as exc:  # torch's word for a string that is not a device
+        raise DeviceError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
     remedy = "use cpu, or leave the device unset (cuda when a GPU is visible, else cpu)"
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device {device!r} is not available: torch sees no CUDA GPU here (built with CUDA "
+            raise DeviceError(f"device {device!r} is not available: torch sees no CUDA GPU here (built with CUDA "
                              f"{torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES="
                              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}); {remedy}")
         if parsed.index is not None and parsed.index >= count:
-            raise ValueError(f"device {device!r} is not available: torch sees {count} CUDA GPU(s), cuda:0 to "
+            raise DeviceError(f"device {device!r} is not available: torch sees {count} CUDA GPU(s), cuda:0 to "
                              f"cuda:{count - 1}; {remedy}")
     elif parsed.type != "cpu":
         try:  # mps, xpu...: only an allocation says whether the backend works here
             torch.empty(0, device=parsed)
-        except (RuntimeError, AssertionError) as exc:
-            raise ValueError(f"device {device!r} is not available here ({exc}); {remedy}") from None
+        except (RuntimeError, AssertionError) as exc:  # what torch raises for a backend it cannot use here
+            raise DeviceError(f"device {device!r} is not available here ({exc}); {remedy}") from None
     return device
 
 
@@ -74,8 +82,8 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, 
     ``device_map`` (module name -> GPU, :mod:`components.evaluate.placement`) splits the model across GPUs.
 
     Raises:
-        OSError: the model, tokenizer or adapter cannot be loaded (the message names the directory).
-        ValueError: ``device`` is not a torch device string or not available here (:func:`pick_device`).
+        ModelLoadError: the model, tokenizer or adapter cannot be loaded (the message names the directory).
+        DeviceError: ``device`` is not a torch device string or not available here (:func:`pick_device`).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,19 +97,25 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, *, 
         else model_dir
     from safetensors import SafetensorError
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    # What transformers and peft raise for a directory they cannot load: OSError (files missing or unreadable),
+    # ValueError (an unknown architecture, an adapter with r=0); their messages name the directory.
     try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype,
                                                      **({"device_map": device_map} if device_map else {}))
     except SafetensorError as exc:  # a truncated or corrupt shard: name the directory, not a Rust frame
-        raise OSError(f"the weights in {model_dir} cannot be read: {exc}") from None
+        raise ModelLoadError(f"the weights in {model_dir} cannot be read: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(str(exc)) from exc
     if adapter_dir:
         from peft import PeftModel
 
         try:
             model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         except SafetensorError as exc:
-            raise OSError(f"the adapter weights in {adapter_dir} cannot be read: {exc}") from None
+            raise ModelLoadError(f"the adapter weights in {adapter_dir} cannot be read: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(str(exc)) from exc
     return (model if device_map else model.to(device)).eval(), tokenizer
 
 
@@ -112,7 +126,7 @@ def answer_token_ids(tokenizer: Any) -> list[int]:
     token, the single-token encoding of ``" X"`` or ``"X"`` is used.
 
     Raises:
-        ValueError: a letter has no single-token encoding in this tokenizer.
+        ScoringError: a letter has no single-token encoding in this tokenizer.
     """
     base = tokenizer.encode("Answer:", add_special_tokens=False)
     ids = []
@@ -127,9 +141,9 @@ def answer_token_ids(tokenizer: Any) -> list[int]:
                 ids.append(single[0])
                 break
         else:
-            raise ValueError(f"the tokenizer has no single token for the answer letter {letter!r}")
+            raise ScoringError(f"the tokenizer has no single token for the answer letter {letter!r}")
     if len(set(ids)) != len(LETTERS):
-        raise ValueError(f"the answer letters map to overlapping tokens {ids}")
+        raise ScoringError(f"the answer letters map to overlapping tokens {ids}")
     return ids
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from components.data.row_keys import entry_spec, row_key
 from components.data.validation import MAX_DATASET_INFO_BYTES
+from configs.errors import StepError
 from configs.safe_json import DocumentError, read_json
 
 IGNORE_INDEX = -100  # llamafactory.extras.constants.IGNORE_INDEX (and the Trainer's ignore index)
@@ -38,7 +39,7 @@ _UNSCORABLE_COLUMNS = {"chosen": "a ranking", "rejected": "a ranking", "kto_tag"
                        "images": "a multimodal", "videos": "a multimodal", "audios": "a multimodal"}
 
 
-class TaskDataError(ValueError):
+class TaskDataError(StepError, ValueError):
     """The held-out data cannot be scored; the message names each entry, file and row."""
 
 

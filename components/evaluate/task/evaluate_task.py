@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.cli import cli_config, comma_list, fail, field_flag, new_parser
+from components.common.logs import configure_step_logging, step_logger
 from components.data.split import split_hash
 from components.evaluate.task.data import TaskDataError, TestRow, encode_rows, entries_digest, read_test_rows
 from components.evaluate.task.results import (
@@ -45,7 +46,10 @@ from components.evaluate.task.results import (
     task_eval_key,
     totals,
 )
-from configs.schema import ConfigError
+from configs.errors import StepError
+
+TOOL = "task"  # its lines: [task] ...
+log = step_logger(TOOL)
 
 
 def _key(model_id: str, entries: dict[str, dict], rows: list[TestRow], template: str, cutoff_len: int) -> str:
@@ -59,7 +63,7 @@ def eval_key_for(model_dir: str | Path, data_dir: str | Path, names: list[str], 
 
     Raises:
         TaskDataError: the held-out data cannot be read.
-        FileNotFoundError: ``model_dir`` or ``adapter_dir`` is not a model / adapter directory.
+        ModelLoadError: ``model_dir`` or ``adapter_dir`` is not a model / adapter directory.
     """
     from components.evaluate.mmlu.data import model_identity
 
@@ -77,9 +81,9 @@ def score_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: list[s
 
     Raises:
         TaskDataError: the data cannot be read or encoded, or no row keeps an answer token after truncation.
-        FileNotFoundError: ``model_id`` is not given and ``model_dir`` is not a model directory.
-        ValueError: ``batch_size`` < 1, ``cutoff_len`` < 1, a token beyond the model's vocabulary, or a
-            non-finite loss.
+        ModelLoadError: ``model_id`` is not given and ``model_dir`` is not a model directory.
+        ValueError: ``batch_size`` < 1 or ``cutoff_len`` < 1.
+        ScoringError: a token beyond the model's vocabulary, or a non-finite loss.
     """
     from components.evaluate.mmlu.data import model_identity
     from components.evaluate.mmlu.scoring import pad_token_id
@@ -116,9 +120,9 @@ def score_loaded(model: Any, tokenizer: Any, data_dir: str | Path, names: list[s
         test_split_hash=split_hash([row.key for row in rows]), rows=len(rows), duplicate_rows=len(rows) - len(unique),
         truncated_away=skipped, records=records, **totals(records))
     if progress:
-        print(f"[task] {results.examples} examples, {results.answer_tokens} answer tokens: loss {results.loss:.4f}, "
-              f"perplexity {results.perplexity:.3f}, token accuracy {results.token_accuracy:.3f}, "
-              f"{len(skipped)} truncated away, in {time.monotonic() - started:.2f} s", flush=True)
+        log.info(f"{results.examples} examples, {results.answer_tokens} answer tokens: loss {results.loss:.4f}, "
+                 f"perplexity {results.perplexity:.3f}, token accuracy {results.token_accuracy:.3f}, "
+                 f"{len(skipped)} truncated away, in {time.monotonic() - started:.2f} s")
     return results
 
 
@@ -132,9 +136,10 @@ def evaluate_task(model_dir: str | Path, data_dir: str | Path, names: list[str],
 
     Raises:
         TaskDataError: the held-out data cannot be read or encoded (entry, file and row named).
-        FileNotFoundError: ``model_dir`` or ``adapter_dir`` is not a model / adapter directory.
-        OSError: the model, tokenizer or adapter cannot be loaded.
-        ValueError: a bad ``device``, ``batch_size`` or ``cutoff_len``, or a non-finite loss.
+        ModelLoadError: ``model_dir`` or ``adapter_dir`` is not a model / adapter directory, or cannot be loaded.
+        DeviceError: ``device`` is not usable here.
+        ValueError: a bad ``batch_size`` or ``cutoff_len``.
+        ScoringError: a non-finite loss.
     """
     from components.evaluate.mmlu.data import model_identity
     from components.evaluate.mmlu.scoring import load_model
@@ -176,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Score (or reuse) and write task.json; exit 0 on success, 1 when the evaluation fails, 2 on a usage error."""
-    from components.common.storage import StorageError, atomic_write_text, guard_output
+    from components.common.storage import atomic_write_text, guard_output
     from components.evaluate.mmlu.scoring import pick_device
 
+    configure_step_logging(TOOL)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.dataset:
@@ -199,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             results = evaluate_task(args.model, args.data_dir, args.dataset, template=template, cutoff_len=cutoff_len,
                                     batch_size=cfg.evaluation.batch_size, adapter_dir=adapter, device=args.device)
             atomic_write_text(path, dump_task_results(results))
-    except ConfigError as exc:
-        return fail(parser, exc, 2)
-    except (TaskDataError, StorageError, OSError, ValueError) as exc:
+    except StepError as exc:
         return fail(parser, exc)
     print(json.dumps({"results": str(path), "reused": reused, "loss": results.loss, "perplexity": results.perplexity,
                       "token_accuracy": results.token_accuracy, "examples": results.examples,

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.common.typed_files import describe_validation_error
 from components.data.split import split_hash
+from configs.errors import StepError
 from configs.safe_json import DocumentError, parse_json, read_json
 
 # Bump whenever reading, encoding or scoring changes: stored scores then stop matching their eval key.
@@ -38,7 +39,7 @@ Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Finite = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
-class TaskResultsError(ValueError):
+class TaskResultsError(StepError, ValueError):
     """A task.json that cannot be used; the message names the file and the field."""
 
 

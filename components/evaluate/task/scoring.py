@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from components.evaluate.mmlu.scoring import ScoringError
 from components.evaluate.task.data import IGNORE_INDEX, EncodedExample
 
 LOSS_CHUNK_TOKENS = 4096  # answer tokens per float32 cross-entropy chunk (4096 x 128k vocab = 2 GiB)
@@ -43,9 +44,9 @@ def _check_vocabulary(model: Any, examples: Sequence[EncodedExample]) -> None:
     size = model.get_input_embeddings().weight.shape[0]
     for example in examples:
         if max(example.input_ids) >= size:
-            raise ValueError(f"row {example.key} of {example.dataset!r} encodes to token id {max(example.input_ids)}, "
-                             f"beyond the model's {size} embeddings: the tokenizer does not belong to this model "
-                             "(or the template added tokens the model was not resized for)")
+            raise ScoringError(f"row {example.key} of {example.dataset!r} encodes to token id "
+                               f"{max(example.input_ids)}, beyond the model's {size} embeddings: the tokenizer does "
+                               "not belong to this model (or the template added tokens the model was not resized for)")
 
 
 def score_examples(model: Any, examples: Sequence[EncodedExample], batch_size: int = 16,
@@ -55,8 +56,9 @@ def score_examples(model: Any, examples: Sequence[EncodedExample], batch_size: i
     Examples without answer tokens (truncated away) are not run and get ``ExampleLoss(0, 0.0, 0)``.
 
     Raises:
-        ValueError: ``batch_size`` is below 1, a token id is beyond the model's vocabulary, or the model
-            returns a non-finite loss for an example (the example is named).
+        ValueError: ``batch_size`` is below 1.
+        ScoringError: a token id is beyond the model's vocabulary, or the model returns a non-finite loss for an
+            example (the example is named).
     """
     import torch
     import torch.nn.functional as F
@@ -102,7 +104,7 @@ def score_examples(model: Any, examples: Sequence[EncodedExample], batch_size: i
             for index, count, total, correct in zip(batch, counts, nll.tolist(), hits.tolist(), strict=True):
                 if not math.isfinite(total):
                     example = examples[index]
-                    raise ValueError(f"the model gave a non-finite loss ({total}) for row {example.key} of "
+                    raise ScoringError(f"the model gave a non-finite loss ({total}) for row {example.key} of "
                                      f"{example.dataset!r}; in half precision try dtype float32")
                 results[index] = ExampleLoss(int(count), float(total), int(correct))
     return results

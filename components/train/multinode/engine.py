@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from components.common.logs import step_logger
+from configs.errors import StepError
 from configs.schema import PipelineConfig
 
 if TYPE_CHECKING:
@@ -31,7 +34,7 @@ REQUEST_TIMEOUT = (10, 60)  # (connect, read) seconds for plain API calls
 WATCH_S = 30  # longest wait for a job change before the pods are looked at again
 
 
-class TrainingJobError(RuntimeError):
+class TrainingJobError(StepError, RuntimeError):
     """The Kubernetes API refused a request or cannot be reached; the message names the fix."""
 
 
@@ -61,12 +64,17 @@ class JobEngine:
     release: str  # the oldest controller release whose API has every field the manifest sets
     build: Callable[[PipelineConfig, str, Path, dict[str, str]], dict]
     # Checks before the job is created (e.g. the runtime exists); raises TrainingJobError naming the fix.
-    preflight: Callable[[ApiClient, str, PipelineConfig, TextIO], None] | None = None
+    preflight: Callable[[ApiClient, str, PipelineConfig], None] | None = None
 
     @property
     def tag(self) -> str:
         """The prefix of this module's own log lines, e.g. ``[trainjob]``."""
         return self.kind.lower()
+
+    @property
+    def log(self) -> logging.Logger:
+        """The logger of this module's own lines (``[<tag>] ...``)."""
+        return step_logger(self.tag)
 
 
 def engine_for(cfg: PipelineConfig) -> JobEngine:
@@ -188,7 +196,7 @@ def wait_for_change(engine: JobEngine, custom: CustomObjectsApi, namespace: str,
     )
     try:
         next(events, None)
-    except Exception as exc:
+    except Exception as exc:  # the watch's errors: anything but the two below is raised again
         # 410 Gone (a stale resourceVersion) and dropped connections: the caller re-reads the job anyway.
         if not is_transient(exc) and getattr(exc, "status", None) != 410:
             raise

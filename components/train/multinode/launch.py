@@ -38,10 +38,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.common.cli import fail
+from components.common.logs import configure_step_logging
 from components.train.multinode.torchrun import TORCHRUN_ENV, WORKER_MODULE, importable_pythonpath
+from configs.errors import StepError
+
+STEP = "multinode-launch"  # its lines: [multinode-launch] ...
 
 
-class LaunchEnvError(ValueError):
+class LaunchEnvError(StepError, ValueError):
     """The replica's environment does not describe a usable multi-node job; the message names the variable."""
 
 
@@ -182,31 +187,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Map the environment and exec torchrun with the trainer worker; returns only on errors or ``--dry-run``."""
+    log = configure_step_logging(STEP)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
         mapped = map_operator_env(os.environ, args.gpus_per_node)
-    except LaunchEnvError as exc:
-        print(f"multinode_launch: {exc}", file=sys.stderr)
-        return 1
-    command, extra_env = launch_command(mapped, args.train_yaml), launch_env(os.environ)
-    if args.dry_run:
-        print(json.dumps({"node": mapped, "env": extra_env, "command": command}, indent=2))
-        return 0
-    if not args.train_yaml.is_file():
-        print(f"multinode_launch: the training YAML {args.train_yaml} does not exist on this node "
-              "(is the storage PVC mounted at the same path as in the train step?)", file=sys.stderr)
-        return 1
-    print(f"multinode_launch: node {mapped['NODE_RANK']} of {mapped['NNODES']}, {mapped['NPROC_PER_NODE']} "
-          f"process(es), master {mapped['MASTER_ADDR']}:{mapped['MASTER_PORT']}", flush=True)
-    try:
-        os.execve(command[0], command, {**os.environ, **extra_env})
-    except OSError as exc:
-        print(f"multinode_launch: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
-        return 1
+        command, extra_env = launch_command(mapped, args.train_yaml), launch_env(os.environ)
+        if args.dry_run:
+            print(json.dumps({"node": mapped, "env": extra_env, "command": command}, indent=2))
+            return 0
+        if not args.train_yaml.is_file():
+            raise LaunchEnvError(f"the training YAML {args.train_yaml} does not exist on this node (is the storage "
+                                 "PVC mounted at the same path as in the train step?)")
+        log.info(f"node {mapped['NODE_RANK']} of {mapped['NNODES']}, {mapped['NPROC_PER_NODE']} process(es), master "
+                 f"{mapped['MASTER_ADDR']}:{mapped['MASTER_PORT']}")
+        _exec(command, {**os.environ, **extra_env})
+    except StepError as exc:
+        return fail(parser, exc)
     return 1  # not reached: exec replaces the process
+
+
+def _exec(command: list[str], env: dict[str, str]) -> None:
+    """Replace this process with ``command``.
+
+    Raises:
+        LaunchEnvError: the command cannot run here.
+    """
+    try:
+        os.execve(command[0], command, env)
+    except OSError as exc:
+        raise LaunchEnvError(f"cannot run {command[0]}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from components.common.logs import step_logger
 from components.train.multinode.engine import REQUEST_TIMEOUT, JobEngine, api_error, is_transient, job_phase, suspended
 from components.train.multinode.job_spec import QUEUE_LABEL
 
@@ -80,9 +81,8 @@ def _timestamp_key(raw: str) -> tuple[tuple[float, int] | None, str]:
     return (seconds, int((match[2] or "0").ljust(9, "0"))), match[3]
 
 
-def stream_lead_log(engine: JobEngine, core: CoreV1Api, namespace: str, pod_name: str, cursor: dict,
-                     out: TextIO) -> int:
-    """Print node 0's log lines after ``cursor['last']``; return how many were printed.
+def stream_lead_log(engine: JobEngine, core: CoreV1Api, namespace: str, pod_name: str, cursor: dict) -> int:
+    """Print node 0's log lines after ``cursor['last']`` (``[<lead name>] <line>``); return how many were printed.
 
     A reopened stream asks for a little more than the missing time and drops lines it already printed.
     """
@@ -93,20 +93,20 @@ def stream_lead_log(engine: JobEngine, core: CoreV1Api, namespace: str, pod_name
                                "_request_timeout": (REQUEST_TIMEOUT[0], LOG_IDLE_S)}
     if cursor.get("last"):
         options["since_seconds"] = max(1, math.ceil(time.time() - cursor["last"][0]) + 30)
-    printed = 0
+    printed, lead = 0, step_logger(engine.lead_name)
     lines = watch.Watch().stream(core.read_namespaced_pod_log, pod_name, namespace, **options)
     try:
         for raw in lines:
             key, text = _timestamp_key(raw)
             if key is not None and cursor.get("last") and key <= cursor["last"]:
                 continue
-            print(f"[{engine.lead_name}] {text}", file=out, flush=True)
+            lead.info(text)
             cursor["last"] = key or cursor.get("last")
             printed += 1
     except ApiException as exc:
         if exc.status not in (400, 404) and not is_transient(exc):  # 400: not started yet; 404: pod gone
             raise api_error(engine, exc, f"reading the log of {pod_name}", namespace) from None
-    except Exception as exc:
+    except Exception as exc:  # the log stream's errors: anything but a transient one is raised again
         if not is_transient(exc):  # an idle timeout or a dropped connection: the caller resumes
             raise
     finally:

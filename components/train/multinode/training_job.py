@@ -30,11 +30,10 @@ get/list/watch and pods/log get (``deploy/rbac.yaml``).
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from components.common.signals import sigterm_raises
 from components.train.multinode.engine import (
@@ -64,8 +63,7 @@ API_ERROR_LIMIT = 5
 API_RETRY_BACKOFF_S = 2.0
 
 
-def _submit(engine: JobEngine, custom: CustomObjectsApi, namespace: str, manifest: dict, nodes: int,
-            out: TextIO) -> None:
+def _submit(engine: JobEngine, custom: CustomObjectsApi, namespace: str, manifest: dict, nodes: int) -> None:
     """Create the job; adopt a live or finished job of the same run (a retried task), replace a failed one."""
     from kubernetes.client.exceptions import ApiException
 
@@ -79,17 +77,16 @@ def _submit(engine: JobEngine, custom: CustomObjectsApi, namespace: str, manifes
                 raise api_error(engine, exc, f"creating {engine.kind} {name}", namespace) from None
         else:
             _check_kept(engine, custom, namespace, manifest, created)
-            print(f"[{engine.tag}] created {namespace}/{name}: {nodes} nodes", file=out, flush=True)
+            engine.log.info(f"created {namespace}/{name}: {nodes} nodes")
             return
         existing = get_job(engine, custom, namespace, name)
         if existing is None:
             continue
         phase = job_phase(engine, existing)[0]
         if phase != "Failed":
-            print(f"[{engine.tag}] {namespace}/{name} exists from an earlier attempt ({phase}); following it",
-                  file=out, flush=True)
+            engine.log.info(f"{namespace}/{name} exists from an earlier attempt ({phase}); following it")
             return
-        print(f"[{engine.tag}] replacing the failed {namespace}/{name} of an earlier attempt", file=out, flush=True)
+        engine.log.info(f"replacing the failed {namespace}/{name} of an earlier attempt")
         delete_job(engine, custom, namespace, name)
         wait_gone(engine, custom, namespace, name)
     raise TrainingJobError(f"{engine.kind} {namespace}/{name} could not be created: it keeps reappearing")
@@ -110,7 +107,7 @@ def _check_kept(engine: JobEngine, custom: CustomObjectsApi, namespace: str, man
             "pipeline needs; the job was deleted: upgrade the controller")
 
 
-def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str, out: TextIO) -> tuple[dict, V1Pod | None]:
+def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str) -> tuple[dict, V1Pod | None]:
     """Stream node 0's log and wait until the job succeeds or fails; return the final job and node 0's pod."""
     from kubernetes import client
 
@@ -121,7 +118,7 @@ def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str, out: T
         try:
             job = get_job(engine, custom, namespace, name)
             pod = lead_pod(engine, core, namespace, name) if job is not None else None
-        except Exception as exc:
+        except Exception as exc:  # the Kubernetes client's errors: retried when transient, else named
             if not is_transient(exc):
                 raise api_error(engine, exc, f"reading {engine.kind} {name}", namespace) from None
             errors += 1
@@ -138,7 +135,7 @@ def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str, out: T
             cursor = cursors.setdefault(pod.metadata.uid or pod.metadata.name, {"last": None, "done": False})
             if not cursor["done"]:
                 finished = state.terminated is not None
-                printed = stream_lead_log(engine, core, namespace, pod.metadata.name, cursor, out)
+                printed = stream_lead_log(engine, core, namespace, pod.metadata.name, cursor)
                 cursor["done"] = finished
                 if finished or printed:
                     continue  # re-read: the stream ended because the container stopped, or to resume it
@@ -146,7 +143,7 @@ def _follow(engine: JobEngine, api: ApiClient, namespace: str, name: str, out: T
             return job, pod
         note = pending_note(engine, job, pod)
         if note and note != last_note:
-            print(f"[{engine.tag}] {note}", file=out, flush=True)
+            engine.log.info(note)
         last_note = note
         wait_for_change(engine, custom, namespace, name, job["metadata"].get("resourceVersion"))
 
@@ -181,28 +178,27 @@ def run_training_job(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env
     if trial:  # each trial is a job of its own; the run label still finds them all (delete_training_job)
         manifest["metadata"]["name"] = job_name(kfp_run_id, trial)
     namespace, name = current_namespace(), manifest["metadata"]["name"]
-    out = sys.stdout
     with api_client() as api, sigterm_raises(lambda signum: KeyboardInterrupt(f"signal {signum}")):
         from kubernetes import client
 
         custom = client.CustomObjectsApi(api)
         if engine.preflight is not None:
-            engine.preflight(api, namespace, cfg, out)
+            engine.preflight(api, namespace, cfg)
         try:
-            _submit(engine, custom, namespace, manifest, cfg.cluster.nodes, out)
-            job, pod = _follow(engine, api, namespace, name, out)
+            _submit(engine, custom, namespace, manifest, cfg.cluster.nodes)
+            job, pod = _follow(engine, api, namespace, name)
         except KeyboardInterrupt:
-            print(f"[{engine.tag}] interrupted; deleting {namespace}/{name}", file=out, flush=True)
+            engine.log.info(f"interrupted; deleting {namespace}/{name}")
             with contextlib.suppress(Exception):
                 delete_job(engine, custom, namespace, name)
             raise
         if job_phase(engine, job)[0] == "Failed":
             message = failure_message(engine, api, namespace, name, job, pod)
-            print(f"[{engine.tag}] {message}; deleting the job", file=out, flush=True)
+            engine.log.info(f"{message}; deleting the job")
             with contextlib.suppress(Exception):
                 delete_job(engine, custom, namespace, name)
             raise TrainingJobFailed(message)
-        print(f"[{engine.tag}] {namespace}/{name} succeeded", file=out, flush=True)
+        engine.log.info(f"{namespace}/{name} succeeded")
 
 
 def delete_training_job(cfg: PipelineConfig, kfp_run_id: str) -> bool:
@@ -236,5 +232,5 @@ def delete_training_job(cfg: PipelineConfig, kfp_run_id: str) -> bool:
         deleted = [job["metadata"]["name"] for job in jobs
                    if delete_job(engine, custom, namespace, job["metadata"]["name"])]
     for name in deleted:
-        print(f"[{engine.tag}] deleted {namespace}/{name} of {cfg.name} run {kfp_run_id}", flush=True)
+        engine.log.info(f"deleted {namespace}/{name} of {cfg.name} run {kfp_run_id}")
     return bool(deleted)

@@ -23,8 +23,9 @@ Before creating the job, :func:`check_cluster` makes sure the runtime and the se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from components.common.logs import step_logger
 from components.train.multinode.engine import (
     REQUEST_TIMEOUT,
     JobEngine,
@@ -43,6 +44,7 @@ RUNTIME_KIND, RUNTIME_PLURAL = "ClusterTrainingRuntime", "clustertrainingruntime
 # The replicated job, and its container, that the torch runtimes run the trainer in.
 NODE = "node"
 PATCH_MANAGER = "llm-finetune-pipelines/train"
+log = step_logger(KIND.lower())  # [trainjob] ...: the engine's tag
 
 def build_trainjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env: dict[str, str]) -> dict:
     """The ``trainer.kubeflow.org/v1alpha1`` TrainJob that trains this run on ``cluster.nodes`` nodes.
@@ -89,7 +91,7 @@ def build_trainjob_manifest(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Pa
     }
 
 
-def _read(what: str, read: Any, out: TextIO) -> dict | None:
+def _read(what: str, read: Any) -> dict | None:
     """One preflight read: the object, or None when it does not exist (404); a refused or failed read is
     said in the log and skips the check (the job itself may still work)."""
     from kubernetes.client.exceptions import ApiException
@@ -99,17 +101,17 @@ def _read(what: str, read: Any, out: TextIO) -> dict | None:
     except ApiException as exc:
         if exc.status == 404:
             return None
-        print(f"[trainjob] not checking {what}: HTTP {exc.status}: {server_message(exc)}", file=out, flush=True)
+        log.info(f"not checking {what}: HTTP {exc.status}: {server_message(exc)}")
         return {}
-    except Exception as exc:
+    except Exception as exc:  # the Kubernetes client's errors: anything but a transient one is raised again
         if not is_transient(exc):
             raise
-        print(f"[trainjob] not checking {what}: {exc}", file=out, flush=True)
+        log.info(f"not checking {what}: {exc}")
         return {}
     return found if isinstance(found, dict) else found.to_dict()
 
 
-def check_cluster(api: ApiClient, namespace: str, cfg: PipelineConfig, out: TextIO) -> None:
+def check_cluster(api: ApiClient, namespace: str, cfg: PipelineConfig) -> None:
     """Before creating the TrainJob: its ClusterTrainingRuntime exists and is a torch runtime with a ``node``
     job, and its service account exists (a note when that account mounts an API token).
 
@@ -125,7 +127,7 @@ def check_cluster(api: ApiClient, namespace: str, cfg: PipelineConfig, out: Text
     runtime_name, account = cfg.cluster.training_runtime, cfg.cluster.trainer_service_account
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     runtime = _read(f"{RUNTIME_KIND} {runtime_name}", lambda: custom.get_cluster_custom_object(
-        GROUP, VERSION, RUNTIME_PLURAL, runtime_name, _request_timeout=REQUEST_TIMEOUT), out)
+        GROUP, VERSION, RUNTIME_PLURAL, runtime_name, _request_timeout=REQUEST_TIMEOUT))
     if runtime is None:
         raise TrainingJobError(
             f"{RUNTIME_KIND} {runtime_name} does not exist (or Kubeflow Trainer v2 is not installed): "
@@ -144,14 +146,14 @@ def check_cluster(api: ApiClient, namespace: str, cfg: PipelineConfig, out: Text
     if not account:
         return
     found = _read(f"ServiceAccount {account}", lambda: core.read_namespaced_service_account(
-        account, namespace, _request_timeout=REQUEST_TIMEOUT), out)
+        account, namespace, _request_timeout=REQUEST_TIMEOUT))
     if found is None:
         raise TrainingJobError(
             f"ServiceAccount {account} does not exist in namespace {namespace}: apply deploy/rbac.yaml "
             "(kubectl apply -k deploy/), or set cluster.trainer_service_account to an account there")
     if found and found.get("automount_service_account_token") is not False:
-        print(f"[trainjob] note: ServiceAccount {account} mounts an API token in the training pods "
-              "(set automountServiceAccountToken: false on it, as deploy/rbac.yaml does)", file=out, flush=True)
+        log.info(f"note: ServiceAccount {account} mounts an API token in the training pods (set "
+                 "automountServiceAccountToken: false on it, as deploy/rbac.yaml does)")
 
 
 ENGINE = JobEngine(

@@ -82,7 +82,7 @@ def test_a_question_longer_than_the_context_is_scored_on_its_last_tokens(mmlu, t
     lines = test.read_text().splitlines()
     lines[1] = '"' + " ".join(["Long preamble about stars."] * 750) + ' Which planet is red?",Mars,Venus,Earth,Moon,A'
     test.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="components.evaluate.mmlu.scoring"):
+    with caplog.at_level(logging.WARNING, logger="llmft.mmlu"):
         cached = evaluate_mmlu.evaluate(tiny_model_dir, mmlu, subjects=["astronomy"], limit=3, progress=False)
     plain = evaluate_mmlu.evaluate(tiny_model_dir, mmlu, subjects=["astronomy"], limit=3, progress=False,
                                    scorer="straightforward")

@@ -298,7 +298,7 @@ def test_a_rerun_with_another_learning_rate_starts_fresh(storage, mlflow_server,
     kfp_run_id = f"other-{uuid.uuid4().hex[:6]}"
     first = train_model(_config(storage, mlflow_server.uri, "training.learning_rate=0.001"), kfp_run_id)
     assert first.metrics["global_step"] == 24
-    with caplog.at_level(logging.WARNING, logger="components.train.train"):
+    with caplog.at_level(logging.WARNING, logger="llmft.train"):
         result = train_model(_config(storage, mlflow_server.uri), kfp_run_id)
     reason = "another training wrote them (training.learning_rate: 0.001 -> 0.005)"
     assert reason in caplog.text
