@@ -3,7 +3,7 @@
 Both are generated from the fields marked in :mod:`configs.schema` (:mod:`configs.form`), so the form in
 the Kubeflow UI, the parameter descriptions and the task that applies the values cannot drift apart.
 
-- :func:`pipeline_signature` gives the pipeline function its parameters (``name - type`` in the UI), each
+- :func:`pipeline_parameters` gives the pipeline function its parameters (``name - type`` in the UI), each
   defaulting to the compiled config's value, plus ``z_config`` and ``z_overrides``;
 - :func:`resolve_config_component` builds the resolve-config component: a lightweight KFP component whose
   function takes one input per form field and hands them to :func:`components.run.resolve_config.run_step`.
