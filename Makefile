@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# pytest-xdist workers for make test: one per physical core (TEST_WORKERS=0 runs the suite in one process)
+TEST_WORKERS ?= auto
 
 .PHONY: venv browser demo test lint compile check-compiled reliability bench image image-smoke clean
 
@@ -34,10 +36,10 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
 		|| echo "chromium is missing and cannot be installed here (needs root and apt): the browser tests will fail"
 
-test: venv browser  ## Lint, check compiled/ is current, run the test suite.
+test: venv browser  ## Lint, check compiled/ is current, run the test suite (one worker per core).
 	$(VENV)/bin/ruff check .
 	$(PY) -m pipelines.compile --check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

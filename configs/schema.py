@@ -6,7 +6,7 @@ with its default, its description and its marks (:func:`form_field`: a typed run
 :func:`compile_time`: fixed when the pipeline is compiled); pipeline parameters, CLI flags and the rendered
 LLaMA-Factory YAML all read from this model.
 
-This module is longer than the others (~900 lines) because it holds one concern whole: the ~60 settings and
+This module is longer than the others because it holds one concern whole: the ~60 settings and
 the rules on their values. Split by section, a rule that spans sections and the shared value checks
 (Kubernetes names and quantities, control characters, booleans) would sit apart from the fields they guard.
 

@@ -31,6 +31,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tests' trainings last seconds
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that hold a ``slow`` test first, in their usual order, then the rest.
+
+    ``make test`` hands whole files to its workers (``--dist loadfile``: a module fixture such as the demo runs is
+    built once) in collection order (``--no-loadscope-reorder``); a long file handed out last would leave the other
+    worker idle while it runs.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's tests stay together, in order
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (hidden 64, 2 layers) with a locally trained tokenizer, built once per session."""

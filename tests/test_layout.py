@@ -5,10 +5,15 @@ import only downward (the layers, declared once below), tag names in one module,
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
 import importlib.util
+import io
 import re
 import subprocess
 import sys
+import tokenize
+from collections.abc import Iterator
 from pathlib import Path
 
 from builders import REPO_ROOT
@@ -236,40 +241,210 @@ def test_every_python_dash_m_in_the_docs_and_manifests_names_a_module_that_exist
     assert not missing, missing
 
 
-def _is_module(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
+# References in prose: the docs, and the docstrings and comments of every Python file. They are resolved
+# statically (files and the names each module binds), so nothing is imported and nothing heavy runs.
+PROJECT = (*MAPPED, "benchmarks")
+DOCS = ("README.md", "benchmarks/README.md", "CHANGELOG.md")
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+# `components.gate.rules.Comparison`, ``python -m pipelines.submit``, :mod:`configs.schema`; not a.components.b
+DOTTED = re.compile(rf"(?<![\w./-])((?:{'|'.join(PROJECT)})(?:\.[A-Za-z_]\w*)+)")
+HOST_NAME = re.compile(r"\.(?:org|com|io|net)$")  # pipelines.kubeflow.org is a token audience, not a module
+ROLE = re.compile(r":(?:class|mod|func|meth|attr|data|exc|obj):`~?(\.?[A-Za-z_][\w.]*)`")
+# components/gate/rules.py, tests/gate/test_rules.py::test_a_tie_whose_float_sums_differ_never_promotes,
+# compiled/*.yaml, deploy/; not output/<run>/x.json
+REPO_PATH = re.compile(r"(?<![\w./<>{}*-])((?:components|pipelines|configs|benchmarks|tests|deploy|image|compiled)"
+                       r"/[\w./*<>{}-]*)(?:::([A-Za-z_][\w.]*))?")
+FILE_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".jsonl", ".csv", ".sh", ".md", ".txt"}
+# reliability/properties/test_redaction.py (in tests/): relative, ends in a file name with one of those suffixes
+RELATIVE_PATH = re.compile(rf"(?<![\w./<>{{}}*-])((?:[\w.-]+/)+[\w.-]+\.(?:{'|'.join(s[1:] for s in FILE_SUFFIXES)}))"
+                           r"(?![\w/])")
+
+
+def _python_files() -> list[Path]:
+    return sorted(path for top in (*PROJECT, "tests") for path in (REPO_ROOT / top).rglob("*.py"))
+
+
+def _docs() -> list[Path]:
+    return [REPO_ROOT / name for name in DOCS if (REPO_ROOT / name).is_file()]
+
+
+def _prose(path: Path) -> Iterator[tuple[str, list[ast.ClassDef]]]:
+    """A document whole, or a Python file's docstrings (with the classes around each) and comments."""
+    if path.suffix != ".py":
+        yield path.read_text(), []
+        return
+    source = path.read_text()
+
+    def docstrings(node: ast.AST, classes: list[ast.ClassDef]) -> Iterator[tuple[str, list[ast.ClassDef]]]:
+        if isinstance(node, DOCUMENTED) and (doc := ast.get_docstring(node, clean=False)):
+            yield doc, classes
+        inner = [node, *classes] if isinstance(node, ast.ClassDef) else classes
+        for child in ast.iter_child_nodes(node):
+            yield from docstrings(child, inner)
+
+    yield from docstrings(ast.parse(source), [])
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            yield token.string, []
+
+
+def _bound(body: list[ast.stmt]) -> dict[str, ast.stmt]:
+    """The names a module or class body binds (definitions, assignments, imports, also under if/try)."""
+    names: dict[str, ast.stmt] = {}
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update((name.id, node) for target in targets for name in ast.walk(target)
+                         if isinstance(name, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(((alias.asname or alias.name).split(".")[0], node) for alias in node.names)
+        elif isinstance(node, ast.If | ast.Try):
+            for block in (node.body, node.orelse, *(handler.body for handler in getattr(node, "handlers", []))):
+                names.update(_bound(block))
+    return names
+
+
+@functools.cache
+def _module_names(path: Path) -> dict[str, ast.stmt]:
+    return _bound(ast.parse(path.read_text()).body)
+
+
+def _module_file(base: Path, parts: list[str]) -> Path | None:
+    path = base.joinpath(*parts)
+    return next((file for file in (path.with_suffix(".py"), path / "__init__.py") if file.is_file()), None)
+
+
+def _defines(names: dict[str, ast.stmt], module: Path, parts: list[str]) -> bool:
+    """Whether ``parts`` (``Class.method``, ``CONSTANT``) is bound in ``names`` (those of ``module`` or a class),
+    following imports from project modules to where the name is defined."""
+    for index, name in enumerate(parts):
+        node = names.get(name)
+        rest = parts[index + 1:]
+        if node is None:
+            return False
+        if isinstance(node, ast.ImportFrom):
+            alias = next(alias for alias in node.names if (alias.asname or alias.name) == name)
+            base = module.parents[node.level - 1] if node.level else REPO_ROOT
+            origin = [*(node.module or "").split("."), alias.name]
+            if not node.level and origin[0] not in PROJECT:
+                return True  # another library's name: its own docs vouch for it
+            return _resolves(base, [part for part in origin if part] + rest)
+        if isinstance(node, ast.Import):
+            return True
+        if not isinstance(node, ast.ClassDef):
+            return not rest  # a function or a value: nothing to look inside
+        names = _bound(node.body)
     return True
 
 
-def test_every_dotted_reference_in_the_code_and_readme_resolves():
-    """``:class:`components.x.Y``` and friends name things that exist (references outlive moves otherwise)."""
-    sources = [REPO_ROOT / "README.md", *(path for top in MAPPED for path in (REPO_ROOT / top).rglob("*.py"))]
-    pattern = re.compile(r":(?:class|mod|func|meth|data|exc):`~?((?:components|pipelines|configs)\.[\w.]+)`")
-    references = {(source, ref) for source in sources for ref in pattern.findall(source.read_text())}
-    assert len(references) >= 20
-    broken = []
-    for source, ref in sorted(references):
-        parts = ref.split(".")
-        depth = next(i for i in range(len(parts), 0, -1) if _is_module(".".join(parts[:i])))
-        target = importlib.import_module(".".join(parts[:depth]))
-        for attribute in parts[depth:]:
-            target = getattr(target, attribute, None)
-        if target is None:
-            broken.append(f"{source.relative_to(REPO_ROOT)}: {ref}")
-    assert not broken, broken
+def _resolves(base: Path, parts: list[str]) -> bool:
+    """Whether ``parts`` names a module under ``base`` or a name such a module binds."""
+    depth = next((depth for depth in range(len(parts), 0, -1) if _module_file(base, parts[:depth])), 0)
+    module = _module_file(base, parts[:depth]) if depth else None
+    return module is not None and _defines(_module_names(module), module, parts[depth:])
 
 
-def test_every_test_the_readme_cites_exists():
-    """The README's reliability tables cite test files and functions; each one is there."""
-    text = (REPO_ROOT / "README.md").read_text() + (REPO_ROOT / "benchmarks" / "README.md").read_text()
-    cited = set(re.findall(r"(tests/[\w/]+\.py)((?:::\w+)?)", text))
-    assert len(cited) >= 20
-    missing = []
-    for path, function in sorted(cited):
-        source = REPO_ROOT / path
-        if not source.is_file() or (function and f"def {function[2:]}(" not in source.read_text()):
-            missing.append(path + function)
-    assert not missing, missing
+def _resolves_elsewhere(parts: list[str]) -> bool:
+    """A name outside the project: an attribute path of the standard library, or an installed package."""
+    if parts[0] not in sys.stdlib_module_names:
+        return importlib.util.find_spec(parts[0]) is not None
+    target = importlib.import_module(parts[0])
+    for depth, part in enumerate(parts[1:], start=2):
+        if importlib.util.find_spec(".".join(parts[:depth])) if hasattr(target, "__path__") else False:
+            target = importlib.import_module(".".join(parts[:depth]))
+        elif (target := getattr(target, part, None)) is None:
+            return False
+    return True
+
+
+def _role_resolves(source: Path, target: str, classes: list[ast.ClassDef]) -> bool:
+    """A role's target: absolute (:mod:`configs.schema`), relative to the source's package (a leading dot), or
+    bare (a name of the classes around the docstring, then of the source's module, then the standard library's
+    or an installed package's: :func:`importlib.util.find_spec`)."""
+    parts = target.lstrip(".").split(".")
+    if parts[0] in PROJECT:
+        return _resolves(REPO_ROOT, parts)
+    if target.startswith("."):
+        return _resolves(source.parent, parts)
+    if source.suffix == ".py":
+        scopes = [_bound(cls.body) for cls in classes] + [_module_names(source)]
+        if any(_defines(names, source, parts) for names in scopes):
+            return True
+    return _resolves_elsewhere(parts)
+
+
+def test_every_dotted_reference_in_the_docs_docstrings_and_comments_resolves():
+    """Each reference to project code in prose names something that exists (references outlive moves
+    otherwise): ``:class:``/``:func:``/``:meth:``... roles, absolute (``components.gate.rules.Comparison``),
+    relative to the package (``.job_spec.node_pod``) or bare (a name of the module or of the class around the
+    docstring); and every dotted project name written in prose, in backticks or after ``python -m``."""
+    checked, broken = 0, []
+    for source in [*_docs(), *_python_files()]:
+        for text, classes in _prose(source):
+            for target in set(ROLE.findall(text)):
+                checked += 1
+                if not _role_resolves(source, target, classes):
+                    broken.append(f"{source.relative_to(REPO_ROOT)}: :role:`{target}`")
+            for name in set(DOTTED.findall(text)) - set(ROLE.findall(text)):
+                checked += 1
+                if not HOST_NAME.search(name) and not _resolves(REPO_ROOT, name.split(".")):
+                    broken.append(f"{source.relative_to(REPO_ROOT)}: {name}")
+    assert checked >= 500
+    assert not broken, "\n".join(broken)
+
+
+def _tracked_tails() -> set[str]:
+    """``folder/file`` of every file in the project's folders: what a relative path to a file of ours ends in."""
+    return {"/".join(path.parts[-2:]) for top in (*PROJECT, "tests", "deploy", "image", "compiled")
+            for path in (REPO_ROOT / top).rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+
+
+def test_every_repo_path_in_the_docs_docstrings_and_comments_exists():
+    """``components/gate/rules.py``, ``tests/conftest.py::mlflow_server``, ``compiled/*.yaml`` and ``deploy/``
+    written anywhere in prose (and in the Makefile, Dockerfile and image scripts) are in the tree, and a
+    ``::name`` is defined in that file. A relative path that ends in one of our files
+    (``reliability/kills/test_train_kills.py``, here in tests/) resolves from the source's folder or one above
+    it; a storage path (``output/<run>/eval/results.json``) is none of these."""
+    sources = [*_docs(), *_python_files(), REPO_ROOT / "Makefile", REPO_ROOT / "Dockerfile",
+               *(REPO_ROOT / "image").glob("*.sh")]
+    tails = _tracked_tails()
+    checked, broken = 0, []
+    for source in sources:
+        where = source.relative_to(REPO_ROOT)
+        for text, _ in _prose(source):
+            for path, name in set(REPO_PATH.findall(text)):
+                path = path.rstrip(".")
+                if re.search(r"[<>{}]", path) or not (path.endswith("/") or Path(path).suffix in FILE_SUFFIXES):
+                    continue
+                checked += 1
+                found = sorted(REPO_ROOT.glob(path.rstrip("/"))) if "*" in path else [REPO_ROOT / path]
+                if not found or not all(found_path.exists() for found_path in found):
+                    broken.append(f"{where}: {path}")
+                elif name and not _defines(_module_names(found[0]), found[0], name.split(".")):
+                    broken.append(f"{where}: {path}::{name}")
+            for path in set(RELATIVE_PATH.findall(text)):
+                if "/".join(Path(path).parts[-2:]) in tails:
+                    checked += 1
+                    if not any((folder / path).is_file() for folder in source.parents
+                               if folder.is_relative_to(REPO_ROOT)):
+                        broken.append(f"{where}: {path}")
+    assert checked >= 150
+    assert not broken, "\n".join(broken)
+
+
+MAX_MODULE_LINES = 400
+WHY_LONG = re.compile(r"^This module is longer than the others\b.*\bbecause\b", re.DOTALL)
+
+
+def test_no_module_is_over_400_lines_unless_its_docstring_says_why():
+    """A module does one job and reads in one sitting; one that must be longer says why in a paragraph of its
+    docstring ("This module is longer than the others ... because ...", as :mod:`configs.schema` does)."""
+    unexplained = []
+    for path in sorted(path for top in MAPPED for path in (REPO_ROOT / top).rglob("*.py")):
+        lines = len(path.read_text().splitlines())
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > MAX_MODULE_LINES and not any(WHY_LONG.match(part) for part in docstring.split("\n\n")):
+            unexplained.append(f"{path.relative_to(REPO_ROOT)}: {lines} lines")
+    assert not unexplained, "\n".join(unexplained)

@@ -6,6 +6,7 @@ import configparser
 import re
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 
 import pytest
@@ -88,6 +89,19 @@ def test_make_test_and_ci_install_the_browser_the_browser_tests_need():
     recipe = makefile.split("\nbrowser:", 1)[1].split("\n\n", 1)[0]
     assert "command -v chromium" in recipe and "apt-get install" in recipe and "chromium" in recipe
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_make_test_runs_whole_files_on_every_core():
+    """One pytest-xdist worker per core, each file on one worker (a module fixture, e.g. the two demo runs, is
+    built once), the files with a slow test handed out first (tests/conftest.py)."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m pytest -q -n $(TEST_WORKERS)" in recipe and re.search(r"^TEST_WORKERS \?= auto$", makefile, re.M)
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        addopts = tomllib.load(handle)["tool"]["pytest"]["ini_options"]["addopts"].split()
+    assert "--dist" in addopts and addopts[addopts.index("--dist") + 1] == "loadfile"
+    assert "--no-loadscope-reorder" in addopts  # the order of tests/conftest.py, not the number of tests per file
+    assert "pytest-xdist==" + metadata.version("pytest-xdist") in _extras()["dev"]
 
 
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():

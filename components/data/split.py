@@ -21,12 +21,12 @@ The whole key is also the key under which an example's evaluation is recorded, s
 pair up by key. Keys and split hashes carry :data:`SPLIT_VERSION`: changing the rule changes every key and every
 split hash, so scores stored under an older rule stop matching instead of being compared with the wrong rows.
 
-The validate step writes the split as a snapshot in the run directory (:func:`validate_and_split`,
+The validate step writes the split as a snapshot in the run directory (:func:`.split_writer.validate_and_split`,
 in the same streaming pass that validates the rows), and training reads only that snapshot:
 
 - ``dataset_info.json``: entry ``N`` -> ``train/N.jsonl``, entry ``N@test`` -> ``test/N.jsonl`` and, with
   ``dataset.val_fraction`` > 0, entry ``N@val`` -> ``val/N.jsonl`` for every dataset ``N``, each a copy of the
-  original entry with the source-only keys dropped (:data:`SOURCE_ONLY_KEYS`; ``num_samples`` stays on the
+  original entry with the source-only keys dropped (:data:`.split_writer.SOURCE_ONLY_KEYS`; ``num_samples`` stays on the
   train entry only);
 - the rows as parsed from the source, one JSON object per line in canonical form, in source order, so
   ``row_key(json.loads(line), spec of the entry)`` is the row's key;

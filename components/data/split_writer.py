@@ -348,7 +348,7 @@ def validate_and_split(dataset_dir: str | Path, names: list[str], destination: s
     Args:
         dataset_dir: The directory with dataset_info.json and the data files.
         names: Entries of dataset_info.json, in training order.
-        destination: The snapshot directory to create (usually :func:`snapshot_dir`).
+        destination: The snapshot directory to create (usually :func:`.split.snapshot_dir`).
         test_fraction: Share of rows held out (``dataset.test_fraction``).
         min_test_rows: Fewer distinct held-out rows in a dataset is a problem (``dataset.min_test_rows``).
         max_test_rows: Held-out rows scored per dataset, the smallest keys (``dataset.max_test_rows``).

@@ -5,7 +5,7 @@ Method presets (``training.method``):
 - ``lora``: ``finetuning_type: lora`` with rank, alpha, dropout, target modules and rsLoRA.
 - ``qlora``: the LoRA keys plus ``quantization_bit`` (4 or 8) through bitsandbytes (``quantization_method: bnb``);
   needs a GPU (the schema refuses it on the CPU).
-- ``full``: ``finetuning_type: full``; on GPUs with DeepSpeed ZeRO-3 (``assets/deepspeed/ds_z3_config.json``)
+- ``full``: ``finetuning_type: full``; on GPUs with DeepSpeed ZeRO-3 (``components/train/deepspeed/ds_z3_config.json``)
   unless ``training.deepspeed_stage`` names another stage.
 
 Precision: ``training.precision`` ``auto`` is bf16 on a GPU and fp32 on the CPU; a CPU run never gets a

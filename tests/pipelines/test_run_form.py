@@ -244,6 +244,7 @@ sys.addaudithook(_opened)
 """
 
 
+@pytest.mark.slow
 def test_a_two_trial_sweep_from_the_form_trains_both_picks_on_validation_and_gates_only_the_winner(tmp_path,
                                                                                                   tiny_model_dir):
     """The whole pipeline through kfp.local, started as the Kubeflow UI's form starts it: typed parameters changed

@@ -22,6 +22,8 @@ import pytest
 
 from pipelines import run_local
 
+pytestmark = pytest.mark.slow  # two whole pipeline runs (the module fixture), and more runs below
+
 SECRET = "planted-secret-7Q2xk9-must-not-leak"
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "KFP_TOKEN", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY")
 MAX_CONSOLE_LINES = 80

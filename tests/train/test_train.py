@@ -81,6 +81,7 @@ def _render(cfg, tmp_path: Path, gpu: bool) -> dict:
 # -- a real LoRA run ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lora_run_publishes_the_adapter_and_records_everything_in_the_train_child_run(
         storage_root, mlflow_server, tmp_path, monkeypatch):
     """The KFP wrapper itself (python_func) with real KFP artifact objects; then a retry reuses the result."""
@@ -202,6 +203,7 @@ def _complete_on_disk(output: Path) -> list[int]:
     return steps
 
 
+@pytest.mark.slow
 def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(storage_root, mlflow_server, tmp_path):
     """SIGKILL the trainer after its first checkpoint, break the next one, rerun: it resumes and finishes,
     though the rotation (one checkpoint kept) deletes the checkpoint it resumed from while it trains."""
@@ -272,6 +274,7 @@ def _tensors(path: Path) -> dict:
     return load_file(path)
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_published_kept_by_the_rotation_and_tracked_across_a_kill(storage_root, mlflow_server,
                                                                                           tmp_path, capsys):
     """A learning rate far too high for the tiny model: the validation loss drops at step 2, then rises and stays
@@ -326,6 +329,7 @@ def test_the_best_checkpoint_is_published_kept_by_the_rotation_and_tracked_acros
     assert "[train] best checkpoint: step 2 of 8, validation loss" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_longer_rerun_of_a_run_id_resumes_past_the_rotation_of_its_checkpoint(storage_root, mlflow_server,
                                                                                  capsys):
     """Issue 18's reproduction, scaled down: one checkpoint kept, so the longer rerun (a schedule change of

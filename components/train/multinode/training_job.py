@@ -166,7 +166,7 @@ def run_training_job(cfg: PipelineConfig, kfp_run_id: str, train_yaml: Path, env
         env: Extra variables for every node (e.g. ``MLFLOW_RUN_ID``).
 
     Raises:
-        ValueError: an invalid ``train_yaml`` or ``env`` (see :func:`.job_spec.node_env`).
+        ValueError: an invalid ``train_yaml`` or ``env`` (see :func:`.job_spec.node_pod`).
         TrainingJobFailed: the job failed (message: the controller's reason and the exit code) or was
             deleted while it ran.
         TrainingJobError: no namespace or credentials, RBAC or an admission webhook refused a request,

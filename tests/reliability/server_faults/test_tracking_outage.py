@@ -80,7 +80,7 @@ def restartable_server(module_server):
 
 @pytest.mark.parametrize(("trainer_retries", "max_steps", "restart_by_step"), [
     # 20-50 steps/s here: down for a few hundred steps, and back for the rest.
-    pytest.param(None, 600, 300, id="trainer-retries"),
+    pytest.param(None, 600, 300, id="trainer-retries", marks=pytest.mark.slow),
     pytest.param("0", 500, 100, id="no-trainer-retries", marks=pytest.mark.reliability_long),
 ])
 def test_no_metric_point_is_lost_when_the_tracking_server_restarts(
