@@ -3,7 +3,7 @@
 A step, a tool or a command line raises a :class:`StepError` (or a subclass named after what failed) when it
 cannot do its job for a reason its message explains: the message names the field, flag, file or server and, where
 there is one, the remedy. A command line catches :class:`StepError` and nothing else, and turns it into one line
-on stderr and its :attr:`~StepError.exit_code` (:func:`components.common.cli.fail`); anything else that escapes is
+on stderr and its :attr:`StepError.exit_code` (:func:`components.common.cli.fail`); anything else that escapes is
 a bug and keeps its traceback.
 
 - exit 1 (:class:`StepError`): the work failed (bad data, a server that does not answer, a full volume);
@@ -13,7 +13,7 @@ a bug and keeps its traceback.
 Most subclasses keep the built-in base they had before the contract (``ValueError`` for bad input,
 ``RuntimeError`` for a failed operation), so code that catches those still works.
 
-Not step errors, on purpose: ``_Refused`` (:mod:`components.common.safe_json`) and ``_Invalid``
+Not step errors, on purpose: ``_Refused`` (:mod:`configs.safe_json`) and ``_Invalid``
 (:mod:`components.data.split_writer`) are control flow inside one module and never leave it, and the exceptions
 :func:`components.common.signals.sigterm_raises` is given (``KeyboardInterrupt``, a step's own error) are
 signals, not failures to report.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 
 class StepError(Exception):
-    """A step, tool or command line could not do its job; the message says why. A CLI exits :attr:`exit_code`."""
+    """A step, tool or command line could not do its job; the message says why. A CLI exits ``exit_code``."""
 
     exit_code: int = 1  # the work failed
 

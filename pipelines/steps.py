@@ -8,9 +8,9 @@ imports nothing but the step's ``run_step``, and this module itself is never imp
 The docstrings become the inputs' and outputs' descriptions in the IR. The image is the default one; the
 pipeline sets each task's image to ``cluster.image`` (``task.set_container_image``).
 
+This module is longer than the others because every wrapper stays in the one file the tests parse, and
 :func:`resolve_config` takes one typed parameter per run-form field (:func:`configs.form.form_fields`; a test
-holds its parameters to them), which is why this module runs past 400 lines: every wrapper stays in the one
-file the tests parse.
+holds its parameters to them).
 """
 
 # No `from __future__ import annotations`: KFP reads the wrappers' annotations as types.
@@ -323,8 +323,8 @@ def compare(config: str, kfp_run_id: str, candidate_mmlu: str, candidate_task: s
         candidate_task: The candidate's task.json.
         baseline_mmlu: The baseline's results.json (evaluated now or reused).
         baseline_task: The baseline's task.json (evaluated now or reused).
-        baseline_version: From find-baseline: the champion's registry version ("" for the base model: the first
-            model); the report calls it "champion v<N>" or "base model".
+        baseline_version: From find-baseline: the champion's registry version, "" when the baseline is the base
+            model; the report calls it "champion v<N>" or "base model".
         baseline_note: Which stored scores were reused, or why the baseline was evaluated afresh.
         held_out_below: From find-baseline: only held-out rows below this key position are compared (the rows
             neither model trained on).

@@ -25,7 +25,7 @@ from components.common.mlflow_client import make_client
 from components.common.pipeline_runs import parent_run_id
 from components.common.tags import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from configs.loading import load_config
-from pipelines import run_local
+from pipelines import local_summary
 
 WEBUI_START_TIMEOUT_S = 240  # torch, transformers and gradio imported on a loaded 2-core machine
 UI_TIMEOUT_MS = 60_000
@@ -124,7 +124,7 @@ def test_mlflow_opens_the_pipelines_runs_in_its_model_training_view(mlflow_serve
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
 
-    page.goto(run_local.runs_page(mlflow_server.uri, experiment.experiment_id))
+    page.goto(local_summary.runs_page(mlflow_server.uri, experiment.experiment_id))
     expect(page.get_by_role("link", name=parent.info.run_name)).to_be_visible()
     expect(page.get_by_role("heading", name="Runs")).to_be_visible()
 

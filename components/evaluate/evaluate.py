@@ -55,6 +55,8 @@ from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FIL
 from components.evaluate.generate.results import (
     GenerationResultsError,
     generation_eval_key,
+    generation_metrics,
+    generation_table,
     parse_generations,
 )
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
@@ -154,11 +156,11 @@ class EvalScores(NamedTuple):
 class EvaluateRecipe:
     """Score ``model_dir`` as ``role`` for one pipeline run (see the module docstring).
 
-    The methods read in call order: ``__init__`` checks the role and resolves the paths, :meth:`setup` keys the
+    The methods read in call order: ``__init__`` checks the role and resolves the paths, ``setup`` keys the
     scores and takes every results file already scored under its key (an earlier attempt's, or one stored in
-    MLflow), :meth:`score_mmlu`, :meth:`score_task` and :meth:`generate` compute what is still missing (the model is
-    loaded once, when first needed), :meth:`log_results` reads the files back and logs them to the step's MLflow
-    run, and :meth:`cleanup` releases the model; :func:`evaluate_model` runs them.
+    MLflow), ``score_mmlu``, ``score_task`` and ``generate`` compute what is still missing (the model is loaded
+    once, when first needed), ``log_results`` reads the files back and logs them to the step's MLflow run, and
+    ``cleanup`` releases the model; :func:`evaluate_model` runs them.
 
     Reads storage (eval_data_dir, output_root), evaluation (n_shot, subjects, batch_size, limit, generate_rows,
     max_new_tokens, accelerator_count, gpu_memory_fraction), training (template, cutoff_len), dataset.names (the
@@ -374,28 +376,6 @@ def _log_summary(scores: EvalScores) -> None:
 
         log.info(f"{role} answers on {generations.header.rows} held-out rows: {summary_line(generations)}"
                  + (" (stored, reused)" if GENERATIONS_FILE in scores.reused else ""))
-
-
-def generation_metrics(generations: Any) -> dict[str, float]:
-    """One model's answer scores as metrics: the mean of each score, the stop rate, the mean length."""
-    header = generations.header
-    return {**{f"gen_{name}": value for name, value in header.means.model_dump().items()},
-            "gen_stop_rate": header.stop_rate, "gen_answer_tokens": header.mean_answer_tokens,
-            "gen_rows": float(header.rows)}
-
-
-def generation_table(generations: Any) -> dict[str, list]:
-    """The answers as columns for ``log_table``: one row per held-out row."""
-    answers = generations.answers
-    columns: dict[str, list] = {"row": [answer.row for answer in answers],
-                                "prompt": [answer.prompt for answer in answers],
-                                "reference": [answer.reference for answer in answers],
-                                "answer": [answer.answer for answer in answers]}
-    for name in ("chrf", "rouge_l", "token_f1", "exact_match"):
-        columns[name] = [getattr(answer.scores, name) for answer in answers]
-    columns["answer_tokens"] = [answer.answer_tokens for answer in answers]
-    columns["stopped"] = [answer.stopped for answer in answers]
-    return columns
 
 
 def _has_key(path: Path, key: str) -> bool:

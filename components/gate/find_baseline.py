@@ -104,4 +104,4 @@ def run_step(config: str, kfp_run_id: str) -> tuple[bool, str, str, str, str, st
                                       HELD_OUT_ROWS_TAG: f"{rows.rows} of {rows.scored}"})
     log.info(note)
     return needs_eval, str(model_dir), label, note, mmlu_key, task_key, rows.below, \
-        champion.version if champion is not None else ""
+        str(champion.version) if champion is not None else ""

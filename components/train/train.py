@@ -32,8 +32,10 @@ Features, with the settings that control each and what it costs:
 :class:`TrainRecipe` reads in call order: ``__init__`` checks the inputs, fails fast and creates every attribute,
 :meth:`~TrainRecipe.setup` verifies the data, :meth:`~TrainRecipe.train` trains (or reuses) inside the step's MLflow
 run and :meth:`~TrainRecipe.cleanup` flushes the metrics; :func:`train_model` runs the three, cleanup whatever
-happened. The module is over 400 lines on purpose: the recipe, its KFP step and its command line read in one pass,
-as a torchtune recipe does; the machinery is in the other modules of the package.
+happened.
+
+This module is longer than the others because the recipe, its KFP step and its command line read in one pass, as a
+torchtune recipe does; the machinery is in the other modules of the package.
 
 Usage::
 

@@ -18,7 +18,7 @@ from configs.errors import StepError, UsageError
 PACKAGES = ("components", "configs", "pipelines")
 # Defined on purpose outside the contract: control flow that never leaves its module.
 NOT_STEP_ERRORS = {
-    "components.common.safe_json._Refused": "the JSON reader's signal to stop parsing; caught in the same function",
+    "configs.safe_json._Refused": "the JSON reader's signal to stop parsing; caught in the same function",
     "components.data.split_writer._Invalid": "the split writer's signal that a row is invalid; caught in the module",
 }
 USAGE_ERRORS = {"configs.errors.UsageError", "configs.schema.ConfigError", "pipelines.schedule.CronError"}

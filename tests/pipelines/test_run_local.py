@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import run_local
+from pipelines import local_summary, run_local
 
 pytestmark = pytest.mark.slow  # two whole pipeline runs (the module fixture), and more runs below
 
@@ -52,7 +52,7 @@ def two_runs(tmp_path_factory, tiny_model_dir):
         proc = _run_local(storage, env=env)
         outputs.append(proc.stdout + proc.stderr)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        summaries.append(run_local.summarise(cfg, started_ms))
+        summaries.append(local_summary.summarise(cfg, started_ms))
     return storage, summaries, cfg, outputs
 
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from components.common.local_launcher import this_launcher_tags
 from components.common.tags import KFP_RUN_TAG, LAUNCHER_PID_TAG, PARENT_ROLE, ROLE_TAG
-from pipelines import run_local
+from pipelines import local_summary
 
 
 def _parent_run(client: MlflowClient, experiment_id: str, kfp_run_id: str, launcher: dict[str, str],
@@ -30,6 +30,6 @@ def test_two_local_runs_side_by_side_each_summarise_their_own(local_config):
     _parent_run(client, experiment_id, "ours", ours, since_ms + 1)
     _parent_run(client, experiment_id, "theirs", other, since_ms + 2)  # the newer one, from the other launcher
 
-    assert run_local.summarise(local_config, since_ms, ours)["kfp_run_id"] == "ours"
-    assert run_local.summarise(local_config, since_ms, other)["kfp_run_id"] == "theirs"
-    assert run_local.summarise(local_config, since_ms)["kfp_run_id"] == "theirs"  # any launcher: the newest
+    assert local_summary.summarise(local_config, since_ms, ours)["kfp_run_id"] == "ours"
+    assert local_summary.summarise(local_config, since_ms, other)["kfp_run_id"] == "theirs"
+    assert local_summary.summarise(local_config, since_ms)["kfp_run_id"] == "theirs"  # any launcher: the newest

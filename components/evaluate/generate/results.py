@@ -238,3 +238,25 @@ def load_generations(path: str | Path) -> Generations:
     except UnicodeDecodeError as exc:
         raise GenerationResultsError(f"{path} is not UTF-8 text: {exc}") from None
     return parse_generations(text, str(path))
+
+
+def generation_metrics(generations: Generations) -> dict[str, float]:
+    """One model's answer scores as metrics: the mean of each score, the stop rate, the mean length."""
+    header = generations.header
+    return {**{f"gen_{name}": value for name, value in header.means.model_dump().items()},
+            "gen_stop_rate": header.stop_rate, "gen_answer_tokens": header.mean_answer_tokens,
+            "gen_rows": float(header.rows)}
+
+
+def generation_table(generations: Generations) -> dict[str, list]:
+    """The answers as columns for ``log_table``: one row per held-out row."""
+    answers = generations.answers
+    columns: dict[str, list] = {"row": [answer.row for answer in answers],
+                                "prompt": [answer.prompt for answer in answers],
+                                "reference": [answer.reference for answer in answers],
+                                "answer": [answer.answer for answer in answers]}
+    for name in ("chrf", "rouge_l", "token_f1", "exact_match"):
+        columns[name] = [getattr(answer.scores, name) for answer in answers]
+    columns["answer_tokens"] = [answer.answer_tokens for answer in answers]
+    columns["stopped"] = [answer.stopped for answer in answers]
+    return columns

@@ -6,8 +6,9 @@ time, and never reports success.
   Kubernetes, Argo and MySQL). The fake answers an HTML login page with 200 (an authenticating proxy in front of
   the API), a 500 with an HTML page, ``{}`` without the id the client needs, or hangs. The real ``kfp.Client``
   sends the requests.
-- MLflow: ``components.common.preflight`` and ``make_client`` against a stand-in for a proxy in front of MLflow
-  (HTML pages, a hang, a 401): a real MLflow server never answers that way, so :class:`StandIn` plays the proxy.
+- MLflow: ``components.common.mlflow_client.preflight`` and ``make_client`` against a stand-in for a proxy in
+  front of MLflow (HTML pages, a hang, a 401): a real MLflow server never answers that way, so :class:`StandIn`
+  plays the proxy.
 - The OpenAI-compatible endpoint of ``components.evaluate.mmlu.openai_backend`` answering HTML or echoing the key in
   an error.
 
