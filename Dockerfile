@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every task of the pipeline (and the LLaMA-Factory WebUI).
 #   make image                       # docker or podman; the tag follows setup.cfg's version
-#   docker build -t ghcr.io/llm-finetune-pipelines/llm-finetune:0.2.0 .
-#   make image-smoke IMAGE=ghcr.io/llm-finetune-pipelines/llm-finetune:0.2.0   # image/smoke.sh
+#   docker build -t ghcr.io/llm-finetune-pipelines/llm-finetune:0.3.0 .
+#   make image-smoke IMAGE=ghcr.io/llm-finetune-pipelines/llm-finetune:0.3.0   # image/smoke.sh
 # Versions are pinned in setup.cfg (extras train + gpu); this file installs exactly those.
 #
 # The base is plain Ubuntu: CUDA comes once, from torch's wheels (the nvidia-* packages pinned by torch 2.9.1:

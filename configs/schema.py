@@ -35,7 +35,7 @@ from configs.redaction import has_credentials, public_uri, redact
 from configs.templates import LLAMAFACTORY_TEMPLATES
 
 # The one image every task runs in (built from the Dockerfile; pins match setup.cfg).
-DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.2.0"
+DEFAULT_IMAGE = "ghcr.io/llm-finetune-pipelines/llm-finetune:0.3.0"
 # Patterns are used with fullmatch: "$" would also match before a trailing newline.
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS-1123 label (at most 63 characters)
 # A DNS-1123 subdomain (most object names: ClusterTrainingRuntime, ServiceAccount, Secret): labels joined by dots.

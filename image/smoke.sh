@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # First contact with a built image: what a user starts, started for real in the image, as uid 1000, offline.
-#   make image-smoke IMAGE=ghcr.io/llm-finetune-pipelines/llm-finetune:0.2.0     (or: image/smoke.sh IMAGE)
+#   make image-smoke IMAGE=ghcr.io/llm-finetune-pipelines/llm-finetune:0.3.0     (or: image/smoke.sh IMAGE)
 # ENGINE=docker|podman (default: podman when installed). CPU only, no GPU needed: ~5 minutes on 2 cores.
 # Checks, each in a fresh container (--user 1000:1000 --network none):
 #   1. the user is uid 1000 and the default working directory and /storage are writable;
