@@ -25,6 +25,7 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     from components.common.typed_files import read_model
     from components.gate.compare import COMPARISON_FILE
     from components.gate.compare import STEP as COMPARE
+    from components.gate.generation import METRIC_LABELS
     from components.gate.registry import CHAMPION, registered_aliases
     from components.gate.rules import Comparison
 
@@ -67,11 +68,12 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
                        task_baseline=comparison.task.baseline_mean_nll, task_change=comparison.task.relative_change)
         if comparison.generation is not None:
             generation = comparison.generation
-            gated = generation.gated()
-            summary.update(generation=f"{gated.name} {gated.candidate:.2f} candidate, {gated.baseline:.2f} "
-                                      f"{comparison.baseline_name} ({gated.mean_difference:+.2f}); stopped "
-                                      f"{generation.candidate_stopped}/{generation.rows} candidate, "
-                                      f"{generation.baseline_stopped}/{generation.rows} {comparison.baseline_name}")
+            gated, baseline = generation.gated(), comparison.baseline_name
+            label = METRIC_LABELS.get(gated.name, gated.name)
+            summary.update(generation=f"{label} {gated.candidate:.2f} candidate, {gated.baseline:.2f} {baseline} "
+                                      f"({gated.mean_difference:+.2f}); stopped {generation.candidate_stopped}/"
+                                      f"{generation.rows} candidate, {generation.baseline_stopped}/{generation.rows} "
+                                      f"{baseline}")
     name = cfg.mlflow.registered_model_name
     versions = client.search_model_versions(f"name = '{name}' and tag.`{tags.KFP_RUN_TAG}` = '{kfp_run_id}'")
     aliases = registered_aliases(client, name)

@@ -83,7 +83,7 @@ def test_both_models_answer_the_held_out_rows_and_the_decision_names_the_generat
                          rf"\d+\.\d, token F1 \d+\.\d, exact \d+\.\d, stopped \d+/{rows}", outputs[0]), role
     assert re.search(r"promote: held-out loss -\d+\.\d% vs base model .*, chrF [+-]\d+\.\d \(may drop <= 15\)",
                      first["headline"])
-    assert "generated answers : chrf " in outputs[0] and "generated answers : chrf " in outputs[1]
+    assert "generated answers : chrF " in outputs[0] and "generated answers : chrF " in outputs[1]
     assert f"candidate answers on {rows} held-out rows" in outputs[1] and "tokens (stored, reused)" in outputs[1]
     # The report's side-by-side rows come from comparison.json (the rows where the two differ most).
     comparison = read_model(run_dir(cfg, first["kfp_run_id"]) / "compare" / "comparison.json", Comparison, "c")
