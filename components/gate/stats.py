@@ -9,8 +9,8 @@ importing this module stays cheap. The bootstraps are seeded, so a rerun gives t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 
 class McNemarResult(NamedTuple):
@@ -194,18 +194,14 @@ def relative_change_ci(
     cand, base = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if base.mean() <= 0:
         raise ValueError(f"the baseline's mean loss must be positive, got {base.mean()}")
-    rng = np.random.default_rng(seed)
     estimate = float(cand.mean() / base.mean() - 1.0)
-    resampled = np.empty(samples, dtype=np.float64)
-    # Chunks keep memory at ~8 MB whatever the row count (samples x rows indices otherwise).
-    chunk = max(1, (1 << 20) // len(cand))
-    for start in range(0, samples, chunk):
-        rows = rng.integers(0, len(cand), size=(min(chunk, samples - start), len(cand)))
+
+    def relative_change(rows: Any) -> Any:
         means = base[rows].mean(axis=1)
-        resampled[start:start + len(rows)] = cand[rows].mean(axis=1) / np.where(means > 0, means, np.nan) - 1.0
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.nanquantile(resampled, [tail, 1.0 - tail])
-    return BootstrapInterval(estimate, float(low), float(high), confidence, samples, seed)
+        return cand[rows].mean(axis=1) / np.where(means > 0, means, np.nan) - 1.0
+
+    resampled = _resample_rows(len(cand), samples, seed, relative_change)
+    return _percentile_interval(estimate, resampled, confidence, samples, seed)
 
 
 def mean_difference_ci(
@@ -227,12 +223,32 @@ def mean_difference_ci(
     import numpy as np
 
     diffs = np.asarray(candidate, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    resampled = _resample_rows(len(diffs), samples, seed, lambda rows: diffs[rows].mean(axis=1))
+    return _percentile_interval(float(diffs.mean()), resampled, confidence, samples, seed)
+
+
+def _resample_rows(rows: int, samples: int, seed: int, statistic: Callable[[Any], Any]) -> Any:
+    """``statistic`` of ``samples`` seeded resamples of ``rows`` rows with replacement: an array, one value each.
+
+    ``statistic`` gets a (resamples, rows) array of row indices and returns one value per resample; the indices
+    come in chunks of about 8 MB whatever the row count (samples x rows at once otherwise).
+    """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     resampled = np.empty(samples, dtype=np.float64)
-    chunk = max(1, (1 << 20) // len(diffs))  # ~8 MB of indices at a time, whatever the row count
+    chunk = max(1, (1 << 20) // rows)
     for start in range(0, samples, chunk):
-        rows = rng.integers(0, len(diffs), size=(min(chunk, samples - start), len(diffs)))
-        resampled[start:start + len(rows)] = diffs[rows].mean(axis=1)
+        indices = rng.integers(0, rows, size=(min(chunk, samples - start), rows))
+        resampled[start:start + len(indices)] = statistic(indices)
+    return resampled
+
+
+def _percentile_interval(estimate: float, resampled: Any, confidence: float, samples: int,
+                         seed: int) -> BootstrapInterval:
+    """The percentile interval of the resampled values (a resample whose statistic is undefined is left out)."""
+    import numpy as np
+
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled, [tail, 1.0 - tail])
-    return BootstrapInterval(float(diffs.mean()), float(low), float(high), confidence, samples, seed)
+    low, high = np.nanquantile(resampled, [tail, 1.0 - tail])
+    return BootstrapInterval(estimate, float(low), float(high), confidence, samples, seed)
