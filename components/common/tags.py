@@ -51,7 +51,7 @@ TRIALS_TAG = "llmft.trials"
 # merge-lora ---------------------------------------------------------------------------------------------------
 REUSED_VERSION_TAG = "llmft.reused_version"
 
-# evaluate: the eval keys a stored score is found by, and the setup they cover (components.evaluate.store) -------
+# evaluate: the eval keys a stored score is found by, and the settings they cover (components.evaluate.store) -------
 MMLU_EVAL_KEY_TAG = "llmft.mmlu_eval_key"  # also on each registered version
 TASK_EVAL_KEY_TAG = "llmft.task_eval_key"  # also on each registered version
 GENERATION_EVAL_KEY_TAG = "llmft.generation_eval_key"  # generated answers (components.evaluate.generate)

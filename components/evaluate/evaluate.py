@@ -183,8 +183,8 @@ class EvaluateRecipe:
         self.started = time.monotonic()
 
     def setup(self, client: Any, run_id: str) -> None:
-        """Key this model's scores, tag the run with the keys and the setup, and take every results file already
-        scored under its key."""
+        """Key this model's scores, tag the run with the keys and the settings they cover, take every results file
+        already scored under its key."""
         from mlflow.entities import RunTag
 
         self.started = time.monotonic()

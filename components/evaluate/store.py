@@ -6,7 +6,7 @@ A key covers everything that decides the score (the model's content, the data, t
 a score with the same key is reused instead of spending GPU time again: the scores a promoted candidate got are
 the champion's in the next run. Each stored file is validated where it is found (:func:`find_stored`: a missing,
 damaged or foreign one is passed over, its run named); when none matches, :func:`why_not_stored` says which part
-of the setup changed. The evaluate step and the gate's find-baseline and reuse-baseline-scores read them here.
+of the settings changed. The evaluate step and the gate's find-baseline and reuse-baseline-scores read them here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from configs.schema import PipelineConfig
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-# What a stored evaluation records of its setup (tags of the evaluate run), to say why a score was not reused.
+# What a stored evaluation records of its settings (tags of the evaluate run), to say why a score was not reused.
 SETUP_TAGS = {TASK_SPLIT_HASH_TAG: "the held-out split", TASK_TEMPLATE_TAG: "the template",
               TASK_CUTOFF_LEN_TAG: "cutoff_len", MMLU_DATA_HASH_TAG: "the MMLU data",
               MMLU_N_SHOT_TAG: "the MMLU n-shot", MMLU_SUBJECTS_TAG: "the MMLU subjects",
@@ -121,7 +121,7 @@ def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, 
 
 
 def why_not_stored(client: MlflowClient, cfg: PipelineConfig, model_id: str, wanted: dict[str, str]) -> str:
-    """Why no stored score matches: the setup fields in which the model's last stored evaluation differs."""
+    """Why no stored score matches: the settings in which the model's last stored evaluation differs."""
     runs = _finished_runs_tagged(client, cfg, MODEL_ID_TAG, model_id)
     if not runs:
         return "this model has no stored score yet"
