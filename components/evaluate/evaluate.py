@@ -53,7 +53,6 @@ from components.common.tags import (
 )
 from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
 from components.evaluate.generate.results import (
-    GenerationResultsError,
     generation_eval_key,
     generation_metrics,
     generation_table,
@@ -61,7 +60,7 @@ from components.evaluate.generate.results import (
 )
 from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
 from components.evaluate.mmlu.results import parse_mmlu_results
-from components.evaluate.store import find_stored
+from components.evaluate.store import find_stored, results_eval_key
 from components.evaluate.task.results import RESULTS_FILE as TASK_RESULTS_FILE
 from components.evaluate.task.results import dump_task_results, load_task_results
 from configs.loading import config_from_json
@@ -195,16 +194,17 @@ class EvaluateRecipe:
             EVAL_MODEL_DIR_TAG: str(self.model_path), **self.keys.tags,
             **({GENERATION_EVAL_KEY_TAG: gen_key, **generation_tags(self.cfg)} if gen_key else {})}.items()])
         for path, tag, key in self._wanted():
-            if not _has_key(path, key):
-                text = _stored_text(client, self.cfg, tag, key, path.name)
-                if text is not None:
-                    atomic_write_text(path, text)
-            if _has_key(path, key):
+            if _has_key(path, key):  # an earlier attempt's
+                self.reused.append(path.name)
+                continue
+            text = _stored_text(client, self.cfg, tag, key, path.name)  # validated, under this key
+            if text is not None:
+                atomic_write_text(path, text)
                 self.reused.append(path.name)
 
     def score_mmlu(self) -> None:
-        """MMLU accuracy (``results.json``), unless it is there under its key."""
-        if _has_key(self.mmlu_path, self.keys.mmlu_key):
+        """MMLU accuracy (``results.json``), unless ``setup`` found it under its key."""
+        if self.mmlu_path.name in self.reused:
             return
         from components.evaluate.mmlu.evaluate_mmlu import dump_results, evaluate
 
@@ -215,8 +215,8 @@ class EvaluateRecipe:
         atomic_write_text(self.mmlu_path, dump_results(results))
 
     def score_task(self) -> None:
-        """The held-out loss (``task.json``), unless it is there under its key."""
-        if _has_key(self.task_path, self.keys.task_key):
+        """The held-out loss (``task.json``), unless ``setup`` found it under its key."""
+        if self.task_path.name in self.reused:
             return
         from components.data.split import snapshot_dir
         from components.evaluate.task.evaluate_task import score_loaded
@@ -227,9 +227,9 @@ class EvaluateRecipe:
         atomic_write_text(self.task_path, dump_task_results(task))
 
     def generate(self) -> None:
-        """Greedy answers to the held-out rows, scored (``generations.jsonl``), when generation is on and they are
-        not there under their key."""
-        if not self.generation_key or _has_key(self.generations_path, self.generation_key):
+        """Greedy answers to the held-out rows, scored (``generations.jsonl``), when generation is on and
+        ``setup`` did not find them under their key."""
+        if not self.generation_key or self.generations_path.name in self.reused:
             return
         from components.data.split import snapshot_dir
         from components.evaluate.generate.generate import generate_loaded
@@ -380,15 +380,7 @@ def _log_summary(scores: EvalScores) -> None:
 
 def _has_key(path: Path, key: str) -> bool:
     """Whether ``path`` holds a valid results file (MMLU, task or generations) scored under ``key``."""
-    if not path.is_file():
-        return False
     try:
-        if path.name == MMLU_RESULTS_FILE:
-            results = parse_mmlu_results(path.read_text(encoding="utf-8"), str(path))
-        elif path.name == GENERATIONS_FILE:
-            results = parse_generations(path.read_text(encoding="utf-8"), str(path)).header
-        else:
-            results = load_task_results(path)
-    except (ValueError, OSError, GenerationResultsError):
+        return results_eval_key(path.read_text(encoding="utf-8"), path.name, str(path)) == key
+    except (ValueError, OSError):  # missing, unreadable, not UTF-8, or not a valid results file
         return False
-    return results.eval_key == key

@@ -93,11 +93,9 @@ def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, 
 
     from mlflow.exceptions import MlflowException
 
-    from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
-    from components.evaluate.generate.results import GenerationResultsError, parse_generations
-    from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
-    from components.evaluate.mmlu.results import ResultsFileError, parse_mmlu_results
-    from components.evaluate.task.results import TaskResultsError, parse_task_results
+    from components.evaluate.generate.results import GenerationResultsError
+    from components.evaluate.mmlu.results import ResultsFileError
+    from components.evaluate.task.results import TaskResultsError
 
     source = f"stored {file_name} of evaluate run {run_id}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,17 +105,33 @@ def _check_stored(client: MlflowClient, run_id: str, path: str, file_name: str, 
             reason = str(exc).replace(tmp, "<download>")[:300]
             return f"{source} cannot be read: {type(exc).__name__}: {reason}", ""
     try:
-        if file_name == MMLU_RESULTS_FILE:
-            results = parse_mmlu_results(text, source)
-        elif file_name == GENERATIONS_FILE:
-            results = parse_generations(text, source).header
-        else:
-            results = parse_task_results(text, source)
+        stored_key = results_eval_key(text, file_name, source)
     except (ResultsFileError, TaskResultsError, GenerationResultsError) as exc:
         return str(exc)[:1000], text
-    if results.eval_key != key:
-        return f"{source} has eval key {results.eval_key[:12]}..., not {key[:12]}...", text
+    if stored_key != key:
+        return f"{source} has eval key {stored_key[:12]}..., not {key[:12]}...", text
     return None, text
+
+
+def results_eval_key(text: str, file_name: str, source: str) -> str:
+    """The eval key a results file was scored under: MMLU's ``results.json``, ``generations.jsonl``, else
+    ``task.json``, each validated whole by its own parser.
+
+    Raises:
+        ResultsFileError, GenerationResultsError, TaskResultsError (each a ValueError): the text is not a valid
+            file of that name; the message names ``source``.
+    """
+    from components.evaluate.generate.results import RESULTS_FILE as GENERATIONS_FILE
+    from components.evaluate.generate.results import parse_generations
+    from components.evaluate.mmlu.results import RESULTS_FILE as MMLU_RESULTS_FILE
+    from components.evaluate.mmlu.results import parse_mmlu_results
+    from components.evaluate.task.results import parse_task_results
+
+    if file_name == MMLU_RESULTS_FILE:
+        return parse_mmlu_results(text, source).eval_key
+    if file_name == GENERATIONS_FILE:
+        return parse_generations(text, source).header.eval_key
+    return parse_task_results(text, source).eval_key
 
 
 def why_not_stored(client: MlflowClient, cfg: PipelineConfig, model_id: str, wanted: dict[str, str]) -> str:
