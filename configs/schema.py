@@ -201,6 +201,22 @@ def kubernetes_secret_name(value: str) -> str:
     return value
 
 
+def bare_uri(value: str, schemes: str, described: str, where_credentials_go: str) -> str:
+    """``value`` when it is a URI that starts with one of ``schemes`` (a regex), without spaces or credentials.
+
+    A URI reaches the compiled IR, the pods' environment, logs and MLflow params, so credentials in it would show
+    in all of them; the error says ``where_credentials_go`` instead.
+
+    Raises:
+        ValueError: credentials in it, another scheme, or whitespace (``described`` names what is allowed).
+    """
+    if has_credentials(value):
+        raise ValueError(f"must not carry credentials (got {public_uri(value)!r}): {where_credentials_go}")
+    if not re.match(schemes, value) or any(char.isspace() for char in value):
+        raise ValueError(f"must be {described} without spaces, got {value!r}")
+    return value
+
+
 def _relative_storage_path(value: str) -> str:
     """Refuse paths that would escape the storage root (absolute or containing '..')."""
     path = PurePosixPath(value)
@@ -708,13 +724,11 @@ class EvaluationConfig(_Section):
     @field_validator("judge_endpoint")
     @classmethod
     def _judge_uri(cls, value: str) -> str:
-        # Like mlflow.tracking_uri: the URI reaches the IR, logs and MLflow params; a key belongs in judge_secret.
-        if value and has_credentials(value):
-            raise ValueError(f"must not carry credentials (got {public_uri(value)!r}): put the API key in the "
-                             "Kubernetes Secret named by evaluation.judge_secret (key api_key)")
-        if value and (not re.match(r"https?://", value) or any(char.isspace() for char in value)):
-            raise ValueError(f"must be an http(s):// URL without spaces, got {value!r}")
-        return value
+        # Like mlflow.tracking_uri; a key belongs in judge_secret.
+        if not value:  # no judge
+            return value
+        return bare_uri(value, r"https?://", "an http(s):// URL",
+                        "put the API key in the Kubernetes Secret named by evaluation.judge_secret (key api_key)")
 
     @field_validator("judge_secret")
     @classmethod
@@ -795,15 +809,10 @@ class MlflowConfig(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        # The URI reaches every pod's environment, the compiled IR, logs and MLflow params: credentials in it would
-        # be shown in all of them. They belong in the Secret, which reaches the pods as environment variables.
-        if has_credentials(value):
-            raise ValueError(f"must not carry credentials (got {public_uri(value)!r}): put MLFLOW_TRACKING_USERNAME "
-                             "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the Kubernetes Secret named "
-                             "by mlflow.credentials_secret, and the bare URI here")
-        if not re.match(r"(https?://|sqlite:///|databricks)", value) or any(char.isspace() for char in value):
-            raise ValueError(f"must be an http(s):// or sqlite:/// URI without spaces, got {value!r}")
-        return value
+        # The credentials belong in the Secret, which reaches the pods as environment variables.
+        return bare_uri(value, r"(https?://|sqlite:///|databricks)", "an http(s):// or sqlite:/// URI",
+                        "put MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                        "Kubernetes Secret named by mlflow.credentials_secret, and the bare URI here")
 
     @field_validator("credentials_secret")
     @classmethod
