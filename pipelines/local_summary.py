@@ -21,6 +21,7 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
     from mlflow.tracking import MlflowClient
 
     from components.common import tags
+    from components.common.local_launcher import launcher_filter
     from components.common.storage import on_volume, run_dir
     from components.common.typed_files import read_model
     from components.gate.compare import COMPARISON_FILE
@@ -31,9 +32,8 @@ def summarise(cfg: PipelineConfig, since_ms: int, launcher: dict[str, str] | Non
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    # With the run started after since_ms, host and pid name the launcher (the process start may be empty).
-    ours = "".join(f" and tags.`{key}` = '{value}'" for key, value in (launcher or {}).items()
-                   if key != tags.LAUNCHER_START_TAG)
+    # With the run started after since_ms, host and pid name the launcher.
+    ours = launcher_filter(launcher or {})
     parents = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{tags.ROLE_TAG}` = '{tags.PARENT_ROLE}'{ours}",
         order_by=["attributes.start_time DESC"], max_results=1,

@@ -69,3 +69,9 @@ def launcher_tags(environ: Mapping[str, str]) -> dict[str, str]:
         return _as_tags(json.loads(environ.get(LAUNCHER_ENV, "")))
     except (ValueError, TypeError, KeyError):
         return {}
+
+
+def launcher_filter(tags: Mapping[str, str]) -> str:
+    """The MLflow filter clause (`` and tags...``) matching parent runs of the launcher ``tags`` name: host and
+    pid only, as the process start may be empty (a caller that needs it compares it itself); "" for no tags."""
+    return "".join(f" and tags.`{key}` = '{value}'" for key, value in tags.items() if key != LAUNCHER_START_TAG)

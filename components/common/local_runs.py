@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any
 
-from components.common.local_launcher import process_start, this_launcher_tags
+from components.common.local_launcher import launcher_filter, process_start, this_launcher_tags
 from components.common.pipeline_runs import close_stale_runs, experiment_id
 from components.common.tags import (
     ERROR_TAG,
@@ -75,9 +75,8 @@ def close_interrupted_local_runs(client: MlflowClient, cfg: PipelineConfig) -> l
     """
     exp_id = experiment_id(client, cfg.mlflow.experiment)
     ours = this_launcher_tags()
-    mine = "".join(f" and tags.`{key}` = '{value}'" for key, value in ours.items() if key != LAUNCHER_START_TAG)
     parents = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}' and "
-                                 f"attributes.status = 'RUNNING'{mine}", max_results=1000)
+                                 f"attributes.status = 'RUNNING'{launcher_filter(ours)}", max_results=1000)
     closed: list[str] = []
     for parent in parents:
         if parent.data.tags.get(LAUNCHER_START_TAG, "") == ours[LAUNCHER_START_TAG]:  # not an earlier same-pid run
