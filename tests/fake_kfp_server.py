@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
@@ -52,6 +53,7 @@ class Recorded:
     json: Any = None
     form: dict[str, str] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    received: float = field(default_factory=time.monotonic)  # when the server read it (time.monotonic)
 
 
 def _matches(item: dict[str, Any], filter_json: str | None) -> bool:
